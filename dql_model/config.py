@@ -1,0 +1,333 @@
+"""One typed configuration for the DAG, the Spark jobs and the CLI.
+
+Defaults live in the dataclasses below. A YAML file (``DQLREC_CONFIG`` or ``--config``) overrides
+them, and environment variables override both: ``DQLREC_<SECTION>__<FIELD>``, for example
+``DQLREC_TRAIN__EPOCHS=3`` or ``DQLREC_SCORE__TOP_K=10``. The resolved config is saved with every
+model and its hash goes into every export manifest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "DQLREC_"
+CONFIG_ENV = "DQLREC_CONFIG"
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown or has the wrong type."""
+
+
+@dataclass
+class WarehouseConfig:
+    """Where the tables live (local Parquet by default)."""
+
+    root: str = "var/warehouse"
+    """Warehouse root folder; raw/, curated/ and output/ tables sit under it."""
+
+    def path(self, *parts: str) -> str:
+        return str(Path(self.root).joinpath(*parts))
+
+    def partition(self, table: str, run_date: str) -> str:
+        """Folder of one run-date partition of a curated or output table."""
+        from dql_model import schema
+
+        return self.path(schema.TABLE_LAYER[table], table, f"{schema.RUN_DATE}={run_date}")
+
+
+@dataclass
+class SimulatorConfig:
+    """The synthetic shop used for the demo, the tests and simulated evaluation."""
+
+    n_users: int = 3000
+    """Number of shoppers."""
+    n_items: int = 1000
+    """Number of products in the catalogue."""
+    n_categories: int = 20
+    """Number of product categories."""
+    n_days: int = 21
+    """Days of events generated, ending on the run date."""
+    end_date: str = "2026-11-27"
+    """Last day of generated events (UTC), the demo's run date."""
+    seed: int = 7
+    """Seed of every random draw: same seed, same shop, same events."""
+    sessions_per_user_day: float = 0.35
+    """Mean number of sessions a user starts per day."""
+    mean_session_events: float = 8.0
+    """Mean number of events in a session."""
+    taste_drift: float = 0.15
+    """How far a user's interest moves toward what they just looked at."""
+    new_items_per_day: float = 0.0
+    """Mean number of products that enter the catalogue each day."""
+
+
+@dataclass
+class EtlConfig:
+    """How raw events become user states and training transitions."""
+
+    max_len: int = 20
+    """Number of recent interactions kept in a user state (L)."""
+    session_gap_minutes: int = 30
+    """Inactivity gap that starts a new session when the event has no session_id."""
+    train_days: int = 14
+    """Days of events, ending on the run date, that make transitions."""
+    val_days: int = 2
+    """Last days of the training window held out for validation."""
+    lookback_days: int = 3
+    """Late events up to this many days old are accepted into the run's partition."""
+    reward_view: float = 0.0
+    """Reward of a view."""
+    reward_add_to_cart: float = 0.3
+    """Reward of an add-to-cart."""
+    reward_purchase: float = 1.0
+    """Reward of a purchase."""
+    reward_rating_scale: float = 1.0
+    """A rating v in [1, 5] earns reward_rating_scale * (v - 3) / 2, in [-1, 1]."""
+    reward_value_weighted: bool = False
+    """Multiply purchase rewards by price / mean price (the item-value weights w_i)."""
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the Q-network."""
+
+    encoder: str = "gru"
+    """Sequence encoder: gru, lstm or attention."""
+    embed_dim: int = 64
+    """Width of item, event and state embeddings."""
+    hidden_dim: int = 64
+    """Hidden width of the sequence encoder."""
+    price_buckets: int = 16
+    """Number of log-price buckets in the item tower."""
+    dropout: float = 0.1
+    """Dropout in the encoder and item tower."""
+
+
+@dataclass
+class TrainConfig:
+    """How the Q-network is trained."""
+
+    mode: str = "dqn"
+    """dqn (TD + conservative term) or supervised (next-item cross-entropy only, the baseline)."""
+    epochs: int = 6
+    """Passes over the training transitions."""
+    batch_size: int = 256
+    """Transitions per gradient step."""
+    lr: float = 2e-3
+    """Adam learning rate."""
+    weight_decay: float = 0.0
+    """Adam weight decay."""
+    gamma: float = 0.7
+    """Discount of future rewards."""
+    cql_alpha: float = 1.0
+    """Weight of the conservative term logsumexp_a Q(s, a) - Q(s, a_logged)."""
+    td_weight: float = 1.0
+    """Weight of the double-DQN TD loss."""
+    target_update: str = "polyak"
+    """polyak (soft update every step with tau) or hard (copy every target_every steps)."""
+    tau: float = 0.01
+    """Polyak rate of the target network."""
+    target_every: int = 200
+    """Steps between hard target updates."""
+    grad_clip: float = 5.0
+    """Max gradient norm."""
+    device: str = "auto"
+    """auto (CUDA when present), cuda or cpu."""
+    seed: int = 0
+    """Seed of initialisation and batching; CPU runs are bit-for-bit reproducible."""
+
+
+@dataclass
+class ScoreConfig:
+    """How recommendations are produced."""
+
+    top_k: int = 20
+    """Recommendations per user."""
+    batch_size: int = 2048
+    """Users scored per matrix product."""
+    mask_purchased: bool = True
+    """Never recommend what the user already bought."""
+
+
+@dataclass
+class RegistryConfig:
+    """Model registry and the champion/challenger gate."""
+
+    root: str = "var/models"
+    """Folder with one directory per model version and the champion pointer."""
+    gate_metric: str = "eval/ndcg@10"
+    """Validation metric the gate compares."""
+    gate_tolerance: float = 0.02
+    """A challenger is promoted unless it is worse than the champion by more than this (relative)."""
+
+
+@dataclass
+class PublishConfig:
+    """Where recommendations go besides the warehouse."""
+
+    export_uri: str = "var/export/recommendations"
+    """Local folder or s3://bucket/prefix; run_date=YYYY-MM-DD/ is added below it."""
+    rows_per_file: int = 500_000
+    """Maximum rows in one exported Parquet file."""
+
+
+@dataclass
+class QualityConfig:
+    """Great Expectations thresholds."""
+
+    max_bad_fraction: float = 0.01
+    """Fail the run when more than this share of a raw partition breaks a row rule."""
+
+
+@dataclass
+class SparkConfig:
+    """Spark settings for the jobs (the spark_default connection chooses the master in Airflow)."""
+
+    master: str = "local[*]"
+    """Master URL used when a job runs outside spark-submit."""
+    shuffle_partitions: int = 8
+    """spark.sql.shuffle.partitions."""
+    driver_memory: str = "2g"
+    """spark.driver.memory."""
+
+
+@dataclass
+class Config:
+    """Everything a run needs."""
+
+    warehouse: WarehouseConfig = field(default_factory=WarehouseConfig)
+    simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
+    etl: EtlConfig = field(default_factory=EtlConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    spark: SparkConfig = field(default_factory=SparkConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def hash(self) -> str:
+        """Short stable hash of the resolved config, written into manifests."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def replace(self, **sections: dict[str, Any]) -> Config:
+        """Copy with some fields changed: ``cfg.replace(train={"epochs": 1})``."""
+        return from_dict(_deep_merge(self.to_dict(), sections))
+
+    def rewards(self) -> dict[str, float]:
+        from dql_model import schema
+
+        return {
+            schema.VIEW: self.etl.reward_view,
+            schema.ADD_TO_CART: self.etl.reward_add_to_cart,
+            schema.PURCHASE: self.etl.reward_purchase,
+        }
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _section_types() -> dict[str, type]:
+    hints = typing.get_type_hints(Config)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Config)}
+
+
+def _coerce(value: Any, typ: Any, where: str) -> Any:
+    """Convert a YAML or environment value to the field's declared type."""
+    if isinstance(typ, types.UnionType):
+        typ = next(t for t in typing.get_args(typ) if t is not type(None))
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in {"1", "true", "yes", "on"}:
+            return True
+        if text in {"0", "false", "no", "off"}:
+            return False
+        raise ConfigError(f"{where}: expected a boolean, got {value!r}")
+    try:
+        if typ is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return typ(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: expected {typ.__name__}, got {value!r}") from None
+
+
+def from_dict(data: dict[str, Any], *, origin: str = "config") -> Config:
+    """Build a Config from nested dicts, rejecting unknown sections and fields."""
+    sections = {}
+    for name, section_type in _section_types().items():
+        given = dict(data.get(name) or {})
+        hints = typing.get_type_hints(section_type)
+        known = {f.name for f in dataclasses.fields(section_type)}
+        unknown = sorted(set(given) - known)
+        if unknown:
+            raise ConfigError(f"{origin}: unknown field(s) {unknown} in section '{name}'; known: {sorted(known)}")
+        sections[name] = section_type(
+            **{key: _coerce(value, hints[key], f"{origin}: {name}.{key}") for key, value in given.items()}
+        )
+    unknown_sections = sorted(set(data) - set(sections))
+    if unknown_sections:
+        raise ConfigError(f"{origin}: unknown section(s) {unknown_sections}; known: {sorted(sections)}")
+    return Config(**sections)
+
+
+def _env_overrides(env: typing.Mapping[str, str]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX) or key == CONFIG_ENV or "__" not in key:
+            continue
+        section, _, name = key[len(ENV_PREFIX) :].lower().partition("__")
+        out.setdefault(section, {})[name] = value
+    return out
+
+
+def load_config(path: str | os.PathLike[str] | None = None, *, env: typing.Mapping[str, str] | None = None) -> Config:
+    """Defaults, then the YAML file (argument or $DQLREC_CONFIG), then DQLREC_* variables.
+
+    Relative warehouse, registry and export paths are made absolute against the working
+    directory, so a spark-submit child process and the DAG resolve them to the same folder.
+    """
+    env = os.environ if env is None else env
+    path = path or env.get(CONFIG_ENV) or None
+    data: dict[str, Any] = {}
+    if path:
+        import yaml
+
+        file = Path(path)
+        if not file.is_file():
+            raise ConfigError(f"config file {file} does not exist (from --config or ${CONFIG_ENV})")
+        data = yaml.safe_load(file.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{file}: expected a mapping of sections at the top level")
+    cfg = from_dict(_deep_merge(data, _env_overrides(env)), origin=str(path or "environment"))
+    return _absolute_paths(cfg)
+
+
+def _absolute_paths(cfg: Config) -> Config:
+    def absolute(p: str) -> str:
+        return p if "://" in p else str(Path(p).expanduser().resolve())
+
+    cfg.warehouse.root = absolute(cfg.warehouse.root)
+    cfg.registry.root = absolute(cfg.registry.root)
+    cfg.publish.export_uri = absolute(cfg.publish.export_uri)
+    return cfg

@@ -1,0 +1,145 @@
+"""The data contract: table names, column names, event types and schemas, in one place.
+
+Spark schemas are DDL strings (no pyspark import needed here); pyarrow schemas are built on
+demand. Partition columns (``event_date`` for raw events, ``run_date`` for curated and output
+tables) live in the Hive-style folder names, not inside the Parquet files.
+"""
+
+from __future__ import annotations
+
+# Event types, and the integer codes the model sees (0 is padding).
+VIEW = "view"
+ADD_TO_CART = "add_to_cart"
+PURCHASE = "purchase"
+RATING = "rating"
+EVENT_TYPES = (VIEW, ADD_TO_CART, PURCHASE, RATING)
+EVENT_CODE = {name: code for code, name in enumerate(EVENT_TYPES, start=1)}
+N_EVENT_CODES = len(EVENT_TYPES) + 1
+
+# Tables and the warehouse layer they live in.
+EVENTS = "events"
+ITEMS = "items"
+ITEM_INDEX = "item_index"
+USER_STATES = "user_states"
+TRANSITIONS = "transitions"
+QUARANTINE = "quarantine"
+RECOMMENDATIONS = "recommendations"
+TABLE_LAYER = {
+    EVENTS: "raw",
+    ITEMS: "raw",
+    ITEM_INDEX: "curated",
+    USER_STATES: "curated",
+    TRANSITIONS: "curated",
+    QUARANTINE: "curated",
+    RECOMMENDATIONS: "output",
+}
+
+# Columns.
+EVENT_TIME = "event_time"
+EVENT_DATE = "event_date"
+USER_ID = "user_id"
+ITEM_ID = "item_id"
+EVENT_TYPE = "event_type"
+VALUE = "value"
+SESSION_ID = "session_id"
+CATEGORY_ID = "category_id"
+PRICE = "price"
+AVAILABLE = "available"
+ITEM_IDX = "item_idx"
+FIRST_SEEN = "first_seen"
+ITEM_SEQ = "item_seq"
+EVENT_SEQ = "event_seq"
+GAP_SEQ = "gap_seq"
+PURCHASED = "purchased"
+LAST_EVENT_TIME = "last_event_time"
+N_EVENTS = "n_events"
+ACTION = "action"
+REWARD = "reward"
+DONE = "done"
+SPLIT = "split"
+TRAIN = "train"
+VALIDATION = "validation"
+RULE = "rule"
+SOURCE_PARTITION = "source_partition"
+RUN_DATE = "run_date"
+RANK = "rank"
+SCORE = "score"
+SOURCE = "source"
+PROPENSITY = "propensity"
+MODEL_VERSION = "model_version"
+GENERATED_AT = "generated_at"
+
+SOURCE_DQN = "dqn"
+SOURCE_FALLBACK = "fallback_popular"
+SOURCE_EXPLORE = "explore"
+SOURCES = (SOURCE_DQN, SOURCE_FALLBACK, SOURCE_EXPLORE)
+
+# Quarantine rules (the name of the rule a row failed).
+RULE_NULL_ID = "null_id"
+RULE_UNKNOWN_ITEM = "unknown_item"
+RULE_BAD_EVENT_TYPE = "bad_event_type"
+RULE_TIME_OUT_OF_RANGE = "event_time_out_of_range"
+RULE_DUPLICATE = "duplicate"
+
+SPARK_DDL = {
+    EVENTS: (
+        "event_time TIMESTAMP, user_id STRING, item_id STRING, event_type STRING, "
+        "value DOUBLE, session_id STRING"
+    ),
+    ITEMS: "item_id STRING, category_id STRING, price DOUBLE, available BOOLEAN",
+    ITEM_INDEX: (
+        "item_id STRING, item_idx INT, category_id STRING, price DOUBLE, available BOOLEAN, first_seen DATE"
+    ),
+    USER_STATES: (
+        "user_id STRING, item_seq ARRAY<INT>, event_seq ARRAY<INT>, gap_seq ARRAY<DOUBLE>, "
+        "purchased ARRAY<INT>, last_event_time TIMESTAMP, n_events BIGINT"
+    ),
+    TRANSITIONS: (
+        "user_id STRING, event_time TIMESTAMP, item_seq ARRAY<INT>, event_seq ARRAY<INT>, "
+        "action INT, event_type STRING, reward DOUBLE, done BOOLEAN, split STRING"
+    ),
+    QUARANTINE: (
+        "event_time TIMESTAMP, user_id STRING, item_id STRING, event_type STRING, "
+        "value DOUBLE, session_id STRING, rule STRING, source_partition STRING"
+    ),
+    RECOMMENDATIONS: (
+        "user_id STRING, rank INT, item_id STRING, score DOUBLE, source STRING, "
+        "propensity DOUBLE, model_version STRING, generated_at TIMESTAMP"
+    ),
+}
+
+
+def arrow_schema(table: str):
+    """pyarrow schema of a table's Parquet files (partition column excluded)."""
+    import pyarrow as pa
+
+    ts = pa.timestamp("us", tz="UTC")
+    schemas = {
+        EVENTS: [
+            (EVENT_TIME, ts),
+            (USER_ID, pa.string()),
+            (ITEM_ID, pa.string()),
+            (EVENT_TYPE, pa.string()),
+            (VALUE, pa.float64()),
+            (SESSION_ID, pa.string()),
+        ],
+        ITEMS: [
+            (ITEM_ID, pa.string()),
+            (CATEGORY_ID, pa.string()),
+            (PRICE, pa.float64()),
+            (AVAILABLE, pa.bool_()),
+        ],
+        RECOMMENDATIONS: [
+            (USER_ID, pa.string()),
+            (RANK, pa.int32()),
+            (ITEM_ID, pa.string()),
+            (SCORE, pa.float64()),
+            (SOURCE, pa.string()),
+            (PROPENSITY, pa.float64()),
+            (MODEL_VERSION, pa.string()),
+            (GENERATED_AT, ts),
+        ],
+    }
+    if table not in schemas:
+        raise KeyError(f"no pyarrow schema for table {table!r}; known: {sorted(schemas)}")
+    return pa.schema(schemas[table])
