@@ -22,6 +22,14 @@ os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"
 os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
 
 FAST_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+# Airflow reads these at import time: its metadata DB lives under the ignored var/ folder.
+os.environ["AIRFLOW_HOME"] = str(PROJECT_ROOT / "var" / "test-airflow")
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(PROJECT_ROOT / "dags")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
+os.environ["AIRFLOW_CONN_SPARK_DEFAULT"] = '{"conn_type": "spark", "host": "local[1]"}'
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,80 @@
+# dqlrec: `make run` runs the nightly DAG end to end on the embedded default; `make test` runs the tests.
+# Needs only Python 3.11+ and Java 17+; everything else is installed into .venv by these targets.
+
+PYTHON   ?= python3
+VENV     := .venv
+BIN      := $(CURDIR)/$(VENV)/bin
+STAMP    := $(VENV)/.installed
+PIP      := $(BIN)/python -m pip --quiet --disable-pip-version-check
+
+# Airflow and Spark live entirely inside the project: metadata in var/airflow (SQLite), the
+# warehouse in var/warehouse. Nothing is written to the home directory.
+export PATH                        := $(BIN):$(PATH)
+export PYTHONDONTWRITEBYTECODE     :=
+export AIRFLOW_HOME                := $(CURDIR)/var/airflow
+export AIRFLOW__CORE__DAGS_FOLDER  := $(CURDIR)/dags
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export AIRFLOW__CORE__PARALLELISM  := 4
+export AIRFLOW__LOGGING__LOGGING_LEVEL := WARNING
+export AIRFLOW_CONN_SPARK_DEFAULT  ?= {"conn_type": "spark", "host": "local[*]"}
+export PYSPARK_PYTHON              := $(BIN)/python
+export PYSPARK_DRIVER_PYTHON       := $(BIN)/python
+
+DAG_ID   := dql_recommendations
+RUN_DATE ?=
+
+.PHONY: run test install bench lint generate airflow-ui clean-data clean
+
+## install: create .venv and install the pinned requirements and the package (once)
+install: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@echo "Installing pinned requirements into $(VENV) (first time: a few minutes)..."
+	@# --no-deps: the lock is complete (see .ci/lock-requirements). The second call lets pip add
+	@# the GPU runtime packages a CUDA build of torch needs; a CPU build needs none.
+	@$(PIP) install --no-deps --compile -r requirements.txt
+	@$(PIP) install --compile torch==$$(sed -n 's/^torch==//p' requirements.txt)
+	@$(PIP) install --no-deps --no-build-isolation -e .
+	@$(BIN)/python -c "import airflow, pyspark, torch, great_expectations, dql_model" 2>/dev/null \
+	  || { echo "install failed: see the pip output above"; exit 1; }
+	@touch $(STAMP)
+
+## run: generate the demo shop if the warehouse is empty, then run the nightly DAG once through Airflow
+run: install
+	@$(BIN)/dqlrec generate --if-empty
+	@$(BIN)/airflow db migrate > var/airflow-migrate.log 2>&1 || { cat var/airflow-migrate.log; exit 1; }
+	@date="$(RUN_DATE)"; [ -n "$$date" ] || date=$$($(BIN)/dqlrec demo-date); \
+	  echo "Running DAG $(DAG_ID) for run date $$date (log: var/airflow-run.log)"; \
+	  $(BIN)/airflow dags test $(DAG_ID) -c "{\"run_date\": \"$$date\"}" > var/airflow-run.log 2>&1; rc=$$?; \
+	  grep -E "^\[dqlrec\]" var/airflow-run.log || true; \
+	  if [ $$rc -ne 0 ] || ! $(BIN)/dqlrec summary --run-date $$date; then \
+	    echo "The DAG run failed; the last lines of var/airflow-run.log:"; tail -40 var/airflow-run.log; exit 1; fi
+
+## test: run the test suite
+test: install
+	@$(BIN)/python -m pytest
+
+## bench: run every benchmark; tables are printed and figures written to var/bench/
+bench: install
+	@$(BIN)/python -m benchmarks
+
+## lint: ruff over the project
+lint: install
+	@$(BIN)/ruff check .
+
+## generate: write the demo shop's raw tables into the warehouse (replaces them)
+generate: install
+	@$(BIN)/dqlrec generate
+
+## airflow-ui: start Airflow standalone (UI on http://localhost:8080) with this project's DAGs
+airflow-ui: install
+	@$(BIN)/airflow standalone
+
+## clean-data: remove the warehouse, models, exports and Airflow metadata under var/
+clean-data:
+	rm -rf var/
+
+## clean: also remove the virtual environment
+clean: clean-data
+	rm -rf $(VENV)

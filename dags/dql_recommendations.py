@@ -1,0 +1,190 @@
+"""
+### dql_recommendations — nightly deep-Q-learning recommendations
+
+validate raw events → build item index, user states, transitions (Spark) → validate training data →
+train the Q-network (GPU pool when present) → evaluate against baselines and gate → score top-K →
+validate recommendations → publish (warehouse partition + export with manifest) → write the report.
+
+**Run date.** A scheduled run processes the day before its logical date (the day that just ended).
+A manual trigger can set `run_date`; without it, yesterday (UTC) is used.
+
+**Idempotent.** Every task writes only the run date's partitions and replaces them whole, so a rerun
+of a date gives the same tables. If training fails or the challenger loses the gate, scoring uses the
+champion model: marketing always gets fresh recommendations from a known-good model.
+
+Heavy libraries (torch, pyspark, great_expectations, dql_model) are imported inside the tasks only.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import pendulum
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.sdk import DAG, Asset, Param, get_current_context, task
+
+DAG_ID = Path(__file__).stem
+PROJECT_ROOT = Path(os.environ.get("DQLREC_HOME", Path(__file__).resolve().parents[1]))
+JOBS_DIR = Path(os.environ.get("DQLREC_JOBS_DIR", PROJECT_ROOT / "jobs"))
+# Downstream DAGs schedule on this asset; it is emitted when a date's recommendations are published.
+RECOMMENDATIONS_ASSET = Asset(name="dqlrec_recommendations", uri="dqlrec://warehouse/output/recommendations")
+SPARK_FAST_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+
+default_args = {
+    "owner": "dqlrec",
+    "retries": 2,
+    "retry_delay": timedelta(minutes=2),
+    "retry_exponential_backoff": True,
+    "max_retry_delay": timedelta(minutes=20),
+}
+
+params = {
+    "run_date": Param(
+        "",
+        type="string",
+        title="Run date",
+        description="Day of events to process (YYYY-MM-DD). Empty: the day before the logical date.",
+        pattern=r"^(\d{4}-\d{2}-\d{2})?$",
+    ),
+    "top_k": Param(
+        0,
+        type="integer",
+        minimum=0,
+        maximum=500,
+        title="Top K",
+        description="Recommendations per user. 0: the configured score.top_k.",
+    ),
+    "skip_training": Param(
+        False,
+        type="boolean",
+        title="Skip training",
+        description="Score with the current champion without training a challenger.",
+    ),
+    "model_version": Param(
+        "",
+        type="string",
+        title="Pinned model version",
+        description="Score with this registry version (implies skip training). Empty: the champion.",
+    ),
+    "force_cpu": Param(
+        False,
+        type="boolean",
+        title="Force CPU",
+        description="Train and score on CPU even when a GPU is present.",
+    ),
+}
+
+
+def _run_options() -> dict:
+    """The manual-trigger params of the current run, as plain values."""
+    return dict(get_current_context()["params"])
+
+
+with DAG(
+    dag_id=DAG_ID,
+    doc_md=__doc__,
+    schedule="@daily",
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args=default_args,
+    params=params,
+    tags=["dqlrec", "recommendations", "ml"],
+) as dag:
+
+    @task
+    def resolve_run_date() -> str:
+        """The run date from the params, else the day before the logical date (yesterday for manual runs)."""
+        context = get_current_context()
+        chosen = context["params"].get("run_date") or ""
+        if chosen:
+            return chosen
+        logical = context.get("logical_date") or pendulum.now("UTC")
+        return logical.subtract(days=1).to_date_string()
+
+    @task
+    def validate_raw_events(run_date: str) -> dict:
+        from dql_model import tasks
+
+        return tasks.validate_raw_events(run_date)
+
+    build_training_data = SparkSubmitOperator(
+        task_id="build_training_data",
+        application=str(JOBS_DIR / "build_training_data.py"),
+        application_args=["--run-date", "{{ ti.xcom_pull(task_ids='resolve_run_date') }}"],
+        conn_id="spark_default",
+        name="dqlrec-build-training-data",
+        conf={
+            "spark.sql.session.timeZone": "UTC",
+            "spark.ui.showConsoleProgress": "false",
+            "spark.driver.extraJavaOptions": SPARK_FAST_JVM,
+        },
+        pool="spark",
+        execution_timeout=timedelta(hours=2),
+    )
+
+    @task
+    def validate_training_data(run_date: str) -> dict:
+        from dql_model import tasks
+
+        return tasks.validate_training_data(run_date)
+
+    @task(pool="gpu", execution_timeout=timedelta(hours=3))
+    def train_model(run_date: str) -> dict:
+        from dql_model import tasks
+
+        return tasks.train_model(run_date, **_run_options())
+
+    @task(trigger_rule="all_done")
+    def evaluate_and_gate(run_date: str) -> dict:
+        """Runs even when training failed or was skipped: then the champion keeps scoring."""
+        from dql_model import tasks
+
+        ti = get_current_context()["ti"]
+        if ti.xcom_pull(task_ids="validate_training_data") is None:
+            raise RuntimeError(
+                f"training data for {run_date} was not built and validated; see tasks "
+                "build_training_data and validate_training_data of this run"
+            )
+        training = ti.xcom_pull(task_ids="train_model")
+        return tasks.evaluate_and_gate(run_date, training or {}, **_run_options())
+
+    @task
+    def score_users(run_date: str, gate: dict) -> dict:
+        from dql_model import tasks
+
+        return tasks.score_users(run_date, gate, **_run_options())
+
+    @task
+    def validate_recommendations(run_date: str, scored: dict) -> dict:
+        from dql_model import tasks
+
+        return tasks.validate_recommendations(run_date, scored, **_run_options())
+
+    @task(outlets=[RECOMMENDATIONS_ASSET])
+    def publish_recommendations(run_date: str, validated: dict) -> dict:
+        from dql_model import tasks
+
+        return tasks.publish_recommendations(run_date, validated)
+
+    @task
+    def write_report(run_date: str, published: dict) -> dict:
+        from dql_model import tasks
+
+        return tasks.write_report(run_date, published)
+
+    run_date = resolve_run_date()
+    raw_checked = validate_raw_events(run_date)
+    raw_checked >> build_training_data
+    data_checked = validate_training_data(run_date)
+    build_training_data >> data_checked
+    training = train_model(run_date)
+    data_checked >> training
+    gate = evaluate_and_gate(run_date)
+    training >> gate
+    scored = score_users(run_date, gate)
+    validated = validate_recommendations(run_date, scored)
+    published = publish_recommendations(run_date, validated)
+    write_report(run_date, published)

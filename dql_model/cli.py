@@ -1,0 +1,182 @@
+"""`dqlrec`: the command line of the pipeline.
+
+    dqlrec generate [--if-empty]      write the demo shop's raw tables into the warehouse
+    dqlrec task NAME --run-date D     run one nightly task without Airflow
+    dqlrec summary --run-date D       print the closing summary of a run
+    dqlrec evaluate [--run-date D] [--json]   print the model comparison of a run
+    dqlrec config [KEY]               print the resolved configuration (or one value)
+    dqlrec demo-date                  print the demo's run date (the simulator's last day)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from dql_model import schema
+from dql_model.config import ConfigError, load_config
+
+TASKS = (
+    "validate_raw_events",
+    "validate_training_data",
+    "train_model",
+    "evaluate_and_gate",
+    "score_users",
+    "validate_recommendations",
+    "publish_recommendations",
+    "write_report",
+)
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from dql_model import simulator
+
+    cfg = load_config(args.config)
+    if args.if_empty and simulator.warehouse_has_events(cfg):
+        print(f"warehouse {cfg.warehouse.root} already has events; not generating (use `dqlrec generate` to replace)")
+        return 0
+    counts = simulator.write_shop(cfg)
+    print(
+        f"demo shop written to {cfg.warehouse.root}: {counts['events']} events, {counts['users']} users, "
+        f"{counts['items']} items, {counts['first_date']} .. {counts['last_date']}"
+    )
+    return 0
+
+
+def _cmd_task(args: argparse.Namespace) -> int:
+    """Runs the DAG's tasks in order up to NAME, passing results along as the DAG's XCom would."""
+    import subprocess
+
+    from dql_model import tasks
+
+    run_date = args.run_date
+    if args.name == "build_training_data":
+        job = Path(__file__).resolve().parents[1] / "jobs" / "build_training_data.py"
+        return subprocess.call([sys.executable, str(job), "--run-date", run_date])
+    options = {"top_k": args.top_k, "force_cpu": args.force_cpu, "skip_training": args.skip_training}
+    steps = {
+        "validate_raw_events": lambda _: tasks.validate_raw_events(run_date),
+        "validate_training_data": lambda _: tasks.validate_training_data(run_date),
+        "train_model": lambda _: tasks.train_model(run_date, **options),
+        "evaluate_and_gate": lambda prev: tasks.evaluate_and_gate(run_date, prev, **options),
+        "score_users": lambda prev: tasks.score_users(run_date, prev, **options),
+        "validate_recommendations": lambda prev: tasks.validate_recommendations(run_date, prev, **options),
+        "publish_recommendations": lambda prev: tasks.publish_recommendations(run_date, prev),
+        "write_report": lambda prev: tasks.write_report(run_date, prev),
+    }
+    # The model tasks chain: each needs the previous one's result.
+    chain = ["train_model", "evaluate_and_gate", "score_users", "validate_recommendations",
+             "publish_recommendations", "write_report"]
+    todo = chain[: chain.index(args.name) + 1] if args.name in chain else [args.name]
+    result: dict = {}
+    for name in todo:
+        result = steps[name](result)
+    print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def _load_report(cfg, run_date: str | None, filename: str) -> dict:
+    reports = Path(cfg.warehouse.path("reports"))
+    if run_date is None:
+        runs = sorted(p.name for p in reports.glob(f"{schema.RUN_DATE}=*") if (p / filename).is_file())
+        if not runs:
+            raise FileNotFoundError(f"no run has written {filename} under {reports} yet; run `make run` first")
+        run_date = runs[-1].split("=", 1)[1]
+    path = reports / f"{schema.RUN_DATE}={run_date}" / filename
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: the run for {run_date} did not finish")
+    return json.loads(path.read_text())
+
+
+def _cmd_summary(args: argparse.Namespace) -> int:
+    from dql_model import report, tasks
+
+    cfg = load_config(args.config)
+    summary = _load_report(cfg, args.run_date, "summary.json")
+    summary["report_dir"] = str(tasks.report_dir(cfg, summary["run_date"]))
+    print(report.render_summary(summary))
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from dql_model import report
+
+    cfg = load_config(args.config)
+    evaluation = _load_report(cfg, args.run_date, "evaluation.json")
+    if args.json:
+        print(json.dumps(evaluation, indent=2, sort_keys=True))
+    else:
+        print(f"run {evaluation['run_date']}, {evaluation['validation_events']} validation events")
+        print(report.comparison_table(evaluation["metrics"]))
+        print(f"gate: {'promoted' if evaluation['promoted'] else 'kept champion'} ({evaluation['reason']})")
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config).to_dict()
+    if args.key:
+        section, _, name = args.key.partition(".")
+        try:
+            print(cfg[section][name] if name else yaml.safe_dump(cfg[section], sort_keys=False).rstrip())
+        except KeyError:
+            raise ConfigError(f"unknown config key {args.key!r}") from None
+    else:
+        print(yaml.safe_dump(cfg, sort_keys=False).rstrip())
+    return 0
+
+
+def _cmd_demo_date(args: argparse.Namespace) -> int:
+    print(load_config(args.config).simulator.end_date)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dqlrec", description="Nightly deep Q-learning recommendations.")
+    parser.add_argument("--config", help="YAML config file (default: $DQLREC_CONFIG, else built-in defaults)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate", help="write the demo shop's raw tables into the warehouse")
+    p.add_argument("--if-empty", action="store_true", help="do nothing when the warehouse already has events")
+    p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("task", help="run one nightly task (and the model tasks before it) without Airflow")
+    p.add_argument("name", choices=("build_training_data", *TASKS))
+    p.add_argument("--run-date", required=True)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--force-cpu", action="store_true")
+    p.add_argument("--skip-training", action="store_true")
+    p.set_defaults(func=_cmd_task)
+
+    p = sub.add_parser("summary", help="print the closing summary of a run")
+    p.add_argument("--run-date", help="default: the latest run")
+    p.set_defaults(func=_cmd_summary)
+
+    p = sub.add_parser("evaluate", help="print the model comparison of a run")
+    p.add_argument("--run-date", help="default: the latest run")
+    p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("config", help="print the resolved configuration")
+    p.add_argument("key", nargs="?", help="section or section.field")
+    p.set_defaults(func=_cmd_config)
+
+    p = sub.add_parser("demo-date", help="print the demo's run date")
+    p.set_defaults(func=_cmd_demo_date)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"dqlrec: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,366 @@
+"""The nightly DAG's Python tasks, as plain functions of the run date.
+
+Each task reads its inputs from the warehouse and registry, writes only the run date's outputs, and
+returns a small JSON-able dict (paths, counts, versions) for XCom. The DAG, the CLI and the tests call
+these same functions, so a task can be rerun or debugged without Airflow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from dql_model import schema, storage
+from dql_model.config import Config, load_config
+
+log = logging.getLogger("dqlrec")
+
+STAGING = "staging"
+
+
+def _say(message: str, *args: Any) -> None:
+    """Progress line in the task log and on stdout (the CLI and `make run` show it)."""
+    text = message % args if args else message
+    log.info(text)
+    print(f"[dqlrec] {text}", flush=True)
+
+
+def run_config(*, top_k: int = 0, force_cpu: bool = False, **_ignored: Any) -> Config:
+    """The configuration with the manual-trigger params applied on top."""
+    cfg = load_config()
+    overrides: dict[str, dict[str, Any]] = {}
+    if top_k:
+        overrides["score"] = {"top_k": int(top_k)}
+    if force_cpu:
+        overrides["train"] = {"device": "cpu"}
+    return cfg.replace(**overrides) if overrides else cfg
+
+
+def etl_summary_path(cfg: Config, run_date: str) -> Path:
+    return Path(cfg.warehouse.path("curated", "_runs", f"{schema.RUN_DATE}={run_date}", "build_training_data.json"))
+
+
+def staged_recommendations_path(cfg: Config, run_date: str) -> Path:
+    return Path(cfg.warehouse.path(STAGING, schema.RECOMMENDATIONS, f"{schema.RUN_DATE}={run_date}"))
+
+
+def report_dir(cfg: Config, run_date: str) -> Path:
+    return Path(cfg.warehouse.path("reports", f"{schema.RUN_DATE}={run_date}"))
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str))
+    tmp.replace(path)
+
+
+# --- 1. raw events ------------------------------------------------------------------------------
+
+
+def validate_raw_events(run_date: str, cfg: Config | None = None) -> dict[str, Any]:
+    """Great Expectations over the run date's raw events partition; fails the run on a broken contract."""
+    from dql_model import quality
+
+    cfg = cfg or load_config()
+    partition = f"{schema.EVENT_DATE}={run_date}"
+    folder = cfg.warehouse.path("raw", schema.EVENTS, partition)
+    try:
+        events = storage.read_partition(folder).to_pandas()
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"raw events partition {folder} is missing: no events were loaded for {run_date}. "
+            "Load the day's events (or `dqlrec generate` for the demo) and rerun the date."
+        ) from None
+    items = storage.read_partition(cfg.warehouse.path("raw", schema.ITEMS), columns=[schema.ITEM_ID])
+    report = quality.validate_raw_events(
+        events,
+        partition=partition,
+        known_item_ids=set(items.column(schema.ITEM_ID).to_pylist()),
+        max_bad_fraction=cfg.quality.max_bad_fraction,
+    )
+    report.raise_for_failures()
+    _say("raw events %s: %d rows pass the contract", partition, len(events))
+    return report.summary()
+
+
+# --- 2. training data ---------------------------------------------------------------------------
+
+
+def validate_training_data(run_date: str, cfg: Config | None = None) -> dict[str, Any]:
+    """Checks the Spark job's accounting (input = accepted + quarantined) and that there is data to learn."""
+    cfg = cfg or load_config()
+    path = etl_summary_path(cfg, run_date)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: build_training_data did not finish for {run_date}")
+    summary = json.loads(path.read_text())
+    quarantined = sum(summary["quarantined"].values())
+    if summary["input_events"] != summary["accepted"] + quarantined:
+        raise ValueError(
+            f"{path}: input events {summary['input_events']} != accepted {summary['accepted']} "
+            f"+ quarantined {quarantined}; rows were lost between raw and curated tables"
+        )
+    for key in ("transitions_train", "transitions_validation", "users", "items"):
+        if summary.get(key, 0) <= 0:
+            raise ValueError(f"{path}: {key} is {summary.get(key)}; nothing to train, evaluate or score")
+    _say(
+        "training data %s: %d accepted events, %d quarantined %s, %d train / %d validation transitions",
+        run_date,
+        summary["accepted"],
+        quarantined,
+        summary["quarantined"],
+        summary["transitions_train"],
+        summary["transitions_validation"],
+    )
+    return {k: summary[k] for k in ("accepted", "transitions_train", "transitions_validation", "users", "items")}
+
+
+# --- 3. training --------------------------------------------------------------------------------
+
+
+def train_model(
+    run_date: str,
+    *,
+    skip_training: bool = False,
+    model_version: str = "",
+    cfg: Config | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Trains a challenger on the run's transitions and registers it (the gate decides on promotion)."""
+    from dql_model import registry
+    from dql_model.train import train_model as fit
+
+    cfg = cfg or run_config(**options)
+    if skip_training or model_version:
+        reason = f"pinned model {model_version}" if model_version else "skip_training is set"
+        _say("training skipped: %s", reason)
+        return {"trained": False, "reason": reason}
+
+    warm_start = None
+    champion = registry.champion_version(cfg.registry.root)
+    if champion:
+        warm_start, _ = registry.load_model(Path(cfg.registry.root) / champion)
+    result = fit(
+        cfg,
+        transitions_dir=cfg.warehouse.partition(schema.TRANSITIONS, run_date),
+        item_index_dir=cfg.warehouse.partition(schema.ITEM_INDEX, run_date),
+        warm_start=warm_start,
+        progress=_say,
+    )
+    version = registry.save_model(
+        result.model,
+        cfg,
+        registry_root=cfg.registry.root,
+        metrics={"history": result.history, "best": result.best_metrics},
+        data_window={"run_date": run_date, "train_days": cfg.etl.train_days, "val_days": cfg.etl.val_days},
+        version_prefix=run_date.replace("-", ""),
+    )
+    _say("trained challenger %s on %s in %.0f s", version, result.device, result.seconds)
+    return {
+        "trained": True,
+        "version": version,
+        "device": str(result.device),
+        "seconds": round(result.seconds, 1),
+        "transitions": result.n_transitions,
+    }
+
+
+# --- 4. evaluation and gate ---------------------------------------------------------------------
+
+
+def evaluate_and_gate(
+    run_date: str,
+    training: dict[str, Any],
+    *,
+    model_version: str = "",
+    cfg: Config | None = None,
+    **options: Any,
+) -> dict[str, Any]:
+    """Ranks the validation window with the challenger, the champion and popularity; promotes or keeps."""
+    from dql_model import evaluate, registry
+    from dql_model.data import load_item_features, load_transitions
+
+    cfg = cfg or run_config(**options)
+    root = Path(cfg.registry.root)
+    if model_version:
+        if not (root / model_version).is_dir():
+            raise FileNotFoundError(f"pinned model version {model_version} is not in the registry {root}")
+        _say("scoring with pinned model %s; gate not applied", model_version)
+        return {"scoring_version": model_version, "promoted": False, "reason": "pinned by the trigger"}
+
+    transitions_dir = cfg.warehouse.partition(schema.TRANSITIONS, run_date)
+    items = load_item_features(cfg.warehouse.partition(schema.ITEM_INDEX, run_date), price_buckets=cfg.model.price_buckets)
+    train = load_transitions(transitions_dir, max_len=cfg.etl.max_len, split=schema.TRAIN)
+    val = load_transitions(transitions_dir, max_len=cfg.etl.max_len, split=schema.VALIDATION)
+
+    scorers = {"popularity": evaluate.PopularityScorer.from_actions(train.action, n_items=items.n_items)}
+    champion = registry.champion_version(root)
+    challenger = training.get("version") if training.get("trained") else None
+    for name, version in (("champion", champion), ("challenger", challenger)):
+        if version and not (name == "champion" and version == challenger):
+            model, _ = registry.load_model(root / version)
+            scorers[name] = evaluate.QNetworkScorer(model, n_items=items.n_items)
+    results = evaluate.evaluate_models(scorers, val)
+    for name, metrics in results.items():
+        _say(
+            "%-10s ndcg@10 %.4f  hr@10 %.4f  purchase ndcg@10 %.4f",
+            name,
+            metrics["eval/ndcg@10"],
+            metrics["eval/hr@10"],
+            metrics["eval/purchase/ndcg@10"],
+        )
+
+    if challenger is None and champion is None:
+        raise RuntimeError(
+            f"no model to score with for {run_date}: training did not produce a challenger "
+            f"({training.get('reason', 'train_model failed')}) and the registry {root} has no champion"
+        )
+    if challenger is None:
+        promoted, reason = False, f"no challenger ({training.get('reason', 'train_model failed')})"
+    else:
+        promoted, reason = registry.gate(
+            results.get("champion"),
+            results["challenger"],
+            metric=cfg.registry.gate_metric,
+            tolerance=cfg.registry.gate_tolerance,
+        )
+        if promoted:
+            registry.set_champion(root, challenger)
+    scoring_version = registry.champion_version(root)
+    _say("gate: %s (%s); scoring with %s", "promoted" if promoted else "kept champion", reason, scoring_version)
+    evaluation = {
+        "run_date": run_date,
+        "validation_events": int(len(val.action)),
+        "metrics": results,
+        "champion_before": champion,
+        "challenger": challenger,
+        "promoted": promoted,
+        "reason": reason,
+        "scoring_version": scoring_version,
+        "gate_metric": cfg.registry.gate_metric,
+    }
+    _write_json(report_dir(cfg, run_date) / "evaluation.json", evaluation)
+    return {"scoring_version": scoring_version, "promoted": promoted, "reason": reason}
+
+
+# --- 5. scoring ---------------------------------------------------------------------------------
+
+
+def score_users(run_date: str, gate: dict[str, Any], *, cfg: Config | None = None, **options: Any) -> dict[str, Any]:
+    """Top-K for every user with a state, written to a staging partition that readers never see."""
+    import numpy as np
+
+    from dql_model import registry
+    from dql_model.data import load_item_features, load_transitions, load_user_states
+    from dql_model.score import score_users as score
+    from dql_model.train import resolve_device
+
+    cfg = cfg or run_config(**options)
+    version = gate["scoring_version"]
+    device = resolve_device(cfg.train.device)
+    model, _ = registry.load_model(Path(cfg.registry.root) / version, device=str(device))
+    items = load_item_features(cfg.warehouse.partition(schema.ITEM_INDEX, run_date), price_buckets=cfg.model.price_buckets)
+    states = load_user_states(cfg.warehouse.partition(schema.USER_STATES, run_date), max_len=cfg.etl.max_len)
+    window = load_transitions(cfg.warehouse.partition(schema.TRANSITIONS, run_date), max_len=cfg.etl.max_len, split=None)
+    popularity = np.bincount(window.action, minlength=items.n_items + 1).astype(np.float64)
+
+    table = score(
+        model,
+        states,
+        items,
+        top_k=cfg.score.top_k,
+        batch_size=cfg.score.batch_size,
+        popularity=popularity,
+        model_version=version,
+        generated_at=datetime.now(UTC),
+        mask_purchased=cfg.score.mask_purchased,
+        device=str(device),
+    )
+    path = staged_recommendations_path(cfg, run_date)
+    storage.write_partition(table, path, rows_per_file=cfg.publish.rows_per_file)
+    sources = table.column(schema.SOURCE).to_pylist()
+    fallback_rows = sum(s == schema.SOURCE_FALLBACK for s in sources)
+    users = len(set(table.column(schema.USER_ID).to_pylist()))
+    _say("scored %d users with %s (top %d, %d fallback rows) on %s", users, version, cfg.score.top_k, fallback_rows, device)
+    return {"path": str(path), "rows": table.num_rows, "users": users, "model_version": version, "top_k": cfg.score.top_k}
+
+
+# --- 6. recommendations check -------------------------------------------------------------------
+
+
+def validate_recommendations(
+    run_date: str, scored: dict[str, Any], *, cfg: Config | None = None, **options: Any
+) -> dict[str, Any]:
+    """Great Expectations over the staged recommendations; nothing is published if they fail."""
+    from dql_model import quality
+
+    cfg = cfg or run_config(**options)
+    table = storage.read_partition(staged_recommendations_path(cfg, run_date))
+    report = quality.validate_recommendations(table.to_pandas(), top_k=scored["top_k"], run_date=run_date)
+    report.raise_for_failures()
+    _say("recommendations %s: %d rows pass the contract", run_date, table.num_rows)
+    return {**scored, **report.summary()}
+
+
+# --- 7. publishing ------------------------------------------------------------------------------
+
+
+def publish_recommendations(run_date: str, validated: dict[str, Any], *, cfg: Config | None = None) -> dict[str, Any]:
+    """Swaps the warehouse partition in atomically, then exports with manifest and _SUCCESS last."""
+    from dql_model import publish
+
+    cfg = cfg or load_config()
+    staged = staged_recommendations_path(cfg, run_date)
+    table = storage.read_partition(staged)
+    warehouse_path = publish.publish_warehouse(table, cfg, run_date)
+    manifest = publish.export(
+        table,
+        uri=cfg.publish.export_uri,
+        run_date=run_date,
+        model_version=validated["model_version"],
+        config_hash=cfg.hash(),
+        rows_per_file=cfg.publish.rows_per_file,
+    )
+    shutil.rmtree(staged, ignore_errors=True)
+    export_uri = publish.partition_uri(cfg.publish.export_uri, run_date)
+    _say("published %d rows to %s and %s", table.num_rows, warehouse_path, export_uri)
+    return {
+        "warehouse_path": str(warehouse_path),
+        "export_uri": export_uri,
+        "rows": table.num_rows,
+        "users": manifest.user_count,
+        "files": len(manifest.files),
+        "model_version": validated["model_version"],
+        "top_k": validated["top_k"],
+    }
+
+
+# --- 8. report ----------------------------------------------------------------------------------
+
+
+def write_report(run_date: str, published: dict[str, Any], *, cfg: Config | None = None) -> dict[str, Any]:
+    """summary.json and report.md for the run, next to evaluation.json."""
+    from dql_model import report
+
+    cfg = cfg or load_config()
+    folder = report_dir(cfg, run_date)
+    evaluation_path = folder / "evaluation.json"
+    evaluation = json.loads(evaluation_path.read_text()) if evaluation_path.is_file() else {}
+    etl_path = etl_summary_path(cfg, run_date)
+    etl = json.loads(etl_path.read_text()) if etl_path.is_file() else {}
+    summary = {
+        "run_date": run_date,
+        "published": published,
+        "evaluation": evaluation,
+        "etl": etl,
+        "config_hash": cfg.hash(),
+        "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    _write_json(folder / "summary.json", summary)
+    (folder / "report.md").write_text(report.render_markdown(summary))
+    _say("report written to %s", folder)
+    return {"report_dir": str(folder)}
