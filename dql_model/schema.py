@@ -69,6 +69,9 @@ PROPENSITY = "propensity"
 MODEL_VERSION = "model_version"
 GENERATED_AT = "generated_at"
 
+# A rating's value must lie in this closed range (the reward maps it to [-1, 1]).
+RATING_BOUNDS = (1.0, 5.0)
+
 SOURCE_DQN = "dqn"
 SOURCE_FALLBACK = "fallback_popular"
 SOURCE_EXPLORE = "explore"
@@ -79,6 +82,7 @@ RULE_NULL_ID = "null_id"
 RULE_UNKNOWN_ITEM = "unknown_item"
 RULE_BAD_EVENT_TYPE = "bad_event_type"
 RULE_TIME_OUT_OF_RANGE = "event_time_out_of_range"
+RULE_BAD_VALUE = "bad_value"
 RULE_DUPLICATE = "duplicate"
 
 SPARK_DDL = {

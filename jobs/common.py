@@ -1,0 +1,97 @@
+"""Small helpers shared by the jobs: dates, UTC day bounds, event codes and the event order.
+
+Every time computation here is independent of ``spark.sql.session.timeZone``: day bounds are
+built as UTC instants and dates are taken from epoch seconds, so a job gives the same rows
+whatever the session's time zone (the jobs still set it to UTC for readable output).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+
+from dql_model import schema
+
+SECONDS_PER_DAY = 86_400
+EVENT_CODE_COL = "_event_code"
+"""Scratch column with schema.EVENT_CODE of the event type (dropped before a job returns)."""
+
+
+def as_date(value: dt.date | str) -> dt.date:
+    """A ``date`` from a date or an ISO ``YYYY-MM-DD`` string (a datetime is refused: ambiguous)."""
+    if isinstance(value, dt.datetime):
+        raise TypeError(f"expected a date or 'YYYY-MM-DD', got the datetime {value!r}")
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"expected a date as 'YYYY-MM-DD', got {value!r}") from None
+
+
+def day_start_utc(day: dt.date | str) -> dt.datetime:
+    """00:00 UTC of ``day`` as an aware datetime (Spark turns it into the right instant)."""
+    d = as_date(day)
+    return dt.datetime(d.year, d.month, d.day, tzinfo=dt.UTC)
+
+
+def day_end_utc(day: dt.date | str) -> dt.datetime:
+    """Exclusive end of ``day``: 00:00 UTC of the next day."""
+    return day_start_utc(as_date(day) + dt.timedelta(days=1))
+
+
+def utc_date(ts: Column) -> Column:
+    """The UTC calendar date of a timestamp column, whatever the session time zone."""
+    return F.date_from_unix_date(F.floor(F.unix_seconds(ts) / SECONDS_PER_DAY).cast("int"))
+
+
+def event_code(event_type: Column) -> Column:
+    """schema.EVENT_CODE of an event type column; null for an unknown type."""
+    code = F.lit(None).cast("int")
+    for name, value in schema.EVENT_CODE.items():
+        code = F.when(event_type == name, F.lit(value)).otherwise(code)
+    return code
+
+
+def event_order() -> list[Column]:
+    """Total order of a user's events: time, event code, item, then value and session as tie-breaks.
+
+    Needs the ``EVENT_CODE_COL`` scratch column. Exact duplicates are removed by the cleaning job,
+    so rows that tie on every key are identical and their order cannot change any output.
+    """
+    return [
+        F.col(schema.EVENT_TIME).asc(),
+        F.col(EVENT_CODE_COL).asc(),
+        F.col(schema.ITEM_ID).asc(),
+        F.col(schema.VALUE).asc_nulls_first(),
+        F.col(schema.SESSION_ID).asc_nulls_first(),
+    ]
+
+
+def seconds_between(later: Column, earlier: Column) -> Column:
+    """Seconds from ``earlier`` to ``later`` as a double (microsecond precision)."""
+    return (F.unix_micros(later) - F.unix_micros(earlier)) / F.lit(1_000_000.0)
+
+
+def to_contract(df: DataFrame, table: str) -> DataFrame:
+    """``df`` with exactly the columns of ``schema.SPARK_DDL[table]``, in order, cast to their types."""
+    from pyspark.sql.types import StructType
+
+    contract = StructType.fromDDL(schema.SPARK_DDL[table])
+    missing = [f.name for f in contract.fields if f.name not in df.columns]
+    if missing:
+        raise ValueError(f"{table}: the frame lacks contract column(s) {missing}; it has {df.columns}")
+    return df.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in contract.fields])
+
+
+def with_item_idx_and_code(events: DataFrame, item_index: DataFrame) -> DataFrame:
+    """Events with ``item_idx`` and the event-code scratch column.
+
+    An inner join: the index is built from the same accepted events, so it covers every one.
+    """
+    ids = item_index.select(schema.ITEM_ID, schema.ITEM_IDX)
+    return events.join(ids, on=schema.ITEM_ID, how="inner").withColumn(
+        EVENT_CODE_COL, event_code(F.col(schema.EVENT_TYPE))
+    )

@@ -1,0 +1,148 @@
+"""SparkSession for the jobs' main()s, and all-or-nothing writes through Hadoop's FileSystem.
+
+Paths go through Hadoop's FileSystem (``spark._jvm``), so the same code works on local folders
+and on HDFS. Renames are atomic on local disks and HDFS; object stores (s3a) emulate them by
+copying, so there the swap is only as safe as the store allows.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+from pyspark.sql import DataFrame, SparkSession
+
+from dql_model.config import SparkConfig
+
+UNDER_SPARK_SUBMIT_ENV = "PYSPARK_GATEWAY_PORT"
+"""Set by spark-submit for a Python driver: the JVM already runs with its master and memory."""
+
+
+def get_spark(cfg: SparkConfig, app_name: str) -> SparkSession:
+    """The active session if there is one (tests, notebooks), else a new one configured from ``cfg``.
+
+    Under spark-submit the master and driver memory given to spark-submit win; ``cfg.master``
+    and ``cfg.driver_memory`` apply only when the job runs as a plain Python process. The
+    session time zone is always UTC: the data contract's timestamps are UTC.
+    """
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        active.conf.set("spark.sql.session.timeZone", "UTC")
+        return active
+    builder = (
+        SparkSession.builder.appName(app_name)
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
+    )
+    if UNDER_SPARK_SUBMIT_ENV not in os.environ:
+        builder = builder.master(cfg.master).config("spark.driver.memory", cfg.driver_memory)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("WARN")  # keep the job's progress lines readable
+    return session
+
+
+def _fs(spark: SparkSession, path: str):
+    """(Hadoop FileSystem, Hadoop Path) of ``path``."""
+    hadoop_path = spark._jvm.org.apache.hadoop.fs.Path(path)
+    return hadoop_path.getFileSystem(spark._jsc.hadoopConfiguration()), hadoop_path
+
+
+def _sibling(spark: SparkSession, final, tag: str):
+    """A hidden sibling of ``final`` (readers skip names starting with '.' or '_')."""
+    return spark._jvm.org.apache.hadoop.fs.Path(
+        final.getParent(), f".{final.getName()}.{tag}-{uuid.uuid4().hex[:8]}"
+    )
+
+
+def write_partition_atomic(df: DataFrame, final_path: str) -> None:
+    """Write ``df`` as Parquet to become the whole content of the folder ``final_path``.
+
+    The data goes to a hidden staging sibling first; only a complete write is swapped in (old
+    folder renamed aside, staging renamed into place, old folder deleted). A crash during the
+    write leaves the previous partition untouched and at worst a hidden staging folder behind;
+    a rerun replaces the partition whole, never appends to it.
+    """
+    spark = df.sparkSession
+    fs, final = _fs(spark, final_path)
+    _recover_leftovers(fs, final)
+    staging = _sibling(spark, final, "staging")
+    try:
+        df.write.mode("errorifexists").parquet(staging.toString())
+        _swap_in(spark, fs, staging, final)
+    finally:
+        if fs.exists(staging):
+            fs.delete(staging, True)
+
+
+def _recover_leftovers(fs, final) -> None:
+    """Clean up after a writer of this partition that died (one writer per partition at a time).
+
+    A dead writer may leave a staging folder (deleted here) or, if it died between its two
+    renames, the previous partition moved aside as "retired" and none in place: that one is put
+    back, so the partition is never lost.
+    """
+    parent = final.getParent()
+    if not fs.exists(parent):
+        return
+    prefix = f".{final.getName()}."
+    leftovers = sorted(
+        (
+            status.getPath()
+            for status in fs.listStatus(parent)
+            if status.getPath().getName().startswith(prefix)
+        ),
+        key=lambda path: path.getName(),
+    )
+    for path in leftovers:
+        is_retired = path.getName().startswith(f"{prefix}retired-")
+        if is_retired and not fs.exists(final):
+            fs.rename(path, final)
+        else:
+            fs.delete(path, True)
+
+
+def _swap_in(spark: SparkSession, fs, staging, final) -> None:
+    retired = _sibling(spark, final, "retired")
+    had_old = fs.exists(final)
+    if had_old and not fs.rename(final, retired):
+        raise OSError(f"could not move the old partition {final} aside to {retired}; nothing was changed")
+    if not fs.rename(staging, final):
+        if had_old:
+            fs.rename(retired, final)
+        raise OSError(f"could not rename {staging} to {final}; the previous partition was put back")
+    if had_old:
+        fs.delete(retired, True)
+
+
+def write_text_atomic(spark: SparkSession, path: str, text: str) -> None:
+    """Write a small text file (a run summary) so readers see the old or the new content."""
+    fs, final = _fs(spark, path)
+    if fs.getScheme() == "file":
+        local = final.toUri().getPath()
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        tmp = os.path.join(os.path.dirname(local), f".{os.path.basename(local)}.{uuid.uuid4().hex[:8]}")
+        with open(tmp, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(tmp, local)
+        return
+    staging = _sibling(spark, final, "staging")
+    stream = fs.create(staging, True)
+    try:
+        stream.write(bytearray(text.encode("utf-8")))
+    finally:
+        stream.close()
+    _swap_in(spark, fs, staging, final)
+
+
+def list_partitions(spark: SparkSession, table_root: str, column: str) -> dict[str, str]:
+    """``{value: folder}`` of the Hive-style ``column=value`` folders under ``table_root`` ({} if none)."""
+    fs, root = _fs(spark, table_root)
+    if not fs.exists(root):
+        return {}
+    prefix = f"{column}="
+    found = {}
+    for status in fs.listStatus(root):
+        name = status.getPath().getName()
+        if status.isDirectory() and name.startswith(prefix):
+            found[name[len(prefix) :]] = status.getPath().toString()
+    return found

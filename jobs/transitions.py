@@ -1,0 +1,133 @@
+"""Training transitions (state, action, event, reward, done) for the training window.
+
+``next_state`` is not stored: the loader derives it from the state plus the action.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+
+from dql_model import schema
+from jobs.common import (
+    EVENT_CODE_COL,
+    day_end_utc,
+    day_start_utc,
+    event_order,
+    to_contract,
+    with_item_idx_and_code,
+)
+from jobs.sessions import sessionize
+
+FIXED_REWARD_TYPES = (schema.VIEW, schema.ADD_TO_CART, schema.PURCHASE)
+
+
+def build_transitions(
+    events: DataFrame,
+    *,
+    item_index: DataFrame,
+    max_len: int,
+    rewards: Mapping[str, float],
+    rating_scale: float,
+    value_weighted: bool,
+    window_start: dt.date | str,
+    val_start: dt.date | str,
+    window_end: dt.date | str | None = None,
+    session_gap_minutes: int | None = None,
+) -> DataFrame:
+    """One row per event in ``[window_start, window_end]`` (UTC days), per ``SPARK_DDL[TRANSITIONS]``.
+
+    - state (``item_seq``, ``event_seq``): the user's previous up to ``max_len`` events, oldest
+      first, taken from the whole history in ``events`` (not only the window); empty arrays for
+      a user's first event.
+    - ``action``: the event's item_idx; ``event_type`` kept as a string.
+    - ``reward``: ``rewards[event_type]`` for views, add-to-carts and purchases (purchases times
+      price / mean catalogue price when ``value_weighted``, missing prices weigh 1); a rating v
+      earns ``rating_scale * (v - 3) / 2`` clipped to [-1, 1], 0 when v is missing.
+    - ``done``: the event is the last of its session, or the user's last event.
+    - ``split``: ``validation`` from ``val_start`` on, else ``train``.
+
+    ``events`` should carry session ids (``jobs.sessions.sessionize``); with
+    ``session_gap_minutes`` the missing ones are inferred here. Events after ``window_end``
+    (default: no bound) still count as the next event for ``done``.
+    """
+    if max_len < 1:
+        raise ValueError(f"max_len must be >= 1, got {max_len}")
+    missing = [t for t in FIXED_REWARD_TYPES if t not in rewards]
+    if missing:
+        raise ValueError(
+            f"rewards lacks event type(s) {missing}; give a reward for each of {FIXED_REWARD_TYPES}"
+        )
+    if session_gap_minutes is not None:
+        events = sessionize(events, gap_minutes=session_gap_minutes)
+
+    by_user = Window.partitionBy(schema.USER_ID).orderBy(*event_order())
+    previous_events = by_user.rowsBetween(-max_len, -1)
+    indexed = with_item_idx_and_code(events, item_index).withColumn("_pos", F.row_number().over(by_user))
+    # array_sort orders the structs by their first field, the event's position.
+    state = F.array_sort(
+        F.collect_list(
+            F.struct(
+                F.col("_pos").alias("pos"),
+                F.col(schema.ITEM_IDX).alias("idx"),
+                F.col(EVENT_CODE_COL).alias("code"),
+            )
+        ).over(previous_events)
+    )
+    next_session = F.lead(schema.SESSION_ID).over(by_user)
+    has_next = F.lead(F.lit(True)).over(by_user).isNotNull()
+    done = ~has_next | ~next_session.eqNullSafe(F.col(schema.SESSION_ID))
+
+    in_window = F.col(schema.EVENT_TIME) >= F.lit(day_start_utc(window_start))
+    if window_end is not None:
+        in_window = in_window & (F.col(schema.EVENT_TIME) < F.lit(day_end_utc(window_end)))
+
+    transitions = (
+        indexed.withColumn("_state", state)
+        .withColumn(schema.DONE, done)
+        .where(in_window)
+        .select(
+            schema.USER_ID,
+            schema.EVENT_TIME,
+            F.transform("_state", lambda e: e["idx"]).alias(schema.ITEM_SEQ),
+            F.transform("_state", lambda e: e["code"]).alias(schema.EVENT_SEQ),
+            F.col(schema.ITEM_IDX).alias(schema.ACTION),
+            schema.EVENT_TYPE,
+            schema.ITEM_ID,
+            schema.VALUE,
+            schema.DONE,
+            F.when(F.col(schema.EVENT_TIME) >= F.lit(day_start_utc(val_start)), F.lit(schema.VALIDATION))
+            .otherwise(F.lit(schema.TRAIN))
+            .alias(schema.SPLIT),
+        )
+    )
+    if value_weighted:
+        mean_price = item_index.where(F.col(schema.PRICE) > 0).agg(F.avg(schema.PRICE).alias("_mean_price"))
+        prices = item_index.select(schema.ITEM_ID, schema.PRICE)
+        transitions = transitions.join(prices, on=schema.ITEM_ID, how="left").crossJoin(
+            F.broadcast(mean_price)
+        )
+        purchase_weight = F.coalesce(F.col(schema.PRICE) / F.col("_mean_price"), F.lit(1.0))
+    else:
+        purchase_weight = F.lit(1.0)
+    return to_contract(
+        transitions.withColumn(
+            schema.REWARD, _reward(rewards, rating_scale=rating_scale, purchase_weight=purchase_weight)
+        ),
+        schema.TRANSITIONS,
+    )
+
+
+def _reward(rewards: Mapping[str, float], *, rating_scale: float, purchase_weight: Column) -> Column:
+    event_type = F.col(schema.EVENT_TYPE)
+    rating = F.coalesce(F.lit(float(rating_scale)) * (F.col(schema.VALUE) - 3.0) / 2.0, F.lit(0.0))
+    return (
+        F.when(event_type == schema.VIEW, F.lit(float(rewards[schema.VIEW])))
+        .when(event_type == schema.ADD_TO_CART, F.lit(float(rewards[schema.ADD_TO_CART])))
+        .when(event_type == schema.PURCHASE, F.lit(float(rewards[schema.PURCHASE])) * purchase_weight)
+        .when(event_type == schema.RATING, F.greatest(F.lit(-1.0), F.least(F.lit(1.0), rating)))
+        .otherwise(F.lit(0.0))
+    )

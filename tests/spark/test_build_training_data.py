@@ -1,0 +1,189 @@
+"""End to end: jobs.build_training_data.main on a tiny Parquet warehouse, two nights and a rerun."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+import yaml
+from pyspark.testing import assertDataFrameEqual
+
+from dql_model import schema, storage
+from jobs.build_training_data import main
+
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
+
+VIEW, CART, BUY, RATE = (schema.EVENT_CODE[t] for t in schema.EVENT_TYPES)
+CURATED = (schema.QUARANTINE, schema.ITEM_INDEX, schema.USER_STATES, schema.TRANSITIONS)
+NIGHT1, NIGHT2 = "2026-11-26", "2026-11-27"
+
+
+def at(day: int, hour: int, minute: int = 0) -> dt.datetime:
+    return dt.datetime(2026, 11, day, hour, minute, tzinfo=dt.UTC)
+
+
+RAW_EVENTS = {
+    "2026-11-25": [
+        (at(25, 10), "u1", "i1", "view", None, "a1"),
+        (at(25, 10, 5), "u1", "i2", "add_to_cart", None, "a1"),
+        (at(25, 10, 5), "u1", "i2", "add_to_cart", None, "a1"),  # exact duplicate
+        (at(25, 11), None, "i1", "view", None, None),  # missing user
+    ],
+    "2026-11-26": [
+        (at(26, 9), "u1", "i2", "purchase", 20.0, None),  # no session id: inferred
+        (at(26, 9, 10), "u2", "i3", "rating", 4.0, None),  # a user with a single event
+        (at(26, 9, 20), "u2", "i9", "view", None, None),  # unknown item
+    ],
+    "2026-11-27": [
+        (at(27, 8), "u3", "i4", "view", None, None),  # an item first seen today
+        (at(27, 8, 30), "u1", "i1", "view", None, None),
+        (at(28, 2), "u1", "i1", "view", None, None),  # in the future of the run date
+    ],
+    "2026-11-28": [(at(28, 9), "u2", "i1", "view", None, None)],  # a later partition: never read
+}
+ITEMS_NIGHT1 = [("i1", "c1", 10.0, True), ("i2", "c1", 20.0, True), ("i3", "c2", 30.0, True)]
+ITEMS_NIGHT2 = [*ITEMS_NIGHT1, ("i4", "c2", 40.0, True)]
+
+
+def write_arrow(rows, table: str, folder: Path) -> None:
+    arrow_schema = schema.arrow_schema(table)
+    records = [dict(zip(arrow_schema.names, row, strict=True)) for row in rows]
+    storage.write_partition(pa.Table.from_pylist(records, schema=arrow_schema), folder)
+
+
+@pytest.fixture
+def warehouse(tiny_config, tmp_path):
+    for day, rows in RAW_EVENTS.items():
+        write_arrow(
+            rows, schema.EVENTS, Path(tiny_config.warehouse.path("raw", "events", f"event_date={day}"))
+        )
+    write_arrow(ITEMS_NIGHT1, schema.ITEMS, Path(tiny_config.warehouse.path("raw", "items")))
+    config_file = tmp_path / "dqlrec.yaml"
+    config_file.write_text(yaml.safe_dump(tiny_config.to_dict()))
+    return tiny_config, str(config_file)
+
+
+def read(spark, cfg, table: str, run_date: str):
+    return spark.read.schema(schema.SPARK_DDL[table]).parquet(cfg.warehouse.partition(table, run_date))
+
+
+def summary_of(cfg, run_date: str) -> dict:
+    path = Path(cfg.warehouse.path("curated", "_runs", f"run_date={run_date}", "build_training_data.json"))
+    return json.loads(path.read_text())
+
+
+def test_two_nights_and_a_rerun(spark, warehouse, capsys):
+    cfg, config_file = warehouse
+
+    assert main(["--run-date", NIGHT1, "--config", config_file]) == 0
+    night1_index = spark.createDataFrame(
+        [
+            ("i1", 1, "c1", 10.0, True, dt.date(2026, 11, 25)),
+            ("i2", 2, "c1", 20.0, True, dt.date(2026, 11, 25)),
+            ("i3", 3, "c2", 30.0, True, dt.date(2026, 11, 26)),
+        ],
+        schema.SPARK_DDL[schema.ITEM_INDEX],
+    )
+    assertDataFrameEqual(read(spark, cfg, schema.ITEM_INDEX, NIGHT1), night1_index)
+    assert summary_of(cfg, NIGHT1)["counts"]["input_events"] == 7  # partitions 11-25 and 11-26 only
+
+    write_arrow(ITEMS_NIGHT2, schema.ITEMS, Path(cfg.warehouse.path("raw", "items")))
+    assert main(["--run-date", NIGHT2, "--config", config_file]) == 0
+    printed = capsys.readouterr().out
+    assert f"[build_training_data {NIGHT2}] input 10 events: accepted 6, quarantined 4" in printed
+    assert "rule event_time_out_of_range" in printed
+
+    expect_night2_tables(spark, cfg)
+    counts = summary_of(cfg, NIGHT2)["counts"]
+    assert counts == {
+        "input_events": 10,
+        "accepted": 6,
+        "quarantined": {
+            schema.RULE_NULL_ID: 1,
+            schema.RULE_BAD_EVENT_TYPE: 0,
+            schema.RULE_UNKNOWN_ITEM: 1,
+            schema.RULE_BAD_VALUE: 0,
+            schema.RULE_TIME_OUT_OF_RANGE: 1,
+            schema.RULE_DUPLICATE: 1,
+        },
+        "quarantined_total": 4,
+        "duplicates": 1,
+        "items": 4,
+        "new_items": 1,
+        "users": 3,
+        "transitions_train": 4,
+        "transitions_validation": 2,
+    }
+    assert counts["input_events"] == counts["accepted"] + sum(counts["quarantined"].values())
+
+    before = {table: read(spark, cfg, table, NIGHT2).collect() for table in CURATED}
+    summary_before = summary_of(cfg, NIGHT2)
+    assert main(["--run-date", NIGHT2, "--config", config_file]) == 0
+    for table in CURATED:
+        assertDataFrameEqual(read(spark, cfg, table, NIGHT2), before[table])
+        table_root = Path(cfg.warehouse.partition(table, NIGHT2)).parent
+        assert sorted(p.name for p in table_root.iterdir()) == [f"run_date={NIGHT1}", f"run_date={NIGHT2}"]
+    assert summary_of(cfg, NIGHT2) == summary_before
+
+
+def expect_night2_tables(spark, cfg) -> None:
+    p25, p26, p27 = (f"event_date=2026-11-{d}" for d in (25, 26, 27))
+    quarantine = [
+        (at(25, 10, 5), "u1", "i2", "add_to_cart", None, "a1", schema.RULE_DUPLICATE, p25),
+        (at(25, 11), None, "i1", "view", None, None, schema.RULE_NULL_ID, p25),
+        (at(26, 9, 20), "u2", "i9", "view", None, None, schema.RULE_UNKNOWN_ITEM, p26),
+        (at(28, 2), "u1", "i1", "view", None, None, schema.RULE_TIME_OUT_OF_RANGE, p27),
+    ]
+    index = [
+        ("i1", 1, "c1", 10.0, True, dt.date(2026, 11, 25)),
+        ("i2", 2, "c1", 20.0, True, dt.date(2026, 11, 25)),
+        ("i3", 3, "c2", 30.0, True, dt.date(2026, 11, 26)),
+        ("i4", 4, "c2", 40.0, True, dt.date(2026, 11, 27)),  # appended, old indices unchanged
+    ]
+    states = [
+        (
+            "u1",
+            [1, 2, 2, 1],
+            [VIEW, CART, BUY, VIEW],
+            [0.0, 300.0, 82_500.0, 84_600.0],
+            [2],
+            at(27, 8, 30),
+            4,
+        ),
+        ("u2", [3], [RATE], [0.0], [], at(26, 9, 10), 1),
+        ("u3", [4], [VIEW], [0.0], [], at(27, 8), 1),
+    ]
+    # Window 11-23..11-27 (train_days=5), validation on 11-27 (val_days=1), max_len=8.
+    transitions = [
+        ("u1", at(25, 10), [], [], 1, "view", 0.0, False, "train"),
+        ("u1", at(25, 10, 5), [1], [VIEW], 2, "add_to_cart", 0.3, True, "train"),  # next event: new session
+        ("u1", at(26, 9), [1, 2], [VIEW, CART], 2, "purchase", 1.0, True, "train"),  # 23 h gap: session end
+        ("u1", at(27, 8, 30), [1, 2, 2], [VIEW, CART, BUY], 1, "view", 0.0, True, "validation"),
+        ("u2", at(26, 9, 10), [], [], 3, "rating", 0.5, True, "train"),
+        ("u3", at(27, 8), [], [], 4, "view", 0.0, True, "validation"),
+    ]
+    for table, rows in [
+        (schema.QUARANTINE, quarantine),
+        (schema.ITEM_INDEX, index),
+        (schema.USER_STATES, states),
+        (schema.TRANSITIONS, transitions),
+    ]:
+        assertDataFrameEqual(
+            read(spark, cfg, table, NIGHT2), spark.createDataFrame(rows, schema.SPARK_DDL[table])
+        )
+
+
+def test_missing_input_and_bad_arguments_name_the_problem(spark, tiny_config, tmp_path, capsys):
+    config_file = tmp_path / "dqlrec.yaml"
+    config_file.write_text(yaml.safe_dump(tiny_config.to_dict()))
+    events_root = tiny_config.warehouse.path("raw", "events")
+    with pytest.raises(
+        FileNotFoundError, match=f"no events partitions event_date<=2026-11-27 under {events_root}"
+    ):
+        main(["--run-date", NIGHT2, "--config", str(config_file)])
+    with pytest.raises(SystemExit):
+        main(["--run-date", "27/11/2026"])
+    assert "expected a date as YYYY-MM-DD, got '27/11/2026'" in capsys.readouterr().err

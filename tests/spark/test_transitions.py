@@ -1,0 +1,113 @@
+"""jobs.transitions: state = previous events (from full history, truncated), rewards, done, split."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from pyspark.sql.types import StructType
+from pyspark.testing import assertDataFrameEqual, assertSchemaEqual
+
+from dql_model import schema
+from jobs.transitions import build_transitions
+
+pytestmark = pytest.mark.spark
+
+VIEW, CART, BUY, RATE = (schema.EVENT_CODE[t] for t in schema.EVENT_TYPES)
+REWARDS = {schema.VIEW: 0.0, schema.ADD_TO_CART: 0.3, schema.PURCHASE: 1.0}
+TRANSITIONS = schema.SPARK_DDL[schema.TRANSITIONS]
+
+
+def at(day: int, hour: int, minute: int = 0) -> dt.datetime:
+    return dt.datetime(2026, 11, day, hour, minute, tzinfo=dt.UTC)
+
+
+@pytest.fixture(scope="module")
+def item_index(spark):
+    return spark.createDataFrame(
+        [
+            ("i1", 1, "a", 10.0, True, None),
+            ("i2", 2, "a", 20.0, True, None),
+            ("i3", 3, "b", 30.0, True, None),
+        ],
+        schema.SPARK_DDL[schema.ITEM_INDEX],
+    )
+
+
+@pytest.fixture(scope="module")
+def events(spark):
+    return spark.createDataFrame(
+        [
+            (at(19, 9), "u1", "i1", "view", None, "s0"),  # before the window: only in later states
+            (at(20, 9), "u1", "i2", "add_to_cart", None, "s1"),
+            (at(20, 9, 10), "u1", "i3", "purchase", 30.0, "s1"),  # last of its session
+            (at(21, 10), "u1", "i1", "rating", 5.0, "s2"),  # 1.5 * (5 - 3) / 2 = 1.5, clipped to 1
+            (at(21, 10, 5), "u1", "i2", "view", None, "s2"),  # last of the user's history
+            (at(20, 12), "u2", "i2", "rating", 2.0, "s9"),  # a user with a single event
+            (at(21, 8), "u3", "i3", "rating", None, "s7"),  # a rating without a value
+            (at(21, 9), "u3", "i1", "view", None, None),  # no session id: a new session
+            (at(22, 0), "u4", "i1", "view", None, "s5"),  # after the window end
+        ],
+        schema.SPARK_DDL[schema.EVENTS],
+    )
+
+
+def build(events, item_index, **overrides):
+    params = dict(
+        item_index=item_index,
+        max_len=2,
+        rewards=REWARDS,
+        rating_scale=1.5,
+        value_weighted=False,
+        window_start="2026-11-20",
+        val_start="2026-11-21",
+        window_end="2026-11-21",
+    )
+    return build_transitions(events, **(params | overrides))
+
+
+def test_states_rewards_done_and_split(spark, events, item_index):
+    transitions = build(events, item_index)
+
+    assertSchemaEqual(transitions.schema, StructType.fromDDL(TRANSITIONS))
+    expected = spark.createDataFrame(
+        [
+            ("u1", at(20, 9), [1], [VIEW], 2, "add_to_cart", 0.3, False, "train"),
+            ("u1", at(20, 9, 10), [1, 2], [VIEW, CART], 3, "purchase", 1.0, True, "train"),
+            ("u1", at(21, 10), [2, 3], [CART, BUY], 1, "rating", 1.0, False, "validation"),
+            ("u1", at(21, 10, 5), [3, 1], [BUY, RATE], 2, "view", 0.0, True, "validation"),
+            ("u2", at(20, 12), [], [], 2, "rating", -0.75, True, "train"),
+            ("u3", at(21, 8), [], [], 3, "rating", 0.0, True, "validation"),
+            ("u3", at(21, 9), [3], [RATE], 1, "view", 0.0, True, "validation"),
+        ],
+        TRANSITIONS,
+    )
+    assertDataFrameEqual(transitions, expected)
+
+
+def test_value_weighted_purchases(spark, events, item_index):
+    transitions = build(events, item_index, value_weighted=True, max_len=5)
+
+    # Mean catalogue price is 20, so buying i3 (30.0) earns 1.0 * 30 / 20.
+    expected = spark.createDataFrame(
+        [
+            ("u1", at(20, 9), 0.3),
+            ("u1", at(20, 9, 10), 1.5),
+            ("u1", at(21, 10), 1.0),
+            ("u1", at(21, 10, 5), 0.0),
+            ("u2", at(20, 12), -0.75),
+            ("u3", at(21, 8), 0.0),
+            ("u3", at(21, 9), 0.0),
+        ],
+        "user_id STRING, event_time TIMESTAMP, reward DOUBLE",
+    )
+    assertDataFrameEqual(transitions.select(schema.USER_ID, schema.EVENT_TIME, schema.REWARD), expected)
+    longest = transitions.where(f"{schema.EVENT_TIME} = '2026-11-21 10:05:00'").select(
+        schema.ITEM_SEQ, schema.EVENT_SEQ
+    )
+    assert longest.collect() == [([1, 2, 3, 1], [VIEW, CART, BUY, RATE])]
+
+
+def test_missing_reward_is_an_error(events, item_index):
+    with pytest.raises(ValueError, match="add_to_cart"):
+        build(events, item_index, rewards={schema.VIEW: 0.0, schema.PURCHASE: 1.0})
