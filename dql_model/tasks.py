@@ -97,7 +97,7 @@ def validate_training_data(run_date: str, cfg: Config | None = None) -> dict[str
     path = etl_summary_path(cfg, run_date)
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: build_training_data did not finish for {run_date}")
-    summary = json.loads(path.read_text())
+    summary = json.loads(path.read_text())["counts"]
     quarantined = sum(summary["quarantined"].values())
     if summary["input_events"] != summary["accepted"] + quarantined:
         raise ValueError(
@@ -351,7 +351,7 @@ def write_report(run_date: str, published: dict[str, Any], *, cfg: Config | None
     evaluation_path = folder / "evaluation.json"
     evaluation = json.loads(evaluation_path.read_text()) if evaluation_path.is_file() else {}
     etl_path = etl_summary_path(cfg, run_date)
-    etl = json.loads(etl_path.read_text()) if etl_path.is_file() else {}
+    etl = json.loads(etl_path.read_text())["counts"] if etl_path.is_file() else {}
     summary = {
         "run_date": run_date,
         "published": published,

@@ -1,0 +1,270 @@
+"""Great Expectations checks of raw events and recommendations (real GX, small inline frames)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from dql_model import quality, schema
+from dql_model.quality import DataQualityError, validate_raw_events, validate_recommendations
+
+PARTITION = "event_date=2026-11-20"
+RUN_DATE = "2026-11-27"
+TOP_K = 3
+NOT_NULL = "expect_column_values_to_not_be_null"
+IN_SET = "expect_column_values_to_be_in_set"
+BETWEEN = "expect_column_values_to_be_between"
+UNIQUE = "expect_compound_columns_to_be_unique"
+
+
+def raw_events(n: int = 200) -> pd.DataFrame:
+    """A clean partition: every event type, ratings in bounds, a purchase amount above 5, null session ids."""
+    types = list(schema.EVENT_TYPES)
+    frame = pd.DataFrame(
+        {
+            schema.EVENT_TIME: pd.date_range("2026-11-20", periods=n, freq="min", tz="UTC"),
+            schema.USER_ID: [f"u{i % 17}" for i in range(n)],
+            schema.ITEM_ID: [f"i{i % 11}" for i in range(n)],
+            schema.EVENT_TYPE: [types[i % 4] for i in range(n)],
+            schema.VALUE: [None] * n,
+            schema.SESSION_ID: [None if i % 3 else f"s{i}" for i in range(n)],
+        }
+    )
+    frame.loc[frame[schema.EVENT_TYPE] == schema.RATING, schema.VALUE] = 4.0
+    frame.loc[frame[schema.EVENT_TYPE] == schema.PURCHASE, schema.VALUE] = 129.9  # an amount, not a rating
+    return frame
+
+
+def only(report: quality.QualityReport) -> quality.RuleFailure:
+    assert len(report.failures) == 1, report.message()
+    return report.failures[0]
+
+
+def test_clean_raw_partition_passes():
+    report = validate_raw_events(
+        raw_events(), partition=PARTITION, known_item_ids={f"i{i}" for i in range(11)}, max_bad_fraction=0.0
+    )
+    assert report.success, report.message()
+    assert report.failures == []
+    assert report.raise_for_failures() is report
+    assert report.summary() == {
+        "table": schema.EVENTS,
+        "partition": PARTITION,
+        "success": True,
+        "checked_rows": 200,
+        "failed_rules": 0,
+        "tolerated_rules": 0,
+        "bad_rows": {},
+    }
+
+
+def test_null_item_id_fails_with_partition_column_rule_and_count():
+    events = raw_events()
+    events.loc[[5, 77, 150], schema.ITEM_ID] = None
+    report = validate_raw_events(events, partition=PARTITION, max_bad_fraction=0.01)
+
+    failure = only(report)
+    assert (failure.partition, failure.column, failure.rule) == (PARTITION, schema.ITEM_ID, NOT_NULL)
+    assert (failure.unexpected_count, failure.row_count, failure.blocking) == (3, 200, True)
+    assert failure.samples == (None,)
+    with pytest.raises(DataQualityError) as caught:
+        report.raise_for_failures()
+    message = str(caught.value)
+    assert (
+        f"raw events partition {PARTITION}: column item_id, rule {NOT_NULL}: 3 of 200 rows (1.50%)" in message
+    )
+    assert "quarantined by build_training_data" in message
+    assert caught.value.report is report
+
+
+def test_bad_rows_within_the_limit_are_tolerated_but_counted():
+    events = raw_events()
+    events.loc[[5, 77], schema.ITEM_ID] = None  # 1.00%: at the limit, not over it
+    report = validate_raw_events(events, partition=PARTITION, max_bad_fraction=0.01)
+
+    assert report.success, report.message()
+    failure = only(report)
+    assert (failure.column, failure.rule, failure.unexpected_count, failure.blocking) == (
+        schema.ITEM_ID,
+        NOT_NULL,
+        2,
+        False,
+    )
+    assert report.summary()["bad_rows"] == {f"item_id:{NOT_NULL}": 2}
+    assert report.summary()["tolerated_rules"] == 1
+
+
+def test_blank_user_id_counts_like_a_null_one():
+    events = raw_events()
+    events.loc[[8, 9], schema.USER_ID] = ["", "  "]
+    report = validate_raw_events(events, partition=PARTITION, max_bad_fraction=0.0)
+
+    failure = only(report)
+    assert (failure.column, failure.rule, failure.unexpected_count) == (
+        schema.USER_ID,
+        "expect_column_values_to_not_match_regex",
+        2,
+    )
+    assert set(failure.samples) == {"", "  "}
+
+
+def test_bad_event_type_is_named_with_a_sample():
+    events = raw_events()
+    events.loc[[3, 4, 9], schema.EVENT_TYPE] = "clik"
+    report = validate_raw_events(events, partition=PARTITION, max_bad_fraction=0.0)
+
+    failure = only(report)
+    assert (failure.column, failure.rule, failure.unexpected_count) == (schema.EVENT_TYPE, IN_SET, 3)
+    assert failure.samples == ("clik",)
+    assert (
+        "column event_type, rule expect_column_values_to_be_in_set: 3 of 200 rows (1.50%), e.g. ['clik']"
+        in (report.message())
+    )
+
+
+def test_missing_column_always_fails_and_row_rules_still_run():
+    events = raw_events().drop(columns=[schema.SESSION_ID])
+    events.loc[0, schema.USER_ID] = None
+    report = validate_raw_events(events, partition=PARTITION, max_bad_fraction=1.0)
+
+    assert not report.success
+    assert [(f.column, f.rule, f.blocking) for f in report.failures] == [
+        (schema.SESSION_ID, "expect_column_to_exist", True),
+        (schema.USER_ID, NOT_NULL, False),  # 0.5% <= 100%: tolerated, still reported
+    ]
+    message = report.message()
+    assert (
+        f"raw events partition {PARTITION}: column session_id, rule expect_column_to_exist: column missing"
+        in message
+    )
+
+
+def test_wrong_column_type_is_a_schema_failure():
+    events = raw_events()
+    events[schema.EVENT_TIME] = events[schema.EVENT_TIME].astype(str)
+    report = validate_raw_events(events, partition=PARTITION, max_bad_fraction=1.0)
+
+    failure = only(report)
+    assert (failure.column, failure.rule, failure.blocking) == (
+        schema.EVENT_TIME,
+        "expect_column_type_to_be",
+        True,
+    )
+    assert "timestamp" in failure.detail and "string" in failure.detail
+
+
+def test_rating_out_of_bounds_and_unknown_item():
+    events = raw_events()
+    rating_rows = events.index[events[schema.EVENT_TYPE] == schema.RATING][:2]
+    events.loc[rating_rows, schema.VALUE] = [0.0, 9.0]
+    events.loc[1, schema.ITEM_ID] = "ghost"
+    known = {f"i{i}" for i in range(11)}
+    report = validate_raw_events(events, partition=PARTITION, known_item_ids=known, max_bad_fraction=0.0)
+
+    found = {(f.column, f.rule): (f.unexpected_count, set(f.samples)) for f in report.failures}
+    assert found == {
+        (schema.VALUE, BETWEEN): (2, {0.0, 9.0}),  # purchase amounts of 129.9 are not ratings
+        (schema.ITEM_ID, IN_SET): (1, {"ghost"}),
+    }
+
+
+# --- recommendations ------------------------------------------------------------------------------
+
+
+def recommendations(n_users: int = 4) -> pd.DataFrame:
+    """Clean top-3 lists, as scoring writes them (through Arrow, in the contract's types)."""
+    rows = [
+        {
+            schema.USER_ID: f"u{u}",
+            schema.RANK: rank,
+            schema.ITEM_ID: f"i{(u + rank) % 7}",
+            schema.SCORE: 1.0 / rank,
+            schema.SOURCE: schema.SOURCE_EXPLORE if rank == TOP_K else schema.SOURCE_DQN,
+            schema.PROPENSITY: 0.25 if rank == TOP_K else 1.0,
+            schema.MODEL_VERSION: "v0007",
+            schema.GENERATED_AT: pd.Timestamp("2026-11-27T03:00:00Z"),
+        }
+        for u in range(n_users)
+        for rank in range(1, TOP_K + 1)
+    ]
+    return pa.Table.from_pylist(rows, schema=schema.arrow_schema(schema.RECOMMENDATIONS)).to_pandas()
+
+
+def test_clean_recommendations_pass():
+    report = validate_recommendations(recommendations(), top_k=TOP_K, run_date=RUN_DATE)
+    assert report.success, report.message()
+    assert report.partition == f"run_date={RUN_DATE}"
+    json.dumps(report.summary())  # XCom-safe
+
+
+def duplicate_rank(df):
+    df.loc[1, schema.RANK] = 1  # u0 now has rank 1 twice
+    return df
+
+
+def rank_over_k(df):
+    df.loc[2, schema.RANK] = TOP_K + 1
+    return df
+
+
+def bad_source(df):
+    df.loc[4, schema.SOURCE] = "manual"
+    return df
+
+
+def zero_propensity(df):
+    df.loc[5, schema.PROPENSITY] = 0.0
+    return df
+
+
+def null_score(df):
+    df.loc[6, schema.SCORE] = None
+    return df
+
+
+def duplicate_item(df):
+    df.loc[1, schema.ITEM_ID] = df.loc[0, schema.ITEM_ID]
+    return df
+
+
+@pytest.mark.parametrize(
+    ("break_it", "column", "rule", "count"),
+    [
+        (duplicate_rank, "user_id, rank", UNIQUE, 2),
+        (rank_over_k, schema.RANK, BETWEEN, 1),
+        (bad_source, schema.SOURCE, IN_SET, 1),
+        (zero_propensity, schema.PROPENSITY, BETWEEN, 1),
+        (null_score, schema.SCORE, NOT_NULL, 1),
+        (duplicate_item, "user_id, item_id", UNIQUE, 2),
+    ],
+)
+def test_broken_recommendations_fail(break_it, column, rule, count):
+    report = validate_recommendations(break_it(recommendations()), top_k=TOP_K, run_date=RUN_DATE)
+
+    failure = only(report)
+    assert (failure.column, failure.rule, failure.unexpected_count, failure.blocking) == (
+        column,
+        rule,
+        count,
+        True,
+    )
+    where = f"columns ({column})" if "," in column else f"column {column}"
+    expected = f"recommendations partition run_date={RUN_DATE}: {where}, rule {rule}: {count} of 12 rows"
+    with pytest.raises(DataQualityError, match=re.escape(expected)):
+        report.raise_for_failures()
+
+
+def test_empty_or_off_contract_recommendations_fail():
+    empty = validate_recommendations(recommendations().iloc[:0], top_k=TOP_K, run_date=RUN_DATE)
+    assert [(f.column, f.rule) for f in empty.failures] == [(None, "expect_table_row_count_to_be_between")]
+
+    renamed = recommendations().rename(columns={schema.PROPENSITY: "prob"})
+    report = validate_recommendations(renamed, top_k=TOP_K, run_date=RUN_DATE)
+    assert {(f.column, f.rule) for f in report.failures} == {
+        (schema.PROPENSITY, "expect_column_to_exist"),
+        ("prob", "expect_table_columns_to_match_set"),
+    }
