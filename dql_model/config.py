@@ -139,6 +139,8 @@ class TrainConfig:
     """Steps between hard target updates."""
     grad_clip: float = 5.0
     """Max gradient norm."""
+    patience: int = 2
+    """Epochs without a better validation NDCG@10 before training stops (best weights are kept)."""
     device: str = "auto"
     """auto (CUDA when present), cuda or cpu."""
     seed: int = 0

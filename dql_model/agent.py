@@ -1,0 +1,187 @@
+"""Losses and updates: double-DQN TD loss plus the discrete CQL term, or supervised only.
+
+    loss = td_weight * Huber(Q(s, a), r + gamma * (1 - done) * Q_target(s', argmax_a' Q(s', a')))
+         + cql_alpha * mean(logsumexp_a Q(s, a) - Q(s, a_logged))
+
+With mode="supervised" the loss is the conservative term alone, which is exactly the
+cross-entropy of the next item under softmax(Q(s, ·)): the supervised baseline, same network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from dql_model.config import TrainConfig
+from dql_model.data import TransitionBatch
+from dql_model.networks import QNetwork
+
+MODES = ("dqn", "supervised")
+TARGET_UPDATES = ("polyak", "hard")
+
+
+@dataclass
+class TensorBatch:
+    """A TransitionBatch on a device."""
+
+    state_items: torch.Tensor
+    state_events: torch.Tensor
+    action: torch.Tensor
+    event_code: torch.Tensor
+    reward: torch.Tensor
+    done: torch.Tensor
+    next_items: torch.Tensor
+    next_events: torch.Tensor
+
+    @classmethod
+    def from_numpy(cls, batch: TransitionBatch, device: torch.device | str = "cpu") -> TensorBatch:
+        def move(array, dtype):
+            return torch.from_numpy(array).to(device=device, dtype=dtype, non_blocking=True)
+
+        return cls(
+            state_items=move(batch.state_items, torch.long),
+            state_events=move(batch.state_events, torch.long),
+            action=move(batch.action, torch.long),
+            event_code=move(batch.event_code, torch.long),
+            reward=move(batch.reward, torch.float32),
+            done=move(batch.done, torch.float32),
+            next_items=move(batch.next_items, torch.long),
+            next_events=move(batch.next_events, torch.long),
+        )
+
+
+def double_dqn_target(
+    next_q_online: torch.Tensor,
+    next_q_target: torch.Tensor,
+    reward: torch.Tensor,
+    done: torch.Tensor,
+    gamma: float,
+) -> torch.Tensor:
+    """r + gamma * (1 - done) * Q_target(s', argmax_a Q_online(s', a)), padding column excluded.
+
+    next_q_* are [B, n_items + 1]; the result is [B] and carries no gradient.
+    """
+    with torch.no_grad():
+        best_next = next_q_online[:, 1:].argmax(dim=1, keepdim=True) + 1
+        next_value = next_q_target.gather(1, best_next)[:, 0].float()
+        return reward.float() + gamma * (1.0 - done.float()) * next_value
+
+
+def conservative_term(q: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    """Per row logsumexp_a Q(s, a) - Q(s, a_logged); the padding column (-inf) adds nothing."""
+    return torch.logsumexp(q, dim=1) - q.gather(1, action[:, None])[:, 0]
+
+
+def compute_loss(
+    batch: TensorBatch,
+    online: QNetwork,
+    target: QNetwork | None,
+    cfg: TrainConfig,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Loss of one batch and its parts as detached scalars named loss/*, q/*."""
+    if cfg.mode not in MODES:
+        raise ValueError(f"train.mode={cfg.mode!r} is not one of {MODES}")
+    # float(): the softmax and TD arithmetic stay in fp32 under bf16 autocast.
+    q = online.q_values(batch.state_items, batch.state_events).float()
+    q_logged = q.gather(1, batch.action[:, None])[:, 0]
+    conservative = conservative_term(q, batch.action).mean()
+    metrics = {"loss/cql": conservative.detach(), "q/mean": q_logged.detach().mean()}
+
+    if cfg.mode == "supervised":
+        loss = conservative
+    else:
+        if target is None:
+            raise ValueError("train.mode='dqn' needs a target network")
+        with torch.no_grad():
+            next_online = online.q_values(batch.next_items, batch.next_events)
+            next_target = target.q_values(batch.next_items, batch.next_events)
+            td_target = double_dqn_target(next_online, next_target, batch.reward, batch.done, cfg.gamma)
+        td = F.smooth_l1_loss(q_logged, td_target)
+        loss = cfg.td_weight * td + cfg.cql_alpha * conservative
+        metrics["loss/td"] = td.detach()
+        metrics["q/target_mean"] = td_target.mean()
+    metrics["loss/total"] = loss.detach()
+    return loss, metrics
+
+
+class DQNAgent:
+    """Online and target Q-networks, the optimizer and the target-update schedule."""
+
+    def __init__(
+        self,
+        online: QNetwork,
+        cfg: TrainConfig,
+        *,
+        device: torch.device | str = "cpu",
+        amp_dtype: torch.dtype | None = None,
+    ):
+        if cfg.target_update not in TARGET_UPDATES:
+            raise ValueError(f"train.target_update={cfg.target_update!r} is not one of {TARGET_UPDATES}")
+        if cfg.mode not in MODES:
+            raise ValueError(f"train.mode={cfg.mode!r} is not one of {MODES}")
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.amp_dtype = amp_dtype
+        self.online = online.to(self.device)
+        self.target: QNetwork | None = None
+        if cfg.mode == "dqn":
+            self.target = copy.deepcopy(online).eval().requires_grad_(False)
+        self.optimizer = torch.optim.Adam(self.online.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.steps = 0
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def compute_target(self, batch: TensorBatch) -> torch.Tensor:
+        """The double-DQN TD target of a batch (for inspection; compute_loss computes its own)."""
+        if self.target is None:
+            raise ValueError("train.mode='supervised' has no TD target")
+        with torch.no_grad(), self._autocast():
+            next_online = self.online.q_values(batch.next_items, batch.next_events)
+            next_target = self.target.q_values(batch.next_items, batch.next_events)
+        return double_dqn_target(next_online, next_target, batch.reward, batch.done, self.cfg.gamma)
+
+    def update(self, batch: TransitionBatch | TensorBatch) -> dict[str, torch.Tensor]:
+        """One gradient step; returns the batch's metrics as detached scalar tensors."""
+        if isinstance(batch, TransitionBatch):
+            batch = TensorBatch.from_numpy(batch, self.device)
+        self.online.train()
+        with self._autocast():
+            loss, metrics = compute_loss(batch, self.online, self.target, self.cfg)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        metrics["grad/norm"] = torch.nn.utils.clip_grad_norm_(
+            self.online.parameters(), self.cfg.grad_clip
+        ).detach()
+        self.optimizer.step()
+        self.steps += 1
+        self._update_target()
+        return metrics
+
+    def _update_target(self) -> None:
+        if self.target is None:
+            return
+        if self.cfg.target_update == "polyak":
+            self.sync_target(self.cfg.tau)
+        elif self.steps % self.cfg.target_every == 0:
+            self.sync_target(1.0)
+
+    @torch.no_grad()
+    def sync_target(self, tau: float = 1.0) -> None:
+        """target <- (1 - tau) * target + tau * online (tau=1 copies); buffers are copied."""
+        if self.target is None:
+            return
+        online_params = list(self.online.parameters())
+        target_params = list(self.target.parameters())
+        if tau >= 1.0:
+            torch._foreach_copy_(target_params, online_params)
+        else:
+            torch._foreach_lerp_(target_params, online_params, tau)
+        for target_buffer, online_buffer in zip(self.target.buffers(), self.online.buffers(), strict=True):
+            target_buffer.copy_(online_buffer)

@@ -1,0 +1,462 @@
+"""Warehouse rows -> numpy arrays for the model (no torch here).
+
+Curated partitions (``item_index``, ``user_states``, ``transitions``) are read with pyarrow.
+Sequences are stored oldest first and come out *left-padded* to a fixed length L: the most
+recent interaction is always in the last column, padding (0) fills the front. The next state of
+a transition is derived here (state shifted left, logged action appended), never stored twice.
+
+Training streams transitions in record batches through a shuffle buffer, so a partition larger
+than memory can be trained on; evaluation loads the (small) validation split whole.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from dql_model import schema
+
+TRANSITION_COLUMNS = [
+    schema.ITEM_SEQ,
+    schema.EVENT_SEQ,
+    schema.ACTION,
+    schema.EVENT_TYPE,
+    schema.REWARD,
+    schema.DONE,
+    schema.SPLIT,
+]
+ITEM_INDEX_COLUMNS = [schema.ITEM_ID, schema.ITEM_IDX, schema.CATEGORY_ID, schema.PRICE, schema.AVAILABLE]
+USER_STATE_COLUMNS = [schema.USER_ID, schema.ITEM_SEQ, schema.EVENT_SEQ, schema.PURCHASED]
+
+
+# --------------------------------------------------------------------------------------------
+# Arrays
+
+
+@dataclass
+class TransitionBatch:
+    """Transitions as arrays; sequences are [B, L] int64, left-padded with 0."""
+
+    state_items: np.ndarray
+    """[B, L] item_idx of the state, oldest first, left-padded."""
+    state_events: np.ndarray
+    """[B, L] event codes (schema.EVENT_CODE) aligned with state_items."""
+    action: np.ndarray
+    """[B] int64 item_idx the user interacted with next (the logged action)."""
+    event_code: np.ndarray
+    """[B] int64 event code of the action."""
+    reward: np.ndarray
+    """[B] float32 reward of the action."""
+    done: np.ndarray
+    """[B] bool, the episode (session or history) ends after this action."""
+    next_items: np.ndarray
+    """[B, L] state after the action: state shifted left, action appended."""
+    next_events: np.ndarray
+    """[B, L] event codes of next_items."""
+
+    def __len__(self) -> int:
+        return len(self.action)
+
+    @property
+    def max_len(self) -> int:
+        return self.state_items.shape[1]
+
+    def take(self, index: np.ndarray | slice) -> TransitionBatch:
+        """Rows selected by an index array or a slice."""
+        return TransitionBatch(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
+    @classmethod
+    def from_state(
+        cls,
+        state_items: np.ndarray,
+        state_events: np.ndarray,
+        action: np.ndarray,
+        event_code: np.ndarray,
+        reward: np.ndarray,
+        done: np.ndarray,
+    ) -> TransitionBatch:
+        next_items, next_events = next_state(state_items, state_events, action, event_code)
+        return cls(
+            state_items=state_items,
+            state_events=state_events,
+            action=action,
+            event_code=event_code,
+            reward=reward,
+            done=done,
+            next_items=next_items,
+            next_events=next_events,
+        )
+
+
+@dataclass
+class ItemFeatures:
+    """Per item_idx features of the catalogue; row 0 is padding."""
+
+    item_ids: np.ndarray
+    """[n_items + 1] object: item_idx -> item_id (None at 0 and at unused indices)."""
+    category: np.ndarray
+    """[n_items + 1] int64 category index, 1..n_categories; 0 = padding or unknown category."""
+    price_bucket: np.ndarray
+    """[n_items + 1] int64 log-price bucket, 1..price_buckets; 0 = padding or unknown price."""
+    available: np.ndarray
+    """[n_items + 1] bool, the item may be recommended (False at 0, unused indices, null)."""
+    category_ids: list[str]
+    """category index - 1 -> category_id, in order of first appearance by item_idx."""
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids) - 1
+
+    @property
+    def n_categories(self) -> int:
+        return len(self.category_ids)
+
+
+@dataclass
+class UserStates:
+    """Current state of every user, as scoring needs it."""
+
+    user_id: pa.Array
+    """[U] user ids (strings)."""
+    state_items: np.ndarray
+    """[U, L] int64 item_idx, left-padded."""
+    state_events: np.ndarray
+    """[U, L] int64 event codes, left-padded."""
+    purchased_indptr: np.ndarray
+    """[U + 1] int64 offsets into purchased_items (CSR rows)."""
+    purchased_items: np.ndarray
+    """[nnz] int64 item_idx already purchased, user u's are [indptr[u]:indptr[u+1]]."""
+
+    def __len__(self) -> int:
+        return len(self.user_id)
+
+    def slice(self, start: int, stop: int) -> UserStates:
+        lo, hi = self.purchased_indptr[start], self.purchased_indptr[min(stop, len(self))]
+        return UserStates(
+            user_id=self.user_id[start:stop],
+            state_items=self.state_items[start:stop],
+            state_events=self.state_events[start:stop],
+            purchased_indptr=self.purchased_indptr[start : stop + 1] - lo,
+            purchased_items=self.purchased_items[lo:hi],
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Sequence helpers
+
+
+def pad_left(lists: pa.Array | pa.ChunkedArray, max_len: int) -> np.ndarray:
+    """list<int> column -> [N, max_len] int64, most recent last, front padded with 0.
+
+    Lists longer than max_len keep their last max_len values; null lists count as empty.
+    """
+    if isinstance(lists, pa.ChunkedArray):
+        lists = lists.combine_chunks() if lists.num_chunks else pa.array([], lists.type)
+    lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    values = pc.fill_null(lists.flatten(), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    out = np.zeros((len(lengths), max_len), dtype=np.int64)
+    if values.size == 0:
+        return out
+    row = np.repeat(np.arange(len(lengths)), lengths)
+    position = np.arange(values.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    column = max_len - lengths[row] + position
+    keep = column >= 0
+    out[row[keep], column[keep]] = values[keep]
+    return out
+
+
+def next_state(
+    state_items: np.ndarray, state_events: np.ndarray, action: np.ndarray, event_code: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """State after the action: drop the first column, append (action, event_code) at the end.
+
+    On a left-padded state this grows a short state by one and slides a full one.
+    """
+    next_items = np.concatenate([state_items[:, 1:], action[:, None]], axis=1)
+    next_events = np.concatenate([state_events[:, 1:], event_code[:, None]], axis=1)
+    return next_items, next_events
+
+
+def left_align(state_items: np.ndarray, state_events: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Move the non-padding entries of each row to the end, keeping their order."""
+    order = np.argsort(state_items != 0, axis=1, kind="stable")
+    return np.take_along_axis(state_items, order, 1), np.take_along_axis(state_events, order, 1)
+
+
+def event_codes(event_type: pa.Array, where: str) -> np.ndarray:
+    """event_type strings -> int64 codes; unknown or null types are an error naming ``where``."""
+    codes = pc.index_in(event_type, value_set=pa.array(schema.EVENT_TYPES))
+    bad = codes.null_count
+    if bad:
+        raise ValueError(
+            f"{where}: {bad} row(s) break rule '{schema.RULE_BAD_EVENT_TYPE}': "
+            f"event_type must be one of {list(schema.EVENT_TYPES)}"
+        )
+    return codes.to_numpy(zero_copy_only=False).astype(np.int64) + 1
+
+
+def log_price_bucket(price: np.ndarray, n_buckets: int) -> np.ndarray:
+    """One bucket per doubling of (1 + price): 1..n_buckets; NaN or negative price -> 0.
+
+    Fixed edges (not quantiles of tonight's catalogue) keep an item's bucket stable across nights,
+    which the warm start relies on.
+    """
+    price = np.asarray(price, dtype=np.float64)
+    ok = np.isfinite(price) & (price >= 0)
+    octave = np.floor(np.log2(1.0 + np.where(ok, price, 0.0)))
+    return np.where(ok, 1 + np.clip(octave, 0, n_buckets - 1), 0).astype(np.int64)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading partitions
+
+
+def parquet_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """The Parquet files of one partition folder, sorted; hidden and _-prefixed names skipped."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith((".", "_")))
+    if not files:
+        raise FileNotFoundError(
+            f"partition {folder} has no Parquet files; did the upstream task run for this date?"
+        )
+    return files
+
+
+def _check_columns(file: Path, names: list[str], required: list[str]) -> None:
+    missing = [c for c in required if c not in names]
+    if missing:
+        raise ValueError(f"{file}: missing column(s) {missing}; expected the schema {required}")
+
+
+def _decode_transitions(rb: pa.RecordBatch | pa.Table, max_len: int, where: str) -> dict[str, np.ndarray]:
+    """A record batch of transition rows -> state arrays (next state not yet derived)."""
+    item_lists, event_lists = rb.column(schema.ITEM_SEQ), rb.column(schema.EVENT_SEQ)
+    item_len = pc.fill_null(pc.list_value_length(item_lists), 0)
+    event_len = pc.fill_null(pc.list_value_length(event_lists), 0)
+    mismatched = len(item_len) - pc.sum(pc.equal(item_len, event_len)).as_py() if len(item_len) else 0
+    if mismatched:
+        raise ValueError(f"{where}: {mismatched} row(s) have item_seq and event_seq of different lengths")
+    action = rb.column(schema.ACTION)
+    if action.null_count:
+        raise ValueError(f"{where}: {action.null_count} row(s) with a null action")
+    return {
+        "state_items": pad_left(item_lists, max_len),
+        "state_events": pad_left(event_lists, max_len),
+        "action": action.to_numpy(zero_copy_only=False).astype(np.int64),
+        "event_code": event_codes(rb.column(schema.EVENT_TYPE), where),
+        "reward": pc.fill_null(rb.column(schema.REWARD), 0.0)
+        .to_numpy(zero_copy_only=False)
+        .astype(np.float32),
+        "done": pc.fill_null(rb.column(schema.DONE), False).to_numpy(zero_copy_only=False).astype(bool),
+    }
+
+
+def _read_split(
+    folder: str | os.PathLike[str],
+    *,
+    max_len: int,
+    split: str | None,
+    read_rows: int,
+    rng: np.random.Generator | None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Decoded chunks of one split (None: all rows); with ``rng``, in shuffled file/row-group order."""
+    opened = {}
+    units = []
+    for file in parquet_files(folder):
+        opened[file] = pf = pq.ParquetFile(file)
+        _check_columns(file, pf.schema_arrow.names, TRANSITION_COLUMNS)
+        units.extend((file, rg) for rg in range(pf.metadata.num_row_groups))
+    if rng is not None:
+        units = [units[i] for i in rng.permutation(len(units))]
+    for file, row_group in units:
+        batches = opened[file].iter_batches(
+            batch_size=read_rows, row_groups=[row_group], columns=TRANSITION_COLUMNS
+        )
+        for rb in batches:
+            if split is not None:
+                rb = rb.filter(pc.equal(rb.column(schema.SPLIT), split))
+            if rb.num_rows:
+                yield _decode_transitions(rb, max_len, f"{file} (row group {row_group})")
+
+
+def _concat(chunks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    if len(chunks) == 1:
+        return chunks[0]
+    return {key: np.concatenate([c[key] for c in chunks]) for key in chunks[0]}
+
+
+def _batch(chunk: dict[str, np.ndarray], index: np.ndarray | slice) -> TransitionBatch:
+    return TransitionBatch.from_state(**{key: value[index] for key, value in chunk.items()})
+
+
+def iter_transition_batches(
+    folder: str | os.PathLike[str],
+    *,
+    max_len: int,
+    batch_size: int,
+    split: str = schema.TRAIN,
+    shuffle: bool = True,
+    seed: int = 0,
+    buffer_rows: int = 65_536,
+    read_rows: int = 8_192,
+) -> Iterator[TransitionBatch]:
+    """Stream one split of a transitions partition as batches, never holding the whole table.
+
+    With ``shuffle``, files and row groups are visited in a seeded random order and rows are
+    mixed in a buffer of ``buffer_rows``; the same seed gives the same batches. The last batch
+    may be smaller than ``batch_size``.
+    """
+    rng = np.random.default_rng(seed) if shuffle else None
+    pending: list[dict[str, np.ndarray]] = []
+    n_pending = 0
+
+    def drain(final: bool) -> Iterator[TransitionBatch]:
+        nonlocal pending, n_pending
+        merged = _concat(pending)
+        order = rng.permutation(n_pending) if rng is not None else np.arange(n_pending)
+        n_out = n_pending if final else (n_pending // batch_size) * batch_size
+        for start in range(0, n_out, batch_size):
+            yield _batch(merged, order[start : min(start + batch_size, n_out)])
+        rest = order[n_out:]
+        pending = [{key: value[rest] for key, value in merged.items()}] if len(rest) else []
+        n_pending = len(rest)
+
+    for chunk in _read_split(folder, max_len=max_len, split=split, read_rows=read_rows, rng=rng):
+        pending.append(chunk)
+        n_pending += len(chunk["action"])
+        if n_pending >= max(buffer_rows, batch_size):
+            yield from drain(final=False)
+    if n_pending:
+        yield from drain(final=True)
+
+
+def load_transitions(folder: str | os.PathLike[str], *, max_len: int, split: str | None) -> TransitionBatch:
+    """One split (None: every row) of a transitions partition as arrays, in file order.
+
+    For evaluation-sized data; training streams with iter_transition_batches instead.
+    """
+    chunks = list(_read_split(folder, max_len=max_len, split=split, read_rows=65_536, rng=None))
+    if not chunks:
+        empty = np.zeros((0, max_len), dtype=np.int64)
+        none = np.zeros(0, dtype=np.int64)
+        return TransitionBatch.from_state(
+            empty, empty, none, none, none.astype(np.float32), none.astype(bool)
+        )
+    return TransitionBatch.from_state(**_concat(chunks))
+
+
+def count_transitions(folder: str | os.PathLike[str], *, split: str) -> int:
+    """Rows of one split, reading only the split column."""
+    total = 0
+    for file in parquet_files(folder):
+        column = pq.read_table(file, columns=[schema.SPLIT]).column(schema.SPLIT)
+        total += pc.sum(pc.equal(column, split)).as_py() or 0
+    return total
+
+
+def action_counts(folder: str | os.PathLike[str], *, n_items: int, split: str = schema.TRAIN) -> np.ndarray:
+    """How often each item_idx is the logged action in one split: float64 [n_items + 1].
+
+    The popularity baseline and the scoring fallback rank by these counts. Actions beyond
+    n_items (items the caller does not know) are ignored.
+    """
+    counts = np.zeros(n_items + 1, dtype=np.float64)
+    for file in parquet_files(folder):
+        pf = pq.ParquetFile(file)
+        for rb in pf.iter_batches(batch_size=65_536, columns=[schema.ACTION, schema.SPLIT]):
+            action = rb.column(schema.ACTION).filter(pc.equal(rb.column(schema.SPLIT), split))
+            action = pc.drop_null(action).to_numpy(zero_copy_only=False).astype(np.int64)
+            action = action[(action > 0) & (action <= n_items)]
+            counts += np.bincount(action, minlength=n_items + 1)
+    return counts
+
+
+def load_item_features(folder: str | os.PathLike[str], *, price_buckets: int) -> ItemFeatures:
+    """The item_index partition as per-item_idx arrays (row 0 is padding).
+
+    Category indices follow the first appearance of a category by item_idx; as the index is
+    append-only, existing categories keep their index when new ones appear. A null
+    ``available`` counts as unavailable: never recommend what cannot be confirmed in stock.
+    """
+    files = parquet_files(folder)
+    tables = []
+    for file in files:
+        names = pq.ParquetFile(file).schema_arrow.names
+        _check_columns(file, names, ITEM_INDEX_COLUMNS)
+        tables.append(pq.read_table(file, columns=ITEM_INDEX_COLUMNS))
+    table = pa.concat_tables(tables).sort_by(schema.ITEM_IDX)
+    idx = table.column(schema.ITEM_IDX)
+    if idx.null_count or (len(idx) and pc.min(idx).as_py() < 1):
+        raise ValueError(f"item_index {folder}: item_idx must be non-null and >= 1 (0 is padding)")
+    idx = idx.to_numpy().astype(np.int64)
+    if len(idx) and np.any(idx[1:] == idx[:-1]):
+        dup = np.unique(idx[1:][idx[1:] == idx[:-1]])
+        raise ValueError(f"item_index {folder}: duplicate item_idx {dup[:10].tolist()} ({len(dup)} in all)")
+    n_items = int(idx.max()) if len(idx) else 0
+
+    item_ids = np.full(n_items + 1, None, dtype=object)
+    item_ids[idx] = table.column(schema.ITEM_ID).to_numpy(zero_copy_only=False)
+
+    category_col = table.column(schema.CATEGORY_ID).cast(pa.string())
+    category_ids = [c for c in pc.unique(pc.drop_null(category_col)).to_pylist()]  # first appearance order
+    category_index = pc.index_in(category_col, value_set=pa.array(category_ids, pa.string()))
+    category = np.zeros(n_items + 1, dtype=np.int64)
+    category[idx] = pc.fill_null(category_index, -1).to_numpy(zero_copy_only=False).astype(np.int64) + 1
+
+    price = pc.fill_null(table.column(schema.PRICE).cast(pa.float64()), np.nan).to_numpy(zero_copy_only=False)
+    price_bucket = np.zeros(n_items + 1, dtype=np.int64)
+    price_bucket[idx] = log_price_bucket(price, price_buckets)
+
+    available = np.zeros(n_items + 1, dtype=bool)
+    available[idx] = pc.fill_null(table.column(schema.AVAILABLE), False).to_numpy(zero_copy_only=False)
+    return ItemFeatures(
+        item_ids=item_ids,
+        category=category,
+        price_bucket=price_bucket,
+        available=available,
+        category_ids=category_ids,
+    )
+
+
+def _decode_user_states(table: pa.Table | pa.RecordBatch, max_len: int) -> UserStates:
+    purchased = table.column(schema.PURCHASED)
+    if isinstance(purchased, pa.ChunkedArray):
+        purchased = purchased.combine_chunks() if purchased.num_chunks else pa.array([], purchased.type)
+    counts = pc.fill_null(pc.list_value_length(purchased), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    user_id = table.column(schema.USER_ID)
+    if isinstance(user_id, pa.ChunkedArray):
+        user_id = user_id.combine_chunks() if user_id.num_chunks else pa.array([], pa.string())
+    return UserStates(
+        user_id=user_id,
+        state_items=pad_left(table.column(schema.ITEM_SEQ), max_len),
+        state_events=pad_left(table.column(schema.EVENT_SEQ), max_len),
+        purchased_indptr=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        purchased_items=pc.fill_null(purchased.flatten(), 0).to_numpy(zero_copy_only=False).astype(np.int64),
+    )
+
+
+def iter_user_states(
+    folder: str | os.PathLike[str], *, max_len: int, batch_rows: int = 262_144
+) -> Iterator[UserStates]:
+    """The user_states partition in chunks of at most ``batch_rows`` users, in file order."""
+    for file in parquet_files(folder):
+        pf = pq.ParquetFile(file)
+        _check_columns(file, pf.schema_arrow.names, USER_STATE_COLUMNS)
+        for rb in pf.iter_batches(batch_size=batch_rows, columns=USER_STATE_COLUMNS):
+            yield _decode_user_states(rb, max_len)
+
+
+def load_user_states(folder: str | os.PathLike[str], *, max_len: int) -> UserStates:
+    """The whole user_states partition: left-padded states and CSR purchased lists."""
+    tables = []
+    for file in parquet_files(folder):
+        _check_columns(file, pq.ParquetFile(file).schema_arrow.names, USER_STATE_COLUMNS)
+        tables.append(pq.read_table(file, columns=USER_STATE_COLUMNS))
+    return _decode_user_states(pa.concat_tables(tables), max_len)

@@ -1,0 +1,141 @@
+"""Offline evaluation: rank the full catalogue from the state before every validation event.
+
+Every scorer has the same signature, ``scores(state_items, state_events) -> [B, n_items + 1]``
+(column 0 is padding, at -inf), so the Q-network and the baselines are evaluated by the same
+code and logged under the same metric names.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from dql_model import data, metrics, schema
+from dql_model.networks import QNetwork
+
+DEFAULT_KS = (5, 10, 20)
+COVERAGE_K = 10
+
+
+class Scorer(Protocol):
+    def scores(self, state_items: np.ndarray, state_events: np.ndarray) -> np.ndarray: ...
+
+
+class QNetworkScorer:
+    """Q(s, ·) of a QNetwork, in eval mode and without gradients.
+
+    With ``n_items`` larger than the model's (tonight's index grew since it was trained), the
+    items it does not know get -inf, so validation events on new items count as misses.
+    """
+
+    def __init__(
+        self, model: QNetwork, *, n_items: int | None = None, device: torch.device | str | None = None
+    ):
+        self.model = model
+        self.n_items = model.n_items if n_items is None else n_items
+        if self.n_items < model.n_items:
+            raise ValueError(f"n_items={self.n_items} is smaller than the model's {model.n_items} items")
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+
+    @torch.inference_mode()
+    def scores(self, state_items: np.ndarray, state_events: np.ndarray) -> np.ndarray:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            unknown = state_items > self.model.n_items
+            if unknown.any():  # new items in the state: drop them, as scoring does
+                state_items, state_events = data.left_align(
+                    np.where(unknown, 0, state_items), np.where(unknown, 0, state_events)
+                )
+            items = torch.as_tensor(state_items, dtype=torch.long, device=self.device)
+            events = torch.as_tensor(state_events, dtype=torch.long, device=self.device)
+            q = self.model.q_values(items, events).float().cpu().numpy()
+        finally:
+            self.model.train(was_training)
+        if self.n_items > self.model.n_items:
+            q = np.pad(q, ((0, 0), (0, self.n_items - self.model.n_items)), constant_values=-np.inf)
+        return q
+
+    __call__ = scores
+
+
+class PopularityScorer:
+    """The same scores for everyone: how often each item was the logged action in training."""
+
+    def __init__(self, counts: np.ndarray):
+        self.counts = np.asarray(counts, dtype=np.float32).copy()
+        self.counts[0] = -np.inf
+
+    @classmethod
+    def from_actions(cls, actions: np.ndarray, *, n_items: int) -> PopularityScorer:
+        """Counts of logged actions (item_idx 1..n_items; others are ignored)."""
+        actions = np.asarray(actions, dtype=np.int64)
+        actions = actions[(actions > 0) & (actions <= n_items)]
+        return cls(np.bincount(actions, minlength=n_items + 1).astype(np.float64))
+
+    @classmethod
+    def from_transitions(cls, transitions_dir: str | os.PathLike[str], *, n_items: int) -> PopularityScorer:
+        return cls(data.action_counts(transitions_dir, n_items=n_items, split=schema.TRAIN))
+
+    def scores(self, state_items: np.ndarray, state_events: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(self.counts, (len(state_items), len(self.counts)))
+
+    __call__ = scores
+
+
+def evaluate_scorer(
+    scorer: Scorer,
+    val: data.TransitionBatch,
+    *,
+    ks: tuple[int, ...] = DEFAULT_KS,
+    batch_size: int = 1024,
+) -> dict[str, float]:
+    """HR, NDCG and MRR at each k over all validation events and per event type, plus coverage.
+
+    Names: ``eval/ndcg@10`` (all events), ``eval/purchase/ndcg@10`` (one event type),
+    ``eval/coverage@10`` (share of the catalogue in at least one top-10), ``eval/seen@10``
+    (share of top-10 slots holding an item already in the state), ``eval/n`` (events).
+    """
+    out: dict[str, float] = {"eval/n": float(len(val))}
+    if not len(val):
+        return out
+    ranks, covered, seen = [], None, 0.0
+    for start in range(0, len(val), batch_size):
+        rows = slice(start, start + batch_size)
+        scores = np.asarray(scorer.scores(val.state_items[rows], val.state_events[rows]))
+        if covered is None:
+            covered = np.zeros(scores.shape[1], dtype=bool)
+        ranks.append(metrics.rank_of_targets(scores, val.action[rows]))
+        top, _ = metrics.top_k(scores[:, 1:], COVERAGE_K)
+        top += 1  # back to item_idx (column 0 was dropped)
+        covered[top.ravel()] = True
+        seen += (top[:, :, None] == val.state_items[rows][:, None, :]).any(axis=2).mean(axis=1).sum()
+    all_ranks = np.concatenate(ranks)
+    out.update(metrics.ranking_metrics(all_ranks, ks, "eval/"))
+    for event_type, code in schema.EVENT_CODE.items():
+        mask = val.event_code == code
+        if mask.any():
+            out[f"eval/{event_type}/n"] = float(mask.sum())
+            out.update(metrics.ranking_metrics(all_ranks[mask], ks, f"eval/{event_type}/"))
+    n_items = len(covered) - 1
+    out[f"eval/coverage@{COVERAGE_K}"] = float(covered[1:].sum() / max(n_items, 1))
+    out[f"eval/seen@{COVERAGE_K}"] = float(seen / len(val))
+    return out
+
+
+def evaluate_models(
+    named_scorers: Mapping[str, Scorer],
+    val: data.TransitionBatch,
+    *,
+    ks: tuple[int, ...] = DEFAULT_KS,
+    batch_size: int = 1024,
+) -> dict[str, dict[str, float]]:
+    """evaluate_scorer for each named scorer: {name: metrics}, all under the same metric names."""
+    return {
+        name: evaluate_scorer(scorer, val, ks=ks, batch_size=batch_size)
+        for name, scorer in named_scorers.items()
+    }

@@ -1,0 +1,92 @@
+"""Ranking metrics as plain numpy functions over 1-based ranks of the target item.
+
+Ties are broken the way recommendations are: by score descending, then item_idx ascending, so
+the rank of an item is its position in the top-K list scoring would write. Column 0 of a score
+matrix is padding and never counts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and values of the k best columns per row, ordered by (score desc, index asc).
+
+    Exact under ties and linear in the number of columns (no full sort of each row).
+    """
+    scores = np.asarray(scores)
+    if np.issubdtype(scores.dtype, np.floating) and np.isnan(scores).any():
+        scores = np.where(np.isnan(scores), -np.inf, scores)  # NaN ranks last, never first
+    n_rows, n_cols = scores.shape
+    k = min(k, n_cols)
+    if k == 0 or n_rows == 0:
+        return np.zeros((n_rows, k), dtype=np.int64), np.zeros((n_rows, k), dtype=scores.dtype)
+    kth = np.partition(scores, n_cols - k, axis=1)[:, n_cols - k][:, None]
+    above = scores > kth
+    tied = scores == kth
+    # Of the items tied with the k-th score, keep the lowest indices that still fit.
+    room = k - above.sum(axis=1, keepdims=True)
+    selected = above | (tied & (np.cumsum(tied, axis=1) <= room))
+    index = np.nonzero(selected)[1].reshape(n_rows, k)  # ascending index within each row
+    values = np.take_along_axis(scores, index, axis=1)
+    order = np.argsort(-values, axis=1, kind="stable")
+    return np.take_along_axis(index, order, axis=1), np.take_along_axis(values, order, axis=1)
+
+
+def rank_of_targets(scores_or_topk: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """1-based rank of each row's target item.
+
+    ``scores_or_topk`` is either a float score matrix [N, n_items + 1] (full-catalogue ranking,
+    padding column excluded) or an integer matrix of top-K item_idx lists [N, K]; a target
+    missing from its top-K list gets rank K + 1, so metrics at k <= K are exact.
+    """
+    matrix = np.asarray(scores_or_topk)
+    targets = np.asarray(targets, dtype=np.int64)
+    if matrix.ndim != 2 or matrix.shape[0] != len(targets):
+        raise ValueError(f"expected a [N, ...] matrix for N={len(targets)} targets, got shape {matrix.shape}")
+    if np.issubdtype(matrix.dtype, np.integer):
+        hit = matrix == targets[:, None]
+        return np.where(hit.any(axis=1), hit.argmax(axis=1) + 1, matrix.shape[1] + 1).astype(np.int64)
+    if np.any((targets < 1) | (targets >= matrix.shape[1])):
+        raise ValueError(f"targets must be item_idx in 1..{matrix.shape[1] - 1} (0 is padding)")
+    items = matrix[:, 1:]
+    target_index = targets - 1
+    target_score = np.take_along_axis(items, target_index[:, None], axis=1)
+    better = (items > target_score).sum(axis=1)
+    tied_before = (
+        (items == target_score) & (np.arange(items.shape[1])[None, :] < target_index[:, None])
+    ).sum(axis=1)
+    return (1 + better + tied_before).astype(np.int64)
+
+
+def hit_rate_at_k(ranks: np.ndarray, k: int) -> float:
+    """Share of rows whose target is in the top k."""
+    ranks = np.asarray(ranks)
+    return float(np.mean(ranks <= k)) if ranks.size else float("nan")
+
+
+def ndcg_at_k(ranks: np.ndarray, k: int) -> float:
+    """Mean of 1 / log2(rank + 1) over rows, 0 beyond k (one relevant item, so IDCG = 1)."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    if not ranks.size:
+        return float("nan")
+    return float(np.mean(np.where(ranks <= k, 1.0 / np.log2(ranks + 1.0), 0.0)))
+
+
+def mrr_at_k(ranks: np.ndarray, k: int) -> float:
+    """Mean of 1 / rank over rows, 0 beyond k."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    if not ranks.size:
+        return float("nan")
+    return float(np.mean(np.where(ranks <= k, 1.0 / ranks, 0.0)))
+
+
+def ranking_metrics(ranks: np.ndarray, ks: tuple[int, ...], prefix: str) -> dict[str, float]:
+    """hr@k, ndcg@k and mrr@k for every k, named ``{prefix}hr@{k}`` and so on."""
+    out = {}
+    for k in ks:
+        out[f"{prefix}hr@{k}"] = hit_rate_at_k(ranks, k)
+        out[f"{prefix}ndcg@{k}"] = ndcg_at_k(ranks, k)
+        out[f"{prefix}mrr@{k}"] = mrr_at_k(ranks, k)
+    return out

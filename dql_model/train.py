@@ -1,0 +1,284 @@
+"""Nightly training: stream the train split, update the Q-network, early-stop on validation.
+
+    result = train_model(cfg, transitions_dir=..., item_index_dir=..., warm_start=champion)
+
+Per epoch it prints one line of namespaced metrics (loss/*, q/*, eval/*) and keeps the weights
+of the best epoch by validation ``eval/ndcg@10``. On CUDA the forward passes run under bf16
+autocast; on CPU a run is bit-for-bit reproducible for a seed.
+"""
+
+from __future__ import annotations
+
+import queue
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+from dql_model import data, schema
+from dql_model.agent import DQNAgent
+from dql_model.config import Config
+from dql_model.evaluate import QNetworkScorer, evaluate_scorer
+from dql_model.networks import QNetwork
+
+EARLY_STOP_METRIC = "eval/ndcg@10"
+"""Epochs without a better validation metric before training stops (no TrainConfig field yet)."""
+ITEM_ROW_TABLES = ("item_embedding.weight", "item_bias.weight", "category_embedding.weight")
+"""Parameters with one row per item_idx / category index: they grow with the catalogue."""
+ITEM_FEATURE_BUFFERS = ("item_category", "item_price_bucket")
+PREFETCH_BATCHES = 4
+"""Batches decoded ahead in a background thread when training on a GPU."""
+PROGRESS_METRICS = (
+    "eval/ndcg@10",
+    "eval/hr@10",
+    "eval/mrr@10",
+    "eval/purchase/ndcg@10",
+    "eval/coverage@10",
+)
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    model: QNetwork
+    """The network with the weights of the best validation epoch."""
+    history: list[dict[str, float]]
+    """One dict of metrics per epoch (loss/*, q/*, grad/*, eval/*, time/*)."""
+    best_ndcg_at_10: float
+    """Best validation eval/ndcg@10 (NaN without validation transitions)."""
+    best_epoch: int
+    """Epoch (1-based) whose weights the model holds."""
+    device: str
+    """Device the model trained on."""
+    n_transitions: int
+    """Training transitions per epoch."""
+    seconds: float
+    """Wall time of the whole run."""
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    """Validation metrics (eval/*) of the best epoch."""
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def resolve_device(pref: str) -> torch.device:
+    """'auto' -> CUDA when present, else CPU; an explicit 'cuda' without a GPU is an error."""
+    if pref == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(pref)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device={pref!r} but no CUDA device is visible; use 'auto' or 'cpu'")
+    return device
+
+
+def build_model(items: data.ItemFeatures, cfg: Config) -> QNetwork:
+    """A fresh QNetwork sized to the item index, with its item features set."""
+    model = QNetwork(items.n_items, items.n_categories, cfg.model)
+    model.set_item_features(items.category, items.price_bucket)
+    return model
+
+
+def warm_start_from(model: QNetwork, previous: QNetwork) -> int:
+    """Copy ``previous`` weights into ``model``; per-item rows are copied where both have them.
+
+    The item index is append-only, so row i means the same item in both networks. Returns the
+    number of item rows copied. Any other shape difference (a changed model config) is an error.
+    """
+    new_state = model.state_dict()
+    for name, old in previous.state_dict().items():
+        if name in ITEM_FEATURE_BUFFERS:
+            continue  # tonight's features, already set from the item index
+        if name not in new_state:
+            raise ValueError(f"cannot warm-start: the previous model has {name}, the new one does not")
+        new = new_state[name]
+        if name in ITEM_ROW_TABLES and new.shape[1:] == old.shape[1:]:
+            rows = min(new.shape[0], old.shape[0])
+            new[:rows].copy_(old[:rows])
+        elif new.shape == old.shape:
+            new.copy_(old)
+        else:
+            raise ValueError(
+                f"cannot warm-start: {name} has shape {tuple(old.shape)} in the previous model and "
+                f"{tuple(new.shape)} now; did model.* settings change? Train from scratch instead."
+            )
+    return min(model.n_items, previous.n_items)
+
+
+T = TypeVar("T")
+
+
+def prefetched(items: Iterable[T], depth: int = PREFETCH_BATCHES) -> Iterator[T]:
+    """Iterate ``items`` in a background thread, up to ``depth`` ahead, in the same order.
+
+    Parquet decoding and numpy release the GIL, so the next batches are read while the GPU works
+    on this one. An error in the producer is raised here; leaving early stops the producer.
+    """
+    handoff: queue.Queue = queue.Queue(maxsize=depth)
+    finished, stop = object(), threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(finished)
+        except BaseException as error:  # handed to the consumer, raised there
+            put(error)
+
+    thread = threading.Thread(target=produce, name="dqlrec-prefetch", daemon=True)
+    thread.start()
+    try:
+        while (item := handoff.get()) is not finished:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def _check_indices(batch: data.TransitionBatch, n_items: int, where: str) -> None:
+    too_big = max(int(batch.action.max(initial=0)), int(batch.state_items.max(initial=0)))
+    if too_big > n_items or batch.action.min(initial=1) < 1:
+        raise ValueError(
+            f"{where}: item_idx {too_big} (or an action < 1) is outside the item index 1..{n_items}; "
+            "are transitions and item_index from the same run date?"
+        )
+
+
+def _format(metrics: dict[str, float], names) -> str:
+    return " ".join(f"{name}={metrics[name]:.4f}" for name in names if name in metrics)
+
+
+def _train_epoch(agent: DQNAgent, batches, n_items: int, where: str) -> tuple[dict[str, float], int]:
+    sums: dict[str, torch.Tensor] = {}
+    n_rows = 0
+    for batch in batches:
+        _check_indices(batch, n_items, where)
+        step = agent.update(batch)
+        for name, value in step.items():
+            sums[name] = sums.get(name, 0.0) + value.float() * len(batch)
+        n_rows += len(batch)
+    # One device sync per epoch, not per step.
+    return {name: float(total) / max(n_rows, 1) for name, total in sums.items()}, n_rows
+
+
+def train_model(
+    cfg: Config,
+    *,
+    transitions_dir: str,
+    item_index_dir: str,
+    warm_start: QNetwork | None = None,
+    progress: Callable[[str], None] = print,
+) -> TrainResult:
+    """Train a Q-network on one transitions partition; see the module docstring."""
+    if cfg.train.epochs < 1:
+        raise ValueError(f"train.epochs={cfg.train.epochs}: need at least one epoch")
+    started = time.perf_counter()
+    seed_everything(cfg.train.seed)
+    device = resolve_device(cfg.train.device)
+    amp_dtype = torch.bfloat16 if device.type == "cuda" else None
+
+    items = data.load_item_features(item_index_dir, price_buckets=cfg.model.price_buckets)
+    model = build_model(items, cfg)
+    if warm_start is not None:
+        try:
+            rows = warm_start_from(model, warm_start)
+            progress(f"warm start: {rows} item rows copied, {items.n_items - rows} new items")
+        except ValueError as error:
+            # A changed model config must not fail every night: train from scratch instead.
+            model = build_model(items, cfg)
+            progress(f"warning: {error}; training from scratch")
+    val = data.load_transitions(transitions_dir, max_len=cfg.etl.max_len, split=schema.VALIDATION)
+    if len(val):
+        _check_indices(val, items.n_items, f"{transitions_dir} (validation)")
+    else:
+        progress(f"warning: no validation transitions in {transitions_dir}; no early stopping")
+    agent = DQNAgent(model, cfg.train, device=device, amp_dtype=amp_dtype)
+    patience = cfg.train.patience
+    progress(
+        f"training {cfg.train.mode} ({cfg.model.encoder}) on {device}: {items.n_items} items, "
+        f"{len(val)} validation transitions, {cfg.train.epochs} epochs"
+    )
+
+    history: list[dict[str, float]] = []
+    best_value, best_epoch, best_state = float("-inf"), 0, None
+    n_transitions = 0
+    for epoch in range(1, cfg.train.epochs + 1):
+        epoch_start = time.perf_counter()
+        batches = data.iter_transition_batches(
+            transitions_dir,
+            max_len=cfg.etl.max_len,
+            batch_size=cfg.train.batch_size,
+            split=schema.TRAIN,
+            seed=cfg.train.seed * 1_000 + epoch,
+        )
+        if device.type == "cuda":  # on CPU the decoding thread would only compete for the cores
+            batches = prefetched(batches)
+        row = {"epoch": float(epoch)}
+        train_metrics, n_rows = _train_epoch(agent, batches, items.n_items, f"{transitions_dir} (train)")
+        if n_rows == 0:
+            raise ValueError(f"{transitions_dir}: no '{schema.TRAIN}' transitions to train on")
+        n_transitions = n_rows
+        train_seconds = time.perf_counter() - epoch_start
+        row.update(train_metrics)
+        if len(val):
+            row.update(evaluate_scorer(QNetworkScorer(model, device=device), val))
+        row["time/epoch_s"] = time.perf_counter() - epoch_start
+        row["throughput/transitions_per_s"] = n_rows / max(train_seconds, 1e-9)
+        history.append(row)
+
+        value = row.get(EARLY_STOP_METRIC, float("nan"))
+        improved = not len(val) or value > best_value
+        if improved:
+            best_value, best_epoch = value, epoch
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        progress(
+            f"epoch {epoch}/{cfg.train.epochs} {_format(row, sorted(train_metrics))} "
+            f"{_format(row, PROGRESS_METRICS)} {row['throughput/transitions_per_s']:.0f} transitions/s"
+            + (" *" if improved else "")
+        )
+        if len(val) and epoch - best_epoch >= patience:
+            progress(f"early stop: no better {EARLY_STOP_METRIC} for {patience} epochs")
+            break
+
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    model.eval()
+    seconds = time.perf_counter() - started
+    best_metrics = {k: v for k, v in history[best_epoch - 1].items() if k.startswith("eval/")}
+    best_ndcg = best_value if len(val) else float("nan")
+    progress(
+        f"trained {n_transitions} transitions x {len(history)} epochs on {device} in {seconds:.1f}s; "
+        f"best {EARLY_STOP_METRIC}={best_ndcg:.4f} at epoch {best_epoch}"
+    )
+    return TrainResult(
+        model=model,
+        history=history,
+        best_ndcg_at_10=best_ndcg,
+        best_epoch=best_epoch,
+        device=str(device),
+        n_transitions=n_transitions,
+        seconds=seconds,
+        best_metrics=best_metrics,
+    )

@@ -1,0 +1,184 @@
+"""Double-DQN target, loss pieces, target updates and a tiny overfit."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dql_model import data, schema
+from dql_model.agent import DQNAgent, TensorBatch, compute_loss, double_dqn_target
+from dql_model.config import ModelConfig, TrainConfig
+from dql_model.networks import QNetwork
+
+torch.set_num_threads(1)
+NEG = float("-inf")
+
+
+def test_double_dqn_target_by_hand():
+    # The padding column is huge in the online net: it must not be picked by the argmax.
+    next_online = torch.tensor([[100.0, 1.0, 3.0, 2.0], [100.0, 5.0, 0.0, 1.0], [100.0, 0.0, 1.0, 4.0]])
+    next_target = torch.tensor([[NEG, 10.0, 20.0, 30.0], [NEG, 7.0, 8.0, 9.0], [NEG, -1.0, -2.0, -3.0]])
+    reward = torch.tensor([1.0, 0.5, 0.0])
+    done = torch.tensor([0.0, 1.0, 0.0])
+    got = double_dqn_target(next_online, next_target, reward, done, gamma=0.5)
+    # row 0: online picks item 2, valued by target at 20 (not target's own max, 30)
+    # row 1: done, only the reward; row 2: online picks item 3, target -3
+    torch.testing.assert_close(got, torch.tensor([1.0 + 0.5 * 20.0, 0.5, 0.5 * -3.0]))
+    assert not got.requires_grad
+
+
+class FixedQ(torch.nn.Module):
+    """A stand-in network returning fixed Q-values for the state and for the next state."""
+
+    def __init__(self, q_state, q_next):
+        super().__init__()
+        self.q_state = torch.nn.Parameter(torch.tensor(q_state))
+        self.q_next = torch.tensor(q_next)
+        self.next_items = None
+
+    def q_values(self, items, events):
+        return self.q_next if items is self.next_items else self.q_state
+
+
+def _batch(reward=(1.0, 0.0), done=(0.0, 1.0), action=(2, 1)) -> TensorBatch:
+    items = torch.zeros(2, 3, dtype=torch.long)
+    return TensorBatch(
+        state_items=items,
+        state_events=items,
+        action=torch.tensor(action),
+        event_code=torch.ones(2, dtype=torch.long),
+        reward=torch.tensor(reward),
+        done=torch.tensor(done),
+        next_items=items.clone(),
+        next_events=items.clone(),
+    )
+
+
+def test_loss_pieces_by_hand():
+    batch = _batch()
+    online = FixedQ(
+        [[NEG, 1.0, 2.0, 0.0], [NEG, 0.5, 0.0, 0.0]], [[NEG, 0.0, 3.0, 1.0], [NEG, 9.0, 9.0, 9.0]]
+    )
+    target = FixedQ([[NEG, 0.0, 0.0, 0.0]] * 2, [[NEG, 4.0, 2.0, 8.0], [NEG, 9.0, 9.0, 9.0]])
+    online.next_items = target.next_items = batch.next_items
+    cfg = TrainConfig(gamma=0.5, cql_alpha=0.3, td_weight=2.0)
+    loss, metrics = compute_loss(batch, online, target, cfg)
+
+    q_logged = np.array([2.0, 0.5])
+    td_target = np.array([1.0 + 0.5 * 2.0, 0.0])  # row 0: online argmax item 2, target 2.0; row 1 done
+    diff = np.abs(q_logged - td_target)
+    huber = np.where(diff < 1, 0.5 * diff**2, diff - 0.5).mean()  # |0| and |0.5|
+    lse = np.array([math.log(math.e**1 + math.e**2 + 1), math.log(math.e**0.5 + 2)])
+    cql = (lse - q_logged).mean()
+    assert metrics["loss/td"].item() == pytest.approx(huber)
+    assert metrics["loss/cql"].item() == pytest.approx(cql, rel=1e-6)
+    assert metrics["loss/total"].item() == pytest.approx(2.0 * huber + 0.3 * cql, rel=1e-6)
+    assert metrics["q/mean"].item() == pytest.approx(q_logged.mean())
+    assert loss.requires_grad
+
+
+def tiny_network(n_items: int = 10, seed: int = 0) -> QNetwork:
+    torch.manual_seed(seed)
+    model = QNetwork(n_items, 2, ModelConfig(embed_dim=16, hidden_dim=16, price_buckets=4, dropout=0.0))
+    model.set_item_features(np.arange(n_items + 1) % 3, np.arange(n_items + 1) % 5)
+    return model
+
+
+def numpy_batch(
+    states: list[list[int]], actions: list[int], rewards=None, max_len: int = 4
+) -> data.TransitionBatch:
+    items = np.zeros((len(states), max_len), dtype=np.int64)
+    for row, state in enumerate(states):
+        if state:
+            items[row, -len(state) :] = state
+    events = (items > 0).astype(np.int64)
+    n = len(actions)
+    reward = np.asarray(rewards if rewards is not None else [0.0] * n, dtype=np.float32)
+    return data.TransitionBatch.from_state(
+        items,
+        events,
+        np.asarray(actions),
+        np.full(n, schema.EVENT_CODE[schema.VIEW]),
+        reward,
+        np.zeros(n, bool),
+    )
+
+
+def test_supervised_mode_is_cross_entropy_without_td():
+    model = tiny_network()
+    batch = TensorBatch.from_numpy(numpy_batch([[1, 2], [3], []], [4, 5, 6], rewards=[1.0, 0.0, 0.3]))
+    cfg = TrainConfig(mode="supervised", cql_alpha=7.0, td_weight=3.0)
+    loss, metrics = compute_loss(batch, model, None, cfg)  # no target network needed
+    q = model.q_values(batch.state_items, batch.state_events)
+    torch.testing.assert_close(loss, F.cross_entropy(q[:, 1:], batch.action - 1))
+    assert "loss/td" not in metrics
+    # rewards play no part in the supervised loss
+    batch.reward = torch.tensor([-5.0, 9.0, 2.0])
+    torch.testing.assert_close(compute_loss(batch, model, None, cfg)[0], loss)
+    # ...but they do in dqn mode
+    dqn = TrainConfig(mode="dqn")
+    target = copy.deepcopy(model)
+    changed = compute_loss(batch, model, target, dqn)[0]
+    batch.reward = torch.tensor([1.0, 0.0, 0.3])
+    assert not torch.allclose(compute_loss(batch, model, target, dqn)[0], changed)
+
+
+def test_tiny_network_overfits_logged_actions():
+    states = [[1, 2], [2, 3, 4], [5], [], [6, 7, 8, 9], [9, 1]]
+    actions = [3, 7, 1, 10, 2, 5]
+    batch = numpy_batch(states, actions, rewards=[1.0, 0.0, 0.3, 0.0, 1.0, 0.0])
+    model = tiny_network()
+    agent = DQNAgent(model, TrainConfig(lr=1e-2, gamma=0.5))
+    for _ in range(150):
+        metrics = agent.update(batch)
+    assert set(metrics) >= {"loss/td", "loss/cql", "loss/total", "q/mean", "grad/norm"}
+    model.eval()
+    with torch.no_grad():
+        q = model.q_values(torch.from_numpy(batch.state_items), torch.from_numpy(batch.state_events))
+    assert q.argmax(dim=1).tolist() == actions
+
+
+def test_polyak_update_moves_target_by_tau():
+    model = tiny_network()
+    agent = DQNAgent(model, TrainConfig(target_update="polyak", tau=0.25))
+    before = agent.target.state_head.weight.detach().clone()
+    agent.update(numpy_batch([[1], [2]], [3, 4], rewards=[1.0, 1.0]))
+    online = agent.online.state_head.weight.detach()
+    assert not torch.allclose(online, before)
+    torch.testing.assert_close(agent.target.state_head.weight, 0.75 * before + 0.25 * online)
+
+
+def test_hard_update_copies_every_target_every_steps():
+    model = tiny_network()
+    agent = DQNAgent(model, TrainConfig(target_update="hard", target_every=3))
+    initial = agent.target.item_bias.weight.detach().clone()
+    batch = numpy_batch([[1], [2]], [3, 4], rewards=[1.0, 1.0])
+    for _ in range(2):
+        agent.update(batch)
+    torch.testing.assert_close(agent.target.item_bias.weight, initial)
+    agent.update(batch)
+    torch.testing.assert_close(agent.target.item_bias.weight, agent.online.item_bias.weight)
+    assert agent.target.training is False and not any(p.requires_grad for p in agent.target.parameters())
+
+
+def test_config_values_are_checked():
+    with pytest.raises(ValueError, match="train.mode='sarsa'"):
+        DQNAgent(tiny_network(), TrainConfig(mode="sarsa"))
+    with pytest.raises(ValueError, match="train.target_update='soft'"):
+        DQNAgent(tiny_network(), TrainConfig(target_update="soft"))
+
+
+@pytest.mark.parametrize("encoder", ["gru", "lstm", "attention"])
+def test_bf16_autocast_update_runs(encoder):
+    """The mixed-precision path used on CUDA, exercised with CPU autocast."""
+    torch.manual_seed(0)
+    model = QNetwork(10, 2, ModelConfig(encoder=encoder, embed_dim=16, hidden_dim=16, price_buckets=4))
+    agent = DQNAgent(model, TrainConfig(), amp_dtype=torch.bfloat16)
+    metrics = agent.update(numpy_batch([[1, 2], [3], []], [4, 5, 6], rewards=[1.0, 0.0, 0.3]))
+    assert all(torch.isfinite(value) for value in metrics.values())
+    assert metrics["loss/total"].dtype == torch.float32

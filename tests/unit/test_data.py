@@ -1,0 +1,331 @@
+"""Loader tests: padding, next-state derivation, streaming and the small tables.
+
+The helpers at the top write curated partitions the way the Spark jobs do (Parquet with the
+schema of ``schema.SPARK_DDL``); the other model tests import them from here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from dql_model import data, schema
+
+INT_LIST = pa.list_(pa.int32())
+TRANSITIONS_SCHEMA = pa.schema(
+    [
+        (schema.USER_ID, pa.string()),
+        (schema.EVENT_TIME, pa.timestamp("us", tz="UTC")),
+        (schema.ITEM_SEQ, INT_LIST),
+        (schema.EVENT_SEQ, INT_LIST),
+        (schema.ACTION, pa.int32()),
+        (schema.EVENT_TYPE, pa.string()),
+        (schema.REWARD, pa.float64()),
+        (schema.DONE, pa.bool_()),
+        (schema.SPLIT, pa.string()),
+    ]
+)
+ITEM_INDEX_SCHEMA = pa.schema(
+    [
+        (schema.ITEM_ID, pa.string()),
+        (schema.ITEM_IDX, pa.int32()),
+        (schema.CATEGORY_ID, pa.string()),
+        (schema.PRICE, pa.float64()),
+        (schema.AVAILABLE, pa.bool_()),
+        (schema.FIRST_SEEN, pa.date32()),
+    ]
+)
+USER_STATES_SCHEMA = pa.schema(
+    [
+        (schema.USER_ID, pa.string()),
+        (schema.ITEM_SEQ, INT_LIST),
+        (schema.EVENT_SEQ, INT_LIST),
+        (schema.GAP_SEQ, pa.list_(pa.float64())),
+        (schema.PURCHASED, INT_LIST),
+        (schema.LAST_EVENT_TIME, pa.timestamp("us", tz="UTC")),
+        (schema.N_EVENTS, pa.int64()),
+    ]
+)
+REWARDS = {schema.VIEW: 0.0, schema.ADD_TO_CART: 0.3, schema.PURCHASE: 1.0, schema.RATING: 0.5}
+
+
+def write_parquet(
+    folder: Path, table: pa.Table, *, files: int = 1, row_group_size: int | None = None
+) -> Path:
+    """Write ``table`` as ``files`` part files (plus _SUCCESS) under ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    per_file = -(-table.num_rows // files) if table.num_rows else 0
+    for i in range(files):
+        chunk = table.slice(i * per_file, per_file) if per_file else table
+        pq.write_table(chunk, folder / f"part-{i:05d}.parquet", row_group_size=row_group_size)
+    (folder / "_SUCCESS").touch()
+    return folder
+
+
+def transitions_table(rows: list[dict]) -> pa.Table:
+    """Rows with item_seq, event_seq (codes), action, event_type and optional reward/done/split."""
+    columns = {name: [] for name in TRANSITIONS_SCHEMA.names}
+    for i, row in enumerate(rows):
+        columns[schema.USER_ID].append(row.get("user_id", f"u{i}"))
+        columns[schema.EVENT_TIME].append(row.get("event_time", i * 1_000_000))
+        columns[schema.ITEM_SEQ].append(row["item_seq"])
+        columns[schema.EVENT_SEQ].append(
+            row.get("event_seq", [schema.EVENT_CODE[schema.VIEW]] * len(row["item_seq"]))
+        )
+        columns[schema.ACTION].append(row["action"])
+        columns[schema.EVENT_TYPE].append(row.get("event_type", schema.VIEW))
+        columns[schema.REWARD].append(row.get("reward", REWARDS[row.get("event_type", schema.VIEW)]))
+        columns[schema.DONE].append(row.get("done", False))
+        columns[schema.SPLIT].append(row.get("split", schema.TRAIN))
+    return pa.table(columns, schema=TRANSITIONS_SCHEMA)
+
+
+def item_index_table(
+    n_items: int,
+    *,
+    categories: list[str | None] | None = None,
+    prices: list[float | None] | None = None,
+    available: list[bool | None] | None = None,
+) -> pa.Table:
+    """Items i1..iN with item_idx 1..N."""
+    return pa.table(
+        {
+            schema.ITEM_ID: [f"i{i}" for i in range(1, n_items + 1)],
+            schema.ITEM_IDX: list(range(1, n_items + 1)),
+            schema.CATEGORY_ID: categories or [f"c{i % 3}" for i in range(1, n_items + 1)],
+            schema.PRICE: prices or [float(2 ** (i % 6)) for i in range(1, n_items + 1)],
+            schema.AVAILABLE: available or [True] * n_items,
+            schema.FIRST_SEEN: pa.array([0] * n_items, pa.date32()),
+        },
+        schema=ITEM_INDEX_SCHEMA,
+    )
+
+
+def user_states_table(rows: list[dict]) -> pa.Table:
+    """Rows with user_id, item_seq and optional event_seq / purchased."""
+    columns = {name: [] for name in USER_STATES_SCHEMA.names}
+    for row in rows:
+        items = row["item_seq"]
+        columns[schema.USER_ID].append(row["user_id"])
+        columns[schema.ITEM_SEQ].append(items)
+        columns[schema.EVENT_SEQ].append(row.get("event_seq", [schema.EVENT_CODE[schema.VIEW]] * len(items)))
+        columns[schema.GAP_SEQ].append([0.0] * len(items))
+        columns[schema.PURCHASED].append(row.get("purchased", []))
+        columns[schema.LAST_EVENT_TIME].append(0)
+        columns[schema.N_EVENTS].append(len(items))
+    return pa.table(columns, schema=USER_STATES_SCHEMA)
+
+
+def successor(item: int, n_items: int) -> int:
+    """The synthetic shop's hidden rule: what a user looks at after ``item`` (a permutation)."""
+    return (item * 7 + 3) % n_items + 1
+
+
+def make_shop(
+    root: Path,
+    *,
+    n_items: int = 30,
+    n_users: int = 40,
+    steps: int = 12,
+    max_len: int = 8,
+    val_steps: int = 2,
+    noise: float = 0.1,
+    seed: int = 0,
+) -> tuple[Path, Path]:
+    """A tiny learnable shop: users follow ``successor`` with some noise.
+
+    Returns (transitions_dir, item_index_dir); the last ``val_steps`` transitions of every user
+    are the validation split. About every fifth event is a purchase, every third an add-to-cart.
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    for user in range(n_users):
+        items = [int(rng.integers(1, n_items + 1))]
+        events = [schema.EVENT_CODE[schema.VIEW]]
+        for step in range(steps):
+            nxt = successor(items[-1], n_items) if rng.random() > noise else int(rng.integers(1, n_items + 1))
+            cycle = user + step
+            event_type = (
+                schema.PURCHASE if cycle % 5 == 4 else schema.ADD_TO_CART if cycle % 3 == 2 else schema.VIEW
+            )
+            rows.append(
+                {
+                    "user_id": f"u{user}",
+                    "item_seq": items[-max_len:],
+                    "event_seq": events[-max_len:],
+                    "action": nxt,
+                    "event_type": event_type,
+                    "done": step == steps - 1,
+                    "split": schema.VALIDATION if step >= steps - val_steps else schema.TRAIN,
+                }
+            )
+            items.append(nxt)
+            events.append(schema.EVENT_CODE[event_type])
+    transitions = write_parquet(root / "transitions", transitions_table(rows), files=2, row_group_size=64)
+    item_index = write_parquet(root / "item_index", item_index_table(n_items))
+    return transitions, item_index
+
+
+# ------------------------------------------------------------------------------------------------
+
+
+def test_pad_left_keeps_the_most_recent_items_at_the_end():
+    lists = pa.array([[3, 5], [], None, [1, 2, 3, 4, 5, 6], [9, 8, 7, 6]], INT_LIST)
+    expected = np.array(
+        [
+            [0, 0, 3, 5],
+            [0, 0, 0, 0],
+            [0, 0, 0, 0],
+            [3, 4, 5, 6],
+            [9, 8, 7, 6],
+        ]
+    )
+    np.testing.assert_array_equal(data.pad_left(lists, 4), expected)
+    # A sliced array (non-zero offset) must not read its neighbours' values.
+    np.testing.assert_array_equal(data.pad_left(lists.slice(3, 2), 4), expected[3:])
+
+
+def test_loader_derives_the_next_state_by_shifting_and_appending(tmp_path):
+    view, cart, buy = (schema.EVENT_CODE[t] for t in (schema.VIEW, schema.ADD_TO_CART, schema.PURCHASE))
+    rows = [
+        {"item_seq": [3, 5], "event_seq": [view, cart], "action": 7, "event_type": schema.PURCHASE},
+        {"item_seq": [1, 2, 3, 4], "event_seq": [view] * 4, "action": 9, "event_type": schema.ADD_TO_CART},
+        {"item_seq": [], "event_seq": [], "action": 6, "event_type": schema.VIEW, "done": True},
+        {"item_seq": [1, 2, 3, 4, 5, 6], "event_seq": [view] * 5 + [buy], "action": 2},
+    ]
+    folder = write_parquet(tmp_path / "t", transitions_table(rows))
+    got = data.load_transitions(folder, max_len=4, split=schema.TRAIN)
+
+    np.testing.assert_array_equal(got.state_items, [[0, 0, 3, 5], [1, 2, 3, 4], [0, 0, 0, 0], [3, 4, 5, 6]])
+    np.testing.assert_array_equal(
+        got.state_events, [[0, 0, view, cart], [view] * 4, [0] * 4, [view, view, view, buy]]
+    )
+    np.testing.assert_array_equal(got.next_items, [[0, 3, 5, 7], [2, 3, 4, 9], [0, 0, 0, 6], [4, 5, 6, 2]])
+    np.testing.assert_array_equal(
+        got.next_events,
+        [[0, view, cart, buy], [view, view, view, cart], [0, 0, 0, view], [view, view, buy, view]],
+    )
+    np.testing.assert_array_equal(got.action, [7, 9, 6, 2])
+    np.testing.assert_array_equal(got.event_code, [buy, cart, view, view])
+    np.testing.assert_allclose(got.reward, [1.0, 0.3, 0.0, 0.0])
+    np.testing.assert_array_equal(got.done, [False, False, True, False])
+    assert got.state_items.dtype == np.int64 and got.reward.dtype == np.float32 and got.done.dtype == bool
+
+
+def _train_rows(n: int) -> list[dict]:
+    return [
+        {"item_seq": [i % 7 + 1], "action": i + 1, "split": schema.VALIDATION if i % 4 == 0 else schema.TRAIN}
+        for i in range(n)
+    ]
+
+
+def test_stream_yields_every_train_row_once_in_a_seeded_order(tmp_path):
+    folder = write_parquet(tmp_path / "t", transitions_table(_train_rows(200)), files=3, row_group_size=16)
+    train_actions = sorted(i + 1 for i in range(200) if i % 4 != 0)
+
+    def stream(seed, **kw):
+        kw = {"max_len": 3, "batch_size": 32, "seed": seed, "buffer_rows": 40, "read_rows": 10} | kw
+        return list(data.iter_transition_batches(folder, **kw))
+
+    batches = stream(seed=1)
+    assert [len(b) for b in batches[:-1]] == [32] * (len(batches) - 1)
+    seen = np.concatenate([b.action for b in batches])
+    assert sorted(seen.tolist()) == train_actions
+    # state and action stay paired through the shuffle
+    for b in batches:
+        np.testing.assert_array_equal(b.state_items[:, -1], (b.action - 1) % 7 + 1)
+        np.testing.assert_array_equal(b.next_items[:, -1], b.action)
+
+    again = np.concatenate([b.action for b in stream(seed=1)])
+    other = np.concatenate([b.action for b in stream(seed=2)])
+    np.testing.assert_array_equal(seen, again)
+    assert not np.array_equal(seen, other)
+    in_order = np.concatenate([b.action for b in stream(seed=0, shuffle=False)])
+    np.testing.assert_array_equal(in_order, train_actions)
+    assert data.count_transitions(folder, split=schema.TRAIN) == len(train_actions)
+
+
+def test_validation_split_and_action_counts(tmp_path):
+    folder = write_parquet(tmp_path / "t", transitions_table(_train_rows(20)), files=2)
+    val = data.load_transitions(folder, max_len=2, split=schema.VALIDATION)
+    np.testing.assert_array_equal(val.action, [1, 5, 9, 13, 17])
+    everything = data.load_transitions(folder, max_len=2, split=None)
+    np.testing.assert_array_equal(everything.action, np.arange(1, 21))
+    rows = [{"item_seq": [], "action": a} for a in [2, 2, 3, 9]] + [
+        {"item_seq": [], "action": 1, "split": schema.VALIDATION}
+    ]
+    counts = data.action_counts(write_parquet(tmp_path / "c", transitions_table(rows)), n_items=4)
+    np.testing.assert_array_equal(counts, [0, 0, 2, 1, 0])  # 9 is beyond n_items, 1 is validation
+
+
+def test_bad_event_type_is_an_error_naming_the_file(tmp_path):
+    folder = write_parquet(tmp_path / "t", transitions_table([{"item_seq": [1], "action": 2}]))
+    table = pq.read_table(folder / "part-00000.parquet")
+    table = table.set_column(
+        table.schema.get_field_index(schema.EVENT_TYPE), schema.EVENT_TYPE, pa.array(["click"])
+    )
+    pq.write_table(table, folder / "part-00000.parquet")
+    with pytest.raises(ValueError, match=r"part-00000\.parquet.*bad_event_type"):
+        data.load_transitions(folder, max_len=2, split=schema.TRAIN)
+
+
+def test_missing_partition_names_the_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run_date=2026-11-27"):
+        data.load_transitions(tmp_path / "run_date=2026-11-27", max_len=2, split=schema.TRAIN)
+
+
+def test_item_features_categories_prices_availability(tmp_path):
+    table = item_index_table(
+        5,
+        categories=["shoes", "hats", None, "shoes", "bags"],
+        prices=[0.0, 1.0, 6.5, None, 1e9],
+        available=[True, None, False, True, True],
+    )
+    # rows out of order and one idx left unused: the loader must place them by item_idx
+    table = table.set_column(1, schema.ITEM_IDX, pa.array([1, 2, 3, 4, 6], pa.int32())).take([4, 2, 0, 3, 1])
+    items = data.load_item_features(write_parquet(tmp_path / "i", table), price_buckets=4)
+
+    assert items.n_items == 6 and items.n_categories == 3
+    assert items.category_ids == ["shoes", "hats", "bags"]  # first appearance by item_idx
+    np.testing.assert_array_equal(items.category, [0, 1, 2, 0, 1, 0, 3])
+    # 1 + floor(log2(1 + price)), clipped to 4; unknown price -> 0
+    np.testing.assert_array_equal(items.price_bucket, [0, 1, 2, 3, 0, 0, 4])
+    np.testing.assert_array_equal(items.available, [False, True, False, False, True, False, True])
+    assert items.item_ids.tolist() == [None, "i1", "i2", "i3", "i4", None, "i5"]
+
+
+def test_item_index_duplicates_are_an_error(tmp_path):
+    table = item_index_table(3).set_column(1, schema.ITEM_IDX, pa.array([1, 2, 2], pa.int32()))
+    with pytest.raises(ValueError, match=r"duplicate item_idx \[2\]"):
+        data.load_item_features(write_parquet(tmp_path / "i", table), price_buckets=4)
+
+
+def test_user_states_pad_and_purchases(tmp_path):
+    rows = [
+        {"user_id": "a", "item_seq": [1, 2, 3], "purchased": [2]},
+        {"user_id": "b", "item_seq": [], "purchased": []},
+        {"user_id": "c", "item_seq": [4], "purchased": [4, 1]},
+    ]
+    folder = write_parquet(tmp_path / "u", user_states_table(rows), files=2)
+    states = data.load_user_states(folder, max_len=2)
+    assert states.user_id.to_pylist() == ["a", "b", "c"]
+    np.testing.assert_array_equal(states.state_items, [[2, 3], [0, 0], [0, 4]])
+    np.testing.assert_array_equal(states.purchased_indptr, [0, 1, 1, 3])
+    np.testing.assert_array_equal(states.purchased_items, [2, 4, 1])
+    tail = states.slice(1, 3)
+    np.testing.assert_array_equal(tail.purchased_indptr, [0, 0, 2])
+    np.testing.assert_array_equal(tail.purchased_items, [4, 1])
+    chunks = list(data.iter_user_states(folder, max_len=2, batch_rows=1))
+    assert [c.user_id.to_pylist() for c in chunks] == [["a"], ["b"], ["c"]]
+
+
+def test_left_align_closes_holes():
+    items = np.array([[0, 5, 0, 6], [7, 0, 0, 0]])
+    events = np.array([[0, 1, 0, 2], [3, 0, 0, 0]])
+    got_items, got_events = data.left_align(items, events)
+    np.testing.assert_array_equal(got_items, [[0, 0, 5, 6], [0, 0, 0, 7]])
+    np.testing.assert_array_equal(got_events, [[0, 0, 1, 2], [0, 0, 0, 3]])

@@ -1,0 +1,98 @@
+"""Evaluation protocol: metric names and values on a hand-checkable case."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from dql_model import data, schema
+from dql_model.config import ModelConfig
+from dql_model.evaluate import PopularityScorer, QNetworkScorer, evaluate_models, evaluate_scorer
+from dql_model.networks import QNetwork
+
+torch.set_num_threads(1)
+VIEW, CART, BUY = (schema.EVENT_CODE[t] for t in (schema.VIEW, schema.ADD_TO_CART, schema.PURCHASE))
+
+
+def validation(states, actions, codes, max_len=3) -> data.TransitionBatch:
+    items = np.zeros((len(states), max_len), dtype=np.int64)
+    for row, state in enumerate(states):
+        if state:
+            items[row, -len(state) :] = state
+    n = len(actions)
+    return data.TransitionBatch.from_state(
+        items,
+        (items > 0).astype(np.int64),
+        np.array(actions),
+        np.array(codes),
+        np.zeros(n, np.float32),
+        np.zeros(n, bool),
+    )
+
+
+def test_popularity_metrics_by_hand():
+    n_items = 12
+    counts = np.array([0.0] + [13.0 - i for i in range(1, n_items + 1)])  # item i ranks i-th
+    val = validation([[2], [], []], [1, 3, 12], [VIEW, BUY, CART])
+    got = evaluate_scorer(PopularityScorer(counts), val, ks=(5, 10), batch_size=2)  # ranks 1, 3, 12
+
+    assert got["eval/n"] == 3
+    assert got["eval/hr@10"] == pytest.approx(2 / 3)
+    assert got["eval/ndcg@10"] == pytest.approx((1 + 1 / math.log2(4)) / 3)
+    assert got["eval/mrr@10"] == pytest.approx((1 + 1 / 3) / 3)
+    assert got["eval/hr@5"] == pytest.approx(2 / 3)
+    assert got["eval/purchase/ndcg@5"] == pytest.approx(0.5)
+    assert got["eval/purchase/n"] == 1
+    assert got["eval/add_to_cart/hr@10"] == 0.0
+    assert got["eval/view/mrr@5"] == 1.0
+    assert "eval/rating/hr@10" not in got  # no rating events
+    assert got["eval/coverage@10"] == pytest.approx(10 / 12)  # everyone gets items 1..10
+    assert got["eval/seen@10"] == pytest.approx(0.1 / 3)  # item 2 was in the first user's state
+
+
+def test_q_network_scorer_and_shared_names():
+    torch.manual_seed(0)
+    model = QNetwork(12, 2, ModelConfig(embed_dim=8, hidden_dim=8, price_buckets=4))
+    model.train()
+    scorer = QNetworkScorer(model)
+    val = validation([[1, 2], [3], []], [4, 5, 6], [VIEW, VIEW, BUY])
+    scores = scorer.scores(val.state_items, val.state_events)
+    assert scores.shape == (3, 13) and np.isneginf(scores[:, 0]).all()
+    assert model.training  # the scorer leaves the mode as it found it
+    np.testing.assert_array_equal(scores, scorer.scores(val.state_items, val.state_events))  # no dropout
+
+    results = evaluate_models({"dqn": scorer, "popularity": PopularityScorer(np.arange(13.0))}, val)
+    assert set(results) == {"dqn", "popularity"}
+    assert set(results["dqn"]) == set(results["popularity"])
+    assert {"eval/ndcg@10", "eval/hr@20", "eval/mrr@5", "eval/purchase/ndcg@10", "eval/view/hr@10"} <= set(
+        results["dqn"]
+    )
+
+
+def test_empty_validation_gives_only_the_count():
+    assert evaluate_scorer(PopularityScorer(np.ones(4)), validation([], [], [])) == {"eval/n": 0.0}
+
+
+def test_scorer_of_an_older_model_on_a_grown_catalogue():
+    torch.manual_seed(0)
+    model = QNetwork(10, 2, ModelConfig(embed_dim=8, hidden_dim=8, price_buckets=4))
+    scorer = QNetworkScorer(model, n_items=12)  # two items arrived after the model was trained
+    val = validation([[1, 11], [12]], [3, 12], [VIEW, VIEW])
+    scores = scorer.scores(val.state_items, val.state_events)
+    assert (
+        scores.shape == (2, 13) and np.isneginf(scores[:, 11:]).all() and np.isfinite(scores[:, 1:11]).all()
+    )
+    # unknown items in a state are dropped, as in scoring: [1, 11] scores like [1]
+    np.testing.assert_allclose(
+        scores[0], scorer.scores(np.array([[0, 0, 1]]), np.array([[0, 0, 1]]))[0], rtol=1e-5
+    )
+    got = evaluate_scorer(scorer, val, ks=(10,))
+    assert got["eval/hr@10"] <= 0.5  # the event on new item 12 is a miss
+
+
+def test_popularity_from_actions():
+    scorer = PopularityScorer.from_actions(np.array([2, 2, 3, 9, 0]), n_items=4)
+    np.testing.assert_array_equal(scorer.counts, [-np.inf, 0, 2, 1, 0])

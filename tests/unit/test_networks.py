@@ -1,0 +1,83 @@
+"""QNetwork shapes, padding handling and the item tower."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dql_model.config import ModelConfig
+from dql_model.networks import QNetwork
+
+torch.set_num_threads(1)
+ENCODERS = ("gru", "lstm", "attention")
+
+
+def tiny(encoder: str = "gru", n_items: int = 12, n_categories: int = 3) -> QNetwork:
+    torch.manual_seed(0)
+    model = QNetwork(
+        n_items, n_categories, ModelConfig(encoder=encoder, embed_dim=8, hidden_dim=8, price_buckets=4)
+    )
+    model.set_item_features(np.arange(n_items + 1) % (n_categories + 1), np.arange(n_items + 1) % 5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_q_values_shape_and_padding_column(encoder):
+    model = tiny(encoder)
+    items = torch.tensor([[0, 0, 3, 4], [1, 2, 3, 4], [0, 0, 0, 0]])
+    events = (items > 0).long()
+    q = model.q_values(items, events)
+    assert q.shape == (3, 13)
+    assert torch.isneginf(q[:, 0]).all()
+    assert torch.isfinite(q[:, 1:]).all()
+    assert model.encode_state(items, events).shape == (3, 8)
+    assert model.item_vectors().shape == (13, 8)
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_left_padding_does_not_change_the_state(encoder):
+    """The same interactions padded to L=3 and L=7 must encode identically (padding is ignored)."""
+    model = tiny(encoder)
+    short = torch.tensor([[0, 5, 6], [7, 8, 9]])
+    long = torch.cat([torch.zeros(2, 4, dtype=torch.long), short], dim=1)
+    events = torch.tensor([[0, 1, 3], [1, 2, 1]])
+    long_events = torch.cat([torch.zeros(2, 4, dtype=torch.long), events], dim=1)
+    torch.testing.assert_close(model.encode_state(short, events), model.encode_state(long, long_events))
+    # ...while the order of the interactions matters
+    swapped = torch.tensor([[0, 6, 5], [7, 8, 9]])
+    assert not torch.allclose(model.encode_state(short, events)[0], model.encode_state(swapped, events)[0])
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_empty_state_uses_the_learned_empty_vector(encoder):
+    model = tiny(encoder)
+    with torch.no_grad():
+        model.empty_state.copy_(torch.arange(8.0))
+    state = model.encode_state(torch.zeros(2, 5, dtype=torch.long), torch.zeros(2, 5, dtype=torch.long))
+    torch.testing.assert_close(state, torch.arange(8.0).expand(2, 8))
+
+
+def test_item_tower_uses_category_and_price():
+    model = tiny()
+    before = model.item_vectors().detach()
+    category = model.item_category.clone()
+    category[4] = (category[4] + 1) % 4
+    model.set_item_features(category, model.item_price_bucket)
+    after = model.item_vectors().detach()
+    changed = (before - after).abs().sum(1) > 0
+    assert changed.tolist() == [i == 4 for i in range(13)]
+
+
+def test_q_is_state_dot_item_plus_bias():
+    model = tiny()
+    with torch.no_grad():
+        model.item_bias.weight.normal_()
+    items, events = torch.tensor([[0, 1, 2]]), torch.tensor([[0, 1, 1]])
+    expected = model.encode_state(items, events) @ model.item_vectors().T + model.item_bias.weight[:, 0]
+    torch.testing.assert_close(model.q_values(items, events)[:, 1:], expected[:, 1:])
+
+
+def test_unknown_encoder_is_rejected():
+    with pytest.raises(ValueError, match="model.encoder='transformer'"):
+        QNetwork(5, 1, ModelConfig(encoder="transformer"))

@@ -1,0 +1,182 @@
+"""Registry: save -> load round trip, idempotent versions, atomic champion pointer, the gate."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from datetime import UTC, datetime
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from dql_model import data, registry
+from dql_model.config import Config
+from dql_model.networks import QNetwork
+from dql_model.score import score_users
+
+torch.set_num_threads(1)
+WINDOW = {"run_date": "2026-11-27", "train_days": 5, "n_transitions": 123}
+
+
+def trained_like_model(cfg: Config, seed: int = 0) -> QNetwork:
+    torch.manual_seed(seed)
+    model = QNetwork(20, 3, cfg.model)
+    model.set_item_features(np.arange(21) % 4, np.arange(21) % 5)
+    with torch.no_grad():
+        model.item_bias.weight.normal_()
+    return model.eval()
+
+
+def top_k_table(model: QNetwork) -> pa.Table:
+    rng = np.random.default_rng(0)
+    items = rng.integers(0, 21, size=(6, 5))
+    states = data.UserStates(
+        user_id=pa.array([f"u{i}" for i in range(6)]),
+        state_items=items,
+        state_events=(items > 0).astype(np.int64),
+        purchased_indptr=np.zeros(7, dtype=np.int64),
+        purchased_items=np.zeros(0, dtype=np.int64),
+    )
+    features = data.ItemFeatures(
+        item_ids=np.array([None] + [f"i{i}" for i in range(1, 21)], dtype=object),
+        category=np.zeros(21, dtype=np.int64),
+        price_bucket=np.zeros(21, dtype=np.int64),
+        available=np.arange(21) > 0,
+        category_ids=[],
+    )
+    return score_users(
+        model,
+        states,
+        features,
+        top_k=5,
+        batch_size=4,
+        popularity=np.zeros(21),
+        model_version="v",
+        generated_at=datetime(2026, 11, 27, tzinfo=UTC),
+    )
+
+
+@pytest.fixture
+def cfg(tiny_config) -> Config:
+    return tiny_config.replace(model={"encoder": "lstm"})
+
+
+def test_save_load_gives_identical_top_k(tmp_path, cfg):
+    model = trained_like_model(cfg)
+    version = registry.save_model(
+        model, cfg, registry_root=tmp_path, metrics={"eval/ndcg@10": 0.3}, data_window=WINDOW
+    )
+    assert re.fullmatch(r"20261127-[0-9a-f]{8}", version)
+    folder = tmp_path / version
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "config.json",
+        "data_window.json",
+        "metrics.json",
+        "model.safetensors",
+    ]
+    saved = json.loads((folder / "config.json").read_text())
+    assert saved["config"] == cfg.to_dict() and saved["n_items"] == 20 and saved["n_categories"] == 3
+
+    loaded, meta = registry.load_model(folder)
+    assert isinstance(loaded.encoder.rnn, torch.nn.LSTM)
+    assert (
+        meta["metrics"] == {"eval/ndcg@10": 0.3}
+        and meta["data_window"] == WINDOW
+        and meta["version"] == version
+    )
+    torch.testing.assert_close(loaded.item_category, model.item_category)  # item features travel too
+    assert top_k_table(loaded).equals(top_k_table(model))
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
+
+
+def test_same_model_same_version_other_weights_other_version(tmp_path, cfg):
+    model = trained_like_model(cfg)
+    first = registry.save_model(model, cfg, registry_root=tmp_path, metrics={}, data_window=WINDOW)
+    assert registry.save_model(model, cfg, registry_root=tmp_path, metrics={}, data_window=WINDOW) == first
+    other = registry.save_model(
+        trained_like_model(cfg, seed=1), cfg, registry_root=tmp_path, metrics={}, data_window=WINDOW
+    )
+    assert other != first
+    assert registry.list_versions(tmp_path) == sorted([first, other])
+    prefixed = registry.save_model(
+        model, cfg, registry_root=tmp_path, metrics={}, data_window={}, version_prefix="20261128"
+    )
+    assert prefixed == "20261128-" + first.split("-")[1]
+    with pytest.raises(FileExistsError):
+        registry.save_model(
+            trained_like_model(cfg, seed=2),
+            cfg,
+            registry_root=tmp_path,
+            metrics={},
+            data_window=WINDOW,
+            version=first,
+        )
+
+
+def test_failed_save_leaves_nothing(tmp_path, cfg, monkeypatch):
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(registry, "save_file", broken)
+    with pytest.raises(OSError, match="disk full"):
+        registry.save_model(
+            trained_like_model(cfg), cfg, registry_root=tmp_path, metrics={}, data_window=WINDOW
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_set_champion_is_atomic(tmp_path, cfg, monkeypatch):
+    assert registry.champion_version(tmp_path) is None
+    first = registry.save_model(
+        trained_like_model(cfg), cfg, registry_root=tmp_path, metrics={}, data_window=WINDOW
+    )
+    second = registry.save_model(
+        trained_like_model(cfg, 1), cfg, registry_root=tmp_path, metrics={}, data_window=WINDOW
+    )
+    registry.set_champion(tmp_path, first)
+    assert registry.champion_version(tmp_path) == first
+
+    def crash(src, dst):
+        raise OSError("power cut")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="power cut"):
+        registry.set_champion(tmp_path, second)
+    monkeypatch.undo()
+    assert registry.champion_version(tmp_path) == first  # the old pointer is intact
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # temp file cleaned up
+
+    registry.set_champion(tmp_path, second)
+    assert registry.champion_version(tmp_path) == second
+    with pytest.raises(FileNotFoundError, match="not a saved model version"):
+        registry.set_champion(tmp_path, "20990101-deadbeef")
+
+
+def test_gate_keeps_the_champion_when_the_challenger_is_worse():
+    gate = registry.gate
+    ok, reason = gate(None, {"eval/ndcg@10": 0.1}, metric="eval/ndcg@10", tolerance=0.02)
+    assert ok and "no champion" in reason
+    ok, reason = gate({"eval/ndcg@10": 0.30}, {"eval/ndcg@10": 0.25}, metric="eval/ndcg@10", tolerance=0.02)
+    assert not ok and "0.2500 < 0.2940" in reason
+    assert gate({"eval/ndcg@10": 0.30}, {"eval/ndcg@10": 0.295}, metric="eval/ndcg@10", tolerance=0.02)[0]
+    assert not gate({"eval/ndcg@10": 0.30}, {"eval/ndcg@10": 0.293}, metric="eval/ndcg@10", tolerance=0.02)[0]
+    assert gate({"eval/ndcg@10": 0.30}, {"eval/ndcg@10": 0.31}, metric="eval/ndcg@10", tolerance=0.0)[0]
+    assert not gate({"eval/ndcg@10": 0.30}, {"eval/hr@10": 0.9}, metric="eval/ndcg@10", tolerance=0.02)[0]
+    assert not gate(
+        {"eval/ndcg@10": 0.30}, {"eval/ndcg@10": float("nan")}, metric="eval/ndcg@10", tolerance=0.5
+    )[0]
+
+
+def test_load_model_never_unpickles(tmp_path, cfg):
+    version = registry.save_model(
+        trained_like_model(cfg), cfg, registry_root=tmp_path, metrics={}, data_window=WINDOW
+    )
+    # A pickle where the weights should be is rejected, not executed.
+    torch.save({"x": torch.zeros(1)}, tmp_path / version / "model.safetensors")
+    with pytest.raises(Exception, match="(?i)header|safetensor|deserializ"):
+        registry.load_model(tmp_path / version)
+    with pytest.raises(FileNotFoundError, match="no model.safetensors"):
+        registry.load_model(tmp_path / "missing")

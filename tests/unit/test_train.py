@@ -1,0 +1,174 @@
+"""train_model end to end on a tiny learnable shop: metrics, early stopping, seeds, warm start."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dql_model import data, schema, train
+from dql_model.config import Config, ModelConfig
+from dql_model.evaluate import PopularityScorer, evaluate_scorer
+from dql_model.networks import QNetwork
+from tests.unit.test_data import item_index_table, make_shop, write_parquet
+
+torch.set_num_threads(1)
+MAX_LEN = 8
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    return make_shop(tmp_path_factory.mktemp("shop"), n_items=30, n_users=40, steps=12, max_len=MAX_LEN)
+
+
+def config(tiny_config: Config, **train_overrides) -> Config:
+    return tiny_config.replace(
+        etl={"max_len": MAX_LEN},
+        model={"embed_dim": 16, "hidden_dim": 16, "dropout": 0.0},
+        train={"epochs": 6, "batch_size": 32, "lr": 1e-2, "device": "cpu"} | train_overrides,
+    )
+
+
+def run(cfg: Config, shop, **kw) -> train.TrainResult:
+    transitions, item_index = shop
+    lines: list[str] = []
+    result = train.train_model(
+        cfg, transitions_dir=str(transitions), item_index_dir=str(item_index), progress=lines.append, **kw
+    )
+    result.lines = lines
+    return result
+
+
+def test_train_model_end_to_end_learns_the_shop(tiny_config, shop):
+    result = run(config(tiny_config), shop)
+
+    assert result.n_transitions == 40 * 10 and result.device == "cpu"
+    assert 1 <= result.best_epoch <= len(result.history) <= 6
+    for row in result.history:
+        assert {"loss/td", "loss/cql", "loss/total", "q/mean", "eval/ndcg@10", "eval/purchase/hr@10"} <= set(
+            row
+        )
+        assert {"time/epoch_s", "throughput/transitions_per_s", "eval/coverage@10"} <= set(row)
+    assert result.best_ndcg_at_10 == max(row["eval/ndcg@10"] for row in result.history)
+    assert result.best_metrics["eval/ndcg@10"] == result.best_ndcg_at_10
+    assert any(line.startswith("epoch 1/6 ") and "eval/ndcg@10=" in line for line in result.lines)
+    assert "best eval/ndcg@10=" in result.lines[-1]
+
+    # The users follow a hidden successor rule: the Q-network must beat popularity by far.
+    transitions, _ = shop
+    val = data.load_transitions(transitions, max_len=MAX_LEN, split=schema.VALIDATION)
+    popularity = evaluate_scorer(PopularityScorer.from_transitions(transitions, n_items=30), val)
+    assert result.best_ndcg_at_10 > popularity["eval/ndcg@10"] + 0.3
+    assert not result.model.training
+
+
+def test_supervised_mode_trains_without_td(tiny_config, shop):
+    result = run(config(tiny_config, mode="supervised", epochs=1), shop)
+    assert "loss/td" not in result.history[0] and "loss/cql" in result.history[0]
+    assert result.history[0]["loss/total"] == pytest.approx(result.history[0]["loss/cql"])
+
+
+def test_cpu_training_is_reproducible_for_a_seed(tiny_config, shop):
+    cfg = config(tiny_config, epochs=2, seed=3)
+    cfg = cfg.replace(model={"dropout": 0.2})  # dropout draws must be seeded too
+    first, second = run(cfg, shop), run(cfg, shop)
+    other = run(cfg.replace(train={"seed": 4}), shop)
+
+    def losses(result):
+        return [row["loss/total"] for row in result.history]
+
+    assert losses(first) == losses(second)
+    for name, tensor in first.model.state_dict().items():
+        assert torch.equal(tensor, second.model.state_dict()[name]), name
+    assert losses(first) != losses(other)
+
+
+def test_early_stopping_keeps_the_best_weights(tiny_config, shop, monkeypatch):
+    scores = iter([0.5, 0.7, 0.6, 0.4, 0.9, 0.9])
+    snapshots = []
+
+    def fake_evaluate(scorer, val, **kwargs):
+        snapshots.append({k: v.clone() for k, v in scorer.model.state_dict().items()})
+        return {"eval/ndcg@10": next(scores)}
+
+    monkeypatch.setattr(train, "evaluate_scorer", fake_evaluate)
+    result = run(config(tiny_config, epochs=6), shop)
+    # best at epoch 2, no better in epochs 3 and 4 -> stop after 4 (patience 2)
+    assert len(result.history) == 4 and result.best_epoch == 2 and result.best_ndcg_at_10 == 0.7
+    assert any(line.startswith("early stop") for line in result.lines)
+    for name, tensor in result.model.state_dict().items():
+        assert torch.equal(tensor, snapshots[1][name]), name
+    assert not torch.equal(result.model.item_bias.weight, snapshots[3]["item_bias.weight"])
+
+
+def test_warm_start_copies_rows_of_items_that_existed(tiny_config, shop, tmp_path):
+    transitions, _ = shop
+    grown = write_parquet(tmp_path / "item_index", item_index_table(35))  # 5 new items tonight
+    cfg = config(tiny_config, epochs=1, lr=0.0)  # lr=0: weights stay as copied
+    previous = run(cfg, shop).model
+    result = train.train_model(
+        cfg,
+        transitions_dir=str(transitions),
+        item_index_dir=str(grown),
+        warm_start=previous,
+        progress=lambda _: None,
+    )
+    new = result.model
+    assert new.n_items == 35
+    torch.testing.assert_close(new.item_embedding.weight[:31], previous.item_embedding.weight)
+    torch.testing.assert_close(new.state_head.weight, previous.state_head.weight)
+    assert not torch.equal(new.item_embedding.weight[31:], torch.zeros(4, 16))  # fresh rows, not zeros
+
+    other_shape = QNetwork(30, 3, ModelConfig(embed_dim=8, hidden_dim=8))
+    with pytest.raises(ValueError, match="cannot warm-start"):
+        train.warm_start_from(new, other_shape)
+    # in train_model an incompatible champion (changed model config) means training from scratch
+    lines = []
+    fresh = train.train_model(
+        cfg,
+        transitions_dir=str(transitions),
+        item_index_dir=str(grown),
+        warm_start=other_shape,
+        progress=lines.append,
+    )
+    assert any("training from scratch" in line for line in lines) and fresh.model.cfg.embed_dim == 16
+
+
+def test_resolve_device_and_seed():
+    assert train.resolve_device("cpu").type == "cpu"
+    assert train.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            train.resolve_device("cuda")
+    train.seed_everything(5)
+    a = (np.random.rand(), torch.rand(1).item())
+    train.seed_everything(5)
+    assert (np.random.rand(), torch.rand(1).item()) == a
+
+
+def test_actions_outside_the_item_index_are_an_error(tiny_config, shop, tmp_path):
+    transitions, _ = shop
+    small = write_parquet(tmp_path / "item_index", item_index_table(10))
+    with pytest.raises(ValueError, match="outside the item index 1..10"):
+        train.train_model(
+            config(tiny_config, epochs=1),
+            transitions_dir=str(transitions),
+            item_index_dir=str(small),
+            progress=lambda _: None,
+        )
+
+
+def test_prefetched_keeps_order_and_raises_producer_errors():
+    assert list(train.prefetched(iter(range(50)), depth=3)) == list(range(50))
+
+    def broken():
+        yield 1
+        raise OSError("bad parquet")
+
+    stream = train.prefetched(broken())
+    assert next(stream) == 1
+    with pytest.raises(OSError, match="bad parquet"):
+        next(stream)
+    early = train.prefetched(iter(range(1000)), depth=2)
+    assert next(early) == 0
+    early.close()  # leaving early stops the producer thread
