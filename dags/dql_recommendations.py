@@ -78,8 +78,8 @@ params = {
 
 
 def _run_options() -> dict:
-    """The manual-trigger params of the current run, as plain values."""
-    return dict(get_current_context()["params"])
+    """The manual-trigger params of the current run, except run_date (resolved once, passed explicitly)."""
+    return {k: v for k, v in get_current_context()["params"].items() if k != "run_date"}
 
 
 with DAG(

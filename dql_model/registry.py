@@ -160,6 +160,28 @@ def version_metrics(registry_root: str | os.PathLike[str], version: str) -> dict
     return _read_json(Path(registry_root) / version / METRICS)
 
 
+def version_data_window(registry_root: str | os.PathLike[str], version: str) -> dict[str, Any]:
+    """The data window saved with a version (run date, what it was warm-started from)."""
+    return _read_json(Path(registry_root) / version / DATA_WINDOW)
+
+
+def incumbent_for(registry_root: str | os.PathLike[str], run_date: str) -> str | None:
+    """The model a run for ``run_date`` starts from and is gated against.
+
+    That is the champion, unless the champion was itself trained for ``run_date`` (a rerun): then
+    it is the model that champion was warm-started from. So a rerun of a date trains from the same
+    starting point and faces the same incumbent as the first run, and reproduces its outcome.
+    """
+    version, seen = champion_version(registry_root), set()
+    while version and version not in seen:
+        seen.add(version)
+        window = version_data_window(registry_root, version)
+        if str(window.get("run_date", "")) < run_date:
+            return version
+        version = window.get("warm_start_from")
+    return None
+
+
 def champion_version(registry_root: str | os.PathLike[str]) -> str | None:
     """The version the champion pointer names, or None when there is no champion yet."""
     pointer = Path(registry_root) / CHAMPION

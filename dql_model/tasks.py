@@ -141,9 +141,9 @@ def train_model(
         return {"trained": False, "reason": reason}
 
     warm_start = None
-    champion = registry.champion_version(cfg.registry.root)
-    if champion:
-        warm_start, _ = registry.load_model(Path(cfg.registry.root) / champion)
+    incumbent = registry.incumbent_for(cfg.registry.root, run_date)
+    if incumbent:
+        warm_start, _ = registry.load_model(Path(cfg.registry.root) / incumbent)
     result = fit(
         cfg,
         transitions_dir=cfg.warehouse.partition(schema.TRANSITIONS, run_date),
@@ -156,7 +156,13 @@ def train_model(
         cfg,
         registry_root=cfg.registry.root,
         metrics={"history": result.history, "best": result.best_metrics},
-        data_window={"run_date": run_date, "train_days": cfg.etl.train_days, "val_days": cfg.etl.val_days},
+        data_window={
+            "run_date": run_date,
+            "train_days": cfg.etl.train_days,
+            "val_days": cfg.etl.val_days,
+            "transitions": result.n_transitions,
+            "warm_start_from": incumbent,
+        },
         version_prefix=run_date.replace("-", ""),
     )
     _say("trained challenger %s on %s in %.0f s", version, result.device, result.seconds)
@@ -198,8 +204,9 @@ def evaluate_and_gate(
     val = load_transitions(transitions_dir, max_len=cfg.etl.max_len, split=schema.VALIDATION)
 
     scorers = {"popularity": evaluate.PopularityScorer.from_actions(train.action, n_items=items.n_items)}
-    champion = registry.champion_version(root)
     challenger = training.get("version") if training.get("trained") else None
+    # Without a challenger the current champion scores; with one, it faces the incumbent.
+    champion = registry.incumbent_for(root, run_date) if challenger else registry.champion_version(root)
     for name, version in (("champion", champion), ("challenger", challenger)):
         if version and not (name == "champion" and version == challenger):
             model, _ = registry.load_model(root / version)
@@ -228,8 +235,8 @@ def evaluate_and_gate(
             metric=cfg.registry.gate_metric,
             tolerance=cfg.registry.gate_tolerance,
         )
-        if promoted:
-            registry.set_champion(root, challenger)
+        # Point the champion explicitly either way: on a rerun it may still name this date's model.
+        registry.set_champion(root, challenger if promoted else champion)
     scoring_version = registry.champion_version(root)
     _say("gate: %s (%s); scoring with %s", "promoted" if promoted else "kept champion", reason, scoring_version)
     evaluation = {

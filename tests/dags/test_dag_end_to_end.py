@@ -50,6 +50,8 @@ def test_nightly_dag_publishes_to_s3_and_reruns_identically(
     run_date = cfg.simulator.end_date
 
     dag = DagBag(dag_folder=str(PROJECT_ROOT / "dags")).dags["dql_recommendations"]
+    for task in dag.tasks:
+        task.retries = 0  # a failure here is a bug to see at once, not a flake to retry after minutes
 
     first = dag.test(run_conf={"run_date": run_date})
     assert first.state == "success", [(ti.task_id, ti.state) for ti in first.get_task_instances()]
