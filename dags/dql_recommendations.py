@@ -3,7 +3,18 @@
 
 validate raw events → build item index, user states, transitions (Spark) → validate training data →
 train the Q-network (GPU pool when present) → evaluate against baselines and gate → score top-K →
-validate recommendations → publish (warehouse partition + export with manifest) → write the report.
+validate recommendations → publish (warehouse partition, optional SQL table, export with manifest) →
+write the report.
+
+**Scoring engine.** `score.engine` in the config picks the path: `torch` scores in the `score_users`
+task (batched matrix products, GPU when present); `spark` submits `jobs/score_recommendations.py`
+(`score_users_spark`, pool `spark`, connection `spark_default`) with the model broadcast to the
+executors. Both give the same rows.
+
+**Asset.** Publishing emits the asset `dqlrec_recommendations` (`dqlrec://warehouse/output/recommendations`)
+with the run date, row count, export URI and model version in the event's extra. Downstream DAGs run on
+it with `schedule=[Asset(name="dqlrec_recommendations", uri="dqlrec://warehouse/output/recommendations")]`
+and read `triggering_asset_events` for the date.
 
 **Run date.** A scheduled run processes the day before its logical date (the day that just ended).
 A manual trigger can set `run_date`; without it, yesterday (UTC) is used.
@@ -151,23 +162,63 @@ with DAG(
         training = ti.xcom_pull(task_ids="train_model")
         return tasks.evaluate_and_gate(run_date, training or {}, **_run_options())
 
-    @task
-    def score_users(run_date: str, gate: dict) -> dict:
+    @task.branch
+    def choose_scoring_engine(gate: dict) -> str:
+        """score.engine: torch -> score_users, spark -> score_users_spark."""
         from dql_model import tasks
 
+        engine = tasks.run_config(**_run_options()).score.engine
+        if engine not in ("torch", "spark"):
+            raise ValueError(f"score.engine={engine!r} in the config: use torch or spark")
+        print(f"scoring with {gate['scoring_version']} on the {engine} engine")
+        return "score_users_spark" if engine == "spark" else "score_users"
+
+    @task
+    def score_users(run_date: str) -> dict:
+        from dql_model import tasks
+
+        gate = get_current_context()["ti"].xcom_pull(task_ids="evaluate_and_gate")
         return tasks.score_users(run_date, gate, **_run_options())
 
-    @task
-    def validate_recommendations(run_date: str, scored: dict) -> dict:
+    score_users_spark = SparkSubmitOperator(
+        task_id="score_users_spark",
+        application=str(JOBS_DIR / "score_recommendations.py"),
+        application_args=[
+            "--run-date",
+            "{{ ti.xcom_pull(task_ids='resolve_run_date') }}",
+            "--model-version",
+            "{{ ti.xcom_pull(task_ids='evaluate_and_gate')['scoring_version'] }}",
+            "--top-k",
+            "{{ params.top_k }}",
+        ],
+        conn_id="spark_default",
+        name="dqlrec-score-recommendations",
+        conf={
+            "spark.sql.session.timeZone": "UTC",
+            "spark.ui.showConsoleProgress": "false",
+            "spark.driver.extraJavaOptions": SPARK_FAST_JVM,
+        },
+        pool="spark",
+        execution_timeout=timedelta(hours=2),
+    )
+
+    @task(trigger_rule="none_failed_min_one_success")
+    def validate_recommendations(run_date: str) -> dict:
+        """Runs after whichever scoring task the branch chose; reads that engine's summary."""
         from dql_model import tasks
 
-        return tasks.validate_recommendations(run_date, scored, **_run_options())
+        return tasks.validate_recommendations(run_date, None, **_run_options())
 
     @task(outlets=[RECOMMENDATIONS_ASSET])
     def publish_recommendations(run_date: str, validated: dict) -> dict:
         from dql_model import tasks
 
-        return tasks.publish_recommendations(run_date, validated)
+        published = tasks.publish_recommendations(run_date, validated)
+        # Downstream DAGs scheduled on the asset learn which date is ready, and where, from the event.
+        get_current_context()["outlet_events"][RECOMMENDATIONS_ASSET].extra = {
+            key: published[key] for key in ("run_date", "rows", "users", "export_uri", "model_version")
+        }
+        return published
 
     @task
     def write_report(run_date: str, published: dict) -> dict:
@@ -184,7 +235,9 @@ with DAG(
     data_checked >> training
     gate = evaluate_and_gate(run_date)
     training >> gate
-    scored = score_users(run_date, gate)
-    validated = validate_recommendations(run_date, scored)
+    scored_by_torch = score_users(run_date)
+    choose_scoring_engine(gate) >> [scored_by_torch, score_users_spark]
+    validated = validate_recommendations(run_date)
+    [scored_by_torch, score_users_spark] >> validated
     published = publish_recommendations(run_date, validated)
     write_report(run_date, published)

@@ -154,9 +154,17 @@ class ScoreConfig:
     top_k: int = 20
     """Recommendations per user."""
     batch_size: int = 2048
-    """Users scored per matrix product."""
+    """Users per scoring batch (grouped by a hash of user_id, so both engines form the same batches)."""
     mask_purchased: bool = True
     """Never recommend what the user already bought."""
+    engine: str = "torch"
+    """torch (batched matrix products in the scoring task) or spark (a Spark job, model broadcast to executors)."""
+    explore_slots: int = 0
+    """The last this-many of the K ranks are drawn from a softmax over Q-values (source explore)."""
+    explore_epsilon: float = 0.0
+    """Probability that each other rank is drawn from the softmax instead of taken greedily."""
+    explore_temperature: float = 1.0
+    """Temperature of the exploration softmax: higher spreads the draws over more items."""
 
 
 @dataclass
@@ -179,6 +187,14 @@ class PublishConfig:
     """Local folder or s3://bucket/prefix; run_date=YYYY-MM-DD/ is added below it."""
     rows_per_file: int = 500_000
     """Maximum rows in one exported Parquet file."""
+    s3_attempts: int = 4
+    """Tries of each S3 step (upload, delete, manifest) before the publish fails."""
+    s3_backoff_s: float = 1.0
+    """Wait before the first S3 retry, in seconds; doubled after each failed try."""
+    sql_url: str = ""
+    """SQL warehouse sink, e.g. postgresql://user@host:5432/db (password from PGPASSWORD/.pgpass); empty: off."""
+    sql_table: str = "recommendations"
+    """Table of the SQL sink, optionally schema-qualified; created if missing."""
 
 
 @dataclass

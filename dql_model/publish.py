@@ -17,11 +17,16 @@ S3 has no rename, so there the order of writes is the protocol:
 3. delete every object under the date's prefix that the new manifest does not list;
 4. write ``_manifest.json``, then ``_SUCCESS``.
 
+Every S3 call of these steps is retried with exponential backoff when the error is transient
+(connection lost, timeout, throttling, 5xx); each step is idempotent, so a retry is safe. An error
+that a retry cannot fix (access denied, no such bucket) fails at once.
+
 A failure after step 1 leaves the date without ``_SUCCESS`` (and, before step 4, without a
 manifest): readers that gate on ``_SUCCESS`` skip it, ``read_export`` refuses it with
 IncompleteExportError, and rerunning the publish for that date completes it. A failure in step 1
 itself leaves the previous export as it was. Otherwise the previous S3 export is not kept: its
 parts are overwritten in place by the new ones, so the date is "not ready" until the rerun.
+Other dates are never touched: every key written or deleted lies below the date's own folder.
 
 S3 access uses boto3's standard configuration only (environment, shared config, instance role;
 ``AWS_ENDPOINT_URL_S3`` for an S3-compatible endpoint). Nothing here takes, stores or logs credentials.
@@ -37,10 +42,12 @@ import logging
 import re
 import shutil
 import tempfile
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -62,6 +69,18 @@ MULTIPART_THRESHOLD = 16 * MiB
 MULTIPART_CHUNKSIZE = 16 * MiB
 """Size of one part of a multipart upload (S3's minimum is 5 MiB)."""
 _MISSING_CODES = {"404", "NoSuchKey", "NotFound"}
+_TRANSIENT_CODES = {
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "InternalError",
+    "ServiceUnavailable",
+    "RequestLimitExceeded",
+}
+_sleep = time.sleep  # the tests record the backoff instead of waiting it out
+T = TypeVar("T")
 
 
 class ExportError(RuntimeError):
@@ -203,11 +222,19 @@ def export(
     config_hash: str,
     rows_per_file: int,
     generated_at: datetime | None = None,
+    attempts: int = 4,
+    backoff_s: float = 1.0,
 ) -> Manifest:
-    """Write one date's export below ``uri`` (local folder or s3://bucket/prefix); returns its manifest."""
+    """Write one date's export below ``uri`` (local folder or s3://bucket/prefix); returns its manifest.
+
+    On S3 each call is tried up to ``attempts`` times, waiting ``backoff_s``, then twice that, ...
+    between tries of a transient error.
+    """
     run_date = _run_date(run_date)
     if rows_per_file < 1:
         raise ValueError(f"rows_per_file must be at least 1, got {rows_per_file}")
+    if attempts < 1 or backoff_s < 0:
+        raise ValueError(f"need attempts >= 1 and backoff_s >= 0, got {attempts} and {backoff_s}")
     table = conform(table)
     target = parse_uri(uri).child(f"{schema.RUN_DATE}={run_date}")
     stamp = (generated_at or datetime.now(UTC)).astimezone(UTC).isoformat()
@@ -223,7 +250,7 @@ def export(
         with tempfile.TemporaryDirectory(prefix="dqlrec-export-") as tmp:
             manifest = manifest_for(_write_parts(table, Path(tmp), rows_per_file))
             try:
-                _upload(Path(tmp), manifest, target)
+                _upload(Path(tmp), manifest, target, Retry(attempts, backoff_s))
             except (ClientError, BotoCoreError, Boto3Error) as exc:
                 raise ExportError(
                     f"export to {target} failed: {exc}. The date has no {SUCCESS_NAME} until a rerun of the "
@@ -263,27 +290,77 @@ def _write_parts(table: pa.Table, folder: Path, rows_per_file: int) -> list[Mani
     return files
 
 
-def _upload(folder: Path, manifest: Manifest, target: Location) -> None:
+@dataclass(frozen=True)
+class Retry:
+    """Call a function until it succeeds, at most ``attempts`` times, with exponential backoff.
+
+    Only transient errors are retried (``is_transient``); the last error is raised as it came.
+    """
+
+    attempts: int = 4
+    backoff_s: float = 1.0
+
+    def __call__(self, what: str, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        for attempt in range(1, self.attempts + 1):
+            try:
+                return call(*args, **kwargs)
+            except Exception as exc:
+                if attempt == self.attempts or not is_transient(exc):
+                    raise
+                delay = self.backoff_s * 2 ** (attempt - 1)
+                log.warning("%s failed (%s); try %d of %d in %.1f s", what, exc, attempt + 1, self.attempts, delay)
+                _sleep(delay)
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A connection, timeout, throttling or server-side error: trying again may succeed."""
+    from boto3.exceptions import S3UploadFailedError
+    from botocore import exceptions as bce
+
+    if isinstance(exc, S3UploadFailedError):  # boto3 wraps the ClientError of a managed upload
+        cause = exc.__cause__ or exc.__context__
+        return cause is None or is_transient(cause)
+    if isinstance(exc, bce.ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return exc.response.get("Error", {}).get("Code") in _TRANSIENT_CODES or status >= 500 or status == 429
+    transient = (
+        bce.ConnectionError,
+        bce.HTTPClientError,
+        bce.IncompleteReadError,
+        bce.FlexibleChecksumError,
+        ConnectionError,
+        TimeoutError,
+    )
+    return isinstance(exc, transient)
+
+
+def _upload(folder: Path, manifest: Manifest, target: Location, retry: Retry) -> None:
     """The S3 protocol of the module docstring: withdraw, upload, prune, manifest, _SUCCESS."""
     client = _s3_client()
     bucket = target.bucket
     key = target.child
 
-    client.delete_object(Bucket=bucket, Key=key(SUCCESS_NAME).path)
-    client.delete_object(Bucket=bucket, Key=key(MANIFEST_NAME).path)
+    for name in (SUCCESS_NAME, MANIFEST_NAME):
+        retry(f"deleting {key(name)}", client.delete_object, Bucket=bucket, Key=key(name).path)
     config = _transfer_config()
     for n, file in enumerate(manifest.files, start=1):
-        client.upload_file(str(folder / file.name), bucket, key(file.name).path, Config=config)
+        where = key(file.name)
+        retry(f"uploading {where}", client.upload_file, str(folder / file.name), bucket, where.path, Config=config)
         log.info(
             "uploaded %s (%.1f MiB, %d/%d) to %s", file.name, file.bytes / MiB, n, len(manifest.files), target
         )
 
     keep = {key(f.name).path for f in manifest.files}
-    stale = [k for k in _list_keys(client, bucket, target.path + "/") if k not in keep]
+    listed = retry(f"listing {target}", _list_keys, client, bucket, target.path + "/")
+    stale = [k for k in listed if k not in keep]
     for start in range(0, len(stale), 1000):  # DeleteObjects takes at most 1000 keys
         batch = stale[start : start + 1000]
-        response = client.delete_objects(
-            Bucket=bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True}
+        response = retry(
+            f"deleting stale objects of {target}",
+            client.delete_objects,
+            Bucket=bucket,
+            Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
         )
         if response.get("Errors"):
             first = response["Errors"][0]
@@ -294,13 +371,15 @@ def _upload(folder: Path, manifest: Manifest, target: Location) -> None:
     if stale:
         log.info("removed %d stale object(s) of the previous export from %s", len(stale), target)
 
-    client.put_object(
+    retry(
+        f"writing {key(MANIFEST_NAME)}",
+        client.put_object,
         Bucket=bucket,
         Key=key(MANIFEST_NAME).path,
         Body=manifest.to_json().encode(),
         ContentType="application/json",
     )
-    client.put_object(Bucket=bucket, Key=key(SUCCESS_NAME).path, Body=b"")
+    retry(f"writing {key(SUCCESS_NAME)}", client.put_object, Bucket=bucket, Key=key(SUCCESS_NAME).path, Body=b"")
 
 
 # --- reading back -------------------------------------------------------------------------------

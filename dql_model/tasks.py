@@ -48,6 +48,11 @@ def staged_recommendations_path(cfg: Config, run_date: str) -> Path:
     return Path(cfg.warehouse.path(STAGING, schema.RECOMMENDATIONS, f"{schema.RUN_DATE}={run_date}"))
 
 
+def scoring_summary_path(cfg: Config, run_date: str) -> Path:
+    """Counts of the staged recommendations, written by either scoring engine for the validate task."""
+    return Path(cfg.warehouse.path(STAGING, "_runs", f"{schema.RUN_DATE}={run_date}", "score_users.json"))
+
+
 def report_dir(cfg: Config, run_date: str) -> Path:
     return Path(cfg.warehouse.path("reports", f"{schema.RUN_DATE}={run_date}"))
 
@@ -258,54 +263,100 @@ def evaluate_and_gate(
 
 
 def score_users(run_date: str, gate: dict[str, Any], *, cfg: Config | None = None, **options: Any) -> dict[str, Any]:
-    """Top-K for every user with a state, written to a staging partition that readers never see."""
-    import numpy as np
+    """Top-K for every user, written to a staging partition that readers never see.
+
+    ``score.engine`` picks the engine: torch (batched matrix products here) or spark (the Spark job,
+    in this process; the DAG submits it with spark-submit instead). Both give the same rows.
+    """
+    cfg = cfg or run_config(**options)
+    version = gate["scoring_version"]
+    if cfg.score.engine == "spark":
+        from jobs.score_recommendations import run as run_spark_job
+        from jobs.spark_session import get_spark
+
+        scored = run_spark_job(get_spark(cfg.spark, "dqlrec-score-recommendations"), cfg, run_date, version)
+    else:
+        scored = _score_with_torch(cfg, run_date, version)
+    _say(
+        "scored %d users with %s on %s (top %d): %s",
+        scored["users"],
+        version,
+        scored["engine"],
+        scored["top_k"],
+        ", ".join(f"{n} {source} rows" for source, n in scored["sources"].items()),
+    )
+    return scored
+
+
+def _score_with_torch(cfg: Config, run_date: str, version: str) -> dict[str, Any]:
+    import pyarrow.compute as pc
 
     from dql_model import registry
-    from dql_model.data import load_item_features, load_transitions, load_user_states
+    from dql_model.data import action_counts, load_item_features, load_user_states
+    from dql_model.score import Policy
     from dql_model.score import score_users as score
     from dql_model.train import resolve_device
 
-    cfg = cfg or run_config(**options)
-    version = gate["scoring_version"]
+    policy = Policy.from_config(cfg.score, run_date)
     device = resolve_device(cfg.train.device)
     model, _ = registry.load_model(Path(cfg.registry.root) / version, device=str(device))
     items = load_item_features(cfg.warehouse.partition(schema.ITEM_INDEX, run_date), price_buckets=cfg.model.price_buckets)
     states = load_user_states(cfg.warehouse.partition(schema.USER_STATES, run_date), max_len=cfg.etl.max_len)
-    window = load_transitions(cfg.warehouse.partition(schema.TRANSITIONS, run_date), max_len=cfg.etl.max_len, split=None)
-    popularity = np.bincount(window.action, minlength=items.n_items + 1).astype(np.float64)
+    transitions = cfg.warehouse.partition(schema.TRANSITIONS, run_date)
+    popularity = sum(action_counts(transitions, n_items=items.n_items, split=s) for s in (schema.TRAIN, schema.VALIDATION))
 
     table = score(
         model,
         states,
         items,
-        top_k=cfg.score.top_k,
+        top_k=policy.top_k,
         batch_size=cfg.score.batch_size,
         popularity=popularity,
         model_version=version,
         generated_at=datetime.now(UTC),
-        mask_purchased=cfg.score.mask_purchased,
+        mask_purchased=policy.mask_purchased,
         device=str(device),
+        explore_slots=policy.explore_slots,
+        explore_epsilon=policy.explore_epsilon,
+        explore_temperature=policy.temperature,
+        seed=policy.seed,
     )
     path = staged_recommendations_path(cfg, run_date)
     storage.write_partition(table, path, rows_per_file=cfg.publish.rows_per_file)
-    sources = table.column(schema.SOURCE).to_pylist()
-    fallback_rows = sum(s == schema.SOURCE_FALLBACK for s in sources)
-    users = len(set(table.column(schema.USER_ID).to_pylist()))
-    _say("scored %d users with %s (top %d, %d fallback rows) on %s", users, version, cfg.score.top_k, fallback_rows, device)
-    return {"path": str(path), "rows": table.num_rows, "users": users, "model_version": version, "top_k": cfg.score.top_k}
+    counts = dict(zip(*(c.to_pylist() for c in pc.value_counts(table.column(schema.SOURCE)).flatten()), strict=True))
+    scored = {
+        "run_date": run_date,
+        "path": str(path),
+        "rows": table.num_rows,
+        "users": pc.count_distinct(table.column(schema.USER_ID)).as_py(),
+        "model_version": version,
+        "top_k": policy.top_k,
+        "engine": f"torch ({device})",
+        "sources": {name: int(counts.get(name, 0)) for name in schema.SOURCES},
+    }
+    _write_json(scoring_summary_path(cfg, run_date), scored)
+    return scored
 
 
 # --- 6. recommendations check -------------------------------------------------------------------
 
 
 def validate_recommendations(
-    run_date: str, scored: dict[str, Any], *, cfg: Config | None = None, **options: Any
+    run_date: str, scored: dict[str, Any] | None, *, cfg: Config | None = None, **options: Any
 ) -> dict[str, Any]:
-    """Great Expectations over the staged recommendations; nothing is published if they fail."""
+    """Great Expectations over the staged recommendations; nothing is published if they fail.
+
+    ``scored`` is score_users' result; None reads the summary the scoring engine wrote (the DAG's
+    Spark path has no XCom to pass).
+    """
     from dql_model import quality
 
     cfg = cfg or run_config(**options)
+    if scored is None:
+        summary = scoring_summary_path(cfg, run_date)
+        if not summary.is_file():
+            raise FileNotFoundError(f"{summary} is missing: scoring did not finish for {run_date}; rerun score_users")
+        scored = json.loads(summary.read_text())
     table = storage.read_partition(staged_recommendations_path(cfg, run_date))
     report = quality.validate_recommendations(table.to_pandas(), top_k=scored["top_k"], run_date=run_date)
     report.raise_for_failures()
@@ -317,13 +368,26 @@ def validate_recommendations(
 
 
 def publish_recommendations(run_date: str, validated: dict[str, Any], *, cfg: Config | None = None) -> dict[str, Any]:
-    """Swaps the warehouse partition in atomically, then exports with manifest and _SUCCESS last."""
+    """Swaps the warehouse partition in atomically, replaces the date in the SQL sink (if configured)
+    in one transaction, then exports with manifest and _SUCCESS last.
+
+    Each step replaces the run date whole and the staged partition is removed only after the last
+    one, so after a failure anywhere a rerun of this task completes the publish; other dates are
+    never touched.
+    """
     from dql_model import publish
 
     cfg = cfg or load_config()
     staged = staged_recommendations_path(cfg, run_date)
     table = storage.read_partition(staged)
     warehouse_path = publish.publish_warehouse(table, cfg, run_date)
+    sql_rows = None
+    if cfg.publish.sql_url:
+        from dql_model import sinks
+
+        sql_rows = sinks.replace_run_date(
+            table, url=cfg.publish.sql_url, run_date=run_date, table_name=cfg.publish.sql_table
+        )
     manifest = publish.export(
         table,
         uri=cfg.publish.export_uri,
@@ -331,16 +395,22 @@ def publish_recommendations(run_date: str, validated: dict[str, Any], *, cfg: Co
         model_version=validated["model_version"],
         config_hash=cfg.hash(),
         rows_per_file=cfg.publish.rows_per_file,
+        attempts=cfg.publish.s3_attempts,
+        backoff_s=cfg.publish.s3_backoff_s,
     )
     shutil.rmtree(staged, ignore_errors=True)
     export_uri = publish.partition_uri(cfg.publish.export_uri, run_date)
-    _say("published %d rows to %s and %s", table.num_rows, warehouse_path, export_uri)
+    sql_note = f" and {sql_rows} rows to SQL table {cfg.publish.sql_table}" if cfg.publish.sql_url else ""
+    _say("published %d rows to %s and %s%s", table.num_rows, warehouse_path, export_uri, sql_note)
     return {
+        "run_date": run_date,
         "warehouse_path": str(warehouse_path),
         "export_uri": export_uri,
         "rows": table.num_rows,
         "users": manifest.user_count,
         "files": len(manifest.files),
+        "sql_table": cfg.publish.sql_table if cfg.publish.sql_url else None,
+        "sql_rows": sql_rows,
         "model_version": validated["model_version"],
         "top_k": validated["top_k"],
     }

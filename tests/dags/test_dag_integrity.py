@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -18,8 +19,11 @@ EXPECTED_EDGES = {
     ("build_training_data", "validate_training_data"),
     ("validate_training_data", "train_model"),
     ("train_model", "evaluate_and_gate"),
-    ("evaluate_and_gate", "score_users"),
+    ("evaluate_and_gate", "choose_scoring_engine"),
+    ("choose_scoring_engine", "score_users"),
+    ("choose_scoring_engine", "score_users_spark"),
     ("score_users", "validate_recommendations"),
+    ("score_users_spark", "validate_recommendations"),
     ("validate_recommendations", "publish_recommendations"),
     ("publish_recommendations", "write_report"),
 }
@@ -64,6 +68,17 @@ def test_training_failure_falls_back_to_champion(dagbag):
     assert dag.get_task("build_training_data").pool == "spark"
 
 
+def test_scoring_engine_is_a_branch_that_rejoins(dagbag):
+    dag = dagbag.dags[DAG_ID]
+    assert dag.get_task("score_users_spark").pool == "spark"
+    # validate_recommendations runs after whichever scoring task ran; fails if the chosen one failed.
+    assert dag.get_task("validate_recommendations").trigger_rule == "none_failed_min_one_success"
+    outlets = dag.get_task("publish_recommendations").outlets
+    assert [(a.name, a.uri) for a in outlets] == [
+        ("dqlrec_recommendations", "dqlrec://warehouse/output/recommendations")
+    ]
+
+
 def test_params_are_typed(dagbag):
     params = dagbag.dags[DAG_ID].params
     expected = {"run_date": "string", "top_k": "integer", "skip_training": "boolean",
@@ -86,3 +101,87 @@ def test_module_level_imports_are_light():
     )
     marker = [line for line in out.stdout.splitlines() if line.startswith("HEAVY=")]
     assert marker == ["HEAVY="], f"heavy modules imported by the DAG file: {marker}"
+
+
+# --- the scoring branch and the asset, through Airflow itself ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def airflow_db():
+    """Airflow's metadata DB (SQLite under var/test-airflow), migrated once."""
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
+
+
+@pytest.fixture
+def stubbed_tasks(monkeypatch):
+    """The pipeline's task functions and spark-submit replaced by recorders: the DAG's wiring under test."""
+    from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+
+    from dql_model import tasks
+
+    calls: list[str] = []
+
+    def stub(name, result):
+        def run(*args, **kwargs):
+            calls.append(name)
+            return result
+
+        monkeypatch.setattr(tasks, name, run)
+
+    stub("validate_raw_events", {"rows": 1})
+    stub("validate_training_data", {"accepted": 1})
+    stub("train_model", {"trained": True, "version": "v1"})
+    stub("evaluate_and_gate", {"scoring_version": "v1", "promoted": True, "reason": "stub"})
+    stub("score_users", {"path": "p", "rows": 2, "users": 1, "model_version": "v1", "top_k": 2})
+    stub("validate_recommendations", {"model_version": "v1", "top_k": 2})
+    published = {
+        "run_date": "2026-11-27", "rows": 2, "users": 1, "export_uri": "s3://b/p/run_date=2026-11-27",
+        "model_version": "v1",
+    }  # fmt: skip
+    stub("publish_recommendations", published)
+    stub("write_report", {"report_dir": "r"})
+
+    def submit(self, context):
+        calls.append(f"spark-submit {Path(self.application).name} {' '.join(self.application_args)}")
+
+    monkeypatch.setattr(SparkSubmitOperator, "execute", submit)
+    monkeypatch.delenv("DQLREC_CONFIG", raising=False)
+    return calls
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["torch", "spark"])
+def test_config_picks_the_scoring_path_and_publishing_emits_the_asset(
+    engine, airflow_db, dagbag, stubbed_tasks, monkeypatch
+):
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    monkeypatch.setenv("DQLREC_SCORE__ENGINE", engine)
+    dag = dagbag.dags[DAG_ID]
+    for task in dag.tasks:
+        task.retries = 0
+    run = dag.test(run_conf={"run_date": "2026-11-27", "top_k": 2})
+
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert run.state == "success", states
+    chosen, skipped = ("score_users", "score_users_spark") if engine == "torch" else ("score_users_spark", "score_users")
+    assert (states[chosen], states[skipped]) == ("success", "skipped")
+    assert states["validate_recommendations"] == states["publish_recommendations"] == "success"
+    submits = [c for c in stubbed_tasks if c.startswith("spark-submit score_recommendations.py")]
+    if engine == "spark":
+        assert submits == ["spark-submit score_recommendations.py --run-date 2026-11-27 --model-version v1 --top-k 2"]
+        assert "score_users" not in stubbed_tasks
+    else:
+        assert submits == [] and "score_users" in stubbed_tasks
+
+    with create_session() as session:
+        events = session.scalars(
+            select(AssetEvent)
+            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .where(AssetModel.uri == "dqlrec://warehouse/output/recommendations", AssetEvent.source_run_id == run.run_id)
+        ).all()
+        assert [(e.source_task_id, e.extra["run_date"], e.extra["rows"]) for e in events] == [
+            ("publish_recommendations", "2026-11-27", 2)
+        ]

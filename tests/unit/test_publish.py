@@ -54,6 +54,24 @@ def export_to(uri: str, table: pa.Table, *, rows_per_file: int, run_date: str = 
     )
 
 
+@pytest.fixture(autouse=True)
+def backoff(monkeypatch) -> list[float]:
+    """The waits between S3 retries, recorded instead of slept."""
+    waits: list[float] = []
+    monkeypatch.setattr(publish, "_sleep", waits.append)
+    return waits
+
+
+@pytest.fixture
+def param_bucket(s3_endpoint, request) -> str:
+    """A fresh bucket for a parametrized test (s3_bucket's name would contain '[')."""
+    import re
+
+    name = "t-" + re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower())[-50:].strip("-")
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    return name
+
+
 @pytest.fixture
 def s3(s3_endpoint):
     """An independent client on the loopback S3 endpoint, to look at what the code under test wrote."""
@@ -132,7 +150,7 @@ def test_s3_reexport_with_fewer_files_leaves_no_stale_parts(s3, s3_bucket):
     assert s3_names(s3, s3_bucket, f"recs/run_date={RUN_DATE}-backup/") == ["part-00000.parquet"]
 
 
-def test_failed_upload_leaves_no_success_and_a_rerun_completes(s3, s3_bucket, monkeypatch):
+def test_failed_upload_leaves_no_success_and_a_rerun_completes(s3, s3_bucket, monkeypatch, backoff):
     uri = f"s3://{s3_bucket}/recs"
     prefix = f"recs/run_date={RUN_DATE}/"
     export_to(uri, recommendations(10), rows_per_file=12)
@@ -150,6 +168,7 @@ def test_failed_upload_leaves_no_success_and_a_rerun_completes(s3, s3_bucket, mo
     monkeypatch.setattr(S3Transfer, "upload_file", upload_then_lose_the_network)
     with pytest.raises(ExportError, match="has no _SUCCESS until a rerun"):
         export_to(uri, new, rows_per_file=12)
+    assert backoff == [1.0, 2.0, 4.0]  # four tries of the second file, then it gives up
 
     # The date is withdrawn: no _SUCCESS, no manifest, the first new part already in place.
     assert s3_names(s3, s3_bucket, prefix) == PARTS
@@ -161,6 +180,80 @@ def test_failed_upload_leaves_no_success_and_a_rerun_completes(s3, s3_bucket, mo
     export_to(uri, new, rows_per_file=12)
     assert read_export(uri, RUN_DATE).equals(new)
     assert s3_names(s3, s3_bucket, prefix) == ["_SUCCESS", "_manifest.json", *PARTS]
+
+
+def failing(operation: str, error: Exception, times: int):
+    """A botocore hook that raises ``error`` on the first ``times`` calls of ``operation``."""
+    calls = []
+
+    def hook(**_):
+        calls.append(operation)
+        if len(calls) <= times:
+            raise error
+
+    return f"before-call.s3.{operation}", hook, calls
+
+
+def client_error(code: str, status: int) -> botocore.exceptions.ClientError:
+    return botocore.exceptions.ClientError(
+        {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject"
+    )
+
+
+@pytest.mark.parametrize(
+    ("operation", "error"),
+    [
+        ("PutObject", client_error("SlowDown", 503)),
+        ("DeleteObject", botocore.exceptions.ConnectionClosedError(endpoint_url="http://s3.example")),
+        ("ListObjectsV2", botocore.exceptions.ReadTimeoutError(endpoint_url="http://s3.example")),
+        ("PutObject", client_error("InternalError", 500)),
+    ],
+)
+def test_transient_errors_are_retried_with_backoff(s3_endpoint, param_bucket, monkeypatch, backoff, operation, error):
+    uri = f"s3://{param_bucket}/recs"
+    export_to(uri, recommendations(10), rows_per_file=12)
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    event, hook, calls = failing(operation, error, times=2)
+    client.meta.events.register(event, hook)
+    monkeypatch.setattr(publish, "_s3_client", lambda: client)
+
+    new = recommendations(10, salt="b")
+    export_to(uri, new, rows_per_file=12)
+    assert backoff == [1.0, 2.0]
+    assert len(calls) > 2
+    assert read_export(uri, RUN_DATE).equals(new)
+
+
+def test_errors_a_retry_cannot_fix_fail_at_once(s3_endpoint, s3_bucket, monkeypatch, backoff):
+    uri = f"s3://{s3_bucket}/recs"
+    old = recommendations(10)
+    export_to(uri, old, rows_per_file=12)
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    event, hook, calls = failing("DeleteObject", client_error("AccessDenied", 403), times=99)
+    client.meta.events.register(event, hook)
+    monkeypatch.setattr(publish, "_s3_client", lambda: client)
+
+    with pytest.raises(ExportError, match="AccessDenied"):
+        export_to(uri, recommendations(10, salt="b"), rows_per_file=12)
+    assert (backoff, calls) == ([], ["DeleteObject"])
+    assert read_export(uri, RUN_DATE).equals(old)  # it failed withdrawing _SUCCESS: the old export stands
+
+
+def test_transient_errors_are_told_apart():
+    from boto3.exceptions import S3UploadFailedError
+
+    assert publish.is_transient(client_error("SlowDown", 503))
+    assert publish.is_transient(client_error("Whatever", 502))
+    assert not publish.is_transient(client_error("NoSuchBucket", 404))
+    assert publish.is_transient(botocore.exceptions.EndpointConnectionError(endpoint_url="x"))
+    assert not publish.is_transient(botocore.exceptions.NoCredentialsError())
+    try:
+        try:
+            raise client_error("RequestTimeout", 400)
+        except botocore.exceptions.ClientError as exc:
+            raise S3UploadFailedError(f"Failed to upload: {exc}")  # noqa: B904 (as boto3 raises it)
+    except S3UploadFailedError as wrapped:
+        assert publish.is_transient(wrapped)
 
 
 def test_read_export_refuses_changed_or_missing_files(s3, s3_bucket):

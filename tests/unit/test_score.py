@@ -163,3 +163,176 @@ def test_nan_scores_refuse_to_score():
         model.item_bias.weight[2, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         score(model, user_states([("a", [1], [])]), item_features(4))
+
+
+# --- fallback by category, and the edge cases marketing asks about -----------------------------------
+
+
+def categorised(n_items: int, categories: list[int], unavailable=()) -> data.ItemFeatures:
+    items = item_features(n_items, unavailable)
+    items.category = np.array([0, *categories], dtype=np.int64)
+    items.category_ids = [f"c{c}" for c in sorted(set(categories) - {0})]
+    return items
+
+
+def test_fallback_prefers_the_category_of_the_most_recent_interaction():
+    model = bias_only_model([1.0, 2.0, 3.0, 4.0])  # knows items 1..4; 5..8 are new tonight
+    #                       1  2  3  4  5  6  7  8
+    items = categorised(8, [1, 2, 1, 2, 1, 2, 0, 2])
+    popularity = np.array([0.0, 5.0, 9.0, 1.0, 8.0, 2.0, 3.0, 7.0, 4.0])
+    states = user_states(
+        [
+            ("brand-new", [], []),  # no interaction at all: popular overall
+            ("new-in-2", [5, 6], []),  # most recent: item 6, category 2
+            ("new-in-1", [6, 5], []),  # most recent: item 5, category 1
+            ("no-category", [7], []),  # its only item has no category: popular overall
+        ]
+    )
+    got = recommendations(score(model, states, items, popularity=popularity, top_k=4))
+    fallback = schema.SOURCE_FALLBACK
+    assert got["brand-new"] == [(f"i{i}", fallback) for i in (2, 4, 7, 1)]
+    assert got["new-in-2"] == [(f"i{i}", fallback) for i in (2, 4, 8, 6)]  # category 2 by popularity first
+    assert got["new-in-1"] == [(f"i{i}", fallback) for i in (1, 5, 3, 2)]  # then popular overall
+    assert got["no-category"] == got["brand-new"]
+
+
+def test_user_who_bought_everything_in_a_category():
+    #                       1  2  3  4  5  6
+    items = categorised(6, [1, 1, 1, 2, 2, 2])
+    popularity = np.array([0.0, 9.0, 8.0, 7.0, 3.0, 2.0, 1.0])
+    model = bias_only_model([9.0, 8.0, 7.0, 3.0, 2.0, 1.0])  # the model likes category 1 too
+    states = user_states(
+        [
+            ("scored", [1], [1, 2, 3]),  # has a state: the model ranks, category 1 all masked
+            ("fallback", [7], [1, 2, 3]),  # state of an item the model does not know, bought all of 1
+        ]
+    )
+    items.item_ids = np.array([None] + [f"i{i}" for i in range(1, 8)], dtype=object)
+    items.category = np.append(items.category, 1)  # item 7: new tonight, category 1
+    items.price_bucket = np.zeros(8, dtype=np.int64)
+    items.available = np.append(items.available, True)
+    popularity = np.append(popularity, 0.5)
+    got = recommendations(score(model, states, items, popularity=popularity, top_k=3))
+    assert got["scored"] == [("i4", "dqn"), ("i5", "dqn"), ("i6", "dqn")]
+    # category 1 first: only the new item 7 is left of it; then popular overall, purchases masked
+    assert got["fallback"] == [("i7", "fallback_popular"), ("i4", "fallback_popular"), ("i5", "fallback_popular")]
+
+
+def test_item_unavailable_today_is_never_recommended_by_any_source():
+    model = bias_only_model([1.0, 9.0, 2.0, 3.0])  # item 2 is the model's favourite
+    items = item_features(4, unavailable=[2])
+    popularity = np.array([0.0, 1.0, 9.0, 2.0, 3.0])  # and the most popular
+    states = user_states([("a", [1], []), ("b", [], [])])
+    for options in ({}, {"explore_slots": 3}, {"explore_epsilon": 1.0, "explore_temperature": 100.0}):
+        table = score(model, states, items, popularity=popularity, top_k=3, **options)
+        assert "i2" not in table.column("item_id").to_pylist(), options
+        assert table.num_rows == 6
+
+
+def test_rows_do_not_depend_on_the_order_of_users():
+    torch.manual_seed(5)
+    model = QNetwork(40, 2, ModelConfig(embed_dim=8, hidden_dim=8, price_buckets=4)).eval()
+    rng = np.random.default_rng(2)
+    rows = [(f"u{u}", rng.integers(1, 41, size=rng.integers(0, 5)).tolist(), []) for u in range(60)]
+    forward = score(model, user_states(rows), item_features(40), top_k=4, batch_size=8, explore_slots=1)
+    shuffled = [rows[i] for i in rng.permutation(len(rows))]
+    backward = score(model, user_states(shuffled), item_features(40), top_k=4, batch_size=8, explore_slots=1)
+    key = [("user_id", "ascending"), ("rank", "ascending")]
+    # The same users land in the same batches whatever the input order: identical bits, not just close.
+    assert forward.sort_by(key).equals(backward.sort_by(key))
+    assert forward.column("user_id").to_pylist()[::4] == [r[0] for r in rows]  # rows follow the input order
+
+
+# --- exploration -----------------------------------------------------------------------------------
+
+
+def softmax(q: np.ndarray, temperature: float) -> np.ndarray:
+    w = np.exp((q - q.max()) / temperature)
+    return w / w.sum()
+
+
+def many_users(n: int, state=(1,), bought=()) -> data.UserStates:
+    return user_states([(f"user-{u}", list(state), list(bought)) for u in range(n)])
+
+
+def test_exploration_slots_follow_the_softmax_with_exact_propensities():
+    q = np.array([2.0, 1.0, 0.5, 0.0, -1.0, 3.0])
+    model = bias_only_model(q.tolist())
+    items = item_features(6, unavailable=[4])  # q = 0.0 item is out of stock
+    n, temperature = 4000, 0.7
+    table = score(model, many_users(n, bought=[6]), items, top_k=3, batch_size=512, explore_slots=2,
+                  explore_temperature=temperature, seed=123)  # fmt: skip
+    rows = table.to_pylist()
+    assert len(rows) == 3 * n
+    # rank 1 is greedy: the best item not bought (6) and available
+    assert {(r["item_id"], r["source"], r["propensity"]) for r in rows if r["rank"] == 1} == {("i1", "dqn", 1.0)}
+    eligible = np.array([2, 3, 5])  # after item 1 took rank 1: i4 unavailable, i6 bought
+    p2 = softmax(q[eligible - 1], temperature)
+    second = [r for r in rows if r["rank"] == 2]
+    assert {r["source"] for r in second} == {"explore"}
+    for item, p in zip(eligible, p2, strict=True):
+        chosen = [r for r in second if r["item_id"] == f"i{item}"]
+        np.testing.assert_allclose([r["propensity"] for r in chosen], p, rtol=1e-6)
+        assert abs(len(chosen) / n - p) < 4 * np.sqrt(p * (1 - p) / n), (item, len(chosen) / n, p)
+    # rank 3: drawn from what is left after rank 2, with the conditional probability
+    by_user = {}
+    for r in rows:
+        by_user.setdefault(r["user_id"], []).append(r)
+    for picks in list(by_user.values())[:200]:
+        left = [i for i in eligible if f"i{i}" != picks[1]["item_id"]]
+        conditional = softmax(q[np.array(left) - 1], temperature)
+        np.testing.assert_allclose(picks[2]["propensity"], conditional[left.index(int(picks[2]["item_id"][1:]))], rtol=1e-6)
+        assert len({p["item_id"] for p in picks}) == 3
+
+
+def test_epsilon_mixes_greedy_and_drawn_slots_with_mixture_propensities():
+    q = np.array([3.0, 2.0, 1.0, 0.0])
+    model = bias_only_model(q.tolist())
+    n, eps = 3000, 0.25
+    table = score(model, many_users(n), item_features(4), top_k=1, explore_epsilon=eps, seed=7)
+    rows = table.to_pylist()
+    p = softmax(q, 1.0)
+    explored = [r for r in rows if r["source"] == "explore"]
+    assert abs(len(explored) / n - eps) < 4 * np.sqrt(eps * (1 - eps) / n)
+    for r in rows:
+        item = int(r["item_id"][1:])
+        expected = eps * p[item - 1] + (1 - eps) * (item == 1)
+        assert r["propensity"] == pytest.approx(expected, rel=1e-6)
+        if r["source"] == "dqn":
+            assert item == 1
+
+
+def test_exploration_is_seeded_and_independent_of_batches():
+    model = bias_only_model([1.0, 1.2, 0.8, 1.1, 0.9, 1.05])
+    states, items = many_users(200), item_features(6)
+    run = lambda **kw: score(model, states, items, top_k=4, explore_slots=3, **({"seed": 1} | kw))  # noqa: E731
+    first = run(batch_size=7)
+    assert first.equals(run(batch_size=7))  # a rerun of the date draws the same
+    assert first.equals(run(batch_size=1000))  # ...whatever the batches
+    other = run(seed=2, batch_size=7)
+    assert not first.column("item_id").equals(other.column("item_id"))
+
+
+def test_exploration_with_fewer_items_than_slots_and_a_cold_temperature():
+    model = bias_only_model([1.0, 2.0, 3.0, 4.0])
+    items = item_features(4, unavailable=[1])
+    states = user_states([("a", [2], [4]), ("b", [2], [])])
+    got = score(model, states, items, top_k=4, explore_slots=4, explore_temperature=1e-3).to_pylist()
+    # a: only 2 and 3 are eligible; a cold softmax draws them best first, almost surely
+    assert [(r["user_id"], r["item_id"]) for r in got] == [("a", "i3"), ("a", "i2"), ("b", "i4"), ("b", "i3"), ("b", "i2")]
+    assert [r["propensity"] for r in got if r["rank"] > 1 or r["user_id"] == "a"] == pytest.approx([1.0] * 4)
+    assert all(r["propensity"] > 0 for r in got)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"explore_slots": 9}, "explore_slots must be between 0 and top_k"),
+        ({"explore_epsilon": 1.5}, "explore_epsilon must be between 0 and 1"),
+        ({"explore_temperature": 0.0}, "explore_temperature must be a positive number"),
+        ({"top_k": 0}, "top_k must be at least 1"),
+    ],
+)
+def test_bad_exploration_settings_are_named(options, message):
+    with pytest.raises(ValueError, match=message):
+        score(bias_only_model([1.0]), user_states([("a", [1], [])]), item_features(1), **options)

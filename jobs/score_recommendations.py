@@ -1,0 +1,201 @@
+"""Spark scoring job: the run date's user states -> staged recommendations, the model broadcast to executors.
+
+Run by the DAG with spark-submit when ``score.engine`` is ``spark``, or by hand::
+
+    spark-submit jobs/score_recommendations.py --run-date 2026-11-27 --model-version 20261127-ab12cd34
+    python -m jobs.score_recommendations --run-date 2026-11-27 --model-version 20261127-ab12cd34
+
+The driver loads the model from the registry (safetensors) and tonight's catalogue (item_index, and
+the transitions' action counts for the popularity fallback), and broadcasts them as one
+``ScoringPayload``: weights as safetensors bytes, the rest plain arrays. Executors rebuild a ``Scorer``
+once per payload and score with ``mapInPandas``: the same core, and the same user batches
+(crc32(user_id) buckets sorted by user_id), as the torch engine, so the rows are identical.
+The result replaces the staged recommendations partition atomically, then a JSON summary is written
+for the validate task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark import Broadcast
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from dql_model import schema
+from dql_model.config import Config, load_config
+from dql_model.score import Catalogue, Policy, ScoringPayload, batch_count
+from jobs.common import as_date
+from jobs.spark_session import get_spark, write_partition_atomic, write_text_atomic
+
+JOB = "score_recommendations"
+BATCH = "_batch"
+"""Scratch column: the user's scoring batch (crc32(user_id) mod the batch count)."""
+STATE_COLUMNS = [schema.USER_ID, schema.ITEM_SEQ, schema.EVENT_SEQ, schema.PURCHASED]
+
+
+def score_recommendations(user_states: DataFrame, *, payload: Broadcast, batch_size: int) -> DataFrame:
+    """Recommendations for every row of ``user_states``, per ``schema.SPARK_DDL[RECOMMENDATIONS]``.
+
+    ``payload`` is a broadcast ``ScoringPayload``. Users go to ``batch_count(n_users, batch_size)``
+    buckets by crc32(user_id), exactly as ``dql_model.score.canonical_batches`` cuts them; each
+    bucket is scored as one batch, its users sorted by user_id. Counts the users (one Spark job).
+    """
+    n_batches = batch_count(user_states.count(), batch_size)
+    key = F.crc32(F.coalesce(F.col(schema.USER_ID), F.lit("")).cast("binary"))
+    batched = (
+        user_states.select(*STATE_COLUMNS)
+        .withColumn(BATCH, F.pmod(key, F.lit(n_batches)))
+        .repartition(BATCH)
+        .sortWithinPartitions(BATCH, F.coalesce(F.col(schema.USER_ID), F.lit("")))
+    )
+    return batched.mapInPandas(partial(_score_partition, payload=payload), schema=schema.SPARK_DDL[schema.RECOMMENDATIONS])
+
+
+_SCORERS: dict[str, Any] = {}
+"""The executor's Scorer of the current payload, built once per Python worker."""
+
+
+def _score_partition(frames: Iterator[pd.DataFrame], *, payload: Broadcast) -> Iterator[pd.DataFrame]:
+    import torch
+
+    from dql_model.score import states_from_arrow, user_keys
+
+    torch.set_num_threads(1)  # one thread per task, as the torch engine scores each batch (score.one_thread_per_batch)
+    value: ScoringPayload = payload.value
+    if value.token not in _SCORERS:
+        _SCORERS.clear()
+        _SCORERS[value.token] = value.scorer("cpu")
+    scorer = _SCORERS[value.token]
+    for batch in _whole_batches(frames):
+        table = pa.Table.from_pandas(batch[STATE_COLUMNS], preserve_index=False)
+        states = states_from_arrow(table, value.max_len)
+        yield scorer.score_batch(states, user_keys(states.user_id)).to_pandas()
+
+
+def _whole_batches(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """Arrow cuts a partition into frames of any size; regroup them into whole scoring batches."""
+    carry: pd.DataFrame | None = None
+    for frame in frames:
+        if carry is not None:
+            frame = pd.concat([carry, frame], ignore_index=True)
+        if frame.empty:
+            continue
+        last = frame[BATCH].iloc[-1]
+        done, carry = frame[frame[BATCH] != last], frame[frame[BATCH] == last]
+        for _, group in done.groupby(BATCH, sort=False):
+            yield group
+    if carry is not None and not carry.empty:
+        yield carry
+
+
+def action_counts(transitions: DataFrame, *, n_items: int) -> np.ndarray:
+    """How often each item_idx is the logged action in the window (train and validation): [n_items + 1]."""
+    counts = (
+        transitions.where(F.col(schema.SPLIT).isin(schema.TRAIN, schema.VALIDATION))
+        .where(F.col(schema.ACTION).between(1, n_items))
+        .groupBy(schema.ACTION)
+        .count()
+        .toArrow()
+    )
+    out = np.zeros(n_items + 1, dtype=np.float64)
+    out[counts.column(schema.ACTION).to_numpy().astype(np.int64)] = counts.column("count").to_numpy()
+    return out
+
+
+# --- the job around it ----------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog=JOB, description=__doc__.splitlines()[0])
+    parser.add_argument("--run-date", required=True, help="run date, YYYY-MM-DD (UTC)")
+    parser.add_argument("--model-version", required=True, help="registry version to score with")
+    parser.add_argument("--top-k", type=int, default=0, help="recommendations per user (0: score.top_k)")
+    parser.add_argument("--config", default=None, help="YAML config (default: $DQLREC_CONFIG, then defaults)")
+    args = parser.parse_args(argv)
+    try:
+        args.run_date = str(as_date(args.run_date))
+    except ValueError as exc:
+        parser.error(str(exc))
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    cfg = load_config(args.config)
+    if args.top_k:
+        cfg = cfg.replace(score={"top_k": args.top_k})
+    owns_session = SparkSession.getActiveSession() is None
+    spark = get_spark(cfg.spark, f"dqlrec-{JOB}")
+    try:
+        summary = run(spark, cfg, args.run_date, args.model_version)
+    finally:
+        if owns_session:
+            spark.stop()
+    print(json.dumps(summary, indent=2, sort_keys=True), flush=True)
+    return 0
+
+
+def run(
+    spark: SparkSession, cfg: Config, run_date: str, model_version: str, *, generated_at: datetime | None = None
+) -> dict[str, Any]:
+    """Score the run date's users, replace the staged partition, write the summary; returns it."""
+    from pathlib import Path
+
+    from dql_model import registry, tasks
+
+    warehouse = cfg.warehouse
+    model, _ = registry.load_model(Path(cfg.registry.root) / model_version)
+    item_index = spark.read.parquet(warehouse.partition(schema.ITEM_INDEX, run_date))
+    items = item_index.select(schema.ITEM_ID, schema.ITEM_IDX, schema.CATEGORY_ID, schema.AVAILABLE).toArrow()
+    n_items = pc.max(items.column(schema.ITEM_IDX)).as_py() or 0
+    transitions = spark.read.parquet(warehouse.partition(schema.TRANSITIONS, run_date))
+    catalogue = Catalogue.from_item_index(items, popularity=action_counts(transitions, n_items=n_items))
+    payload = ScoringPayload.build(
+        model,
+        catalogue,
+        Policy.from_config(cfg.score, run_date),
+        model_version=model_version,
+        generated_at=generated_at or datetime.now(UTC),
+        max_len=cfg.etl.max_len,
+    )
+    print(f"[{JOB} {run_date}] scoring with {model_version} on {spark.sparkContext.master}", flush=True)
+    broadcast = spark.sparkContext.broadcast(payload)
+    path = str(tasks.staged_recommendations_path(cfg, run_date))
+    try:
+        states = spark.read.parquet(warehouse.partition(schema.USER_STATES, run_date))
+        recommendations = score_recommendations(states, payload=broadcast, batch_size=cfg.score.batch_size)
+        # Timestamps as UTC microseconds, as pyarrow and the contract have them (not INT96).
+        spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+        write_partition_atomic(recommendations, path)
+    finally:
+        broadcast.destroy()
+    written = spark.read.parquet(path)
+    sources = {row[schema.SOURCE]: row["count"] for row in written.groupBy(schema.SOURCE).count().collect()}
+    summary = {
+        "run_date": run_date,
+        "path": path,
+        "rows": sum(sources.values()),
+        "users": written.select(schema.USER_ID).distinct().count(),
+        "model_version": model_version,
+        "top_k": cfg.score.top_k,
+        "engine": "spark",
+        "sources": {name: int(sources.get(name, 0)) for name in schema.SOURCES},
+    }
+    write_text_atomic(spark, str(tasks.scoring_summary_path(cfg, run_date)), json.dumps(summary, indent=2, sort_keys=True))
+    print(f"[{JOB} {run_date}] {summary['rows']} rows for {summary['users']} users: {summary['sources']}", flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    sys.exit(main())
