@@ -82,7 +82,9 @@ class EtlConfig:
     val_days: int = 2
     """Last days of the training window held out for validation."""
     lookback_days: int = 3
-    """Late events up to this many days old are accepted into the run's partition."""
+    """Late events up to this many days older than the partition they arrive in are accepted."""
+    incremental: bool = True
+    """Build user states from the previous night's states plus the new partitions (False: full rebuild)."""
     reward_view: float = 0.0
     """Reward of a view."""
     reward_add_to_cart: float = 0.3
@@ -215,6 +217,8 @@ class SparkConfig:
     """spark.sql.shuffle.partitions."""
     driver_memory: str = "2g"
     """spark.driver.memory."""
+    driver_java_options: str = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+    """spark.driver.extraJavaOptions outside spark-submit (the default halves JVM start-up)."""
 
 
 @dataclass

@@ -3,8 +3,12 @@
 Pipeline of the nightly build (``jobs.build_training_data``)::
 
     raw events --clean_events--> accepted (+ quarantine)
-               --sessionize--> events with a session_id
-               --build_item_index--> item_index
-               --build_user_states--> user_states
-               --build_transitions--> transitions
+               --build_item_index--> item_index            (append-only across nights)
+               --update_user_states--> user_states         (yesterday's states + tonight's events;
+                 or build_user_states                       a full rebuild from the whole history)
+               --sessionize, build_transitions--> transitions (states seeded by the states of the
+                                                              day before the training window)
+
+Incremental nights read only the partitions they ingest, the training window and
+``lookback_days`` before it; ``--full-rebuild`` reads every partition and gives the same tables.
 """

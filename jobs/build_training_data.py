@@ -2,23 +2,41 @@
 
 Run by the DAG with spark-submit, or by hand::
 
-    spark-submit jobs/build_training_data.py --run-date 2026-11-27 [--config dqlrec.yaml]
+    spark-submit jobs/build_training_data.py --run-date 2026-11-27 [--config dqlrec.yaml] [--full-rebuild]
     python -m jobs.build_training_data --run-date 2026-11-27
 
-Reads every raw ``events`` partition up to the run date (user states need the full history),
-the ``items`` snapshot and the latest ``item_index`` partition before the run date. Writes the
-run date's partition of each curated table atomically (a rerun replaces them whole), then a
-JSON summary under ``curated/_runs/run_date=.../``. Fails, before writing anything, if input
-rows != accepted + quarantined.
+Incremental by default (``etl.incremental``), so a night's cost follows its own events:
+
+- It ingests the raw ``events`` partitions after the latest earlier ``user_states`` partition
+  (normally just the run date's): their rows are counted, cleaned and quarantined tonight,
+  and their accepted events update yesterday's states (``jobs.user_states.update_user_states``).
+- Transitions need each event's previous L interactions: the states as of the day before the
+  training window seed them, so only the window's partitions are read, plus ``lookback_days``
+  before them, where the kept copy of a re-delivered duplicate can be.
+
+It falls back to a full rebuild from every partition up to the run date (same tables, more
+work) on the first night, with ``--full-rebuild`` or ``etl.incremental: false``, and when the
+earlier states were built with another ``max_len`` or ``lookback_days``. A raw partition
+loaded after its night ran is seen by a full rebuild only: rerun the later nights with
+``--full-rebuild`` once. In both modes the quarantine partition and the counts describe the
+partitions ingested by the run (all of them in a full rebuild).
+
+Writes the run date's partition of each curated table atomically (a rerun replaces them whole),
+then a JSON summary under ``curated/_runs/run_date=.../``. Fails, before writing anything, if
+ingested rows != accepted + quarantined.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import datetime as dt
 import json
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
@@ -26,15 +44,28 @@ from pyspark.sql import functions as F
 
 from dql_model import schema
 from dql_model.config import Config, load_config
-from jobs.clean_events import RULE_ORDER, clean_events
+from jobs.clean_events import PARTITION_DATE_COL, RULE_ORDER, label_events, split_labelled
 from jobs.common import as_date
 from jobs.item_index import build_item_index
 from jobs.sessions import sessionize
-from jobs.spark_session import get_spark, list_partitions, write_partition_atomic, write_text_atomic
+from jobs.spark_session import (
+    get_spark,
+    list_partitions,
+    read_text,
+    write_partition_atomic,
+    write_text_atomic,
+)
 from jobs.transitions import build_transitions
-from jobs.user_states import build_user_states
+from jobs.user_states import build_user_states, update_user_states
 
 JOB = "build_training_data"
+INCREMENTAL, FULL = "incremental", "full"
+STAGES = ("clean", "item_index", "user_states", "transitions")
+"""The stages a run times (``on_stage``); each ends with its table written."""
+_STATE_SETTINGS = ("max_len", "lookback_days")
+"""EtlConfig fields a previous state must have been built with to be updated incrementally."""
+
+StageHook = Callable[[str], AbstractContextManager[Any]]
 
 
 class RowCountMismatch(RuntimeError):
@@ -54,12 +85,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--config", default=None, help="YAML config (default: $DQLREC_CONFIG, then built-in defaults)"
     )
+    parser.add_argument(
+        "--full-rebuild",
+        action="store_true",
+        help="rebuild states and transitions from every raw partition (overrides etl.incremental)",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     cfg = load_config(args.config)
+    if args.full_rebuild:
+        cfg = cfg.replace(etl={"incremental": False})
     owns_session = SparkSession.getActiveSession() is None
     spark = get_spark(cfg.spark, f"dqlrec-{JOB}")
     try:
@@ -74,79 +112,237 @@ def log(run_date: dt.date, message: str) -> None:
     print(f"[{JOB} {run_date}] {message}", flush=True)
 
 
-def run(spark: SparkSession, cfg: Config, run_date: dt.date) -> dict[str, Any]:
-    """Build and write the run date's curated partitions; returns the summary written."""
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Which partitions a run reads and ingests, and which earlier states it builds on."""
+
+    mode: str
+    """INCREMENTAL or FULL."""
+    reason: str
+    """Why this mode, for the log and the summary."""
+    previous_states: dt.date | None = None
+    """The user_states partition updated tonight (incremental only)."""
+    seed_states: dt.date | None = None
+    """The user_states partition that seeds the transitions' states (None: whole history read)."""
+
+    def ingest_from(self) -> dt.date | None:
+        """First events partition ingested (None: every one)."""
+        return None if self.previous_states is None else self.previous_states + dt.timedelta(days=1)
+
+    def transitions_from(self) -> dt.date | None:
+        """First events partition whose events make transitions or their states (None: every one)."""
+        return None if self.seed_states is None else self.seed_states + dt.timedelta(days=1)
+
+    def read_from(self, lookback_days: int) -> dt.date | None:
+        """First events partition read: lookback_days before the earliest one used (duplicate context)."""
+        first = self.transitions_from()
+        return None if first is None else first - dt.timedelta(days=lookback_days)
+
+
+def plan_run(spark: SparkSession, cfg: Config, run_date: dt.date, window_start: dt.date) -> Plan:
+    """Incremental when an earlier user_states partition, built with tonight's settings, exists."""
+    if not cfg.etl.incremental:
+        return Plan(FULL, "etl.incremental is false")
+    root = cfg.warehouse.path(schema.TABLE_LAYER[schema.USER_STATES], schema.USER_STATES)
+    earlier = sorted((d for d in _partition_dates(spark, root) if d < run_date), reverse=True)
+    if not earlier:
+        return Plan(FULL, "no user_states partition before the run date (first night)")
+    settings = {name: getattr(cfg.etl, name) for name in _STATE_SETTINGS}
+
+    def usable(day: dt.date) -> bool:
+        return _built_with(spark, cfg, day) == settings
+
+    previous = next((d for d in earlier if usable(d)), None)
+    if previous is None:
+        return Plan(FULL, f"no user_states partition before the run date has a run summary with {settings}")
+    seed = next((d for d in earlier if d < window_start and usable(d)), None)
+    return Plan(INCREMENTAL, f"updating the user_states of {previous}", previous, seed)
+
+
+def _built_with(spark: SparkSession, cfg: Config, day: dt.date) -> dict[str, Any] | None:
+    text = read_text(spark, summary_path(cfg, day))
+    if text is None:
+        return None
+    etl = json.loads(text).get("etl") or {}
+    return {name: etl.get(name) for name in _STATE_SETTINGS}
+
+
+def summary_path(cfg: Config, run_date: dt.date | str) -> str:
+    return cfg.warehouse.path("curated", "_runs", f"{schema.RUN_DATE}={run_date}", f"{JOB}.json")
+
+
+@contextlib.contextmanager
+def _logged_stage(run_date: dt.date, name: str, hook: StageHook | None) -> Iterator[None]:
+    started = time.perf_counter()
+    with hook(name) if hook is not None else contextlib.nullcontext():
+        yield
+    log(run_date, f"stage {name}: {time.perf_counter() - started:.1f}s")
+
+
+def run(
+    spark: SparkSession, cfg: Config, run_date: dt.date, *, on_stage: StageHook | None = None
+) -> dict[str, Any]:
+    """Build and write the run date's curated partitions; returns the summary written.
+
+    ``on_stage(name)``, if given, is a context manager entered around each of ``STAGES``
+    (benchmarks measure time and memory with it).
+    """
     warehouse, etl = cfg.warehouse, cfg.etl
     window_start = run_date - dt.timedelta(days=etl.train_days - 1)
     val_start = run_date - dt.timedelta(days=etl.val_days - 1)
+    plan = plan_run(spark, cfg, run_date, window_start)
     log(
         run_date,
         f"master {spark.sparkContext.master}; warehouse {warehouse.root}; "
-        f"training window {window_start}..{run_date}, validation from {val_start}",
+        f"training window {window_start}..{run_date}, validation from {val_start}; "
+        f"{plan.mode}: {plan.reason}",
     )
+    outputs = {table: warehouse.partition(table, str(run_date)) for table in _CURATED}
+    stage = lambda name: _logged_stage(run_date, name, on_stage)  # noqa: E731
 
-    events = read_events(spark, warehouse.path(schema.TABLE_LAYER[schema.EVENTS], schema.EVENTS), run_date)
+    events = read_events(
+        spark,
+        warehouse.path(schema.TABLE_LAYER[schema.EVENTS], schema.EVENTS),
+        run_date,
+        first_date=plan.read_from(etl.lookback_days),
+    )
     items = read_table(spark, warehouse.path(schema.TABLE_LAYER[schema.ITEMS], schema.ITEMS), schema.ITEMS)
     previous_index, previous_date = read_previous_index(spark, cfg, run_date)
     log(run_date, f"previous item_index: {previous_date or 'none (first night)'}")
 
-    accepted, quarantine = clean_events(events, items=items, run_date=run_date, lookback_days=None)
-    accepted = sessionize(accepted, gap_minutes=etl.session_gap_minutes).persist()
-    quarantine = quarantine.persist()
+    known_items = items.select(schema.ITEM_ID)
+    if previous_index is not None:  # an item that left the catalogue keeps its events valid
+        known_items = known_items.unionByName(previous_index.select(schema.ITEM_ID))
+    # Labelled once and kept: the counts, the quarantine, the index, the states and the
+    # transitions all read it.
+    labelled = label_events(
+        events, items=known_items, run_date=run_date, lookback_days=etl.lookback_days
+    ).persist()
+    ingest_from = plan.ingest_from()
+    if ingest_from is not None:  # earlier partitions are only context for duplicates and states
+        events = events.where(F.col(schema.EVENT_DATE) >= F.lit(ingest_from))
+    ingested, quarantine = split_labelled(_from_partition(labelled, ingest_from))
     try:
-        counts = check_row_counts(run_date, events, accepted, quarantine)
-        outputs = {table: warehouse.partition(table, str(run_date)) for table in _CURATED}
-
-        write(run_date, quarantine, outputs, schema.QUARANTINE)
-        item_index = build_item_index(
-            items, previous_index=previous_index, events=accepted, run_date=run_date
-        )
-        write(run_date, item_index, outputs, schema.ITEM_INDEX)
+        with stage("clean"):
+            counts = check_row_counts(run_date, events, ingested, quarantine)
+            write(run_date, quarantine, outputs, schema.QUARANTINE)
+        with stage("item_index"):
+            item_index = build_item_index(
+                items, previous_index=previous_index, events=ingested, run_date=run_date
+            )
+            write(run_date, item_index, outputs, schema.ITEM_INDEX)
         # Later steps read the index back: they use exactly what was written, with a short lineage.
         item_index = read_table(spark, outputs[schema.ITEM_INDEX], schema.ITEM_INDEX)
-        states = build_user_states(accepted, item_index=item_index, max_len=etl.max_len, as_of=run_date)
-        write(run_date, states, outputs, schema.USER_STATES)
-        transitions = build_transitions(
-            accepted,
-            item_index=item_index,
-            max_len=etl.max_len,
-            rewards=cfg.rewards(),
-            rating_scale=etl.reward_rating_scale,
-            value_weighted=etl.reward_value_weighted,
-            window_start=window_start,
-            val_start=val_start,
-            window_end=run_date,
-        )
-        write(run_date, transitions, outputs, schema.TRANSITIONS)
+        with stage("user_states"):
+            write(
+                run_date,
+                _user_states(spark, cfg, plan, ingested, item_index, run_date),
+                outputs,
+                schema.USER_STATES,
+            )
+        with stage("transitions"):
+            seed_states = None if plan.seed_states is None else read_states(spark, cfg, plan.seed_states)
+            events_since_seed = split_labelled(_from_partition(labelled, plan.transitions_from()))[0]
+            transitions = build_transitions(
+                sessionize(events_since_seed, gap_minutes=etl.session_gap_minutes),
+                item_index=item_index,
+                max_len=etl.max_len,
+                rewards=cfg.rewards(),
+                rating_scale=etl.reward_rating_scale,
+                value_weighted=etl.reward_value_weighted,
+                window_start=window_start,
+                val_start=val_start,
+                window_end=run_date,
+                seed_states=seed_states,
+            )
+            write(run_date, transitions, outputs, schema.TRANSITIONS)
     finally:
-        accepted.unpersist()
-        quarantine.unpersist()
+        labelled.unpersist()
 
     counts.update(count_outputs(spark, outputs, previous_index))
     summary = {
         "job": JOB,
         "run_date": str(run_date),
         "config_hash": cfg.hash(),
+        "mode": plan.mode,
+        "mode_reason": plan.reason,
         "previous_item_index": previous_date,
+        "previous_user_states": _iso(plan.previous_states),
+        "transitions_seed_states": _iso(plan.seed_states),
+        "partitions": {
+            "read_from": _iso(plan.read_from(etl.lookback_days)),
+            "ingested_from": _iso(ingest_from),
+            "through": str(run_date),
+        },
+        "etl": {name: getattr(etl, name) for name in (*_STATE_SETTINGS, "session_gap_minutes")},
         "window": {"start": str(window_start), "validation_start": str(val_start), "end": str(run_date)},
         "outputs": outputs,
         "counts": counts,
     }
-    summary_path = warehouse.path("curated", "_runs", f"{schema.RUN_DATE}={run_date}", f"{JOB}.json")
-    write_text_atomic(spark, summary_path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    log(run_date, f"done: {json.dumps(counts, sort_keys=True)}; summary {summary_path}")
+    path = summary_path(cfg, run_date)
+    write_text_atomic(spark, path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    log(run_date, f"done: {json.dumps(counts, sort_keys=True)}; summary {path}")
     return summary
 
 
+def _user_states(
+    spark: SparkSession,
+    cfg: Config,
+    plan: Plan,
+    ingested: DataFrame,
+    item_index: DataFrame,
+    run_date: dt.date,
+) -> DataFrame:
+    """Tonight's states: the previous ones updated with the ingested events, or built from them all."""
+    if plan.previous_states is None:
+        return build_user_states(ingested, item_index=item_index, max_len=cfg.etl.max_len, as_of=run_date)
+    return update_user_states(
+        read_states(spark, cfg, plan.previous_states),
+        ingested,
+        item_index=item_index,
+        max_len=cfg.etl.max_len,
+        as_of=run_date,
+    )
+
+
 _CURATED = (schema.QUARANTINE, schema.ITEM_INDEX, schema.USER_STATES, schema.TRANSITIONS)
+
+
+def _iso(day: dt.date | None) -> str | None:
+    return None if day is None else str(day)
+
+
+def _from_partition(labelled: DataFrame, first: dt.date | None) -> DataFrame:
+    """Rows of a ``label_events`` frame from the partitions ``first`` and later (all if None)."""
+    if first is None:
+        return labelled
+    return labelled.where(F.col(PARTITION_DATE_COL) >= F.lit(first))
 
 
 def read_table(spark: SparkSession, path: str, table: str) -> DataFrame:
     return spark.read.schema(schema.SPARK_DDL[table]).parquet(path)
 
 
-def read_events(spark: SparkSession, root: str, run_date: dt.date) -> DataFrame:
-    """Raw events of every ``event_date`` partition up to the run date, with ``event_date``."""
+def read_states(spark: SparkSession, cfg: Config, run_date: dt.date) -> DataFrame:
+    return read_table(spark, cfg.warehouse.partition(schema.USER_STATES, str(run_date)), schema.USER_STATES)
+
+
+def _partition_dates(spark: SparkSession, root: str) -> list[dt.date]:
+    """Dates of the run_date=YYYY-MM-DD partitions under ``root`` (other folders are ignored)."""
+    days = []
+    for value in list_partitions(spark, root, schema.RUN_DATE):
+        try:
+            days.append(dt.date.fromisoformat(value))
+        except ValueError:
+            continue  # not a run's partition: never a candidate
+    return days
+
+
+def read_events(
+    spark: SparkSession, root: str, run_date: dt.date, *, first_date: dt.date | None = None
+) -> DataFrame:
+    """Raw events of the ``event_date`` partitions from ``first_date`` (default: the first) to the
+    run date, with ``event_date``."""
     folders = {}
     for value, folder in list_partitions(spark, root, schema.EVENT_DATE).items():
         try:
@@ -155,11 +351,13 @@ def read_events(spark: SparkSession, root: str, run_date: dt.date) -> DataFrame:
             raise ValueError(
                 f"events partition folder {folder} is not event_date=YYYY-MM-DD; move it out of {root}"
             ) from None
-        if day <= run_date:
+        if day <= run_date and (first_date is None or day >= first_date):
             folders[day] = folder
     if not folders:
+        since = "" if first_date is None else f"{first_date}<="
         raise FileNotFoundError(
-            f"no events partitions event_date<={run_date} under {root}; load the raw events for the run date first"
+            f"no events partitions {since}event_date<={run_date} under {root}; "
+            "load the raw events for the run date first"
         )
     log(run_date, f"reading {len(folders)} events partition(s) {min(folders)}..{max(folders)} from {root}")
     ddl = f"{schema.SPARK_DDL[schema.EVENTS]}, {schema.EVENT_DATE} DATE"
@@ -171,18 +369,11 @@ def read_previous_index(
 ) -> tuple[DataFrame | None, str | None]:
     """The latest item_index partition strictly before the run date, and its date, or (None, None)."""
     table_root = cfg.warehouse.path(schema.TABLE_LAYER[schema.ITEM_INDEX], schema.ITEM_INDEX)
-    earlier = {}
-    for value, folder in list_partitions(spark, table_root, schema.RUN_DATE).items():
-        try:
-            day = dt.date.fromisoformat(value)
-        except ValueError:
-            continue  # not a run's partition: never a candidate
-        if day < run_date:
-            earlier[day] = folder
+    earlier = [d for d in _partition_dates(spark, table_root) if d < run_date]
     if not earlier:
         return None, None
-    latest = max(earlier)
-    return read_table(spark, earlier[latest], schema.ITEM_INDEX), str(latest)
+    latest = str(max(earlier))
+    return read_table(spark, cfg.warehouse.partition(schema.ITEM_INDEX, latest), schema.ITEM_INDEX), latest
 
 
 def check_row_counts(

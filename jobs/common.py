@@ -8,6 +8,7 @@ whatever the session's time zone (the jobs still set it to UTC for readable outp
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
@@ -75,15 +76,20 @@ def seconds_between(later: Column, earlier: Column) -> Column:
     return (F.unix_micros(later) - F.unix_micros(earlier)) / F.lit(1_000_000.0)
 
 
-def to_contract(df: DataFrame, table: str) -> DataFrame:
-    """``df`` with exactly the columns of ``schema.SPARK_DDL[table]``, in order, cast to their types."""
+def to_contract(df: DataFrame, table: str, *, extra: Sequence[str] = ()) -> DataFrame:
+    """``df`` with exactly the columns of ``schema.SPARK_DDL[table]``, in order, cast to their types.
+
+    ``extra`` columns (e.g. a partition column a caller still needs) follow, as they are.
+    """
     from pyspark.sql.types import StructType
 
     contract = StructType.fromDDL(schema.SPARK_DDL[table])
-    missing = [f.name for f in contract.fields if f.name not in df.columns]
+    missing = [name for name in [f.name for f in contract.fields] + list(extra) if name not in df.columns]
     if missing:
         raise ValueError(f"{table}: the frame lacks contract column(s) {missing}; it has {df.columns}")
-    return df.select(*[F.col(f.name).cast(f.dataType).alias(f.name) for f in contract.fields])
+    return df.select(
+        *[F.col(f.name).cast(f.dataType).alias(f.name) for f in contract.fields], *[F.col(c) for c in extra]
+    )
 
 
 def with_item_idx_and_code(events: DataFrame, item_index: DataFrame) -> DataFrame:

@@ -21,9 +21,10 @@ UNDER_SPARK_SUBMIT_ENV = "PYSPARK_GATEWAY_PORT"
 def get_spark(cfg: SparkConfig, app_name: str) -> SparkSession:
     """The active session if there is one (tests, notebooks), else a new one configured from ``cfg``.
 
-    Under spark-submit the master and driver memory given to spark-submit win; ``cfg.master``
-    and ``cfg.driver_memory`` apply only when the job runs as a plain Python process. The
-    session time zone is always UTC: the data contract's timestamps are UTC.
+    Under spark-submit the master, driver memory and driver options given to spark-submit win;
+    ``cfg.master``, ``cfg.driver_memory`` and ``cfg.driver_java_options`` apply only when the job
+    runs as a plain Python process. The session time zone is always UTC: the data contract's
+    timestamps are UTC.
     """
     active = SparkSession.getActiveSession()
     if active is not None:
@@ -35,7 +36,10 @@ def get_spark(cfg: SparkConfig, app_name: str) -> SparkSession:
         .config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
     )
     if UNDER_SPARK_SUBMIT_ENV not in os.environ:
+        # The driver JVM starts with the session here, so its memory and flags can still be set.
         builder = builder.master(cfg.master).config("spark.driver.memory", cfg.driver_memory)
+        if cfg.driver_java_options:
+            builder = builder.config("spark.driver.extraJavaOptions", cfg.driver_java_options)
     session = builder.getOrCreate()
     session.sparkContext.setLogLevel("WARN")  # keep the job's progress lines readable
     return session
@@ -146,3 +150,14 @@ def list_partitions(spark: SparkSession, table_root: str, column: str) -> dict[s
         if status.isDirectory() and name.startswith(prefix):
             found[name[len(prefix) :]] = status.getPath().toString()
     return found
+
+
+def read_text(spark: SparkSession, path: str) -> str | None:
+    """The content of a small text file (a run summary), or None if there is none."""
+    fs, hadoop_path = _fs(spark, path)
+    if not fs.exists(hadoop_path):
+        return None
+    if fs.getScheme() == "file":
+        with open(hadoop_path.toUri().getPath(), encoding="utf-8") as text:
+            return text.read()
+    return "".join(content for _, content in spark.sparkContext.wholeTextFiles(path).collect())

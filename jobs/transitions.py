@@ -21,6 +21,7 @@ from jobs.common import (
     with_item_idx_and_code,
 )
 from jobs.sessions import sessionize
+from jobs.user_states import VIRTUAL_COL, state_events
 
 FIXED_REWARD_TYPES = (schema.VIEW, schema.ADD_TO_CART, schema.PURCHASE)
 
@@ -37,6 +38,7 @@ def build_transitions(
     val_start: dt.date | str,
     window_end: dt.date | str | None = None,
     session_gap_minutes: int | None = None,
+    seed_states: DataFrame | None = None,
 ) -> DataFrame:
     """One row per event in ``[window_start, window_end]`` (UTC days), per ``SPARK_DDL[TRANSITIONS]``.
 
@@ -53,6 +55,12 @@ def build_transitions(
     ``events`` should carry session ids (``jobs.sessions.sessionize``); with
     ``session_gap_minutes`` the missing ones are inferred here. Events after ``window_end``
     (default: no bound) still count as the next event for ``done``.
+
+    ``seed_states`` (user_states) stand in for the history before ``events``, so that only the
+    window's partitions need reading: a state's kept events (with their exact times, see
+    ``jobs.user_states``) join each user's events, in event order, as earlier interactions. They
+    must cover every event not in ``events`` and end before ``window_start``; they only ever
+    appear inside states, never as transitions or as the next event of one.
     """
     if max_len < 1:
         raise ValueError(f"max_len must be >= 1, got {max_len}")
@@ -65,18 +73,24 @@ def build_transitions(
         events = sessionize(events, gap_minutes=session_gap_minutes)
 
     by_user = Window.partitionBy(schema.USER_ID).orderBy(*event_order())
-    previous_events = by_user.rowsBetween(-max_len, -1)
-    indexed = with_item_idx_and_code(events, item_index).withColumn("_pos", F.row_number().over(by_user))
-    # array_sort orders the structs by their first field, the event's position.
-    state = F.array_sort(
-        F.collect_list(
-            F.struct(
-                F.col("_pos").alias("pos"),
-                F.col(schema.ITEM_IDX).alias("idx"),
-                F.col(EVENT_CODE_COL).alias("code"),
-            )
-        ).over(previous_events)
-    )
+    indexed = with_item_idx_and_code(events, item_index).withColumn("_seed", F.lit(False))
+    if seed_states is not None:
+        # Only the users with events here: the states of everyone else cannot matter.
+        active = seed_states.join(
+            events.select(schema.USER_ID).distinct(), on=schema.USER_ID, how="left_semi"
+        )
+        seeded = (
+            state_events(active, item_index=item_index)
+            .where(~F.col(VIRTUAL_COL))
+            .drop(VIRTUAL_COL)
+            .withColumn("_seed", F.lit(True))
+        )
+        indexed = indexed.unionByName(seeded, allowMissingColumns=True)
+    # The previous max_len events, oldest first, as offsets in one pass over the sorted rows:
+    # cheaper than collecting a sliding frame and sorting it for every row.
+    event = F.struct(F.col(schema.ITEM_IDX).alias("idx"), F.col(EVENT_CODE_COL).alias("code"))
+    previous_events = F.array(*[F.lag(event, k).over(by_user) for k in range(max_len, 0, -1)])
+    state = F.filter(previous_events, lambda e: e.isNotNull())
     next_session = F.lead(schema.SESSION_ID).over(by_user)
     has_next = F.lead(F.lit(True)).over(by_user).isNotNull()
     done = ~has_next | ~next_session.eqNullSafe(F.col(schema.SESSION_ID))
@@ -88,7 +102,7 @@ def build_transitions(
     transitions = (
         indexed.withColumn("_state", state)
         .withColumn(schema.DONE, done)
-        .where(in_window)
+        .where(in_window & ~F.col("_seed"))
         .select(
             schema.USER_ID,
             schema.EVENT_TIME,

@@ -1,4 +1,6 @@
-"""End to end: jobs.build_training_data.main on a tiny Parquet warehouse, two nights and a rerun."""
+"""End to end: jobs.build_training_data.main on a tiny Parquet warehouse, two nights and a rerun.
+
+tests/spark/test_incremental_nights.py compares the incremental nights with full rebuilds."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import yaml
 from pyspark.testing import assertDataFrameEqual
 
 from dql_model import schema, storage
-from jobs.build_training_data import main
+from jobs.build_training_data import Plan, main, plan_run
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
@@ -88,36 +90,39 @@ def test_two_nights_and_a_rerun(spark, warehouse, capsys):
         schema.SPARK_DDL[schema.ITEM_INDEX],
     )
     assertDataFrameEqual(read(spark, cfg, schema.ITEM_INDEX, NIGHT1), night1_index)
-    assert summary_of(cfg, NIGHT1)["counts"]["input_events"] == 7  # partitions 11-25 and 11-26 only
+    night1 = summary_of(cfg, NIGHT1)
+    assert night1["mode"] == "full"  # the first night
+    assert night1["counts"]["input_events"] == 7  # partitions 11-25 and 11-26 only
+    assert night1["counts"]["quarantined"] == {
+        **NO_RULES,
+        schema.RULE_NULL_ID: 1,
+        schema.RULE_UNKNOWN_ITEM: 1,
+        schema.RULE_DUPLICATE: 1,
+    }
 
     write_arrow(ITEMS_NIGHT2, schema.ITEMS, Path(cfg.warehouse.path("raw", "items")))
     assert main(["--run-date", NIGHT2, "--config", config_file]) == 0
     printed = capsys.readouterr().out
-    assert f"[build_training_data {NIGHT2}] input 10 events: accepted 6, quarantined 4" in printed
+    # Incremental: tonight ingests (counts, cleans, quarantines) only its own partition.
+    assert f"[build_training_data {NIGHT2}] input 3 events: accepted 2, quarantined 1" in printed
     assert "rule event_time_out_of_range" in printed
 
     expect_night2_tables(spark, cfg)
-    counts = summary_of(cfg, NIGHT2)["counts"]
+    summary = summary_of(cfg, NIGHT2)
+    assert (summary["mode"], summary["previous_user_states"]) == ("incremental", NIGHT1)
+    counts = summary["counts"]
     assert counts == {
-        "input_events": 10,
-        "accepted": 6,
-        "quarantined": {
-            schema.RULE_NULL_ID: 1,
-            schema.RULE_BAD_EVENT_TYPE: 0,
-            schema.RULE_UNKNOWN_ITEM: 1,
-            schema.RULE_BAD_VALUE: 0,
-            schema.RULE_TIME_OUT_OF_RANGE: 1,
-            schema.RULE_DUPLICATE: 1,
-        },
-        "quarantined_total": 4,
-        "duplicates": 1,
+        "input_events": 3,
+        "accepted": 2,
+        "quarantined": {**NO_RULES, schema.RULE_TIME_OUT_OF_RANGE: 1},
+        "quarantined_total": 1,
+        "duplicates": 0,
         "items": 4,
         "new_items": 1,
         "users": 3,
         "transitions_train": 4,
         "transitions_validation": 2,
     }
-    assert counts["input_events"] == counts["accepted"] + sum(counts["quarantined"].values())
 
     before = {table: read(spark, cfg, table, NIGHT2).collect() for table in CURATED}
     summary_before = summary_of(cfg, NIGHT2)
@@ -129,13 +134,23 @@ def test_two_nights_and_a_rerun(spark, warehouse, capsys):
     assert summary_of(cfg, NIGHT2) == summary_before
 
 
+NO_RULES = dict.fromkeys(
+    (
+        schema.RULE_NULL_ID,
+        schema.RULE_BAD_EVENT_TYPE,
+        schema.RULE_UNKNOWN_ITEM,
+        schema.RULE_BAD_VALUE,
+        schema.RULE_TIME_OUT_OF_RANGE,
+        schema.RULE_DUPLICATE,
+    ),
+    0,
+)
+
+
 def expect_night2_tables(spark, cfg) -> None:
-    p25, p26, p27 = (f"event_date=2026-11-{d}" for d in (25, 26, 27))
+    # Only what tonight's partition brought: earlier rejects are in earlier nights' partitions.
     quarantine = [
-        (at(25, 10, 5), "u1", "i2", "add_to_cart", None, "a1", schema.RULE_DUPLICATE, p25),
-        (at(25, 11), None, "i1", "view", None, None, schema.RULE_NULL_ID, p25),
-        (at(26, 9, 20), "u2", "i9", "view", None, None, schema.RULE_UNKNOWN_ITEM, p26),
-        (at(28, 2), "u1", "i1", "view", None, None, schema.RULE_TIME_OUT_OF_RANGE, p27),
+        (at(28, 2), "u1", "i1", "view", None, None, schema.RULE_TIME_OUT_OF_RANGE, "event_date=2026-11-27")
     ]
     index = [
         ("i1", 1, "c1", 10.0, True, dt.date(2026, 11, 25)),
@@ -187,3 +202,37 @@ def test_missing_input_and_bad_arguments_name_the_problem(spark, tiny_config, tm
     with pytest.raises(SystemExit):
         main(["--run-date", "27/11/2026"])
     assert "expected a date as YYYY-MM-DD, got '27/11/2026'" in capsys.readouterr().err
+
+
+def test_the_plan_builds_on_the_latest_states_made_with_the_same_settings(spark, tiny_config):
+    cfg = tiny_config.replace(etl={"train_days": 3, "lookback_days": 2})
+    run_date = dt.date(2026, 11, 27)
+    window_start = dt.date(2026, 11, 25)
+
+    def night(day: str, **etl) -> None:
+        Path(cfg.warehouse.partition(schema.USER_STATES, day)).mkdir(parents=True)
+        summary = {"etl": {"max_len": cfg.etl.max_len, "lookback_days": cfg.etl.lookback_days, **etl}}
+        path = Path(cfg.warehouse.path("curated", "_runs", f"run_date={day}", "build_training_data.json"))
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(summary))
+
+    assert plan_run(spark, cfg, run_date, window_start) == Plan(
+        "full", "no user_states partition before the run date (first night)"
+    )
+    night("2026-11-23")
+    night("2026-11-24", max_len=cfg.etl.max_len + 1)  # built with other settings: not usable
+    night("2026-11-26")
+    night("2026-11-27")  # the run date itself (a rerun): never its own base
+    plan = plan_run(spark, cfg, run_date, window_start)
+    assert (plan.mode, plan.previous_states, plan.seed_states) == (
+        "incremental",
+        dt.date(2026, 11, 26),
+        dt.date(2026, 11, 23),
+    )
+    assert (plan.ingest_from(), plan.transitions_from(), plan.read_from(2)) == (
+        run_date,
+        dt.date(2026, 11, 24),
+        dt.date(2026, 11, 22),
+    )
+    assert plan_run(spark, cfg.replace(etl={"max_len": 3}), run_date, window_start).mode == "full"
+    assert plan_run(spark, cfg.replace(etl={"incremental": False}), run_date, window_start).mode == "full"

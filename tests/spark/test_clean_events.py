@@ -149,3 +149,59 @@ def test_frames_without_a_partition_column_have_no_source_partition(spark, items
             [(at(20, 10), "u1", "i1", "view", None, None)], schema.SPARK_DDL[schema.EVENTS]
         ),
     )
+
+
+def test_verdicts_depend_on_the_partition_not_on_the_night_that_reads_it(spark, items):
+    events = spark.createDataFrame(
+        [
+            (at(21, 9), "u1", "i1", "view", None, None, D20),  # claims to happen after it arrived
+            (at(20, 9), "u1", "i1", "view", None, None, D20),
+            (at(20, 9), "u1", "i1", "view", None, None, D21),  # re-delivered the next day
+            (at(20, 10), "u1", "i2", "view", None, None, D21),  # late by one day, tolerated
+        ],
+        RAW_DDL,
+    )
+
+    for run_date in (D21, dt.date(2026, 11, 25)):
+        accepted, quarantine = clean_events(
+            events, items=items, run_date=run_date, lookback_days=1, keep_event_date=True
+        )
+
+        assertDataFrameEqual(
+            accepted,
+            spark.createDataFrame(
+                [
+                    (at(20, 9), "u1", "i1", "view", None, None, D20),
+                    (at(20, 10), "u1", "i2", "view", None, None, D21),
+                ],
+                RAW_DDL,
+            ),
+        )
+        assertDataFrameEqual(
+            quarantine,
+            spark.createDataFrame(
+                [
+                    (
+                        at(21, 9),
+                        "u1",
+                        "i1",
+                        "view",
+                        None,
+                        None,
+                        schema.RULE_TIME_OUT_OF_RANGE,
+                        "event_date=2026-11-20",
+                    ),
+                    (
+                        at(20, 9),
+                        "u1",
+                        "i1",
+                        "view",
+                        None,
+                        None,
+                        schema.RULE_DUPLICATE,
+                        "event_date=2026-11-21",
+                    ),
+                ],
+                schema.SPARK_DDL[schema.QUARANTINE],
+            ),
+        )

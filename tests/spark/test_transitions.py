@@ -10,6 +10,7 @@ from pyspark.testing import assertDataFrameEqual, assertSchemaEqual
 
 from dql_model import schema
 from jobs.transitions import build_transitions
+from jobs.user_states import build_user_states
 
 pytestmark = pytest.mark.spark
 
@@ -111,3 +112,32 @@ def test_value_weighted_purchases(spark, events, item_index):
 def test_missing_reward_is_an_error(events, item_index):
     with pytest.raises(ValueError, match="add_to_cart"):
         build(events, item_index, rewards={schema.VIEW: 0.0, schema.PURCHASE: 1.0})
+
+
+def test_seed_states_stand_in_for_the_history_before_the_window(spark, events, item_index):
+    ddl = schema.SPARK_DDL[schema.EVENTS]
+    late = (at(18, 8), "u3", "i2", "view", None, "s6")  # arrived after the seed's night, sorts before it
+    history = events.where(f"{schema.EVENT_TIME} < '2026-11-20'").unionByName(
+        spark.createDataFrame([(at(18, 9), "u3", "i3", "add_to_cart", None, "s6")], ddl)
+    )
+    since_seed = events.where(f"{schema.EVENT_TIME} >= '2026-11-20'").unionByName(
+        spark.createDataFrame([late], ddl)
+    )
+    seed = build_user_states(history, item_index=item_index, max_len=2, as_of="2026-11-19")
+
+    seeded = build(since_seed, item_index, seed_states=seed)
+
+    expected = spark.createDataFrame(
+        [
+            ("u1", at(20, 9), [1], [VIEW], 2, "add_to_cart", 0.3, False, "train"),
+            ("u1", at(20, 9, 10), [1, 2], [VIEW, CART], 3, "purchase", 1.0, True, "train"),
+            ("u1", at(21, 10), [2, 3], [CART, BUY], 1, "rating", 1.0, False, "validation"),
+            ("u1", at(21, 10, 5), [3, 1], [BUY, RATE], 2, "view", 0.0, True, "validation"),
+            ("u2", at(20, 12), [], [], 2, "rating", -0.75, True, "train"),
+            ("u3", at(21, 8), [2, 3], [VIEW, CART], 3, "rating", 0.0, True, "validation"),
+            ("u3", at(21, 9), [3, 3], [CART, RATE], 1, "view", 0.0, True, "validation"),
+        ],
+        TRANSITIONS,
+    )
+    assertDataFrameEqual(seeded, expected)
+    assertDataFrameEqual(build(history.unionByName(since_seed), item_index), expected)
