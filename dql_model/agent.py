@@ -1,16 +1,24 @@
 """Losses and updates: double-DQN TD loss plus the discrete CQL term, or supervised only.
 
-    loss = td_weight * Huber(Q(s, a), r + gamma * (1 - done) * Q_target(s', argmax_a' Q(s', a')))
+    loss = td_weight * Huber(Q(s, a), R + gamma^k * (1 - done) * Q_target(s', argmax_a' Q(s', a')))
          + cql_alpha * mean(logsumexp_a Q(s, a) - Q(s, a_logged))
 
-With mode="supervised" the loss is the conservative term alone, which is exactly the
-cross-entropy of the next item under softmax(Q(s, ·)): the supervised baseline, same network.
+R = r_t + gamma r_{t+1} + ... + gamma^(k-1) r_{t+k-1} is the n-step return (k = 1 by default) and
+s' the state k actions later. With mode="supervised" the loss is the conservative term alone,
+which is exactly the cross-entropy of the next item under softmax(Q(s, ·)): the supervised
+baseline, same network.
+
+With ``cql_negatives`` = m > 0 the catalogue is never scored whole: the logsumexp runs over the
+logged action and m items drawn uniformly per batch (their Q-values shifted by log((N - 1) / m),
+so it estimates the full-catalogue value), and the TD argmax runs over those items plus the
+batch's logged actions. This is the variant for catalogues whose [batch, N] matrix does not fit.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import math
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +44,10 @@ class TensorBatch:
     done: torch.Tensor
     next_items: torch.Tensor
     next_events: torch.Tensor
+    later_rewards: torch.Tensor | None = None
+    """[B, n - 1] rewards of the next actions in the n-step return; None: one step."""
+    n_steps: torch.Tensor | None = None
+    """[B] actions between the state and next_*; None: 1."""
 
     @classmethod
     def from_numpy(cls, batch: TransitionBatch, device: torch.device | str = "cpu") -> TensorBatch:
@@ -51,7 +63,18 @@ class TensorBatch:
             done=move(batch.done, torch.float32),
             next_items=move(batch.next_items, torch.long),
             next_events=move(batch.next_events, torch.long),
+            later_rewards=move(batch.later_rewards, torch.float32),
+            n_steps=move(batch.n_steps, torch.long),
         )
+
+    def discounted_return(self, gamma: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(R, k): the n-step discounted reward sum and its number of steps (None: one step)."""
+        reward = self.reward.float()
+        if self.later_rewards is None or self.later_rewards.shape[1] == 0:
+            return reward, self.n_steps
+        later = self.later_rewards.float()
+        discounts = gamma ** torch.arange(1, later.shape[1] + 1, device=later.device, dtype=torch.float32)
+        return reward + (later * discounts).sum(dim=1), self.n_steps
 
 
 def double_dqn_target(
@@ -60,20 +83,77 @@ def double_dqn_target(
     reward: torch.Tensor,
     done: torch.Tensor,
     gamma: float,
+    steps: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """r + gamma * (1 - done) * Q_target(s', argmax_a Q_online(s', a)), padding column excluded.
+    """r + gamma^k * (1 - done) * Q_target(s', argmax_a Q_online(s', a)), padding column excluded.
 
-    next_q_* are [B, n_items + 1]; the result is [B] and carries no gradient.
+    next_q_* are [B, n_items + 1]; ``reward`` is the (n-step, discounted) return and ``steps``
+    the k of each row (None: 1). The result is [B] and carries no gradient.
     """
     with torch.no_grad():
         best_next = next_q_online[:, 1:].argmax(dim=1, keepdim=True) + 1
         next_value = next_q_target.gather(1, best_next)[:, 0].float()
-        return reward.float() + gamma * (1.0 - done.float()) * next_value
+        return _bootstrap(reward, done, gamma, steps, next_value)
+
+
+def _bootstrap(reward, done, gamma: float, steps, next_value) -> torch.Tensor:
+    discount = gamma if steps is None else gamma ** steps.float()
+    return reward.float() + discount * (1.0 - done.float()) * next_value
 
 
 def conservative_term(q: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
     """Per row logsumexp_a Q(s, a) - Q(s, a_logged); the padding column (-inf) adds nothing."""
     return torch.logsumexp(q, dim=1) - q.gather(1, action[:, None])[:, 0]
+
+
+def sampled_conservative_term(
+    q_logged: torch.Tensor, q_sampled: torch.Tensor, sampled: torch.Tensor, action: torch.Tensor, n_items: int
+) -> torch.Tensor:
+    """Per row estimate of logsumexp_a Q(s, a) - Q(s, a_logged) from m uniformly sampled items.
+
+    q_sampled [B, m] are the Q-values of ``sampled`` [m]; each stands for (N - 1) / m items of
+    the catalogue other than the logged one, so it enters the logsumexp shifted by the log of
+    that; a sampled item equal to the row's logged action is left out (it is counted already).
+    """
+    shift = math.log(max(n_items - 1, 1) / sampled.shape[0])
+    others = (q_sampled + shift).masked_fill(sampled[None, :] == action[:, None], float("-inf"))
+    return torch.logsumexp(torch.cat([q_logged[:, None], others], dim=1), dim=1) - q_logged
+
+
+def _full_catalogue_parts(batch, online, target, cfg, dqn: bool):
+    """(Q(s, a_logged), conservative term per row, TD target or None) scoring every item."""
+    # float(): the softmax and TD arithmetic stay in fp32 under bf16 autocast.
+    q = online.q_values(batch.state_items, batch.state_events).float()
+    q_logged = q.gather(1, batch.action[:, None])[:, 0]
+    td_target = None
+    if dqn:
+        with torch.no_grad():
+            next_online = online.q_values(batch.next_items, batch.next_events)
+            next_target = target.q_values(batch.next_items, batch.next_events)
+            reward, steps = batch.discounted_return(cfg.gamma)
+            td_target = double_dqn_target(next_online, next_target, reward, batch.done, cfg.gamma, steps)
+    return q_logged, conservative_term(q, batch.action), td_target
+
+
+def _sampled_parts(batch, online, target, cfg, dqn: bool):
+    """The same three parts from cfg.cql_negatives sampled items (module docstring)."""
+    n_items = online.n_items
+    sampled = torch.randint(1, n_items + 1, (cfg.cql_negatives,), device=batch.action.device)
+    state = online.encode_state(batch.state_items, batch.state_events)
+    q_logged = online.q_of_pairs(state, batch.action).float()
+    q_sampled = online.q_of_items(state, sampled).float()
+    conservative = sampled_conservative_term(q_logged, q_sampled, sampled, batch.action, n_items)
+    td_target = None
+    if dqn:
+        with torch.no_grad():
+            candidates = torch.unique(torch.cat([sampled, batch.action]))
+            next_online = online.q_of_items(online.encode_state(batch.next_items, batch.next_events), candidates)
+            best = candidates[next_online.argmax(dim=1)]
+            next_state = target.encode_state(batch.next_items, batch.next_events)
+            next_value = target.q_of_pairs(next_state, best).float()
+            reward, steps = batch.discounted_return(cfg.gamma)
+            td_target = _bootstrap(reward, batch.done, cfg.gamma, steps, next_value)
+    return q_logged, conservative, td_target
 
 
 def compute_loss(
@@ -85,21 +165,18 @@ def compute_loss(
     """Loss of one batch and its parts as detached scalars named loss/*, q/*."""
     if cfg.mode not in MODES:
         raise ValueError(f"train.mode={cfg.mode!r} is not one of {MODES}")
-    # float(): the softmax and TD arithmetic stay in fp32 under bf16 autocast.
-    q = online.q_values(batch.state_items, batch.state_events).float()
-    q_logged = q.gather(1, batch.action[:, None])[:, 0]
-    conservative = conservative_term(q, batch.action).mean()
+    dqn = cfg.mode == "dqn"
+    if dqn and target is None:
+        raise ValueError("train.mode='dqn' needs a target network")
+    sampled = 0 < cfg.cql_negatives < online.n_items
+    parts = _sampled_parts if sampled else _full_catalogue_parts
+    q_logged, conservative_rows, td_target = parts(batch, online, target, cfg, dqn)
+    conservative = conservative_rows.mean()
     metrics = {"loss/cql": conservative.detach(), "q/mean": q_logged.detach().mean()}
 
-    if cfg.mode == "supervised":
+    if not dqn:
         loss = conservative
     else:
-        if target is None:
-            raise ValueError("train.mode='dqn' needs a target network")
-        with torch.no_grad():
-            next_online = online.q_values(batch.next_items, batch.next_events)
-            next_target = target.q_values(batch.next_items, batch.next_events)
-            td_target = double_dqn_target(next_online, next_target, batch.reward, batch.done, cfg.gamma)
         td = F.smooth_l1_loss(q_logged, td_target)
         loss = cfg.td_weight * td + cfg.cql_alpha * conservative
         metrics["loss/td"] = td.detach()
@@ -123,6 +200,8 @@ class DQNAgent:
             raise ValueError(f"train.target_update={cfg.target_update!r} is not one of {TARGET_UPDATES}")
         if cfg.mode not in MODES:
             raise ValueError(f"train.mode={cfg.mode!r} is not one of {MODES}")
+        if cfg.n_step < 1 or cfg.cql_negatives < 0:
+            raise ValueError(f"train.n_step={cfg.n_step} must be >= 1 and train.cql_negatives={cfg.cql_negatives} >= 0")
         self.cfg = cfg
         self.device = torch.device(device)
         self.amp_dtype = amp_dtype
@@ -145,7 +224,8 @@ class DQNAgent:
         with torch.no_grad(), self._autocast():
             next_online = self.online.q_values(batch.next_items, batch.next_events)
             next_target = self.target.q_values(batch.next_items, batch.next_events)
-        return double_dqn_target(next_online, next_target, batch.reward, batch.done, self.cfg.gamma)
+        reward, steps = batch.discounted_return(self.cfg.gamma)
+        return double_dqn_target(next_online, next_target, reward, batch.done, self.cfg.gamma, steps)
 
     def update(self, batch: TransitionBatch | TensorBatch) -> dict[str, torch.Tensor]:
         """One gradient step; returns the batch's metrics as detached scalar tensors."""

@@ -108,11 +108,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     evaluation = _load_report(cfg, args.run_date, "evaluation.json")
     if args.json:
-        print(json.dumps(evaluation, indent=2, sort_keys=True))
+        # The comparison's figures; the per-epoch learning curves stay in evaluation.json.
+        figures = {k: v for k, v in evaluation.items() if k != "learning_curves"}
+        print(json.dumps(figures, indent=2, sort_keys=True))
     else:
         print(f"run {evaluation['run_date']}, {evaluation['validation_events']} validation events")
         print(report.comparison_table(evaluation["metrics"]))
         print(f"gate: {'promoted' if evaluation['promoted'] else 'kept champion'} ({evaluation['reason']})")
+        simulation = evaluation.get("simulation") or {}
+        if simulation.get("policies"):
+            print("\nsimulated return per shopper:")
+            print(report.simulation_table(simulation))
+            print(report.simulation_caption(simulation))
     return 0
 
 

@@ -7,6 +7,11 @@ a transition is derived here (state shifted left, logged action appended), never
 
 Training streams transitions in record batches through a shuffle buffer, so a partition larger
 than memory can be trained on; evaluation loads the (small) validation split whole.
+
+n-step returns are assembled here too, before shuffling, from consecutive rows of one user: row
+t + 1 continues row t when its state is exactly row t's next state (the partition is written in
+user and time order). A chain stops at the end of an episode and at a read-chunk boundary, where
+the row bootstraps after fewer steps, which is still a valid (shorter) return.
 """
 
 from __future__ import annotations
@@ -55,11 +60,15 @@ class TransitionBatch:
     reward: np.ndarray
     """[B] float32 reward of the action."""
     done: np.ndarray
-    """[B] bool, the episode (session or history) ends after this action."""
+    """[B] bool, the episode (session or history) ends within the row's n_steps actions."""
     next_items: np.ndarray
-    """[B, L] state after the action: state shifted left, action appended."""
+    """[B, L] state to bootstrap from, n_steps actions later (one step: state shifted, action appended)."""
     next_events: np.ndarray
     """[B, L] event codes of next_items."""
+    later_rewards: np.ndarray
+    """[B, n - 1] float32 rewards of the next n - 1 actions of the episode; 0 beyond n_steps."""
+    n_steps: np.ndarray
+    """[B] int64 actions between the state and next_items, 1..n."""
 
     def __len__(self) -> int:
         return len(self.action)
@@ -82,6 +91,7 @@ class TransitionBatch:
         reward: np.ndarray,
         done: np.ndarray,
     ) -> TransitionBatch:
+        """One-step transitions: the next state is derived from the state and the action."""
         next_items, next_events = next_state(state_items, state_events, action, event_code)
         return cls(
             state_items=state_items,
@@ -92,7 +102,12 @@ class TransitionBatch:
             done=done,
             next_items=next_items,
             next_events=next_events,
+            later_rewards=np.zeros((len(action), 0), dtype=np.float32),
+            n_steps=np.ones(len(action), dtype=np.int64),
         )
+
+    def as_dict(self) -> dict[str, np.ndarray]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass
@@ -182,6 +197,45 @@ def next_state(
     next_items = np.concatenate([state_items[:, 1:], action[:, None]], axis=1)
     next_events = np.concatenate([state_events[:, 1:], event_code[:, None]], axis=1)
     return next_items, next_events
+
+
+def with_n_step(batch: TransitionBatch, n: int) -> TransitionBatch:
+    """One-step transitions in user and time order -> n-step transitions (see the module docstring).
+
+    Row i gathers the rewards of rows i, i + 1, ... while each next row continues the previous
+    one (its state is the previous next state) and no episode has ended, up to n rows; it then
+    bootstraps from the next state of the last row it reached.
+    """
+    if n < 1:
+        raise ValueError(f"train.n_step={n}: need at least one step")
+    if n == 1 or len(batch) == 0:
+        return batch
+    rows = len(batch)
+    continues = np.zeros(rows, dtype=bool)  # continues[i]: row i + 1 follows row i in one episode
+    continues[:-1] = (
+        ~batch.done[:-1]
+        & (batch.next_items[:-1] == batch.state_items[1:]).all(axis=1)
+        & (batch.next_events[:-1] == batch.state_events[1:]).all(axis=1)
+    )
+    later = np.zeros((rows, n - 1), dtype=np.float32)
+    last = np.arange(rows)
+    alive = np.ones(rows, dtype=bool)
+    for step in range(n - 1):
+        alive &= continues[last]
+        last = np.where(alive, last + 1, last)
+        later[alive, step] = batch.reward[last[alive]]
+    return TransitionBatch(
+        state_items=batch.state_items,
+        state_events=batch.state_events,
+        action=batch.action,
+        event_code=batch.event_code,
+        reward=batch.reward,
+        done=batch.done[last],
+        next_items=batch.next_items[last],
+        next_events=batch.next_events[last],
+        later_rewards=later,
+        n_steps=last - np.arange(rows) + 1,
+    )
 
 
 def left_align(state_items: np.ndarray, state_events: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -293,7 +347,12 @@ def _concat(chunks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 def _batch(chunk: dict[str, np.ndarray], index: np.ndarray | slice) -> TransitionBatch:
-    return TransitionBatch.from_state(**{key: value[index] for key, value in chunk.items()})
+    return TransitionBatch(**{key: value[index] for key, value in chunk.items()})
+
+
+def _transitions(chunk: dict[str, np.ndarray], n_step: int) -> dict[str, np.ndarray]:
+    """A decoded chunk (in file order) -> every TransitionBatch field, with n-step returns."""
+    return with_n_step(TransitionBatch.from_state(**chunk), n_step).as_dict()
 
 
 def iter_transition_batches(
@@ -306,12 +365,13 @@ def iter_transition_batches(
     seed: int = 0,
     buffer_rows: int = 65_536,
     read_rows: int = 8_192,
+    n_step: int = 1,
 ) -> Iterator[TransitionBatch]:
     """Stream one split of a transitions partition as batches, never holding the whole table.
 
     With ``shuffle``, files and row groups are visited in a seeded random order and rows are
     mixed in a buffer of ``buffer_rows``; the same seed gives the same batches. The last batch
-    may be smaller than ``batch_size``.
+    may be smaller than ``batch_size``. ``n_step`` > 1 gives n-step returns (module docstring).
     """
     rng = np.random.default_rng(seed) if shuffle else None
     pending: list[dict[str, np.ndarray]] = []
@@ -329,7 +389,7 @@ def iter_transition_batches(
         n_pending = len(rest)
 
     for chunk in _read_split(folder, max_len=max_len, split=split, read_rows=read_rows, rng=rng):
-        pending.append(chunk)
+        pending.append(_transitions(chunk, n_step))
         n_pending += len(chunk["action"])
         if n_pending >= max(buffer_rows, batch_size):
             yield from drain(final=False)
@@ -337,19 +397,25 @@ def iter_transition_batches(
         yield from drain(final=True)
 
 
-def load_transitions(folder: str | os.PathLike[str], *, max_len: int, split: str | None) -> TransitionBatch:
+def load_transitions(
+    folder: str | os.PathLike[str], *, max_len: int, split: str | None, n_step: int = 1
+) -> TransitionBatch:
     """One split (None: every row) of a transitions partition as arrays, in file order.
 
     For evaluation-sized data; training streams with iter_transition_batches instead.
     """
-    chunks = list(_read_split(folder, max_len=max_len, split=split, read_rows=65_536, rng=None))
+    chunks = [
+        _transitions(chunk, n_step)
+        for chunk in _read_split(folder, max_len=max_len, split=split, read_rows=65_536, rng=None)
+    ]
     if not chunks:
         empty = np.zeros((0, max_len), dtype=np.int64)
         none = np.zeros(0, dtype=np.int64)
-        return TransitionBatch.from_state(
-            empty, empty, none, none, none.astype(np.float32), none.astype(bool)
+        return with_n_step(
+            TransitionBatch.from_state(empty, empty, none, none, none.astype(np.float32), none.astype(bool)),
+            n_step,
         )
-    return TransitionBatch.from_state(**_concat(chunks))
+    return TransitionBatch(**_concat(chunks))
 
 
 def count_transitions(folder: str | os.PathLike[str], *, split: str) -> int:

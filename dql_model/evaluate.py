@@ -98,12 +98,14 @@ def evaluate_scorer(
 
     Names: ``eval/ndcg@10`` (all events), ``eval/purchase/ndcg@10`` (one event type),
     ``eval/coverage@10`` (share of the catalogue in at least one top-10), ``eval/seen@10``
-    (share of top-10 slots holding an item already in the state), ``eval/n`` (events).
+    (share of top-10 slots holding an item already in the state), ``eval/purchased@10`` (share
+    of top-10 slots holding an item the state shows as already purchased), ``eval/n`` (events).
     """
     out: dict[str, float] = {"eval/n": float(len(val))}
     if not len(val):
         return out
-    ranks, covered, seen = [], None, 0.0
+    ranks, covered, seen, purchased = [], None, 0.0, 0.0
+    purchase_code = schema.EVENT_CODE[schema.PURCHASE]
     for start in range(0, len(val), batch_size):
         rows = slice(start, start + batch_size)
         scores = np.asarray(scorer.scores(val.state_items[rows], val.state_events[rows]))
@@ -113,7 +115,10 @@ def evaluate_scorer(
         top, _ = metrics.top_k(scores[:, 1:], COVERAGE_K)
         top += 1  # back to item_idx (column 0 was dropped)
         covered[top.ravel()] = True
-        seen += (top[:, :, None] == val.state_items[rows][:, None, :]).any(axis=2).mean(axis=1).sum()
+        in_state = top[:, :, None] == val.state_items[rows][:, None, :]
+        seen += in_state.any(axis=2).mean(axis=1).sum()
+        bought = val.state_events[rows][:, None, :] == purchase_code
+        purchased += (in_state & bought).any(axis=2).mean(axis=1).sum()
     all_ranks = np.concatenate(ranks)
     out.update(metrics.ranking_metrics(all_ranks, ks, "eval/"))
     for event_type, code in schema.EVENT_CODE.items():
@@ -124,6 +129,7 @@ def evaluate_scorer(
     n_items = len(covered) - 1
     out[f"eval/coverage@{COVERAGE_K}"] = float(covered[1:].sum() / max(n_items, 1))
     out[f"eval/seen@{COVERAGE_K}"] = float(seen / len(val))
+    out[f"eval/purchased@{COVERAGE_K}"] = float(purchased / len(val))
     return out
 
 

@@ -4,6 +4,16 @@ f encodes the user's recent interactions (item embedding + event-type embedding 
 left-padded, most recent last) with a GRU, an LSTM or a small causal self-attention stack.
 g is an item tower over the item's id, category and log-price bucket embeddings, so an item
 with little history still gets a sensible vector from its features. b is a per-item bias.
+
+State memory (``model.state_memory`` = k > 0): both vectors get embed_dim more components,
+g(a) = [tower(a), m(a)] and f(s) = [head(encoder(s)), sum_p w[p, e_p] m(s_p)] over the k most
+recent state items, with m a second item embedding and w learned per "how many interactions ago"
+and event type. Shoppers often come back to what they just saw (the add-to-cart after a view,
+the purchase after the cart); a sequence encoder squeezes item identity through its hidden
+state and the tower makes similar items alike, while m(a) . m(a) stands out from m(a) . m(b),
+so this path can lift exactly the items in the state (and learn which items follow which, as
+a factorised item-to-item model does). Q is still <f(s), g(a)> + b(a) with f a function of the
+state alone, so scoring a catalogue is one matrix product.
 """
 
 from __future__ import annotations
@@ -21,6 +31,8 @@ ENCODERS = ("gru", "lstm", "attention")
 ATTENTION_LAYERS = 2
 ATTENTION_HEADS = 2
 EMBED_INIT_STD = 0.1
+MEMORY_SCALE = 10.0
+"""State-memory weights are MEMORY_SCALE * parameter: a larger scale makes Adam move them faster."""
 
 
 class RecurrentEncoder(nn.Module):
@@ -141,6 +153,11 @@ class QNetwork(nn.Module):
             self.encoder = RecurrentEncoder(cfg.encoder, dim, hidden)
         self.state_head = nn.Linear(hidden, dim)
         self.empty_state = nn.Parameter(torch.zeros(dim))
+        self.memory_weight: nn.Parameter | None = None
+        self.memory_embedding: nn.Embedding | None = None
+        if cfg.state_memory > 0:
+            self.memory_weight = nn.Parameter(torch.zeros(cfg.state_memory, schema.N_EVENT_CODES))
+            self.memory_embedding = nn.Embedding(n_items + 1, dim, padding_idx=0)
         self.item_tower = nn.Sequential(
             nn.Linear(3 * dim, hidden), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(hidden, dim)
         )
@@ -158,6 +175,11 @@ class QNetwork(nn.Module):
             self.item_embedding.weight[0].zero_()
             self.event_embedding.weight[0].zero_()
         nn.init.zeros_(self.item_bias.weight)
+        if self.memory_embedding is not None:
+            # Unit-norm rows on average, so m(a) . m(a) ~ 1 and m(a) . m(b) ~ 1 / sqrt(dim).
+            nn.init.normal_(self.memory_embedding.weight, std=self.cfg.embed_dim**-0.5)
+            with torch.no_grad():
+                self.memory_embedding.weight[0].zero_()
 
     def set_item_features(self, category, price_bucket) -> None:
         """Category index and log-price bucket per item_idx (arrays of length n_items + 1)."""
@@ -171,7 +193,7 @@ class QNetwork(nn.Module):
         self.item_price_bucket.copy_(price_bucket)
 
     def encode_state(self, state_items: torch.Tensor, state_events: torch.Tensor) -> torch.Tensor:
-        """f(s): [B, L] left-padded item_idx and event codes -> [B, embed_dim]."""
+        """f(s): [B, L] left-padded item_idx and event codes -> [B, D] (see item_vectors)."""
         valid = state_items != 0
         lengths = valid.sum(1)
         x = self.input_dropout(self.item_embedding(state_items) + self.event_embedding(state_events))
@@ -180,24 +202,53 @@ class QNetwork(nn.Module):
         else:
             hidden = self.encoder(x, lengths.clamp(min=1))
         state = self.state_head(hidden)
+        empty_state = self.empty_state.to(state.dtype)
+        if self.memory_weight is not None:
+            state = torch.cat([state, self._state_memory(state_items, state_events).to(state.dtype)], dim=-1)
+            empty_state = torch.cat([empty_state, torch.zeros_like(empty_state)])
         empty = (lengths == 0)[:, None]
-        return torch.where(empty, self.empty_state.to(state.dtype), state)
+        return torch.where(empty, empty_state, state)
 
-    def item_vectors(self) -> torch.Tensor:
-        """g(a) for every item_idx: [n_items + 1, embed_dim] (row 0 is padding)."""
-        features = torch.cat(
-            [
-                self.item_embedding.weight,
-                self.category_embedding(self.item_category),
-                self.price_embedding(self.item_price_bucket),
-            ],
-            dim=1,
-        )
-        return self.item_tower(features)
+    def _state_memory(self, state_items: torch.Tensor, state_events: torch.Tensor) -> torch.Tensor:
+        """sum_p w[ago_p, event_p] m(s_p) over the latest state_memory items: [B, embed_dim]."""
+        k = min(self.memory_weight.shape[0], state_items.shape[1])
+        recent, events = state_items[:, -k:], state_events[:, -k:]
+        ago = torch.arange(k - 1, -1, -1, device=recent.device)
+        weight = MEMORY_SCALE * self.memory_weight[ago[None, :], events] * (recent != 0)
+        return (weight.unsqueeze(-1) * self.memory_embedding(recent)).sum(dim=1)
 
-    def item_biases(self) -> torch.Tensor:
-        """b(a) for every item_idx: [n_items + 1]."""
-        return self.item_bias.weight[:, 0]
+    def item_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        """g(a) for every item_idx [n_items + 1, D] (row 0 is padding), or for ``items`` only.
+
+        D is embed_dim, twice that with the state memory (module docstring).
+
+        The subset form keeps the item tower's memory proportional to the items asked for, which
+        is what the sampled conservative term needs on catalogues too large for one matrix.
+        """
+        if items is None:
+            ids, category, price = self.item_embedding.weight, self.item_category, self.item_price_bucket
+        else:
+            ids = self.item_embedding(items)
+            category, price = self.item_category[items], self.item_price_bucket[items]
+        features = torch.cat([ids, self.category_embedding(category), self.price_embedding(price)], dim=-1)
+        vectors = self.item_tower(features)
+        if self.memory_embedding is None:
+            return vectors
+        memory = self.memory_embedding.weight if items is None else self.memory_embedding(items)
+        return torch.cat([vectors, memory.to(vectors.dtype)], dim=-1)
+
+    def item_biases(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        """b(a) for every item_idx [n_items + 1], or for ``items`` only."""
+        bias = self.item_bias.weight[:, 0]
+        return bias if items is None else bias[items]
+
+    def q_of_items(self, state: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Q-values of the same candidate items [M] for every row of f(s) [B, D]: [B, M]."""
+        return state @ self.item_vectors(items).T + self.item_biases(items)
+
+    def q_of_pairs(self, state: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Q(s_b, a_b) for one item per row: f(s) [B, D], items [B] -> [B]."""
+        return (state * self.item_vectors(items)).sum(dim=-1) + self.item_biases(items)
 
     def q_from_state(self, state: torch.Tensor, items: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """Q-values from precomputed f(s), g(·) and b(·); the padding column is -inf."""

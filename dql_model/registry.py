@@ -36,6 +36,8 @@ METRICS = "metrics.json"
 DATA_WINDOW = "data_window.json"
 CHAMPION = "champion"
 FORMAT_VERSION = 1
+ADDED_MODEL_FIELDS = {"state_memory": 0}
+"""model.* fields added since format 1, and the value that rebuilds a model saved before them."""
 
 
 def _write_json(path: Path, payload: Any) -> None:
@@ -124,7 +126,8 @@ def load_model(
     # Only the model section is needed to rebuild the network; unknown keys (from a newer
     # config) are ignored so that older code can still load it.
     known = {f.name for f in dataclasses.fields(ModelConfig)}
-    model_cfg = ModelConfig(**{k: v for k, v in saved["config"]["model"].items() if k in known})
+    fields = {**ADDED_MODEL_FIELDS, **saved["config"]["model"]}
+    model_cfg = ModelConfig(**{k: v for k, v in fields.items() if k in known})
     model = QNetwork(saved["n_items"], saved["n_categories"], model_cfg)
     model.load_state_dict(load_file(str(folder / WEIGHTS), device=str(device)))
     model.to(device).eval()

@@ -1,7 +1,8 @@
-"""Human-readable views of a run: the comparison table, the Markdown report, the closing summary."""
+"""Human-readable views of a run: the comparison tables, the Markdown report, the closing summary."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 # Columns of the comparison table: (metric name, header).
@@ -13,11 +14,21 @@ TABLE_COLUMNS = (
     ("eval/add_to_cart/ndcg@10", "cart NDCG@10"),
     ("eval/view/ndcg@10", "view NDCG@10"),
     ("eval/coverage@10", "coverage@10"),
+    ("eval/purchased@10", "bought@10"),
 )
+DETAIL_EVENTS = (("", "all events"), ("view/", "views"), ("add_to_cart/", "add-to-carts"), ("purchase/", "purchases"))
+DETAIL_METRICS = tuple(f"{m}@{k}" for m in ("hr", "ndcg", "mrr") for k in (5, 10, 20))
+MODEL_NOTES = {
+    "challenger": "tonight's DQN",
+    "champion": "the incumbent model",
+    "supervised": "same network, next-item cross-entropy only",
+    "cooccurrence": "item-to-item co-occurrence",
+    "popularity": "most frequent items",
+}
 
 
 def _cell(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, int | float) else "-"
+    return f"{value:.4f}" if isinstance(value, int | float) and math.isfinite(value) else "-"
 
 
 def comparison_rows(metrics: dict[str, dict[str, float]]) -> list[list[str]]:
@@ -27,7 +38,70 @@ def comparison_rows(metrics: dict[str, dict[str, float]]) -> list[list[str]]:
 
 def comparison_table(metrics: dict[str, dict[str, float]], *, markdown: bool = False) -> str:
     header = ["model"] + [title for _, title in TABLE_COLUMNS]
-    rows = comparison_rows(metrics)
+    return _table(header, comparison_rows(metrics), markdown=markdown)
+
+
+def detail_tables(metrics: dict[str, dict[str, float]]) -> str:
+    """Markdown: HR, NDCG and MRR at 5, 10 and 20 per model, one table per event type."""
+    parts = []
+    for prefix, title in DETAIL_EVENTS:
+        key = f"eval/{prefix}n"
+        counts = {name: values.get(key) for name, values in metrics.items()}
+        n = next((int(c) for c in counts.values() if isinstance(c, int | float)), 0)
+        rows = [
+            [name] + [_cell(values.get(f"eval/{prefix}{m}")) for m in DETAIL_METRICS]
+            for name, values in metrics.items()
+        ]
+        parts += [f"**{title}** ({n} events)", "", _table(["model", *DETAIL_METRICS], rows, markdown=True), ""]
+    return "\n".join(parts)
+
+
+def _interval(summary: dict[str, float] | None) -> str:
+    if not summary or not _finite(summary.get("mean")):
+        return "-"
+    half = summary.get("ci95")
+    return f"{summary['mean']:.3f} ± {half:.3f}" if _finite(half) else f"{summary['mean']:.3f}"
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def simulation_rows(simulation: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the simulated-return table (mean ± 95 % CI over seeds)."""
+    reference = simulation.get("reference")
+    header = ["policy", "return / shopper", "purchases", "add-to-carts", "slate clicks", f"return - {reference}"]
+    rows = []
+    for name, policy in simulation.get("policies", {}).items():
+        difference = (simulation.get("vs_reference") or {}).get(name)
+        rows.append(
+            [
+                name,
+                _interval(policy.get("return")),
+                _interval(policy.get("purchases")),
+                _interval(policy.get("carts")),
+                _interval(policy.get("slate_share")),
+                _interval(difference) if name != reference else "(reference)",
+            ]
+        )
+    return header, rows
+
+
+def simulation_table(simulation: dict[str, Any], *, markdown: bool = False) -> str:
+    header, rows = simulation_rows(simulation)
+    return _table(header, rows, markdown=markdown)
+
+
+def simulation_caption(simulation: dict[str, Any]) -> str:
+    s = simulation.get("settings", {})
+    return (
+        f"{s.get('users')} simulated shoppers x {s.get('steps')} steps, slate of {s.get('slate')}, "
+        f"rewards view 0 / add-to-cart 0.3 / purchase 1; mean ± 95 % CI over {s.get('seeds')} seeds "
+        "(the difference column is paired by seed)."
+    )
+
+
+def _table(header: list[str], rows: list[list[str]], *, markdown: bool) -> str:
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
@@ -67,12 +141,53 @@ def render_markdown(summary: dict[str, Any]) -> str:
             "",
             f"Validation events: {evaluation.get('validation_events')}. Gate on `{evaluation.get('gate_metric')}`: "
             f"{'promoted' if evaluation.get('promoted') else 'kept the champion'} ({evaluation.get('reason')}). "
-            f"Scoring model: `{evaluation.get('scoring_version')}`.",
+            f"Scoring model: `{evaluation.get('scoring_version')}`. "
+            "bought@10: share of top-10 slots holding an item the state shows as already purchased.",
+            "",
         ]
+        lines += [f"- **{name}**: {MODEL_NOTES[name]}" for name in evaluation["metrics"] if name in MODEL_NOTES]
+        lines += _baseline_notes(evaluation.get("baselines") or {})
+        lines += ["", "### By event type", "", detail_tables(evaluation["metrics"])]
     else:
         lines.append("No evaluation this run.")
+    simulation = evaluation.get("simulation") or {}
+    if simulation.get("policies"):
+        lines += [
+            "## Simulated policy value (the synthetic shop as an environment)",
+            "",
+            simulation_table(simulation, markdown=True),
+            "",
+            simulation_caption(simulation),
+            "",
+        ]
+    plots = evaluation.get("plots") or []
+    if plots:
+        lines += ["## Plots", ""] + [f"![{name}]({name})" for name in plots] + [""]
     lines += ["", f"Config hash `{summary.get('config_hash')}`, written {summary.get('written_at')}.", ""]
     return "\n".join(lines)
+
+
+def _baseline_notes(baselines: dict[str, Any]) -> list[str]:
+    notes = []
+    supervised = baselines.get("supervised")
+    if supervised:
+        tried = ", ".join(
+            f"{_overrides(t['overrides'])} -> {t['eval/ndcg@10']:.4f}" for t in supervised.get("trials", [])
+        )
+        notes.append(f"- supervised search (validation NDCG@10): {tried}; picked {_overrides(supervised['picked'])}")
+    cooccurrence = baselines.get("cooccurrence")
+    if cooccurrence:
+        picked = cooccurrence["picked"]
+        notes.append(
+            f"- co-occurrence: window {picked['window']}, decay {picked['decay']} "
+            f"(best of {len(cooccurrence.get('trials', []))} on validation NDCG@10)"
+        )
+    return notes
+
+
+def _overrides(overrides: dict[str, Any]) -> str:
+    flat = [f"{k}={v}" for section in overrides.values() for k, v in section.items()]
+    return "{" + ", ".join(flat) + "}" if flat else "{defaults}"
 
 
 def render_summary(summary: dict[str, Any]) -> str:
@@ -89,6 +204,10 @@ def render_summary(summary: dict[str, Any]) -> str:
     if evaluation.get("metrics"):
         lines += ["", "  offline metrics, validation window:"]
         lines += ["    " + line for line in comparison_table(evaluation["metrics"]).splitlines()]
+    simulation = evaluation.get("simulation") or {}
+    if simulation.get("policies"):
+        lines += ["", "  simulated return per shopper (mean ± 95 % CI over seeds):"]
+        lines += ["    " + line for line in simulation_table(simulation).splitlines()]
     lines += [
         "",
         f"  warehouse      {published['warehouse_path']}",

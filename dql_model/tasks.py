@@ -191,8 +191,9 @@ def evaluate_and_gate(
     cfg: Config | None = None,
     **options: Any,
 ) -> dict[str, Any]:
-    """Ranks the validation window with the challenger, the champion and popularity; promotes or keeps."""
-    from dql_model import evaluate, registry
+    """Ranks the validation window with the challenger, the champion and the baselines (supervised,
+    co-occurrence, popularity, fitted here); promotes or keeps; simulates the policies' value."""
+    from dql_model import baselines, evaluate, plots, policy_eval, registry
     from dql_model.data import load_item_features, load_transitions
 
     cfg = cfg or run_config(**options)
@@ -204,18 +205,22 @@ def evaluate_and_gate(
         return {"scoring_version": model_version, "promoted": False, "reason": "pinned by the trigger"}
 
     transitions_dir = cfg.warehouse.partition(schema.TRANSITIONS, run_date)
-    items = load_item_features(cfg.warehouse.partition(schema.ITEM_INDEX, run_date), price_buckets=cfg.model.price_buckets)
-    train = load_transitions(transitions_dir, max_len=cfg.etl.max_len, split=schema.TRAIN)
+    item_index_dir = cfg.warehouse.partition(schema.ITEM_INDEX, run_date)
+    items = load_item_features(item_index_dir, price_buckets=cfg.model.price_buckets)
     val = load_transitions(transitions_dir, max_len=cfg.etl.max_len, split=schema.VALIDATION)
 
-    scorers = {"popularity": evaluate.PopularityScorer.from_actions(train.action, n_items=items.n_items)}
+    scorers = {}
     challenger = training.get("version") if training.get("trained") else None
     # Without a challenger the current champion scores; with one, it faces the incumbent.
     champion = registry.incumbent_for(root, run_date) if challenger else registry.champion_version(root)
-    for name, version in (("champion", champion), ("challenger", challenger)):
+    for name, version in (("challenger", challenger), ("champion", champion)):
         if version and not (name == "champion" and version == challenger):
             model, _ = registry.load_model(root / version)
             scorers[name] = evaluate.QNetworkScorer(model, n_items=items.n_items)
+    fitted = baselines.fit_baselines(
+        cfg, transitions_dir=transitions_dir, item_index_dir=item_index_dir, items=items, val=val, progress=_say
+    )
+    scorers.update(fitted.scorers)
     results = evaluate.evaluate_models(scorers, val)
     for name, metrics in results.items():
         _say(
@@ -254,7 +259,21 @@ def evaluate_and_gate(
         "reason": reason,
         "scoring_version": scoring_version,
         "gate_metric": cfg.registry.gate_metric,
+        "baselines": fitted.details,
+        "learning_curves": {
+            **({"challenger": registry.version_metrics(root, challenger).get("history", [])} if challenger else {}),
+            **fitted.histories,
+        },
     }
+    if cfg.train.sim_users > 0:
+        # The DQN in the simulation is the one in the table: tonight's challenger, else the champion.
+        dqn = "challenger" if "challenger" in scorers else "champion"
+        policies = {dqn: scorers[dqn], **fitted.scorers}
+        evaluation["simulation"] = policy_eval.simulate_policies(policies, cfg, items, progress=_say)
+    try:
+        evaluation["plots"] = plots.write_plots(evaluation, report_dir(cfg, run_date))
+    except Exception as error:  # a figure must not hold back tonight's recommendations
+        _say("warning: plots not written: %r", error)
     _write_json(report_dir(cfg, run_date) / "evaluation.json", evaluation)
     return {"scoring_version": scoring_version, "promoted": promoted, "reason": reason}
 

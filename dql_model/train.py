@@ -5,17 +5,28 @@
 Per epoch it prints one line of namespaced metrics (loss/*, q/*, eval/*) and keeps the weights
 of the best epoch by validation ``eval/ndcg@10``. On CUDA the forward passes run under bf16
 autocast; on CPU a run is bit-for-bit reproducible for a seed.
+
+With ``train.checkpoints`` every finished epoch is saved (networks, optimizer, history, best
+weights, random state) under ``<registry.root>/.checkpoints/<run key>/``, the key being a hash
+of the config, the input partitions and the warm-start weights. The same call after a crash
+resumes after the last saved epoch and ends with the same weights as an uninterrupted run (on
+CPU, bit for bit); a finished run removes its checkpoints.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import queue
 import random
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -27,8 +38,15 @@ from dql_model.evaluate import QNetworkScorer, evaluate_scorer
 from dql_model.networks import QNetwork
 
 EARLY_STOP_METRIC = "eval/ndcg@10"
-"""Epochs without a better validation metric before training stops (no TrainConfig field yet)."""
-ITEM_ROW_TABLES = ("item_embedding.weight", "item_bias.weight", "category_embedding.weight")
+"""Validation metric of early stopping and of the best epoch (its patience is train.patience)."""
+CHECKPOINTS = ".checkpoints"
+"""Folder under the registry root with one sub-folder of checkpoints per training run."""
+ITEM_ROW_TABLES = (
+    "item_embedding.weight",
+    "item_bias.weight",
+    "category_embedding.weight",
+    "memory_embedding.weight",
+)
 """Parameters with one row per item_idx / category index: they grow with the catalogue."""
 ITEM_FEATURE_BUFFERS = ("item_category", "item_price_bucket")
 PREFETCH_BATCHES = 4
@@ -183,6 +201,131 @@ def _train_epoch(agent: DQNAgent, batches, n_items: int, where: str) -> tuple[di
     return {name: float(total) / max(n_rows, 1) for name, total in sums.items()}, n_rows
 
 
+class Checkpoints:
+    """Per-epoch checkpoints of one training run: save, load the latest, remove when done.
+
+    A checkpoint is a dict of tensors and plain values, written with torch.save to a temporary
+    file and renamed into place, and read back with ``weights_only=True`` (nothing unpickled).
+    """
+
+    def __init__(self, folder: str | os.PathLike[str]):
+        self.folder = Path(folder)
+
+    @staticmethod
+    def run_key(cfg: Config, *, transitions_dir: str, item_index_dir: str, warm_start: QNetwork | None) -> str:
+        """Hash of what determines the run's result: config, inputs, warm-start weights."""
+        digest = hashlib.sha256()
+        inputs = {
+            "config": cfg.to_dict(),
+            "transitions": str(Path(transitions_dir).resolve()),
+            "item_index": str(Path(item_index_dir).resolve()),
+        }
+        digest.update(json.dumps(inputs, sort_keys=True, default=str).encode())
+        if warm_start is not None:
+            for name, tensor in sorted(warm_start.state_dict().items()):
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    def latest(self) -> Path | None:
+        files = sorted(self.folder.glob("epoch-*.pt"))
+        return files[-1] if files else None
+
+    def save(self, epoch: int, state: dict[str, Any]) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"epoch-{epoch:04d}.pt"
+        temporary = path.with_suffix(".tmp")
+        torch.save(state, temporary)
+        os.replace(temporary, path)
+        for older in self.folder.glob("epoch-*.pt"):
+            if older != path:
+                older.unlink(missing_ok=True)
+        return path
+
+    def load(self, device: torch.device) -> dict[str, Any] | None:
+        path = self.latest()
+        if path is None:
+            return None
+        return torch.load(path, map_location=device, weights_only=True)
+
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+@dataclass
+class _Progress:
+    """What a run has done so far: checkpointed after every epoch."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_value: float = float("-inf")
+    best_epoch: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+    n_transitions: int = 0
+
+    @property
+    def epoch(self) -> int:
+        return len(self.history)
+
+    def to_checkpoint(self, agent: DQNAgent) -> dict[str, Any]:
+        return {
+            "online": agent.online.state_dict(),
+            "target": agent.target.state_dict() if agent.target is not None else {},
+            "optimizer": agent.optimizer.state_dict(),
+            "steps": agent.steps,
+            "history": self.history,
+            "best_value": self.best_value,
+            "best_epoch": self.best_epoch,
+            "best_state": self.best_state or {},
+            "n_transitions": self.n_transitions,
+            "rng": _rng_state(),
+        }
+
+    @classmethod
+    def from_checkpoint(cls, saved: dict[str, Any], agent: DQNAgent) -> _Progress:
+        agent.online.load_state_dict(saved["online"])
+        if agent.target is not None:
+            agent.target.load_state_dict(saved["target"])
+        agent.optimizer.load_state_dict(saved["optimizer"])
+        agent.steps = int(saved["steps"])
+        _set_rng_state(saved["rng"])
+        return cls(
+            history=list(saved["history"]),
+            best_value=float(saved["best_value"]),
+            best_epoch=int(saved["best_epoch"]),
+            best_state={k: v.cpu() for k, v in saved["best_state"].items()} or None,
+            n_transitions=int(saved["n_transitions"]),
+        )
+
+
+def _resume(checkpoints: Checkpoints | None, agent: DQNAgent, device, progress) -> _Progress:
+    if checkpoints is None:
+        return _Progress()
+    try:
+        saved = checkpoints.load(device)
+        if saved is None:
+            return _Progress()
+        state = _Progress.from_checkpoint(saved, agent)
+    except Exception as error:  # a torn or stale checkpoint must not block the night: start over
+        progress(f"warning: cannot resume from {checkpoints.folder} ({error}); training from the start")
+        checkpoints.clear()
+        return _Progress()
+    progress(f"resuming from checkpoint {checkpoints.latest()} (epoch {state.epoch} done)")
+    return state
+
+
 def train_model(
     cfg: Config,
     *,
@@ -216,15 +359,24 @@ def train_model(
         progress(f"warning: no validation transitions in {transitions_dir}; no early stopping")
     agent = DQNAgent(model, cfg.train, device=device, amp_dtype=amp_dtype)
     patience = cfg.train.patience
+    checkpoints = None
+    if cfg.train.checkpoints:
+        key = Checkpoints.run_key(
+            cfg, transitions_dir=transitions_dir, item_index_dir=item_index_dir, warm_start=warm_start
+        )
+        checkpoints = Checkpoints(Path(cfg.registry.root) / CHECKPOINTS / key)
     progress(
-        f"training {cfg.train.mode} ({cfg.model.encoder}) on {device}: {items.n_items} items, "
-        f"{len(val)} validation transitions, {cfg.train.epochs} epochs"
+        f"training {cfg.train.mode} ({cfg.model.encoder}, n_step={cfg.train.n_step}) on {device}: "
+        f"{items.n_items} items, {len(val)} validation transitions, {cfg.train.epochs} epochs"
     )
+    run = _resume(checkpoints, agent, device, progress)
 
-    history: list[dict[str, float]] = []
-    best_value, best_epoch, best_state = float("-inf"), 0, None
-    n_transitions = 0
-    for epoch in range(1, cfg.train.epochs + 1):
+    def stopped() -> bool:
+        return bool(len(val)) and run.epoch - run.best_epoch >= patience
+
+    for epoch in range(run.epoch + 1, cfg.train.epochs + 1):
+        if stopped():
+            break
         epoch_start = time.perf_counter()
         batches = data.iter_transition_batches(
             transitions_dir,
@@ -232,6 +384,7 @@ def train_model(
             batch_size=cfg.train.batch_size,
             split=schema.TRAIN,
             seed=cfg.train.seed * 1_000 + epoch,
+            n_step=cfg.train.n_step,
         )
         if device.type == "cuda":  # on CPU the decoding thread would only compete for the cores
             batches = prefetched(batches)
@@ -239,46 +392,50 @@ def train_model(
         train_metrics, n_rows = _train_epoch(agent, batches, items.n_items, f"{transitions_dir} (train)")
         if n_rows == 0:
             raise ValueError(f"{transitions_dir}: no '{schema.TRAIN}' transitions to train on")
-        n_transitions = n_rows
+        run.n_transitions = n_rows
         train_seconds = time.perf_counter() - epoch_start
         row.update(train_metrics)
         if len(val):
             row.update(evaluate_scorer(QNetworkScorer(model, device=device), val))
         row["time/epoch_s"] = time.perf_counter() - epoch_start
         row["throughput/transitions_per_s"] = n_rows / max(train_seconds, 1e-9)
-        history.append(row)
+        run.history.append(row)
 
         value = row.get(EARLY_STOP_METRIC, float("nan"))
-        improved = not len(val) or value > best_value
+        improved = not len(val) or value > run.best_value
         if improved:
-            best_value, best_epoch = value, epoch
-            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            run.best_value, run.best_epoch = value, epoch
+            run.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         progress(
             f"epoch {epoch}/{cfg.train.epochs} {_format(row, sorted(train_metrics))} "
             f"{_format(row, PROGRESS_METRICS)} {row['throughput/transitions_per_s']:.0f} transitions/s"
             + (" *" if improved else "")
         )
-        if len(val) and epoch - best_epoch >= patience:
+        if checkpoints is not None:
+            checkpoints.save(epoch, run.to_checkpoint(agent))
+        if stopped():
             progress(f"early stop: no better {EARLY_STOP_METRIC} for {patience} epochs")
             break
 
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    if run.best_state is not None:
+        model.load_state_dict(run.best_state)
     model.eval()
+    if checkpoints is not None:
+        checkpoints.clear()
     seconds = time.perf_counter() - started
-    best_metrics = {k: v for k, v in history[best_epoch - 1].items() if k.startswith("eval/")}
-    best_ndcg = best_value if len(val) else float("nan")
+    best_metrics = {k: v for k, v in run.history[run.best_epoch - 1].items() if k.startswith("eval/")}
+    best_ndcg = run.best_value if len(val) else float("nan")
     progress(
-        f"trained {n_transitions} transitions x {len(history)} epochs on {device} in {seconds:.1f}s; "
-        f"best {EARLY_STOP_METRIC}={best_ndcg:.4f} at epoch {best_epoch}"
+        f"trained {run.n_transitions} transitions x {run.epoch} epochs on {device} in {seconds:.1f}s; "
+        f"best {EARLY_STOP_METRIC}={best_ndcg:.4f} at epoch {run.best_epoch}"
     )
     return TrainResult(
         model=model,
-        history=history,
+        history=run.history,
         best_ndcg_at_10=best_ndcg,
-        best_epoch=best_epoch,
+        best_epoch=run.best_epoch,
         device=str(device),
-        n_transitions=n_transitions,
+        n_transitions=run.n_transitions,
         seconds=seconds,
         best_metrics=best_metrics,
     )

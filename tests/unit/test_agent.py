@@ -11,7 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from dql_model import data, schema
-from dql_model.agent import DQNAgent, TensorBatch, compute_loss, double_dqn_target
+from dql_model.agent import (
+    DQNAgent,
+    TensorBatch,
+    compute_loss,
+    double_dqn_target,
+    sampled_conservative_term,
+)
 from dql_model.config import ModelConfig, TrainConfig
 from dql_model.networks import QNetwork
 
@@ -182,3 +188,70 @@ def test_bf16_autocast_update_runs(encoder):
     metrics = agent.update(numpy_batch([[1, 2], [3], []], [4, 5, 6], rewards=[1.0, 0.0, 0.3]))
     assert all(torch.isfinite(value) for value in metrics.values())
     assert metrics["loss/total"].dtype == torch.float32
+
+
+def test_n_step_target_by_hand():
+    next_online = torch.tensor([[NEG, 1.0, 3.0], [NEG, 5.0, 0.0], [NEG, 0.0, 1.0]])
+    next_target = torch.tensor([[NEG, 10.0, 20.0], [NEG, 7.0, 8.0], [NEG, -1.0, -2.0]])
+    items = torch.zeros(3, 2, dtype=torch.long)
+    batch = TensorBatch(
+        state_items=items,
+        state_events=items,
+        action=torch.tensor([1, 2, 1]),
+        event_code=torch.ones(3, dtype=torch.long),
+        reward=torch.tensor([1.0, 0.0, 0.3]),
+        done=torch.tensor([0.0, 0.0, 1.0]),
+        next_items=items,
+        next_events=items,
+        later_rewards=torch.tensor([[0.5, 2.0], [1.0, 0.0], [0.0, 0.0]]),
+        n_steps=torch.tensor([3, 2, 1]),
+    )
+    reward, steps = batch.discounted_return(gamma=0.5)
+    # row 0: 1 + 0.5 * 0.5 + 0.25 * 2 = 1.75; row 1: 0 + 0.5 * 1; row 2: 0.3
+    torch.testing.assert_close(reward, torch.tensor([1.75, 0.5, 0.3]))
+    got = double_dqn_target(next_online, next_target, reward, batch.done, gamma=0.5, steps=steps)
+    # row 0 bootstraps after 3 steps from target's value (20) of online's argmax (item 2): 0.125 * 20
+    # row 1 after 2 steps: online picks item 1, target 7 -> 0.25 * 7; row 2 is done
+    torch.testing.assert_close(got, torch.tensor([1.75 + 0.125 * 20.0, 0.5 + 0.25 * 7.0, 0.3]))
+
+
+def test_sampled_conservative_term_by_hand():
+    q_logged = torch.tensor([1.0, 0.0])
+    sampled = torch.tensor([2, 5])
+    q_sampled = torch.tensor([[0.5, -1.0], [3.0, 2.0]])
+    action = torch.tensor([5, 4])
+    got = sampled_conservative_term(q_logged, q_sampled, sampled, action, n_items=9)
+    shift = math.log(8 / 2)  # each of the 2 sampled items stands for 4 of the other 8 items
+    # row 0: item 5 is the logged action, so only item 2 is added; row 1: both
+    expected = [
+        math.log(math.e**1.0 + math.e ** (0.5 + shift)) - 1.0,
+        math.log(1.0 + math.e ** (3.0 + shift) + math.e ** (2.0 + shift)) - 0.0,
+    ]
+    torch.testing.assert_close(got, torch.tensor(expected))
+
+
+def test_sampled_term_estimates_the_full_one_and_trains():
+    model = tiny_network(n_items=40)
+    batch = TensorBatch.from_numpy(numpy_batch([[1, 2], [3], [], [7, 8]], [4, 5, 6, 9]))
+    with torch.no_grad():
+        full = compute_loss(batch, model, None, TrainConfig(mode="supervised"))[0]
+        torch.manual_seed(0)
+        estimates = [
+            compute_loss(batch, model, None, TrainConfig(mode="supervised", cql_negatives=20))[0]
+            for _ in range(200)
+        ]
+    assert torch.stack(estimates).mean().item() == pytest.approx(full.item(), abs=0.05)
+
+    states = [[1, 2], [2, 3, 4], [5], [], [6, 7, 8, 9], [9, 1]]
+    actions = [3, 7, 1, 10, 2, 5]
+    batch = numpy_batch(states, actions, rewards=[1.0, 0.0, 0.3, 0.0, 1.0, 0.0])
+    torch.manual_seed(0)
+    model = tiny_network()
+    agent = DQNAgent(model, TrainConfig(lr=1e-2, gamma=0.5, cql_negatives=4, n_step=2))
+    for _ in range(200):
+        metrics = agent.update(batch)
+    assert all(torch.isfinite(value) for value in metrics.values())
+    model.eval()
+    with torch.no_grad():
+        q = model.q_values(torch.from_numpy(batch.state_items), torch.from_numpy(batch.state_events))
+    assert q.argmax(dim=1).tolist() == actions

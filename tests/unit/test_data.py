@@ -216,6 +216,50 @@ def test_loader_derives_the_next_state_by_shifting_and_appending(tmp_path):
     assert got.state_items.dtype == np.int64 and got.reward.dtype == np.float32 and got.done.dtype == bool
 
 
+def test_n_step_returns_follow_one_user_until_the_episode_ends(tmp_path):
+    view, cart, buy = (schema.EVENT_CODE[t] for t in (schema.VIEW, schema.ADD_TO_CART, schema.PURCHASE))
+    # user a: 3 -> 5 (cart) -> 5 (purchase, episode ends) -> 8 (new session); user b: 4 -> 6.
+    rows = [
+        {"user_id": "a", "item_seq": [1], "action": 3, "reward": 0.0},
+        {"user_id": "a", "item_seq": [1, 3], "action": 5, "event_type": schema.ADD_TO_CART, "reward": 0.3},
+        {
+            "user_id": "a",
+            "item_seq": [1, 3, 5],
+            "event_seq": [view, view, cart],
+            "action": 5,
+            "event_type": schema.PURCHASE,
+            "reward": 1.0,
+            "done": True,
+        },
+        {"user_id": "a", "item_seq": [3, 5, 5], "event_seq": [view, cart, buy], "action": 8, "reward": 0.0},
+        {"user_id": "b", "item_seq": [], "action": 4, "reward": 0.5},
+        {"user_id": "b", "item_seq": [4], "action": 6, "reward": 0.25},
+    ]
+    folder = write_parquet(tmp_path / "t", transitions_table(rows))
+    one = data.load_transitions(folder, max_len=3, split=schema.TRAIN)
+    got = data.load_transitions(folder, max_len=3, split=schema.TRAIN, n_step=3)
+
+    # Row 0 reaches rows 1 and 2 (3 steps); row 1 stops at the episode's end in row 2; row 3 is
+    # a's last row, so it bootstraps after one step; b's rows do not reach back into a's.
+    np.testing.assert_array_equal(got.n_steps, [3, 2, 1, 1, 2, 1])
+    np.testing.assert_allclose(
+        got.later_rewards, [[0.3, 1.0], [1.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.25, 0.0], [0.0, 0.0]]
+    )
+    np.testing.assert_array_equal(got.done, [True, True, True, False, False, False])
+    np.testing.assert_array_equal(got.next_items[0], one.next_items[2])
+    np.testing.assert_array_equal(got.next_events[0], [view, cart, buy])
+    np.testing.assert_array_equal(got.next_items[4], one.next_items[5])
+    # the one-step fields are untouched
+    np.testing.assert_array_equal(got.reward, one.reward)
+    np.testing.assert_array_equal(got.state_items, one.state_items)
+    assert one.later_rewards.shape == (6, 0) and (one.n_steps == 1).all()
+
+    streamed = list(data.iter_transition_batches(folder, max_len=3, batch_size=4, shuffle=False, n_step=3))
+    np.testing.assert_array_equal(np.concatenate([b.n_steps for b in streamed]), got.n_steps)
+    with pytest.raises(ValueError, match="n_step=0"):
+        data.load_transitions(folder, max_len=3, split=schema.TRAIN, n_step=0)
+
+
 def _train_rows(n: int) -> list[dict]:
     return [
         {"item_seq": [i % 7 + 1], "action": i + 1, "split": schema.VALIDATION if i % 4 == 0 else schema.TRAIN}

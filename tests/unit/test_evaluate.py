@@ -96,3 +96,18 @@ def test_scorer_of_an_older_model_on_a_grown_catalogue():
 def test_popularity_from_actions():
     scorer = PopularityScorer.from_actions(np.array([2, 2, 3, 9, 0]), n_items=4)
     np.testing.assert_array_equal(scorer.counts, [-np.inf, 0, 2, 1, 0])
+
+
+def test_share_of_already_purchased_items_by_hand():
+    # Popularity recommends items 1..10 to everyone (k=10 slots per row).
+    counts = np.array([0.0] + [13.0 - i for i in range(1, 13)])
+    items = np.array([[0, 2, 3], [0, 0, 11], [4, 5, 6]])
+    events = np.array([[0, BUY, VIEW], [0, 0, BUY], [BUY, BUY, CART]])
+    val = data.TransitionBatch.from_state(
+        items, events, np.array([1, 2, 3]), np.array([VIEW] * 3), np.zeros(3, np.float32), np.zeros(3, bool)
+    )
+    got = evaluate_scorer(PopularityScorer(counts), val, ks=(10,))
+    # row 0: item 2 bought (in the top 10), 3 only viewed; row 1: 11 bought but not recommended;
+    # row 2: 4 and 5 bought, 6 in the cart -> shares 1/10, 0, 2/10
+    assert got["eval/purchased@10"] == pytest.approx((0.1 + 0.0 + 0.2) / 3)
+    assert got["eval/seen@10"] == pytest.approx((0.2 + 0.0 + 0.3) / 3)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from dql_model import networks
 from dql_model.config import ModelConfig
 from dql_model.networks import QNetwork
 
@@ -31,8 +32,9 @@ def test_q_values_shape_and_padding_column(encoder):
     assert q.shape == (3, 13)
     assert torch.isneginf(q[:, 0]).all()
     assert torch.isfinite(q[:, 1:]).all()
-    assert model.encode_state(items, events).shape == (3, 8)
-    assert model.item_vectors().shape == (13, 8)
+    # embed_dim 8, plus 8 of the state memory (on by default)
+    assert model.encode_state(items, events).shape == (3, 16)
+    assert model.item_vectors().shape == (13, 16)
 
 
 @pytest.mark.parametrize("encoder", ENCODERS)
@@ -55,7 +57,8 @@ def test_empty_state_uses_the_learned_empty_vector(encoder):
     with torch.no_grad():
         model.empty_state.copy_(torch.arange(8.0))
     state = model.encode_state(torch.zeros(2, 5, dtype=torch.long), torch.zeros(2, 5, dtype=torch.long))
-    torch.testing.assert_close(state, torch.arange(8.0).expand(2, 8))
+    torch.testing.assert_close(state[:, :8], torch.arange(8.0).expand(2, 8))
+    torch.testing.assert_close(state[:, 8:], torch.zeros(2, 8))  # nothing to recall
 
 
 def test_item_tower_uses_category_and_price():
@@ -81,3 +84,44 @@ def test_q_is_state_dot_item_plus_bias():
 def test_unknown_encoder_is_rejected():
     with pytest.raises(ValueError, match="model.encoder='transformer'"):
         QNetwork(5, 1, ModelConfig(encoder="transformer"))
+
+
+def test_subset_item_vectors_and_q_of_items_agree_with_the_full_catalogue():
+    model = tiny()
+    with torch.no_grad():
+        model.item_bias.weight.normal_()
+    items, events = torch.tensor([[0, 1, 2], [3, 4, 5]]), torch.tensor([[0, 1, 1], [1, 2, 3]])
+    state = model.encode_state(items, events)
+    full = model.q_values(items, events)
+    candidates = torch.tensor([7, 2, 11])
+    torch.testing.assert_close(model.item_vectors(candidates), model.item_vectors()[candidates])
+    torch.testing.assert_close(model.q_of_items(state, candidates), full[:, candidates])
+    torch.testing.assert_close(model.q_of_pairs(state, torch.tensor([9, 4])), full[[0, 1], [9, 4]])
+
+
+def test_state_memory_recalls_the_latest_items_through_their_memory_embedding():
+    torch.manual_seed(0)
+    cfg = ModelConfig(embed_dim=8, hidden_dim=8, price_buckets=4, dropout=0.0, state_memory=2)
+    model = QNetwork(12, 3, cfg).eval()
+    plain = QNetwork(12, 3, cfg.__class__(**{**cfg.__dict__, "state_memory": 0})).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("memory_")})
+    items, events = torch.tensor([[5, 6, 7], [0, 0, 0]]), torch.tensor([[1, 1, 2], [0, 0, 0]])
+    m = model.memory_embedding.weight
+    # g(a) = [tower(a), m(a)]; f(s) = [encoder part, recalled part], zero at first (w starts at 0)
+    torch.testing.assert_close(model.item_vectors(), torch.cat([plain.item_vectors(), m], dim=1))
+    state = model.encode_state(items, events)
+    torch.testing.assert_close(state[:, :8], plain.encode_state(items, events))
+    torch.testing.assert_close(state[0, 8:], torch.zeros(8))
+    with torch.no_grad():
+        model.memory_weight[0, 2] = 3.0  # the latest item when it was an add-to-cart
+        model.memory_weight[1, 1] = -1.0  # the one before, a view
+        model.memory_weight[0, 1] = 100.0  # (a view as the latest item: not the case here)
+    scale = networks.MEMORY_SCALE
+    expected = scale * (3.0 * m[7] - 1.0 * m[6])  # item 5 is beyond k=2
+    torch.testing.assert_close(model.encode_state(items, events)[0, 8:], expected)
+    empty = model.encode_state(items, events)[1]
+    torch.testing.assert_close(empty, torch.cat([model.empty_state, torch.zeros(8)]))  # empty stays empty
+    # Q is still <f(s), g(a)> + b(a), so scoring stays one matrix product
+    q = model.q_values(items, events)
+    torch.testing.assert_close(q[:, 1:], (model.encode_state(items, events) @ model.item_vectors().T)[:, 1:])
+    assert "memory_weight" not in dict(plain.named_parameters())

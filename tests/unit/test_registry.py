@@ -180,3 +180,15 @@ def test_load_model_never_unpickles(tmp_path, cfg):
         registry.load_model(tmp_path / version)
     with pytest.raises(FileNotFoundError, match="no model.safetensors"):
         registry.load_model(tmp_path / "missing")
+
+
+def test_a_model_saved_before_state_memory_still_loads(tmp_path, cfg):
+    old_cfg = cfg.replace(model={"state_memory": 0})
+    model = trained_like_model(old_cfg)
+    version = registry.save_model(model, old_cfg, registry_root=tmp_path, metrics={}, data_window=WINDOW)
+    saved = json.loads((tmp_path / version / "config.json").read_text())
+    del saved["config"]["model"]["state_memory"]  # as written before the field existed
+    (tmp_path / version / "config.json").write_text(json.dumps(saved))
+    loaded, _ = registry.load_model(tmp_path / version)
+    assert loaded.memory_weight is None
+    assert top_k_table(loaded).equals(top_k_table(model))

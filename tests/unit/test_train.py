@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -10,6 +12,7 @@ from dql_model import data, schema, train
 from dql_model.config import Config, ModelConfig
 from dql_model.evaluate import PopularityScorer, evaluate_scorer
 from dql_model.networks import QNetwork
+from dql_model.train import Checkpoints
 from tests.unit.test_data import item_index_table, make_shop, write_parquet
 
 torch.set_num_threads(1)
@@ -172,3 +175,49 @@ def test_prefetched_keeps_order_and_raises_producer_errors():
     early = train.prefetched(iter(range(1000)), depth=2)
     assert next(early) == 0
     early.close()  # leaving early stops the producer thread
+
+
+def test_a_crashed_run_resumes_from_its_checkpoint_and_ends_identically(tiny_config, shop, monkeypatch):
+    cfg = config(tiny_config, epochs=3, patience=5, n_step=2).replace(model={"dropout": 0.2})
+    uninterrupted = run(cfg, shop)
+    checkpoints = tiny_config.registry.root + "/" + train.CHECKPOINTS
+    assert not list(Path(checkpoints).glob("*/*.pt"))  # a finished run leaves none behind
+
+    real_epoch = train._train_epoch
+    calls = []
+
+    def crash_in_epoch_3(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("worker lost")
+        return real_epoch(*args)
+
+    monkeypatch.setattr(train, "_train_epoch", crash_in_epoch_3)
+    with pytest.raises(RuntimeError, match="worker lost"):
+        run(cfg, shop)
+    assert [p.name for p in Path(checkpoints).glob("*/*.pt")] == ["epoch-0002.pt"]
+
+    monkeypatch.setattr(train, "_train_epoch", real_epoch)
+    resumed = run(cfg, shop)
+    assert any("resuming from checkpoint" in line and "epoch 2 done" in line for line in resumed.lines)
+    assert sum(line.startswith("epoch ") for line in resumed.lines) == 1  # only epoch 3 trained again
+    assert [row["loss/total"] for row in resumed.history] == [row["loss/total"] for row in uninterrupted.history]
+    for name, tensor in uninterrupted.model.state_dict().items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+
+    # another config is another run: it does not pick up this run's checkpoint
+    other = Checkpoints.run_key(
+        cfg.replace(train={"lr": 0.5}), transitions_dir=str(shop[0]), item_index_dir=str(shop[1]), warm_start=None
+    )
+    same = Checkpoints.run_key(cfg, transitions_dir=str(shop[0]), item_index_dir=str(shop[1]), warm_start=None)
+    assert other != same
+
+
+def test_a_torn_checkpoint_means_training_from_the_start(tiny_config, shop):
+    cfg = config(tiny_config, epochs=1)
+    key = Checkpoints.run_key(cfg, transitions_dir=str(shop[0]), item_index_dir=str(shop[1]), warm_start=None)
+    folder = Path(tiny_config.registry.root) / train.CHECKPOINTS / key
+    folder.mkdir(parents=True)
+    (folder / "epoch-0001.pt").write_bytes(b"not a checkpoint")
+    result = run(cfg, shop)
+    assert any("cannot resume" in line for line in result.lines) and len(result.history) == 1

@@ -1,0 +1,115 @@
+"""Baselines: co-occurrence counts and scores by hand, their tuning, the supervised search."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dql_model import baselines, data, schema
+from dql_model.baselines import CooccurrenceCounts, CooccurrenceScorer, SparseRows
+from dql_model.evaluate import evaluate_scorer
+from tests.unit.test_data import make_shop
+
+torch.set_num_threads(1)
+VIEW = schema.EVENT_CODE[schema.VIEW]
+
+
+def batch(states: list[list[int]], actions: list[int], max_len: int = 3) -> data.TransitionBatch:
+    items = np.zeros((len(states), max_len), dtype=np.int64)
+    for row, state in enumerate(states):
+        if state:
+            items[row, -len(state) :] = state
+    n = len(actions)
+    return data.TransitionBatch.from_state(
+        items, (items > 0) * VIEW, np.array(actions), np.full(n, VIEW), np.zeros(n, np.float32), np.zeros(n, bool)
+    )
+
+
+def test_sparse_rows_add_rows_like_a_dense_matrix():
+    dense = np.array([[0, 0, 0], [1.0, 0, 2.0], [0, 3.0, 0]])
+    rows, cols = np.nonzero(dense)
+    matrix = SparseRows.from_pairs(rows * 3 + cols, dense[rows, cols], n_rows=3, n_cols=3)
+    out = np.zeros((4, 3))
+    matrix.add_rows_to(out, np.array([2, 0, 1, 2]), 0.5)
+    np.testing.assert_allclose(out, 0.5 * dense[[2, 0, 1, 2]])
+
+
+def test_cooccurrence_counts_and_scores_by_hand():
+    # Item 1 is followed by 2 twice and by 1 (a repeat) once; 3 then 1 is followed by 4.
+    counts = CooccurrenceCounts.from_batches(
+        [batch([[1], [1], [1]], [2, 2, 1]), batch([[3, 1], []], [4, 3])], n_items=5, max_window=2
+    )
+    np.testing.assert_array_equal(counts.popularity, [0, 1, 2, 1, 1, 0])
+    scorer = CooccurrenceScorer(counts, window=2, decay=0.5)
+    scores = scorer.scores(np.array([[0, 3, 1], [0, 0, 0], [0, 0, 9]]), np.zeros((3, 3), np.int64))
+    prior = baselines.POPULARITY_TIE_BREAK * counts.popularity / 2
+    # P_1(. | 1) = {1: 1/4, 2: 2/4, 4: 1/4}; P_2(. | 3) = {4: 1}, weighted by 0.5
+    expected = prior + np.array([0, 0.25, 0.5, 0, 0.25 + 0.5 * 1.0, 0])
+    np.testing.assert_allclose(scores[0, 1:], expected[1:])
+    assert np.isneginf(scores[:, 0]).all()
+    # no state, or an item the counts never saw: popularity order only
+    np.testing.assert_allclose(scores[1, 1:], prior[1:])
+    np.testing.assert_allclose(scores[2, 1:], prior[1:])
+    with pytest.raises(ValueError, match="window 3 is outside 1..2"):
+        CooccurrenceScorer(counts, window=3, decay=1.0)
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    return make_shop(tmp_path_factory.mktemp("shop"), n_items=30, n_users=40, steps=12, max_len=8)
+
+
+def test_cooccurrence_learns_the_successor_rule_and_is_tuned_on_validation(shop):
+    transitions, _ = shop
+    counts = CooccurrenceCounts.from_transitions(transitions, n_items=30, max_len=8)
+    val = data.load_transitions(transitions, max_len=8, split=schema.VALIDATION)
+    best, trials = baselines.tune_cooccurrence(counts, val)
+    assert [t["window"] for t in trials] == [g["window"] for g in baselines.COOCCURRENCE_GRID]
+    assert best.window == max(trials, key=lambda t: t["eval/ndcg@10"])["window"]
+    # users follow successor(last item) 90 % of the time: the last item alone predicts well
+    assert evaluate_scorer(CooccurrenceScorer(counts, window=1, decay=1.0), val)["eval/hr@10"] > 0.8
+
+
+def test_supervised_search_keeps_the_best_trial(tiny_config, shop):
+    transitions, item_index = shop
+    cfg = tiny_config.replace(
+        etl={"max_len": 8},
+        model={"embed_dim": 16, "hidden_dim": 16, "dropout": 0.0},
+        train={"batch_size": 32, "device": "cpu", "baseline_epochs": 2},
+    )
+    grid = ({"train": {"lr": 1e-9}, "model": {}}, {"train": {"lr": 1e-2}, "model": {}})
+    lines = []
+    search = baselines.search_supervised(
+        cfg,
+        transitions_dir=str(transitions),
+        item_index_dir=str(item_index),
+        trials=2,
+        grid=grid,
+        progress=lines.append,
+    )
+    assert [t["overrides"] for t in search.trials] == list(grid)
+    assert search.overrides == grid[1]  # a learning rate of 1e-9 learns nothing
+    assert search.trials[1]["eval/ndcg@10"] > search.trials[0]["eval/ndcg@10"]
+    assert len(search.history) == 2 and "loss/td" not in search.history[0]
+    assert any(line.startswith("supervised trial 2/2: epoch 2/2") for line in lines)
+    assert search.model.cfg.embed_dim == 16 and not search.model.training
+    assert baselines.search_supervised(cfg, transitions_dir="unused", item_index_dir="unused", trials=0) is None
+
+
+def test_fit_baselines_names_every_baseline(tiny_config, shop):
+    transitions, item_index = shop
+    cfg = tiny_config.replace(
+        etl={"max_len": 8}, train={"batch_size": 64, "device": "cpu", "baseline_trials": 1, "baseline_epochs": 1}
+    )
+    items = data.load_item_features(item_index, price_buckets=cfg.model.price_buckets)
+    val = data.load_transitions(transitions, max_len=8, split=schema.VALIDATION)
+    fitted = baselines.fit_baselines(
+        cfg, transitions_dir=str(transitions), item_index_dir=str(item_index), items=items, val=val,
+        progress=lambda _: None,
+    )  # fmt: skip
+    assert list(fitted.scorers) == ["supervised", "cooccurrence", "popularity"]
+    assert set(fitted.details) == {"supervised", "cooccurrence"} and list(fitted.histories) == ["supervised"]
+    np.testing.assert_array_equal(
+        fitted.scorers["popularity"].counts[1:], data.action_counts(transitions, n_items=30)[1:]
+    )

@@ -1,0 +1,77 @@
+"""The comparison tables and the Markdown report."""
+
+from __future__ import annotations
+
+from dql_model import report
+
+
+def metrics(ndcg: float) -> dict[str, float]:
+    out = {"eval/n": 100.0, "eval/ndcg@10": ndcg, "eval/purchase/n": 7.0, "eval/purchase/ndcg@10": 2 * ndcg}
+    return out | {"eval/hr@5": 0.5, "eval/coverage@10": 0.25, "eval/purchased@10": 0.0}
+
+
+SIMULATION = {
+    "settings": {"users": 500, "steps": 20, "seeds": 5, "slate": 10},
+    "policies": {
+        "challenger": {
+            "return": {"mean": 1.5, "ci95": 0.05},
+            "purchases": {"mean": 1.0, "ci95": 0.04},
+            "carts": {"mean": 1.7, "ci95": 0.02},
+            "slate_share": {"mean": 0.6, "ci95": 0.01},
+        },
+        "supervised": {"return": {"mean": 1.25, "ci95": 0.06}},
+    },
+    "reference": "challenger",
+    "vs_reference": {"supervised": {"mean": -0.25, "ci95": 0.03}},
+}
+
+
+def test_comparison_table_has_a_row_per_model_in_order():
+    table = report.comparison_table({"challenger": metrics(0.2), "popularity": metrics(0.1)})
+    lines = table.splitlines()
+    assert lines[0].split()[:3] == ["model", "NDCG@10", "HR@10"]
+    assert lines[1].startswith("challenger") and "0.2000" in lines[1] and "0.4000" in lines[1]
+    assert lines[2].startswith("popularity") and " - " in lines[2]  # no HR@10 given
+    markdown = report.comparison_table({"challenger": metrics(0.2)}, markdown=True)
+    assert markdown.splitlines()[1].startswith("|---|")
+
+
+def test_simulation_table_shows_intervals_and_paired_differences():
+    lines = report.simulation_table(SIMULATION).splitlines()
+    assert "return - challenger" in lines[0]
+    assert "1.500 ± 0.050" in lines[1] and "(reference)" in lines[1]
+    assert "1.250 ± 0.060" in lines[2] and "-0.250 ± 0.030" in lines[2] and " - " in lines[2]
+
+
+def test_markdown_report_has_tables_details_simulation_and_plots():
+    summary = {
+        "run_date": "2026-11-27",
+        "published": {"users": 3, "top_k": 2, "rows": 6, "model_version": "v", "warehouse_path": "w", "export_uri": "e"},
+        "evaluation": {
+            "metrics": {"challenger": metrics(0.2), "cooccurrence": metrics(0.1)},
+            "validation_events": 100,
+            "promoted": True,
+            "reason": "better",
+            "baselines": {
+                "supervised": {
+                    "picked": {"train": {"lr": 0.005}, "model": {}},
+                    "trials": [
+                        {"overrides": {"train": {}, "model": {}}, "eval/ndcg@10": 0.1},
+                        {"overrides": {"train": {"lr": 0.005}, "model": {}}, "eval/ndcg@10": 0.2},
+                    ],
+                },
+                "cooccurrence": {"picked": {"window": 3, "decay": 0.5}, "trials": [{}, {}, {}]},
+            },
+            "simulation": SIMULATION,
+            "plots": ["learning_curves.png", "simulated_return.png"],
+        },
+    }
+    text = report.render_markdown(summary)
+    assert "| challenger | 0.2000 |" in text
+    assert "**purchases** (7 events)" in text and "| model | hr@5 | hr@10 |" in text
+    assert "{defaults} -> 0.1000, {lr=0.005} -> 0.2000; picked {lr=0.005}" in text
+    assert "window 3, decay 0.5 (best of 3" in text
+    assert "## Simulated policy value" in text and "| supervised | 1.250 ± 0.060 |" in text
+    assert "![learning_curves.png](learning_curves.png)" in text
+    closing = report.render_summary(summary | {"report_dir": "r"})
+    assert "simulated return per shopper" in closing and "1.500 ± 0.050" in closing
