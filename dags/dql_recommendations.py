@@ -42,6 +42,17 @@ JOBS_DIR = Path(os.environ.get("DQLREC_JOBS_DIR", PROJECT_ROOT / "jobs"))
 # Downstream DAGs schedule on this asset; it is emitted when a date's recommendations are published.
 RECOMMENDATIONS_ASSET = Asset(name="dqlrec_recommendations", uri="dqlrec://warehouse/output/recommendations")
 SPARK_FAST_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+# What every spark-submit task of this DAG shares: the connection, pool, timeout and Spark settings.
+SPARK_SUBMIT_DEFAULTS = {
+    "conn_id": "spark_default",
+    "conf": {
+        "spark.sql.session.timeZone": "UTC",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.driver.extraJavaOptions": SPARK_FAST_JVM,
+    },
+    "pool": "spark",
+    "execution_timeout": timedelta(hours=2),
+}
 
 default_args = {
     "owner": "dqlrec",
@@ -125,15 +136,8 @@ with DAG(
         task_id="build_training_data",
         application=str(JOBS_DIR / "build_training_data.py"),
         application_args=["--run-date", "{{ ti.xcom_pull(task_ids='resolve_run_date') }}"],
-        conn_id="spark_default",
         name="dqlrec-build-training-data",
-        conf={
-            "spark.sql.session.timeZone": "UTC",
-            "spark.ui.showConsoleProgress": "false",
-            "spark.driver.extraJavaOptions": SPARK_FAST_JVM,
-        },
-        pool="spark",
-        execution_timeout=timedelta(hours=2),
+        **SPARK_SUBMIT_DEFAULTS,
     )
 
     @task
@@ -191,15 +195,8 @@ with DAG(
             "--top-k",
             "{{ params.top_k }}",
         ],
-        conn_id="spark_default",
         name="dqlrec-score-recommendations",
-        conf={
-            "spark.sql.session.timeZone": "UTC",
-            "spark.ui.showConsoleProgress": "false",
-            "spark.driver.extraJavaOptions": SPARK_FAST_JVM,
-        },
-        pool="spark",
-        execution_timeout=timedelta(hours=2),
+        **SPARK_SUBMIT_DEFAULTS,
     )
 
     @task(trigger_rule="none_failed_min_one_success")
