@@ -31,8 +31,18 @@ def _cell(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, int | float) and math.isfinite(value) else "-"
 
 
+def in_table_order(named: dict[str, Any]) -> dict[str, Any]:
+    """Models in MODEL_NOTES order (DQN first, then the baselines), others after them.
+
+    evaluation.json is written with sorted keys, so the order evaluated is not kept there.
+    """
+    rank = {name: i for i, name in enumerate(MODEL_NOTES)}
+    return dict(sorted(named.items(), key=lambda item: rank.get(item[0], len(rank))))
+
+
 def comparison_rows(metrics: dict[str, dict[str, float]]) -> list[list[str]]:
-    """One row per model (in the order evaluated), one column per TABLE_COLUMNS entry."""
+    """One row per model (in_table_order), one column per TABLE_COLUMNS entry."""
+    metrics = in_table_order(metrics)
     return [[name] + [_cell(values.get(key)) for key, _ in TABLE_COLUMNS] for name, values in metrics.items()]
 
 
@@ -44,6 +54,7 @@ def comparison_table(metrics: dict[str, dict[str, float]], *, markdown: bool = F
 def detail_tables(metrics: dict[str, dict[str, float]]) -> str:
     """Markdown: HR, NDCG and MRR at 5, 10 and 20 per model, one table per event type."""
     parts = []
+    metrics = in_table_order(metrics)
     for prefix, title in DETAIL_EVENTS:
         key = f"eval/{prefix}n"
         counts = {name: values.get(key) for name, values in metrics.items()}
@@ -72,7 +83,7 @@ def simulation_rows(simulation: dict[str, Any]) -> tuple[list[str], list[list[st
     reference = simulation.get("reference")
     header = ["policy", "return / shopper", "purchases", "add-to-carts", "slate clicks", f"return - {reference}"]
     rows = []
-    for name, policy in simulation.get("policies", {}).items():
+    for name, policy in in_table_order(simulation.get("policies", {})).items():
         difference = (simulation.get("vs_reference") or {}).get(name)
         rows.append(
             [
@@ -145,7 +156,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
             "bought@10: share of top-10 slots holding an item the state shows as already purchased.",
             "",
         ]
-        lines += [f"- **{name}**: {MODEL_NOTES[name]}" for name in evaluation["metrics"] if name in MODEL_NOTES]
+        lines += [f"- **{name}**: {note}" for name, note in MODEL_NOTES.items() if name in evaluation["metrics"]]
         lines += _baseline_notes(evaluation.get("baselines") or {})
         lines += ["", "### By event type", "", detail_tables(evaluation["metrics"])]
     else:

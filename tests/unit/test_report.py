@@ -75,3 +75,8 @@ def test_markdown_report_has_tables_details_simulation_and_plots():
     assert "![learning_curves.png](learning_curves.png)" in text
     closing = report.render_summary(summary | {"report_dir": "r"})
     assert "simulated return per shopper" in closing and "1.500 ± 0.050" in closing
+
+
+def test_tables_list_the_dqn_first_whatever_the_json_order():
+    table = report.comparison_table({"popularity": metrics(0.1), "supervised": metrics(0.3), "challenger": metrics(0.2)})
+    assert [line.split()[0] for line in table.splitlines()[1:]] == ["challenger", "supervised", "popularity"]
