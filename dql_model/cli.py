@@ -115,9 +115,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"run {evaluation['run_date']}, {evaluation['validation_events']} validation events")
         print(report.comparison_table(evaluation["metrics"]))
         print(f"gate: {'promoted' if evaluation['promoted'] else 'kept champion'} ({evaluation['reason']})")
-        simulation = evaluation.get("simulation") or {}
-        if simulation.get("policies"):
-            print("\nsimulated return per shopper:")
+        for simulation in report.simulations(evaluation):
+            print(f"\n{report.simulation_title(simulation)}:")
             print(report.simulation_table(simulation))
             print(report.simulation_caption(simulation))
     return 0

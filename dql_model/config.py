@@ -167,6 +167,9 @@ class TrainConfig:
     """Environment seeds; the confidence interval of the simulated return is over these."""
     sim_slate: int = 10
     """Recommendations shown to a simulated shopper at each step."""
+    sim_refresh: str = "session,step"
+    """When a simulated shopper's list is re-ranked: session (at each session start) and/or step
+    (after every click); comma-separated, each is simulated, the first is the headline."""
 
 
 @dataclass

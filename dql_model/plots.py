@@ -81,7 +81,8 @@ def simulated_return(simulation: Mapping[str, Any], path: str | os.PathLike[str]
     ax.bar(names, means, yerr=errors, capsize=6, color="tab:blue", alpha=0.8)
     ax.set_ylabel("return per shopper")
     ax.set_title(
-        f"Simulated return, {settings.get('steps')} steps, slate {settings.get('slate')}, "
+        f"Simulated return ({settings.get('refresh', 'step')} lists), {settings.get('steps')} steps, "
+        f"slate {settings.get('slate')}, "
         f"95 % CI over {settings.get('seeds')} seeds",
         fontsize="medium",
     )

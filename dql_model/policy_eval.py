@@ -9,6 +9,15 @@ applied (padding, unavailable items, items the history shows as bought), and its
 (simulator.DEFAULT_REWARDS: a fixed yardstick, whatever rewards the model was trained with)
 over ``steps`` steps; a policy's value is the mean return per shopper.
 
+When a list is ranked (``refresh``):
+- ``session``: when the evaluation starts and whenever a shopper starts a new session, from the
+  history at that moment; the list stays on screen for the whole session. This is how the
+  product's lists are consumed: ranked from the state before the visit (the nightly batch ranks
+  even less often), not re-ranked after every click.
+- ``step``: before every step, from the history including the click just made. A per-step policy
+  can chase the item the shopper has just carted; in the hidden model its purchase was decided
+  when it was carted, so a click on it earns nothing. Both protocols are reported.
+
 Every policy meets the same seeds (same shoppers and warm-up histories), and the confidence
 interval is over seeds: mean +- t(0.975, seeds - 1) * sd / sqrt(seeds). Differences to a
 reference policy are paired by seed, so their intervals are tighter than the two separate ones.
@@ -38,6 +47,8 @@ T_975 = (
     2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
 )  # fmt: skip
 """Two-sided 95 % Student t quantiles for 1..30 degrees of freedom (1.96 beyond)."""
+REFRESH_MODES = ("session", "step")
+"""When a simulated shopper's list is re-ranked (module docstring)."""
 PURCHASE_CODE = schema.EVENT_CODE[schema.PURCHASE]
 CART_CODE = schema.EVENT_CODE[schema.ADD_TO_CART]
 
@@ -113,29 +124,52 @@ def run_policy(
     slate: int,
     max_len: int,
     mask_purchased: bool = True,
+    refresh: str = "session",
 ) -> dict[str, float]:
-    """One seed of one policy: mean return, purchases, add-to-carts and slate clicks per shopper."""
+    """One seed of one policy: mean return, purchases, add-to-carts and slate clicks per shopper,
+    and how many lists were ranked per shopper."""
+    if refresh not in REFRESH_MODES:
+        raise ValueError(f"simulation refresh {refresh!r} is not one of {REFRESH_MODES}")
     env = simulator.environment(seed)
     env.reset(users)
     total = np.zeros(users)
-    purchases = carts = clicks = 0
+    shown = np.full((users, slate), -1, dtype=np.int64)
+    stale = np.ones(users, dtype=bool)  # rows whose list is ranked before this step
+    purchases = carts = clicks = rankings = 0
     for _ in range(steps):
-        state_items, state_events = catalogue.states(*env.histories(max_len))
-        top = recommend(
-            scorer, state_items, state_events, allowed=allowed, slate=slate, mask_purchased=mask_purchased
-        )
-        shown = np.where(top > 0, catalogue.idx_to_env[np.maximum(top, 0)], -1)
+        rows = np.flatnonzero(stale)
+        if rows.size:
+            history_items, history_codes = env.histories(max_len)
+            state_items, state_events = catalogue.states(history_items[rows], history_codes[rows])
+            top = recommend(
+                scorer, state_items, state_events, allowed=allowed, slate=slate, mask_purchased=mask_purchased
+            )
+            shown[rows] = np.where(top > 0, catalogue.idx_to_env[np.maximum(top, 0)], -1)
+            rankings += rows.size
         step = env.step(shown)
         total += step.reward
         purchases += int((step.event_code == PURCHASE_CODE).sum())
         carts += int((step.event_code >= CART_CODE).sum())
         clicks += int(step.from_slate.sum())
+        stale = step.session_end if refresh == "session" else np.ones(users, dtype=bool)
     return {
         "return": float(total.mean()),
         "purchases": purchases / users,
         "carts": carts / users,
         "slate_share": clicks / (users * steps),
+        "lists": rankings / users,
     }
+
+
+def sim_refresh_modes(cfg: Config) -> list[str]:
+    """train.sim_refresh as a list (the first is the headline protocol); unknown modes raise."""
+    modes = [mode.strip() for mode in cfg.train.sim_refresh.split(",") if mode.strip()]
+    unknown = [mode for mode in modes if mode not in REFRESH_MODES]
+    if not modes or unknown:
+        raise ValueError(
+            f"train.sim_refresh={cfg.train.sim_refresh!r}: expected a comma-separated list of {REFRESH_MODES}"
+        )
+    return modes
 
 
 def simulate_policies(
@@ -147,10 +181,12 @@ def simulate_policies(
     steps: int | None = None,
     seeds: int | None = None,
     slate: int | None = None,
+    refresh: str | None = None,
     reference: str | None = None,
     progress: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Simulated value of every policy (defaults from train.sim_*), as a JSON-able dict:
+    """Simulated value of every policy (defaults from train.sim_*; ``refresh`` defaults to the
+    first of train.sim_refresh), as a JSON-able dict:
 
     ``{"settings": {...}, "policies": {name: {"return": {mean, sd, ci95, low, high, n},
     "purchases": ..., "carts": ..., "slate_share": ..., "per_seed": [...]}},
@@ -160,13 +196,23 @@ def simulate_policies(
     t = cfg.train
     users, steps = users or t.sim_users, steps or t.sim_steps
     seeds, slate = seeds or t.sim_seeds, slate or t.sim_slate
+    refresh = refresh or sim_refresh_modes(cfg)[0]
+    if refresh not in REFRESH_MODES:
+        raise ValueError(f"simulation refresh {refresh!r} is not one of {REFRESH_MODES}")
     started = time.perf_counter()
     simulator = ShopSimulator(cfg.simulator)
     catalogue = CatalogueMap.build(simulator.item_ids, items)
     allowed = items.available & (catalogue.idx_to_env >= 0)
     max_len = min(cfg.etl.max_len, 50)
     out: dict[str, Any] = {
-        "settings": {"users": users, "steps": steps, "seeds": seeds, "slate": slate, "rewards": "simulator default"},
+        "settings": {
+            "users": users,
+            "steps": steps,
+            "seeds": seeds,
+            "slate": slate,
+            "refresh": refresh,
+            "rewards": "simulator default",
+        },
         "policies": {},
     }
     for name, scorer in policies.items():
@@ -182,6 +228,7 @@ def simulate_policies(
                 slate=slate,
                 max_len=max_len,
                 mask_purchased=cfg.score.mask_purchased,
+                refresh=refresh,
             )
             for seed in range(seeds)
         ]
@@ -189,7 +236,7 @@ def simulate_policies(
         summary["per_seed"] = [r["return"] for r in runs]
         out["policies"][name] = summary
         ret = summary["return"]
-        progress(f"simulated {name}: return {ret['mean']:.3f} +- {ret['ci95']:.3f} per shopper over {steps} steps")
+        progress(f"simulated {name} (lists ranked per {refresh}): return {ret['mean']:.3f} +- {ret['ci95']:.3f} per shopper over {steps} steps")
     reference = reference or next(iter(policies), None)
     if reference in out["policies"]:
         base = np.array(out["policies"][reference]["per_seed"])

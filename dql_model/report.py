@@ -103,6 +103,23 @@ def simulation_table(simulation: dict[str, Any], *, markdown: bool = False) -> s
     return _table(header, rows, markdown=markdown)
 
 
+REFRESH_TITLES = {
+    "session": "lists ranked at each session start (as served)",
+    "step": "lists re-ranked after every click",
+}
+
+
+def simulations(evaluation: dict[str, Any]) -> list[dict[str, Any]]:
+    """The run's simulations with results: the headline first, then the other refresh protocols."""
+    found = [evaluation.get("simulation") or {}, *(evaluation.get("simulation_more") or [])]
+    return [simulation for simulation in found if simulation.get("policies")]
+
+
+def simulation_title(simulation: dict[str, Any]) -> str:
+    refresh = simulation.get("settings", {}).get("refresh", "step")
+    return f"simulated return per shopper, {REFRESH_TITLES.get(refresh, refresh)}"
+
+
 def simulation_caption(simulation: dict[str, Any]) -> str:
     s = simulation.get("settings", {})
     return (
@@ -161,10 +178,12 @@ def render_markdown(summary: dict[str, Any]) -> str:
         lines += ["", "### By event type", "", detail_tables(evaluation["metrics"])]
     else:
         lines.append("No evaluation this run.")
-    simulation = evaluation.get("simulation") or {}
-    if simulation.get("policies"):
+    found = simulations(evaluation)
+    if found:
+        lines += ["## Simulated policy value (the synthetic shop as an environment)", ""]
+    for simulation in found:
         lines += [
-            "## Simulated policy value (the synthetic shop as an environment)",
+            f"### {simulation_title(simulation).capitalize()}",
             "",
             simulation_table(simulation, markdown=True),
             "",
@@ -215,9 +234,8 @@ def render_summary(summary: dict[str, Any]) -> str:
     if evaluation.get("metrics"):
         lines += ["", "  offline metrics, validation window:"]
         lines += ["    " + line for line in comparison_table(evaluation["metrics"]).splitlines()]
-    simulation = evaluation.get("simulation") or {}
-    if simulation.get("policies"):
-        lines += ["", "  simulated return per shopper (mean ± 95 % CI over seeds):"]
+    for simulation in simulations(evaluation):
+        lines += ["", f"  {simulation_title(simulation)} (mean ± 95 % CI over seeds):"]
         lines += ["    " + line for line in simulation_table(simulation).splitlines()]
     lines += [
         "",

@@ -269,7 +269,14 @@ def evaluate_and_gate(
         # The DQN in the simulation is the one in the table: tonight's challenger, else the champion.
         dqn = "challenger" if "challenger" in scorers else "champion"
         policies = {dqn: scorers[dqn], **fitted.scorers}
-        evaluation["simulation"] = policy_eval.simulate_policies(policies, cfg, items, progress=_say)
+        # The first protocol is the headline (plots, summary); the others are reported beside it.
+        headline, *others = policy_eval.sim_refresh_modes(cfg)
+        evaluation["simulation"] = policy_eval.simulate_policies(
+            policies, cfg, items, refresh=headline, progress=_say
+        )
+        evaluation["simulation_more"] = [
+            policy_eval.simulate_policies(policies, cfg, items, refresh=mode, progress=_say) for mode in others
+        ]
     try:
         evaluation["plots"] = plots.write_plots(evaluation, report_dir(cfg, run_date))
     except Exception as error:  # a figure must not hold back tonight's recommendations

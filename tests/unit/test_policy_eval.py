@@ -100,10 +100,11 @@ def test_a_policy_that_follows_tastes_earns_more_than_one_against_them():
     np.testing.assert_array_equal(catalogue.idx_to_env[1:], order)
     policies = {"similar": Neighbours(shop, catalogue, 1.0), "opposite": Neighbours(shop, catalogue, -1.0)}
     lines = []
-    got = policy_eval.simulate_policies(policies, cfg, items, progress=lines.append)
+    # re-ranked after every click, so that a policy of the latest item acts at every step
+    got = policy_eval.simulate_policies(policies, cfg, items, refresh="step", progress=lines.append)
 
     assert got["settings"] | {"rewards": None} == {
-        "users": 150, "steps": 6, "seeds": 3, "slate": 5, "rewards": None
+        "users": 150, "steps": 6, "seeds": 3, "slate": 5, "refresh": "step", "rewards": None
     }  # fmt: skip
     similar, opposite = got["policies"]["similar"], got["policies"]["opposite"]
     assert len(similar["per_seed"]) == 3 and similar["return"]["n"] == 3
@@ -113,7 +114,47 @@ def test_a_policy_that_follows_tastes_earns_more_than_one_against_them():
     difference = got["vs_reference"]["opposite"]
     assert difference["mean"] == pytest.approx(opposite["return"]["mean"] - similar["return"]["mean"])
     assert difference["high"] < 0  # paired by seed, the gap is clear of zero
-    assert len(lines) == 2 and lines[0].startswith("simulated similar: return")
+    assert len(lines) == 2 and lines[0].startswith("simulated similar (lists ranked per step): return")
     # same seeds, same result
-    again = policy_eval.simulate_policies({"similar": policies["similar"]}, cfg, items, progress=lambda _: None)
+    again = policy_eval.simulate_policies(
+        {"similar": policies["similar"]}, cfg, items, refresh="step", progress=lambda _: None
+    )
     assert again["policies"]["similar"]["per_seed"] == similar["per_seed"]
+
+
+class CountingScorer:
+    """Uniform scores; remembers how many states it was asked to rank."""
+
+    def __init__(self, n_items: int):
+        self.n_items, self.ranked = n_items, 0
+
+    def scores(self, state_items, state_events):
+        self.ranked += len(state_items)
+        return np.zeros((len(state_items), self.n_items + 1))
+
+
+def test_session_lists_are_ranked_at_session_starts_and_step_lists_every_step():
+    cfg = Config().replace(
+        simulator={"n_users": 200, "n_items": 80, "n_categories": 4, "n_days": 2, "mean_session_events": 3.0},
+        train={"sim_users": 60, "sim_steps": 12, "sim_seeds": 2, "sim_slate": 4},
+    )
+    shop = ShopSimulator(cfg.simulator)
+    items = features(list(shop.item_ids))
+    counts = {}
+    for refresh in ("session", "step"):
+        scorer = CountingScorer(cfg.simulator.n_items)
+        got = policy_eval.simulate_policies({"p": scorer}, cfg, items, refresh=refresh, progress=lambda _: None)
+        assert got["settings"]["refresh"] == refresh
+        counts[refresh] = got["policies"]["p"]["lists"]["mean"]
+        assert scorer.ranked == counts[refresh] * 60 * 2  # lists per shopper, over shoppers and seeds
+    assert counts["step"] == 12
+    # one list when the evaluation starts, then one per new session (sessions of ~3 events)
+    assert 1 < counts["session"] < 12
+
+
+def test_unknown_refresh_modes_are_refused():
+    assert policy_eval.sim_refresh_modes(Config()) == ["session", "step"]
+    with pytest.raises(ValueError, match="sim_refresh"):
+        policy_eval.sim_refresh_modes(Config().replace(train={"sim_refresh": "session,hourly"}))
+    with pytest.raises(ValueError, match="not one of"):
+        policy_eval.simulate_policies({}, Config(), features(["a"]), refresh="hourly")

@@ -11,7 +11,7 @@ def metrics(ndcg: float) -> dict[str, float]:
 
 
 SIMULATION = {
-    "settings": {"users": 500, "steps": 20, "seeds": 5, "slate": 10},
+    "settings": {"users": 500, "steps": 20, "seeds": 5, "slate": 10, "refresh": "session"},
     "policies": {
         "challenger": {
             "return": {"mean": 1.5, "ci95": 0.05},
@@ -23,6 +23,11 @@ SIMULATION = {
     },
     "reference": "challenger",
     "vs_reference": {"supervised": {"mean": -0.25, "ci95": 0.03}},
+}
+PER_STEP = {
+    "settings": SIMULATION["settings"] | {"refresh": "step"},
+    "policies": {"challenger": {"return": {"mean": 1.125, "ci95": 0.07}}},
+    "reference": "challenger",
 }
 
 
@@ -63,6 +68,7 @@ def test_markdown_report_has_tables_details_simulation_and_plots():
                 "cooccurrence": {"picked": {"window": 3, "decay": 0.5}, "trials": [{}, {}, {}]},
             },
             "simulation": SIMULATION,
+            "simulation_more": [PER_STEP, {"settings": {"refresh": "step"}, "policies": {}}],
             "plots": ["learning_curves.png", "simulated_return.png"],
         },
     }
@@ -73,8 +79,13 @@ def test_markdown_report_has_tables_details_simulation_and_plots():
     assert "window 3, decay 0.5 (best of 3" in text
     assert "## Simulated policy value" in text and "| supervised | 1.250 ± 0.060 |" in text
     assert "![learning_curves.png](learning_curves.png)" in text
+    # the headline protocol first, then the per-click one; a simulation without results is left out
+    session, step = text.index("lists ranked at each session start"), text.index("lists re-ranked after every click")
+    assert session < text.index("| challenger | 1.500 ± 0.050 |") < step < text.index("| challenger | 1.125 ± 0.070 |")
+    assert text.count("re-ranked after every click") == 1
     closing = report.render_summary(summary | {"report_dir": "r"})
-    assert "simulated return per shopper" in closing and "1.500 ± 0.050" in closing
+    assert "simulated return per shopper, lists ranked at each session start" in closing
+    assert closing.index("1.500 ± 0.050") < closing.index("1.125 ± 0.070")
 
 
 def test_tables_list_the_dqn_first_whatever_the_json_order():
