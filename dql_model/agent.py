@@ -30,6 +30,7 @@ from dql_model.networks import QNetwork
 
 MODES = ("dqn", "supervised")
 TARGET_UPDATES = ("polyak", "hard")
+PURCHASE_CREDITS = ("cart", "purchase")
 
 
 @dataclass
@@ -200,6 +201,8 @@ class DQNAgent:
             raise ValueError(f"train.target_update={cfg.target_update!r} is not one of {TARGET_UPDATES}")
         if cfg.mode not in MODES:
             raise ValueError(f"train.mode={cfg.mode!r} is not one of {MODES}")
+        if cfg.purchase_credit not in PURCHASE_CREDITS:
+            raise ValueError(f"train.purchase_credit={cfg.purchase_credit!r} is not one of {PURCHASE_CREDITS}")
         if cfg.n_step < 1 or cfg.cql_negatives < 0:
             raise ValueError(f"train.n_step={cfg.n_step} must be >= 1 and train.cql_negatives={cfg.cql_negatives} >= 0")
         self.cfg = cfg

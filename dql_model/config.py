@@ -137,6 +137,9 @@ class TrainConfig:
     """0: logsumexp and the TD argmax over the full catalogue; m > 0: over m sampled items (huge catalogues)."""
     n_step: int = 3
     """Rewards summed (discounted) before bootstrapping: n-step returns; 1 is one-step TD."""
+    purchase_credit: str = "cart"
+    """cart: a purchase's reward is credited to the add-to-cart of the item earlier in the session
+    (where the purchase was decided; data.credit_purchases_to_carts); purchase: to the purchase event."""
     td_weight: float = 1.0
     """Weight of the double-DQN TD loss."""
     target_update: str = "polyak"

@@ -39,6 +39,8 @@ TRANSITION_COLUMNS = [
 ]
 ITEM_INDEX_COLUMNS = [schema.ITEM_ID, schema.ITEM_IDX, schema.CATEGORY_ID, schema.PRICE, schema.AVAILABLE]
 USER_STATE_COLUMNS = [schema.USER_ID, schema.ITEM_SEQ, schema.EVENT_SEQ, schema.PURCHASED]
+CART_CODE = schema.EVENT_CODE[schema.ADD_TO_CART]
+PURCHASE_CODE = schema.EVENT_CODE[schema.PURCHASE]
 
 
 # --------------------------------------------------------------------------------------------
@@ -199,6 +201,43 @@ def next_state(
     return next_items, next_events
 
 
+def _continues(batch: TransitionBatch) -> np.ndarray:
+    """[B] bool: row i + 1 follows row i in one episode (its state is row i's next state)."""
+    continues = np.zeros(len(batch), dtype=bool)
+    continues[:-1] = (
+        ~batch.done[:-1]
+        & (batch.next_items[:-1] == batch.state_items[1:]).all(axis=1)
+        & (batch.next_events[:-1] == batch.state_events[1:]).all(axis=1)
+    )
+    return continues
+
+
+def credit_purchases_to_carts(batch: TransitionBatch) -> TransitionBatch:
+    """Move each purchase's reward onto the latest add-to-cart of the same item in its episode.
+
+    A shopper decides to buy when they put the item in the cart; most purchases are logged later,
+    at checkout, as an event of their own, and a recommendation shown then cannot change them.
+    Left on the checkout event, the reward teaches the Q-network that "recommend what is in the
+    cart" pays. Credited to the add-to-cart, it reaches the view that led there through the
+    n-step return. A purchase with no add-to-cart before it in the episode keeps its reward.
+    """
+    codes = batch.event_code
+    candidates = np.flatnonzero((codes == CART_CODE) | (codes == PURCHASE_CODE))
+    if candidates.size == 0 or not (codes[candidates] == PURCHASE_CODE).any():
+        return batch
+    episode = np.concatenate([[0], np.cumsum(~_continues(batch)[:-1])])
+    reward = batch.reward.copy()
+    open_carts: dict[tuple[int, int], int] = {}
+    for row in candidates.tolist():
+        key = (int(episode[row]), int(batch.action[row]))
+        if codes[row] == CART_CODE:
+            open_carts[key] = row
+        elif (cart := open_carts.pop(key, None)) is not None:
+            reward[cart] += reward[row]
+            reward[row] = 0.0
+    return TransitionBatch(**{**batch.as_dict(), "reward": reward})
+
+
 def with_n_step(batch: TransitionBatch, n: int) -> TransitionBatch:
     """One-step transitions in user and time order -> n-step transitions (see the module docstring).
 
@@ -211,12 +250,7 @@ def with_n_step(batch: TransitionBatch, n: int) -> TransitionBatch:
     if n == 1 or len(batch) == 0:
         return batch
     rows = len(batch)
-    continues = np.zeros(rows, dtype=bool)  # continues[i]: row i + 1 follows row i in one episode
-    continues[:-1] = (
-        ~batch.done[:-1]
-        & (batch.next_items[:-1] == batch.state_items[1:]).all(axis=1)
-        & (batch.next_events[:-1] == batch.state_events[1:]).all(axis=1)
-    )
+    continues = _continues(batch)
     later = np.zeros((rows, n - 1), dtype=np.float32)
     last = np.arange(rows)
     alive = np.ones(rows, dtype=bool)
@@ -350,9 +384,13 @@ def _batch(chunk: dict[str, np.ndarray], index: np.ndarray | slice) -> Transitio
     return TransitionBatch(**{key: value[index] for key, value in chunk.items()})
 
 
-def _transitions(chunk: dict[str, np.ndarray], n_step: int) -> dict[str, np.ndarray]:
-    """A decoded chunk (in file order) -> every TransitionBatch field, with n-step returns."""
-    return with_n_step(TransitionBatch.from_state(**chunk), n_step).as_dict()
+def _transitions(chunk: dict[str, np.ndarray], n_step: int, credit_carts: bool) -> dict[str, np.ndarray]:
+    """A decoded chunk (in file order) -> every TransitionBatch field, with n-step returns (and
+    purchase rewards credited to their add-to-carts when ``credit_carts``)."""
+    batch = TransitionBatch.from_state(**chunk)
+    if credit_carts:
+        batch = credit_purchases_to_carts(batch)
+    return with_n_step(batch, n_step).as_dict()
 
 
 def iter_transition_batches(
@@ -366,12 +404,14 @@ def iter_transition_batches(
     buffer_rows: int = 65_536,
     read_rows: int = 8_192,
     n_step: int = 1,
+    credit_carts: bool = False,
 ) -> Iterator[TransitionBatch]:
     """Stream one split of a transitions partition as batches, never holding the whole table.
 
     With ``shuffle``, files and row groups are visited in a seeded random order and rows are
     mixed in a buffer of ``buffer_rows``; the same seed gives the same batches. The last batch
-    may be smaller than ``batch_size``. ``n_step`` > 1 gives n-step returns (module docstring).
+    may be smaller than ``batch_size``. ``n_step`` > 1 gives n-step returns (module docstring);
+    ``credit_carts`` moves purchase rewards to their add-to-carts (credit_purchases_to_carts).
     """
     rng = np.random.default_rng(seed) if shuffle else None
     pending: list[dict[str, np.ndarray]] = []
@@ -389,7 +429,7 @@ def iter_transition_batches(
         n_pending = len(rest)
 
     for chunk in _read_split(folder, max_len=max_len, split=split, read_rows=read_rows, rng=rng):
-        pending.append(_transitions(chunk, n_step))
+        pending.append(_transitions(chunk, n_step, credit_carts))
         n_pending += len(chunk["action"])
         if n_pending >= max(buffer_rows, batch_size):
             yield from drain(final=False)
@@ -398,14 +438,19 @@ def iter_transition_batches(
 
 
 def load_transitions(
-    folder: str | os.PathLike[str], *, max_len: int, split: str | None, n_step: int = 1
+    folder: str | os.PathLike[str],
+    *,
+    max_len: int,
+    split: str | None,
+    n_step: int = 1,
+    credit_carts: bool = False,
 ) -> TransitionBatch:
     """One split (None: every row) of a transitions partition as arrays, in file order.
 
     For evaluation-sized data; training streams with iter_transition_batches instead.
     """
     chunks = [
-        _transitions(chunk, n_step)
+        _transitions(chunk, n_step, credit_carts)
         for chunk in _read_split(folder, max_len=max_len, split=split, read_rows=65_536, rng=None)
     ]
     if not chunks:

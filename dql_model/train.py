@@ -385,6 +385,7 @@ def train_model(
             split=schema.TRAIN,
             seed=cfg.train.seed * 1_000 + epoch,
             n_step=cfg.train.n_step,
+            credit_carts=cfg.train.purchase_credit == "cart",
         )
         if device.type == "cuda":  # on CPU the decoding thread would only compete for the cores
             batches = prefetched(batches)

@@ -177,6 +177,8 @@ def test_config_values_are_checked():
         DQNAgent(tiny_network(), TrainConfig(mode="sarsa"))
     with pytest.raises(ValueError, match="train.target_update='soft'"):
         DQNAgent(tiny_network(), TrainConfig(target_update="soft"))
+    with pytest.raises(ValueError, match="train.purchase_credit='checkout'"):
+        DQNAgent(tiny_network(), TrainConfig(purchase_credit="checkout"))
 
 
 @pytest.mark.parametrize("encoder", ["gru", "lstm", "attention"])

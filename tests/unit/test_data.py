@@ -260,6 +260,50 @@ def test_n_step_returns_follow_one_user_until_the_episode_ends(tmp_path):
         data.load_transitions(folder, max_len=3, split=schema.TRAIN, n_step=0)
 
 
+def test_purchase_rewards_move_to_the_add_to_cart_of_the_same_item_in_the_session(tmp_path):
+    view, cart, buy = (schema.EVENT_CODE[t] for t in (schema.VIEW, schema.ADD_TO_CART, schema.PURCHASE))
+    # user a, one session: view 3, cart 3, view 5, cart 5, view 7, checkout: buy 3, buy 9 (never
+    # carted); then a new session: buy 5 (its cart was in the previous session).
+    # user b: cart 4, then buy 4 (b's own cart, not a's).
+    a_events = [(3, view), (3, cart), (5, view), (5, cart), (7, view), (3, buy), (9, buy), (5, buy)]
+    rows, seq, codes = [], [], []
+    for i, (item, code) in enumerate(a_events):
+        event_type = schema.EVENT_TYPES[code - 1]
+        rows.append(
+            {
+                "user_id": "a",
+                "item_seq": list(seq),
+                "event_seq": list(codes),
+                "action": item,
+                "event_type": event_type,
+                "reward": REWARDS[event_type] + (0.25 if item == 3 and code == buy else 0.0),
+                "done": i == 6,  # the first session ends with the purchase of 9
+            }
+        )
+        seq, codes = [*seq, item][-4:], [*codes, code][-4:]
+    rows += [
+        {"user_id": "b", "item_seq": [], "action": 4, "event_type": schema.ADD_TO_CART},
+        {"user_id": "b", "item_seq": [4], "event_seq": [cart], "action": 4, "event_type": schema.PURCHASE},
+    ]
+    folder = write_parquet(tmp_path / "t", transitions_table(rows))
+    plain = data.load_transitions(folder, max_len=4, split=schema.TRAIN)
+    got = data.load_transitions(folder, max_len=4, split=schema.TRAIN, credit_carts=True)
+
+    c, p = REWARDS[schema.ADD_TO_CART], REWARDS[schema.PURCHASE]
+    np.testing.assert_allclose(plain.reward, [0, c, 0, c, 0, p + 0.25, p, p, c, p])
+    # 3's purchase (with its extra value) moves to 3's add-to-cart; 9 had no cart and keeps its
+    # reward; 5 was carted in another session, so its purchase keeps it too; b's moves to b's cart.
+    np.testing.assert_allclose(got.reward, [0, c + p + 0.25, 0, c, 0, 0, p, p, c + p, 0])
+    assert got.reward.sum() == pytest.approx(plain.reward.sum())
+    # the n-step return of the view of 3 now sees the purchase one step later
+    three = data.load_transitions(folder, max_len=4, split=schema.TRAIN, n_step=2, credit_carts=True)
+    np.testing.assert_allclose(three.later_rewards[0], [c + p + 0.25])
+    streamed = data.iter_transition_batches(
+        folder, max_len=4, batch_size=16, shuffle=False, n_step=2, credit_carts=True
+    )
+    np.testing.assert_allclose(next(streamed).reward, got.reward)
+
+
 def _train_rows(n: int) -> list[dict]:
     return [
         {"item_seq": [i % 7 + 1], "action": i + 1, "split": schema.VALIDATION if i % 4 == 0 else schema.TRAIN}
