@@ -128,8 +128,7 @@ def run_policy(
 ) -> dict[str, float]:
     """One seed of one policy: mean return, purchases, add-to-carts and slate clicks per shopper,
     and how many lists were ranked per shopper."""
-    if refresh not in REFRESH_MODES:
-        raise ValueError(f"simulation refresh {refresh!r} is not one of {REFRESH_MODES}")
+    _check_refresh(refresh)
     env = simulator.environment(seed)
     env.reset(users)
     total = np.zeros(users)
@@ -159,6 +158,11 @@ def run_policy(
         "slate_share": clicks / (users * steps),
         "lists": rankings / users,
     }
+
+
+def _check_refresh(refresh: str) -> None:
+    if refresh not in REFRESH_MODES:
+        raise ValueError(f"simulation refresh {refresh!r} is not one of {REFRESH_MODES}")
 
 
 def sim_refresh_modes(cfg: Config) -> list[str]:
@@ -197,8 +201,7 @@ def simulate_policies(
     users, steps = users or t.sim_users, steps or t.sim_steps
     seeds, slate = seeds or t.sim_seeds, slate or t.sim_slate
     refresh = refresh or sim_refresh_modes(cfg)[0]
-    if refresh not in REFRESH_MODES:
-        raise ValueError(f"simulation refresh {refresh!r} is not one of {REFRESH_MODES}")
+    _check_refresh(refresh)
     started = time.perf_counter()
     simulator = ShopSimulator(cfg.simulator)
     catalogue = CatalogueMap.build(simulator.item_ids, items)
