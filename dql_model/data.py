@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -235,7 +235,7 @@ def credit_purchases_to_carts(batch: TransitionBatch) -> TransitionBatch:
         elif (cart := open_carts.pop(key, None)) is not None:
             reward[cart] += reward[row]
             reward[row] = 0.0
-    return TransitionBatch(**{**batch.as_dict(), "reward": reward})
+    return replace(batch, reward=reward)
 
 
 def with_n_step(batch: TransitionBatch, n: int) -> TransitionBatch:

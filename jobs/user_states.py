@@ -105,13 +105,8 @@ def update_user_states(
         "_old_purchased", F.col(schema.PURCHASED)
     )
     merged = state_events(with_totals, item_index=item_index, carry=("_old_n", "_old_purchased")).unionByName(
-        new.select(
-            schema.USER_ID,
-            schema.EVENT_TIME,
-            schema.ITEM_ID,
-            schema.ITEM_IDX,
-            EVENT_CODE_COL,
-            F.lit(False).alias(VIRTUAL_COL),
+        _real_events(
+            new,
             F.lit(None).cast("bigint").alias("_old_n"),
             F.lit(None).cast("array<int>").alias("_old_purchased"),
             F.when(F.col(schema.EVENT_TYPE) == schema.PURCHASE, F.col(schema.ITEM_IDX)).alias("_bought"),
@@ -199,15 +194,20 @@ def state_events(states: DataFrame, *, item_index: DataFrame, carry: Sequence[st
         F.lit(True).alias(VIRTUAL_COL),
         *carry,
     )
-    return kept.select(
+    return _real_events(kept, *carry).unionByName(predecessors)
+
+
+def _real_events(frame: DataFrame, *extra: str | Column) -> DataFrame:
+    """``frame``'s event columns as ``state_events`` unions them, flagged as real (not predecessor) rows."""
+    return frame.select(
         schema.USER_ID,
         schema.EVENT_TIME,
         schema.ITEM_ID,
         schema.ITEM_IDX,
         EVENT_CODE_COL,
         F.lit(False).alias(VIRTUAL_COL),
-        *carry,
-    ).unionByName(predecessors)
+        *extra,
+    )
 
 
 def _check_max_len(max_len: int) -> None:
