@@ -717,10 +717,6 @@ class ShopEnvironment:
         """User index (into the simulator's users) of every row."""
         return self._require_state().user
 
-    @property
-    def user_ids(self) -> np.ndarray:
-        return self.simulator.user_ids[self.users]
-
     def reset(self, n_users: int, *, warmup_steps: int = 5) -> np.ndarray:
         """Start ``n_users`` simulated users (distinct while n_users <= the shop's users) with
         ``warmup_steps`` organic steps, so that history() has something to build a state from.
@@ -845,7 +841,7 @@ def write_shop(cfg: Config, *, progress: Callable[[str], object] = print) -> dic
     progress(
         f"simulated {events.num_rows} events of {cfg.simulator.n_users} users in {time.perf_counter() - started:.1f}s"
     )
-    storage.write_partition(items, cfg.warehouse.path("raw", schema.ITEMS))
+    storage.write_partition(items, cfg.layout.table(schema.ITEMS))
 
     days = [simulator.first_date + dt.timedelta(days=d) for d in range(cfg.simulator.n_days)]
     event_date = events.column(schema.EVENT_DATE).to_numpy()
@@ -856,7 +852,7 @@ def write_shop(cfg: Config, *, progress: Callable[[str], object] = print) -> dic
     every = max(1, len(days) // 7)
     for i, day in enumerate(days):
         part = event_columns.slice(bounds[i], bounds[i + 1] - bounds[i])
-        storage.write_partition(part, cfg.warehouse.path("raw", schema.EVENTS, f"{schema.EVENT_DATE}={day}"))
+        storage.write_partition(part, cfg.layout.partition(schema.EVENTS, str(day)))
         if (i + 1) % every == 0 or i + 1 == len(days):
             progress(f"wrote events up to {day} ({i + 1}/{len(days)} days, {int(bounds[i + 1])} events)")
     _remove_stale_partitions(cfg, {str(day) for day in days}, progress)
@@ -872,7 +868,7 @@ def write_shop(cfg: Config, *, progress: Callable[[str], object] = print) -> dic
 
 def _remove_stale_partitions(cfg: Config, keep: set[str], progress: Callable[[str], object]) -> None:
     """Event partitions of a previous shop outside the new window would mix two shops: remove them."""
-    root = Path(cfg.warehouse.path("raw", schema.EVENTS))
+    root = Path(cfg.layout.table(schema.EVENTS))
     for folder in sorted(root.iterdir()):
         match = _PARTITION.match(folder.name)
         if match and match.group(1) not in keep:
@@ -882,7 +878,7 @@ def _remove_stale_partitions(cfg: Config, keep: set[str], progress: Callable[[st
 
 def warehouse_has_events(cfg: Config) -> bool:
     """Whether the raw events table has at least one partition with a Parquet file."""
-    root = Path(cfg.warehouse.path("raw", schema.EVENTS))
+    root = Path(cfg.layout.table(schema.EVENTS))
     if not root.is_dir():
         return False
     return any(

@@ -112,10 +112,8 @@ def replace_run_date(
     import psycopg
     from psycopg import sql
 
-    from dql_model.publish import _run_date, conform
-
-    run_date = date.fromisoformat(_run_date(run_date))
-    rows = conform(table)
+    run_date = date.fromisoformat(schema.iso_date(run_date))
+    rows = schema.conform(table, schema.RECOMMENDATIONS)
     target = _identifier(table_name)
     with _connect(url) as conn:
         try:
@@ -149,14 +147,12 @@ def read_run_date(*, url: str, run_date: str | date, table_name: str = "recommen
     """The run date's rows in the contract's layout (no run_date column), by user_id then rank."""
     from psycopg import sql
 
-    from dql_model.publish import _run_date
-
     names = [name for name, _ in COLUMNS if name != schema.RUN_DATE]
     query = sql.SQL("SELECT {} FROM {} WHERE run_date = %s ORDER BY user_id, {}").format(
         sql.SQL(", ").join(map(sql.Identifier, names)), _identifier(table_name), sql.Identifier(schema.RANK)
     )
     with _connect(url) as conn, conn.cursor() as cur:
-        cur.execute(query, (date.fromisoformat(_run_date(run_date)),))
+        cur.execute(query, (date.fromisoformat(schema.iso_date(run_date)),))
         records = cur.fetchall()
     contract = schema.arrow_schema(schema.RECOMMENDATIONS)
     return pa.Table.from_pylist([dict(zip(names, r, strict=True)) for r in records], schema=contract)

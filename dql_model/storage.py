@@ -1,4 +1,4 @@
-"""Local Parquet partitions written all-or-nothing.
+"""Local files written all-or-nothing: Parquet partitions and small JSON documents.
 
 A partition is written to a hidden staging folder beside its final place, then swapped in with
 renames, so a reader sees the old partition or the new one, never a half-written one, and a
@@ -7,13 +7,16 @@ crash mid-write leaves the previous partition intact.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
-import uuid
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from dql_model.layout import hidden_sibling
 
 PART_TEMPLATE = "part-{:05d}.parquet"
 
@@ -21,14 +24,14 @@ PART_TEMPLATE = "part-{:05d}.parquet"
 def staging_path(final: str | os.PathLike[str]) -> Path:
     """Hidden sibling of ``final`` (Spark, Hive and pyarrow skip names starting with '_' or '.')."""
     final = Path(final)
-    return final.parent / f".{final.name}.staging-{uuid.uuid4().hex[:8]}"
+    return final.parent / hidden_sibling(final.name, "staging")
 
 
 def swap_in(staged: str | os.PathLike[str], final: str | os.PathLike[str]) -> None:
     """Replace ``final`` by ``staged``; the old folder is removed only after the new one is in place."""
     staged, final = Path(staged), Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    retired = final.parent / f".{final.name}.retired-{uuid.uuid4().hex[:8]}"
+    retired = final.parent / hidden_sibling(final.name, "retired")
     if final.exists():
         os.replace(final, retired)
     os.replace(staged, final)
@@ -59,3 +62,19 @@ def read_partition(folder: str | os.PathLike[str], columns: list[str] | None = N
     if not files:
         raise FileNotFoundError(f"partition {folder} has no Parquet files; did the upstream task run for this date?")
     return pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
+
+
+def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> Path:
+    """Write ``payload`` as JSON (sorted keys, indented) so readers see the old or the new file, never half.
+
+    The one JSON writer of the package: run summaries, evaluation.json, registry metadata.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.parent / hidden_sibling(path.name, "tmp")
+    try:
+        temporary.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return path

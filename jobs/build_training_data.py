@@ -44,6 +44,7 @@ from pyspark.sql import functions as F
 
 from dql_model import schema
 from dql_model.config import Config, load_config
+from dql_model.layout import ETL_JOB
 from jobs.clean_events import PARTITION_DATE_COL, RULE_ORDER, label_events, split_labelled
 from jobs.common import as_date
 from jobs.item_index import build_item_index
@@ -58,7 +59,7 @@ from jobs.spark_session import (
 from jobs.transitions import build_transitions
 from jobs.user_states import build_user_states, update_user_states
 
-JOB = "build_training_data"
+JOB = ETL_JOB
 INCREMENTAL, FULL = "incremental", "full"
 STAGES = ("clean", "item_index", "user_states", "transitions")
 """The stages a run times (``on_stage``); each ends with its table written."""
@@ -143,7 +144,7 @@ def plan_run(spark: SparkSession, cfg: Config, run_date: dt.date, window_start: 
     """Incremental when an earlier user_states partition, built with tonight's settings, exists."""
     if not cfg.etl.incremental:
         return Plan(FULL, "etl.incremental is false")
-    root = cfg.warehouse.path(schema.TABLE_LAYER[schema.USER_STATES], schema.USER_STATES)
+    root = cfg.layout.table(schema.USER_STATES)
     earlier = sorted((d for d in _partition_dates(spark, root) if d < run_date), reverse=True)
     if not earlier:
         return Plan(FULL, "no user_states partition before the run date (first night)")
@@ -160,15 +161,11 @@ def plan_run(spark: SparkSession, cfg: Config, run_date: dt.date, window_start: 
 
 
 def _built_with(spark: SparkSession, cfg: Config, day: dt.date) -> dict[str, Any] | None:
-    text = read_text(spark, summary_path(cfg, day))
+    text = read_text(spark, cfg.layout.etl_summary(str(day)))
     if text is None:
         return None
     etl = json.loads(text).get("etl") or {}
     return {name: etl.get(name) for name in _STATE_SETTINGS}
-
-
-def summary_path(cfg: Config, run_date: dt.date | str) -> str:
-    return cfg.warehouse.path("curated", "_runs", f"{schema.RUN_DATE}={run_date}", f"{JOB}.json")
 
 
 @contextlib.contextmanager
@@ -187,26 +184,26 @@ def run(
     ``on_stage(name)``, if given, is a context manager entered around each of ``STAGES``
     (benchmarks measure time and memory with it).
     """
-    warehouse, etl = cfg.warehouse, cfg.etl
+    layout, etl = cfg.layout, cfg.etl
     window_start = run_date - dt.timedelta(days=etl.train_days - 1)
     val_start = run_date - dt.timedelta(days=etl.val_days - 1)
     plan = plan_run(spark, cfg, run_date, window_start)
     log(
         run_date,
-        f"master {spark.sparkContext.master}; warehouse {warehouse.root}; "
+        f"master {spark.sparkContext.master}; warehouse {layout.root}; "
         f"training window {window_start}..{run_date}, validation from {val_start}; "
         f"{plan.mode}: {plan.reason}",
     )
-    outputs = {table: warehouse.partition(table, str(run_date)) for table in _CURATED}
+    outputs = {table: layout.partition(table, str(run_date)) for table in _CURATED}
     stage = lambda name: _logged_stage(run_date, name, on_stage)  # noqa: E731
 
     events = read_events(
         spark,
-        warehouse.path(schema.TABLE_LAYER[schema.EVENTS], schema.EVENTS),
+        layout.table(schema.EVENTS),
         run_date,
         first_date=plan.read_from(etl.lookback_days),
     )
-    items = read_table(spark, warehouse.path(schema.TABLE_LAYER[schema.ITEMS], schema.ITEMS), schema.ITEMS)
+    items = read_table(spark, layout.table(schema.ITEMS), schema.ITEMS)
     previous_index, previous_date = read_previous_index(spark, cfg, run_date)
     log(run_date, f"previous item_index: {previous_date or 'none (first night)'}")
 
@@ -279,7 +276,7 @@ def run(
         "outputs": outputs,
         "counts": counts,
     }
-    path = summary_path(cfg, run_date)
+    path = cfg.layout.etl_summary(str(run_date))
     write_text_atomic(spark, path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
     log(run_date, f"done: {json.dumps(counts, sort_keys=True)}; summary {path}")
     return summary
@@ -324,7 +321,7 @@ def read_table(spark: SparkSession, path: str, table: str) -> DataFrame:
 
 
 def read_states(spark: SparkSession, cfg: Config, run_date: dt.date) -> DataFrame:
-    return read_table(spark, cfg.warehouse.partition(schema.USER_STATES, str(run_date)), schema.USER_STATES)
+    return read_table(spark, cfg.layout.partition(schema.USER_STATES, str(run_date)), schema.USER_STATES)
 
 
 def _partition_dates(spark: SparkSession, root: str) -> list[dt.date]:
@@ -368,12 +365,12 @@ def read_previous_index(
     spark: SparkSession, cfg: Config, run_date: dt.date
 ) -> tuple[DataFrame | None, str | None]:
     """The latest item_index partition strictly before the run date, and its date, or (None, None)."""
-    table_root = cfg.warehouse.path(schema.TABLE_LAYER[schema.ITEM_INDEX], schema.ITEM_INDEX)
+    table_root = cfg.layout.table(schema.ITEM_INDEX)
     earlier = [d for d in _partition_dates(spark, table_root) if d < run_date]
     if not earlier:
         return None, None
     latest = str(max(earlier))
-    return read_table(spark, cfg.warehouse.partition(schema.ITEM_INDEX, latest), schema.ITEM_INDEX), latest
+    return read_table(spark, cfg.layout.partition(schema.ITEM_INDEX, latest), schema.ITEM_INDEX), latest
 
 
 def check_row_counts(

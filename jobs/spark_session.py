@@ -8,11 +8,11 @@ copying, so there the swap is only as safe as the store allows.
 from __future__ import annotations
 
 import os
-import uuid
 
 from pyspark.sql import DataFrame, SparkSession
 
 from dql_model.config import SparkConfig
+from dql_model.layout import hidden_sibling
 
 UNDER_SPARK_SUBMIT_ENV = "PYSPARK_GATEWAY_PORT"
 """Set by spark-submit for a Python driver: the JVM already runs with its master and memory."""
@@ -53,9 +53,7 @@ def _fs(spark: SparkSession, path: str):
 
 def _sibling(spark: SparkSession, final, tag: str):
     """A hidden sibling of ``final`` (readers skip names starting with '.' or '_')."""
-    return spark._jvm.org.apache.hadoop.fs.Path(
-        final.getParent(), f".{final.getName()}.{tag}-{uuid.uuid4().hex[:8]}"
-    )
+    return spark._jvm.org.apache.hadoop.fs.Path(final.getParent(), hidden_sibling(final.getName(), tag))
 
 
 def write_partition_atomic(df: DataFrame, final_path: str) -> None:
@@ -124,7 +122,7 @@ def write_text_atomic(spark: SparkSession, path: str, text: str) -> None:
     if fs.getScheme() == "file":
         local = final.toUri().getPath()
         os.makedirs(os.path.dirname(local), exist_ok=True)
-        tmp = os.path.join(os.path.dirname(local), f".{os.path.basename(local)}.{uuid.uuid4().hex[:8]}")
+        tmp = os.path.join(os.path.dirname(local), hidden_sibling(os.path.basename(local), "tmp"))
         with open(tmp, "w", encoding="utf-8") as out:
             out.write(text)
         os.replace(tmp, local)

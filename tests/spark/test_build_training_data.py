@@ -60,20 +60,20 @@ def write_arrow(rows, table: str, folder: Path) -> None:
 def warehouse(tiny_config, tmp_path):
     for day, rows in RAW_EVENTS.items():
         write_arrow(
-            rows, schema.EVENTS, Path(tiny_config.warehouse.path("raw", "events", f"event_date={day}"))
+            rows, schema.EVENTS, Path(tiny_config.layout.partition(schema.EVENTS, day))
         )
-    write_arrow(ITEMS_NIGHT1, schema.ITEMS, Path(tiny_config.warehouse.path("raw", "items")))
+    write_arrow(ITEMS_NIGHT1, schema.ITEMS, Path(tiny_config.layout.table(schema.ITEMS)))
     config_file = tmp_path / "dqlrec.yaml"
     config_file.write_text(yaml.safe_dump(tiny_config.to_dict()))
     return tiny_config, str(config_file)
 
 
 def read(spark, cfg, table: str, run_date: str):
-    return spark.read.schema(schema.SPARK_DDL[table]).parquet(cfg.warehouse.partition(table, run_date))
+    return spark.read.schema(schema.SPARK_DDL[table]).parquet(cfg.layout.partition(table, run_date))
 
 
 def summary_of(cfg, run_date: str) -> dict:
-    path = Path(cfg.warehouse.path("curated", "_runs", f"run_date={run_date}", "build_training_data.json"))
+    path = Path(cfg.layout.etl_summary(run_date))
     return json.loads(path.read_text())
 
 
@@ -100,7 +100,7 @@ def test_two_nights_and_a_rerun(spark, warehouse, capsys):
         schema.RULE_DUPLICATE: 1,
     }
 
-    write_arrow(ITEMS_NIGHT2, schema.ITEMS, Path(cfg.warehouse.path("raw", "items")))
+    write_arrow(ITEMS_NIGHT2, schema.ITEMS, Path(cfg.layout.table(schema.ITEMS)))
     assert main(["--run-date", NIGHT2, "--config", config_file]) == 0
     printed = capsys.readouterr().out
     # Incremental: tonight ingests (counts, cleans, quarantines) only its own partition.
@@ -129,7 +129,7 @@ def test_two_nights_and_a_rerun(spark, warehouse, capsys):
     assert main(["--run-date", NIGHT2, "--config", config_file]) == 0
     for table in CURATED:
         assertDataFrameEqual(read(spark, cfg, table, NIGHT2), before[table])
-        table_root = Path(cfg.warehouse.partition(table, NIGHT2)).parent
+        table_root = Path(cfg.layout.partition(table, NIGHT2)).parent
         assert sorted(p.name for p in table_root.iterdir()) == [f"run_date={NIGHT1}", f"run_date={NIGHT2}"]
     assert summary_of(cfg, NIGHT2) == summary_before
 
@@ -194,7 +194,7 @@ def expect_night2_tables(spark, cfg) -> None:
 def test_missing_input_and_bad_arguments_name_the_problem(spark, tiny_config, tmp_path, capsys):
     config_file = tmp_path / "dqlrec.yaml"
     config_file.write_text(yaml.safe_dump(tiny_config.to_dict()))
-    events_root = tiny_config.warehouse.path("raw", "events")
+    events_root = tiny_config.layout.table(schema.EVENTS)
     with pytest.raises(
         FileNotFoundError, match=f"no events partitions event_date<=2026-11-27 under {events_root}"
     ):
@@ -210,9 +210,9 @@ def test_the_plan_builds_on_the_latest_states_made_with_the_same_settings(spark,
     window_start = dt.date(2026, 11, 25)
 
     def night(day: str, **etl) -> None:
-        Path(cfg.warehouse.partition(schema.USER_STATES, day)).mkdir(parents=True)
+        Path(cfg.layout.partition(schema.USER_STATES, day)).mkdir(parents=True)
         summary = {"etl": {"max_len": cfg.etl.max_len, "lookback_days": cfg.etl.lookback_days, **etl}}
-        path = Path(cfg.warehouse.path("curated", "_runs", f"run_date={day}", "build_training_data.json"))
+        path = Path(cfg.layout.etl_summary(day))
         path.parent.mkdir(parents=True)
         path.write_text(json.dumps(summary))
 

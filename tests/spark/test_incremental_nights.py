@@ -94,19 +94,19 @@ def make_warehouse(root: Path) -> tuple[Config, str]:
         spark={"master": "local[1]", "shuffle_partitions": 1, "driver_memory": "1g"},
     )
     for day, rows in RAW_EVENTS.items():
-        write_arrow(rows, schema.EVENTS, Path(cfg.warehouse.path("raw", "events", f"event_date={day}")))
-    write_arrow(ITEMS, schema.ITEMS, Path(cfg.warehouse.path("raw", "items")))
+        write_arrow(rows, schema.EVENTS, Path(cfg.layout.partition(schema.EVENTS, day)))
+    write_arrow(ITEMS, schema.ITEMS, Path(cfg.layout.table(schema.ITEMS)))
     config_file = root / "dqlrec.yaml"
     config_file.write_text(yaml.safe_dump(cfg.to_dict()))
     return cfg, str(config_file)
 
 
 def read(spark, cfg: Config, table: str, night: str):
-    return spark.read.schema(schema.SPARK_DDL[table]).parquet(cfg.warehouse.partition(table, night))
+    return spark.read.schema(schema.SPARK_DDL[table]).parquet(cfg.layout.partition(table, night))
 
 
 def summary_of(cfg: Config, night: str) -> dict:
-    path = Path(cfg.warehouse.path("curated", "_runs", f"run_date={night}", "build_training_data.json"))
+    path = Path(cfg.layout.etl_summary(night))
     return json.loads(path.read_text())
 
 
@@ -171,10 +171,10 @@ CLUSTER_DRIVER = textwrap.dedent(
     """
     import sys, time
     from pyspark.sql import SparkSession
+    from dql_model.pipeline import FAST_JVM_OPTIONS
     from jobs.build_training_data import main
 
     config_file, *nights = sys.argv[1:]
-    fast_jvm = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
     spark = (
         SparkSession.builder.master("local-cluster[2,1,1024]")
         .appName("dqlrec-local-cluster-test")
@@ -182,8 +182,8 @@ CLUSTER_DRIVER = textwrap.dedent(
         .config("spark.sql.shuffle.partitions", "4")
         .config("spark.ui.enabled", "false")
         .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.driver.extraJavaOptions", fast_jvm)
-        .config("spark.executor.extraJavaOptions", fast_jvm)
+        .config("spark.driver.extraJavaOptions", FAST_JVM_OPTIONS)
+        .config("spark.executor.extraJavaOptions", FAST_JVM_OPTIONS)
         .getOrCreate()
     )
     status = spark.sparkContext._jsc.sc().getExecutorMemoryStatus

@@ -185,7 +185,7 @@ def test_write_shop_writes_items_and_one_partition_per_day(tiny_config):
     sim_cfg = tiny_config.simulator
     expected = ShopSimulator(sim_cfg).generate_events()
     days = [dt.date(2026, 11, 27) - dt.timedelta(days=d) for d in range(sim_cfg.n_days)][::-1]
-    root = Path(tiny_config.warehouse.path("raw", "events"))
+    root = Path(tiny_config.layout.table(schema.EVENTS))
     assert sorted(p.name for p in root.iterdir()) == [f"event_date={d}" for d in days]
     total = 0
     for day in days:
@@ -195,7 +195,7 @@ def test_write_shop_writes_items_and_one_partition_per_day(tiny_config):
         assert (dates == day).all()
         total += part.num_rows
     assert total == expected.num_rows == counts["events"]
-    items = storage.read_partition(tiny_config.warehouse.path("raw", "items"))
+    items = storage.read_partition(tiny_config.layout.table(schema.ITEMS))
     assert items.equals(ShopSimulator(sim_cfg).items_table())
     assert counts == {
         "events": expected.num_rows,
@@ -212,14 +212,14 @@ def test_write_shop_replaces_a_previous_shop(tiny_config):
     simulator.write_shop(tiny_config, progress=lambda _: None)
     moved = tiny_config.replace(simulator={"end_date": "2026-11-29"})
     counts = simulator.write_shop(moved, progress=lambda _: None)
-    root = Path(moved.warehouse.path("raw", "events"))
+    root = Path(moved.layout.table(schema.EVENTS))
     names = sorted(p.name for p in root.iterdir())
     assert names[0] == f"event_date={counts['first_date']}" and names[-1] == "event_date=2026-11-29"
     assert len(names) == moved.simulator.n_days
 
 
 def test_warehouse_has_events_ignores_empty_folders(tiny_config):
-    (Path(tiny_config.warehouse.path("raw", "events")) / "event_date=2026-11-27").mkdir(parents=True)
+    (Path(tiny_config.layout.table(schema.EVENTS)) / "event_date=2026-11-27").mkdir(parents=True)
     assert not simulator.warehouse_has_events(tiny_config)
 
 
@@ -269,7 +269,8 @@ def test_step_returns_rewards_and_history_records_the_funnel(shop):
     rewards = {schema.VIEW: 0.0, schema.ADD_TO_CART: 0.3, schema.PURCHASE: 1.0}
     env = shop.environment(seed=3, rewards=rewards)
     users = env.reset(200, warmup_steps=0)
-    assert len(set(users.tolist())) == 200 and len(env.user_ids) == 200
+    assert len(set(users.tolist())) == 200
+    np.testing.assert_array_equal(env.users, users)
     results = [env.step(None) for _ in range(5)]
     for r in results:
         np.testing.assert_array_equal(r.reward, [rewards[e] for e in r.event_type])

@@ -1,0 +1,97 @@
+"""The warehouse layout: where every table, partition, run summary, staging folder and report lives.
+
+This module is the one owner of those paths; everything else asks it (``cfg.layout``)::
+
+    <root>/raw/events/event_date=D/          the shop's events, one partition per day (input)
+    <root>/raw/items/                        the catalogue (input, not partitioned)
+    <root>/curated/<table>/run_date=D/       item_index, user_states, transitions, quarantine
+    <root>/curated/_runs/run_date=D/build_training_data.json   the ETL job's counts
+    <root>/output/recommendations/run_date=D/                  what marketing reads
+    <root>/staging/recommendations/run_date=D/                 scored, not yet validated
+    <root>/staging/_runs/run_date=D/score_users.json           the scoring engine's counts
+    <root>/reports/run_date=D/               evaluation.json, summary.json, report.md, plots
+
+Paths are strings, not ``Path`` objects, so a root like ``hdfs://...`` survives for the Spark
+jobs; local callers wrap them in ``Path``. Writers put a partition together in a hidden sibling
+folder first (``hidden_sibling``): readers (Spark, Hive, pyarrow) skip names starting with '.' or '_'.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from dql_model import schema
+
+RAW, CURATED, OUTPUT, STAGING, REPORTS = "raw", "curated", "output", "staging", "reports"
+RUNS = "_runs"
+"""Folder of per-run JSON summaries inside a layer (hidden from table readers by its '_')."""
+LAYER = {
+    schema.EVENTS: RAW,
+    schema.ITEMS: RAW,
+    schema.ITEM_INDEX: CURATED,
+    schema.USER_STATES: CURATED,
+    schema.TRANSITIONS: CURATED,
+    schema.QUARANTINE: CURATED,
+    schema.RECOMMENDATIONS: OUTPUT,
+}
+"""Table -> the layer folder it lives in."""
+ETL_JOB = "build_training_data"
+"""The Spark job that builds the curated tables; its summary is <curated>/_runs/.../<ETL_JOB>.json."""
+SCORING_SUMMARY = "score_users"
+"""Name of the scoring engines' summary in <staging>/_runs/run_date=D/."""
+HIDDEN_PREFIXES = (".", "_")
+"""Names that table readers skip: staging folders, summaries, _SUCCESS markers."""
+
+
+def hidden_sibling(name: str, tag: str) -> str:
+    """A fresh hidden name beside ``name``: ``.<name>.<tag>-<8 hex>`` (tag: staging, retired, tmp)."""
+    return f".{name}.{tag}-{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The paths of one warehouse, rooted at ``root`` (``cfg.layout`` builds it from the config)."""
+
+    root: str
+
+    def _join(self, *parts: str) -> str:
+        return "/".join([self.root.rstrip("/"), *parts])
+
+    def table(self, table: str) -> str:
+        """Root folder of a table (its partitions are folders below it)."""
+        try:
+            return self._join(LAYER[table], table)
+        except KeyError:
+            raise KeyError(f"no table {table!r} in the warehouse; known: {sorted(LAYER)}") from None
+
+    @staticmethod
+    def partition_column(table: str) -> str:
+        """event_date for the raw events (the day the events happened), run_date for the rest."""
+        return schema.EVENT_DATE if table == schema.EVENTS else schema.RUN_DATE
+
+    def partition(self, table: str, day: str) -> str:
+        """Folder of one partition: ``raw/events/event_date=D`` or ``<layer>/<table>/run_date=D``."""
+        if table == schema.ITEMS:
+            raise ValueError("raw items are not partitioned: use Layout.table(schema.ITEMS)")
+        return f"{self.table(table)}/{self.partition_column(table)}={day}"
+
+    def etl_summary(self, run_date: str) -> str:
+        """The counts the ETL job writes for a run date (input = accepted + quarantined, ...)."""
+        return self._join(CURATED, RUNS, f"{schema.RUN_DATE}={run_date}", f"{ETL_JOB}.json")
+
+    def staged(self, table: str, run_date: str) -> str:
+        """Where a run date's partition waits, unseen by readers, until it is validated and published."""
+        return self._join(STAGING, table, f"{schema.RUN_DATE}={run_date}")
+
+    def scoring_summary(self, run_date: str) -> str:
+        """Counts of the staged recommendations, written by either scoring engine."""
+        return self._join(STAGING, RUNS, f"{schema.RUN_DATE}={run_date}", f"{SCORING_SUMMARY}.json")
+
+    def reports(self) -> str:
+        """Folder with one report folder per run date."""
+        return self._join(REPORTS)
+
+    def report(self, run_date: str) -> str:
+        """The report folder of a run date."""
+        return self._join(REPORTS, f"{schema.RUN_DATE}={run_date}")
