@@ -42,7 +42,7 @@ SUPERVISED_GRID = (
     {"train": {"lr": 1e-3}, "model": {"embed_dim": 128, "hidden_dim": 128}},
 )
 """Overrides of the run's config tried for the supervised baseline, in order; the nightly run tries
-the first ``train.baseline_trials`` of them."""
+the first ``eval.baseline_trials`` of them."""
 POPULARITY_TIE_BREAK = 1e-9
 """Weight of normalised popularity in co-occurrence scores: below any co-occurrence evidence."""
 
@@ -176,14 +176,19 @@ def _row_normalised(counts: SparseRows) -> SparseRows:
 
 
 def tune_cooccurrence(
-    counts: CooccurrenceCounts, val: data.TransitionBatch, *, grid=COOCCURRENCE_GRID
+    counts: CooccurrenceCounts,
+    val: data.TransitionBatch,
+    *,
+    metric: str = schema.metric_name("ndcg", 10),
+    grid=COOCCURRENCE_GRID,
 ) -> tuple[CooccurrenceScorer, list[dict[str, Any]]]:
-    """The grid setting with the best validation eval/ndcg@10, and every trial's settings and value."""
+    """The grid setting with the best validation ``metric``, and every trial's settings and value."""
     trials, best, best_value = [], None, float("-inf")
+    k = schema.metric_k(metric)
     for setting in grid:
         scorer = CooccurrenceScorer(counts, **setting)
-        value = evaluate_scorer(scorer, val, ks=(10,))["eval/ndcg@10"] if len(val) else 0.0
-        trials.append({**setting, "eval/ndcg@10": value})
+        value = evaluate_scorer(scorer, val, ks=(k,)).get(metric, 0.0) if len(val) else 0.0
+        trials.append({**setting, "value": value})
         if best is None or value > best_value:
             best, best_value = scorer, value
     return best, trials
@@ -204,7 +209,7 @@ class SupervisedSearch:
     overrides: dict[str, Any]
     """Config overrides of the best trial (a SUPERVISED_GRID entry)."""
     trials: list[dict[str, Any]] = field(default_factory=list)
-    """Overrides, best eval/ndcg@10, epochs and seconds of every trial."""
+    """Overrides, best value of eval.early_stop_metric, best epoch and seconds of every trial."""
 
 
 def supervised_config(cfg: Config, overrides: dict[str, Any], epochs: int) -> Config:
@@ -225,10 +230,10 @@ def search_supervised(
     grid=SUPERVISED_GRID,
     progress: Callable[[str], None] = print,
 ) -> SupervisedSearch | None:
-    """Train the first ``trials`` grid settings (default train.baseline_trials) in supervised mode
-    and keep the best by validation eval/ndcg@10; None when trials is 0."""
-    trials = cfg.train.baseline_trials if trials is None else trials
-    epochs = epochs or cfg.train.baseline_epochs or cfg.train.epochs
+    """Train the first ``trials`` grid settings (default eval.baseline_trials) in supervised mode
+    and keep the best by the validation metric eval.early_stop_metric; None when trials is 0."""
+    trials = cfg.eval.baseline_trials if trials is None else trials
+    epochs = epochs or cfg.eval.baseline_epochs or cfg.train.epochs
     best: SupervisedSearch | None = None
     best_value = float("-inf")
     summaries = []
@@ -240,11 +245,11 @@ def search_supervised(
             item_index_dir=item_index_dir,
             progress=lambda line, n=number: progress(f"supervised trial {n}/{trials}: {line}"),
         )
-        value = result.best_ndcg_at_10
+        value = result.best_value
         summaries.append(
             {
                 "overrides": overrides,
-                "eval/ndcg@10": value,
+                "value": value,
                 "best_epoch": result.best_epoch,
                 "seconds": round(result.seconds, 1),
             }
@@ -288,12 +293,20 @@ def fit_baselines(
     )
     if search is not None:
         scorers["supervised"] = QNetworkScorer(search.model, n_items=items.n_items)
-        details["supervised"] = {"picked": search.overrides, "trials": search.trials}
+        details["supervised"] = {
+            "picked": search.overrides,
+            "trials": search.trials,
+            "metric": cfg.eval.early_stop_metric,
+        }
         histories["supervised"] = search.history
     counts = CooccurrenceCounts.from_transitions(transitions_dir, n_items=items.n_items, max_len=cfg.etl.max_len)
-    cooccurrence, trials = tune_cooccurrence(counts, val)
+    cooccurrence, trials = tune_cooccurrence(counts, val, metric=cfg.eval.early_stop_metric)
     scorers["cooccurrence"] = cooccurrence
-    details["cooccurrence"] = {"picked": {"window": cooccurrence.window, "decay": cooccurrence.decay}, "trials": trials}
+    details["cooccurrence"] = {
+        "picked": {"window": cooccurrence.window, "decay": cooccurrence.decay},
+        "trials": trials,
+        "metric": cfg.eval.early_stop_metric,
+    }
     progress(f"co-occurrence: window {cooccurrence.window}, decay {cooccurrence.decay} (of {len(trials)} tried)")
     scorers["popularity"] = PopularityScorer(counts.popularity)
     return Baselines(scorers=scorers, details=details, histories=histories)

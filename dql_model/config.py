@@ -4,6 +4,13 @@ Defaults live in the dataclasses below. A YAML file (``DQLREC_CONFIG`` or ``--co
 them, and environment variables override both: ``DQLREC_<SECTION>__<FIELD>``, for example
 ``DQLREC_TRAIN__EPOCHS=3`` or ``DQLREC_SCORE__TOP_K=10``. The resolved config is saved with every
 model and its hash goes into every export manifest.
+
+This module is the only gate for its values: a field with a fixed set of values is typed as a
+``Literal`` and refused when the config loads (or a section is built in code), with a message
+naming the field, the value and the choices, so no later stage has to check it again.
+
+Fields that moved keep working under their old names (``LEGACY_FIELDS``): the evaluation settings
+were in ``train`` and ``registry`` and now have their own section, ``eval``.
 """
 
 from __future__ import annotations
@@ -14,9 +21,12 @@ import json
 import os
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from dql_model import pipeline, schema
 
 ENV_PREFIX = "DQLREC_"
 CONFIG_ENV = "DQLREC_CONFIG"
@@ -26,25 +36,48 @@ class ConfigError(ValueError):
     """A configuration value is unknown or has the wrong type."""
 
 
+Encoder = Literal["gru", "lstm", "attention"]
+TrainMode = Literal["dqn", "supervised"]
+TargetUpdate = Literal["polyak", "hard"]
+PurchaseCredit = Literal["cart", "purchase"]
+ScoringEngine = Literal["torch", "spark"]
+SimRefresh = Literal["session", "step"]
+Device = Literal["auto", "cuda", "cpu"]
+
+
+class _Section:
+    """Base of every section: fixed-choice fields are checked however the section is built."""
+
+    def __post_init__(self) -> None:
+        section = SECTION_NAMES.get(type(self), type(self).__name__)
+        for name, typ in typing.get_type_hints(type(self)).items():
+            _check_choices(getattr(self, name), typ, f"{section}.{name}")
+
+
+def _check_choices(value: Any, typ: Any, where: str) -> None:
+    origin = typing.get_origin(typ)
+    if origin is Literal:
+        choices = typing.get_args(typ)
+        if value not in choices:
+            raise ConfigError(f"{where}={value!r} is not one of {list(choices)}")
+    elif origin is tuple:
+        element = typing.get_args(typ)[0]
+        if not value:
+            raise ConfigError(f"{where} is empty; give at least one of {list(typing.get_args(element))}")
+        for item in value:
+            _check_choices(item, element, where)
+
+
 @dataclass
-class WarehouseConfig:
+class WarehouseConfig(_Section):
     """Where the tables live (local Parquet by default)."""
 
     root: str = "var/warehouse"
-    """Warehouse root folder; raw/, curated/ and output/ tables sit under it."""
-
-    def path(self, *parts: str) -> str:
-        return str(Path(self.root).joinpath(*parts))
-
-    def partition(self, table: str, run_date: str) -> str:
-        """Folder of one run-date partition of a curated or output table."""
-        from dql_model import schema
-
-        return self.path(schema.TABLE_LAYER[table], table, f"{schema.RUN_DATE}={run_date}")
+    """Warehouse root folder; dql_model.layout says what lives where below it."""
 
 
 @dataclass
-class SimulatorConfig:
+class SimulatorConfig(_Section):
     """The synthetic shop used for the demo, the tests and simulated evaluation."""
 
     n_users: int = 3000
@@ -70,7 +103,7 @@ class SimulatorConfig:
 
 
 @dataclass
-class EtlConfig:
+class EtlConfig(_Section):
     """How raw events become user states and training transitions."""
 
     max_len: int = 20
@@ -98,10 +131,10 @@ class EtlConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(_Section):
     """Shape of the Q-network."""
 
-    encoder: str = "gru"
+    encoder: Encoder = "gru"
     """Sequence encoder: gru, lstm or attention."""
     embed_dim: int = 64
     """Width of item, event and state embeddings."""
@@ -116,10 +149,10 @@ class ModelConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(_Section):
     """How the Q-network is trained."""
 
-    mode: str = "dqn"
+    mode: TrainMode = "dqn"
     """dqn (TD + conservative term) or supervised (next-item cross-entropy only, the baseline)."""
     epochs: int = 6
     """Passes over the training transitions."""
@@ -138,12 +171,12 @@ class TrainConfig:
     """0: logsumexp and the TD argmax over the full catalogue; m > 0: over m sampled items (huge catalogues)."""
     n_step: int = 3
     """Rewards summed (discounted) before bootstrapping: n-step returns; 1 is one-step TD."""
-    purchase_credit: str = "cart"
+    purchase_credit: PurchaseCredit = "cart"
     """cart: a purchase's reward is credited to the add-to-cart of the item earlier in the session
     (where the purchase was decided; data.credit_purchases_to_carts); purchase: to the purchase event."""
     td_weight: float = 1.0
     """Weight of the double-DQN TD loss."""
-    target_update: str = "polyak"
+    target_update: TargetUpdate = "polyak"
     """polyak (soft update every step with tau) or hard (copy every target_every steps)."""
     tau: float = 0.01
     """Polyak rate of the target network."""
@@ -152,17 +185,29 @@ class TrainConfig:
     grad_clip: float = 5.0
     """Max gradient norm."""
     patience: int = 2
-    """Epochs without a better validation NDCG@10 before training stops (best weights are kept)."""
-    device: str = "auto"
+    """Epochs without a better eval.early_stop_metric before training stops (best weights are kept)."""
+    device: Device = "auto"
     """auto (CUDA when present), cuda or cpu."""
     seed: int = 0
     """Seed of initialisation and batching; CPU runs are bit-for-bit reproducible."""
     checkpoints: bool = True
     """Checkpoint every epoch under <registry.root>/.checkpoints; a rerun after a crash resumes there."""
+
+
+@dataclass
+class EvalConfig(_Section):
+    """How models are judged each night: the metrics, the gate, the baselines, the simulation."""
+
+    early_stop_metric: str = schema.metric_name("ndcg", 10)
+    """Validation metric of early stopping and of the best epoch (patience: train.patience)."""
+    gate_metric: str = schema.metric_name("ndcg", 10)
+    """Validation metric the champion/challenger gate compares."""
+    gate_tolerance: float = 0.02
+    """A challenger is promoted unless it is worse than the champion by more than this (relative)."""
     baseline_trials: int = 2
     """Supervised-baseline settings tried in the nightly evaluation (baselines.SUPERVISED_GRID); 0 skips it."""
     baseline_epochs: int = 0
-    """Epochs of each supervised-baseline trial; 0 means the same as epochs."""
+    """Epochs of each supervised-baseline trial; 0 means the same as train.epochs."""
     sim_users: int = 500
     """Simulated shoppers per seed in the simulated policy evaluation; 0 skips the simulation."""
     sim_steps: int = 20
@@ -171,13 +216,23 @@ class TrainConfig:
     """Environment seeds; the confidence interval of the simulated return is over these."""
     sim_slate: int = 10
     """Recommendations shown to a simulated shopper at each step."""
-    sim_refresh: str = "session,step"
+    sim_refresh: tuple[SimRefresh, ...] = ("session", "step")
     """When a simulated shopper's list is re-ranked: session (at each session start) and/or step
-    (after every click); comma-separated, each is simulated, the first is the headline."""
+    (after every click); a list or a comma-separated string, each is simulated, the first is the headline."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for name in ("early_stop_metric", "gate_metric"):
+            value = getattr(self, name)
+            if not schema.is_metric_name(value):
+                raise ConfigError(
+                    f"eval.{name}={value!r} is not a validation metric; expected a name like "
+                    f"{schema.metric_name('ndcg', 10)!r} or {schema.metric_name('hr', 20, schema.PURCHASE)!r}"
+                )
 
 
 @dataclass
-class ScoreConfig:
+class ScoreConfig(_Section):
     """How recommendations are produced."""
 
     top_k: int = 20
@@ -186,7 +241,7 @@ class ScoreConfig:
     """Users per scoring batch (grouped by a hash of user_id, so both engines form the same batches)."""
     mask_purchased: bool = True
     """Never recommend what the user already bought."""
-    engine: str = "torch"
+    engine: ScoringEngine = "torch"
     """torch (batched matrix products in the scoring task) or spark (a Spark job, model broadcast to executors)."""
     explore_slots: int = 0
     """The last this-many of the K ranks are drawn from a softmax over Q-values (source explore)."""
@@ -197,19 +252,15 @@ class ScoreConfig:
 
 
 @dataclass
-class RegistryConfig:
+class RegistryConfig(_Section):
     """Model registry and the champion/challenger gate."""
 
     root: str = "var/models"
     """Folder with one directory per model version and the champion pointer."""
-    gate_metric: str = "eval/ndcg@10"
-    """Validation metric the gate compares."""
-    gate_tolerance: float = 0.02
-    """A challenger is promoted unless it is worse than the champion by more than this (relative)."""
 
 
 @dataclass
-class PublishConfig:
+class PublishConfig(_Section):
     """Where recommendations go besides the warehouse."""
 
     export_uri: str = "var/export/recommendations"
@@ -227,7 +278,7 @@ class PublishConfig:
 
 
 @dataclass
-class QualityConfig:
+class QualityConfig(_Section):
     """Great Expectations thresholds."""
 
     max_bad_fraction: float = 0.01
@@ -235,7 +286,7 @@ class QualityConfig:
 
 
 @dataclass
-class SparkConfig:
+class SparkConfig(_Section):
     """Spark settings for the jobs (the spark_default connection chooses the master in Airflow)."""
 
     master: str = "local[*]"
@@ -244,7 +295,7 @@ class SparkConfig:
     """spark.sql.shuffle.partitions."""
     driver_memory: str = "2g"
     """spark.driver.memory."""
-    driver_java_options: str = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+    driver_java_options: str = pipeline.FAST_JVM_OPTIONS
     """spark.driver.extraJavaOptions outside spark-submit (the default halves JVM start-up)."""
 
 
@@ -257,14 +308,25 @@ class Config:
     etl: EtlConfig = field(default_factory=EtlConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
 
+    @property
+    def layout(self):
+        """Where every table, summary and report of this warehouse lives (dql_model.layout.Layout)."""
+        from dql_model.layout import Layout
+
+        return Layout(self.warehouse.root)
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Plain nested dicts, lists for tuples: what YAML, JSON and from_dict take."""
+        return dataclasses.asdict(
+            self, dict_factory=lambda items: {k: list(v) if isinstance(v, tuple) else v for k, v in items}
+        )
 
     def hash(self) -> str:
         """Short stable hash of the resolved config, written into manifests."""
@@ -276,8 +338,6 @@ class Config:
         return from_dict(_deep_merge(self.to_dict(), sections))
 
     def rewards(self) -> dict[str, float]:
-        from dql_model import schema
-
         return {
             schema.VIEW: self.etl.reward_view,
             schema.ADD_TO_CART: self.etl.reward_add_to_cart,
@@ -295,6 +355,23 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+SECTION_NAMES: dict[type, str] = {}
+"""Section class -> its name in Config (filled below), for the messages of _Section."""
+
+LEGACY_FIELDS = {
+    ("train", "baseline_trials"): ("eval", "baseline_trials"),
+    ("train", "baseline_epochs"): ("eval", "baseline_epochs"),
+    ("train", "sim_users"): ("eval", "sim_users"),
+    ("train", "sim_steps"): ("eval", "sim_steps"),
+    ("train", "sim_seeds"): ("eval", "sim_seeds"),
+    ("train", "sim_slate"): ("eval", "sim_slate"),
+    ("train", "sim_refresh"): ("eval", "sim_refresh"),
+    ("registry", "gate_metric"): ("eval", "gate_metric"),
+    ("registry", "gate_tolerance"): ("eval", "gate_tolerance"),
+}
+"""Old (section, field) -> where it lives now; old names are moved with a warning, never refused."""
+
+
 def _section_types() -> dict[str, type]:
     hints = typing.get_type_hints(Config)
     return {f.name: hints[f.name] for f in dataclasses.fields(Config)}
@@ -304,6 +381,19 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
     """Convert a YAML or environment value to the field's declared type."""
     if isinstance(typ, types.UnionType):
         typ = next(t for t in typing.get_args(typ) if t is not type(None))
+    origin = typing.get_origin(typ)
+    if origin is Literal:
+        choices = typing.get_args(typ)
+        text = value.strip() if isinstance(value, str) else value
+        if text not in choices:
+            raise ConfigError(f"{where}={value!r} is not one of {list(choices)}")
+        return text
+    if origin is tuple:
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list | tuple):
+            raise ConfigError(f"{where}: expected a list or a comma-separated string, got {value!r}")
+        element = typing.get_args(typ)[0]
+        return tuple(_coerce(item, element, where) for item in items if str(item).strip())
     if typ is bool:
         if isinstance(value, bool):
             return value
@@ -321,8 +411,28 @@ def _coerce(value: Any, typ: Any, where: str) -> Any:
         raise ConfigError(f"{where}: expected {typ.__name__}, got {value!r}") from None
 
 
+def _moved_fields(data: dict[str, Any], origin: str) -> dict[str, Any]:
+    """``data`` with fields under their LEGACY_FIELDS names moved to where they live now."""
+    moved = {name: dict(section) if isinstance(section, dict) else section for name, section in data.items()}
+    for (old_section, old_name), (new_section, new_name) in LEGACY_FIELDS.items():
+        section = moved.get(old_section)
+        if not isinstance(section, dict) or old_name not in section:
+            continue
+        value = section.pop(old_name)
+        target = moved.setdefault(new_section, {}) or {}
+        moved[new_section] = target
+        note = "the old name still works"
+        if new_name in target:
+            note = f"ignored: {new_section}.{new_name} is given too and wins"
+        else:
+            target[new_name] = value
+        warnings.warn(f"{origin}: {old_section}.{old_name} is now {new_section}.{new_name}; {note}", FutureWarning, stacklevel=3)
+    return moved
+
+
 def from_dict(data: dict[str, Any], *, origin: str = "config") -> Config:
     """Build a Config from nested dicts, rejecting unknown sections and fields."""
+    data = _moved_fields(data, origin)
     sections = {}
     for name, section_type in _section_types().items():
         given = dict(data.get(name) or {})
@@ -331,13 +441,18 @@ def from_dict(data: dict[str, Any], *, origin: str = "config") -> Config:
         unknown = sorted(set(given) - known)
         if unknown:
             raise ConfigError(f"{origin}: unknown field(s) {unknown} in section '{name}'; known: {sorted(known)}")
-        sections[name] = section_type(
-            **{key: _coerce(value, hints[key], f"{origin}: {name}.{key}") for key, value in given.items()}
-        )
+        values = {key: _coerce(value, hints[key], f"{origin}: {name}.{key}") for key, value in given.items()}
+        try:
+            sections[name] = section_type(**values)
+        except ConfigError as error:
+            raise ConfigError(f"{origin}: {error}") from None
     unknown_sections = sorted(set(data) - set(sections))
     if unknown_sections:
         raise ConfigError(f"{origin}: unknown section(s) {unknown_sections}; known: {sorted(sections)}")
     return Config(**sections)
+
+
+SECTION_NAMES.update({typ: name for name, typ in _section_types().items()})
 
 
 def _env_overrides(env: typing.Mapping[str, str]) -> dict[str, dict[str, str]]:

@@ -71,13 +71,6 @@ class PopularityScorer:
         self.counts[0] = -np.inf
 
     @classmethod
-    def from_actions(cls, actions: np.ndarray, *, n_items: int) -> PopularityScorer:
-        """Counts of logged actions (item_idx 1..n_items; others are ignored)."""
-        actions = np.asarray(actions, dtype=np.int64)
-        actions = actions[(actions > 0) & (actions <= n_items)]
-        return cls(np.bincount(actions, minlength=n_items + 1).astype(np.float64))
-
-    @classmethod
     def from_transitions(cls, transitions_dir: str | os.PathLike[str], *, n_items: int) -> PopularityScorer:
         return cls(data.action_counts(transitions_dir, n_items=n_items, split=schema.TRAIN))
 
@@ -101,7 +94,7 @@ def evaluate_scorer(
     (share of top-10 slots holding an item already in the state), ``eval/purchased@10`` (share
     of top-10 slots holding an item the state shows as already purchased), ``eval/n`` (events).
     """
-    out: dict[str, float] = {"eval/n": float(len(val))}
+    out: dict[str, float] = {f"{schema.metric_prefix()}n": float(len(val))}
     if not len(val):
         return out
     ranks, covered, seen, purchased = [], None, 0.0, 0.0
@@ -120,16 +113,16 @@ def evaluate_scorer(
         bought = val.state_events[rows][:, None, :] == purchase_code
         purchased += (in_state & bought).any(axis=2).mean(axis=1).sum()
     all_ranks = np.concatenate(ranks)
-    out.update(metrics.ranking_metrics(all_ranks, ks, "eval/"))
+    out.update(metrics.ranking_metrics(all_ranks, ks, schema.metric_prefix()))
     for event_type, code in schema.EVENT_CODE.items():
         mask = val.event_code == code
         if mask.any():
-            out[f"eval/{event_type}/n"] = float(mask.sum())
-            out.update(metrics.ranking_metrics(all_ranks[mask], ks, f"eval/{event_type}/"))
+            out[f"{schema.metric_prefix(event_type)}n"] = float(mask.sum())
+            out.update(metrics.ranking_metrics(all_ranks[mask], ks, schema.metric_prefix(event_type)))
     n_items = len(covered) - 1
-    out[f"eval/coverage@{COVERAGE_K}"] = float(covered[1:].sum() / max(n_items, 1))
-    out[f"eval/seen@{COVERAGE_K}"] = float(seen / len(val))
-    out[f"eval/purchased@{COVERAGE_K}"] = float(purchased / len(val))
+    out[schema.metric_name("coverage", COVERAGE_K)] = float(covered[1:].sum() / max(n_items, 1))
+    out[schema.metric_name("seen", COVERAGE_K)] = float(seen / len(val))
+    out[schema.metric_name("purchased", COVERAGE_K)] = float(purchased / len(val))
     return out
 
 

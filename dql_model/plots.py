@@ -18,19 +18,21 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 
+from dql_model.schema import ADD_TO_CART, PURCHASE, VIEW, metric_name  # noqa: E402
+
 LEARNING_CURVES = "learning_curves.png"
 METRICS_BY_EVENT = "metrics_by_event.png"
 SIMULATED_RETURN = "simulated_return.png"
 CURVE_METRICS = (
     ("loss/total", "training loss"),
-    ("eval/ndcg@10", "validation NDCG@10"),
-    ("eval/purchase/ndcg@10", "validation purchase NDCG@10"),
+    (metric_name("ndcg", 10), "validation NDCG@10"),
+    (metric_name("ndcg", 10, PURCHASE), "validation purchase NDCG@10"),
 )
 EVENT_METRICS = (
-    ("eval/ndcg@10", "all"),
-    ("eval/view/ndcg@10", "view"),
-    ("eval/add_to_cart/ndcg@10", "add to cart"),
-    ("eval/purchase/ndcg@10", "purchase"),
+    (metric_name("ndcg", 10), "all"),
+    (metric_name("ndcg", 10, VIEW), "view"),
+    (metric_name("ndcg", 10, ADD_TO_CART), "add to cart"),
+    (metric_name("ndcg", 10, PURCHASE), "purchase"),
 )
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import time
+import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -37,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from dql_model import data, metrics, schema
-from dql_model.config import Config
+from dql_model.config import Config, SimRefresh
 from dql_model.evaluate import Scorer
 from dql_model.simulator import ShopSimulator
 
@@ -47,8 +48,8 @@ T_975 = (
     2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
 )  # fmt: skip
 """Two-sided 95 % Student t quantiles for 1..30 degrees of freedom (1.96 beyond)."""
-REFRESH_MODES = ("session", "step")
-"""When a simulated shopper's list is re-ranked (module docstring)."""
+REFRESH_MODES = typing.get_args(SimRefresh)
+"""When a simulated shopper's list is re-ranked (module docstring); eval.sim_refresh picks them."""
 PURCHASE_CODE = schema.EVENT_CODE[schema.PURCHASE]
 CART_CODE = schema.EVENT_CODE[schema.ADD_TO_CART]
 
@@ -165,17 +166,6 @@ def _check_refresh(refresh: str) -> None:
         raise ValueError(f"simulation refresh {refresh!r} is not one of {REFRESH_MODES}")
 
 
-def sim_refresh_modes(cfg: Config) -> list[str]:
-    """train.sim_refresh as a list (the first is the headline protocol); unknown modes raise."""
-    modes = [mode.strip() for mode in cfg.train.sim_refresh.split(",") if mode.strip()]
-    unknown = [mode for mode in modes if mode not in REFRESH_MODES]
-    if not modes or unknown:
-        raise ValueError(
-            f"train.sim_refresh={cfg.train.sim_refresh!r}: expected a comma-separated list of {REFRESH_MODES}"
-        )
-    return modes
-
-
 def simulate_policies(
     policies: Mapping[str, Scorer],
     cfg: Config,
@@ -189,19 +179,18 @@ def simulate_policies(
     reference: str | None = None,
     progress: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Simulated value of every policy (defaults from train.sim_*; ``refresh`` defaults to the
-    first of train.sim_refresh), as a JSON-able dict:
+    """Simulated value of every policy (defaults from eval.sim_*; ``refresh`` defaults to the
+    first of eval.sim_refresh, the headline protocol), as a JSON-able dict:
 
     ``{"settings": {...}, "policies": {name: {"return": {mean, sd, ci95, low, high, n},
     "purchases": ..., "carts": ..., "slate_share": ..., "per_seed": [...]}},
     "vs_reference": {name: {mean, ci95, ...}}}``, the last one the paired difference
     name - reference over seeds (reference: the first policy by default).
     """
-    t = cfg.train
+    t = cfg.eval
     users, steps = users or t.sim_users, steps or t.sim_steps
     seeds, slate = seeds or t.sim_seeds, slate or t.sim_slate
-    refresh = refresh or sim_refresh_modes(cfg)[0]
-    _check_refresh(refresh)
+    refresh = refresh or t.sim_refresh[0]
     started = time.perf_counter()
     simulator = ShopSimulator(cfg.simulator)
     catalogue = CatalogueMap.build(simulator.item_ids, items)

@@ -16,7 +16,7 @@ EVENT_TYPES = (VIEW, ADD_TO_CART, PURCHASE, RATING)
 EVENT_CODE = {name: code for code, name in enumerate(EVENT_TYPES, start=1)}
 N_EVENT_CODES = len(EVENT_TYPES) + 1
 
-# Tables and the warehouse layer they live in.
+# Tables (dql_model.layout says where each one lives).
 EVENTS = "events"
 ITEMS = "items"
 ITEM_INDEX = "item_index"
@@ -24,15 +24,6 @@ USER_STATES = "user_states"
 TRANSITIONS = "transitions"
 QUARANTINE = "quarantine"
 RECOMMENDATIONS = "recommendations"
-TABLE_LAYER = {
-    EVENTS: "raw",
-    ITEMS: "raw",
-    ITEM_INDEX: "curated",
-    USER_STATES: "curated",
-    TRANSITIONS: "curated",
-    QUARANTINE: "curated",
-    RECOMMENDATIONS: "output",
-}
 
 # Columns.
 EVENT_TIME = "event_time"
@@ -84,6 +75,37 @@ RULE_BAD_EVENT_TYPE = "bad_event_type"
 RULE_TIME_OUT_OF_RANGE = "event_time_out_of_range"
 RULE_BAD_VALUE = "bad_value"
 RULE_DUPLICATE = "duplicate"
+
+# Validation metric names: eval/<kind>@<k> over all events, eval/<event_type>/<kind>@<k> per type.
+METRIC_NAMESPACE = "eval"
+RANKING_METRICS = ("hr", "ndcg", "mrr")
+LIST_METRICS = ("coverage", "seen", "purchased")
+
+
+def metric_prefix(event_type: str | None = None) -> str:
+    """``eval/`` or ``eval/<event_type>/``: what a metric name starts with."""
+    return f"{METRIC_NAMESPACE}/{event_type}/" if event_type else f"{METRIC_NAMESPACE}/"
+
+
+def metric_name(kind: str, k: int, event_type: str | None = None) -> str:
+    """The name of a validation metric: ``metric_name("ndcg", 10, PURCHASE)`` is ``eval/purchase/ndcg@10``."""
+    return f"{metric_prefix(event_type)}{kind}@{k}"
+
+
+def metric_k(name: str) -> int:
+    """The cut-off k of a metric name: ``metric_k("eval/ndcg@10")`` is 10."""
+    return int(name.rpartition("@")[2])
+
+
+def is_metric_name(name: str) -> bool:
+    """True for a name ``metric_name`` can produce (a known kind, a positive k, a known event type)."""
+    head, _, k = name.rpartition("@")
+    parts = head.split("/")
+    if not k.isdigit() or int(k) < 1 or parts[0] != METRIC_NAMESPACE or len(parts) not in (2, 3):
+        return False
+    kinds = RANKING_METRICS if len(parts) == 3 else RANKING_METRICS + LIST_METRICS
+    return parts[-1] in kinds and (len(parts) == 2 or parts[1] in EVENT_TYPES)
+
 
 SPARK_DDL = {
     EVENTS: (
@@ -147,3 +169,36 @@ def arrow_schema(table: str):
     if table not in schemas:
         raise KeyError(f"no pyarrow schema for table {table!r}; known: {sorted(schemas)}")
     return pa.schema(schemas[table])
+
+
+def iso_date(value) -> str:
+    """A run date or event date as ``YYYY-MM-DD``: a ``date`` or a string naming a real calendar day."""
+    import datetime as dt
+    import re
+
+    text = value.isoformat() if isinstance(value, dt.date) and not isinstance(value, dt.datetime) else str(value)
+    try:
+        if re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+            return dt.date.fromisoformat(text).isoformat()
+    except ValueError:
+        pass
+    raise ValueError(f"expected a calendar date as YYYY-MM-DD, got {value!r}")
+
+
+def conform(table, name: str):
+    """``table`` in the contract's column order and types (``arrow_schema(name)``); a clear error otherwise."""
+    import pyarrow as pa
+
+    contract = arrow_schema(name)
+    missing = [n for n in contract.names if n not in table.column_names]
+    extra = [n for n in table.column_names if n not in contract.names]
+    if missing or extra:
+        raise ValueError(
+            f"{name} table does not match the contract: missing columns {missing}, "
+            f"unexpected columns {extra} (the partition column lives in the folder name, not in the files)"
+        )
+    try:
+        return table.select(contract.names).cast(contract)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        found = {f.name: str(f.type) for f in table.schema if f.type != contract.field(f.name).type}
+        raise ValueError(f"{name} columns {found} cannot be cast to the contract types: {exc}") from None

@@ -3,7 +3,7 @@
     result = train_model(cfg, transitions_dir=..., item_index_dir=..., warm_start=champion)
 
 Per epoch it prints one line of namespaced metrics (loss/*, q/*, eval/*) and keeps the weights
-of the best epoch by validation ``eval/ndcg@10``. On CUDA the forward passes run under bf16
+of the best epoch by the validation metric ``eval.early_stop_metric`` (``eval/ndcg@10`` by default). On CUDA the forward passes run under bf16
 autocast; on CPU a run is bit-for-bit reproducible for a seed.
 
 With ``train.checkpoints`` every finished epoch is saved (networks, optimizer, history, best
@@ -37,8 +37,6 @@ from dql_model.config import Config
 from dql_model.evaluate import QNetworkScorer, evaluate_scorer
 from dql_model.networks import QNetwork
 
-EARLY_STOP_METRIC = "eval/ndcg@10"
-"""Validation metric of early stopping and of the best epoch (its patience is train.patience)."""
 CHECKPOINTS = ".checkpoints"
 """Folder under the registry root with one sub-folder of checkpoints per training run."""
 ITEM_ROW_TABLES = (
@@ -52,11 +50,11 @@ ITEM_FEATURE_BUFFERS = ("item_category", "item_price_bucket")
 PREFETCH_BATCHES = 4
 """Batches decoded ahead in a background thread when training on a GPU."""
 PROGRESS_METRICS = (
-    "eval/ndcg@10",
-    "eval/hr@10",
-    "eval/mrr@10",
-    "eval/purchase/ndcg@10",
-    "eval/coverage@10",
+    schema.metric_name("ndcg", 10),
+    schema.metric_name("hr", 10),
+    schema.metric_name("mrr", 10),
+    schema.metric_name("ndcg", 10, schema.PURCHASE),
+    schema.metric_name("coverage", 10),
 )
 
 
@@ -68,8 +66,8 @@ class TrainResult:
     """The network with the weights of the best validation epoch."""
     history: list[dict[str, float]]
     """One dict of metrics per epoch (loss/*, q/*, grad/*, eval/*, time/*)."""
-    best_ndcg_at_10: float
-    """Best validation eval/ndcg@10 (NaN without validation transitions)."""
+    best_value: float
+    """Best value of the validation metric eval.early_stop_metric (NaN without validation transitions)."""
     best_epoch: int
     """Epoch (1-based) whose weights the model holds."""
     device: str
@@ -358,7 +356,7 @@ def train_model(
     else:
         progress(f"warning: no validation transitions in {transitions_dir}; no early stopping")
     agent = DQNAgent(model, cfg.train, device=device, amp_dtype=amp_dtype)
-    patience = cfg.train.patience
+    patience, metric = cfg.train.patience, cfg.eval.early_stop_metric
     checkpoints = None
     if cfg.train.checkpoints:
         key = Checkpoints.run_key(
@@ -402,7 +400,7 @@ def train_model(
         row["throughput/transitions_per_s"] = n_rows / max(train_seconds, 1e-9)
         run.history.append(row)
 
-        value = row.get(EARLY_STOP_METRIC, float("nan"))
+        value = row.get(metric, float("nan"))
         improved = not len(val) or value > run.best_value
         if improved:
             run.best_value, run.best_epoch = value, epoch
@@ -415,7 +413,7 @@ def train_model(
         if checkpoints is not None:
             checkpoints.save(epoch, run.to_checkpoint(agent))
         if stopped():
-            progress(f"early stop: no better {EARLY_STOP_METRIC} for {patience} epochs")
+            progress(f"early stop: no better {metric} for {patience} epochs")
             break
 
     if run.best_state is not None:
@@ -424,19 +422,59 @@ def train_model(
     if checkpoints is not None:
         checkpoints.clear()
     seconds = time.perf_counter() - started
-    best_metrics = {k: v for k, v in run.history[run.best_epoch - 1].items() if k.startswith("eval/")}
-    best_ndcg = run.best_value if len(val) else float("nan")
+    best_metrics = {k: v for k, v in run.history[run.best_epoch - 1].items() if k.startswith(schema.metric_prefix())}
+    best_value = run.best_value if len(val) else float("nan")
     progress(
         f"trained {run.n_transitions} transitions x {run.epoch} epochs on {device} in {seconds:.1f}s; "
-        f"best {EARLY_STOP_METRIC}={best_ndcg:.4f} at epoch {run.best_epoch}"
+        f"best {metric}={best_value:.4f} at epoch {run.best_epoch}"
     )
     return TrainResult(
         model=model,
         history=run.history,
-        best_ndcg_at_10=best_ndcg,
+        best_value=best_value,
         best_epoch=run.best_epoch,
         device=str(device),
         n_transitions=run.n_transitions,
         seconds=seconds,
         best_metrics=best_metrics,
     )
+
+
+def train_challenger(cfg: Config, run_date: str, *, progress: Callable[[str], None] = print) -> dict[str, Any]:
+    """Tonight's challenger: warm-started from the incumbent, trained on the run date's
+    transitions, registered (the gate decides on promotion). Returns version, device, seconds and
+    transitions per epoch.
+    """
+    from dql_model import registry
+
+    warm_start = None
+    incumbent = registry.incumbent_for(cfg.registry.root, run_date)
+    if incumbent:
+        warm_start, _ = registry.load_model(Path(cfg.registry.root) / incumbent)
+    result = train_model(
+        cfg,
+        transitions_dir=cfg.layout.partition(schema.TRANSITIONS, run_date),
+        item_index_dir=cfg.layout.partition(schema.ITEM_INDEX, run_date),
+        warm_start=warm_start,
+        progress=progress,
+    )
+    version = registry.save_model(
+        result.model,
+        cfg,
+        registry_root=cfg.registry.root,
+        metrics={"history": result.history, "best": result.best_metrics},
+        data_window={
+            "run_date": run_date,
+            "train_days": cfg.etl.train_days,
+            "val_days": cfg.etl.val_days,
+            "transitions": result.n_transitions,
+            "warm_start_from": incumbent,
+        },
+        version_prefix=run_date.replace("-", ""),
+    )
+    return {
+        "version": version,
+        "device": str(result.device),
+        "seconds": round(result.seconds, 1),
+        "transitions": result.n_transitions,
+    }

@@ -9,7 +9,7 @@ import torch
 from dql_model import baselines, data, schema
 from dql_model.baselines import CooccurrenceCounts, CooccurrenceScorer, SparseRows
 from dql_model.evaluate import evaluate_scorer
-from tests.unit.test_data import make_shop
+from tests.factories import make_shop
 
 torch.set_num_threads(1)
 VIEW = schema.EVENT_CODE[schema.VIEW]
@@ -66,7 +66,7 @@ def test_cooccurrence_learns_the_successor_rule_and_is_tuned_on_validation(shop)
     val = data.load_transitions(transitions, max_len=8, split=schema.VALIDATION)
     best, trials = baselines.tune_cooccurrence(counts, val)
     assert [t["window"] for t in trials] == [g["window"] for g in baselines.COOCCURRENCE_GRID]
-    assert best.window == max(trials, key=lambda t: t["eval/ndcg@10"])["window"]
+    assert best.window == max(trials, key=lambda t: t["value"])["window"]
     # users follow successor(last item) 90 % of the time: the last item alone predicts well
     assert evaluate_scorer(CooccurrenceScorer(counts, window=1, decay=1.0), val)["eval/hr@10"] > 0.8
 
@@ -76,7 +76,7 @@ def test_supervised_search_keeps_the_best_trial(tiny_config, shop):
     cfg = tiny_config.replace(
         etl={"max_len": 8},
         model={"embed_dim": 16, "hidden_dim": 16, "dropout": 0.0},
-        train={"batch_size": 32, "device": "cpu", "baseline_epochs": 2},
+        train={"batch_size": 32, "device": "cpu"}, eval={"baseline_epochs": 2},
     )
     grid = ({"train": {"lr": 1e-9}, "model": {}}, {"train": {"lr": 1e-2}, "model": {}})
     lines = []
@@ -90,7 +90,7 @@ def test_supervised_search_keeps_the_best_trial(tiny_config, shop):
     )
     assert [t["overrides"] for t in search.trials] == list(grid)
     assert search.overrides == grid[1]  # a learning rate of 1e-9 learns nothing
-    assert search.trials[1]["eval/ndcg@10"] > search.trials[0]["eval/ndcg@10"]
+    assert search.trials[1]["value"] > search.trials[0]["value"]
     assert len(search.history) == 2 and "loss/td" not in search.history[0]
     assert any(line.startswith("supervised trial 2/2: epoch 2/2") for line in lines)
     assert search.model.cfg.embed_dim == 16 and not search.model.training
@@ -100,7 +100,7 @@ def test_supervised_search_keeps_the_best_trial(tiny_config, shop):
 def test_fit_baselines_names_every_baseline(tiny_config, shop):
     transitions, item_index = shop
     cfg = tiny_config.replace(
-        etl={"max_len": 8}, train={"batch_size": 64, "device": "cpu", "baseline_trials": 1, "baseline_epochs": 1}
+        etl={"max_len": 8}, train={"batch_size": 64, "device": "cpu"}, eval={"baseline_trials": 1, "baseline_epochs": 1}
     )
     items = data.load_item_features(item_index, price_buckets=cfg.model.price_buckets)
     val = data.load_transitions(transitions, max_len=8, split=schema.VALIDATION)

@@ -52,3 +52,80 @@ def test_hash_changes_with_any_field():
 def test_rewards_follow_config():
     cfg = Config().replace(etl={"reward_purchase": 2.0})
     assert cfg.rewards() == {"view": 0.0, "add_to_cart": 0.3, "purchase": 2.0}
+
+
+FIXED_CHOICES = {
+    "model.encoder": ["gru", "lstm", "attention"],
+    "train.mode": ["dqn", "supervised"],
+    "train.target_update": ["polyak", "hard"],
+    "train.purchase_credit": ["cart", "purchase"],
+    "train.device": ["auto", "cuda", "cpu"],
+    "score.engine": ["torch", "spark"],
+    "eval.sim_refresh": ["session", "step"],
+}
+
+
+@pytest.mark.parametrize("key", sorted(FIXED_CHOICES))
+def test_a_fixed_choice_field_refuses_other_values_at_load_time(key):
+    section, name = key.split(".")
+    env = {f"DQLREC_{section.upper()}__{name.upper()}": "bogus"}
+    with pytest.raises(ConfigError) as caught:
+        load_config(env=env)
+    message = str(caught.value)
+    assert f"{key}='bogus' is not one of {FIXED_CHOICES[key]}" in message
+    assert "\n" not in message
+    for choice in FIXED_CHOICES[key]:  # every allowed value loads
+        loaded = load_config(env={f"DQLREC_{section.upper()}__{name.upper()}": choice})
+        value = getattr(getattr(loaded, section), name)
+        assert value == ((choice,) if isinstance(value, tuple) else choice)
+
+
+def test_sections_built_in_code_are_checked_too():
+    from dql_model.config import ScoreConfig, TrainConfig
+
+    with pytest.raises(ConfigError, match=r"train.mode='sarsa' is not one of \['dqn', 'supervised'\]"):
+        TrainConfig(mode="sarsa")
+    with pytest.raises(ConfigError, match="score.engine='gpu'"):
+        Config().replace(score={"engine": "gpu"})
+    assert ScoreConfig(engine="spark").engine == "spark"
+
+
+def test_sim_refresh_takes_a_list_or_a_comma_separated_string(tmp_path):
+    assert load_config(env={"DQLREC_EVAL__SIM_REFRESH": "step, session"}).eval.sim_refresh == ("step", "session")
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"eval": {"sim_refresh": ["step"]}}))
+    cfg = load_config(path, env={})
+    assert cfg.eval.sim_refresh == ("step",)
+    assert yaml.safe_load(yaml.safe_dump(cfg.to_dict()))["eval"]["sim_refresh"] == ["step"]
+    with pytest.raises(ConfigError, match="eval.sim_refresh is empty"):
+        load_config(env={"DQLREC_EVAL__SIM_REFRESH": ","})
+
+
+def test_metric_names_are_checked():
+    assert load_config(env={"DQLREC_EVAL__GATE_METRIC": "eval/purchase/hr@20"}).eval.gate_metric == "eval/purchase/hr@20"
+    for bad in ("eval/ndcg10", "ndcg@10", "eval/clicks/ndcg@10", "eval/purchase/coverage@10", "eval/ndcg@0"):
+        with pytest.raises(ConfigError, match=r"environment: eval.gate_metric=.* is not a validation metric"):
+            load_config(env={"DQLREC_EVAL__GATE_METRIC": bad})
+
+
+def test_evaluation_settings_under_their_old_names_still_work(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump({"train": {"sim_users": 7, "baseline_trials": 0}, "registry": {"gate_tolerance": 0.1}}))
+    with pytest.warns(FutureWarning, match="train.sim_users is now eval.sim_users"):
+        cfg = load_config(path, env={"DQLREC_TRAIN__SIM_SEEDS": "3"})
+    assert (cfg.eval.sim_users, cfg.eval.baseline_trials, cfg.eval.gate_tolerance, cfg.eval.sim_seeds) == (7, 0, 0.1, 3)
+    # Given both ways, the new name wins.
+    with pytest.warns(FutureWarning):
+        both = load_config(env={"DQLREC_TRAIN__SIM_USERS": "7", "DQLREC_EVAL__SIM_USERS": "9"})
+    assert both.eval.sim_users == 9
+
+
+def test_layout_follows_the_warehouse_root():
+    cfg = Config().replace(warehouse={"root": "/data/wh"})
+    assert cfg.layout.partition("events", "2026-11-27") == "/data/wh/raw/events/event_date=2026-11-27"
+    assert cfg.layout.partition("transitions", "2026-11-27") == "/data/wh/curated/transitions/run_date=2026-11-27"
+    assert cfg.layout.etl_summary("2026-11-27") == "/data/wh/curated/_runs/run_date=2026-11-27/build_training_data.json"
+    assert cfg.layout.staged("recommendations", "2026-11-27") == "/data/wh/staging/recommendations/run_date=2026-11-27"
+    assert cfg.layout.report("2026-11-27") == "/data/wh/reports/run_date=2026-11-27"
+    with pytest.raises(KeyError, match="no table 'clicks'"):
+        cfg.layout.table("clicks")

@@ -93,9 +93,12 @@ def test_scorer_of_an_older_model_on_a_grown_catalogue():
     assert got["eval/hr@10"] <= 0.5  # the event on new item 12 is a miss
 
 
-def test_popularity_from_actions():
-    scorer = PopularityScorer.from_actions(np.array([2, 2, 3, 9, 0]), n_items=4)
-    np.testing.assert_array_equal(scorer.counts, [-np.inf, 0, 2, 1, 0])
+def test_popularity_never_recommends_the_padding_column():
+    counts = np.array([7.0, 0.0, 2.0, 1.0])
+    scorer = PopularityScorer(counts)
+    np.testing.assert_array_equal(scorer.counts, [-np.inf, 0, 2, 1])
+    assert counts[0] == 7.0  # the caller's array is not changed
+    np.testing.assert_array_equal(scorer.scores(np.zeros((2, 3), np.int64), None), [scorer.counts] * 2)
 
 
 def test_share_of_already_purchased_items_by_hand():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from dql_model import data, policy_eval, schema
-from dql_model.config import Config
+from dql_model.config import Config, ConfigError
 from dql_model.policy_eval import CatalogueMap, mean_ci, recommend
 from dql_model.simulator import ShopSimulator
 
@@ -90,7 +90,7 @@ class Neighbours:
 def test_a_policy_that_follows_tastes_earns_more_than_one_against_them():
     cfg = Config().replace(
         simulator={"n_users": 300, "n_items": 120, "n_categories": 6, "n_days": 3},
-        train={"sim_users": 150, "sim_steps": 6, "sim_seeds": 3, "sim_slate": 5},
+        eval={"sim_users": 150, "sim_steps": 6, "sim_seeds": 3, "sim_slate": 5},
     )
     shop = ShopSimulator(cfg.simulator)
     rng = np.random.default_rng(0)
@@ -136,7 +136,7 @@ class CountingScorer:
 def test_session_lists_are_ranked_at_session_starts_and_step_lists_every_step():
     cfg = Config().replace(
         simulator={"n_users": 200, "n_items": 80, "n_categories": 4, "n_days": 2, "mean_session_events": 3.0},
-        train={"sim_users": 60, "sim_steps": 12, "sim_seeds": 2, "sim_slate": 4},
+        eval={"sim_users": 60, "sim_steps": 12, "sim_seeds": 2, "sim_slate": 4},
     )
     shop = ShopSimulator(cfg.simulator)
     items = features(list(shop.item_ids))
@@ -153,8 +153,10 @@ def test_session_lists_are_ranked_at_session_starts_and_step_lists_every_step():
 
 
 def test_unknown_refresh_modes_are_refused():
-    assert policy_eval.sim_refresh_modes(Config()) == ["session", "step"]
-    with pytest.raises(ValueError, match="sim_refresh"):
-        policy_eval.sim_refresh_modes(Config().replace(train={"sim_refresh": "session,hourly"}))
-    with pytest.raises(ValueError, match="not one of"):
-        policy_eval.simulate_policies({}, Config(), features(["a"]), refresh="hourly")
+    assert Config().eval.sim_refresh == policy_eval.REFRESH_MODES == ("session", "step")
+    with pytest.raises(ConfigError, match=r"eval.sim_refresh='hourly' is not one of \['session', 'step'\]"):
+        Config().replace(eval={"sim_refresh": "session,hourly"})
+    cfg = Config().replace(simulator={"n_users": 20, "n_items": 10, "n_categories": 2, "n_days": 1})
+    items = features(list(ShopSimulator(cfg.simulator).item_ids))
+    with pytest.raises(ValueError, match="not one of"):  # a caller in code, past the config
+        policy_eval.simulate_policies({"p": CountingScorer(10)}, cfg, items, refresh="hourly", progress=lambda _: None)

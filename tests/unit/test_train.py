@@ -13,7 +13,7 @@ from dql_model.config import Config, ModelConfig
 from dql_model.evaluate import PopularityScorer, evaluate_scorer
 from dql_model.networks import QNetwork
 from dql_model.train import Checkpoints
-from tests.unit.test_data import item_index_table, make_shop, write_parquet
+from tests.factories import item_index_table, make_shop, write_parquet
 
 torch.set_num_threads(1)
 MAX_LEN = 8
@@ -52,8 +52,8 @@ def test_train_model_end_to_end_learns_the_shop(tiny_config, shop):
             row
         )
         assert {"time/epoch_s", "throughput/transitions_per_s", "eval/coverage@10"} <= set(row)
-    assert result.best_ndcg_at_10 == max(row["eval/ndcg@10"] for row in result.history)
-    assert result.best_metrics["eval/ndcg@10"] == result.best_ndcg_at_10
+    assert result.best_value == max(row["eval/ndcg@10"] for row in result.history)
+    assert result.best_metrics["eval/ndcg@10"] == result.best_value
     assert any(line.startswith("epoch 1/6 ") and "eval/ndcg@10=" in line for line in result.lines)
     assert "best eval/ndcg@10=" in result.lines[-1]
 
@@ -61,7 +61,7 @@ def test_train_model_end_to_end_learns_the_shop(tiny_config, shop):
     transitions, _ = shop
     val = data.load_transitions(transitions, max_len=MAX_LEN, split=schema.VALIDATION)
     popularity = evaluate_scorer(PopularityScorer.from_transitions(transitions, n_items=30), val)
-    assert result.best_ndcg_at_10 > popularity["eval/ndcg@10"] + 0.3
+    assert result.best_value > popularity["eval/ndcg@10"] + 0.3
     assert not result.model.training
 
 
@@ -97,7 +97,7 @@ def test_early_stopping_keeps_the_best_weights(tiny_config, shop, monkeypatch):
     monkeypatch.setattr(train, "evaluate_scorer", fake_evaluate)
     result = run(config(tiny_config, epochs=6), shop)
     # best at epoch 2, no better in epochs 3 and 4 -> stop after 4 (patience 2)
-    assert len(result.history) == 4 and result.best_epoch == 2 and result.best_ndcg_at_10 == 0.7
+    assert len(result.history) == 4 and result.best_epoch == 2 and result.best_value == 0.7
     assert any(line.startswith("early stop") for line in result.lines)
     for name, tensor in result.model.state_dict().items():
         assert torch.equal(tensor, snapshots[1][name]), name
