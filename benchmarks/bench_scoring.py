@@ -1,7 +1,7 @@
 """Scoring throughput next to the arithmetic limit of this machine, measured in the same run.
 
 For K = 20 over catalogues of 10k and 100k items (embedding 64, states of up to 20 interactions),
-``score.score_users`` (the torch engine: encoder, masked matrix product, deterministic top-K,
+``scoring.engines.score_users`` (the torch engine: encoder, masked matrix product, deterministic top-K,
 Arrow rows) is timed end to end. Its useful arithmetic is the matrix product Q = f(s) g(·)ᵀ:
 2 · 64 · (n_items + 1) floating-point operations per user; the GRU state encoder adds
 2 · 3 · (64·64 + 64·64) per interaction in the state, which matters on small catalogues
@@ -31,7 +31,9 @@ from benchmarks.common import Timer, machine, peak_rss_mib, print_table, write_j
 from dql_model import data
 from dql_model.config import ModelConfig
 from dql_model.networks import QNetwork
-from dql_model.score import SCORES_PER_CHUNK, score_users
+from dql_model.scoring.engines import score_users
+from dql_model.scoring.policy import Policy
+from dql_model.scoring.ranking import SCORES_PER_CHUNK
 
 EMBED, TOP_K, MAX_LEN, BATCH_SIZE = 64, 20, 20, 2048
 CASES = ((10_000, 32_768), (100_000, 8_192))
@@ -123,13 +125,11 @@ def main(argv: Sequence[str] = ()) -> None:
                 model,
                 states,
                 items,
-                top_k=TOP_K,
+                Policy(top_k=TOP_K, explore_slots=explore, seed=1),
                 batch_size=BATCH_SIZE,
                 popularity=popularity,
                 model_version="bench",
                 generated_at=datetime(2026, 11, 27, tzinfo=UTC),
-                explore_slots=explore,
-                seed=1,
             )
             best, median = best_seconds(run, repeats)
             users_per_s = n_users / best

@@ -169,13 +169,19 @@ class UserStates:
 # Sequence helpers
 
 
+def _combined(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """One contiguous array (a table's column may have any number of chunks, zero included)."""
+    if isinstance(column, pa.ChunkedArray):
+        return column.combine_chunks() if column.num_chunks else pa.array([], column.type)
+    return column
+
+
 def pad_left(lists: pa.Array | pa.ChunkedArray, max_len: int) -> np.ndarray:
     """list<int> column -> [N, max_len] int64, most recent last, front padded with 0.
 
     Lists longer than max_len keep their last max_len values; null lists count as empty.
     """
-    if isinstance(lists, pa.ChunkedArray):
-        lists = lists.combine_chunks() if lists.num_chunks else pa.array([], lists.type)
+    lists = _combined(lists)
     lengths = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False).astype(np.int64)
     values = pc.fill_null(lists.flatten(), 0).to_numpy(zero_copy_only=False).astype(np.int64)
     out = np.zeros((len(lengths), max_len), dtype=np.int64)
@@ -490,26 +496,29 @@ def action_counts(folder: str | os.PathLike[str], *, n_items: int, split: str = 
 
 
 def load_item_features(folder: str | os.PathLike[str], *, price_buckets: int) -> ItemFeatures:
-    """The item_index partition as per-item_idx arrays (row 0 is padding).
+    """The item_index partition as per-item_idx arrays (row 0 is padding): see item_features_from_table."""
+    tables = []
+    for file in parquet_files(folder):
+        _check_columns(file, pq.ParquetFile(file).schema_arrow.names, ITEM_INDEX_COLUMNS)
+        tables.append(pq.read_table(file, columns=ITEM_INDEX_COLUMNS))
+    return item_features_from_table(pa.concat_tables(tables), price_buckets=price_buckets, where=f"item_index {folder}")
+
+
+def item_features_from_table(table: pa.Table, *, price_buckets: int, where: str) -> ItemFeatures:
+    """item_index rows (``ITEM_INDEX_COLUMNS``, any order) as per-item_idx arrays; errors name ``where``.
 
     Category indices follow the first appearance of a category by item_idx; as the index is
     append-only, existing categories keep their index when new ones appear. A null
     ``available`` counts as unavailable: never recommend what cannot be confirmed in stock.
     """
-    files = parquet_files(folder)
-    tables = []
-    for file in files:
-        names = pq.ParquetFile(file).schema_arrow.names
-        _check_columns(file, names, ITEM_INDEX_COLUMNS)
-        tables.append(pq.read_table(file, columns=ITEM_INDEX_COLUMNS))
-    table = pa.concat_tables(tables).sort_by(schema.ITEM_IDX)
+    table = table.sort_by(schema.ITEM_IDX)
     idx = table.column(schema.ITEM_IDX)
     if idx.null_count or (len(idx) and pc.min(idx).as_py() < 1):
-        raise ValueError(f"item_index {folder}: item_idx must be non-null and >= 1 (0 is padding)")
+        raise ValueError(f"{where}: item_idx must be non-null and >= 1 (0 is padding)")
     idx = idx.to_numpy().astype(np.int64)
     if len(idx) and np.any(idx[1:] == idx[:-1]):
         dup = np.unique(idx[1:][idx[1:] == idx[:-1]])
-        raise ValueError(f"item_index {folder}: duplicate item_idx {dup[:10].tolist()} ({len(dup)} in all)")
+        raise ValueError(f"{where}: duplicate item_idx {dup[:10].tolist()} ({len(dup)} in all)")
     n_items = int(idx.max()) if len(idx) else 0
 
     item_ids = np.full(n_items + 1, None, dtype=object)
@@ -536,16 +545,12 @@ def load_item_features(folder: str | os.PathLike[str], *, price_buckets: int) ->
     )
 
 
-def _decode_user_states(table: pa.Table | pa.RecordBatch, max_len: int) -> UserStates:
-    purchased = table.column(schema.PURCHASED)
-    if isinstance(purchased, pa.ChunkedArray):
-        purchased = purchased.combine_chunks() if purchased.num_chunks else pa.array([], purchased.type)
+def decode_user_states(table: pa.Table | pa.RecordBatch, max_len: int) -> UserStates:
+    """user_states rows (``USER_STATE_COLUMNS``) as arrays: a partition, a file's batch, a Spark batch."""
+    purchased = _combined(table.column(schema.PURCHASED))
     counts = pc.fill_null(pc.list_value_length(purchased), 0).to_numpy(zero_copy_only=False).astype(np.int64)
-    user_id = table.column(schema.USER_ID)
-    if isinstance(user_id, pa.ChunkedArray):
-        user_id = user_id.combine_chunks() if user_id.num_chunks else pa.array([], pa.string())
     return UserStates(
-        user_id=user_id,
+        user_id=_combined(table.column(schema.USER_ID)).cast(pa.string()),
         state_items=pad_left(table.column(schema.ITEM_SEQ), max_len),
         state_events=pad_left(table.column(schema.EVENT_SEQ), max_len),
         purchased_indptr=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
@@ -561,7 +566,7 @@ def iter_user_states(
         pf = pq.ParquetFile(file)
         _check_columns(file, pf.schema_arrow.names, USER_STATE_COLUMNS)
         for rb in pf.iter_batches(batch_size=batch_rows, columns=USER_STATE_COLUMNS):
-            yield _decode_user_states(rb, max_len)
+            yield decode_user_states(rb, max_len)
 
 
 def load_user_states(folder: str | os.PathLike[str], *, max_len: int) -> UserStates:
@@ -570,4 +575,4 @@ def load_user_states(folder: str | os.PathLike[str], *, max_len: int) -> UserSta
     for file in parquet_files(folder):
         _check_columns(file, pq.ParquetFile(file).schema_arrow.names, USER_STATE_COLUMNS)
         tables.append(pq.read_table(file, columns=USER_STATE_COLUMNS))
-    return _decode_user_states(pa.concat_tables(tables), max_len)
+    return decode_user_states(pa.concat_tables(tables), max_len)

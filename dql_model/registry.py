@@ -1,4 +1,4 @@
-"""Model registry: one directory per version, a champion pointer, the champion/challenger gate.
+"""Model registry: one directory per version and a champion pointer (the gate that moves it: dql_model.gate).
 
     <root>/<version>/model.safetensors   weights and item-feature buffers (no pickle)
     <root>/<version>/config.json         the full Config, n_items, n_categories
@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import shutil
 import uuid
@@ -29,6 +28,7 @@ from safetensors.torch import load_file, save_file
 
 from dql_model.config import Config, ModelConfig
 from dql_model.networks import QNetwork
+from dql_model.storage import write_json_atomic
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -38,10 +38,6 @@ CHAMPION = "champion"
 FORMAT_VERSION = 1
 ADDED_MODEL_FIELDS = {"state_memory": 0}
 """model.* fields added since format 1, and the value that rebuilds a model saved before them."""
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    path.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def _version_date(data_window: dict[str, Any]) -> str:
@@ -79,9 +75,9 @@ def save_model(
             "n_items": model.n_items,
             "n_categories": model.n_categories,
         }
-        _write_json(staged / CONFIG, config)
-        _write_json(staged / METRICS, metrics)
-        _write_json(staged / DATA_WINDOW, data_window)
+        write_json_atomic(staged / CONFIG, config)
+        write_json_atomic(staged / METRICS, metrics)
+        write_json_atomic(staged / DATA_WINDOW, data_window)
         if version is None:
             digest = hashlib.sha256((staged / WEIGHTS).read_bytes())
             digest.update(json.dumps(config, sort_keys=True).encode())
@@ -123,12 +119,7 @@ def load_model(
                 f"model version {folder} has no {name}; is it a registry version directory?"
             )
     saved = json.loads((folder / CONFIG).read_text())
-    # Only the model section is needed to rebuild the network; unknown keys (from a newer
-    # config) are ignored so that older code can still load it.
-    known = {f.name for f in dataclasses.fields(ModelConfig)}
-    fields = {**ADDED_MODEL_FIELDS, **saved["config"]["model"]}
-    model_cfg = ModelConfig(**{k: v for k, v in fields.items() if k in known})
-    model = QNetwork(saved["n_items"], saved["n_categories"], model_cfg)
+    model = build_network(saved["config"]["model"], saved["n_items"], saved["n_categories"])
     model.load_state_dict(load_file(str(folder / WEIGHTS), device=str(device)))
     model.to(device).eval()
     meta = {
@@ -140,6 +131,18 @@ def load_model(
         "data_window": _read_json(folder / DATA_WINDOW),
     }
     return model, meta
+
+
+def build_network(model_config: dict[str, Any], n_items: int, n_categories: int) -> QNetwork:
+    """An untrained QNetwork of a saved shape: the one way a stored model is rebuilt (then its weights load).
+
+    ``model_config`` is a saved ``model`` config section. Fields added since it was saved take the
+    value that rebuilds the old model (ADDED_MODEL_FIELDS); unknown keys (from a newer config) are
+    ignored so that older code can still load it.
+    """
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    fields = {**ADDED_MODEL_FIELDS, **model_config}
+    return QNetwork(n_items, n_categories, ModelConfig(**{k: v for k, v in fields.items() if k in known}))
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -209,29 +212,3 @@ def set_champion(registry_root: str | os.PathLike[str], version: str) -> None:
         os.replace(temporary, root / CHAMPION)
     finally:
         temporary.unlink(missing_ok=True)
-
-
-def gate(
-    champion_metrics: dict[str, float] | None,
-    challenger_metrics: dict[str, float],
-    *,
-    metric: str,
-    tolerance: float,
-) -> tuple[bool, str]:
-    """Promote the challenger unless it is worse than the champion by more than ``tolerance``.
-
-    Promotes when there is no champion (or it lacks the metric); keeps the champion when the
-    challenger lacks the metric or it is not a number.
-    """
-    challenger = challenger_metrics.get(metric)
-    if challenger is None or not math.isfinite(float(challenger)):
-        return False, f"challenger has no finite {metric} ({challenger!r})"
-    champion = (champion_metrics or {}).get(metric)
-    if champion is None or not math.isfinite(float(champion)):
-        return True, f"no champion {metric} to compare with (challenger {challenger:.4f})"
-    floor = champion * (1 - tolerance)
-    sign = ">=" if challenger >= floor else "<"
-    reason = (
-        f"challenger {metric}={challenger:.4f} {sign} {floor:.4f} (champion {champion:.4f} - {tolerance:.0%})"
-    )
-    return challenger >= floor, reason

@@ -5,13 +5,15 @@ Run by the DAG with spark-submit when ``score.engine`` is ``spark``, or by hand:
     spark-submit jobs/score_recommendations.py --run-date 2026-11-27 --model-version 20261127-ab12cd34
     python -m jobs.score_recommendations --run-date 2026-11-27 --model-version 20261127-ab12cd34
 
+``dql_model.scoring.engines.score_with_spark`` runs it the same way for the CLI and the tests.
+
 The driver loads the model from the registry (safetensors) and tonight's catalogue (item_index, and
 the transitions' action counts for the popularity fallback), and broadcasts them as one
-``ScoringPayload``: weights as safetensors bytes, the rest plain arrays. Executors rebuild a ``Scorer``
+``ScoringPayload``: weights as safetensors bytes, the rest plain arrays. Executors rebuild a ``Ranker``
 once per payload and score with ``mapInPandas``: the same core, and the same user batches
 (crc32(user_id) buckets sorted by user_id), as the torch engine, so the rows are identical.
-The result replaces the staged recommendations partition atomically, then a JSON summary is written
-for the validate task.
+The result replaces the staged recommendations partition atomically, then the ``ScoringSummary`` is
+written for the validate task.
 """
 
 from __future__ import annotations
@@ -22,39 +24,41 @@ import sys
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
+import torch
 from pyspark import Broadcast
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from dql_model import schema
+from dql_model import data, pipeline, registry, schema
 from dql_model.config import Config, load_config
-from dql_model.score import Catalogue, Policy, ScoringPayload, batch_count
+from dql_model.scoring.engines import ScoringSummary
+from dql_model.scoring.payload import ScoringPayload
+from dql_model.scoring.policy import Policy
+from dql_model.scoring.ranking import Catalogue, Ranker, batch_count, user_keys
 from jobs.common import as_date
 from jobs.spark_session import get_spark, write_partition_atomic, write_text_atomic
 
-JOB = "score_recommendations"
+JOB = pipeline.SCORING_JOB
 BATCH = "_batch"
 """Scratch column: the user's scoring batch (crc32(user_id) mod the batch count)."""
-STATE_COLUMNS = [schema.USER_ID, schema.ITEM_SEQ, schema.EVENT_SEQ, schema.PURCHASED]
 
 
 def score_recommendations(user_states: DataFrame, *, payload: Broadcast, batch_size: int) -> DataFrame:
     """Recommendations for every row of ``user_states``, per ``schema.SPARK_DDL[RECOMMENDATIONS]``.
 
     ``payload`` is a broadcast ``ScoringPayload``. Users go to ``batch_count(n_users, batch_size)``
-    buckets by crc32(user_id), exactly as ``dql_model.score.canonical_batches`` cuts them; each
+    buckets by crc32(user_id), exactly as ``dql_model.scoring.ranking.canonical_batches`` cuts them; each
     bucket is scored as one batch, its users sorted by user_id. Counts the users (one Spark job).
     """
     n_batches = batch_count(user_states.count(), batch_size)
     key = F.crc32(F.coalesce(F.col(schema.USER_ID), F.lit("")).cast("binary"))
     batched = (
-        user_states.select(*STATE_COLUMNS)
+        user_states.select(*data.USER_STATE_COLUMNS)
         .withColumn(BATCH, F.pmod(key, F.lit(n_batches)))
         .repartition(BATCH)
         .sortWithinPartitions(BATCH, F.coalesce(F.col(schema.USER_ID), F.lit("")))
@@ -62,25 +66,21 @@ def score_recommendations(user_states: DataFrame, *, payload: Broadcast, batch_s
     return batched.mapInPandas(partial(_score_partition, payload=payload), schema=schema.SPARK_DDL[schema.RECOMMENDATIONS])
 
 
-_SCORERS: dict[str, Any] = {}
-"""The executor's Scorer of the current payload, built once per Python worker."""
+_RANKERS: dict[str, Ranker] = {}
+"""The executor's Ranker of the current payload, built once per Python worker."""
 
 
 def _score_partition(frames: Iterator[pd.DataFrame], *, payload: Broadcast) -> Iterator[pd.DataFrame]:
-    import torch
-
-    from dql_model.score import states_from_arrow, user_keys
-
-    torch.set_num_threads(1)  # one thread per task, as the torch engine scores each batch (score.one_thread_per_batch)
+    torch.set_num_threads(1)  # one thread per task, as the torch engine scores each batch (engines.one_thread_per_batch)
     value: ScoringPayload = payload.value
-    if value.token not in _SCORERS:
-        _SCORERS.clear()
-        _SCORERS[value.token] = value.scorer("cpu")
-    scorer = _SCORERS[value.token]
+    if value.token not in _RANKERS:
+        _RANKERS.clear()
+        _RANKERS[value.token] = value.ranker("cpu")
+    ranker = _RANKERS[value.token]
     for batch in _whole_batches(frames):
-        table = pa.Table.from_pandas(batch[STATE_COLUMNS], preserve_index=False)
-        states = states_from_arrow(table, value.max_len)
-        yield scorer.score_batch(states, user_keys(states.user_id)).to_pandas()
+        table = pa.Table.from_pandas(batch[data.USER_STATE_COLUMNS], preserve_index=False)
+        states = data.decode_user_states(table, value.max_len)
+        yield ranker.score_batch(states, user_keys(states.user_id)).to_pandas()
 
 
 def _whole_batches(frames: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -142,28 +142,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         if owns_session:
             spark.stop()
-    print(json.dumps(summary, indent=2, sort_keys=True), flush=True)
+    print(json.dumps(summary.to_dict(), indent=2, sort_keys=True), flush=True)
     return 0
 
 
 def run(
     spark: SparkSession, cfg: Config, run_date: str, model_version: str, *, generated_at: datetime | None = None
-) -> dict[str, Any]:
+) -> ScoringSummary:
     """Score the run date's users, replace the staged partition, write the summary; returns it."""
-    from pathlib import Path
-
-    from dql_model import registry, tasks
-
-    warehouse = cfg.warehouse
+    layout = cfg.layout
     model, _ = registry.load_model(Path(cfg.registry.root) / model_version)
-    item_index = spark.read.parquet(warehouse.partition(schema.ITEM_INDEX, run_date))
-    items = item_index.select(schema.ITEM_ID, schema.ITEM_IDX, schema.CATEGORY_ID, schema.AVAILABLE).toArrow()
-    n_items = pc.max(items.column(schema.ITEM_IDX)).as_py() or 0
-    transitions = spark.read.parquet(warehouse.partition(schema.TRANSITIONS, run_date))
-    catalogue = Catalogue.from_item_index(items, popularity=action_counts(transitions, n_items=n_items))
+    item_index = layout.partition(schema.ITEM_INDEX, run_date)
+    items = data.item_features_from_table(
+        spark.read.parquet(item_index).select(*data.ITEM_INDEX_COLUMNS).toArrow(),
+        price_buckets=cfg.model.price_buckets,
+        where=f"item_index {item_index}",
+    )
+    transitions = spark.read.parquet(layout.partition(schema.TRANSITIONS, run_date))
     payload = ScoringPayload.build(
         model,
-        catalogue,
+        Catalogue.from_features(items, action_counts(transitions, n_items=items.n_items)),
         Policy.from_config(cfg.score, run_date),
         model_version=model_version,
         generated_at=generated_at or datetime.now(UTC),
@@ -171,9 +169,9 @@ def run(
     )
     print(f"[{JOB} {run_date}] scoring with {model_version} on {spark.sparkContext.master}", flush=True)
     broadcast = spark.sparkContext.broadcast(payload)
-    path = str(tasks.staged_recommendations_path(cfg, run_date))
+    path = layout.staged(schema.RECOMMENDATIONS, run_date)
     try:
-        states = spark.read.parquet(warehouse.partition(schema.USER_STATES, run_date))
+        states = spark.read.parquet(layout.partition(schema.USER_STATES, run_date))
         recommendations = score_recommendations(states, payload=broadcast, batch_size=cfg.score.batch_size)
         # Timestamps as UTC microseconds, as pyarrow and the contract have them (not INT96).
         spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
@@ -182,18 +180,19 @@ def run(
         broadcast.destroy()
     written = spark.read.parquet(path)
     sources = {row[schema.SOURCE]: row["count"] for row in written.groupBy(schema.SOURCE).count().collect()}
-    summary = {
-        "run_date": run_date,
-        "path": path,
-        "rows": sum(sources.values()),
-        "users": written.select(schema.USER_ID).distinct().count(),
-        "model_version": model_version,
-        "top_k": cfg.score.top_k,
-        "engine": "spark",
-        "sources": {name: int(sources.get(name, 0)) for name in schema.SOURCES},
-    }
-    write_text_atomic(spark, str(tasks.scoring_summary_path(cfg, run_date)), json.dumps(summary, indent=2, sort_keys=True))
-    print(f"[{JOB} {run_date}] {summary['rows']} rows for {summary['users']} users: {summary['sources']}", flush=True)
+    summary = ScoringSummary(
+        run_date=run_date,
+        path=path,
+        rows=sum(sources.values()),
+        users=written.select(schema.USER_ID).distinct().count(),
+        model_version=model_version,
+        top_k=cfg.score.top_k,
+        engine="spark",
+        sources={name: int(sources.get(name, 0)) for name in schema.SOURCES},
+    )
+    text = json.dumps(summary.to_dict(), indent=2, sort_keys=True)
+    write_text_atomic(spark, layout.scoring_summary(run_date), text)
+    print(f"[{JOB} {run_date}] {summary.rows} rows for {summary.users} users: {summary.sources}", flush=True)
     return summary
 
 

@@ -16,10 +16,13 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from dql_model import data, registry, schema, storage, tasks
+from dql_model import data, pipeline, registry, schema, storage, tasks
 from dql_model.config import ModelConfig
 from dql_model.networks import QNetwork
-from dql_model.score import Catalogue, Policy, ScoringPayload, score_users
+from dql_model.scoring import engines
+from dql_model.scoring.payload import ScoringPayload
+from dql_model.scoring.policy import Policy
+from dql_model.scoring.ranking import Catalogue
 from jobs import score_recommendations as job
 
 pytestmark = pytest.mark.spark
@@ -109,21 +112,18 @@ def small_arrow_batches(spark):
 def test_spark_rows_equal_single_node_rows(spark, small_arrow_batches, policy):
     net, rows, index = model(), state_rows(), item_index_table()
     states_table = pa.Table.from_pylist(rows, schema=STATE_TYPE)
-    catalogue = Catalogue.from_item_index(index, popularity())
+    # The job's driver decodes the collected item_index rows as the torch engine's loader does.
+    items = data.item_features_from_table(index.select(data.ITEM_INDEX_COLUMNS), price_buckets=4, where="item_index")
+    catalogue = Catalogue.from_features(items, popularity())
 
-    expected = score_users(
+    expected = engines.score_users(
         net,
         *_torch_inputs(states_table, index),
-        top_k=policy.top_k,
+        policy,
         batch_size=16,
         popularity=popularity(),
         model_version="v9",
         generated_at=AT,
-        mask_purchased=policy.mask_purchased,
-        explore_slots=policy.explore_slots,
-        explore_epsilon=policy.explore_epsilon,
-        explore_temperature=policy.temperature,
-        seed=policy.seed,
     )
     payload = ScoringPayload.build(net, catalogue, policy, model_version="v9", generated_at=AT, max_len=MAX_LEN)
     user_states = spark.createDataFrame(rows, schema="user_id STRING, item_seq ARRAY<INT>, event_seq ARRAY<INT>, purchased ARRAY<INT>")
@@ -158,6 +158,15 @@ def _torch_inputs(states: pa.Table, index: pa.Table) -> tuple[data.UserStates, d
         )
 
 
+def test_the_spark_engine_launches_the_job_with_arguments_it_accepts():
+    command = pipeline.job_command(
+        pipeline.SCORING_JOB, RUN_DATE, ["--model-version", "20261127-ab12cd34"], config_file="/tmp/.config.json"
+    )
+    assert command[1:3] == ["-m", f"jobs.{job.JOB}"]
+    args = job.parse_args(command[3:])
+    assert (args.config, args.run_date, args.model_version) == ("/tmp/.config.json", RUN_DATE, "20261127-ab12cd34")
+
+
 def test_batches_regroup_across_arrow_frames():
     import pandas as pd
 
@@ -175,7 +184,6 @@ def test_batches_regroup_across_arrow_frames():
 
 def write_warehouse(cfg) -> str:
     """Tonight's curated partitions as the ETL job writes them, and a registered model."""
-    wh = cfg.warehouse
     rows = state_rows(80)
     states = pa.Table.from_pylist(rows, schema=STATE_TYPE)
     n = states.num_rows
@@ -198,7 +206,7 @@ def write_warehouse(cfg) -> str:
         }
     )
     for name, table in ((schema.USER_STATES, states), (schema.ITEM_INDEX, index), (schema.TRANSITIONS, transitions)):
-        folder = Path(wh.partition(name, RUN_DATE))
+        folder = Path(cfg.layout.partition(name, RUN_DATE))
         folder.mkdir(parents=True)
         pq.write_table(table, folder / "part-00000.parquet")
     net = model()
@@ -219,22 +227,22 @@ def test_job_on_a_warehouse_matches_the_torch_task_and_passes_validation(spark, 
         etl={"max_len": MAX_LEN},
     )
     version = write_warehouse(cfg)
-    staged = tasks.staged_recommendations_path(cfg, RUN_DATE)
+    staged = Path(cfg.layout.staged(schema.RECOMMENDATIONS, RUN_DATE))
 
-    by_torch = tasks.score_users(RUN_DATE, {"scoring_version": version}, cfg=cfg)
+    by_torch = engines.score_with_torch(cfg, RUN_DATE, version)
     torch_rows = storage.read_partition(staged)
     by_spark = job.run(spark, cfg, RUN_DATE, version)
     spark_rows = storage.read_partition(staged)
 
     assert spark_rows.schema == schema.arrow_schema(schema.RECOMMENDATIONS)  # UTC microseconds, not INT96
     assert without_time(spark_rows).equals(without_time(torch_rows))
-    assert {k: by_spark[k] for k in ("rows", "users", "sources", "top_k")} == {
-        k: by_torch[k] for k in ("rows", "users", "sources", "top_k")
-    }
-    assert by_spark["sources"][schema.SOURCE_EXPLORE] == by_spark["users"] - by_spark["sources"][schema.SOURCE_FALLBACK] // 4
-    assert json.loads(tasks.scoring_summary_path(cfg, RUN_DATE).read_text())["engine"] == "spark"
+    same = ("rows", "users", "sources", "top_k", "path", "model_version")
+    assert {k: by_spark.to_dict()[k] for k in same} == {k: by_torch.to_dict()[k] for k in same}
+    assert by_spark.sources[schema.SOURCE_EXPLORE] == by_spark.users - by_spark.sources[schema.SOURCE_FALLBACK] // 4
+    assert engines.ScoringSummary.read(cfg.layout.scoring_summary(RUN_DATE)) == by_spark  # as the Spark engine reads it
+    assert json.loads(Path(cfg.layout.scoring_summary(RUN_DATE)).read_text())["engine"] == "spark"
 
     # The DAG's validate task reads the Spark job's summary (no XCom from spark-submit).
     validated = tasks.validate_recommendations(RUN_DATE, None, cfg=cfg)
-    assert (validated["model_version"], validated["top_k"], validated["checked_rows"]) == (version, 4, by_spark["rows"])
+    assert (validated["model_version"], validated["top_k"], validated["checked_rows"]) == (version, 4, by_spark.rows)
     assert validated["success"]

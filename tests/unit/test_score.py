@@ -1,18 +1,25 @@
-"""Scoring: masks, fallback, deterministic ties, K rows per user, output schema."""
+"""Scoring: masks, fallback, deterministic ties, K rows per user, output schema; the engines' summary."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import sys
 from datetime import UTC, datetime
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
 import torch
 
-from dql_model import data, metrics, schema
+from dql_model import data, metrics, pipeline, schema
 from dql_model.config import ModelConfig
 from dql_model.networks import QNetwork
-from dql_model.score import score_users, top_k_deterministic
+from dql_model.scoring import engines
+from dql_model.scoring.engines import ScoringSummary, score_users
+from dql_model.scoring.policy import Policy
+from dql_model.scoring.ranking import top_k_deterministic
 
 torch.set_num_threads(1)
 AT = datetime(2026, 11, 27, 5, 0, tzinfo=UTC)
@@ -66,9 +73,15 @@ def recommendations(table: pa.Table) -> dict[str, list[tuple[str, str]]]:
     return out
 
 
+POLICY_FIELDS = {f.name for f in dataclasses.fields(Policy)}
+
+
 def score(model, states, items, **kw):
-    args = {"top_k": 3, "batch_size": 2, "popularity": np.zeros(items.n_items + 1), "model_version": "v1"}
-    return score_users(model, states, items, generated_at=AT, **(args | kw))
+    """score_users with small defaults; Policy fields (top_k, temperature, ...) go to its Policy."""
+    policy = Policy(**({"top_k": 3} | {k: v for k, v in kw.items() if k in POLICY_FIELDS}))
+    args = {"batch_size": 2, "popularity": np.zeros(items.n_items + 1), "model_version": "v1"}
+    args |= {k: v for k, v in kw.items() if k not in POLICY_FIELDS}
+    return score_users(model, states, items, policy, generated_at=AT, **args)
 
 
 def test_masks_purchased_and_unavailable_items_and_breaks_ties_by_index():
@@ -223,7 +236,7 @@ def test_item_unavailable_today_is_never_recommended_by_any_source():
     items = item_features(4, unavailable=[2])
     popularity = np.array([0.0, 1.0, 9.0, 2.0, 3.0])  # and the most popular
     states = user_states([("a", [1], []), ("b", [], [])])
-    for options in ({}, {"explore_slots": 3}, {"explore_epsilon": 1.0, "explore_temperature": 100.0}):
+    for options in ({}, {"explore_slots": 3}, {"explore_epsilon": 1.0, "temperature": 100.0}):
         table = score(model, states, items, popularity=popularity, top_k=3, **options)
         assert "i2" not in table.column("item_id").to_pylist(), options
         assert table.num_rows == 6
@@ -261,7 +274,7 @@ def test_exploration_slots_follow_the_softmax_with_exact_propensities():
     items = item_features(6, unavailable=[4])  # q = 0.0 item is out of stock
     n, temperature = 4000, 0.7
     table = score(model, many_users(n, bought=[6]), items, top_k=3, batch_size=512, explore_slots=2,
-                  explore_temperature=temperature, seed=123)  # fmt: skip
+                  temperature=temperature, seed=123)  # fmt: skip
     rows = table.to_pylist()
     assert len(rows) == 3 * n
     # rank 1 is greedy: the best item not bought (6) and available
@@ -317,7 +330,7 @@ def test_exploration_with_fewer_items_than_slots_and_a_cold_temperature():
     model = bias_only_model([1.0, 2.0, 3.0, 4.0])
     items = item_features(4, unavailable=[1])
     states = user_states([("a", [2], [4]), ("b", [2], [])])
-    got = score(model, states, items, top_k=4, explore_slots=4, explore_temperature=1e-3).to_pylist()
+    got = score(model, states, items, top_k=4, explore_slots=4, temperature=1e-3).to_pylist()
     # a: only 2 and 3 are eligible; a cold softmax draws them best first, almost surely
     assert [(r["user_id"], r["item_id"]) for r in got] == [("a", "i3"), ("a", "i2"), ("b", "i4"), ("b", "i3"), ("b", "i2")]
     assert [r["propensity"] for r in got if r["rank"] > 1 or r["user_id"] == "a"] == pytest.approx([1.0] * 4)
@@ -329,10 +342,69 @@ def test_exploration_with_fewer_items_than_slots_and_a_cold_temperature():
     [
         ({"explore_slots": 9}, "explore_slots must be between 0 and top_k"),
         ({"explore_epsilon": 1.5}, "explore_epsilon must be between 0 and 1"),
-        ({"explore_temperature": 0.0}, "explore_temperature must be a positive number"),
+        ({"temperature": 0.0}, "explore_temperature must be a positive number"),
         ({"top_k": 0}, "top_k must be at least 1"),
     ],
 )
 def test_bad_exploration_settings_are_named(options, message):
     with pytest.raises(ValueError, match=message):
         score(bias_only_model([1.0]), user_states([("a", [1], [])]), item_features(1), **options)
+
+
+# --- the engines' summary and the Spark engine's child process ---------------------------------------
+
+
+def summary(**changes) -> ScoringSummary:
+    fields = {
+        "run_date": "2026-11-27",
+        "path": "/warehouse/staging/recommendations/run_date=2026-11-27",
+        "rows": 12,
+        "users": 4,
+        "model_version": "20261127-ab12cd34",
+        "top_k": 3,
+        "engine": "torch (cpu)",
+        "sources": {name: 0 for name in schema.SOURCES} | {schema.SOURCE_DQN: 9, schema.SOURCE_FALLBACK: 3},
+    }
+    return ScoringSummary(**(fields | changes))
+
+
+def test_scoring_summary_round_trips_through_its_json_file(tmp_path):
+    path = tmp_path / "_runs" / "run_date=2026-11-27" / "score_users.json"
+    written = summary()
+    written.write(path)
+    assert ScoringSummary.read(path) == written
+    assert json.loads(path.read_text()) == written.to_dict()
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary file left behind
+    summary(rows=0, sources={}).write(path)  # a rerun replaces it
+    assert ScoringSummary.read(path).rows == 0
+
+
+def test_failed_job_raises_naming_the_job_the_date_and_its_last_lines(tmp_path, monkeypatch):
+    fail = "import sys\nfor i in range(30): print(f'line {i}')\nsys.exit(3)"
+    monkeypatch.setattr(pipeline, "job_command", lambda *_, **__: [sys.executable, "-c", fail])
+    with pytest.raises(pipeline.JobFailed, match=r"score_recommendations failed for run date 2026-11-27 \(exit code 3\)") as error:
+        pipeline.run_job("score_recommendations", "2026-11-27", config={}, scratch=str(tmp_path))
+    quoted = str(error.value).splitlines()[1:]
+    assert quoted == [f"line {i}" for i in range(10, 30)]
+    monkeypatch.setattr(pipeline, "job_command", lambda *_, **__: [sys.executable, "-c", "print('fine')"])
+    pipeline.run_job("score_recommendations", "2026-11-27", config={}, scratch=str(tmp_path))
+    assert list(tmp_path.iterdir()) == []  # the config file is removed either way
+
+
+def test_spark_engine_runs_the_job_on_the_resolved_config_and_names_it_when_it_fails(tiny_config, monkeypatch):
+    # Starting the real job costs a JVM (~20 s); a stand-in child reads the config file it is given.
+    cfg = tiny_config.replace(score={"engine": "spark", "top_k": 7})
+    monkeypatch.setenv("DQLREC_SCORE__TOP_K", "99")  # must not override the resolved config in the child
+    launched = []
+
+    def stand_in(job: str, run_date: str, args, *, config_file: str) -> list[str]:
+        launched.append((job, run_date, list(args)))
+        child = "import sys; from dql_model.config import load_config; print('top_k', load_config(sys.argv[1]).score.top_k); sys.exit(2)"
+        return [sys.executable, "-c", child, config_file]
+
+    monkeypatch.setattr(pipeline, "job_command", stand_in)
+    with pytest.raises(pipeline.JobFailed, match=r"Spark job score_recommendations failed for run date 2026-11-27") as error:
+        engines.score(cfg, "2026-11-27", "20261127-missing")
+    assert launched == [("score_recommendations", "2026-11-27", ["--model-version", "20261127-missing"])]
+    assert str(error.value).splitlines()[-1] == "top_k 7"
+    assert list(Path(cfg.layout.scoring_summary("2026-11-27")).parent.iterdir()) == []  # config file removed

@@ -1,0 +1,198 @@
+"""The two scoring engines side by side, behind one result: ``ScoringSummary``.
+
+- torch: ``score_users`` ranks every user in this process, batches in parallel on the CPU cores
+  (or on a GPU); ``score_with_torch`` feeds it tonight's partitions and writes the staged
+  recommendations and the summary.
+- spark: ``score_with_spark`` runs the Spark job ``jobs/score_recommendations.py`` as a child
+  process (``dql_model`` never imports ``jobs/``). The job broadcasts a ``ScoringPayload``
+  (``dql_model.scoring.payload``) and ranks on the executors; it writes the same partition and
+  summary, which is read back here.
+
+``score`` picks one by ``score.engine``. Both cut the users into the same batches and run the same
+``Ranker``, so they write identical rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from dql_model import data, pipeline, registry, schema, storage
+from dql_model.config import Config
+from dql_model.networks import QNetwork
+from dql_model.scoring.policy import Policy
+from dql_model.scoring.ranking import Catalogue, Ranker, canonical_batches, take_states, user_keys
+from dql_model.train import resolve_device
+
+
+@dataclass(frozen=True)
+class ScoringSummary:
+    """What a scoring engine wrote for a run date: the validate task's input, the task's XCom."""
+
+    run_date: str
+    path: str
+    """The staged recommendations partition."""
+    rows: int
+    users: int
+    model_version: str
+    top_k: int
+    engine: str
+    """``spark``, or ``torch (<device>)``."""
+    sources: dict[str, int]
+    """Rows per source, every source of ``schema.SOURCES`` listed."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def write(self, path: str | os.PathLike[str]) -> Path:
+        """Atomically, as JSON (readers see the previous summary or this one)."""
+        return storage.write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def read(cls, path: str | os.PathLike[str]) -> ScoringSummary:
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def score(cfg: Config, run_date: str, version: str) -> ScoringSummary:
+    """Score the run date's users with model ``version`` on ``score.engine``; staged, unseen by readers."""
+    return ENGINES[cfg.score.engine](cfg, run_date, version)
+
+
+# --- torch: one process ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def one_thread_per_batch(device: torch.device | str = "cpu") -> Iterator[int]:
+    """Run torch on one CPU thread inside this block; yields how many batches may run side by side.
+
+    On CPU the rounding of small matrix products and of the packed GRU depends on torch's thread
+    count (measured here: 1 vs 2 threads changed scores in the last bits). Spark runs one task per
+    core, so the torch engine does the same: each batch on one thread, batches in parallel across
+    the cores. Same batches, same single-threaded kernels, identical rows. A GPU is left as it is.
+    """
+    threads = torch.get_num_threads()
+    if torch.device(device).type != "cpu":
+        yield 1
+        return
+    torch.set_num_threads(1)
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(threads)
+
+
+def score_users(
+    model: QNetwork,
+    states: data.UserStates,
+    items: data.ItemFeatures,
+    policy: Policy,
+    *,
+    batch_size: int,
+    popularity: np.ndarray,
+    model_version: str,
+    generated_at: datetime,
+    device: torch.device | str = "cpu",
+) -> pa.Table:
+    """Recommendations for every user in ``states``, schema ``arrow_schema(RECOMMENDATIONS)``.
+
+    ``items`` is tonight's item index (availability, ids and categories; it may have more items
+    than the model); ``popularity`` holds a score per item_idx for the fallback (e.g. action
+    counts). Rows come per user in input order, ranks 1..K; a user gets fewer than K rows only
+    when fewer items are left after masking. The model is moved to ``device`` and set to eval mode.
+    """
+    keys = user_keys(states.user_id)
+    batches = canonical_batches(states.user_id, keys, batch_size)
+    if not batches:
+        return schema.arrow_schema(schema.RECOMMENDATIONS).empty_table()
+    with one_thread_per_batch(device) as workers:
+        ranker = Ranker(
+            model,
+            Catalogue.from_features(items, popularity),
+            policy,
+            model_version=model_version,
+            generated_at=generated_at,
+            device=device,
+        )
+
+        def score_one(batch: np.ndarray) -> tuple[pa.Table, np.ndarray]:
+            table, user = ranker.rank_batch(take_states(states, batch), keys[batch])
+            return table, batch[user]
+
+        # torch releases the GIL in its kernels: one Python thread per core scores batches side by side.
+        with ThreadPoolExecutor(max_workers=min(workers, len(batches))) as pool:
+            tables, owners = zip(*pool.map(score_one, batches), strict=True)
+    # Back to the input order of users; rows of one user stay in rank order (stable sort).
+    order = np.argsort(np.concatenate(owners), kind="stable")
+    return pa.concat_tables(tables).take(pa.array(order))
+
+
+def score_with_torch(cfg: Config, run_date: str, version: str) -> ScoringSummary:
+    """The torch engine on the warehouse: tonight's partitions in, staged partition and summary out."""
+    layout = cfg.layout
+    policy = Policy.from_config(cfg.score, run_date)
+    device = resolve_device(cfg.train.device)
+    model, _ = registry.load_model(Path(cfg.registry.root) / version, device=str(device))
+    items = data.load_item_features(layout.partition(schema.ITEM_INDEX, run_date), price_buckets=cfg.model.price_buckets)
+    states = data.load_user_states(layout.partition(schema.USER_STATES, run_date), max_len=cfg.etl.max_len)
+    transitions = layout.partition(schema.TRANSITIONS, run_date)
+    popularity = sum(
+        data.action_counts(transitions, n_items=items.n_items, split=split) for split in (schema.TRAIN, schema.VALIDATION)
+    )
+    table = score_users(
+        model,
+        states,
+        items,
+        policy,
+        batch_size=cfg.score.batch_size,
+        popularity=popularity,
+        model_version=version,
+        generated_at=datetime.now(UTC),
+        device=str(device),
+    )
+    path = layout.staged(schema.RECOMMENDATIONS, run_date)
+    storage.write_partition(table, path, rows_per_file=cfg.publish.rows_per_file)
+    counts = dict(zip(*(c.to_pylist() for c in pc.value_counts(table.column(schema.SOURCE)).flatten()), strict=True))
+    summary = ScoringSummary(
+        run_date=run_date,
+        path=path,
+        rows=table.num_rows,
+        users=pc.count_distinct(table.column(schema.USER_ID)).as_py(),
+        model_version=version,
+        top_k=policy.top_k,
+        engine=f"torch ({device})",
+        sources={name: int(counts.get(name, 0)) for name in schema.SOURCES},
+    )
+    summary.write(layout.scoring_summary(run_date))
+    return summary
+
+
+# --- spark: the job in a child process ------------------------------------------------------------
+
+
+def score_with_spark(cfg: Config, run_date: str, version: str) -> ScoringSummary:
+    """Run the Spark scoring job (``jobs/score_recommendations.py``) on this config; the summary it wrote."""
+    pipeline.run_job(
+        pipeline.SCORING_JOB,
+        run_date,
+        ["--model-version", version],
+        config=cfg.to_dict(),
+        scratch=str(Path(cfg.layout.scoring_summary(run_date)).parent),
+    )
+    return ScoringSummary.read(cfg.layout.scoring_summary(run_date))
+
+
+ENGINES = {"torch": score_with_torch, "spark": score_with_spark}
+"""score.engine -> the function that scores with it (the config only admits these names)."""

@@ -1,0 +1,172 @@
+"""Builders of small test inputs, shared by the test modules (plain functions, not fixtures).
+
+They write curated partitions the way the Spark jobs do: Parquet with the schema of
+``schema.SPARK_DDL``, part files plus ``_SUCCESS``. ``make_shop`` builds a tiny learnable shop
+(users follow a hidden successor rule) that a small Q-network must learn in a few epochs.
+
+Fixtures live in tests/conftest.py; this module holds only what a test calls to build data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dql_model import schema
+
+INT_LIST = pa.list_(pa.int32())
+TRANSITIONS_SCHEMA = pa.schema(
+    [
+        (schema.USER_ID, pa.string()),
+        (schema.EVENT_TIME, pa.timestamp("us", tz="UTC")),
+        (schema.ITEM_SEQ, INT_LIST),
+        (schema.EVENT_SEQ, INT_LIST),
+        (schema.ACTION, pa.int32()),
+        (schema.EVENT_TYPE, pa.string()),
+        (schema.REWARD, pa.float64()),
+        (schema.DONE, pa.bool_()),
+        (schema.SPLIT, pa.string()),
+    ]
+)
+ITEM_INDEX_SCHEMA = pa.schema(
+    [
+        (schema.ITEM_ID, pa.string()),
+        (schema.ITEM_IDX, pa.int32()),
+        (schema.CATEGORY_ID, pa.string()),
+        (schema.PRICE, pa.float64()),
+        (schema.AVAILABLE, pa.bool_()),
+        (schema.FIRST_SEEN, pa.date32()),
+    ]
+)
+USER_STATES_SCHEMA = pa.schema(
+    [
+        (schema.USER_ID, pa.string()),
+        (schema.ITEM_SEQ, INT_LIST),
+        (schema.EVENT_SEQ, INT_LIST),
+        (schema.GAP_SEQ, pa.list_(pa.float64())),
+        (schema.PURCHASED, INT_LIST),
+        (schema.LAST_EVENT_TIME, pa.timestamp("us", tz="UTC")),
+        (schema.N_EVENTS, pa.int64()),
+    ]
+)
+REWARDS = {schema.VIEW: 0.0, schema.ADD_TO_CART: 0.3, schema.PURCHASE: 1.0, schema.RATING: 0.5}
+
+
+def write_parquet(
+    folder: Path, table: pa.Table, *, files: int = 1, row_group_size: int | None = None
+) -> Path:
+    """Write ``table`` as ``files`` part files (plus _SUCCESS) under ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    per_file = -(-table.num_rows // files) if table.num_rows else 0
+    for i in range(files):
+        chunk = table.slice(i * per_file, per_file) if per_file else table
+        pq.write_table(chunk, folder / f"part-{i:05d}.parquet", row_group_size=row_group_size)
+    (folder / "_SUCCESS").touch()
+    return folder
+
+
+def transitions_table(rows: list[dict]) -> pa.Table:
+    """Rows with item_seq, event_seq (codes), action, event_type and optional reward/done/split."""
+    columns = {name: [] for name in TRANSITIONS_SCHEMA.names}
+    for i, row in enumerate(rows):
+        columns[schema.USER_ID].append(row.get("user_id", f"u{i}"))
+        columns[schema.EVENT_TIME].append(row.get("event_time", i * 1_000_000))
+        columns[schema.ITEM_SEQ].append(row["item_seq"])
+        columns[schema.EVENT_SEQ].append(
+            row.get("event_seq", [schema.EVENT_CODE[schema.VIEW]] * len(row["item_seq"]))
+        )
+        columns[schema.ACTION].append(row["action"])
+        columns[schema.EVENT_TYPE].append(row.get("event_type", schema.VIEW))
+        columns[schema.REWARD].append(row.get("reward", REWARDS[row.get("event_type", schema.VIEW)]))
+        columns[schema.DONE].append(row.get("done", False))
+        columns[schema.SPLIT].append(row.get("split", schema.TRAIN))
+    return pa.table(columns, schema=TRANSITIONS_SCHEMA)
+
+
+def item_index_table(
+    n_items: int,
+    *,
+    categories: list[str | None] | None = None,
+    prices: list[float | None] | None = None,
+    available: list[bool | None] | None = None,
+) -> pa.Table:
+    """Items i1..iN with item_idx 1..N."""
+    return pa.table(
+        {
+            schema.ITEM_ID: [f"i{i}" for i in range(1, n_items + 1)],
+            schema.ITEM_IDX: list(range(1, n_items + 1)),
+            schema.CATEGORY_ID: categories or [f"c{i % 3}" for i in range(1, n_items + 1)],
+            schema.PRICE: prices or [float(2 ** (i % 6)) for i in range(1, n_items + 1)],
+            schema.AVAILABLE: available or [True] * n_items,
+            schema.FIRST_SEEN: pa.array([0] * n_items, pa.date32()),
+        },
+        schema=ITEM_INDEX_SCHEMA,
+    )
+
+
+def user_states_table(rows: list[dict]) -> pa.Table:
+    """Rows with user_id, item_seq and optional event_seq / purchased."""
+    columns = {name: [] for name in USER_STATES_SCHEMA.names}
+    for row in rows:
+        items = row["item_seq"]
+        columns[schema.USER_ID].append(row["user_id"])
+        columns[schema.ITEM_SEQ].append(items)
+        columns[schema.EVENT_SEQ].append(row.get("event_seq", [schema.EVENT_CODE[schema.VIEW]] * len(items)))
+        columns[schema.GAP_SEQ].append([0.0] * len(items))
+        columns[schema.PURCHASED].append(row.get("purchased", []))
+        columns[schema.LAST_EVENT_TIME].append(0)
+        columns[schema.N_EVENTS].append(len(items))
+    return pa.table(columns, schema=USER_STATES_SCHEMA)
+
+
+def successor(item: int, n_items: int) -> int:
+    """The synthetic shop's hidden rule: what a user looks at after ``item`` (a permutation)."""
+    return (item * 7 + 3) % n_items + 1
+
+
+def make_shop(
+    root: Path,
+    *,
+    n_items: int = 30,
+    n_users: int = 40,
+    steps: int = 12,
+    max_len: int = 8,
+    val_steps: int = 2,
+    noise: float = 0.1,
+    seed: int = 0,
+) -> tuple[Path, Path]:
+    """A tiny learnable shop: users follow ``successor`` with some noise.
+
+    Returns (transitions_dir, item_index_dir); the last ``val_steps`` transitions of every user
+    are the validation split. About every fifth event is a purchase, every third an add-to-cart.
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    for user in range(n_users):
+        items = [int(rng.integers(1, n_items + 1))]
+        events = [schema.EVENT_CODE[schema.VIEW]]
+        for step in range(steps):
+            nxt = successor(items[-1], n_items) if rng.random() > noise else int(rng.integers(1, n_items + 1))
+            cycle = user + step
+            event_type = (
+                schema.PURCHASE if cycle % 5 == 4 else schema.ADD_TO_CART if cycle % 3 == 2 else schema.VIEW
+            )
+            rows.append(
+                {
+                    "user_id": f"u{user}",
+                    "item_seq": items[-max_len:],
+                    "event_seq": events[-max_len:],
+                    "action": nxt,
+                    "event_type": event_type,
+                    "done": step == steps - 1,
+                    "split": schema.VALIDATION if step >= steps - val_steps else schema.TRAIN,
+                }
+            )
+            items.append(nxt)
+            events.append(schema.EVENT_CODE[event_type])
+    transitions = write_parquet(root / "transitions", transitions_table(rows), files=2, row_group_size=64)
+    item_index = write_parquet(root / "item_index", item_index_table(n_items))
+    return transitions, item_index
