@@ -23,7 +23,11 @@ A manual trigger can set `run_date`; without it, yesterday (UTC) is used.
 of a date gives the same tables. If training fails or the challenger loses the gate, scoring uses the
 champion model: marketing always gets fresh recommendations from a known-good model.
 
-Heavy libraries (torch, pyspark, great_expectations, dql_model) are imported inside the tasks only.
+**Shape.** The task order is `dql_model.pipeline.STEPS`, the one list the CLI (`dqlrec task`) runs too;
+each Python task calls the function of the same name in `dql_model.tasks` with the run's typed options.
+
+Heavy libraries (torch, pyspark, great_expectations, pandas) and the rest of dql_model are imported
+inside the tasks only; at parse time the file imports `dql_model.pipeline`, which is standard library only.
 """
 
 from __future__ import annotations
@@ -36,19 +40,22 @@ import pendulum
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import DAG, Asset, Param, get_current_context, task
 
+# Standard library only (its docstring says why): the step order and the Spark launch flags.
+from dql_model import pipeline
+
 DAG_ID = Path(__file__).stem
 PROJECT_ROOT = Path(os.environ.get("DQLREC_HOME", Path(__file__).resolve().parents[1]))
 JOBS_DIR = Path(os.environ.get("DQLREC_JOBS_DIR", PROJECT_ROOT / "jobs"))
 # Downstream DAGs schedule on this asset; it is emitted when a date's recommendations are published.
 RECOMMENDATIONS_ASSET = Asset(name="dqlrec_recommendations", uri="dqlrec://warehouse/output/recommendations")
-SPARK_FAST_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
+RUN_DATE_XCOM = "{{ ti.xcom_pull(task_ids='resolve_run_date') }}"
 # What every spark-submit task of this DAG shares: the connection, pool, timeout and Spark settings.
 SPARK_SUBMIT_DEFAULTS = {
     "conn_id": "spark_default",
     "conf": {
         "spark.sql.session.timeZone": "UTC",
         "spark.ui.showConsoleProgress": "false",
-        "spark.driver.extraJavaOptions": SPARK_FAST_JVM,
+        "spark.driver.extraJavaOptions": pipeline.FAST_JVM_OPTIONS,
     },
     "pool": "spark",
     "execution_timeout": timedelta(hours=2),
@@ -62,6 +69,7 @@ default_args = {
     "max_retry_delay": timedelta(minutes=20),
 }
 
+# One Param per field of dql_model.tasks.RunOptions (a test checks they match), plus the run date.
 params = {
     "run_date": Param(
         "",
@@ -99,9 +107,33 @@ params = {
 }
 
 
-def _run_options() -> dict:
-    """The manual-trigger params of the current run, except run_date (resolved once, passed explicitly)."""
-    return {k: v for k, v in get_current_context()["params"].items() if k != "run_date"}
+def _options():
+    """The run's manual-trigger params as the typed RunOptions (an unknown param is an error)."""
+    from dql_model import tasks
+
+    return tasks.RunOptions.from_params(get_current_context()["params"])
+
+
+def _run(name: str, run_date: str, *, missing_upstream: dict | None = None) -> dict:
+    """dql_model.tasks.<name>(run_date, [the upstream step's XCom], options=...)."""
+    from dql_model import tasks
+
+    needs = pipeline.step(name).needs
+    upstream = ()
+    if needs:
+        pulled = get_current_context()["ti"].xcom_pull(task_ids=needs)
+        upstream = (missing_upstream if pulled is None else pulled,)
+    return getattr(tasks, name)(run_date, *upstream, options=_options())
+
+
+def _spark_job(task_id: str, job: str, *args: str) -> SparkSubmitOperator:
+    return SparkSubmitOperator(
+        task_id=task_id,
+        application=str(JOBS_DIR / f"{job}.py"),
+        application_args=["--run-date", RUN_DATE_XCOM, *args],
+        name=f"dqlrec-{job.replace('_', '-')}",
+        **SPARK_SUBMIT_DEFAULTS,
+    )
 
 
 with DAG(
@@ -128,89 +160,49 @@ with DAG(
 
     @task
     def validate_raw_events(run_date: str) -> dict:
-        from dql_model import tasks
-
-        return tasks.validate_raw_events(run_date)
-
-    build_training_data = SparkSubmitOperator(
-        task_id="build_training_data",
-        application=str(JOBS_DIR / "build_training_data.py"),
-        application_args=["--run-date", "{{ ti.xcom_pull(task_ids='resolve_run_date') }}"],
-        name="dqlrec-build-training-data",
-        **SPARK_SUBMIT_DEFAULTS,
-    )
+        return _run("validate_raw_events", run_date)
 
     @task
     def validate_training_data(run_date: str) -> dict:
-        from dql_model import tasks
-
-        return tasks.validate_training_data(run_date)
+        return _run("validate_training_data", run_date)
 
     @task(pool="gpu", execution_timeout=timedelta(hours=3))
     def train_model(run_date: str) -> dict:
-        from dql_model import tasks
-
-        return tasks.train_model(run_date, **_run_options())
+        return _run("train_model", run_date)
 
     @task(trigger_rule="all_done")
     def evaluate_and_gate(run_date: str) -> dict:
         """Runs even when training failed or was skipped: then the champion keeps scoring."""
-        from dql_model import tasks
-
-        ti = get_current_context()["ti"]
-        if ti.xcom_pull(task_ids="validate_training_data") is None:
+        if get_current_context()["ti"].xcom_pull(task_ids="validate_training_data") is None:
             raise RuntimeError(
                 f"training data for {run_date} was not built and validated; see tasks "
                 "build_training_data and validate_training_data of this run"
             )
-        training = ti.xcom_pull(task_ids="train_model")
-        return tasks.evaluate_and_gate(run_date, training or {}, **_run_options())
+        return _run("evaluate_and_gate", run_date, missing_upstream={})
 
     @task.branch
-    def choose_scoring_engine(gate: dict) -> str:
-        """score.engine: torch -> score_users, spark -> score_users_spark."""
-        from dql_model import tasks
+    def choose_scoring_engine() -> str:
+        """score.engine: torch -> score_users, spark -> score_users_spark (the config refuses others)."""
+        from dql_model.config import load_config
 
-        engine = tasks.run_config(**_run_options()).score.engine
-        if engine not in ("torch", "spark"):
-            raise ValueError(f"score.engine={engine!r} in the config: use torch or spark")
+        engine = _options().apply(load_config()).score.engine
+        gate = get_current_context()["ti"].xcom_pull(task_ids="evaluate_and_gate")
         print(f"scoring with {gate['scoring_version']} on the {engine} engine")
         return "score_users_spark" if engine == "spark" else "score_users"
 
     @task
     def score_users(run_date: str) -> dict:
-        from dql_model import tasks
-
-        gate = get_current_context()["ti"].xcom_pull(task_ids="evaluate_and_gate")
-        return tasks.score_users(run_date, gate, **_run_options())
-
-    score_users_spark = SparkSubmitOperator(
-        task_id="score_users_spark",
-        application=str(JOBS_DIR / "score_recommendations.py"),
-        application_args=[
-            "--run-date",
-            "{{ ti.xcom_pull(task_ids='resolve_run_date') }}",
-            "--model-version",
-            "{{ ti.xcom_pull(task_ids='evaluate_and_gate')['scoring_version'] }}",
-            "--top-k",
-            "{{ params.top_k }}",
-        ],
-        name="dqlrec-score-recommendations",
-        **SPARK_SUBMIT_DEFAULTS,
-    )
+        return _run("score_users", run_date)
 
     @task(trigger_rule="none_failed_min_one_success")
     def validate_recommendations(run_date: str) -> dict:
-        """Runs after whichever scoring task the branch chose; reads that engine's summary."""
-        from dql_model import tasks
-
-        return tasks.validate_recommendations(run_date, None, **_run_options())
+        """Runs after whichever scoring task the branch chose; the Spark path leaves no XCom, so the
+        task reads that engine's summary instead."""
+        return _run("validate_recommendations", run_date)
 
     @task(outlets=[RECOMMENDATIONS_ASSET])
-    def publish_recommendations(run_date: str, validated: dict) -> dict:
-        from dql_model import tasks
-
-        published = tasks.publish_recommendations(run_date, validated)
+    def publish_recommendations(run_date: str) -> dict:
+        published = _run("publish_recommendations", run_date)
         # Downstream DAGs scheduled on the asset learn which date is ready, and where, from the event.
         get_current_context()["outlet_events"][RECOMMENDATIONS_ASSET].extra = {
             key: published[key] for key in ("run_date", "rows", "users", "export_uri", "model_version")
@@ -218,23 +210,38 @@ with DAG(
         return published
 
     @task
-    def write_report(run_date: str, published: dict) -> dict:
-        from dql_model import tasks
-
-        return tasks.write_report(run_date, published)
+    def write_report(run_date: str) -> dict:
+        return _run("write_report", run_date)
 
     run_date = resolve_run_date()
-    raw_checked = validate_raw_events(run_date)
-    raw_checked >> build_training_data
-    data_checked = validate_training_data(run_date)
-    build_training_data >> data_checked
-    training = train_model(run_date)
-    data_checked >> training
-    gate = evaluate_and_gate(run_date)
-    training >> gate
-    scored_by_torch = score_users(run_date)
-    choose_scoring_engine(gate) >> [scored_by_torch, score_users_spark]
-    validated = validate_recommendations(run_date)
-    [scored_by_torch, score_users_spark] >> validated
-    published = publish_recommendations(run_date, validated)
-    write_report(run_date, published)
+    python_steps = {
+        "validate_raw_events": validate_raw_events,
+        "validate_training_data": validate_training_data,
+        "train_model": train_model,
+        "evaluate_and_gate": evaluate_and_gate,
+        "validate_recommendations": validate_recommendations,
+        "publish_recommendations": publish_recommendations,
+        "write_report": write_report,
+    }
+    # Each step as (first task, last tasks): the scoring step is a branch into the two engines.
+    choose = choose_scoring_engine()
+    score_users_spark = _spark_job(
+        "score_users_spark",
+        pipeline.SCORING_JOB,
+        "--model-version",
+        "{{ ti.xcom_pull(task_ids='evaluate_and_gate')['scoring_version'] }}",
+        "--top-k",
+        "{{ params.top_k }}",
+    )
+    engines = [score_users(run_date), score_users_spark]
+    choose >> engines
+    ends = {"score_users": (choose, engines)}
+    for step in pipeline.STEPS:
+        if step.job:
+            node = _spark_job(step.name, step.job)
+            ends[step.name] = (node, [node])
+        elif step.name in python_steps:
+            node = python_steps[step.name](run_date)
+            ends[step.name] = (node, [node])
+    for before, after in zip(pipeline.STEPS, pipeline.STEPS[1:], strict=False):
+        ends[before.name][1] >> ends[after.name][0]

@@ -1,7 +1,7 @@
 """`dqlrec`: the command line of the pipeline.
 
     dqlrec generate [--if-empty]      write the demo shop's raw tables into the warehouse
-    dqlrec task NAME --run-date D     run one nightly task without Airflow
+    dqlrec task NAME --run-date D     run one nightly task (and those it needs) without Airflow
     dqlrec summary --run-date D       print the closing summary of a run
     dqlrec evaluate [--run-date D] [--json]   print the model comparison of a run
     dqlrec config [KEY]               print the resolved configuration (or one value)
@@ -17,19 +17,8 @@ from pathlib import Path
 
 import yaml
 
-from dql_model import schema
-from dql_model.config import ConfigError, load_config
-
-TASKS = (
-    "validate_raw_events",
-    "validate_training_data",
-    "train_model",
-    "evaluate_and_gate",
-    "score_users",
-    "validate_recommendations",
-    "publish_recommendations",
-    "write_report",
-)
+from dql_model import pipeline, schema
+from dql_model.config import Config, ConfigError, load_config
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -48,39 +37,28 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_task(args: argparse.Namespace) -> int:
-    """Runs the DAG's tasks in order up to NAME, passing results along as the DAG's XCom would."""
-    import subprocess
-
+    """Runs NAME and the steps whose results it needs, in order, passing results on as the DAG's XCom."""
     from dql_model import tasks
 
-    run_date = args.run_date
-    if args.name == "build_training_data":
-        job = Path(__file__).resolve().parents[1] / "jobs" / "build_training_data.py"
-        return subprocess.call([sys.executable, str(job), "--run-date", run_date])
-    options = {"top_k": args.top_k, "force_cpu": args.force_cpu, "skip_training": args.skip_training}
-    steps = {
-        "validate_raw_events": lambda _: tasks.validate_raw_events(run_date),
-        "validate_training_data": lambda _: tasks.validate_training_data(run_date),
-        "train_model": lambda _: tasks.train_model(run_date, **options),
-        "evaluate_and_gate": lambda prev: tasks.evaluate_and_gate(run_date, prev, **options),
-        "score_users": lambda prev: tasks.score_users(run_date, prev, **options),
-        "validate_recommendations": lambda prev: tasks.validate_recommendations(run_date, prev, **options),
-        "publish_recommendations": lambda prev: tasks.publish_recommendations(run_date, prev),
-        "write_report": lambda prev: tasks.write_report(run_date, prev),
-    }
-    # The model tasks chain: each needs the previous one's result.
-    chain = ["train_model", "evaluate_and_gate", "score_users", "validate_recommendations",
-             "publish_recommendations", "write_report"]
-    todo = chain[: chain.index(args.name) + 1] if args.name in chain else [args.name]
+    cfg = load_config(args.config)
+    options = tasks.RunOptions(
+        top_k=args.top_k, skip_training=args.skip_training, model_version=args.model_version, force_cpu=args.force_cpu
+    )
     result: dict = {}
-    for name in todo:
-        result = steps[name](result)
+    for step in pipeline.chain_to(args.name):
+        if step.job:
+            pipeline.run_job(step.job, args.run_date, config=options.apply(cfg).to_dict(), scratch=cfg.layout.root)
+            result = {"job": step.job, "run_date": args.run_date}
+            continue
+        task = getattr(tasks, step.name)
+        upstream = (result,) if step.needs else ()
+        result = task(args.run_date, *upstream, options=options, cfg=cfg)
     print(json.dumps(result, indent=2, default=str))
     return 0
 
 
-def _load_report(cfg, run_date: str | None, filename: str) -> dict:
-    reports = Path(cfg.warehouse.path("reports"))
+def _load_report(cfg: Config, run_date: str | None, filename: str) -> dict:
+    reports = Path(cfg.layout.reports())
     if run_date is None:
         runs = sorted(p.name for p in reports.glob(f"{schema.RUN_DATE}=*") if (p / filename).is_file())
         if not runs:
@@ -93,11 +71,11 @@ def _load_report(cfg, run_date: str | None, filename: str) -> dict:
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
-    from dql_model import report, tasks
+    from dql_model import report
 
     cfg = load_config(args.config)
-    summary = _load_report(cfg, args.run_date, "summary.json")
-    summary["report_dir"] = str(tasks.report_dir(cfg, summary["run_date"]))
+    summary = _load_report(cfg, args.run_date, report.SUMMARY)
+    summary["report_dir"] = cfg.layout.report(summary["run_date"])
     print(report.render_summary(summary))
     return 0
 
@@ -106,7 +84,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from dql_model import report
 
     cfg = load_config(args.config)
-    evaluation = _load_report(cfg, args.run_date, "evaluation.json")
+    evaluation = _load_report(cfg, args.run_date, report.EVALUATION)
     if args.json:
         # The comparison's figures; the per-epoch learning curves stay in evaluation.json.
         figures = {k: v for k, v in evaluation.items() if k != "learning_curves"}
@@ -140,6 +118,13 @@ def _cmd_demo_date(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_date(text: str) -> str:
+    try:
+        return schema.iso_date(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dqlrec", description="Nightly deep Q-learning recommendations.")
     parser.add_argument("--config", help="YAML config file (default: $DQLREC_CONFIG, else built-in defaults)")
@@ -149,12 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--if-empty", action="store_true", help="do nothing when the warehouse already has events")
     p.set_defaults(func=_cmd_generate)
 
-    p = sub.add_parser("task", help="run one nightly task (and the model tasks before it) without Airflow")
-    p.add_argument("name", choices=("build_training_data", *TASKS))
-    p.add_argument("--run-date", required=True)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--force-cpu", action="store_true")
-    p.add_argument("--skip-training", action="store_true")
+    p = sub.add_parser("task", help="run one nightly task (and the tasks whose results it needs) without Airflow")
+    p.add_argument("name", choices=pipeline.STEP_NAMES)
+    p.add_argument("--run-date", required=True, type=_run_date, help="YYYY-MM-DD (UTC)")
+    p.add_argument("--top-k", type=int, default=0, help="recommendations per user (0: score.top_k)")
+    p.add_argument("--force-cpu", action="store_true", help="train and score on CPU")
+    p.add_argument("--skip-training", action="store_true", help="score with the champion, no challenger")
+    p.add_argument("--model-version", default="", help="score with this registry version")
     p.set_defaults(func=_cmd_task)
 
     p = sub.add_parser("summary", help="print the closing summary of a run")
@@ -179,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError) as exc:
+    except (ConfigError, FileNotFoundError, pipeline.JobFailed) as exc:
         print(f"dqlrec: error: {exc}", file=sys.stderr)
         return 2
 

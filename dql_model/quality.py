@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from great_expectations.core.batch_definition import BatchDefinition
     from great_expectations.expectations.expectation import Expectation
 
+    from dql_model.config import Config
+
 """A rating's value lies in [1, 5] (see EtlConfig.reward_rating_scale)."""
 BLANK = r"^\s*$"
 """An id that is empty or only whitespace."""
@@ -171,6 +173,51 @@ class QualityReport:
             "tolerated_rules": len(self.tolerated),
             "bad_rows": {f"{f.column or 'table'}:{f.rule}": int(f.unexpected_count) for f in self.failures},
         }
+
+
+def check_raw_partition(cfg: Config, run_date: str) -> QualityReport:
+    """Read the run date's raw events partition and the catalogue, check them; raise on a broken contract."""
+    from dql_model import storage
+
+    partition = f"{schema.EVENT_DATE}={run_date}"
+    folder = cfg.layout.partition(schema.EVENTS, run_date)
+    try:
+        events = storage.read_partition(folder).to_pandas()
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"raw events partition {folder} is missing: no events were loaded for {run_date}. "
+            "Load the day's events (or `dqlrec generate` for the demo) and rerun the date."
+        ) from None
+    items = storage.read_partition(cfg.layout.table(schema.ITEMS), columns=[schema.ITEM_ID])
+    report = validate_raw_events(
+        events,
+        partition=partition,
+        known_item_ids=set(items.column(schema.ITEM_ID).to_pylist()),
+        max_bad_fraction=cfg.quality.max_bad_fraction,
+    )
+    return report.raise_for_failures()
+
+
+TRAINING_COUNTS = ("accepted", "transitions_train", "transitions_validation", "users", "items")
+"""The ETL counts that must be positive for a night to train, evaluate and score."""
+
+
+def check_training_counts(counts: dict[str, Any], *, where: str) -> dict[str, int]:
+    """The ETL job's accounting: input = accepted + quarantined, and something to learn from.
+
+    ``counts`` is the job summary's ``counts``; ``where`` names it in errors. Returns the
+    TRAINING_COUNTS.
+    """
+    quarantined = sum(counts["quarantined"].values())
+    if counts["input_events"] != counts["accepted"] + quarantined:
+        raise ValueError(
+            f"{where}: input events {counts['input_events']} != accepted {counts['accepted']} "
+            f"+ quarantined {quarantined}; rows were lost between raw and curated tables"
+        )
+    for key in TRAINING_COUNTS[1:]:
+        if counts.get(key, 0) <= 0:
+            raise ValueError(f"{where}: {key} is {counts.get(key)}; nothing to train, evaluate or score")
+    return {key: counts[key] for key in TRAINING_COUNTS}
 
 
 def validate_raw_events(

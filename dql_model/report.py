@@ -1,23 +1,81 @@
-"""Human-readable views of a run: the comparison tables, the Markdown report, the closing summary."""
+"""A run's report: evaluation.json with its plots, summary.json, report.md and the closing summary.
+
+Files, in ``cfg.layout.report(run_date)``: ``evaluation.json`` (``gate.NightEvaluation.to_json``
+plus the plot names, written by the gate task), the PNG plots, ``summary.json`` (what was
+published, the evaluation, the ETL counts) and ``report.md`` (written by the report task).
+"""
 
 from __future__ import annotations
 
+import json
 import math
-from typing import Any
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dql_model.schema import ADD_TO_CART, PURCHASE, VIEW, metric_name, metric_prefix
+
+if TYPE_CHECKING:
+    from dql_model.config import Config
+
+EVALUATION = "evaluation.json"
+SUMMARY = "summary.json"
+MARKDOWN = "report.md"
+
+
+def write_evaluation(
+    evaluation: dict[str, Any], folder: str, *, progress: Callable[[str], object] = print
+) -> dict[str, Any]:
+    """The plots of a night's evaluation, then evaluation.json (which names them) in ``folder``."""
+    from dql_model import plots, storage
+
+    evaluation = dict(evaluation)
+    try:
+        evaluation["plots"] = plots.write_plots(evaluation, folder)
+    except Exception as error:  # a figure must not hold back tonight's recommendations
+        progress(f"warning: plots not written: {error!r}")
+    storage.write_json_atomic(Path(folder) / EVALUATION, evaluation)
+    return evaluation
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    """A report file as a dict; {} when the run did not write it."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_run_report(cfg: Config, run_date: str, published: dict[str, Any], *, written_at: datetime) -> str:
+    """summary.json and report.md of a run, beside its evaluation.json; returns the folder."""
+    from dql_model import storage
+
+    folder = cfg.layout.report(run_date)
+    etl = read_json(cfg.layout.etl_summary(run_date)).get("counts", {})
+    summary = {
+        "run_date": run_date,
+        "published": published,
+        "evaluation": read_json(Path(folder) / EVALUATION),
+        "etl": etl,
+        "config_hash": cfg.hash(),
+        "written_at": written_at.isoformat(timespec="seconds"),
+    }
+    storage.write_json_atomic(Path(folder) / SUMMARY, summary)
+    (Path(folder) / MARKDOWN).write_text(render_markdown(summary))
+    return folder
 
 # Columns of the comparison table: (metric name, header).
 TABLE_COLUMNS = (
-    ("eval/ndcg@10", "NDCG@10"),
-    ("eval/hr@10", "HR@10"),
-    ("eval/mrr@10", "MRR@10"),
-    ("eval/purchase/ndcg@10", "purchase NDCG@10"),
-    ("eval/add_to_cart/ndcg@10", "cart NDCG@10"),
-    ("eval/view/ndcg@10", "view NDCG@10"),
-    ("eval/coverage@10", "coverage@10"),
-    ("eval/purchased@10", "bought@10"),
+    (metric_name("ndcg", 10), "NDCG@10"),
+    (metric_name("hr", 10), "HR@10"),
+    (metric_name("mrr", 10), "MRR@10"),
+    (metric_name("ndcg", 10, PURCHASE), "purchase NDCG@10"),
+    (metric_name("ndcg", 10, ADD_TO_CART), "cart NDCG@10"),
+    (metric_name("ndcg", 10, VIEW), "view NDCG@10"),
+    (metric_name("coverage", 10), "coverage@10"),
+    (metric_name("purchased", 10), "bought@10"),
 )
-DETAIL_EVENTS = (("", "all events"), ("view/", "views"), ("add_to_cart/", "add-to-carts"), ("purchase/", "purchases"))
-DETAIL_METRICS = tuple(f"{m}@{k}" for m in ("hr", "ndcg", "mrr") for k in (5, 10, 20))
+DETAIL_EVENTS = ((None, "all events"), (VIEW, "views"), (ADD_TO_CART, "add-to-carts"), (PURCHASE, "purchases"))
+DETAIL_METRICS = tuple((m, k) for m in ("hr", "ndcg", "mrr") for k in (5, 10, 20))
 MODEL_NOTES = {
     "challenger": "tonight's DQN",
     "champion": "the incumbent model",
@@ -55,15 +113,16 @@ def detail_tables(metrics: dict[str, dict[str, float]]) -> str:
     """Markdown: HR, NDCG and MRR at 5, 10 and 20 per model, one table per event type."""
     parts = []
     metrics = in_table_order(metrics)
-    for prefix, title in DETAIL_EVENTS:
-        key = f"eval/{prefix}n"
+    header = ["model", *(f"{m}@{k}" for m, k in DETAIL_METRICS)]
+    for event_type, title in DETAIL_EVENTS:
+        key = f"{metric_prefix(event_type)}n"
         counts = {name: values.get(key) for name, values in metrics.items()}
         n = next((int(c) for c in counts.values() if isinstance(c, int | float)), 0)
         rows = [
-            [name] + [_cell(values.get(f"eval/{prefix}{m}")) for m in DETAIL_METRICS]
+            [name] + [_cell(values.get(metric_name(m, k, event_type))) for m, k in DETAIL_METRICS]
             for name, values in metrics.items()
         ]
-        parts += [f"**{title}** ({n} events)", "", _table(["model", *DETAIL_METRICS], rows, markdown=True), ""]
+        parts += [f"**{title}** ({n} events)", "", _table(header, rows, markdown=True), ""]
     return "\n".join(parts)
 
 
@@ -201,16 +260,17 @@ def _baseline_notes(baselines: dict[str, Any]) -> list[str]:
     notes = []
     supervised = baselines.get("supervised")
     if supervised:
-        tried = ", ".join(
-            f"{_overrides(t['overrides'])} -> {t['eval/ndcg@10']:.4f}" for t in supervised.get("trials", [])
+        tried = ", ".join(f"{_overrides(t['overrides'])} -> {t['value']:.4f}" for t in supervised.get("trials", []))
+        notes.append(
+            f"- supervised search (validation {supervised.get('metric')}): {tried}; "
+            f"picked {_overrides(supervised['picked'])}"
         )
-        notes.append(f"- supervised search (validation NDCG@10): {tried}; picked {_overrides(supervised['picked'])}")
     cooccurrence = baselines.get("cooccurrence")
     if cooccurrence:
         picked = cooccurrence["picked"]
         notes.append(
             f"- co-occurrence: window {picked['window']}, decay {picked['decay']} "
-            f"(best of {len(cooccurrence.get('trials', []))} on validation NDCG@10)"
+            f"(best of {len(cooccurrence.get('trials', []))} on validation {cooccurrence.get('metric')})"
         )
     return notes
 

@@ -56,7 +56,7 @@ def test_nightly_dag_publishes_to_s3_and_reruns_identically(
     first = dag.test(run_conf={"run_date": run_date})
     assert first.state == "success", [(ti.task_id, ti.state) for ti in first.get_task_instances()]
 
-    warehouse = storage.read_partition(cfg.warehouse.partition(schema.RECOMMENDATIONS, run_date))
+    warehouse = storage.read_partition(cfg.layout.partition(schema.RECOMMENDATIONS, run_date))
     exported = publish.read_export(cfg.publish.export_uri, run_date)
     assert exported.equals(warehouse)
 
@@ -68,7 +68,7 @@ def test_nightly_dag_publishes_to_s3_and_reruns_identically(
 
     second = dag.test(run_conf={"run_date": run_date})
     assert second.state == "success"
-    rerun = storage.read_partition(cfg.warehouse.partition(schema.RECOMMENDATIONS, run_date))
+    rerun = storage.read_partition(cfg.layout.partition(schema.RECOMMENDATIONS, run_date))
     assert _recommendations_without_time(rerun).equals(_recommendations_without_time(warehouse))
     assert _recommendations_without_time(publish.read_export(cfg.publish.export_uri, run_date)).equals(
         _recommendations_without_time(rerun)

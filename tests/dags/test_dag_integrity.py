@@ -90,9 +90,13 @@ def test_params_are_typed(dagbag):
 
 
 def test_module_level_imports_are_light():
+    # The DAG file may import dql_model.pipeline (standard library only: the step order), nothing
+    # else of the package, and none of the heavy libraries.
     code = (
         "import runpy, sys; runpy.run_path(sys.argv[1]); "
-        "heavy = sorted(m for m in ('torch', 'pyspark', 'great_expectations', 'dql_model', 'pandas') if m in sys.modules); "
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('torch', 'pyspark', 'great_expectations', 'pandas', 'numpy', 'pyarrow') "
+        "or (m.startswith('dql_model.') and m != 'dql_model.pipeline')); "
         "print('HEAVY=' + ','.join(heavy))"
     )
     out = subprocess.run(
@@ -101,6 +105,37 @@ def test_module_level_imports_are_light():
     )
     marker = [line for line in out.stdout.splitlines() if line.startswith("HEAVY=")]
     assert marker == ["HEAVY="], f"heavy modules imported by the DAG file: {marker}"
+
+
+def test_the_pipeline_module_imports_only_the_standard_library():
+    code = (
+        "import sys; before = set(sys.modules); import dql_model.pipeline; "
+        "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
+        "print('OUTSIDE=' + ','.join(sorted(m for m in new if m not in sys.stdlib_module_names and m != 'dql_model')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "OUTSIDE=\n" in out.stdout + "\n", out.stdout
+
+
+def test_the_dag_follows_the_pipeline_steps(dagbag):
+    from dql_model import pipeline
+
+    dag = dagbag.dags[DAG_ID]
+    scoring = {"score_users": "choose_scoring_engine"}  # the scoring step branches into two engines
+    for before, after in zip(pipeline.STEPS, pipeline.STEPS[1:], strict=False):
+        first = dag.get_task(scoring.get(after.name, after.name))
+        assert before.name in first.upstream_task_ids or (
+            before.name == "score_users" and {"score_users", "score_users_spark"} <= first.upstream_task_ids
+        ), (before.name, after.name)
+
+
+def test_params_are_the_run_options(dagbag):
+    import dataclasses
+
+    from dql_model.tasks import RunOptions
+
+    params = set(dagbag.dags[DAG_ID].params.keys())
+    assert params == {"run_date"} | {f.name for f in dataclasses.fields(RunOptions)}
 
 
 # --- the scoring branch and the asset, through Airflow itself ------------------------------------

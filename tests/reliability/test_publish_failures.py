@@ -19,7 +19,6 @@ from boto3.s3.transfer import S3Transfer
 
 from dql_model import publish, schema, sinks, storage, tasks
 from dql_model.publish import IncompleteExportError, read_export
-from tests.unit.test_sinks import pg_url, postgres  # noqa: F401 (fixtures: a throwaway PostgreSQL)
 
 DAY_BEFORE, RUN_DATE = "2026-11-26", "2026-11-27"
 
@@ -53,7 +52,7 @@ def cfg(tiny_config, s3_bucket):
 
 def publish_day(cfg, run_date: str, table: pa.Table) -> dict:
     """Stage ``table`` as the scoring task would, then run the publish task."""
-    storage.write_partition(table, tasks.staged_recommendations_path(cfg, run_date))
+    storage.write_partition(table, cfg.layout.staged(schema.RECOMMENDATIONS, run_date))
     return tasks.publish_recommendations(run_date, {"model_version": "m", "top_k": 3}, cfg=cfg)
 
 
@@ -63,7 +62,7 @@ def rerun(cfg, run_date: str) -> dict:
 
 
 def warehouse(cfg, run_date: str) -> pa.Table:
-    return storage.read_partition(cfg.warehouse.partition(schema.RECOMMENDATIONS, run_date))
+    return storage.read_partition(cfg.layout.partition(schema.RECOMMENDATIONS, run_date))
 
 
 def s3_objects(cfg, run_date: str) -> pa.Table:
@@ -109,7 +108,7 @@ def test_published_s3_objects_equal_the_warehouse_partition(cfg):
     assert (published["rows"], published["files"], published["sql_rows"]) == (36, 4, None)
     assert s3_objects(cfg, RUN_DATE).equals(warehouse(cfg, RUN_DATE))
     assert_published(cfg, RUN_DATE, table)
-    assert not tasks.staged_recommendations_path(cfg, RUN_DATE).exists()
+    assert not Path(cfg.layout.staged(schema.RECOMMENDATIONS, RUN_DATE)).exists()
 
 
 def test_crash_during_the_s3_upload_after_the_warehouse_swap(cfg, monkeypatch):
@@ -125,7 +124,7 @@ def test_crash_during_the_s3_upload_after_the_warehouse_swap(cfg, monkeypatch):
     assert warehouse(cfg, RUN_DATE).equals(today)  # swapped in whole before the export began
     with pytest.raises(IncompleteExportError, match="no _SUCCESS"):
         read_export(cfg.publish.export_uri, RUN_DATE)  # readers that gate on _SUCCESS skip the date
-    assert tasks.staged_recommendations_path(cfg, RUN_DATE).is_dir()  # kept for the rerun
+    assert Path(cfg.layout.staged(schema.RECOMMENDATIONS, RUN_DATE)).is_dir()  # kept for the rerun
 
     rerun(cfg, RUN_DATE)
     assert_published(cfg, RUN_DATE, today)
@@ -148,7 +147,7 @@ def test_crash_while_staging_the_warehouse_partition(cfg, monkeypatch):
             written.append(where)
         return real_write(table, where, *args, **kwargs)
 
-    storage.write_partition(second, tasks.staged_recommendations_path(cfg, RUN_DATE))
+    storage.write_partition(second, cfg.layout.staged(schema.RECOMMENDATIONS, RUN_DATE))
     with monkeypatch.context() as patched, pytest.raises(Crash):
         patched.setattr(pq, "write_table", write_then_crash)
         rerun(cfg, RUN_DATE)
@@ -156,7 +155,7 @@ def test_crash_while_staging_the_warehouse_partition(cfg, monkeypatch):
     # Nothing was swapped or exported: both dates read as before, with no leftovers beside them.
     assert_published(cfg, DAY_BEFORE, yesterday)
     assert_published(cfg, RUN_DATE, first)
-    output = cfg.warehouse.path("output", schema.RECOMMENDATIONS)
+    output = cfg.layout.table(schema.RECOMMENDATIONS)
     assert sorted(p.name for p in Path(output).iterdir()) == [
         f"run_date={DAY_BEFORE}",
         f"run_date={RUN_DATE}",
@@ -167,7 +166,7 @@ def test_crash_while_staging_the_warehouse_partition(cfg, monkeypatch):
     assert_published(cfg, DAY_BEFORE, yesterday)
 
 
-def test_crash_in_the_sql_sink_rolls_back_and_a_rerun_completes_everything(cfg, pg_url, monkeypatch):  # noqa: F811
+def test_crash_in_the_sql_sink_rolls_back_and_a_rerun_completes_everything(cfg, pg_url, monkeypatch):
     cfg = cfg.replace(publish={"sql_url": pg_url})
     yesterday, first = recommendations(12, "yesterday"), recommendations(12, "first")
     publish_day(cfg, DAY_BEFORE, yesterday)
@@ -183,7 +182,7 @@ def test_crash_in_the_sql_sink_rolls_back_and_a_rerun_completes_everything(cfg, 
                 raise Crash("worker stopped during the SQL load")
             yield record
 
-    storage.write_partition(second, tasks.staged_recommendations_path(cfg, RUN_DATE))
+    storage.write_partition(second, cfg.layout.staged(schema.RECOMMENDATIONS, RUN_DATE))
     with monkeypatch.context() as patched, pytest.raises(Crash):
         patched.setattr(sinks, "_records", records_then_crash)
         rerun(cfg, RUN_DATE)

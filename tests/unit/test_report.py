@@ -61,11 +61,12 @@ def test_markdown_report_has_tables_details_simulation_and_plots():
                 "supervised": {
                     "picked": {"train": {"lr": 0.005}, "model": {}},
                     "trials": [
-                        {"overrides": {"train": {}, "model": {}}, "eval/ndcg@10": 0.1},
-                        {"overrides": {"train": {"lr": 0.005}, "model": {}}, "eval/ndcg@10": 0.2},
+                        {"overrides": {"train": {}, "model": {}}, "value": 0.1},
+                        {"overrides": {"train": {"lr": 0.005}, "model": {}}, "value": 0.2},
                     ],
+                    "metric": "eval/ndcg@10",
                 },
-                "cooccurrence": {"picked": {"window": 3, "decay": 0.5}, "trials": [{}, {}, {}]},
+                "cooccurrence": {"picked": {"window": 3, "decay": 0.5}, "trials": [{}, {}, {}], "metric": "eval/ndcg@10"},
             },
             "simulation": SIMULATION,
             "simulation_more": [PER_STEP, {"settings": {"refresh": "step"}, "policies": {}}],

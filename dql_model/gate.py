@@ -1,0 +1,179 @@
+"""The nightly evaluation and the champion/challenger gate.
+
+Owns one decision: which model scores tonight. ``evaluate_night`` ranks the validation split with
+tonight's challenger, the incumbent champion and the baselines fitted in the same run
+(supervised, co-occurrence, popularity), lets the gate decide, points the champion at the winner,
+and simulates the policies' value in the synthetic shop. Its result, ``NightEvaluation``, is the
+schema of ``evaluation.json`` (``to_json``) and of the small decision the DAG passes on
+(``decision``).
+
+The gate (``compare``) promotes a challenger unless it is worse than the champion on
+``eval.gate_metric`` by more than ``eval.gate_tolerance`` (relative). Without a challenger the
+champion keeps scoring; without either there is nothing to score with, and the night fails.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dql_model import schema
+from dql_model.config import Config
+
+HEADLINE_METRICS = (
+    schema.metric_name("ndcg", 10),
+    schema.metric_name("hr", 10),
+    schema.metric_name("ndcg", 10, schema.PURCHASE),
+)
+"""Printed per model in the task log; a metric the data has no events for shows as n/a."""
+
+
+def compare(
+    champion_metrics: dict[str, float] | None,
+    challenger_metrics: dict[str, float],
+    *,
+    metric: str,
+    tolerance: float,
+) -> tuple[bool, str]:
+    """(promote?, why): promote unless the challenger is worse than the champion beyond ``tolerance``.
+
+    Promotes when there is no champion (or it lacks the metric); keeps the champion when the
+    challenger lacks the metric or it is not a number.
+    """
+    challenger = challenger_metrics.get(metric)
+    if challenger is None or not math.isfinite(float(challenger)):
+        return False, f"challenger has no finite {metric} ({challenger!r})"
+    champion = (champion_metrics or {}).get(metric)
+    if champion is None or not math.isfinite(float(champion)):
+        return True, f"no champion {metric} to compare with (challenger {challenger:.4f})"
+    floor = champion * (1 - tolerance)
+    sign = ">=" if challenger >= floor else "<"
+    reason = (
+        f"challenger {metric}={challenger:.4f} {sign} {floor:.4f} (champion {champion:.4f} - {tolerance:.0%})"
+    )
+    return challenger >= floor, reason
+
+
+@dataclass
+class NightEvaluation:
+    """Everything the night's evaluation found and decided; ``to_json`` is evaluation.json."""
+
+    run_date: str
+    validation_events: int
+    metrics: dict[str, dict[str, float]]
+    """Model name -> validation metrics (challenger, champion, then the baselines)."""
+    champion_before: str | None
+    """The incumbent the challenger faced (None on the first night)."""
+    challenger: str | None
+    """Tonight's trained version (None when training failed or was skipped)."""
+    promoted: bool
+    reason: str
+    scoring_version: str
+    """The champion after the gate: the model that scores tonight."""
+    gate_metric: str
+    baselines: dict[str, Any] = field(default_factory=dict)
+    """How each baseline was picked (search trials, tuned settings)."""
+    learning_curves: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    simulation: dict[str, Any] | None = None
+    """The headline simulated policy value (first of eval.sim_refresh); None when off."""
+    simulation_more: list[dict[str, Any]] = field(default_factory=list)
+    """The other refresh protocols of eval.sim_refresh."""
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        if self.simulation is None:
+            del out["simulation"], out["simulation_more"]
+        return out
+
+    def decision(self) -> dict[str, Any]:
+        """What the scoring task needs (the DAG's XCom): small and JSON-able."""
+        return {"scoring_version": self.scoring_version, "promoted": self.promoted, "reason": self.reason}
+
+
+def evaluate_night(
+    cfg: Config,
+    run_date: str,
+    challenger: str | None,
+    *,
+    no_challenger_reason: str = "train_model failed",
+    progress: Callable[[str], object] = print,
+) -> NightEvaluation:
+    """Evaluate tonight's models, apply the gate and point the champion; see the module docstring."""
+    from dql_model import baselines, evaluate, registry
+    from dql_model.data import load_item_features, load_transitions
+
+    root = Path(cfg.registry.root)
+    transitions_dir = cfg.layout.partition(schema.TRANSITIONS, run_date)
+    item_index_dir = cfg.layout.partition(schema.ITEM_INDEX, run_date)
+    items = load_item_features(item_index_dir, price_buckets=cfg.model.price_buckets)
+    val = load_transitions(transitions_dir, max_len=cfg.etl.max_len, split=schema.VALIDATION)
+
+    # Without a challenger the current champion scores; with one, it faces the incumbent.
+    champion = registry.incumbent_for(root, run_date) if challenger else registry.champion_version(root)
+    if challenger is None and champion is None:
+        raise RuntimeError(
+            f"no model to score with for {run_date}: training did not produce a challenger "
+            f"({no_challenger_reason}) and the registry {root} has no champion"
+        )
+    scorers = {}
+    for name, version in (("challenger", challenger), ("champion", champion)):
+        if version and not (name == "champion" and version == challenger):
+            model, _ = registry.load_model(root / version)
+            scorers[name] = evaluate.QNetworkScorer(model, n_items=items.n_items)
+    fitted = baselines.fit_baselines(
+        cfg, transitions_dir=transitions_dir, item_index_dir=item_index_dir, items=items, val=val, progress=progress
+    )
+    scorers.update(fitted.scorers)
+    results = evaluate.evaluate_models(scorers, val)
+    for name, metrics in results.items():
+        progress(f"{name:<12} " + "  ".join(f"{m} {_figure(metrics.get(m))}" for m in HEADLINE_METRICS))
+
+    if challenger is None:
+        promoted, reason = False, f"no challenger ({no_challenger_reason})"
+    else:
+        promoted, reason = compare(
+            results.get("champion"), results["challenger"], metric=cfg.eval.gate_metric, tolerance=cfg.eval.gate_tolerance
+        )
+        # Point the champion explicitly either way: on a rerun it may still name this date's model.
+        registry.set_champion(root, challenger if promoted else champion)
+    scoring_version = registry.champion_version(root)
+    progress(f"gate: {'promoted' if promoted else 'kept champion'} ({reason}); scoring with {scoring_version}")
+    night = NightEvaluation(
+        run_date=run_date,
+        validation_events=int(len(val.action)),
+        metrics=results,
+        champion_before=champion,
+        challenger=challenger,
+        promoted=promoted,
+        reason=reason,
+        scoring_version=scoring_version,
+        gate_metric=cfg.eval.gate_metric,
+        baselines=fitted.details,
+        learning_curves={
+            **({"challenger": registry.version_metrics(root, challenger).get("history", [])} if challenger else {}),
+            **fitted.histories,
+        },
+    )
+    if cfg.eval.sim_users > 0:
+        _simulate(night, cfg, items, scorers, fitted.scorers, progress)
+    return night
+
+
+def _simulate(night: NightEvaluation, cfg: Config, items, scorers, baseline_scorers, progress) -> None:
+    """The simulated value of tonight's DQN (the challenger, else the champion) and the baselines."""
+    from dql_model import policy_eval
+
+    dqn = "challenger" if "challenger" in scorers else "champion"
+    policies = {dqn: scorers[dqn], **baseline_scorers}
+    headline, *others = cfg.eval.sim_refresh
+    night.simulation = policy_eval.simulate_policies(policies, cfg, items, refresh=headline, progress=progress)
+    night.simulation_more = [
+        policy_eval.simulate_policies(policies, cfg, items, refresh=mode, progress=progress) for mode in others
+    ]
+
+
+def _figure(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"

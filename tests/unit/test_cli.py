@@ -1,0 +1,146 @@
+"""`dqlrec`: every subcommand, its --json output, --config honoured everywhere, bad input refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import yaml
+
+from dql_model import cli, report, storage
+from dql_model.config import load_config
+
+RUN_DATE = "2026-11-27"
+
+
+@pytest.fixture
+def config_file(tiny_config, tmp_path) -> Path:
+    """tiny_config as a YAML file, the way a user passes --config."""
+    path = tmp_path / "my.yaml"
+    path.write_text(yaml.safe_dump(tiny_config.to_dict()))
+    return path
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_config_prints_the_resolved_config_and_one_value(capsys, config_file, monkeypatch):
+    monkeypatch.setenv("DQLREC_SCORE__TOP_K", "7")
+    code, out, _ = run(capsys, "--config", str(config_file), "config")
+    printed = yaml.safe_load(out)
+    assert code == 0
+    assert printed["score"]["top_k"] == 7  # the environment beats the file
+    assert printed["simulator"]["n_users"] == 60  # from the file
+    assert printed["eval"]["sim_refresh"] == ["session", "step"]
+    assert run(capsys, "--config", str(config_file), "config", "etl.max_len")[1].strip() == "8"
+    code, _, err = run(capsys, "config", "train.epoch")
+    assert code == 2 and "unknown config key 'train.epoch'" in err
+
+
+@pytest.mark.parametrize(
+    ("variable", "choices"),
+    [
+        ("DQLREC_TRAIN__MODE", "['dqn', 'supervised']"),
+        ("DQLREC_MODEL__ENCODER", "['gru', 'lstm', 'attention']"),
+        ("DQLREC_SCORE__ENGINE", "['torch', 'spark']"),
+        ("DQLREC_TRAIN__TARGET_UPDATE", "['polyak', 'hard']"),
+        ("DQLREC_TRAIN__PURCHASE_CREDIT", "['cart', 'purchase']"),
+        ("DQLREC_EVAL__SIM_REFRESH", "['session', 'step']"),
+    ],
+)
+def test_a_bad_fixed_choice_exits_non_zero_with_one_line(variable, choices):
+    """As a user runs it: the installed entry point, a real exit code, one line on stderr."""
+    dqlrec = Path(sys.executable).parent / "dqlrec"
+    env = {**os.environ, variable: "bogus"}
+    done = subprocess.run([str(dqlrec), "config"], env=env, capture_output=True, text=True)
+    field = variable.removeprefix("DQLREC_").replace("__", ".").lower()
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.splitlines() == [f"dqlrec: error: environment: {field}='bogus' is not one of {choices}"]
+
+
+def test_a_missing_config_file_is_named(capsys, tmp_path):
+    code, _, err = run(capsys, "--config", str(tmp_path / "nope.yaml"), "demo-date")
+    assert code == 2 and "nope.yaml does not exist" in err
+
+
+def test_generate_and_demo_date_use_the_given_config(capsys, config_file, tiny_config):
+    code, out, _ = run(capsys, "--config", str(config_file), "generate", "--if-empty")
+    assert code == 0 and f"demo shop written to {tiny_config.warehouse.root}" in out
+    assert Path(tiny_config.layout.partition("events", RUN_DATE)).is_dir()
+    code, out, _ = run(capsys, "--config", str(config_file), "generate", "--if-empty")
+    assert code == 0 and "already has events; not generating" in out
+    assert run(capsys, "--config", str(config_file), "demo-date")[1].strip() == tiny_config.simulator.end_date
+
+
+def test_task_reads_the_warehouse_of_the_given_config(capsys, config_file, tiny_config, monkeypatch):
+    monkeypatch.chdir(config_file.parent)  # the default warehouse (var/warehouse here) stays empty
+    run(capsys, "--config", str(config_file), "generate")
+    code, out, _ = run(capsys, "--config", str(config_file), "task", "validate_raw_events", "--run-date", RUN_DATE)
+    result = json.loads(out[out.index("{") :])
+    assert code == 0
+    assert result["partition"] == f"event_date={RUN_DATE}" and result["success"] is True
+    assert result["checked_rows"] > 0
+    assert not (config_file.parent / "var").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["task", "train", "--run-date", RUN_DATE], "invalid choice: 'train'"),
+        (["task", "validate_raw_events", "--run-date", "2026-13-45"], "expected a calendar date"),
+    ],
+)
+def test_task_refuses_unknown_tasks_and_impossible_dates(capsys, argv, message):
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(argv)
+    assert stopped.value.code == 2 and message in capsys.readouterr().err
+
+
+def written_run(cfg) -> None:
+    """A finished run's report folder, as the gate and report tasks leave it."""
+    evaluation = {
+        "run_date": RUN_DATE,
+        "validation_events": 12,
+        "metrics": {"challenger": {"eval/ndcg@10": 0.25, "eval/n": 12.0}, "popularity": {"eval/ndcg@10": 0.1}},
+        "promoted": True,
+        "reason": "no champion to compare with",
+        "scoring_version": "20261127-abcd1234",
+        "learning_curves": {"challenger": [{"epoch": 1.0, "loss/total": 3.0}]},
+    }
+    storage.write_json_atomic(Path(cfg.layout.report(RUN_DATE)) / report.EVALUATION, evaluation)
+    published = {
+        "run_date": RUN_DATE, "rows": 30, "users": 6, "top_k": 5, "model_version": "20261127-abcd1234",
+        "warehouse_path": "w", "export_uri": "e", "files": 1,
+    }  # fmt: skip
+    report.write_run_report(cfg, RUN_DATE, published, written_at=datetime(2026, 11, 28, tzinfo=UTC))
+
+
+def test_summary_and_evaluate_read_the_latest_run(capsys, config_file):
+    cfg = load_config(config_file)
+    code, _, err = run(capsys, "--config", str(config_file), "summary")
+    assert code == 2 and "no run has written summary.json" in err
+    written_run(cfg)
+
+    code, out, _ = run(capsys, "--config", str(config_file), "summary")
+    assert code == 0 and f"dqlrec run {RUN_DATE}: done" in out and "users scored   6 (top 5, 30 rows)" in out
+    assert cfg.layout.report(RUN_DATE) in out
+
+    code, out, _ = run(capsys, "--config", str(config_file), "evaluate", "--json")
+    figures = json.loads(out)
+    assert code == 0
+    assert figures["metrics"]["challenger"]["eval/ndcg@10"] == 0.25
+    assert "learning_curves" not in figures  # the curves stay in evaluation.json
+
+    code, out, _ = run(capsys, "--config", str(config_file), "evaluate", "--run-date", RUN_DATE)
+    assert code == 0 and "gate: promoted (no champion to compare with)" in out and "challenger" in out
+    code, _, err = run(capsys, "--config", str(config_file), "evaluate", "--run-date", "2026-11-01")
+    assert code == 2 and "did not finish" in err

@@ -1,0 +1,117 @@
+"""The nightly evaluation and the champion/challenger gate, called directly (not through the DAG)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from dql_model import data, gate, registry, schema
+from dql_model.train import build_model, train_model
+from tests.factories import make_shop
+
+RUN_DATE = "2026-11-27"
+NDCG = schema.metric_name("ndcg", 10)
+
+
+def test_compare_keeps_the_champion_when_the_challenger_is_worse():
+    compare = gate.compare
+    ok, reason = compare(None, {NDCG: 0.1}, metric=NDCG, tolerance=0.02)
+    assert ok and "no champion" in reason
+    ok, reason = compare({NDCG: 0.30}, {NDCG: 0.25}, metric=NDCG, tolerance=0.02)
+    assert not ok and "0.2500 < 0.2940" in reason
+    assert compare({NDCG: 0.30}, {NDCG: 0.295}, metric=NDCG, tolerance=0.02)[0]
+    assert not compare({NDCG: 0.30}, {NDCG: 0.293}, metric=NDCG, tolerance=0.02)[0]
+    assert compare({NDCG: 0.30}, {NDCG: 0.31}, metric=NDCG, tolerance=0.0)[0]
+    assert not compare({NDCG: 0.30}, {"eval/hr@10": 0.9}, metric=NDCG, tolerance=0.02)[0]
+    assert not compare({NDCG: 0.30}, {NDCG: float("nan")}, metric=NDCG, tolerance=0.5)[0]
+
+
+@pytest.fixture
+def night_cfg(tiny_config, tmp_path):
+    """tiny_config with the tiny learnable shop as the run date's curated partitions."""
+    cfg = tiny_config.replace(
+        etl={"max_len": 8},
+        train={"epochs": 3, "batch_size": 64, "device": "cpu", "checkpoints": False},
+        eval={"baseline_trials": 0, "sim_users": 0},
+    )
+    transitions, item_index = make_shop(tmp_path / "shop")
+    for table, folder in ((schema.TRANSITIONS, transitions), (schema.ITEM_INDEX, item_index)):
+        target = cfg.layout.partition(table, RUN_DATE)
+        shutil.copytree(folder, target)
+    return cfg
+
+
+def register(cfg, *, trained: bool, run_date: str) -> str:
+    """A version in the registry: trained on the shop, or freshly initialised (a poor model)."""
+    if trained:
+        model = train_model(
+            cfg,
+            transitions_dir=cfg.layout.partition(schema.TRANSITIONS, RUN_DATE),
+            item_index_dir=cfg.layout.partition(schema.ITEM_INDEX, RUN_DATE),
+            progress=lambda _: None,
+        ).model
+    else:
+        items = data.load_item_features(cfg.layout.partition(schema.ITEM_INDEX, RUN_DATE), price_buckets=16)
+        model = build_model(items, cfg)
+    return registry.save_model(
+        model, cfg, registry_root=cfg.registry.root, metrics={}, data_window={"run_date": run_date}
+    )
+
+
+def test_a_first_challenger_is_promoted_and_the_evaluation_names_every_model(night_cfg):
+    challenger = register(night_cfg, trained=True, run_date=RUN_DATE)
+    night = gate.evaluate_night(night_cfg, RUN_DATE, challenger, progress=lambda _: None)
+
+    assert (night.promoted, night.scoring_version, night.champion_before) == (True, challenger, None)
+    assert registry.champion_version(night_cfg.registry.root) == challenger
+    assert list(night.metrics) == ["challenger", "cooccurrence", "popularity"]
+    assert night.metrics["challenger"][NDCG] > night.metrics["popularity"][NDCG]
+    assert night.decision() == {"scoring_version": challenger, "promoted": True, "reason": night.reason}
+    saved = json.loads(json.dumps(night.to_json()))
+    assert saved["gate_metric"] == NDCG and "simulation" not in saved
+    assert saved["validation_events"] == night.validation_events > 0
+
+
+def test_a_worse_challenger_leaves_the_champion_scoring(night_cfg):
+    champion = register(night_cfg, trained=True, run_date="2026-11-26")
+    registry.set_champion(night_cfg.registry.root, champion)
+    challenger = register(night_cfg, trained=False, run_date=RUN_DATE)
+
+    night = gate.evaluate_night(night_cfg, RUN_DATE, challenger, progress=lambda _: None)
+
+    assert not night.promoted and "<" in night.reason
+    assert (night.champion_before, night.scoring_version) == (champion, champion)
+    assert registry.champion_version(night_cfg.registry.root) == champion
+
+
+def test_without_a_challenger_the_champion_scores_and_without_either_the_night_fails(night_cfg):
+    with pytest.raises(RuntimeError, match="no model to score with for 2026-11-27: .*disk full.* has no champion"):
+        gate.evaluate_night(night_cfg, RUN_DATE, None, no_challenger_reason="disk full", progress=lambda _: None)
+
+    champion = register(night_cfg, trained=False, run_date="2026-11-26")
+    registry.set_champion(night_cfg.registry.root, champion)
+    night = gate.evaluate_night(night_cfg, RUN_DATE, None, no_challenger_reason="disk full", progress=lambda _: None)
+    assert (night.promoted, night.scoring_version, night.reason) == (False, champion, "no challenger (disk full)")
+
+
+def test_data_without_purchases_is_evaluated_and_gated_on_the_metrics_it_has(night_cfg):
+    """A shop with views only has no eval/purchase/* metric: the evaluation must not need one."""
+    folder = night_cfg.layout.partition(schema.TRANSITIONS, RUN_DATE)
+    for file in sorted(Path(folder).glob("*.parquet")):
+        table = pq.read_table(file)
+        views = pa.array([schema.VIEW] * table.num_rows, table.schema.field(schema.EVENT_TYPE).type)
+        table = table.set_column(table.schema.get_field_index(schema.EVENT_TYPE), schema.EVENT_TYPE, views)
+        pq.write_table(table, file)
+    lines = []
+    challenger = register(night_cfg, trained=True, run_date=RUN_DATE)
+
+    night = gate.evaluate_night(night_cfg, RUN_DATE, challenger, progress=lines.append)
+
+    assert night.promoted
+    assert not any(name.startswith("eval/purchase/") for name in night.metrics["challenger"])
+    assert any("eval/purchase/ndcg@10 n/a" in line for line in lines)

@@ -1,0 +1,30 @@
+"""The task adapters' typed run options: what a manual trigger may change, and nothing else."""
+
+from __future__ import annotations
+
+import pytest
+
+from dql_model.config import Config, ConfigError
+from dql_model.tasks import RunOptions
+
+
+def test_params_become_typed_options_and_apply_on_top_of_the_config():
+    options = RunOptions.from_params({"run_date": "2026-11-27", "top_k": 7, "force_cpu": True, "model_version": ""})
+    assert options == RunOptions(top_k=7, force_cpu=True)
+    cfg = options.apply(Config())
+    assert (cfg.score.top_k, cfg.train.device) == (7, "cpu")
+    assert RunOptions().apply(Config()) == Config()  # a scheduled run changes nothing
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"topk": 5}, r"unknown run option\(s\) \['topk'\]; the options are \['force_cpu', 'model_version'"),
+        ({"top_k": "5"}, "run option top_k='5': expected int"),
+        ({"top_k": True}, "run option top_k=True: expected int"),
+        ({"skip_training": "yes"}, "run option skip_training='yes': expected bool"),
+    ],
+)
+def test_a_misspelt_or_mistyped_option_is_refused(params, message):
+    with pytest.raises(ConfigError, match=message):
+        RunOptions.from_params(params)
