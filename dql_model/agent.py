@@ -28,10 +28,6 @@ from dql_model.config import TrainConfig
 from dql_model.data import TransitionBatch
 from dql_model.networks import QNetwork
 
-MODES = ("dqn", "supervised")
-TARGET_UPDATES = ("polyak", "hard")
-PURCHASE_CREDITS = ("cart", "purchase")
-
 
 @dataclass
 class TensorBatch:
@@ -164,8 +160,6 @@ def compute_loss(
     cfg: TrainConfig,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Loss of one batch and its parts as detached scalars named loss/*, q/*."""
-    if cfg.mode not in MODES:
-        raise ValueError(f"train.mode={cfg.mode!r} is not one of {MODES}")
     dqn = cfg.mode == "dqn"
     if dqn and target is None:
         raise ValueError("train.mode='dqn' needs a target network")
@@ -197,12 +191,7 @@ class DQNAgent:
         device: torch.device | str = "cpu",
         amp_dtype: torch.dtype | None = None,
     ):
-        if cfg.target_update not in TARGET_UPDATES:
-            raise ValueError(f"train.target_update={cfg.target_update!r} is not one of {TARGET_UPDATES}")
-        if cfg.mode not in MODES:
-            raise ValueError(f"train.mode={cfg.mode!r} is not one of {MODES}")
-        if cfg.purchase_credit not in PURCHASE_CREDITS:
-            raise ValueError(f"train.purchase_credit={cfg.purchase_credit!r} is not one of {PURCHASE_CREDITS}")
+        # mode, target_update and purchase_credit are checked by the config (their Literal types).
         if cfg.n_step < 1 or cfg.cql_negatives < 0:
             raise ValueError(f"train.n_step={cfg.n_step} must be >= 1 and train.cql_negatives={cfg.cql_negatives} >= 0")
         self.cfg = cfg
@@ -219,16 +208,6 @@ class DQNAgent:
         if self.amp_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
-
-    def compute_target(self, batch: TensorBatch) -> torch.Tensor:
-        """The double-DQN TD target of a batch (for inspection; compute_loss computes its own)."""
-        if self.target is None:
-            raise ValueError("train.mode='supervised' has no TD target")
-        with torch.no_grad(), self._autocast():
-            next_online = self.online.q_values(batch.next_items, batch.next_events)
-            next_target = self.target.q_values(batch.next_items, batch.next_events)
-        reward, steps = batch.discounted_return(self.cfg.gamma)
-        return double_dqn_target(next_online, next_target, reward, batch.done, self.cfg.gamma, steps)
 
     def update(self, batch: TransitionBatch | TensorBatch) -> dict[str, torch.Tensor]:
         """One gradient step; returns the batch's metrics as detached scalar tensors."""

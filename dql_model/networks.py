@@ -14,11 +14,28 @@ state and the tower makes similar items alike, while m(a) . m(a) stands out from
 so this path can lift exactly the items in the state (and learn which items follow which, as
 a factorised item-to-item model does). Q is still <f(s), g(a)> + b(a) with f a function of the
 state alone, so scoring a catalogue is one matrix product.
+
+Encoders: every sequence encoder is an ``nn.Module`` built as ``Encoder(input_dim, hidden_dim,
+cfg)`` (cfg the ModelConfig) whose ``forward(x, lengths)`` takes x [B, L, input_dim], the
+embedded left-padded state, and lengths [B], the number of valid (most recent, trailing)
+positions of each row, which may be 0; it returns [B, hidden_dim]. An empty row's output is
+ignored (QNetwork uses its learned empty-state vector there), but it must be finite. How to add
+an encoder:
+
+1. write the class here with that constructor and forward (derive a padding mask from lengths
+   if it needs one: position p of a row is valid when p >= L - length);
+2. add it to ``ENCODERS`` under its name;
+3. add the name to ``dql_model.config.Encoder`` (the config refuses any other value, and
+   tests/unit/test_networks.py checks that the two lists agree).
+
+The encoder's parameters are part of the saved state dict, so renaming an existing encoder's
+attributes breaks loading the models already in the registry.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +44,6 @@ from torch import nn
 from dql_model import schema
 from dql_model.config import ModelConfig
 
-ENCODERS = ("gru", "lstm", "attention")
 ATTENTION_LAYERS = 2
 ATTENTION_HEADS = 2
 EMBED_INIT_STD = 0.1
@@ -36,16 +52,21 @@ MEMORY_SCALE = 10.0
 
 
 class RecurrentEncoder(nn.Module):
-    """GRU or LSTM over the valid (non-padding) suffix of each left-padded sequence."""
+    """A recurrent network (``rnn_class``) over the valid suffix of each left-padded sequence."""
 
-    def __init__(self, kind: str, input_dim: int, hidden_dim: int):
+    rnn_class: type[nn.RNNBase]
+
+    def __init__(self, input_dim: int, hidden_dim: int, cfg: ModelConfig):
         super().__init__()
-        rnn = nn.GRU if kind == "gru" else nn.LSTM
-        self.rnn = rnn(input_dim, hidden_dim, batch_first=True)
+        self.rnn = self.rnn_class(input_dim, hidden_dim, batch_first=True)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """x [B, L, D] left-padded, lengths [B] (>= 1) -> hidden state after the last item [B, H]."""
+        """x [B, L, D] left-padded, lengths [B] -> hidden state after the last item [B, H].
+
+        An empty row (length 0) is run as its last position alone: packing needs length >= 1.
+        """
         steps = x.shape[1]
+        lengths = lengths.clamp(min=1)
         # Rotate each row so its valid suffix starts at position 0, then pack: padding never
         # enters the recurrence, and the result does not depend on L.
         shift = (torch.arange(steps, device=x.device)[None, :] + (steps - lengths)[:, None]) % steps
@@ -57,6 +78,14 @@ class RecurrentEncoder(nn.Module):
         if isinstance(hidden, tuple):  # LSTM returns (h, c)
             hidden = hidden[0]
         return hidden[-1]
+
+
+class GRUEncoder(RecurrentEncoder):
+    rnn_class = nn.GRU
+
+
+class LSTMEncoder(RecurrentEncoder):
+    rnn_class = nn.LSTM
 
 
 class AttentionBlock(nn.Module):
@@ -90,13 +119,13 @@ class AttentionBlock(nn.Module):
 class AttentionEncoder(nn.Module):
     """Causal self-attention over the sequence; the output at the last (most recent) position."""
 
-    def __init__(self, input_dim: int, hidden_dim: int, dropout: float):
+    def __init__(self, input_dim: int, hidden_dim: int, cfg: ModelConfig):
         super().__init__()
         heads = ATTENTION_HEADS if hidden_dim % ATTENTION_HEADS == 0 else 1
         self.hidden_dim = hidden_dim
         self.input = nn.Linear(input_dim, hidden_dim)
         self.blocks = nn.ModuleList(
-            AttentionBlock(hidden_dim, heads, dropout) for _ in range(ATTENTION_LAYERS)
+            AttentionBlock(hidden_dim, heads, cfg.dropout) for _ in range(ATTENTION_LAYERS)
         )
         self.norm = nn.LayerNorm(hidden_dim)
 
@@ -112,8 +141,11 @@ class AttentionEncoder(nn.Module):
         enc[:, 1::2] = torch.cos(ago * freq)[:, : self.hidden_dim // 2]
         return enc
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """x [B, L, D] left-padded, lengths [B] -> output at the most recent position [B, H]."""
         steps = x.shape[1]
+        # Left-padded with a contiguous valid suffix: position p is valid when p >= L - length.
+        valid = torch.arange(steps, device=x.device)[None, :] >= (steps - lengths)[:, None]
         h = self.input(x) + self.recency_encoding(steps, x.device)
         causal = torch.ones(steps, steps, dtype=torch.bool, device=x.device).tril()
         # A padding position may attend to itself only: every row keeps one allowed key, so the
@@ -125,13 +157,19 @@ class AttentionEncoder(nn.Module):
         return self.norm(h[:, -1])
 
 
+ENCODERS: dict[str, Callable[[int, int, ModelConfig], nn.Module]] = {
+    "gru": GRUEncoder,
+    "lstm": LSTMEncoder,
+    "attention": AttentionEncoder,
+}
+"""Sequence encoders by ``model.encoder`` name: Encoder(input_dim, hidden_dim, cfg) (module docstring)."""
+
+
 class QNetwork(nn.Module):
     """Q(s, a) = <f(s), g(a)> + b(a) over items 1..n_items (column 0 is padding)."""
 
     def __init__(self, n_items: int, n_categories: int, cfg: ModelConfig):
         super().__init__()
-        if cfg.encoder not in ENCODERS:
-            raise ValueError(f"model.encoder={cfg.encoder!r} is not one of {ENCODERS}")
         self.n_items = n_items
         self.n_categories = n_categories
         self.cfg = cfg
@@ -147,10 +185,7 @@ class QNetwork(nn.Module):
         self.register_buffer("padding_column", torch.arange(n_items + 1) == 0, persistent=False)
 
         self.input_dropout = nn.Dropout(cfg.dropout)
-        if cfg.encoder == "attention":
-            self.encoder: nn.Module = AttentionEncoder(dim, hidden, cfg.dropout)
-        else:
-            self.encoder = RecurrentEncoder(cfg.encoder, dim, hidden)
+        self.encoder = ENCODERS[cfg.encoder](dim, hidden, cfg)
         self.state_head = nn.Linear(hidden, dim)
         self.empty_state = nn.Parameter(torch.zeros(dim))
         self.memory_weight: nn.Parameter | None = None
@@ -194,14 +229,9 @@ class QNetwork(nn.Module):
 
     def encode_state(self, state_items: torch.Tensor, state_events: torch.Tensor) -> torch.Tensor:
         """f(s): [B, L] left-padded item_idx and event codes -> [B, D] (see item_vectors)."""
-        valid = state_items != 0
-        lengths = valid.sum(1)
+        lengths = (state_items != 0).sum(1)
         x = self.input_dropout(self.item_embedding(state_items) + self.event_embedding(state_events))
-        if isinstance(self.encoder, AttentionEncoder):
-            hidden = self.encoder(x, valid)
-        else:
-            hidden = self.encoder(x, lengths.clamp(min=1))
-        state = self.state_head(hidden)
+        state = self.state_head(self.encoder(x, lengths))
         empty_state = self.empty_state.to(state.dtype)
         if self.memory_weight is not None:
             state = torch.cat([state, self._state_memory(state_items, state_events).to(state.dtype)], dim=-1)

@@ -39,7 +39,6 @@ import hashlib
 import io
 import json
 import logging
-import re
 import shutil
 import tempfile
 import time
@@ -138,7 +137,7 @@ def parse_uri(uri: str) -> Location:
 
 def partition_uri(uri: str, run_date: str | date) -> str:
     """URI of one date's export: ``<uri>/run_date=YYYY-MM-DD``."""
-    return str(parse_uri(uri).child(f"{schema.RUN_DATE}={_run_date(run_date)}"))
+    return str(_export_folder(uri, schema.iso_date(run_date)))
 
 
 # --- manifest -----------------------------------------------------------------------------------
@@ -186,29 +185,52 @@ class Manifest:
 # --- publishing ---------------------------------------------------------------------------------
 
 
-def conform(table: pa.Table) -> pa.Table:
-    """The table in the recommendations contract's column order and types; a clear error otherwise."""
-    contract = schema.arrow_schema(schema.RECOMMENDATIONS)
-    missing = [n for n in contract.names if n not in table.column_names]
-    extra = [n for n in table.column_names if n not in contract.names]
-    if missing or extra:
-        raise ValueError(
-            f"recommendations table does not match the contract: missing columns {missing}, "
-            f"unexpected columns {extra} (the run date lives in the folder name, not in the files)"
+def publish_run(cfg: Config, run_date: str, *, model_version: str) -> dict[str, Any]:
+    """Publish a run date's staged recommendations to every sink; returns counts and places.
+
+    The warehouse partition is swapped in, the date is replaced in the SQL sink (if configured) in
+    one transaction, then the export is written with manifest and _SUCCESS last. Each step replaces
+    the date whole and the staged partition is removed only after the last one, so after a failure
+    anywhere a rerun completes the publish; other dates are never touched.
+    """
+    staged = cfg.layout.staged(schema.RECOMMENDATIONS, run_date)
+    table = storage.read_partition(staged)
+    warehouse_path = publish_warehouse(table, cfg, run_date)
+    sql_rows = None
+    if cfg.publish.sql_url:
+        from dql_model import sinks
+
+        sql_rows = sinks.replaceschema.iso_date(
+            table, url=cfg.publish.sql_url, run_date=run_date, table_name=cfg.publish.sql_table
         )
-    try:
-        return table.select(contract.names).cast(contract)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-        found = {f.name: str(f.type) for f in table.schema if f.type != contract.field(f.name).type}
-        raise ValueError(
-            f"recommendations columns {found} cannot be cast to the contract types: {exc}"
-        ) from None
+    manifest = export(
+        table,
+        uri=cfg.publish.export_uri,
+        run_date=run_date,
+        model_version=model_version,
+        config_hash=cfg.hash(),
+        rows_per_file=cfg.publish.rows_per_file,
+        attempts=cfg.publish.s3_attempts,
+        backoff_s=cfg.publish.s3_backoff_s,
+    )
+    shutil.rmtree(staged, ignore_errors=True)
+    return {
+        "run_date": run_date,
+        "warehouse_path": str(warehouse_path),
+        "export_uri": partition_uri(cfg.publish.export_uri, run_date),
+        "rows": table.num_rows,
+        "users": manifest.user_count,
+        "files": len(manifest.files),
+        "sql_table": cfg.publish.sql_table if cfg.publish.sql_url else None,
+        "sql_rows": sql_rows,
+        "model_version": model_version,
+    }
 
 
 def publish_warehouse(table: pa.Table, cfg: Config, run_date: str | date) -> str:
     """Swap in the run date's partition of the warehouse table ``recommendations``; returns its folder."""
-    path = cfg.warehouse.partition(schema.RECOMMENDATIONS, _run_date(run_date))
-    storage.write_partition(conform(table), path, rows_per_file=cfg.publish.rows_per_file)
+    path = cfg.layout.partition(schema.RECOMMENDATIONS, schema.iso_date(run_date))
+    storage.write_partition(schema.conform(table, schema.RECOMMENDATIONS), path, rows_per_file=cfg.publish.rows_per_file)
     log.info("warehouse partition %s: %d rows", path, table.num_rows)
     return path
 
@@ -230,13 +252,13 @@ def export(
     On S3 each call is tried up to ``attempts`` times, waiting ``backoff_s``, then twice that, ...
     between tries of a transient error.
     """
-    run_date = _run_date(run_date)
+    run_date = schema.iso_date(run_date)
     if rows_per_file < 1:
         raise ValueError(f"rows_per_file must be at least 1, got {rows_per_file}")
     if attempts < 1 or backoff_s < 0:
         raise ValueError(f"need attempts >= 1 and backoff_s >= 0, got {attempts} and {backoff_s}")
-    table = conform(table)
-    target = parse_uri(uri).child(f"{schema.RUN_DATE}={run_date}")
+    table = schema.conform(table, schema.RECOMMENDATIONS)
+    target = _export_folder(uri, run_date)
     stamp = (generated_at or datetime.now(UTC)).astimezone(UTC).isoformat()
 
     def manifest_for(files: list[ManifestFile]) -> Manifest:
@@ -387,23 +409,10 @@ def _upload(folder: Path, manifest: Manifest, target: Location, retry: Retry) ->
 
 def read_export(uri: str, run_date: str | date) -> pa.Table:
     """Read one date's export after checking ``_SUCCESS`` and every file against the manifest."""
-    run_date = _run_date(run_date)
-    target = parse_uri(uri).child(f"{schema.RUN_DATE}={run_date}")
-    read = _s3_reader(target) if target.is_s3 else _local_reader(target)
-    rerun = f"rerun the publish for {run_date}"
-
-    if read(SUCCESS_NAME) is None:
-        raise IncompleteExportError(
-            f"{target} has no {SUCCESS_NAME}: the export for {run_date} is missing or was interrupted; {rerun}"
-        )
-    text = read(MANIFEST_NAME)
-    if text is None:
-        raise IncompleteExportError(f"{target} has {SUCCESS_NAME} but no {MANIFEST_NAME}; {rerun}")
-    manifest = Manifest.from_json(text, where=str(target.child(MANIFEST_NAME)))
-    if manifest.run_date != run_date:
-        raise CorruptExportError(
-            f"{target.child(MANIFEST_NAME)} is for run_date {manifest.run_date}; {rerun}"
-        )
+    manifest = read_manifest(uri, run_date)
+    target = _export_folder(uri, manifest.run_date)
+    read = _reader(target)
+    rerun = f"rerun the publish for {manifest.run_date}"
 
     tables = []
     for file in manifest.files:
@@ -430,15 +439,37 @@ def read_export(uri: str, run_date: str | date) -> pa.Table:
 
 
 def read_manifest(uri: str, run_date: str | date) -> Manifest:
-    """The manifest of a complete export (``_SUCCESS`` present); files are not checked."""
-    target = parse_uri(uri).child(f"{schema.RUN_DATE}={_run_date(run_date)}")
-    read = _s3_reader(target) if target.is_s3 else _local_reader(target)
-    text = None if read(SUCCESS_NAME) is None else read(MANIFEST_NAME)
-    if text is None:
+    """The manifest of one date's complete export (``_SUCCESS`` present, manifest for that date).
+
+    The data files are not read: ``read_export`` checks them against it.
+    """
+    run_date = schema.iso_date(run_date)
+    target = _export_folder(uri, run_date)
+    read = _reader(target)
+    rerun = f"rerun the publish for {run_date}"
+
+    if read(SUCCESS_NAME) is None:
         raise IncompleteExportError(
-            f"{target} has no complete export (no {SUCCESS_NAME} or no {MANIFEST_NAME})"
+            f"{target} has no {SUCCESS_NAME}: the export for {run_date} is missing or was interrupted; {rerun}"
         )
-    return Manifest.from_json(text, where=str(target.child(MANIFEST_NAME)))
+    text = read(MANIFEST_NAME)
+    if text is None:
+        raise IncompleteExportError(f"{target} has {SUCCESS_NAME} but no {MANIFEST_NAME}; {rerun}")
+    manifest = Manifest.from_json(text, where=str(target.child(MANIFEST_NAME)))
+    if manifest.run_date != run_date:
+        raise CorruptExportError(
+            f"{target.child(MANIFEST_NAME)} is for run_date {manifest.run_date}; {rerun}"
+        )
+    return manifest
+
+
+def _export_folder(uri: str, run_date: str) -> Location:
+    return parse_uri(uri).child(f"{schema.RUN_DATE}={run_date}")
+
+
+def _reader(target: Location) -> Callable[[str], bytes | None]:
+    """read(name) -> the bytes of the file ``name`` in ``target``, or None if it does not exist."""
+    return _s3_reader(target) if target.is_s3 else _local_reader(target)
 
 
 def _local_reader(target: Location):
@@ -496,11 +527,3 @@ def _sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(MiB), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _run_date(run_date: str | date) -> str:
-    text = run_date.isoformat() if isinstance(run_date, date) else str(run_date)
-    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
-        raise ValueError(f"run_date must look like YYYY-MM-DD, got {run_date!r}")
-    date.fromisoformat(text)  # rejects 2026-02-30
-    return text

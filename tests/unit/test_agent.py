@@ -18,7 +18,7 @@ from dql_model.agent import (
     double_dqn_target,
     sampled_conservative_term,
 )
-from dql_model.config import ModelConfig, TrainConfig
+from dql_model.config import ConfigError, ModelConfig, TrainConfig
 from dql_model.networks import QNetwork
 
 torch.set_num_threads(1)
@@ -172,13 +172,18 @@ def test_hard_update_copies_every_target_every_steps():
     assert agent.target.training is False and not any(p.requires_grad for p in agent.target.parameters())
 
 
-def test_config_values_are_checked():
-    with pytest.raises(ValueError, match="train.mode='sarsa'"):
-        DQNAgent(tiny_network(), TrainConfig(mode="sarsa"))
-    with pytest.raises(ValueError, match="train.target_update='soft'"):
-        DQNAgent(tiny_network(), TrainConfig(target_update="soft"))
-    with pytest.raises(ValueError, match="train.purchase_credit='checkout'"):
-        DQNAgent(tiny_network(), TrainConfig(purchase_credit="checkout"))
+def test_choices_are_refused_by_the_config_and_ranges_by_the_agent():
+    # the config is the only gate for fixed-choice values: a bad one never reaches the agent
+    with pytest.raises(ConfigError, match="train.mode='sarsa'"):
+        TrainConfig(mode="sarsa")
+    with pytest.raises(ConfigError, match="train.target_update='soft'"):
+        TrainConfig(target_update="soft")
+    with pytest.raises(ConfigError, match="train.purchase_credit='checkout'"):
+        TrainConfig(purchase_credit="checkout")
+    with pytest.raises(ValueError, match="train.n_step=0 must be >= 1"):
+        DQNAgent(tiny_network(), TrainConfig(n_step=0))
+    with pytest.raises(ValueError, match="train.cql_negatives=-1 >= 0"):
+        DQNAgent(tiny_network(), TrainConfig(cql_negatives=-1))
 
 
 @pytest.mark.parametrize("encoder", ["gru", "lstm", "attention"])
@@ -215,6 +220,25 @@ def test_n_step_target_by_hand():
     # row 0 bootstraps after 3 steps from target's value (20) of online's argmax (item 2): 0.125 * 20
     # row 1 after 2 steps: online picks item 1, target 7 -> 0.25 * 7; row 2 is done
     torch.testing.assert_close(got, torch.tensor([1.75 + 0.125 * 20.0, 0.5 + 0.25 * 7.0, 0.3]))
+
+
+def test_the_dqn_loss_regresses_on_the_double_dqn_target_of_the_target_network():
+    online, target = tiny_network(seed=0), tiny_network(seed=1)
+    batch = TensorBatch.from_numpy(numpy_batch([[1, 2], [3], []], [4, 5, 6], rewards=[1.0, 0.0, 0.3]))
+    batch.next_items = torch.tensor([[0, 1, 2, 4], [0, 0, 3, 5], [0, 0, 0, 6]])
+    cfg = TrainConfig(gamma=0.5, td_weight=1.0, cql_alpha=0.0)
+    loss, metrics = compute_loss(batch, online, target, cfg)
+    with torch.no_grad():
+        next_online = online.q_values(batch.next_items, batch.next_events)
+        next_target = target.q_values(batch.next_items, batch.next_events)
+        reward, steps = batch.discounted_return(cfg.gamma)
+        expected = double_dqn_target(next_online, next_target, reward, batch.done, cfg.gamma, steps)
+        q_logged = online.q_values(batch.state_items, batch.state_events).gather(1, batch.action[:, None])[:, 0]
+    # online and target differ, so swapping their roles in the target would change it
+    swapped = double_dqn_target(next_target, next_online, reward, batch.done, cfg.gamma, steps)
+    assert not torch.allclose(expected, swapped)
+    torch.testing.assert_close(metrics["q/target_mean"], expected.mean())
+    torch.testing.assert_close(loss, F.smooth_l1_loss(q_logged, expected))
 
 
 def test_sampled_conservative_term_by_hand():

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import typing
+
 import numpy as np
 import pytest
 import torch
 
-from dql_model import networks
+from dql_model import config, networks
 from dql_model.config import ModelConfig
 from dql_model.networks import QNetwork
 
 torch.set_num_threads(1)
-ENCODERS = ("gru", "lstm", "attention")
+ENCODERS = sorted(networks.ENCODERS)
 
 
 def tiny(encoder: str = "gru", n_items: int = 12, n_categories: int = 3) -> QNetwork:
@@ -81,9 +83,27 @@ def test_q_is_state_dot_item_plus_bias():
     torch.testing.assert_close(model.q_values(items, events)[:, 1:], expected[:, 1:])
 
 
-def test_unknown_encoder_is_rejected():
-    with pytest.raises(ValueError, match="model.encoder='transformer'"):
-        QNetwork(5, 1, ModelConfig(encoder="transformer"))
+def test_every_configurable_encoder_is_registered_and_no_other():
+    assert set(networks.ENCODERS) == set(typing.get_args(config.Encoder))
+
+
+def test_unknown_encoder_is_refused_by_the_config():
+    with pytest.raises(config.ConfigError, match="model.encoder='transformer'"):
+        ModelConfig(encoder="transformer")
+
+
+@pytest.mark.parametrize("encoder", ENCODERS)
+def test_encoders_share_one_forward_signature_and_handle_empty_rows(encoder):
+    """Encoder(input_dim, hidden_dim, cfg)(x [B, L, D], lengths [B]) -> [B, H], finite for length 0."""
+    torch.manual_seed(0)
+    module = networks.ENCODERS[encoder](6, 8, ModelConfig(dropout=0.0)).eval()
+    x = torch.randn(3, 4, 6)
+    out = module(x, torch.tensor([0, 2, 4]))
+    assert out.shape == (3, 8) and torch.isfinite(out).all()
+    # only the valid trailing positions count: the padding can hold anything
+    x_noisy = x.clone()
+    x_noisy[1, :2] = torch.randn(2, 6)
+    torch.testing.assert_close(module(x_noisy, torch.tensor([0, 2, 4]))[1:], out[1:])
 
 
 def test_subset_item_vectors_and_q_of_items_agree_with_the_full_catalogue():

@@ -17,7 +17,14 @@ import pytest
 from boto3.s3.transfer import S3Transfer
 
 from dql_model import publish, schema, storage
-from dql_model.publish import CorruptExportError, ExportError, IncompleteExportError, export, read_export
+from dql_model.publish import (
+    CorruptExportError,
+    ExportError,
+    IncompleteExportError,
+    export,
+    read_export,
+    read_manifest,
+)
 
 RUN_DATE = "2026-11-27"
 GENERATED = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
@@ -343,6 +350,26 @@ def test_read_export_of_a_missing_date_is_a_clear_error(tmp_path):
         read_export(str(tmp_path), "2026-11-01")
 
 
+def test_read_manifest_reads_only_a_complete_export_of_its_date(tmp_path):
+    root = tmp_path / "export"
+    manifest = export_to(str(root), recommendations(10), rows_per_file=12)
+    assert read_manifest(str(root), RUN_DATE) == manifest
+    folder = root / f"run_date={RUN_DATE}"
+    (folder / PARTS[0]).unlink()
+    assert read_manifest(str(root), RUN_DATE) == manifest  # the files are read_export's to check
+
+    moved = root / "run_date=2026-11-28"
+    folder.rename(moved)  # a manifest under another date's folder
+    with pytest.raises(CorruptExportError, match="is for run_date 2026-11-27"):
+        read_manifest(str(root), "2026-11-28")
+    (moved / "_manifest.json").unlink()
+    with pytest.raises(IncompleteExportError, match="has _SUCCESS but no _manifest.json"):
+        read_manifest(str(root), "2026-11-28")
+    (moved / "_SUCCESS").unlink()
+    with pytest.raises(IncompleteExportError, match="has no _SUCCESS"):
+        read_export(str(root), "2026-11-28")
+
+
 # --- warehouse, contract, URIs --------------------------------------------------------------------
 
 
@@ -351,7 +378,7 @@ def test_publish_warehouse_swaps_in_the_run_date_partition(tiny_config):
     first = recommendations(10)
     path = publish.publish_warehouse(first, cfg, RUN_DATE)
 
-    assert path == cfg.warehouse.partition(schema.RECOMMENDATIONS, RUN_DATE)
+    assert path == cfg.layout.partition(schema.RECOMMENDATIONS, RUN_DATE)
     assert path.endswith(f"output/recommendations/run_date={RUN_DATE}")
     assert sorted(p.name for p in Path(path).iterdir()) == ["_SUCCESS", *PARTS]
     assert storage.read_partition(path).equals(first)

@@ -1,21 +1,15 @@
 """The SQL warehouse sink against a real, throwaway PostgreSQL server started from the machine's binaries.
 
-The server runs on a free loopback port with password authentication (scram-sha-256): the sink gets
-the password from PGPASSWORD only, as in production. It is started once for this module (initdb +
-pg_ctl, about a second) and stopped and deleted after.
+The server (the ``postgres`` and ``pg_url`` fixtures of tests/conftest.py) runs on a free loopback
+port with password authentication (scram-sha-256): the sink gets the password from PGPASSWORD only,
+as in production. It is started once for this module (initdb + pg_ctl, about a second) and stopped
+and deleted after.
 """
 
 from __future__ import annotations
 
-import glob
 import os
-import secrets
-import shutil
-import socket
-import subprocess
-import tempfile
 from datetime import UTC, date, datetime
-from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -25,112 +19,6 @@ from dql_model.sinks import SinkError, read_run_date, replace_run_date
 
 RUN_DATE = "2026-11-27"
 GENERATED = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)
-
-
-# --- a throwaway PostgreSQL server ------------------------------------------------------------------
-
-
-def postgres_bindir() -> Path | None:
-    """Folder with initdb and pg_ctl: $PG_BINDIR, PATH, or the newest /usr/lib/postgresql/*/bin (Debian)."""
-    candidates = [os.environ.get("PG_BINDIR", "")]
-    on_path = shutil.which("initdb")
-    candidates.append(str(Path(on_path).parent) if on_path else "")
-    versions = glob.glob("/usr/lib/postgresql/*/bin") + glob.glob("/usr/pgsql-*/bin")
-    candidates += sorted(versions, key=lambda p: [int(x) for x in p.split("/") if x.isdigit()] or [0], reverse=True)
-    for folder in filter(None, candidates):
-        if (Path(folder) / "initdb").is_file() and (Path(folder) / "pg_ctl").is_file():
-            return Path(folder)
-    return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class PostgresServer:
-    """initdb + pg_ctl on a private folder; as root, the server runs as the 'postgres' user."""
-
-    USER = "dqlrec"
-
-    def __init__(self, bindir: Path):
-        self.bindir = bindir
-        self.password = secrets.token_urlsafe(16)
-        self.run_as: dict = {}
-        self.home = Path(tempfile.mkdtemp(prefix="dqlrec-pg-"))
-        if os.geteuid() == 0:  # initdb refuses root: run the server as the 'postgres' account
-            import pwd
-
-            account = pwd.getpwnam("postgres")
-            os.chown(self.home, account.pw_uid, account.pw_gid)
-            self.run_as = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
-        self.data = self.home / "data"
-        self.port = 0
-
-    def _run(self, *args: str) -> None:
-        result = subprocess.run(
-            [str(self.bindir / args[0]), *args[1:]], capture_output=True, text=True, timeout=60, cwd=self.home, **self.run_as
-        )
-        if result.returncode:
-            log = (self.home / "server.log").read_text() if (self.home / "server.log").is_file() else ""
-            raise RuntimeError(f"{args[0]} failed ({result.returncode}): {result.stderr}{result.stdout}\n{log}")
-
-    def start(self) -> None:
-        pwfile = self.home / "pw"
-        pwfile.write_text(self.password + "\n")
-        if self.run_as:
-            os.chown(pwfile, self.run_as["user"], self.run_as["group"])
-        self._run(
-            "initdb", "-D", str(self.data), "-U", self.USER, "--auth=scram-sha-256",
-            f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C",
-        )  # fmt: skip
-        pwfile.unlink()
-        for _ in range(3):  # another process may take the free port between the probe and the start
-            self.port = _free_port()
-            options = f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories='' -c fsync=off"
-            try:
-                self._run("pg_ctl", "-D", str(self.data), "-l", str(self.home / "server.log"), "-w", "-o", options, "start")
-                return
-            except RuntimeError:
-                continue
-        raise RuntimeError(f"PostgreSQL did not start; see {self.home / 'server.log'}")
-
-    def stop(self) -> None:
-        try:
-            if self.port:
-                self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
-        finally:
-            shutil.rmtree(self.home, ignore_errors=True)
-
-    @property
-    def url(self) -> str:
-        return f"postgresql://{self.USER}@127.0.0.1:{self.port}/postgres"
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    bindir = postgres_bindir()
-    if bindir is None:
-        pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found: install postgresql or set PG_BINDIR")
-    if os.geteuid() == 0:
-        import pwd
-
-        try:
-            pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.skip("running as root and there is no 'postgres' account to run the server as (initdb refuses root)")
-    server = PostgresServer(bindir)
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def pg_url(postgres, monkeypatch):
-    """The server's URL; its password reaches the sink through PGPASSWORD only."""
-    monkeypatch.setenv("PGPASSWORD", postgres.password)
-    return postgres.url
 
 
 def sql(url: str, query: str, params=()):
