@@ -13,7 +13,8 @@ place; the champion pointer is replaced with os.replace, so readers never see a 
 
 ``load_model`` refuses a version whose weights or config no longer match the digests recorded when
 it was saved (ModelIntegrityError, naming the file and the version); versions saved before digests
-existed (format 1) still load, with a warning.
+existed (format 1) still load, with a warning. A version name is one folder name inside the registry:
+the champion pointer and ``set_champion`` refuse anything else (``..``, a path, an absolute path).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import uuid
 from datetime import UTC, datetime
@@ -51,12 +53,23 @@ FORMAT_VERSION = 2
 DIGESTS_SINCE = 2
 VERIFIED_FILES = (WEIGHTS, CONFIG)
 """The files that decide what a version scores, digested at save time and checked at load."""
+_VERSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 ADDED_MODEL_FIELDS = {"state_memory": 0}
 """model.* fields added since format 1, and the value that rebuilds a model saved before them."""
 
 
 class ModelIntegrityError(ValueError):
     """A version's files are not the ones it was saved with (changed, truncated, replaced), or no model."""
+
+
+def check_version_name(version: str) -> str:
+    """``version`` if it names one folder inside the registry; ValueError for ``..``, paths and hidden names."""
+    if not isinstance(version, str) or not _VERSION_NAME.fullmatch(version):
+        raise ValueError(
+            f"{version!r} is not a model version name: a version is one folder of the registry "
+            "(letters, digits, '.', '_', '-'; not starting with '.'), never a path"
+        )
+    return version
 
 
 def _version_date(data_window: dict[str, Any]) -> str:
@@ -81,6 +94,8 @@ def save_model(
     Without ``version``, the name is ``<version_prefix>-<hash of weights and config>``; the
     prefix defaults to the data window's run date as YYYYMMDD (today, UTC, without one).
     """
+    if version is not None:
+        check_version_name(version)
     root = Path(registry_root)
     root.mkdir(parents=True, exist_ok=True)
     staged = root / f".staging-{uuid.uuid4().hex[:12]}"
@@ -244,12 +259,12 @@ def list_versions(registry_root: str | os.PathLike[str]) -> list[str]:
 
 def version_metrics(registry_root: str | os.PathLike[str], version: str) -> dict[str, Any]:
     """The metrics saved with a version."""
-    return _read_json(Path(registry_root) / version / METRICS)
+    return _read_json(Path(registry_root) / check_version_name(version) / METRICS)
 
 
 def version_data_window(registry_root: str | os.PathLike[str], version: str) -> dict[str, Any]:
     """The data window saved with a version (run date, what it was warm-started from)."""
-    return _read_json(Path(registry_root) / version / DATA_WINDOW)
+    return _read_json(Path(registry_root) / check_version_name(version) / DATA_WINDOW)
 
 
 def incumbent_for(registry_root: str | os.PathLike[str], run_date: str) -> str | None:
@@ -274,11 +289,21 @@ def champion_version(registry_root: str | os.PathLike[str]) -> str | None:
     pointer = Path(registry_root) / CHAMPION
     if not pointer.is_file():
         return None
-    return pointer.read_text().strip() or None
+    version = pointer.read_text().strip()
+    if not version:
+        return None
+    try:
+        return check_version_name(version)
+    except ValueError as error:
+        raise ValueError(
+            f"the champion pointer {pointer} does not name a version of this registry: {error}; "
+            "point it at a saved version with set_champion"
+        ) from None
 
 
 def set_champion(registry_root: str | os.PathLike[str], version: str) -> None:
     """Point the champion at ``version`` atomically (temporary file, fsync, os.replace)."""
+    check_version_name(version)
     root = Path(registry_root)
     if not (root / version / WEIGHTS).is_file():
         raise FileNotFoundError(

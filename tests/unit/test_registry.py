@@ -251,3 +251,31 @@ def test_a_version_saved_before_digests_loads_with_a_warning(tmp_path, cfg, capl
         loaded, meta = registry.load_model(tmp_path / version)
     assert meta["version"] == version and top_k_table(loaded).equals(top_k_table(model))
     assert f"model version {version} was saved without digests" in caplog.text
+
+
+@pytest.mark.parametrize("name", ["../../x", "/etc/passwd", "other/20261127-deadbeef", "..", ".staging-1", "a\\b"])
+def test_a_champion_pointer_outside_the_registry_is_refused(tmp_path, cfg, name):
+    version = registry.save_model(trained_like_model(cfg), cfg, registry_root=tmp_path, metrics={}, data_window=WINDOW)
+    (tmp_path / "champion").write_text(name + "\n")
+    with pytest.raises(ValueError, match="champion pointer .*champion does not name a version of this registry"):
+        registry.champion_version(tmp_path)
+    with pytest.raises(ValueError, match="champion pointer"):
+        registry.incumbent_for(tmp_path, "2026-11-28")  # what training and the gate start from
+    with pytest.raises(ValueError, match="is not a model version name"):
+        registry.set_champion(tmp_path, name)
+    registry.set_champion(tmp_path, version)
+    assert registry.champion_version(tmp_path) == version
+
+
+def test_set_champion_and_save_model_refuse_names_that_leave_the_registry(tmp_path, cfg):
+    model = trained_like_model(cfg)
+    elsewhere = registry.save_model(model, cfg, registry_root=tmp_path / "elsewhere", metrics={}, data_window=WINDOW)
+    root = tmp_path / "models"
+    root.mkdir()
+    escaping = f"../elsewhere/{elsewhere}"  # resolves to a saved version, but not one of this registry
+    with pytest.raises(ValueError, match="is not a model version name"):
+        registry.set_champion(root, escaping)
+    assert registry.champion_version(root) is None
+    with pytest.raises(ValueError, match="is not a model version name"):
+        registry.save_model(model, cfg, registry_root=root, metrics={}, data_window=WINDOW, version="../outside")
+    assert not (tmp_path / "outside").exists() and list(root.iterdir()) == []
