@@ -7,7 +7,11 @@ model and its hash goes into every export manifest.
 
 This module is the only gate for its values: a field with a fixed set of values is typed as a
 ``Literal`` and refused when the config loads (or a section is built in code), with a message
-naming the field, the value and the choices, so no later stage has to check it again.
+naming the field, the value and the choices, so no later stage has to check it again. The same
+goes for credentials: a URL field that carries a password (``user:password@`` or a password query
+parameter) is refused with the password masked, because the config is saved with every model, handed
+to the Spark jobs and hashed into the manifests; passwords come from PGPASSWORD or ~/.pgpass, S3
+credentials from the standard AWS settings.
 
 Fields that moved keep working under their old names (``LEGACY_FIELDS``): the evaluation settings
 were in ``train`` and ``registry`` and now have their own section, ``eval``.
@@ -25,6 +29,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from dql_model import pipeline, schema
 
@@ -54,6 +59,63 @@ class _Section:
             _check_choices(getattr(self, name), typ, f"{section}.{name}")
 
 
+SQL_SCHEMES = ("postgresql", "postgres", "redshift")
+"""Schemes publish.sql_url may use; a driver suffix (``postgresql+psycopg://``) is allowed."""
+PG_CREDENTIALS = "set PGPASSWORD (or ~/.pgpass) for the process instead"
+AWS_CREDENTIALS = (
+    "use the standard AWS settings instead (an instance role, AWS_PROFILE, or AWS_ACCESS_KEY_ID and "
+    "AWS_SECRET_ACCESS_KEY in the environment)"
+)
+_SECRET_PARAMETERS = ("password", "secret", "token")
+"""A query parameter whose name contains one of these carries a credential."""
+
+
+def refuse_credentials(value: str, where: str, instead: str) -> None:
+    """Refuse a URL that carries a password, naming the field and showing the URL with the secret masked.
+
+    Local paths (no ``://``) carry none. ``instead`` says where the credential belongs.
+    """
+    if "://" not in value:
+        return
+    try:
+        parts = urlsplit(value)
+        password = parts.password
+    except ValueError:
+        raise ConfigError(f"{where} is not a valid URL") from None
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    secret = [key for key, _ in query if any(word in key.lower() for word in _SECRET_PARAMETERS)]
+    if password is None and not secret:
+        return
+    netloc = parts.netloc
+    if password is not None:
+        userinfo, _, host = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:***@{host}"
+    masked_query = "&".join(f"{key}={'***' if key in secret else v}" for key, v in query)
+    masked = urlunsplit(parts._replace(netloc=netloc, query=masked_query))
+    raise ConfigError(
+        f"{where}={masked!r} carries a credential; remove it and {instead}: the config is saved with "
+        "every model and must not hold secrets"
+    )
+
+
+def check_sql_url(url: str, where: str = "publish.sql_url") -> None:
+    """A libpq URL of PostgreSQL or Redshift without a password, or empty (no SQL sink)."""
+    if not url:
+        return
+    refuse_credentials(url, where, PG_CREDENTIALS)
+    try:
+        scheme = urlsplit(url).scheme
+    except ValueError:
+        raise ConfigError(f"{where} is not a valid URL") from None
+    if "://" not in url or scheme.split("+", 1)[0] not in SQL_SCHEMES:
+        # The value is not echoed: a libpq keyword string ("host=... password=...") may hold a secret.
+        got = f"scheme {scheme!r}" if "://" in url else "no scheme://"
+        raise ConfigError(
+            f"{where} must be a postgresql:// URL (PostgreSQL or Redshift), got {got}; "
+            "e.g. postgresql://user@host:5432/db"
+        )
+
+
 def _check_choices(value: Any, typ: Any, where: str) -> None:
     origin = typing.get_origin(typ)
     if origin is Literal:
@@ -74,6 +136,10 @@ class WarehouseConfig(_Section):
 
     root: str = "var/warehouse"
     """Warehouse root folder; dql_model.layout says what lives where below it."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        refuse_credentials(self.root, "warehouse.root", AWS_CREDENTIALS)
 
 
 @dataclass
@@ -258,6 +324,10 @@ class RegistryConfig(_Section):
     root: str = "var/models"
     """Folder with one directory per model version and the champion pointer."""
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        refuse_credentials(self.root, "registry.root", AWS_CREDENTIALS)
+
 
 @dataclass
 class PublishConfig(_Section):
@@ -272,9 +342,15 @@ class PublishConfig(_Section):
     s3_backoff_s: float = 1.0
     """Wait before the first S3 retry, in seconds; doubled after each failed try."""
     sql_url: str = ""
-    """SQL warehouse sink, e.g. postgresql://user@host:5432/db (password from PGPASSWORD/.pgpass); empty: off."""
+    """SQL warehouse sink, e.g. postgresql://user@host:5432/db; empty: off. A password in the URL is refused:
+    it comes from PGPASSWORD or ~/.pgpass."""
     sql_table: str = "recommendations"
     """Table of the SQL sink, optionally schema-qualified; created if missing."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        refuse_credentials(self.export_uri, "publish.export_uri", AWS_CREDENTIALS)
+        check_sql_url(self.sql_url)
 
 
 @dataclass

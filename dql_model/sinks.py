@@ -10,8 +10,8 @@ and a rerun of the date replaces them cleanly.
 
 The connection is a libpq URL (``postgresql://user@host:5432/db?sslmode=require``; SQLAlchemy-style
 ``postgresql+psycopg://`` is accepted). The password comes from the environment (``PGPASSWORD``) or
-``~/.pgpass``, as libpq reads them; a URL that carries one is refused, because the URL lives in the
-config, which is saved with every model. Logs name the server without credentials.
+``~/.pgpass``, as libpq reads them; the config refuses a URL that carries one when it loads
+(``config.check_sql_url``), because it is saved with every model. Logs name the server without credentials.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import logging
 import re
 from datetime import date
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import urlsplit
 
 import pyarrow as pa
 
@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 10
 INSERT_ROWS = 1000
 """Rows per multi-row INSERT statement (the Redshift path)."""
-_SCHEMES = {"postgresql", "postgres", "redshift"}
 _TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
 COLUMNS = (
     (schema.RUN_DATE, "DATE"),
@@ -52,19 +51,12 @@ class SinkError(RuntimeError):
 
 
 def connection_url(url: str) -> str:
-    """The libpq URL to connect with; refuses schemes it cannot serve and passwords in the URL."""
-    parts = urlsplit(url)
-    scheme = parts.scheme.split("+", 1)[0]  # postgresql+psycopg:// -> postgresql://
-    if scheme not in _SCHEMES:
-        raise ValueError(
-            f"publish.sql_url must be a postgresql:// URL (PostgreSQL or Redshift), got scheme {parts.scheme!r}"
-        )
-    if parts.password is not None or "password" in parse_qs(parts.query):
-        raise ValueError(
-            "publish.sql_url carries a password; remove it and set PGPASSWORD (or ~/.pgpass) for the "
-            "process instead: the config is saved with every model and must not hold credentials"
-        )
-    return parts._replace(scheme="postgresql").geturl()
+    """The libpq URL to connect with: ``postgresql+psycopg://`` and ``redshift://`` become ``postgresql://``.
+
+    The scheme and the absence of a password are the config's rule (``config.check_sql_url``), checked
+    when publish.sql_url loads.
+    """
+    return urlsplit(url)._replace(scheme="postgresql").geturl()
 
 
 def redacted(url: str) -> str:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 import yaml
 
@@ -129,3 +131,73 @@ def test_layout_follows_the_warehouse_root():
     assert cfg.layout.report("2026-11-27") == "/data/wh/reports/run_date=2026-11-27"
     with pytest.raises(KeyError, match="no table 'clicks'"):
         cfg.layout.table("clicks")
+
+
+SECRET = "hunter2"
+
+
+@pytest.mark.parametrize(
+    ("key", "url", "instead"),
+    [
+        ("publish.sql_url", f"postgresql://dqlrec:{SECRET}@db:5432/wh", "PGPASSWORD (or ~/.pgpass)"),
+        ("publish.sql_url", f"postgresql+psycopg://dqlrec@db/wh?sslmode=require&password={SECRET}", "PGPASSWORD"),
+        ("publish.sql_url", "redshift://dqlrec:@cluster.example:5439/dev", "PGPASSWORD"),
+        ("publish.export_uri", f"s3://AKIAEXAMPLE:{SECRET}@bucket/marketing", "standard AWS settings"),
+        ("warehouse.root", f"s3://AKIAEXAMPLE:{SECRET}@lake/warehouse", "standard AWS settings"),
+        ("registry.root", f"s3://models/registry?aws_secret_access_key={SECRET}", "standard AWS settings"),
+    ],
+)
+def test_credentials_in_urls_are_refused_when_the_config_loads_and_never_echoed(key, url, instead):
+    section, name = key.split(".")
+    with pytest.raises(ConfigError) as caught:
+        load_config(env={f"DQLREC_{section.upper()}__{name.upper()}": url})
+    message = str(caught.value)
+    assert message.startswith(f"environment: {key}=") and "carries a credential" in message
+    assert instead in message and "***" in message  # the URL is shown with the secret masked
+    assert SECRET not in message and SECRET not in str(caught.value.__context__)
+    with pytest.raises(ConfigError, match=f"{key}=.*carries a credential"):  # built in code: the same gate
+        Config().replace(**{section: {name: url}})
+
+
+@pytest.mark.parametrize("url", ["mysql://dqlrec@db/wh", f"host=db user=dqlrec password={SECRET}"])
+def test_sql_url_must_be_a_postgresql_url(url):
+    with pytest.raises(ConfigError, match=r"publish.sql_url must be a postgresql:// URL") as caught:
+        load_config(env={"DQLREC_PUBLISH__SQL_URL": url})
+    assert SECRET not in str(caught.value)  # a libpq keyword string is not echoed either
+
+
+def test_urls_without_credentials_load():
+    cfg = load_config(
+        env={
+            "DQLREC_PUBLISH__SQL_URL": "postgresql+psycopg://dqlrec@db:5432/wh?sslmode=require",
+            "DQLREC_PUBLISH__EXPORT_URI": "s3://bucket/marketing",
+            "DQLREC_WAREHOUSE__ROOT": "s3://lake/warehouse",
+            "DQLREC_REGISTRY__ROOT": "/data/models:v2@nightly",  # a local path may hold ':' and '@'
+        }
+    )
+    assert cfg.publish.sql_url == "postgresql+psycopg://dqlrec@db:5432/wh?sslmode=require"
+    assert cfg.warehouse.root == "s3://lake/warehouse"
+    assert cfg.registry.root == "/data/models:v2@nightly"
+    assert load_config(env={"DQLREC_PUBLISH__SQL_URL": "redshift://u@cluster.example:5439/dev"}).publish.sql_url
+
+
+def test_a_password_from_the_environment_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    """The config with the password never reaches a model's config.json, a report, XCom or a job's config file."""
+    from dql_model import cli, tasks
+
+    monkeypatch.chdir(tmp_path)
+    for name in [n for n in os.environ if n.startswith("DQLREC_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("DQLREC_PUBLISH__SQL_URL", f"postgresql://dqlrec:{SECRET}@db:5432/wh")
+    monkeypatch.setenv("DQLREC_WAREHOUSE__ROOT", str(tmp_path / "warehouse"))
+    monkeypatch.setenv("DQLREC_REGISTRY__ROOT", str(tmp_path / "models"))
+    for name, value in {"N_USERS": "12", "N_ITEMS": "10", "N_CATEGORIES": "2", "N_DAYS": "2"}.items():
+        monkeypatch.setenv(f"DQLREC_SIMULATOR__{name}", value)  # small, should the shop be written
+
+    assert cli.main(["generate"]) == 2
+    error = capsys.readouterr().err
+    assert "publish.sql_url" in error and "PGPASSWORD" in error and SECRET not in error
+    with pytest.raises(ConfigError, match="publish.sql_url=.*carries a credential") as caught:
+        tasks.train_model("2026-11-27")  # the task that saves the config with the model
+    assert SECRET not in str(caught.value)
+    assert list(tmp_path.iterdir()) == []

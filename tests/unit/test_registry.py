@@ -60,6 +60,15 @@ def top_k_table(model: QNetwork) -> pa.Table:
     )
 
 
+def as_saved_before_digests(folder) -> dict:
+    """Make ``folder`` look like a version saved before digests existed (format 1); returns its config.json."""
+    (folder / "digests.json").unlink()
+    saved = json.loads((folder / "config.json").read_text())
+    saved["format_version"] = 1
+    (folder / "config.json").write_text(json.dumps(saved))
+    return saved
+
+
 @pytest.fixture
 def cfg(tiny_config) -> Config:
     return tiny_config.replace(model={"encoder": "lstm"})
@@ -75,6 +84,7 @@ def test_save_load_gives_identical_top_k(tmp_path, cfg):
     assert sorted(p.name for p in folder.iterdir()) == [
         "config.json",
         "data_window.json",
+        "digests.json",
         "metrics.json",
         "model.safetensors",
     ]
@@ -172,9 +182,100 @@ def test_a_model_saved_before_state_memory_still_loads(tmp_path, cfg):
     old_cfg = cfg.replace(model={"state_memory": 0})
     model = trained_like_model(old_cfg)
     version = registry.save_model(model, old_cfg, registry_root=tmp_path, metrics={}, data_window=WINDOW)
-    saved = json.loads((tmp_path / version / "config.json").read_text())
+    saved = as_saved_before_digests(tmp_path / version)
     del saved["config"]["model"]["state_memory"]  # as written before the field existed
     (tmp_path / version / "config.json").write_text(json.dumps(saved))
     loaded, _ = registry.load_model(tmp_path / version)
     assert loaded.memory_weight is None
     assert top_k_table(loaded).equals(top_k_table(model))
+
+
+def test_digests_are_recorded_at_save_time_and_saving_twice_stays_a_no_op(tmp_path, cfg):
+    import hashlib
+
+    model = trained_like_model(cfg)
+    version = registry.save_model(model, cfg, registry_root=tmp_path, metrics={}, data_window=WINDOW)
+    folder = tmp_path / version
+    digests = json.loads((folder / "digests.json").read_text())
+    assert digests == {
+        "sha256": {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in ("model.safetensors", "config.json")}
+    }
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    assert registry.save_model(model, cfg, registry_root=tmp_path, metrics={}, data_window=WINDOW) == version
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_a_finite_change_to_the_weights_is_refused_naming_the_file_and_the_version(tmp_path, cfg):
+    from safetensors.torch import load_file, save_file
+
+    model = trained_like_model(cfg)
+    version = registry.save_model(model, cfg, registry_root=tmp_path, metrics={}, data_window=WINDOW)
+    weights = tmp_path / version / "model.safetensors"
+    state = load_file(str(weights))
+    state["item_bias.weight"] = state["item_bias.weight"] + 0.5  # a valid file, finite values, other scores
+    save_file(state, str(weights), metadata={"format": "pt"})
+    with pytest.raises(registry.ModelIntegrityError, match=f"model version {version} .*: model.safetensors does not match the sha256"):
+        registry.load_model(tmp_path / version)
+
+    # The config is covered too: another network shape must not be rebuilt around the weights.
+    other = registry.save_model(model, cfg, registry_root=tmp_path / "b", metrics={}, data_window=WINDOW)
+    config = tmp_path / "b" / other / "config.json"
+    config.write_text(config.read_text().replace('"top_k": 5', '"top_k": 6'))
+    with pytest.raises(registry.ModelIntegrityError, match=f"model version {other} .*: config.json does not match"):
+        registry.load_model(tmp_path / "b" / other)
+
+    # Removing the digests does not get a changed file through.
+    (tmp_path / "b" / other / "digests.json").unlink()
+    with pytest.raises(registry.ModelIntegrityError, match=f"model version {other} .*: digests.json is missing"):
+        registry.load_model(tmp_path / "b" / other)
+
+
+def test_a_pickle_in_place_of_the_weights_is_refused_naming_the_file_and_the_version(tmp_path, cfg):
+    for name in ("with-digests", "before-digests"):
+        version = registry.save_model(
+            trained_like_model(cfg), cfg, registry_root=tmp_path / name, metrics={}, data_window=WINDOW
+        )
+        folder = tmp_path / name / version
+        if name == "before-digests":
+            as_saved_before_digests(folder)  # no digest to catch it: the safetensors parser does
+        torch.save({"x": torch.zeros(1)}, folder / "model.safetensors")
+        with pytest.raises(registry.ModelIntegrityError, match=f"model version {version} .*: model.safetensors "):
+            registry.load_model(folder)
+
+
+def test_a_version_saved_before_digests_loads_with_a_warning(tmp_path, cfg, caplog):
+    model = trained_like_model(cfg)
+    version = registry.save_model(model, cfg, registry_root=tmp_path, metrics={}, data_window=WINDOW)
+    as_saved_before_digests(tmp_path / version)
+    with caplog.at_level("WARNING", logger="dql_model.registry"):
+        loaded, meta = registry.load_model(tmp_path / version)
+    assert meta["version"] == version and top_k_table(loaded).equals(top_k_table(model))
+    assert f"model version {version} was saved without digests" in caplog.text
+
+
+@pytest.mark.parametrize("name", ["../../x", "/etc/passwd", "other/20261127-deadbeef", "..", ".staging-1", "a\\b"])
+def test_a_champion_pointer_outside_the_registry_is_refused(tmp_path, cfg, name):
+    version = registry.save_model(trained_like_model(cfg), cfg, registry_root=tmp_path, metrics={}, data_window=WINDOW)
+    (tmp_path / "champion").write_text(name + "\n")
+    with pytest.raises(ValueError, match="champion pointer .*champion does not name a version of this registry"):
+        registry.champion_version(tmp_path)
+    with pytest.raises(ValueError, match="champion pointer"):
+        registry.incumbent_for(tmp_path, "2026-11-28")  # what training and the gate start from
+    with pytest.raises(ValueError, match="is not a model version name"):
+        registry.set_champion(tmp_path, name)
+    registry.set_champion(tmp_path, version)
+    assert registry.champion_version(tmp_path) == version
+
+
+def test_set_champion_and_save_model_refuse_names_that_leave_the_registry(tmp_path, cfg):
+    model = trained_like_model(cfg)
+    elsewhere = registry.save_model(model, cfg, registry_root=tmp_path / "elsewhere", metrics={}, data_window=WINDOW)
+    root = tmp_path / "models"
+    root.mkdir()
+    escaping = f"../elsewhere/{elsewhere}"  # resolves to a saved version, but not one of this registry
+    with pytest.raises(ValueError, match="is not a model version name"):
+        registry.set_champion(root, escaping)
+    assert registry.champion_version(root) is None
+    with pytest.raises(ValueError, match="is not a model version name"):
+        registry.save_model(model, cfg, registry_root=root, metrics={}, data_window=WINDOW, version="../outside")
+    assert not (tmp_path / "outside").exists() and list(root.iterdir()) == []

@@ -129,20 +129,6 @@ def test_wrong_password_is_a_clear_error_without_the_password(postgres, monkeypa
         replace_run_date(recommendations(1), url=postgres.url, run_date=RUN_DATE)
 
 
-@pytest.mark.parametrize(
-    ("url", "message"),
-    [
-        ("postgresql://dqlrec:hunter2@db:5432/wh", "carries a password"),
-        ("postgresql://dqlrec@db/wh?password=hunter2", "carries a password"),
-        ("mysql://dqlrec@db/wh", "must be a postgresql:// URL"),
-    ],
-)
-def test_urls_with_passwords_or_other_databases_are_refused(url, message):
-    with pytest.raises(ValueError, match=message) as error:
-        sinks.connection_url(url)
-    assert "hunter2" not in str(error.value)
-
-
 def test_url_forms():
     assert sinks.connection_url("postgresql+psycopg://u@h:5439/db?sslmode=require") == (
         "postgresql://u@h:5439/db?sslmode=require"
