@@ -124,11 +124,11 @@ def evaluate_and_gate(
     run_date: str, training: dict[str, Any], *, options: RunOptions = DEFAULTS, cfg: Config | None = None
 ) -> dict[str, Any]:
     """Challenger vs champion vs baselines on validation; promotes or keeps; writes evaluation.json."""
-    from dql_model import gate, report
+    from dql_model import gate, registry, report
 
     cfg = _config(cfg, options)
     if options.model_version:
-        if not (Path(cfg.registry.root) / options.model_version).is_dir():
+        if not (Path(cfg.registry.root) / registry.check_version_name(options.model_version)).is_dir():
             raise FileNotFoundError(f"pinned model version {options.model_version} is not in the registry {cfg.registry.root}")
         say(f"scoring with pinned model {options.model_version}; gate not applied")
         return {"scoring_version": options.model_version, "promoted": False, "reason": "pinned by the trigger"}
