@@ -19,6 +19,7 @@ import yaml
 
 from dql_model import pipeline, schema
 from dql_model.config import Config, ConfigError, load_config
+from dql_model.errors import InputError
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError, pipeline.JobFailed) as exc:
+    except (InputError, FileNotFoundError, pipeline.JobFailed) as exc:  # bad input or a failed job: one line
         print(f"dqlrec: error: {exc}", file=sys.stderr)
         return 2
 

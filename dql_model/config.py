@@ -27,13 +27,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dql_model import pipeline, schema
+from dql_model.errors import InputError
 
 ENV_PREFIX = "DQLREC_"
 CONFIG_ENV = "DQLREC_CONFIG"
 
 
-class ConfigError(ValueError):
-    """A configuration value is unknown or has the wrong type."""
+class ConfigError(InputError, ValueError):
+    """A configuration value is unknown or has the wrong type (bad input: not retried)."""
 
 
 Encoder = Literal["gru", "lstm", "attention"]

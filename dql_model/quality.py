@@ -26,6 +26,7 @@ import pandas as pd
 import pyarrow as pa
 
 from dql_model import schema
+from dql_model.errors import InputError, MissingInput
 
 if TYPE_CHECKING:
     from great_expectations.core.batch_definition import BatchDefinition
@@ -56,8 +57,8 @@ _ADVICE = {
 }
 
 
-class DataQualityError(ValueError):
-    """A table broke its data contract; ``report`` holds the details."""
+class DataQualityError(InputError, ValueError):
+    """A table broke its data contract; ``report`` holds the details (bad input: not retried)."""
 
     def __init__(self, report: QualityReport):
         super().__init__(report.message())
@@ -176,7 +177,11 @@ class QualityReport:
 
 
 def check_raw_partition(cfg: Config, run_date: str) -> QualityReport:
-    """Read the run date's raw events partition and the catalogue, check them; raise on a broken contract."""
+    """Read the run date's raw events partition and the catalogue, check them; raise on a broken contract.
+
+    A missing partition or catalogue raises ``MissingInput``, a broken contract ``DataQualityError``:
+    bad input (``dql_model.errors``), which the DAG does not retry.
+    """
     from dql_model import storage
 
     partition = f"{schema.EVENT_DATE}={run_date}"
@@ -184,11 +189,18 @@ def check_raw_partition(cfg: Config, run_date: str) -> QualityReport:
     try:
         events = storage.read_partition(folder).to_pandas()
     except FileNotFoundError:
-        raise FileNotFoundError(
+        raise MissingInput(
             f"raw events partition {folder} is missing: no events were loaded for {run_date}. "
             "Load the day's events (or `dqlrec generate` for the demo) and rerun the date."
         ) from None
-    items = storage.read_partition(cfg.layout.table(schema.ITEMS), columns=[schema.ITEM_ID])
+    catalogue = cfg.layout.table(schema.ITEMS)
+    try:
+        items = storage.read_partition(catalogue, columns=[schema.ITEM_ID])
+    except FileNotFoundError:
+        raise MissingInput(
+            f"the item catalogue {catalogue} is missing: load the items table (or `dqlrec generate` for "
+            "the demo) and rerun the date."
+        ) from None
     report = validate_raw_events(
         events,
         partition=partition,

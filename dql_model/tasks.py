@@ -20,6 +20,7 @@ from typing import Any
 
 from dql_model import schema, storage
 from dql_model.config import Config, ConfigError, load_config
+from dql_model.errors import MissingInput
 
 log = logging.getLogger("dqlrec")
 
@@ -129,7 +130,7 @@ def evaluate_and_gate(
     cfg = _config(cfg, options)
     if options.model_version:
         if not (Path(cfg.registry.root) / options.model_version).is_dir():
-            raise FileNotFoundError(f"pinned model version {options.model_version} is not in the registry {cfg.registry.root}")
+            raise MissingInput(f"pinned model version {options.model_version} is not in the registry {cfg.registry.root}")
         say(f"scoring with pinned model {options.model_version}; gate not applied")
         return {"scoring_version": options.model_version, "promoted": False, "reason": "pinned by the trigger"}
     challenger = training.get("version") if training.get("trained") else None

@@ -268,3 +268,40 @@ def test_empty_or_off_contract_recommendations_fail():
         (schema.PROPENSITY, "expect_column_to_exist"),
         ("prob", "expect_table_columns_to_match_set"),
     }
+
+
+# --- bad input: one classification ----------------------------------------------------------------
+
+
+def test_input_errors_are_classified_in_one_place():
+    """Bad input derives from errors.InputError (the DAG does not retry it); the rest may be transient."""
+    from dql_model import errors, pipeline
+    from dql_model.config import ConfigError
+
+    report = quality.QualityReport(table=schema.EVENTS, partition=PARTITION, row_count=0)
+    with pytest.raises(errors.BadDate) as bad_date:
+        schema.iso_date("2026-13-45")
+    bad_input = [
+        DataQualityError(report),
+        ConfigError("score.engine='gpu' is not one of ['torch', 'spark']"),
+        errors.MissingInput("raw events partition is missing"),
+        bad_date.value,
+    ]
+    assert all(isinstance(e, errors.InputError) for e in bad_input)
+    # Callers that catch the built-in kinds still catch them.
+    assert isinstance(errors.MissingInput("x"), FileNotFoundError)
+    assert all(isinstance(e, ValueError) for e in bad_input if not isinstance(e, errors.MissingInput))
+    maybe_transient = [
+        pipeline.JobFailed("Spark job build_training_data failed"),
+        FileNotFoundError("staged partition is missing"),
+        ConnectionError("S3 endpoint unreachable"),
+        ValueError("a bug"),
+    ]
+    assert not any(isinstance(e, errors.InputError) for e in maybe_transient)
+
+
+def test_a_missing_raw_partition_is_bad_input(tiny_config):
+    from dql_model import errors
+
+    with pytest.raises(errors.MissingInput, match="event_date=2026-11-20 is missing: no events were loaded"):
+        quality.check_raw_partition(tiny_config, "2026-11-20")
