@@ -17,12 +17,13 @@ it with `schedule=[Asset(name="dqlrec_recommendations", uri="dqlrec://warehouse/
 and read `triggering_asset_events` for the date.
 
 **Run date.** A scheduled run processes the day before its logical date (the day that just ended).
-A manual trigger can set `run_date`; without it, yesterday (UTC) is used.
+A manual trigger can set `run_date`; without it, yesterday (UTC) is used. A `run_date` that is not a
+calendar day fails `resolve_run_date`.
 
 **Failures.** Bad input (`dql_model.errors.InputError`: a raw partition that is missing, a broken
-data contract, a refused config value or param) fails its task at once, without retries, with the
-error's own message last in the task log. Anything else (S3, the network, a Spark job that died)
-keeps its retries.
+data contract, a refused config value or param, a run date that is not a calendar day) fails its
+task at once, without retries, with the error's own message last in the task log. Anything else (S3,
+the network, a Spark job that died) keeps its retries.
 
 **Idempotent.** Every task writes only the run date's partitions and replaces them whole, so a rerun
 of a date gives the same tables. If training fails or the challenger loses the gate, scoring uses the
@@ -172,11 +173,18 @@ with DAG(
 
     @task
     def resolve_run_date() -> str:
-        """The run date from the params, else the day before the logical date (yesterday for manual runs)."""
+        """The run date from the params, else the day before the logical date (yesterday for manual runs).
+
+        The param's pattern lets 2026-13-45 through; a date that is not a calendar day fails here,
+        without retries, rather than later as a missing partition.
+        """
         context = get_current_context()
         chosen = context["params"].get("run_date") or ""
         if chosen:
-            return chosen
+            from dql_model import schema
+
+            with _bad_input_fails_at_once():
+                return schema.iso_date(chosen)
         logical = context.get("logical_date") or pendulum.now("UTC")
         return logical.subtract(days=1).to_date_string()
 

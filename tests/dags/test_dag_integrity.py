@@ -293,6 +293,16 @@ def test_an_unknown_run_option_fails_without_retries(dagbag):
         _call(dagbag, "validate_raw_events", "2026-11-27", params={"topk": 3})
 
 
+@pytest.mark.parametrize("run_date", ["2026-13-45", "2026-02-30"])
+def test_a_run_date_that_is_not_a_calendar_day_fails_without_retries(dagbag, run_date):
+    """The param's pattern lets these through; resolve_run_date refuses them, naming the value."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    with pytest.raises(AirflowFailException, match=f"expected a calendar date as YYYY-MM-DD, got '{run_date}'"):
+        _call(dagbag, "resolve_run_date", params={"run_date": run_date})
+    assert _call(dagbag, "resolve_run_date", params={"run_date": "2026-11-27"}) == "2026-11-27"
+
+
 @pytest.mark.slow
 def test_a_missing_partition_fails_the_run_at_once(airflow_db, dagbag, stubbed_tasks, monkeypatch):
     """Through Airflow: with retries on, the bad input's task and evaluate_and_gate (all_done) run once."""
