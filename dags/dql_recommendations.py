@@ -20,10 +20,10 @@ and read `triggering_asset_events` for the date.
 A manual trigger can set `run_date`; without it, yesterday (UTC) is used. A `run_date` that is not a
 calendar day fails `resolve_run_date`.
 
-**Failures.** Bad input (`dql_model.errors.InputError`: a raw partition that is missing, a broken
-data contract, a refused config value or param, a run date that is not a calendar day) fails its
-task at once, without retries, with the error's own message last in the task log. Anything else (S3,
-the network, a Spark job that died) keeps its retries.
+**Failures.** Bad input (`dql_model.errors.InputError`: a raw partition that is missing or empty, a
+broken data contract, a refused config value or param, a run date that is not a calendar day) fails
+its task at once, without retries, with the error's own message last in the task log. Anything else
+(S3, the network, a Spark job that died) keeps its retries.
 
 **Idempotent.** Every task writes only the run date's partitions and replaces them whole, so a rerun
 of a date gives the same tables. If training fails or the challenger loses the gate, scoring uses the

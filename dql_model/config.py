@@ -44,6 +44,7 @@ PurchaseCredit = Literal["cart", "purchase"]
 ScoringEngine = Literal["torch", "spark"]
 SimRefresh = Literal["session", "step"]
 Device = Literal["auto", "cuda", "cpu"]
+EmptyPartition = Literal["fail", "warn"]
 
 
 class _Section:
@@ -284,6 +285,8 @@ class QualityConfig(_Section):
 
     max_bad_fraction: float = 0.01
     """Fail the run when more than this share of a raw partition breaks a row rule."""
+    empty_partition: EmptyPartition = "fail"
+    """A raw events partition with no rows: fail the run, or warn and run on the earlier days' data."""
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Which failures are bad input: the one place that says so.
 
-Bad input fails the same way however often it is retried: a raw partition that is missing,
+Bad input fails the same way however often it is retried: a raw partition that is missing or empty,
 a table that breaks its data contract, a configuration value or trigger param that is refused, a run
 date that is not a calendar date, a pinned model version that is not in the registry. Every such
 error derives from ``InputError``; the DAG fails its task at once, without Airflow's retries, and
@@ -23,6 +23,10 @@ class InputError(Exception):
 
 class MissingInput(InputError, FileNotFoundError):
     """An input the run reads does not exist: a raw partition, the catalogue, a pinned model version."""
+
+
+class EmptyInput(InputError, ValueError):
+    """An input exists but has no rows, and the configuration says that fails the run."""
 
 
 class BadDate(InputError, ValueError):

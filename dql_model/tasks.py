@@ -31,6 +31,12 @@ def say(message: str) -> None:
     print(f"[dqlrec] {message}", flush=True)
 
 
+def warn(message: str) -> None:
+    """Like ``say``, for something that fails nothing but must be seen."""
+    log.warning(message)
+    print(f"[dqlrec] warning: {message}", flush=True)
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """What a manual trigger may change (the DAG's params, ``dqlrec task`` flags)."""
@@ -88,6 +94,8 @@ def validate_raw_events(run_date: str, *, options: RunOptions = DEFAULTS, cfg: C
 
     cfg = _config(cfg, options)
     report = quality.check_raw_partition(cfg, run_date)
+    for warning in report.warnings:
+        warn(f"raw events {report.partition}: {warning}")
     say(f"raw events {report.partition}: {report.row_count} rows pass the contract")
     return report.summary()
 

@@ -239,6 +239,7 @@ def _bad_inputs():
     return [
         quality.DataQualityError(report),
         errors.MissingInput("raw events partition var/x/event_date=2026-11-27 is missing"),
+        errors.EmptyInput("raw events partition event_date=2026-11-27 has no rows"),
         ConfigError("quality.empty_partition='maybe' is not one of ['fail', 'warn']"),
     ]
 

@@ -144,3 +144,15 @@ def test_summary_and_evaluate_read_the_latest_run(capsys, config_file):
     assert code == 0 and "gate: promoted (no champion to compare with)" in out and "challenger" in out
     code, _, err = run(capsys, "--config", str(config_file), "evaluate", "--run-date", "2026-11-01")
     assert code == 2 and "did not finish" in err
+
+
+def test_task_reports_bad_data_in_one_line(capsys, config_file, tiny_config):
+    """An empty day is bad input: exit 2 and the message, not a traceback (and not a silent pass)."""
+    run(capsys, "--config", str(config_file), "generate")
+    folder = tiny_config.layout.partition("events", RUN_DATE)
+    storage.write_partition(storage.read_partition(folder).slice(0, 0), folder)
+    code, _, err = run(capsys, "--config", str(config_file), "task", "validate_raw_events", "--run-date", RUN_DATE)
+    assert code == 2, err
+    assert err.startswith("dqlrec: error: raw events partition event_date=2026-11-27") and "has no rows" in err
+    assert "Traceback" not in err
+
