@@ -219,7 +219,7 @@ with DAG(
         with _bad_input_fails_at_once():
             engine = _options().apply(load_config()).score.engine
         gate = get_current_context()["ti"].xcom_pull(task_ids="evaluate_and_gate")
-        print(f"scoring with {gate['scoring_version']} on the {engine} engine")
+        print(f"[dqlrec] scoring with {gate['scoring_version']} on the {engine} engine", flush=True)
         return "score_users_spark" if engine == "spark" else "score_users"
 
     @task

@@ -6,6 +6,7 @@
     dqlrec evaluate [--run-date D] [--json]   print the model comparison of a run
     dqlrec config [KEY]               print the resolved configuration (or one value)
     dqlrec demo-date                  print the demo's run date (the simulator's last day)
+    dqlrec first-failure LOG          print the first task failure of an Airflow log (make run's last word)
 """
 
 from __future__ import annotations
@@ -114,6 +115,17 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_first_failure(args: argparse.Namespace) -> int:
+    from dql_model import airflow_log
+
+    with open(args.log, errors="replace") as lines:
+        failure = airflow_log.first_task_failure(lines)
+    if failure is None:
+        return 1
+    print(failure.render())
+    return 0
+
+
 def _cmd_demo_date(args: argparse.Namespace) -> int:
     print(load_config(args.config).simulator.end_date)
     return 0
@@ -156,6 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("config", help="print the resolved configuration")
     p.add_argument("key", nargs="?", help="section or section.field")
     p.set_defaults(func=_cmd_config)
+
+    p = sub.add_parser("first-failure", help="print the first task failure of an Airflow log (exit 1: none)")
+    p.add_argument("log", help="the output of `airflow dags test`, e.g. var/airflow-run.log")
+    p.set_defaults(func=_cmd_first_failure)
 
     p = sub.add_parser("demo-date", help="print the demo's run date")
     p.set_defaults(func=_cmd_demo_date)
