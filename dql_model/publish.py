@@ -200,7 +200,7 @@ def publish_run(cfg: Config, run_date: str, *, model_version: str) -> dict[str, 
     if cfg.publish.sql_url:
         from dql_model import sinks
 
-        sql_rows = sinks.replaceschema.iso_date(
+        sql_rows = sinks.replace_run_date(
             table, url=cfg.publish.sql_url, run_date=run_date, table_name=cfg.publish.sql_table
         )
     manifest = export(
