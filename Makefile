@@ -49,7 +49,9 @@ run: install
 	  $(BIN)/airflow dags test $(DAG_ID) -c "{\"run_date\": \"$$date\"}" > var/airflow-run.log 2>&1; rc=$$?; \
 	  grep -E "^\[dqlrec\]" var/airflow-run.log || true; \
 	  if [ $$rc -ne 0 ] || ! $(BIN)/dqlrec summary --run-date $$date; then \
-	    echo "The DAG run failed; the last lines of var/airflow-run.log:"; tail -40 var/airflow-run.log; exit 1; fi
+	    echo "The DAG run failed (log: var/airflow-run.log)."; \
+	    $(BIN)/dqlrec first-failure var/airflow-run.log \
+	      || { echo "No task failure in the log; its last lines:"; tail -40 var/airflow-run.log; }; exit 1; fi
 
 ## test: run the test suite
 test: install

@@ -17,7 +17,13 @@ it with `schedule=[Asset(name="dqlrec_recommendations", uri="dqlrec://warehouse/
 and read `triggering_asset_events` for the date.
 
 **Run date.** A scheduled run processes the day before its logical date (the day that just ended).
-A manual trigger can set `run_date`; without it, yesterday (UTC) is used.
+A manual trigger can set `run_date`; without it, yesterday (UTC) is used. A `run_date` that is not a
+calendar day fails `resolve_run_date`.
+
+**Failures.** Bad input (`dql_model.errors.InputError`: a raw partition that is missing or empty, a
+broken data contract, a refused config value or param, a run date that is not a calendar day) fails
+its task at once, without retries, with the error's own message last in the task log. Anything else
+(S3, the network, a Spark job that died) keeps its retries.
 
 **Idempotent.** Every task writes only the run date's partitions and replaces them whole, so a rerun
 of a date gives the same tables. If training fails or the challenger loses the gate, scoring uses the
@@ -33,12 +39,15 @@ inside the tasks only; at parse time the file imports `dql_model.pipeline`, whic
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
 import pendulum
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import DAG, Asset, Param, get_current_context, task
+from airflow.sdk.exceptions import AirflowFailException
 
 # Standard library only (its docstring says why): the step order and the Spark launch flags.
 from dql_model import pipeline
@@ -107,6 +116,19 @@ params = {
 }
 
 
+@contextmanager
+def _bad_input_fails_at_once() -> Iterator[None]:
+    """Bad input (dql_model.errors.InputError) fails the task without Airflow's retries: retrying
+    cannot help. The error's message is the exception's text, so it is the last thing the log shows.
+    """
+    from dql_model.errors import InputError
+
+    try:
+        yield
+    except InputError as error:
+        raise AirflowFailException(str(error)) from error
+
+
 def _options():
     """The run's manual-trigger params as the typed RunOptions (an unknown param is an error)."""
     from dql_model import tasks
@@ -115,15 +137,16 @@ def _options():
 
 
 def _run(name: str, run_date: str, *, missing_upstream: dict | None = None) -> dict:
-    """dql_model.tasks.<name>(run_date, [the upstream step's XCom], options=...)."""
+    """dql_model.tasks.<name>(run_date, [the upstream step's XCom], options=...); bad input not retried."""
     from dql_model import tasks
 
-    needs = pipeline.step(name).needs
-    upstream = ()
-    if needs:
-        pulled = get_current_context()["ti"].xcom_pull(task_ids=needs)
-        upstream = (missing_upstream if pulled is None else pulled,)
-    return getattr(tasks, name)(run_date, *upstream, options=_options())
+    with _bad_input_fails_at_once():
+        needs = pipeline.step(name).needs
+        upstream = ()
+        if needs:
+            pulled = get_current_context()["ti"].xcom_pull(task_ids=needs)
+            upstream = (missing_upstream if pulled is None else pulled,)
+        return getattr(tasks, name)(run_date, *upstream, options=_options())
 
 
 def _spark_job(task_id: str, job: str, *args: str) -> SparkSubmitOperator:
@@ -150,11 +173,18 @@ with DAG(
 
     @task
     def resolve_run_date() -> str:
-        """The run date from the params, else the day before the logical date (yesterday for manual runs)."""
+        """The run date from the params, else the day before the logical date (yesterday for manual runs).
+
+        The param's pattern lets 2026-13-45 through; a date that is not a calendar day fails here,
+        without retries, rather than later as a missing partition.
+        """
         context = get_current_context()
         chosen = context["params"].get("run_date") or ""
         if chosen:
-            return chosen
+            from dql_model import schema
+
+            with _bad_input_fails_at_once():
+                return schema.iso_date(chosen)
         logical = context.get("logical_date") or pendulum.now("UTC")
         return logical.subtract(days=1).to_date_string()
 
@@ -174,7 +204,8 @@ with DAG(
     def evaluate_and_gate(run_date: str) -> dict:
         """Runs even when training failed or was skipped: then the champion keeps scoring."""
         if get_current_context()["ti"].xcom_pull(task_ids="validate_training_data") is None:
-            raise RuntimeError(
+            # An earlier task failed; a retry of this one cannot bring its result back.
+            raise AirflowFailException(
                 f"training data for {run_date} was not built and validated; see tasks "
                 "build_training_data and validate_training_data of this run"
             )
@@ -185,9 +216,10 @@ with DAG(
         """score.engine: torch -> score_users, spark -> score_users_spark (the config refuses others)."""
         from dql_model.config import load_config
 
-        engine = _options().apply(load_config()).score.engine
+        with _bad_input_fails_at_once():
+            engine = _options().apply(load_config()).score.engine
         gate = get_current_context()["ti"].xcom_pull(task_ids="evaluate_and_gate")
-        print(f"scoring with {gate['scoring_version']} on the {engine} engine")
+        print(f"[dqlrec] scoring with {gate['scoring_version']} on the {engine} engine", flush=True)
         return "score_users_spark" if engine == "spark" else "score_users"
 
     @task

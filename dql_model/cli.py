@@ -6,6 +6,7 @@
     dqlrec evaluate [--run-date D] [--json]   print the model comparison of a run
     dqlrec config [KEY]               print the resolved configuration (or one value)
     dqlrec demo-date                  print the demo's run date (the simulator's last day)
+    dqlrec first-failure LOG          print the first task failure of an Airflow log (make run's last word)
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import yaml
 
 from dql_model import pipeline, schema
 from dql_model.config import Config, ConfigError, load_config
+from dql_model.errors import InputError
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -113,6 +115,17 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_first_failure(args: argparse.Namespace) -> int:
+    from dql_model import airflow_log
+
+    with open(args.log, errors="replace") as lines:
+        failure = airflow_log.first_task_failure(lines)
+    if failure is None:
+        return 1
+    print(failure.render())
+    return 0
+
+
 def _cmd_demo_date(args: argparse.Namespace) -> int:
     print(load_config(args.config).simulator.end_date)
     return 0
@@ -156,6 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("key", nargs="?", help="section or section.field")
     p.set_defaults(func=_cmd_config)
 
+    p = sub.add_parser("first-failure", help="print the first task failure of an Airflow log (exit 1: none)")
+    p.add_argument("log", help="the output of `airflow dags test`, e.g. var/airflow-run.log")
+    p.set_defaults(func=_cmd_first_failure)
+
     p = sub.add_parser("demo-date", help="print the demo's run date")
     p.set_defaults(func=_cmd_demo_date)
     return parser
@@ -165,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError, pipeline.JobFailed) as exc:
+    except (InputError, FileNotFoundError, pipeline.JobFailed) as exc:  # bad input or a failed job: one line
         print(f"dqlrec: error: {exc}", file=sys.stderr)
         return 2
 

@@ -32,13 +32,14 @@ from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from dql_model import pipeline, schema
+from dql_model.errors import InputError
 
 ENV_PREFIX = "DQLREC_"
 CONFIG_ENV = "DQLREC_CONFIG"
 
 
-class ConfigError(ValueError):
-    """A configuration value is unknown or has the wrong type."""
+class ConfigError(InputError, ValueError):
+    """A configuration value is unknown or has the wrong type (bad input: not retried)."""
 
 
 Encoder = Literal["gru", "lstm", "attention"]
@@ -48,6 +49,7 @@ PurchaseCredit = Literal["cart", "purchase"]
 ScoringEngine = Literal["torch", "spark"]
 SimRefresh = Literal["session", "step"]
 Device = Literal["auto", "cuda", "cpu"]
+EmptyPartition = Literal["fail", "warn"]
 
 
 class _Section:
@@ -359,6 +361,8 @@ class QualityConfig(_Section):
 
     max_bad_fraction: float = 0.01
     """Fail the run when more than this share of a raw partition breaks a row rule."""
+    empty_partition: EmptyPartition = "fail"
+    """A raw events partition with no rows: fail the run, or warn and run on the earlier days' data."""
 
 
 @dataclass

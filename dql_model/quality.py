@@ -26,6 +26,7 @@ import pandas as pd
 import pyarrow as pa
 
 from dql_model import schema
+from dql_model.errors import EmptyInput, InputError, MissingInput
 
 if TYPE_CHECKING:
     from great_expectations.core.batch_definition import BatchDefinition
@@ -56,8 +57,8 @@ _ADVICE = {
 }
 
 
-class DataQualityError(ValueError):
-    """A table broke its data contract; ``report`` holds the details."""
+class DataQualityError(InputError, ValueError):
+    """A table broke its data contract; ``report`` holds the details (bad input: not retried)."""
 
     def __init__(self, report: QualityReport):
         super().__init__(report.message())
@@ -120,6 +121,10 @@ class QualityReport:
     """Every broken rule, blocking or tolerated."""
     max_bad_fraction: float | None = None
     """Share of rows a row rule may break (raw events); None when any failure blocks."""
+    extra_columns: tuple[str, ...] = ()
+    """Columns outside the contract (raw events: not read by the pipeline, reported, not a failure)."""
+    warnings: list[str] = field(default_factory=list)
+    """Findings that fail nothing but must be seen: extra columns, an empty partition let through."""
 
     @property
     def success(self) -> bool:
@@ -137,7 +142,11 @@ class QualityReport:
         label = f"{_TABLE_LABEL.get(self.table, self.table)} partition {self.partition}"
         if self.success:
             head = f"{label}: {self.row_count} rows pass the contract"
-            return head + "".join(f"\n  - tolerated: {f.describe()}" for f in self.tolerated)
+            return (
+                head
+                + "".join(f"\n  - tolerated: {f.describe()}" for f in self.tolerated)
+                + "".join(f"\n  - warning: {w}" for w in self.warnings)
+            )
         limit = (
             f"; a row rule may break on at most {_percent(self.max_bad_fraction)} of rows"
             if self.max_bad_fraction is not None
@@ -151,6 +160,7 @@ class QualityReport:
         if self.tolerated:
             lines.append("  within the tolerated share:")
             lines += [f"  - {label}: {f.describe()}" for f in self.tolerated]
+        lines += [f"  - warning: {w}" for w in self.warnings]
         advice = _ADVICE.get(self.table)
         if advice:
             lines.append(advice)
@@ -172,11 +182,18 @@ class QualityReport:
             "failed_rules": len(self.blocking),
             "tolerated_rules": len(self.tolerated),
             "bad_rows": {f"{f.column or 'table'}:{f.rule}": int(f.unexpected_count) for f in self.failures},
+            "extra_columns": list(self.extra_columns),
+            "warnings": list(self.warnings),
         }
 
 
 def check_raw_partition(cfg: Config, run_date: str) -> QualityReport:
-    """Read the run date's raw events partition and the catalogue, check them; raise on a broken contract."""
+    """Read the run date's raw events partition and the catalogue, check them; raise on a broken contract.
+
+    A missing partition or catalogue raises ``MissingInput``; a partition without rows raises
+    ``EmptyInput`` when ``quality.empty_partition`` is ``fail`` and adds a warning to the report when
+    it is ``warn``. All are bad input (``dql_model.errors``): the DAG does not retry them.
+    """
     from dql_model import storage
 
     partition = f"{schema.EVENT_DATE}={run_date}"
@@ -184,17 +201,37 @@ def check_raw_partition(cfg: Config, run_date: str) -> QualityReport:
     try:
         events = storage.read_partition(folder).to_pandas()
     except FileNotFoundError:
-        raise FileNotFoundError(
+        raise MissingInput(
             f"raw events partition {folder} is missing: no events were loaded for {run_date}. "
             "Load the day's events (or `dqlrec generate` for the demo) and rerun the date."
         ) from None
-    items = storage.read_partition(cfg.layout.table(schema.ITEMS), columns=[schema.ITEM_ID])
+    policy = cfg.quality.empty_partition
+    if events.empty and policy == "fail":
+        raise EmptyInput(
+            f"raw events partition {partition} ({folder}) has no rows, and quality.empty_partition is "
+            f"'fail' (DQLREC_QUALITY__EMPTY_PARTITION): the night would train and score on the earlier "
+            "days' events only. Load the day's events and rerun the date, or set quality.empty_partition "
+            "to 'warn' to run on the earlier days."
+        )
+    catalogue = cfg.layout.table(schema.ITEMS)
+    try:
+        items = storage.read_partition(catalogue, columns=[schema.ITEM_ID])
+    except FileNotFoundError:
+        raise MissingInput(
+            f"the item catalogue {catalogue} is missing: load the items table (or `dqlrec generate` for "
+            "the demo) and rerun the date."
+        ) from None
     report = validate_raw_events(
         events,
         partition=partition,
         known_item_ids=set(items.column(schema.ITEM_ID).to_pylist()),
         max_bad_fraction=cfg.quality.max_bad_fraction,
     )
+    if events.empty:
+        report.warnings.append(
+            f"partition {partition} has no rows; quality.empty_partition is '{policy}', so the night "
+            "runs on the earlier days' events only"
+        )
     return report.raise_for_failures()
 
 
@@ -232,6 +269,7 @@ def validate_raw_events(
     Schema failures (a missing column, a column of the wrong type) always fail. Row rules (ids and
     event time not null, known event type, rating in bounds, item in the catalogue when
     ``known_item_ids`` is given) fail only when they break on more than ``max_bad_fraction`` of rows.
+    Columns outside the contract fail nothing; the report names them (``extra_columns``, a warning).
     """
     import great_expectations.expectations as gxe
     from great_expectations.expectations.row_conditions import Column
@@ -239,6 +277,8 @@ def validate_raw_events(
     contract = schema.arrow_schema(schema.EVENTS)
     failures = _type_failures(df, contract, partition)
     present = set(df.columns)
+    # The partition column may come along when the table was read as a Hive dataset.
+    extra = tuple(sorted(str(c) for c in present - set(contract.names) - {schema.EVENT_DATE}))
     expectations: list[Expectation] = [gxe.ExpectColumnToExist(column=name) for name in contract.names]
     for column in (schema.USER_ID, schema.ITEM_ID, schema.EVENT_TIME, schema.EVENT_TYPE):
         if column in present:
@@ -270,12 +310,19 @@ def validate_raw_events(
         dataclasses.replace(f, blocking=False) if not f.detail and f.fraction <= max_bad_fraction else f
         for f in failures
     ]
+    warnings = (
+        [f"column(s) {list(extra)} are not in the events contract; the pipeline does not read them"]
+        if extra
+        else []
+    )
     return QualityReport(
         table=schema.EVENTS,
         partition=partition,
         row_count=len(df),
         failures=_ordered(failures),
         max_bad_fraction=max_bad_fraction,
+        extra_columns=extra,
+        warnings=warnings,
     )
 
 

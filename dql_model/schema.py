@@ -172,9 +172,14 @@ def arrow_schema(table: str):
 
 
 def iso_date(value) -> str:
-    """A run date or event date as ``YYYY-MM-DD``: a ``date`` or a string naming a real calendar day."""
+    """A run date or event date as ``YYYY-MM-DD``: a ``date`` or a string naming a real calendar day.
+
+    Anything else raises ``errors.BadDate`` (a ValueError, and bad input: not retried).
+    """
     import datetime as dt
     import re
+
+    from dql_model.errors import BadDate
 
     text = value.isoformat() if isinstance(value, dt.date) and not isinstance(value, dt.datetime) else str(value)
     try:
@@ -182,7 +187,7 @@ def iso_date(value) -> str:
             return dt.date.fromisoformat(text).isoformat()
     except ValueError:
         pass
-    raise ValueError(f"expected a calendar date as YYYY-MM-DD, got {value!r}")
+    raise BadDate(f"expected a calendar date as YYYY-MM-DD, got {value!r}")
 
 
 def conform(table, name: str):

@@ -20,6 +20,7 @@ from typing import Any
 
 from dql_model import schema, storage
 from dql_model.config import Config, ConfigError, load_config
+from dql_model.errors import MissingInput
 
 log = logging.getLogger("dqlrec")
 
@@ -28,6 +29,12 @@ def say(message: str) -> None:
     """Progress line in the task log and on stdout (the CLI and `make run` show it)."""
     log.info(message)
     print(f"[dqlrec] {message}", flush=True)
+
+
+def warn(message: str) -> None:
+    """Like ``say``, for something that fails nothing but must be seen."""
+    log.warning(message)
+    print(f"[dqlrec] warning: {message}", flush=True)
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,8 @@ def validate_raw_events(run_date: str, *, options: RunOptions = DEFAULTS, cfg: C
 
     cfg = _config(cfg, options)
     report = quality.check_raw_partition(cfg, run_date)
+    for warning in report.warnings:
+        warn(f"raw events {report.partition}: {warning}")
     say(f"raw events {report.partition}: {report.row_count} rows pass the contract")
     return report.summary()
 
@@ -128,8 +137,12 @@ def evaluate_and_gate(
 
     cfg = _config(cfg, options)
     if options.model_version:
-        if not (Path(cfg.registry.root) / registry.check_version_name(options.model_version)).is_dir():
-            raise FileNotFoundError(f"pinned model version {options.model_version} is not in the registry {cfg.registry.root}")
+        try:
+            registry.check_version_name(options.model_version)
+        except ValueError as error:
+            raise ConfigError(f"run option model_version: {error}") from None
+        if not (Path(cfg.registry.root) / options.model_version).is_dir():
+            raise MissingInput(f"pinned model version {options.model_version} is not in the registry {cfg.registry.root}")
         say(f"scoring with pinned model {options.model_version}; gate not applied")
         return {"scoring_version": options.model_version, "promoted": False, "reason": "pinned by the trigger"}
     challenger = training.get("version") if training.get("trained") else None

@@ -46,7 +46,7 @@ from dql_model import schema
 from dql_model.config import Config, load_config
 from dql_model.layout import ETL_JOB
 from jobs.clean_events import PARTITION_DATE_COL, RULE_ORDER, label_events, split_labelled
-from jobs.common import as_date
+from jobs.common import run_date_arg
 from jobs.item_index import build_item_index
 from jobs.sessions import sessionize
 from jobs.spark_session import (
@@ -73,16 +73,9 @@ class RowCountMismatch(RuntimeError):
     """Input rows != accepted + quarantined: a row was lost or duplicated by the cleaning."""
 
 
-def _run_date(text: str) -> dt.date:
-    try:
-        return as_date(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a date as YYYY-MM-DD, got {text!r}") from None
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=JOB, description=__doc__.splitlines()[0])
-    parser.add_argument("--run-date", required=True, type=_run_date, help="run date, YYYY-MM-DD (UTC)")
+    parser.add_argument("--run-date", required=True, type=run_date_arg, help="run date, YYYY-MM-DD (UTC)")
     parser.add_argument(
         "--config", default=None, help="YAML config (default: $DQLREC_CONFIG, then built-in defaults)"
     )

@@ -7,6 +7,7 @@ whatever the session's time zone (the jobs still set it to UTC for readable outp
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 from collections.abc import Sequence
 
@@ -21,15 +22,23 @@ EVENT_CODE_COL = "_event_code"
 
 
 def as_date(value: dt.date | str) -> dt.date:
-    """A ``date`` from a date or an ISO ``YYYY-MM-DD`` string (a datetime is refused: ambiguous)."""
+    """A ``date`` from a date or a ``YYYY-MM-DD`` string read by ``schema.iso_date`` (its error otherwise).
+
+    A datetime is refused: ambiguous.
+    """
     if isinstance(value, dt.datetime):
         raise TypeError(f"expected a date or 'YYYY-MM-DD', got the datetime {value!r}")
     if isinstance(value, dt.date):
         return value
+    return dt.date.fromisoformat(schema.iso_date(value))
+
+
+def run_date_arg(text: str) -> dt.date:
+    """The argparse ``type`` of every job's ``--run-date``: a calendar day, else schema.iso_date's message."""
     try:
-        return dt.date.fromisoformat(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"expected a date as 'YYYY-MM-DD', got {value!r}") from None
+        return as_date(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def day_start_utc(day: dt.date | str) -> dt.datetime:

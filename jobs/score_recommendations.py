@@ -40,7 +40,7 @@ from dql_model.scoring.engines import ScoringSummary
 from dql_model.scoring.payload import ScoringPayload
 from dql_model.scoring.policy import Policy
 from dql_model.scoring.ranking import Catalogue, Ranker, batch_count, user_keys
-from jobs.common import as_date
+from jobs.common import run_date_arg
 from jobs.spark_session import get_spark, write_partition_atomic, write_text_atomic
 
 JOB = pipeline.SCORING_JOB
@@ -118,15 +118,12 @@ def action_counts(transitions: DataFrame, *, n_items: int) -> np.ndarray:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=JOB, description=__doc__.splitlines()[0])
-    parser.add_argument("--run-date", required=True, help="run date, YYYY-MM-DD (UTC)")
+    parser.add_argument("--run-date", required=True, type=run_date_arg, help="run date, YYYY-MM-DD (UTC)")
     parser.add_argument("--model-version", required=True, help="registry version to score with")
     parser.add_argument("--top-k", type=int, default=0, help="recommendations per user (0: score.top_k)")
     parser.add_argument("--config", default=None, help="YAML config (default: $DQLREC_CONFIG, then defaults)")
     args = parser.parse_args(argv)
-    try:
-        args.run_date = str(as_date(args.run_date))
-    except ValueError as exc:
-        parser.error(str(exc))
+    args.run_date = args.run_date.isoformat()
     return args
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -220,3 +221,107 @@ def test_config_picks_the_scoring_path_and_publishing_emits_the_asset(
         assert [(e.source_task_id, e.extra["run_date"], e.extra["rows"]) for e in events] == [
             ("publish_recommendations", "2026-11-27", 2)
         ]
+
+
+# --- failure paths: bad input fails at once, anything else keeps its retries --------------------
+
+
+def _bad_inputs():
+    from dql_model import errors, quality
+    from dql_model.config import ConfigError
+
+    report = quality.QualityReport(
+        table="events",
+        partition="event_date=2026-11-27",
+        row_count=10,
+        failures=[quality.RuleFailure("event_date=2026-11-27", "user_id", "expect_column_to_exist", 0, 10, detail="column missing")],
+    )
+    return [
+        quality.DataQualityError(report),
+        errors.MissingInput("raw events partition var/x/event_date=2026-11-27 is missing"),
+        errors.EmptyInput("raw events partition event_date=2026-11-27 has no rows"),
+        ConfigError("quality.empty_partition='maybe' is not one of ['fail', 'warn']"),
+    ]
+
+
+def _raising(error):
+    def run(*args, **kwargs):
+        raise error
+
+    return run
+
+
+def _call(dagbag, task_id, *args, params=None):
+    """The task's own function, as its worker runs it, with the run's params in the context."""
+    from airflow.sdk.execution_time.context import set_current_context
+
+    callable_ = dagbag.dags[DAG_ID].get_task(task_id).python_callable
+    with set_current_context({"params": {"run_date": "", **(params or {})}}):
+        return callable_(*args)
+
+
+@pytest.mark.parametrize("error", _bad_inputs(), ids=lambda e: type(e).__name__)
+def test_bad_input_fails_the_task_without_retries_and_keeps_its_message(dagbag, monkeypatch, error):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from dql_model import tasks
+
+    monkeypatch.setattr(tasks, "validate_raw_events", _raising(error))
+    with pytest.raises(AirflowFailException) as caught:
+        _call(dagbag, "validate_raw_events", "2026-11-27")
+    assert str(caught.value) == str(error)  # the error's own words, last in the task log
+    assert caught.value.__cause__ is error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [ConnectionError("S3 endpoint unreachable"), TimeoutError("read timed out"), OSError(5, "I/O error")],
+    ids=lambda e: type(e).__name__,
+)
+def test_transient_errors_keep_their_retries(dagbag, monkeypatch, error):
+    from dql_model import tasks
+
+    monkeypatch.setattr(tasks, "validate_raw_events", _raising(error))
+    with pytest.raises(type(error)) as caught:
+        _call(dagbag, "validate_raw_events", "2026-11-27")
+    assert caught.value is error  # not turned into a fail-without-retry
+
+
+def test_an_unknown_run_option_fails_without_retries(dagbag):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    with pytest.raises(AirflowFailException, match=r"unknown run option\(s\) \['topk'\]"):
+        _call(dagbag, "validate_raw_events", "2026-11-27", params={"topk": 3})
+
+
+@pytest.mark.parametrize("run_date", ["2026-13-45", "2026-02-30"])
+def test_a_run_date_that_is_not_a_calendar_day_fails_without_retries(dagbag, run_date):
+    """The param's pattern lets these through; resolve_run_date refuses them, naming the value."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    with pytest.raises(AirflowFailException, match=f"expected a calendar date as YYYY-MM-DD, got '{run_date}'"):
+        _call(dagbag, "resolve_run_date", params={"run_date": run_date})
+    assert _call(dagbag, "resolve_run_date", params={"run_date": "2026-11-27"}) == "2026-11-27"
+
+
+@pytest.mark.slow
+def test_a_missing_partition_fails_the_run_at_once(airflow_db, dagbag, stubbed_tasks, monkeypatch):
+    """Through Airflow: with retries on, the bad input's task and evaluate_and_gate (all_done) run once."""
+    from dql_model import errors, tasks
+
+    monkeypatch.setattr(tasks, "validate_raw_events", _raising(errors.MissingInput("raw events partition is missing")))
+    dag = dagbag.dags[DAG_ID]
+    for task in dag.tasks:
+        monkeypatch.setattr(task, "retries", 2)
+        monkeypatch.setattr(task, "retry_delay", timedelta(0))  # a retry would run at once, not hide
+    run = dag.test(run_conf={"run_date": "2026-11-27"})
+
+    tis = {ti.task_id: (ti.state, ti.try_number) for ti in run.get_task_instances()}
+    assert run.state == "failed", tis
+    assert tis["resolve_run_date"] == ("success", 1)
+    assert tis["validate_raw_events"] == ("failed", 1), tis
+    assert tis["evaluate_and_gate"] == ("failed", 1), tis
+    ran = {"resolve_run_date", "validate_raw_events", "evaluate_and_gate"}
+    assert {task_id: state for task_id, (state, _) in tis.items() if task_id not in ran} == {
+        task_id: "upstream_failed" for task_id in tis if task_id not in ran
+    }

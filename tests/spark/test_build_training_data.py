@@ -201,7 +201,7 @@ def test_missing_input_and_bad_arguments_name_the_problem(spark, tiny_config, tm
         main(["--run-date", NIGHT2, "--config", str(config_file)])
     with pytest.raises(SystemExit):
         main(["--run-date", "27/11/2026"])
-    assert "expected a date as YYYY-MM-DD, got '27/11/2026'" in capsys.readouterr().err
+    assert "expected a calendar date as YYYY-MM-DD, got '27/11/2026'" in capsys.readouterr().err
 
 
 def test_the_plan_builds_on_the_latest_states_made_with_the_same_settings(spark, tiny_config):

@@ -144,3 +144,107 @@ def test_summary_and_evaluate_read_the_latest_run(capsys, config_file):
     assert code == 0 and "gate: promoted (no champion to compare with)" in out and "challenger" in out
     code, _, err = run(capsys, "--config", str(config_file), "evaluate", "--run-date", "2026-11-01")
     assert code == 2 and "did not finish" in err
+
+
+def test_task_reports_bad_data_in_one_line(capsys, config_file, tiny_config):
+    """An empty day is bad input: exit 2 and the message, not a traceback (and not a silent pass)."""
+    run(capsys, "--config", str(config_file), "generate")
+    folder = tiny_config.layout.partition("events", RUN_DATE)
+    storage.write_partition(storage.read_partition(folder).slice(0, 0), folder)
+    code, _, err = run(capsys, "--config", str(config_file), "task", "validate_raw_events", "--run-date", RUN_DATE)
+    assert code == 2, err
+    assert err.startswith("dqlrec: error: raw events partition event_date=2026-11-27") and "has no rows" in err
+    assert "Traceback" not in err
+
+
+# --- the first task failure of an Airflow log (what `make run` shows last) --------------------------
+
+TASK_RUNNER = "/venv/lib/python3.11/site-packages/airflow/sdk/execution_time/task_runner.py"
+CALLBACK_RUNNER = "/venv/lib/python3.11/site-packages/airflow/sdk/execution_time/callback_runner.py"
+DAG_FILE = "/repo/dags/dql_recommendations.py"
+AIRFLOW_LOG = f"""\
+2026-12-01T11:34:33.371688Z [warning  ] Could not import graphviz. [py.warnings] category=UserWarning
+[dqlrec] raw events event_date=2026-11-27: 812 rows pass the contract
+2026-12-01T11:34:50.997088Z [error    ] Task failed with exception     [task] loc=task_runner.py:1639
+Traceback (most recent call last):
+  File "{DAG_FILE}", line 127, in _bad_input_fails_at_once
+    yield
+  File "/repo/dql_model/quality.py", line 204, in check_raw_partition
+    raise DataQualityError(report)
+dql_model.quality.DataQualityError: raw events partition event_date=2026-11-27 failed 1 data-quality rule (812 rows):
+  - raw events partition event_date=2026-11-27: column item_id, rule expect_column_to_exist: column missing
+
+The above exception was the direct cause of the following exception:
+
+Traceback (most recent call last):
+  File "{TASK_RUNNER}", line 1579, in _run_task_and_map_outcome
+    result = _execute_task(context=context, ti=ti, log=log)
+             ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^
+  File "{CALLBACK_RUNNER}", line 97, in run
+    return func(*args, **kwargs)
+           ^^^^^^^^^^^^^^^^^^^^^
+  File "{DAG_FILE}", line 193, in validate_raw_events
+    return _run("validate_raw_events", run_date)
+  File "{DAG_FILE}", line 129, in _bad_input_fails_at_once
+    raise AirflowFailException(str(error)) from error
+airflow.sdk.exceptions.AirflowFailException: raw events partition event_date=2026-11-27 failed 1 data-quality rule (812 rows):
+  - raw events partition event_date=2026-11-27: column item_id, rule expect_column_to_exist: column missing
+Fix the partition at its source and rerun the date.
+2026-12-01T11:34:51.095276Z [warning  ] No tasks to run. unrunnable tasks: {{<TaskInstance: ...>}}
+2026-12-01T11:34:54.475456Z [error    ] Task failed with exception     [task] loc=task_runner.py:1639
+Traceback (most recent call last):
+  File "{CALLBACK_RUNNER}", line 97, in run
+    return func(*args, **kwargs)
+  File "{DAG_FILE}", line 208, in evaluate_and_gate
+    raise AirflowFailException(
+airflow.sdk.exceptions.AirflowFailException: training data for 2026-11-27 was not built and validated
+2026-12-01T11:34:57.719115Z [warning  ] No tasks to run. unrunnable tasks: {{<TaskInstance: ...>}}
+DagRun failed
+"""
+FIRST_ERROR = """\
+airflow.sdk.exceptions.AirflowFailException: raw events partition event_date=2026-11-27 failed 1 data-quality rule (812 rows):
+  - raw events partition event_date=2026-11-27: column item_id, rule expect_column_to_exist: column missing
+Fix the partition at its source and rerun the date."""
+
+
+def test_the_first_task_failure_is_the_first_tasks_last_exception():
+    from dql_model.airflow_log import first_task_failure
+
+    failure = first_task_failure(AIRFLOW_LOG.splitlines(keepends=True))
+    assert failure.task == "validate_raw_events"
+    assert failure.error == FIRST_ERROR  # all of its lines, none of the next record's
+
+
+def test_a_failure_at_the_end_of_the_log_stops_before_prints_and_the_cli_verdict():
+    from dql_model.airflow_log import first_task_failure
+
+    spark_failure = f"""\
+\x1b[2m2026-12-01T11:40:00.000001Z\x1b[0m [\x1b[31merror    \x1b[0m] Task failed with exception [task]
+Traceback (most recent call last):
+  File "{TASK_RUNNER}", line 1579, in _run_task_and_map_outcome
+    result = _execute_task(context=context, ti=ti, log=log)
+  File "/venv/lib/python3.11/site-packages/airflow/providers/apache/spark/hooks/spark_submit.py", line 655, in submit
+    raise AirflowException(
+airflow.sdk.exceptions.AirflowException: Cannot execute: spark-submit --name dqlrec-build-training-data jobs/build_training_data.py. Error code is: 1.
+[dqlrec] a later task's progress line
+DagRun failed
+"""
+    failure = first_task_failure((AIRFLOW_LOG.split("2026-12-01T11:34:50")[0] + spark_failure).splitlines())
+    assert failure.task is None  # an operator task: its id is not in the traceback
+    assert failure.error == (
+        "airflow.sdk.exceptions.AirflowException: Cannot execute: spark-submit --name dqlrec-build-training-data "
+        "jobs/build_training_data.py. Error code is: 1."
+    )
+    assert first_task_failure(AIRFLOW_LOG.split("2026-12-01T11:34:50")[0].splitlines()) is None
+
+
+def test_first_failure_prints_the_error_last_and_exits_1_without_one(capsys, tmp_path):
+    log = tmp_path / "airflow-run.log"
+    log.write_text(AIRFLOW_LOG)
+    code, out, _ = run(capsys, "first-failure", str(log))
+    assert code == 0
+    assert out == f"The first task that failed, validate_raw_events:\n{FIRST_ERROR}\n"
+    log.write_text("2026-12-01T11:34:33.371688Z [warning  ] Could not import graphviz.\nDagRun failed\n")
+    assert run(capsys, "first-failure", str(log))[:2] == (1, "")
+    code, _, err = run(capsys, "first-failure", str(tmp_path / "none.log"))
+    assert code == 2 and "none.log" in err

@@ -64,6 +64,7 @@ FIXED_CHOICES = {
     "train.device": ["auto", "cuda", "cpu"],
     "score.engine": ["torch", "spark"],
     "eval.sim_refresh": ["session", "step"],
+    "quality.empty_partition": ["fail", "warn"],
 }
 
 

@@ -59,6 +59,8 @@ def test_clean_raw_partition_passes():
         "failed_rules": 0,
         "tolerated_rules": 0,
         "bad_rows": {},
+        "extra_columns": [],
+        "warnings": [],
     }
 
 
@@ -268,3 +270,107 @@ def test_empty_or_off_contract_recommendations_fail():
         (schema.PROPENSITY, "expect_column_to_exist"),
         ("prob", "expect_table_columns_to_match_set"),
     }
+
+
+# --- bad input: one classification ----------------------------------------------------------------
+
+
+def test_input_errors_are_classified_in_one_place():
+    """Bad input derives from errors.InputError (the DAG does not retry it); the rest may be transient."""
+    from dql_model import errors, pipeline
+    from dql_model.config import ConfigError
+
+    report = quality.QualityReport(table=schema.EVENTS, partition=PARTITION, row_count=0)
+    with pytest.raises(errors.BadDate) as bad_date:
+        schema.iso_date("2026-13-45")
+    bad_input = [
+        DataQualityError(report),
+        ConfigError("score.engine='gpu' is not one of ['torch', 'spark']"),
+        errors.MissingInput("raw events partition is missing"),
+        errors.EmptyInput("raw events partition has no rows"),
+        bad_date.value,
+    ]
+    assert all(isinstance(e, errors.InputError) for e in bad_input)
+    # Callers that catch the built-in kinds still catch them.
+    assert isinstance(errors.MissingInput("x"), FileNotFoundError)
+    assert all(isinstance(e, ValueError) for e in bad_input if not isinstance(e, errors.MissingInput))
+    maybe_transient = [
+        pipeline.JobFailed("Spark job build_training_data failed"),
+        FileNotFoundError("staged partition is missing"),
+        ConnectionError("S3 endpoint unreachable"),
+        ValueError("a bug"),
+    ]
+    assert not any(isinstance(e, errors.InputError) for e in maybe_transient)
+
+
+def test_a_missing_raw_partition_is_bad_input(tiny_config):
+    from dql_model import errors
+
+    with pytest.raises(errors.MissingInput, match="event_date=2026-11-20 is missing: no events were loaded"):
+        quality.check_raw_partition(tiny_config, "2026-11-20")
+
+
+# --- the empty-day policy and columns outside the contract -----------------------------------------
+
+
+def write_raw(cfg, events: pd.DataFrame) -> None:
+    from dql_model import storage
+
+    contract = schema.arrow_schema(schema.EVENTS)
+    fields = [contract.field(c) if c in contract.names else pa.field(c, pa.string()) for c in events.columns]
+    table = pa.Table.from_pandas(events, schema=pa.schema(fields), preserve_index=False)
+    storage.write_partition(table, cfg.layout.partition(schema.EVENTS, "2026-11-20"))
+    items = pa.table({schema.ITEM_ID: [f"i{i}" for i in range(11)]})
+    storage.write_partition(items, cfg.layout.table(schema.ITEMS))
+
+
+def test_an_empty_raw_partition_fails_by_default_naming_the_partition_and_the_setting(tiny_config):
+    from dql_model import errors
+
+    assert tiny_config.quality.empty_partition == "fail"
+    write_raw(tiny_config, raw_events().iloc[:0])
+    with pytest.raises(errors.EmptyInput) as caught:
+        quality.check_raw_partition(tiny_config, "2026-11-20")
+    message = str(caught.value)
+    assert "raw events partition event_date=2026-11-20" in message and "has no rows" in message
+    assert "quality.empty_partition is 'fail'" in message and "'warn'" in message
+
+
+def test_an_empty_raw_partition_only_warns_when_set_to_warn(tiny_config):
+    cfg = tiny_config.replace(quality={"empty_partition": "warn"})
+    write_raw(cfg, raw_events().iloc[:0])
+    report = quality.check_raw_partition(cfg, "2026-11-20")
+
+    assert report.success and report.row_count == 0
+    assert len(report.warnings) == 1
+    assert "event_date=2026-11-20 has no rows; quality.empty_partition is 'warn'" in report.warnings[0]
+    assert report.summary()["warnings"] == report.warnings
+    assert "warning: partition event_date=2026-11-20 has no rows" in report.message()
+
+
+def test_an_empty_partition_with_a_broken_schema_still_fails(tiny_config):
+    cfg = tiny_config.replace(quality={"empty_partition": "warn"})
+    write_raw(cfg, raw_events().iloc[:0].drop(columns=[schema.SESSION_ID]))
+    with pytest.raises(DataQualityError, match="column session_id, rule expect_column_to_exist"):
+        quality.check_raw_partition(cfg, "2026-11-20")
+
+
+def test_columns_outside_the_contract_are_reported_not_failed():
+    events = raw_events().assign(campaign="black-friday", referrer="mail")
+    report = validate_raw_events(events, partition=PARTITION, max_bad_fraction=0.0)
+    assert report.success, report.message()
+    assert report.extra_columns == ("campaign", "referrer")
+    assert report.summary()["extra_columns"] == ["campaign", "referrer"]
+    assert "['campaign', 'referrer'] are not in the events contract" in report.message()
+
+
+
+
+def test_the_task_logs_the_warnings_and_returns_the_extra_columns(tiny_config, capsys):
+    from dql_model import tasks
+
+    write_raw(tiny_config, raw_events().assign(campaign="x"))
+    summary = tasks.validate_raw_events("2026-11-20", cfg=tiny_config)
+    out = capsys.readouterr().out
+    assert "[dqlrec] warning: raw events event_date=2026-11-20: column(s) ['campaign'] are not in" in out
+    assert summary["extra_columns"] == ["campaign"]

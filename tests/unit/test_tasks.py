@@ -33,7 +33,7 @@ def test_a_misspelt_or_mistyped_option_is_refused(params, message):
 def test_a_pinned_model_version_must_be_a_registry_folder(tiny_config):
     from dql_model import tasks
 
-    with pytest.raises(ValueError, match="is not a model version name"):
+    with pytest.raises(ConfigError, match="run option model_version: '../../etc' is not a model version name"):
         tasks.evaluate_and_gate("2026-11-27", {}, options=RunOptions(model_version="../../etc"), cfg=tiny_config)
     with pytest.raises(FileNotFoundError, match="pinned model version 20261127-cafe1234 is not in the registry"):
         tasks.evaluate_and_gate("2026-11-27", {}, options=RunOptions(model_version="20261127-cafe1234"), cfg=tiny_config)
