@@ -34,7 +34,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 from dql_model import pipeline, schema
 from dql_model.errors import InputError
 
-ENV_PREFIX = "DQLREC_"
+ENV_PREFIX = pipeline.CONFIG_ENV_PREFIX
 CONFIG_ENV = "DQLREC_CONFIG"
 
 

@@ -478,17 +478,20 @@ def count_transitions(folder: str | os.PathLike[str], *, split: str) -> int:
     return total
 
 
-def action_counts(folder: str | os.PathLike[str], *, n_items: int, split: str = schema.TRAIN) -> np.ndarray:
-    """How often each item_idx is the logged action in one split: float64 [n_items + 1].
+def action_counts(
+    folder: str | os.PathLike[str], *, n_items: int, split: str | tuple[str, ...] = schema.TRAIN
+) -> np.ndarray:
+    """How often each item_idx is the logged action in one split (or several, in one read): float64 [n_items + 1].
 
-    The popularity baseline and the scoring fallback rank by these counts. Actions beyond
-    n_items (items the caller does not know) are ignored.
+    The popularity baseline (train) and the scoring fallback (train and validation) rank by these
+    counts. Actions beyond n_items (items the caller does not know) are ignored.
     """
+    splits = pa.array([split] if isinstance(split, str) else list(split), pa.string())
     counts = np.zeros(n_items + 1, dtype=np.float64)
     for file in parquet_files(folder):
         pf = pq.ParquetFile(file)
         for rb in pf.iter_batches(batch_size=65_536, columns=[schema.ACTION, schema.SPLIT]):
-            action = rb.column(schema.ACTION).filter(pc.equal(rb.column(schema.SPLIT), split))
+            action = rb.column(schema.ACTION).filter(pc.is_in(rb.column(schema.SPLIT), value_set=splits))
             action = pc.drop_null(action).to_numpy(zero_copy_only=False).astype(np.int64)
             action = action[(action > 0) & (action <= n_items)]
             counts += np.bincount(action, minlength=n_items + 1)

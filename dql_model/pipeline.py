@@ -78,7 +78,7 @@ class JobFailed(RuntimeError):
 
 
 CONFIG_ENV_PREFIX = "DQLREC_"
-"""Environment variables of the config (dql_model.config.ENV_PREFIX): not passed to a job's child."""
+"""Prefix of the config's environment variables (dql_model.config reads them); not passed to a job's child."""
 FAILED_JOB_LINES = 20
 """Lines of a failed job's output quoted in its error."""
 

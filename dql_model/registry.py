@@ -38,7 +38,7 @@ from safetensors.torch import save_file
 
 from dql_model.config import Config, ModelConfig
 from dql_model.networks import QNetwork
-from dql_model.storage import write_json_atomic
+from dql_model.storage import read_json, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -185,8 +185,8 @@ def load_model(
         "config": saved["config"],
         "n_items": saved["n_items"],
         "n_categories": saved["n_categories"],
-        "metrics": _read_json(folder / METRICS),
-        "data_window": _read_json(folder / DATA_WINDOW),
+        "metrics": read_json(folder / METRICS),
+        "data_window": read_json(folder / DATA_WINDOW),
     }
     return model, meta
 
@@ -241,10 +241,6 @@ def build_network(model_config: dict[str, Any], n_items: int, n_categories: int)
     return QNetwork(n_items, n_categories, ModelConfig(**{k: v for k, v in fields.items() if k in known}))
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def list_versions(registry_root: str | os.PathLike[str]) -> list[str]:
     """Registered versions, oldest name first."""
     root = Path(registry_root)
@@ -259,12 +255,12 @@ def list_versions(registry_root: str | os.PathLike[str]) -> list[str]:
 
 def version_metrics(registry_root: str | os.PathLike[str], version: str) -> dict[str, Any]:
     """The metrics saved with a version."""
-    return _read_json(Path(registry_root) / check_version_name(version) / METRICS)
+    return read_json(Path(registry_root) / check_version_name(version) / METRICS)
 
 
 def version_data_window(registry_root: str | os.PathLike[str], version: str) -> dict[str, Any]:
     """The data window saved with a version (run date, what it was warm-started from)."""
-    return _read_json(Path(registry_root) / check_version_name(version) / DATA_WINDOW)
+    return read_json(Path(registry_root) / check_version_name(version) / DATA_WINDOW)
 
 
 def incumbent_for(registry_root: str | os.PathLike[str], run_date: str) -> str | None:

@@ -7,7 +7,6 @@ published, the evaluation, the ETL counts) and ``report.md`` (written by the rep
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from datetime import datetime
@@ -39,22 +38,16 @@ def write_evaluation(
     return evaluation
 
 
-def read_json(path: str | Path) -> dict[str, Any]:
-    """A report file as a dict; {} when the run did not write it."""
-    path = Path(path)
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def write_run_report(cfg: Config, run_date: str, published: dict[str, Any], *, written_at: datetime) -> str:
     """summary.json and report.md of a run, beside its evaluation.json; returns the folder."""
     from dql_model import storage
 
     folder = cfg.layout.report(run_date)
-    etl = read_json(cfg.layout.etl_summary(run_date)).get("counts", {})
+    etl = storage.read_json(cfg.layout.etl_summary(run_date)).get("counts", {})
     summary = {
         "run_date": run_date,
         "published": published,
-        "evaluation": read_json(Path(folder) / EVALUATION),
+        "evaluation": storage.read_json(Path(folder) / EVALUATION),
         "etl": etl,
         "config_hash": cfg.hash(),
         "written_at": written_at.isoformat(timespec="seconds"),

@@ -64,6 +64,12 @@ def read_partition(folder: str | os.PathLike[str], columns: list[str] | None = N
     return pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
 
 
+def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A JSON file written by write_json_atomic as a dict; {} when there is none (not written yet)."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> Path:
     """Write ``payload`` as JSON (sorted keys, indented) so readers see the old or the new file, never half.
 

@@ -148,9 +148,7 @@ def score_with_torch(cfg: Config, run_date: str, version: str) -> ScoringSummary
     items = data.load_item_features(layout.partition(schema.ITEM_INDEX, run_date), price_buckets=cfg.model.price_buckets)
     states = data.load_user_states(layout.partition(schema.USER_STATES, run_date), max_len=cfg.etl.max_len)
     transitions = layout.partition(schema.TRANSITIONS, run_date)
-    popularity = sum(
-        data.action_counts(transitions, n_items=items.n_items, split=split) for split in (schema.TRAIN, schema.VALIDATION)
-    )
+    popularity = data.action_counts(transitions, n_items=items.n_items, split=(schema.TRAIN, schema.VALIDATION))
     table = score_users(
         model,
         states,
