@@ -45,6 +45,7 @@ run: install
 	@$(BIN)/dqlrec generate --if-empty
 	@$(BIN)/airflow db migrate > var/airflow-migrate.log 2>&1 || { cat var/airflow-migrate.log; exit 1; }
 	@date="$(RUN_DATE)"; [ -n "$$date" ] || date=$$($(BIN)/dqlrec demo-date); \
+	  date=$$($(BIN)/dqlrec run-date "$$date") || exit 1; \
 	  echo "Running DAG $(DAG_ID) for run date $$date (log: var/airflow-run.log)"; \
 	  $(BIN)/airflow dags test $(DAG_ID) -c "{\"run_date\": \"$$date\"}" > var/airflow-run.log 2>&1; rc=$$?; \
 	  grep -E "^\[dqlrec\]" var/airflow-run.log || true; \

@@ -89,8 +89,8 @@ def synthetic_inputs(n_items: int, n_users: int, seed: int = 0):
         user_id=pa.array([f"user-{u}" for u in range(n_users)]),
         state_items=state_items,
         state_events=np.where(columns, rng.integers(1, 5, (n_users, MAX_LEN)), 0),
-        purchased_indptr=np.concatenate([[0], np.cumsum(bought)]),
-        purchased_items=rng.integers(1, n_items + 1, bought.sum()),
+        excluded_indptr=np.concatenate([[0], np.cumsum(bought)]),
+        excluded_items=rng.integers(1, n_items + 1, bought.sum()),
     )
     return model, items, states, rng.poisson(5.0, n_items + 1).astype(np.float64)
 

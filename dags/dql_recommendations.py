@@ -17,8 +17,8 @@ it with `schedule=[Asset(name="dqlrec_recommendations", uri="dqlrec://warehouse/
 and read `triggering_asset_events` for the date.
 
 **Run date.** A scheduled run processes the day before its logical date (the day that just ended).
-A manual trigger can set `run_date`; without it, yesterday (UTC) is used. A `run_date` that is not a
-calendar day fails `resolve_run_date`.
+A manual trigger can set `run_date` (a day, or `latest`: the last loaded events partition); without
+it, yesterday (UTC) is used. A `run_date` that is not a calendar day fails `resolve_run_date`.
 
 **Failures.** Bad input (`dql_model.errors.InputError`: a raw partition that is missing or empty, a
 broken data contract, a refused config value or param, a run date that is not a calendar day) fails
@@ -84,8 +84,11 @@ params = {
         "",
         type="string",
         title="Run date",
-        description="Day of events to process (YYYY-MM-DD). Empty: the day before the logical date.",
-        pattern=r"^(\d{4}-\d{2}-\d{2})?$",
+        description=(
+            "Day of events to process (YYYY-MM-DD), or 'latest' for the last loaded events partition. "
+            "Empty: the day before the logical date."
+        ),
+        pattern=r"^(\d{4}-\d{2}-\d{2}|latest)?$",
     ),
     "top_k": Param(
         0,
@@ -181,10 +184,11 @@ with DAG(
         context = get_current_context()
         chosen = context["params"].get("run_date") or ""
         if chosen:
-            from dql_model import schema
+            from dql_model.config import load_config
+            from dql_model.run_dates import resolve_run_date
 
             with _bad_input_fails_at_once():
-                return schema.iso_date(chosen)
+                return resolve_run_date(load_config(), chosen)
         logical = context.get("logical_date") or pendulum.now("UTC")
         return logical.subtract(days=1).to_date_string()
 

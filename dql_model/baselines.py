@@ -181,13 +181,14 @@ def tune_cooccurrence(
     *,
     metric: str = schema.metric_name("ndcg", 10),
     grid=COOCCURRENCE_GRID,
+    exclude: data.Exclusions | None = None,
 ) -> tuple[CooccurrenceScorer, list[dict[str, Any]]]:
     """The grid setting with the best validation ``metric``, and every trial's settings and value."""
     trials, best, best_value = [], None, float("-inf")
     k = schema.metric_k(metric)
     for setting in grid:
         scorer = CooccurrenceScorer(counts, **setting)
-        value = evaluate_scorer(scorer, val, ks=(k,)).get(metric, 0.0) if len(val) else 0.0
+        value = evaluate_scorer(scorer, val, ks=(k,), exclude=exclude).get(metric, 0.0) if len(val) else 0.0
         trials.append({**setting, "value": value})
         if best is None or value > best_value:
             best, best_value = scorer, value
@@ -228,6 +229,7 @@ def search_supervised(
     trials: int | None = None,
     epochs: int | None = None,
     grid=SUPERVISED_GRID,
+    exclude: str = "none",
     progress: Callable[[str], None] = print,
 ) -> SupervisedSearch | None:
     """Train the first ``trials`` grid settings (default eval.baseline_trials) in supervised mode
@@ -243,6 +245,7 @@ def search_supervised(
             trial_cfg,
             transitions_dir=transitions_dir,
             item_index_dir=item_index_dir,
+            exclude=exclude,
             progress=lambda line, n=number: progress(f"supervised trial {n}/{trials}: {line}"),
         )
         value = result.best_value
@@ -282,14 +285,16 @@ def fit_baselines(
     item_index_dir: str,
     items: data.ItemFeatures,
     val: data.TransitionBatch,
+    exclude: str = "none",
     progress: Callable[[str], None] = print,
 ) -> Baselines:
-    """Supervised (searched), co-occurrence (tuned) and popularity, fitted on the training split."""
+    """Supervised (searched), co-occurrence (tuned) and popularity, fitted on the training split;
+    tuned on validation with the items of the ``exclude`` rule masked, as the models are judged."""
     scorers: dict[str, Scorer] = {}
     details: dict[str, Any] = {}
     histories: dict[str, list[dict[str, float]]] = {}
     search = search_supervised(
-        cfg, transitions_dir=transitions_dir, item_index_dir=item_index_dir, progress=progress
+        cfg, transitions_dir=transitions_dir, item_index_dir=item_index_dir, exclude=exclude, progress=progress
     )
     if search is not None:
         scorers["supervised"] = QNetworkScorer(search.model, n_items=items.n_items)
@@ -300,7 +305,8 @@ def fit_baselines(
         }
         histories["supervised"] = search.history
     counts = CooccurrenceCounts.from_transitions(transitions_dir, n_items=items.n_items, max_len=cfg.etl.max_len)
-    cooccurrence, trials = tune_cooccurrence(counts, val, metric=cfg.eval.early_stop_metric)
+    masks = data.load_exclusions(transitions_dir, exclude=exclude)
+    cooccurrence, trials = tune_cooccurrence(counts, val, metric=cfg.eval.early_stop_metric, exclude=masks)
     scorers["cooccurrence"] = cooccurrence
     details["cooccurrence"] = {
         "picked": {"window": cooccurrence.window, "decay": cooccurrence.decay},

@@ -6,6 +6,7 @@
     dqlrec evaluate [--run-date D] [--json]   print the model comparison of a run
     dqlrec config [KEY]               print the resolved configuration (or one value)
     dqlrec demo-date                  print the demo's run date (the simulator's last day)
+    dqlrec run-date [D|latest]        print a run date as YYYY-MM-DD; fails when its events are not loaded
     dqlrec first-failure LOG          print the first task failure of an Airflow log (make run's last word)
 """
 
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from dql_model import pipeline, schema
+from dql_model import pipeline, run_dates, schema
 from dql_model.config import Config, ConfigError, load_config
 from dql_model.errors import InputError
 
@@ -43,18 +44,19 @@ def _cmd_task(args: argparse.Namespace) -> int:
     from dql_model import tasks
 
     cfg = load_config(args.config)
+    run_date = run_dates.resolve_run_date(cfg, args.run_date)
     options = tasks.RunOptions(
         top_k=args.top_k, skip_training=args.skip_training, model_version=args.model_version, force_cpu=args.force_cpu
     )
     result: dict = {}
     for step in pipeline.chain_to(args.name):
         if step.job:
-            pipeline.run_job(step.job, args.run_date, config=options.apply(cfg).to_dict(), scratch=cfg.layout.root)
-            result = {"job": step.job, "run_date": args.run_date}
+            pipeline.run_job(step.job, run_date, config=options.apply(cfg).to_dict(), scratch=cfg.layout.root)
+            result = {"job": step.job, "run_date": run_date}
             continue
         task = getattr(tasks, step.name)
         upstream = (result,) if step.needs else ()
-        result = task(args.run_date, *upstream, options=options, cfg=cfg)
+        result = task(run_date, *upstream, options=options, cfg=cfg)
     print(json.dumps(result, indent=2, default=str))
     return 0
 
@@ -93,6 +95,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(figures, indent=2, sort_keys=True))
     else:
         print(f"run {evaluation['run_date']}, {evaluation['validation_events']} validation events")
+        if report.protocol_line(evaluation):
+            print(report.protocol_line(evaluation))
         print(report.comparison_table(evaluation["metrics"]))
         print(f"gate: {'promoted' if evaluation['promoted'] else 'kept champion'} ({evaluation['reason']})")
         for simulation in report.simulations(evaluation):
@@ -132,10 +136,18 @@ def _cmd_demo_date(args: argparse.Namespace) -> int:
 
 
 def _run_date(text: str) -> str:
+    """A calendar date, or ``latest`` (resolved against the warehouse once the config is loaded)."""
+    if text.strip().lower() == run_dates.LATEST:
+        return run_dates.LATEST
     try:
         return schema.iso_date(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _cmd_run_date(args: argparse.Namespace) -> int:
+    print(run_dates.resolve_run_date(load_config(args.config), args.value, require_loaded=True))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo-date", help="print the demo's run date")
     p.set_defaults(func=_cmd_demo_date)
+
+    p = sub.add_parser("run-date", help="print a run date as YYYY-MM-DD ('latest': the last loaded day); fails if not loaded")
+    p.add_argument("value", nargs="?", default=run_dates.LATEST, help="YYYY-MM-DD or latest (default)")
+    p.set_defaults(func=_cmd_run_date)
     return parser
 
 

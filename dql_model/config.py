@@ -20,6 +20,7 @@ were in ``train`` and ``registry`` and now have their own section, ``eval``.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import json
 import os
@@ -50,6 +51,8 @@ ScoringEngine = Literal["torch", "spark"]
 SimRefresh = Literal["session", "step"]
 Device = Literal["auto", "cuda", "cpu"]
 EmptyPartition = Literal["fail", "warn"]
+Validation = Literal["auto", "time", "leave_last_out"]
+Exclude = Literal["auto", "purchased", "interacted", "none"]
 
 
 class _Section:
@@ -118,6 +121,31 @@ def check_sql_url(url: str, where: str = "publish.sql_url") -> None:
         )
 
 
+def train_window_start(window: str, run_date: dt.date, first_day: dt.date) -> dt.date:
+    """First day of the training window ``etl.train_window`` for a run date, given the first loaded day.
+
+    Never before ``first_day``; a window that starts after the run date is refused.
+    """
+    text = str(window).strip().lower()
+    if text == "all":
+        return first_day
+    days = text[:-1] if text.endswith("d") else text
+    if days.isdigit():
+        if int(days) < 1:
+            raise ConfigError(f"etl.train_window={window!r}: a window of days must be at least 1 day")
+        return max(first_day, run_date - dt.timedelta(days=int(days) - 1))
+    try:
+        start = dt.date.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(
+            f"etl.train_window={window!r} is not 'all', a number of days ('14' or '14d') or a first day "
+            "(YYYY-MM-DD)"
+        ) from None
+    if start > run_date:
+        raise ConfigError(f"etl.train_window={window!r} starts after the run date {run_date}")
+    return max(first_day, start)
+
+
 def _check_choices(value: Any, typ: Any, where: str) -> None:
     origin = typing.get_origin(typ)
     if origin is Literal:
@@ -154,7 +182,7 @@ class SimulatorConfig(_Section):
     """Number of products in the catalogue."""
     n_categories: int = 20
     """Number of product categories."""
-    n_days: int = 21
+    n_days: int = 14
     """Days of events generated, ending on the run date."""
     end_date: str = "2026-11-27"
     """Last day of generated events (UTC), the demo's run date."""
@@ -178,10 +206,16 @@ class EtlConfig(_Section):
     """Number of recent interactions kept in a user state (L)."""
     session_gap_minutes: int = 30
     """Inactivity gap that starts a new session when the event has no session_id."""
-    train_days: int = 14
-    """Days of events, ending on the run date, that make transitions."""
+    train_window: str = "all"
+    """Events that make transitions: ``all`` (every loaded day), ``N`` or ``Nd`` (the N days ending on
+    the run date) or a first day ``YYYY-MM-DD``. ``all`` reads the whole history each night; bound it
+    (e.g. ``90d``) when the history is long and the nights must stay short."""
+    validation: Validation = "auto"
+    """How the validation split is held out: ``time`` (the last val_days days of the window),
+    ``leave_last_out`` (each user's last interaction, the protocol of RecBole and most papers) or
+    ``auto`` (time when those days hold at least 5% of the window's events, else leave_last_out)."""
     val_days: int = 2
-    """Last days of the training window held out for validation."""
+    """Days at the end of the training window held out by the time split."""
     lookback_days: int = 3
     """Late events up to this many days older than the partition they arrive in are accepted."""
     incremental: bool = True
@@ -196,6 +230,14 @@ class EtlConfig(_Section):
     """A rating v in [1, 5] earns reward_rating_scale * (v - 3) / 2, in [-1, 1]."""
     reward_value_weighted: bool = False
     """Multiply purchase rewards by price / mean price (the item-value weights w_i)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.train_window = str(self.train_window).strip().lower()
+        train_window_start(self.train_window, dt.date(2000, 1, 1), dt.date(2000, 1, 1))  # refuses a bad value
+        if self.val_days < 1:
+            raise ConfigError(f"etl.val_days={self.val_days} must be at least 1")
+
 
 
 @dataclass
@@ -260,6 +302,10 @@ class TrainConfig(_Section):
     """Seed of initialisation and batching; CPU runs are bit-for-bit reproducible."""
     checkpoints: bool = True
     """Checkpoint every epoch under <registry.root>/.checkpoints; a rerun after a crash resumes there."""
+    refit: bool = False
+    """After early stopping, train the same start again on train + validation for the best epoch
+    count, and score with that refit (the published model has seen the newest days). The gate still
+    judges the model that never saw validation. Doubles the training time."""
 
 
 @dataclass
@@ -307,8 +353,11 @@ class ScoreConfig(_Section):
     """Recommendations per user."""
     batch_size: int = 2048
     """Users per scoring batch (grouped by a hash of user_id, so both engines form the same batches)."""
-    mask_purchased: bool = True
-    """Never recommend what the user already bought."""
+    exclude: Exclude = "auto"
+    """Items never recommended to a user: ``purchased`` (what they bought, the shop default),
+    ``interacted`` (every item in their whole history: for ratings and other consumption data),
+    ``none``, or ``auto`` (interacted when the data has ratings and no purchases, else purchased).
+    The nightly evaluation masks the same items, so its metrics describe the published lists."""
     engine: ScoringEngine = "torch"
     """torch (batched matrix products in the scoring task) or spark (a Spark job, model broadcast to executors)."""
     explore_slots: int = 0
@@ -448,8 +497,16 @@ LEGACY_FIELDS = {
     ("train", "sim_refresh"): ("eval", "sim_refresh"),
     ("registry", "gate_metric"): ("eval", "gate_metric"),
     ("registry", "gate_tolerance"): ("eval", "gate_tolerance"),
+    ("etl", "train_days"): ("etl", "train_window"),
+    ("score", "mask_purchased"): ("score", "exclude"),
 }
-"""Old (section, field) -> where it lives now; old names are moved with a warning, never refused."""
+"""Old (section, field) -> where it lives now; old names are moved with a warning, never refused.
+A value that changed meaning is translated by ``LEGACY_VALUES``."""
+
+LEGACY_VALUES = {
+    ("score", "mask_purchased"): lambda masked: "purchased" if _coerce(masked, bool, "score.mask_purchased") else "none",
+}
+"""Old (section, field) -> how its value reads under the new name."""
 
 
 def _section_types() -> dict[str, type]:
@@ -505,7 +562,8 @@ def _moved_fields(data: dict[str, Any], origin: str) -> dict[str, Any]:
         if new_name in target:
             note = f"ignored: {new_section}.{new_name} is given too and wins"
         else:
-            target[new_name] = value
+            translate = LEGACY_VALUES.get((old_section, old_name))
+            target[new_name] = translate(value) if translate else value
         warnings.warn(f"{origin}: {old_section}.{old_name} is now {new_section}.{new_name}; {note}", FutureWarning, stacklevel=3)
     return moved
 

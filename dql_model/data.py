@@ -38,9 +38,32 @@ TRANSITION_COLUMNS = [
     schema.SPLIT,
 ]
 ITEM_INDEX_COLUMNS = [schema.ITEM_ID, schema.ITEM_IDX, schema.CATEGORY_ID, schema.PRICE, schema.AVAILABLE]
-USER_STATE_COLUMNS = [schema.USER_ID, schema.ITEM_SEQ, schema.EVENT_SEQ, schema.PURCHASED]
+USER_STATE_COLUMNS = [schema.USER_ID, schema.ITEM_SEQ, schema.EVENT_SEQ]
+EXCLUDE_RULES = ("purchased", "interacted", "none")
+"""What scoring (and the evaluation) never recommends to a user: ``score.exclude`` once resolved."""
+EXCLUDE_STATE_COLUMN = {"purchased": schema.PURCHASED, "interacted": schema.INTERACTED}
+"""user_states column each rule masks (``none``: nothing)."""
+EXCLUDE_HISTORY_COLUMN = {"purchased": schema.HISTORY_PURCHASED, "interacted": schema.HISTORY_ITEMS}
+"""transitions column (validation rows) each rule masks."""
 CART_CODE = schema.EVENT_CODE[schema.ADD_TO_CART]
 PURCHASE_CODE = schema.EVENT_CODE[schema.PURCHASE]
+
+
+def night_protocol(cfg, run_date: str) -> dict:
+    """The protocol the night's ETL job chose (validation split, exclusion rule, event types), from
+    its run summary; {} for a summary written before it recorded one, or none at all."""
+    from dql_model.storage import read_json
+
+    return read_json(cfg.layout.etl_summary(run_date)).get("protocol") or {}
+
+
+def exclude_rule(score_cfg, protocol: dict | None) -> str:
+    """``score.exclude`` (a ScoreConfig's), with auto resolved as the night's ETL job chose it
+    (``night_protocol``); without a recorded choice (older runs) purchases are masked, as every run
+    did then."""
+    if score_cfg.exclude != "auto":
+        return score_cfg.exclude
+    return (protocol or {}).get("exclude", "purchased")
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,23 +169,48 @@ class UserStates:
     """[U, L] int64 item_idx, left-padded."""
     state_events: np.ndarray
     """[U, L] int64 event codes, left-padded."""
-    purchased_indptr: np.ndarray
-    """[U + 1] int64 offsets into purchased_items (CSR rows)."""
-    purchased_items: np.ndarray
-    """[nnz] int64 item_idx already purchased, user u's are [indptr[u]:indptr[u+1]]."""
+    excluded_indptr: np.ndarray
+    """[U + 1] int64 offsets into excluded_items (CSR rows)."""
+    excluded_items: np.ndarray
+    """[nnz] int64 item_idx never to recommend (the ``score.exclude`` rule); user u's are
+    [indptr[u]:indptr[u+1]]."""
 
     def __len__(self) -> int:
         return len(self.user_id)
 
     def slice(self, start: int, stop: int) -> UserStates:
-        lo, hi = self.purchased_indptr[start], self.purchased_indptr[min(stop, len(self))]
+        lo, hi = self.excluded_indptr[start], self.excluded_indptr[min(stop, len(self))]
         return UserStates(
             user_id=self.user_id[start:stop],
             state_items=self.state_items[start:stop],
             state_events=self.state_events[start:stop],
-            purchased_indptr=self.purchased_indptr[start : stop + 1] - lo,
-            purchased_items=self.purchased_items[lo:hi],
+            excluded_indptr=self.excluded_indptr[start : stop + 1] - lo,
+            excluded_items=self.excluded_items[lo:hi],
         )
+
+
+@dataclass
+class Exclusions:
+    """Items masked per row of a TransitionBatch (CSR), what scoring would not have recommended."""
+
+    indptr: np.ndarray
+    """[B + 1] int64 offsets into items."""
+    items: np.ndarray
+    """[nnz] int64 item_idx masked; row r's are items[indptr[r]:indptr[r + 1]]."""
+
+    def __len__(self) -> int:
+        return len(self.indptr) - 1
+
+    @classmethod
+    def none(cls, n_rows: int) -> Exclusions:
+        return cls(np.zeros(n_rows + 1, dtype=np.int64), np.zeros(0, dtype=np.int64))
+
+    def pairs(self, rows: slice) -> tuple[np.ndarray, np.ndarray]:
+        """(row within the slice, item_idx) of the masked items of rows ``rows``."""
+        start, stop, _ = rows.indices(len(self))
+        lo, hi = self.indptr[start], self.indptr[stop]
+        counts = np.diff(self.indptr[start : stop + 1])
+        return np.repeat(np.arange(stop - start), counts), self.items[lo:hi]
 
 
 # --------------------------------------------------------------------------------------------
@@ -356,11 +404,12 @@ def _read_split(
     folder: str | os.PathLike[str],
     *,
     max_len: int,
-    split: str | None,
+    split: str | tuple[str, ...] | None,
     read_rows: int,
     rng: np.random.Generator | None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Decoded chunks of one split (None: all rows); with ``rng``, in shuffled file/row-group order."""
+    """Decoded chunks of one split, or of several (a tuple; None: all rows); with ``rng``, in shuffled
+    file/row-group order."""
     opened = {}
     units = []
     for file in parquet_files(folder):
@@ -374,8 +423,10 @@ def _read_split(
             batch_size=read_rows, row_groups=[row_group], columns=TRANSITION_COLUMNS
         )
         for rb in batches:
-            if split is not None:
+            if isinstance(split, str):
                 rb = rb.filter(pc.equal(rb.column(schema.SPLIT), split))
+            elif split is not None:
+                rb = rb.filter(pc.is_in(rb.column(schema.SPLIT), pa.array(split)))
             if rb.num_rows:
                 yield _decode_transitions(rb, max_len, f"{file} (row group {row_group})")
 
@@ -404,7 +455,7 @@ def iter_transition_batches(
     *,
     max_len: int,
     batch_size: int,
-    split: str = schema.TRAIN,
+    split: str | tuple[str, ...] = schema.TRAIN,
     shuffle: bool = True,
     seed: int = 0,
     buffer_rows: int = 65_536,
@@ -548,34 +599,89 @@ def item_features_from_table(table: pa.Table, *, price_buckets: int, where: str)
     )
 
 
-def decode_user_states(table: pa.Table | pa.RecordBatch, max_len: int) -> UserStates:
-    """user_states rows (``USER_STATE_COLUMNS``) as arrays: a partition, a file's batch, a Spark batch."""
-    purchased = _combined(table.column(schema.PURCHASED))
-    counts = pc.fill_null(pc.list_value_length(purchased), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+def user_state_columns(exclude: str) -> list[str]:
+    """The user_states columns scoring reads under an exclusion rule (``EXCLUDE_RULES``)."""
+    if exclude not in EXCLUDE_RULES:
+        raise ValueError(f"exclusion rule {exclude!r} is not one of {list(EXCLUDE_RULES)}")
+    column = EXCLUDE_STATE_COLUMN.get(exclude)
+    return USER_STATE_COLUMNS + ([column] if column else [])
+
+
+def _csr(lists: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """(indptr, values) of a list column; a null list is an empty row."""
+    lists = _combined(lists)
+    counts = pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    values = pc.list_flatten(lists).to_numpy(zero_copy_only=False).astype(np.int64)
+    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), values
+
+
+def decode_user_states(table: pa.Table | pa.RecordBatch, max_len: int, *, exclude: str = "purchased") -> UserStates:
+    """user_states rows (``user_state_columns(exclude)``) as arrays: a partition, a file's batch, a Spark batch."""
+    column = EXCLUDE_STATE_COLUMN.get(exclude)
+    if column is None:
+        indptr, items = np.zeros(table.num_rows + 1, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    else:
+        indptr, items = _csr(table.column(column))
     return UserStates(
         user_id=_combined(table.column(schema.USER_ID)).cast(pa.string()),
         state_items=pad_left(table.column(schema.ITEM_SEQ), max_len),
         state_events=pad_left(table.column(schema.EVENT_SEQ), max_len),
-        purchased_indptr=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-        purchased_items=pc.fill_null(purchased.flatten(), 0).to_numpy(zero_copy_only=False).astype(np.int64),
+        excluded_indptr=indptr,
+        excluded_items=items,
     )
 
 
 def iter_user_states(
-    folder: str | os.PathLike[str], *, max_len: int, batch_rows: int = 262_144
+    folder: str | os.PathLike[str], *, max_len: int, exclude: str = "purchased", batch_rows: int = 262_144
 ) -> Iterator[UserStates]:
     """The user_states partition in chunks of at most ``batch_rows`` users, in file order."""
+    columns = user_state_columns(exclude)
     for file in parquet_files(folder):
         pf = pq.ParquetFile(file)
-        _check_columns(file, pf.schema_arrow.names, USER_STATE_COLUMNS)
-        for rb in pf.iter_batches(batch_size=batch_rows, columns=USER_STATE_COLUMNS):
-            yield decode_user_states(rb, max_len)
+        _check_columns(file, pf.schema_arrow.names, columns)
+        for rb in pf.iter_batches(batch_size=batch_rows, columns=columns):
+            yield decode_user_states(rb, max_len, exclude=exclude)
 
 
-def load_user_states(folder: str | os.PathLike[str], *, max_len: int) -> UserStates:
-    """The whole user_states partition: left-padded states and CSR purchased lists."""
+def load_user_states(folder: str | os.PathLike[str], *, max_len: int, exclude: str = "purchased") -> UserStates:
+    """The whole user_states partition: left-padded states and the CSR lists of excluded items."""
+    columns = user_state_columns(exclude)
     tables = []
     for file in parquet_files(folder):
-        _check_columns(file, pq.ParquetFile(file).schema_arrow.names, USER_STATE_COLUMNS)
-        tables.append(pq.read_table(file, columns=USER_STATE_COLUMNS))
-    return decode_user_states(pa.concat_tables(tables), max_len)
+        _check_columns(file, pq.ParquetFile(file).schema_arrow.names, columns)
+        tables.append(pq.read_table(file, columns=columns))
+    return decode_user_states(pa.concat_tables(tables), max_len, exclude=exclude)
+
+
+def load_exclusions(
+    folder: str | os.PathLike[str], *, exclude: str, split: str = schema.VALIDATION, read_rows: int = 65_536
+) -> Exclusions:
+    """The items the rule masks for each row of one split, rows in ``load_transitions`` order.
+
+    From the ``history_items`` / ``history_purchased`` columns the ETL job writes on validation
+    rows (the user's whole history before the event). Partitions written before those columns
+    existed mask nothing.
+    """
+    column = EXCLUDE_HISTORY_COLUMN.get(exclude)
+    if exclude not in EXCLUDE_RULES:
+        raise ValueError(f"exclusion rule {exclude!r} is not one of {list(EXCLUDE_RULES)}")
+    indptrs, values, n_rows = [np.zeros(1, dtype=np.int64)], [], 0
+    for file in parquet_files(folder):
+        pf = pq.ParquetFile(file)
+        has_column = column is not None and column in pf.schema_arrow.names
+        columns = [schema.SPLIT, column] if has_column else [schema.SPLIT]
+        for row_group in range(pf.metadata.num_row_groups):
+            for rb in pf.iter_batches(batch_size=read_rows, row_groups=[row_group], columns=columns):
+                rb = rb.filter(pc.equal(rb.column(schema.SPLIT), split))
+                if not rb.num_rows:
+                    continue
+                if has_column:
+                    indptr, items = _csr(rb.column(column))
+                else:
+                    indptr, items = np.zeros(rb.num_rows + 1, dtype=np.int64), np.zeros(0, dtype=np.int64)
+                offset = sum(len(v) for v in values)
+                indptrs.append(indptr[1:] + offset)
+                values.append(items)
+                n_rows += rb.num_rows
+    items = np.concatenate(values) if values else np.zeros(0, dtype=np.int64)
+    return Exclusions(np.concatenate(indptrs).astype(np.int64), items.astype(np.int64))

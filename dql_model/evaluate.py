@@ -86,8 +86,13 @@ def evaluate_scorer(
     *,
     ks: tuple[int, ...] = DEFAULT_KS,
     batch_size: int = 1024,
+    exclude: data.Exclusions | None = None,
 ) -> dict[str, float]:
     """HR, NDCG and MRR at each k over all validation events and per event type, plus coverage.
+
+    ``exclude`` (``data.load_exclusions``) masks, per event, the items scoring would never have
+    recommended (the ``score.exclude`` rule over the user's history before it), so the metrics
+    describe the lists that are published; an event on a masked item counts as a miss.
 
     Names: ``eval/ndcg@10`` (all events), ``eval/purchase/ndcg@10`` (one event type),
     ``eval/coverage@10`` (share of the catalogue in at least one top-10), ``eval/seen@10``
@@ -97,11 +102,19 @@ def evaluate_scorer(
     out: dict[str, float] = {f"{schema.metric_prefix()}n": float(len(val))}
     if not len(val):
         return out
+    if exclude is not None and len(exclude) != len(val):
+        raise ValueError(f"exclusions cover {len(exclude)} rows, the validation split has {len(val)}")
     ranks, covered, seen, purchased = [], None, 0.0, 0.0
     purchase_code = schema.EVENT_CODE[schema.PURCHASE]
     for start in range(0, len(val), batch_size):
         rows = slice(start, start + batch_size)
         scores = np.asarray(scorer.scores(val.state_items[rows], val.state_events[rows]))
+        if exclude is not None:
+            masked_rows, masked_items = exclude.pairs(rows)
+            if len(masked_rows):
+                scores = np.array(scores, dtype=np.float32 if scores.dtype == np.float32 else np.float64)
+                keep = masked_items < scores.shape[1]
+                scores[masked_rows[keep], masked_items[keep]] = -np.inf
         if covered is None:
             covered = np.zeros(scores.shape[1], dtype=bool)
         ranks.append(metrics.rank_of_targets(scores, val.action[rows]))
@@ -126,15 +139,26 @@ def evaluate_scorer(
     return out
 
 
+def usable_metric(metric: str, val: data.TransitionBatch) -> tuple[str, str | None]:
+    """``metric``, or the same metric over all events when the validation split has no event of the
+    type it is restricted to (ratings-only data and a purchase metric); the note says why."""
+    event_type = schema.metric_event_type(metric)
+    if event_type is None or (val.event_code == schema.EVENT_CODE[event_type]).any():
+        return metric, None
+    overall = schema.overall_metric(metric)
+    return overall, f"no {event_type} events in the validation split: {metric} falls back to {overall}"
+
+
 def evaluate_models(
     named_scorers: Mapping[str, Scorer],
     val: data.TransitionBatch,
     *,
     ks: tuple[int, ...] = DEFAULT_KS,
     batch_size: int = 1024,
+    exclude: data.Exclusions | None = None,
 ) -> dict[str, dict[str, float]]:
     """evaluate_scorer for each named scorer: {name: metrics}, all under the same metric names."""
     return {
-        name: evaluate_scorer(scorer, val, ks=ks, batch_size=batch_size)
+        name: evaluate_scorer(scorer, val, ks=ks, batch_size=batch_size, exclude=exclude)
         for name, scorer in named_scorers.items()
     }

@@ -74,6 +74,10 @@ class NightEvaluation:
     scoring_version: str
     """The champion after the gate: the model that scores tonight."""
     gate_metric: str
+    """The metric the gate compared (eval.gate_metric, or its all-events form when the data has no
+    event of its type)."""
+    protocol: dict[str, Any] = field(default_factory=dict)
+    """How the night held out validation, what it masked, and the event types it had (ETL summary)."""
     baselines: dict[str, Any] = field(default_factory=dict)
     """How each baseline was picked (search trials, tuned settings)."""
     learning_curves: dict[str, list[dict[str, float]]] = field(default_factory=dict)
@@ -103,13 +107,27 @@ def evaluate_night(
 ) -> NightEvaluation:
     """Evaluate tonight's models, apply the gate and point the champion; see the module docstring."""
     from dql_model import baselines, evaluate, registry
-    from dql_model.data import load_item_features, load_transitions
+    from dql_model.data import (
+        exclude_rule,
+        load_exclusions,
+        load_item_features,
+        load_transitions,
+        night_protocol,
+    )
 
     root = Path(cfg.registry.root)
     transitions_dir = cfg.layout.partition(schema.TRANSITIONS, run_date)
     item_index_dir = cfg.layout.partition(schema.ITEM_INDEX, run_date)
     items = load_item_features(item_index_dir, price_buckets=cfg.model.price_buckets)
     val = load_transitions(transitions_dir, max_len=cfg.etl.max_len, split=schema.VALIDATION)
+    protocol = night_protocol(cfg, run_date)
+    exclude = exclude_rule(cfg.score, protocol)
+    masks = load_exclusions(transitions_dir, exclude=exclude)
+    present = {t: int((val.event_code == code).sum()) for t, code in schema.EVENT_CODE.items()}
+    progress(
+        f"validation: {len(val)} events ({', '.join(f'{t} {n}' for t, n in present.items() if n) or 'none'}), "
+        f"split {protocol.get('validation', 'unknown')}, masking {exclude} items"
+    )
 
     # Without a challenger the current champion scores; with one, it faces the incumbent.
     champion = registry.incumbent_for(root, run_date) if challenger else registry.champion_version(root)
@@ -124,23 +142,36 @@ def evaluate_night(
             model, _ = registry.load_model(root / version)
             scorers[name] = evaluate.QNetworkScorer(model, n_items=items.n_items)
     fitted = baselines.fit_baselines(
-        cfg, transitions_dir=transitions_dir, item_index_dir=item_index_dir, items=items, val=val, progress=progress
+        cfg,
+        transitions_dir=transitions_dir,
+        item_index_dir=item_index_dir,
+        items=items,
+        val=val,
+        exclude=exclude,
+        progress=progress,
     )
     scorers.update(fitted.scorers)
-    results = evaluate.evaluate_models(scorers, val)
+    results = evaluate.evaluate_models(scorers, val, exclude=masks)
     for name, metrics in results.items():
         progress(f"{name:<12} " + "  ".join(f"{m} {_figure(metrics.get(m))}" for m in HEADLINE_METRICS))
 
+    gate_metric, fallback = evaluate.usable_metric(cfg.eval.gate_metric, val)
+    if fallback:
+        progress(f"gate: {fallback}")
     if challenger is None:
         promoted, reason = False, f"no challenger ({no_challenger_reason})"
     else:
         promoted, reason = compare(
-            results.get("champion"), results["challenger"], metric=cfg.eval.gate_metric, tolerance=cfg.eval.gate_tolerance
+            results.get("champion"), results["challenger"], metric=gate_metric, tolerance=cfg.eval.gate_tolerance
         )
+        if fallback:
+            reason = f"{reason}; {fallback}"
         # Point the champion explicitly either way: on a rerun it may still name this date's model.
         registry.set_champion(root, challenger if promoted else champion)
     scoring_version = registry.champion_version(root)
     progress(f"gate: {'promoted' if promoted else 'kept champion'} ({reason}); scoring with {scoring_version}")
+    if scoring_version is None:  # a challenger without the metric, and no champion to fall back on
+        raise RuntimeError(f"no model to score with for {run_date}: {reason}, and the registry {root} has no champion")
     night = NightEvaluation(
         run_date=run_date,
         validation_events=int(len(val.action)),
@@ -150,7 +181,8 @@ def evaluate_night(
         promoted=promoted,
         reason=reason,
         scoring_version=scoring_version,
-        gate_metric=cfg.eval.gate_metric,
+        gate_metric=gate_metric,
+        protocol=protocol,
         baselines=fitted.details,
         learning_curves={
             **({"challenger": registry.version_metrics(root, challenger).get("history", [])} if challenger else {}),

@@ -101,13 +101,18 @@ def recommend(
     *,
     allowed: np.ndarray,
     slate: int,
-    mask_purchased: bool = True,
+    exclude: str = "purchased",
 ) -> np.ndarray:
-    """Top-``slate`` item_idx per row after the masks; -1 where fewer items are left."""
+    """Top-``slate`` item_idx per row after the masks; -1 where fewer items are left.
+
+    ``exclude`` (a ``data.EXCLUDE_RULES`` rule) masks the purchases in the state, every item in it,
+    or nothing: the shopper's history here is the state itself.
+    """
     scores = np.array(scorer.scores(state_items, state_events), dtype=np.float64)
     scores[:, ~allowed] = -np.inf
-    if mask_purchased:
-        rows, cols = np.nonzero(state_events == PURCHASE_CODE)
+    if exclude != "none":
+        masked = state_items > 0 if exclude == "interacted" else state_events == PURCHASE_CODE
+        rows, cols = np.nonzero(masked)
         scores[rows, state_items[rows, cols]] = -np.inf
     top, values = metrics.top_k(scores, slate)
     return np.where(np.isfinite(values), top, -1)
@@ -124,7 +129,7 @@ def run_policy(
     steps: int,
     slate: int,
     max_len: int,
-    mask_purchased: bool = True,
+    exclude: str = "purchased",
     refresh: str = "session",
 ) -> dict[str, float]:
     """One seed of one policy: mean return, purchases, add-to-carts and slate clicks per shopper,
@@ -142,7 +147,7 @@ def run_policy(
             history_items, history_codes = env.histories(max_len)
             state_items, state_events = catalogue.states(history_items[rows], history_codes[rows])
             top = recommend(
-                scorer, state_items, state_events, allowed=allowed, slate=slate, mask_purchased=mask_purchased
+                scorer, state_items, state_events, allowed=allowed, slate=slate, exclude=exclude
             )
             shown[rows] = np.where(top > 0, catalogue.idx_to_env[np.maximum(top, 0)], -1)
             rankings += rows.size
@@ -219,7 +224,8 @@ def simulate_policies(
                 steps=steps,
                 slate=slate,
                 max_len=max_len,
-                mask_purchased=cfg.score.mask_purchased,
+                # The simulated shop sells: score.exclude auto is purchased there, as the ETL job decides.
+                exclude="purchased" if cfg.score.exclude == "auto" else cfg.score.exclude,
                 refresh=refresh,
             )
             for seed in range(seeds)

@@ -201,9 +201,10 @@ def check_raw_partition(cfg: Config, run_date: str) -> QualityReport:
     try:
         events = storage.read_partition(folder).to_pandas()
     except FileNotFoundError:
+        from dql_model.run_dates import loaded_event_dates, missing_run_date_message
+
         raise MissingInput(
-            f"raw events partition {folder} is missing: no events were loaded for {run_date}. "
-            "Load the day's events (or `dqlrec generate` for the demo) and rerun the date."
+            missing_run_date_message(cfg.layout.table(schema.EVENTS), run_date, loaded_event_dates(cfg))
         ) from None
     policy = cfg.quality.empty_partition
     if events.empty and policy == "fail":

@@ -36,6 +36,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_weights
 from safetensors.torch import save_file
 
+from dql_model import schema
 from dql_model.config import Config, ModelConfig
 from dql_model.networks import QNetwork
 from dql_model.storage import read_json, write_json_atomic
@@ -229,6 +230,12 @@ def _warn_unverified(folder: Path, saved: dict[str, Any]) -> None:
     )
 
 
+def model_source(meta: dict[str, Any]) -> str:
+    """The recommendation source of a loaded version (``load_model``'s metadata): its train.mode."""
+    mode = (meta.get("config") or {}).get("train", {}).get("mode", "dqn")
+    return schema.MODEL_SOURCES.get(mode, schema.SOURCE_DQN)
+
+
 def build_network(model_config: dict[str, Any], n_items: int, n_categories: int) -> QNetwork:
     """An untrained QNetwork of a saved shape: the one way a stored model is rebuilt (then its weights load).
 
@@ -278,6 +285,16 @@ def incumbent_for(registry_root: str | os.PathLike[str], run_date: str) -> str |
             return version
         version = window.get("warm_start_from")
     return None
+
+
+REFIT_OF = "refit_of"
+"""data_window key of a refit version (train.refit): the version it is the refit of."""
+
+
+def refit_of(registry_root: str | os.PathLike[str], version: str) -> str | None:
+    """The refit of ``version`` (trained on its train + validation), or None when it has none."""
+    found = [v for v in list_versions(registry_root) if version_data_window(registry_root, v).get(REFIT_OF) == version]
+    return max(found) if found else None
 
 
 def champion_version(registry_root: str | os.PathLike[str]) -> str | None:

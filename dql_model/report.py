@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dql_model.schema import ADD_TO_CART, PURCHASE, VIEW, metric_name, metric_prefix
+from dql_model.schema import ADD_TO_CART, PURCHASE, RATING, VIEW, metric_name, metric_prefix
 
 if TYPE_CHECKING:
     from dql_model.config import Config
@@ -64,10 +64,18 @@ TABLE_COLUMNS = (
     (metric_name("ndcg", 10, PURCHASE), "purchase NDCG@10"),
     (metric_name("ndcg", 10, ADD_TO_CART), "cart NDCG@10"),
     (metric_name("ndcg", 10, VIEW), "view NDCG@10"),
+    (metric_name("ndcg", 10, RATING), "rating NDCG@10"),
     (metric_name("coverage", 10), "coverage@10"),
     (metric_name("purchased", 10), "bought@10"),
 )
-DETAIL_EVENTS = ((None, "all events"), (VIEW, "views"), (ADD_TO_CART, "add-to-carts"), (PURCHASE, "purchases"))
+"""A column whose metric no model has (an event type the data lacks) is left out of the table."""
+DETAIL_EVENTS = (
+    (None, "all events"),
+    (VIEW, "views"),
+    (ADD_TO_CART, "add-to-carts"),
+    (PURCHASE, "purchases"),
+    (RATING, "ratings"),
+)
 DETAIL_METRICS = tuple((m, k) for m in ("hr", "ndcg", "mrr") for k in (5, 10, 20))
 MODEL_NOTES = {
     "challenger": "tonight's DQN",
@@ -91,15 +99,36 @@ def in_table_order(named: dict[str, Any]) -> dict[str, Any]:
     return dict(sorted(named.items(), key=lambda item: rank.get(item[0], len(rank))))
 
 
+def table_columns(metrics: dict[str, dict[str, float]]) -> list[tuple[str, str]]:
+    """The TABLE_COLUMNS some model has a value for: the event types the validation split holds."""
+    return [(key, title) for key, title in TABLE_COLUMNS if any(key in values for values in metrics.values())]
+
+
 def comparison_rows(metrics: dict[str, dict[str, float]]) -> list[list[str]]:
-    """One row per model (in_table_order), one column per TABLE_COLUMNS entry."""
+    """One row per model (in_table_order), one column per ``table_columns`` entry."""
+    columns = table_columns(metrics)
     metrics = in_table_order(metrics)
-    return [[name] + [_cell(values.get(key)) for key, _ in TABLE_COLUMNS] for name, values in metrics.items()]
+    return [[name] + [_cell(values.get(key)) for key, _ in columns] for name, values in metrics.items()]
 
 
 def comparison_table(metrics: dict[str, dict[str, float]], *, markdown: bool = False) -> str:
-    header = ["model"] + [title for _, title in TABLE_COLUMNS]
+    header = ["model"] + [title for _, title in table_columns(metrics)]
     return _table(header, comparison_rows(metrics), markdown=markdown)
+
+
+def protocol_line(evaluation: dict[str, Any]) -> str:
+    """How the night was evaluated: the split, the masked items and the event types it had."""
+    protocol = evaluation.get("protocol") or {}
+    if not protocol:
+        return ""
+    counts = protocol.get("event_types") or {}
+    present = ", ".join(f"{name} {n}" for name, n in counts.items() if n) or "none"
+    absent = [name for name, n in counts.items() if not n]
+    return (
+        f"Validation split: {protocol.get('validation')} ({protocol.get('validation_reason')}); masked: "
+        f"{protocol.get('exclude')} items ({protocol.get('exclude_reason')}). Events in the training window: "
+        f"{present}" + (f"; none of: {', '.join(absent)}" if absent else "") + "."
+    )
 
 
 def detail_tables(metrics: dict[str, dict[str, float]]) -> str:
@@ -111,6 +140,8 @@ def detail_tables(metrics: dict[str, dict[str, float]]) -> str:
         key = f"{metric_prefix(event_type)}n"
         counts = {name: values.get(key) for name, values in metrics.items()}
         n = next((int(c) for c in counts.values() if isinstance(c, int | float)), 0)
+        if event_type is not None and n == 0:
+            continue  # an event type the validation split does not have
         rows = [
             [name] + [_cell(values.get(metric_name(m, k, event_type))) for m, k in DETAIL_METRICS]
             for name, values in metrics.items()
@@ -214,7 +245,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
     for key in ("transitions_train", "transitions_validation"):
         if key in etl:
             lines.append(f"- {key.replace('_', ' ')}: {etl[key]}")
-    lines += ["", "## Offline evaluation (validation window, full-catalogue ranking)", ""]
+    lines += ["", "## Offline evaluation (validation split, full-catalogue ranking)", ""]
     if evaluation.get("metrics"):
         lines.append(comparison_table(evaluation["metrics"], markdown=True))
         lines += [
@@ -223,6 +254,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
             f"{'promoted' if evaluation.get('promoted') else 'kept the champion'} ({evaluation.get('reason')}). "
             f"Scoring model: `{evaluation.get('scoring_version')}`. "
             "bought@10: share of top-10 slots holding an item the state shows as already purchased.",
+            "",
+            protocol_line(evaluation),
             "",
         ]
         lines += [f"- **{name}**: {note}" for name, note in MODEL_NOTES.items() if name in evaluation["metrics"]]

@@ -42,6 +42,9 @@ ITEM_SEQ = "item_seq"
 EVENT_SEQ = "event_seq"
 GAP_SEQ = "gap_seq"
 PURCHASED = "purchased"
+INTERACTED = "interacted"
+HISTORY_ITEMS = "history_items"
+HISTORY_PURCHASED = "history_purchased"
 LAST_EVENT_TIME = "last_event_time"
 N_EVENTS = "n_events"
 ACTION = "action"
@@ -66,7 +69,12 @@ RATING_BOUNDS = (1.0, 5.0)
 SOURCE_DQN = "dqn"
 SOURCE_FALLBACK = "fallback_popular"
 SOURCE_EXPLORE = "explore"
-SOURCES = (SOURCE_DQN, SOURCE_FALLBACK, SOURCE_EXPLORE)
+SOURCE_SUPERVISED = "supervised"
+SOURCES = (SOURCE_DQN, SOURCE_FALLBACK, SOURCE_EXPLORE, SOURCE_SUPERVISED)
+"""What produced a recommendation row: the Q-network (dqn), a network trained in train.mode
+supervised, the popularity fallback, or an exploration draw."""
+MODEL_SOURCES = {"dqn": SOURCE_DQN, "supervised": SOURCE_SUPERVISED}
+"""train.mode of a model -> the source of the rows it ranks."""
 
 # Quarantine rules (the name of the rule a row failed).
 RULE_NULL_ID = "null_id"
@@ -97,6 +105,18 @@ def metric_k(name: str) -> int:
     return int(name.rpartition("@")[2])
 
 
+def metric_event_type(name: str) -> str | None:
+    """The event type a metric is restricted to (``eval/purchase/ndcg@10`` -> purchase), else None."""
+    parts = name.rpartition("@")[0].split("/")
+    return parts[1] if len(parts) == 3 else None
+
+
+def overall_metric(name: str) -> str:
+    """The same metric over all events: ``eval/purchase/ndcg@10`` -> ``eval/ndcg@10``."""
+    kind = name.rpartition("@")[0].split("/")[-1]
+    return metric_name(kind, metric_k(name))
+
+
 def is_metric_name(name: str) -> bool:
     """True for a name ``metric_name`` can produce (a known kind, a positive k, a known event type)."""
     head, _, k = name.rpartition("@")
@@ -118,11 +138,12 @@ SPARK_DDL = {
     ),
     USER_STATES: (
         "user_id STRING, item_seq ARRAY<INT>, event_seq ARRAY<INT>, gap_seq ARRAY<DOUBLE>, "
-        "purchased ARRAY<INT>, last_event_time TIMESTAMP, n_events BIGINT"
+        "purchased ARRAY<INT>, interacted ARRAY<INT>, last_event_time TIMESTAMP, n_events BIGINT"
     ),
     TRANSITIONS: (
         "user_id STRING, event_time TIMESTAMP, item_seq ARRAY<INT>, event_seq ARRAY<INT>, "
-        "action INT, event_type STRING, reward DOUBLE, done BOOLEAN, split STRING"
+        "action INT, event_type STRING, reward DOUBLE, done BOOLEAN, split STRING, "
+        "history_items ARRAY<INT>, history_purchased ARRAY<INT>"
     ),
     QUARANTINE: (
         "event_time TIMESTAMP, user_id STRING, item_id STRING, event_type STRING, "

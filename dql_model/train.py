@@ -34,7 +34,7 @@ import torch
 from dql_model import data, schema
 from dql_model.agent import DQNAgent
 from dql_model.config import Config
-from dql_model.evaluate import QNetworkScorer, evaluate_scorer
+from dql_model.evaluate import QNetworkScorer, evaluate_scorer, usable_metric
 from dql_model.networks import QNetwork
 
 CHECKPOINTS = ".checkpoints"
@@ -210,10 +210,13 @@ class Checkpoints:
         self.folder = Path(folder)
 
     @staticmethod
-    def run_key(cfg: Config, *, transitions_dir: str, item_index_dir: str, warm_start: QNetwork | None) -> str:
-        """Hash of what determines the run's result: config, inputs, warm-start weights."""
+    def run_key(
+        cfg: Config, *, transitions_dir: str, item_index_dir: str, warm_start: QNetwork | None, refit: bool = False
+    ) -> str:
+        """Hash of what determines the run's result: config, inputs, warm-start weights, refit or not."""
         digest = hashlib.sha256()
         inputs = {
+            **({"refit": True} if refit else {}),
             "config": cfg.to_dict(),
             "transitions": str(Path(transitions_dir).resolve()),
             "item_index": str(Path(item_index_dir).resolve()),
@@ -330,9 +333,16 @@ def train_model(
     transitions_dir: str,
     item_index_dir: str,
     warm_start: QNetwork | None = None,
+    exclude: str = "none",
+    refit: bool = False,
     progress: Callable[[str], None] = print,
 ) -> TrainResult:
-    """Train a Q-network on one transitions partition; see the module docstring."""
+    """Train a Q-network on one transitions partition; see the module docstring.
+
+    Early stopping ranks validation with the items of the ``exclude`` rule masked
+    (``data.load_exclusions``), as the gate and scoring do. With ``refit`` it trains on the train and
+    validation splits together for ``train.epochs`` epochs, with nothing held out to stop on.
+    """
     if cfg.train.epochs < 1:
         raise ValueError(f"train.epochs={cfg.train.epochs}: need at least one epoch")
     started = time.perf_counter()
@@ -350,17 +360,24 @@ def train_model(
             # A changed model config must not fail every night: train from scratch instead.
             model = build_model(items, cfg)
             progress(f"warning: {error}; training from scratch")
+    fit_splits = (schema.TRAIN, schema.VALIDATION) if refit else schema.TRAIN
     val = data.load_transitions(transitions_dir, max_len=cfg.etl.max_len, split=schema.VALIDATION)
-    if len(val):
+    masks = data.load_exclusions(transitions_dir, exclude=exclude)
+    if refit:  # validation is trained on: nothing is left to stop on
+        val, masks = val.take(slice(0, 0)), data.Exclusions.none(0)
+    elif len(val):
         _check_indices(val, items.n_items, f"{transitions_dir} (validation)")
     else:
         progress(f"warning: no validation transitions in {transitions_dir}; no early stopping")
     agent = DQNAgent(model, cfg.train, device=device, amp_dtype=amp_dtype)
-    patience, metric = cfg.train.patience, cfg.eval.early_stop_metric
+    patience = cfg.train.patience
+    metric, fallback = usable_metric(cfg.eval.early_stop_metric, val)
+    if fallback:
+        progress(f"early stopping: {fallback}")
     checkpoints = None
     if cfg.train.checkpoints:
         key = Checkpoints.run_key(
-            cfg, transitions_dir=transitions_dir, item_index_dir=item_index_dir, warm_start=warm_start
+            cfg, transitions_dir=transitions_dir, item_index_dir=item_index_dir, warm_start=warm_start, refit=refit
         )
         checkpoints = Checkpoints(Path(cfg.registry.root) / CHECKPOINTS / key)
     progress(
@@ -380,7 +397,7 @@ def train_model(
             transitions_dir,
             max_len=cfg.etl.max_len,
             batch_size=cfg.train.batch_size,
-            split=schema.TRAIN,
+            split=fit_splits,
             seed=cfg.train.seed * 1_000 + epoch,
             n_step=cfg.train.n_step,
             credit_carts=cfg.train.purchase_credit == "cart",
@@ -390,12 +407,12 @@ def train_model(
         row = {"epoch": float(epoch)}
         train_metrics, n_rows = _train_epoch(agent, batches, items.n_items, f"{transitions_dir} (train)")
         if n_rows == 0:
-            raise ValueError(f"{transitions_dir}: no '{schema.TRAIN}' transitions to train on")
+            raise ValueError(f"{transitions_dir}: no {fit_splits} transitions to train on")
         run.n_transitions = n_rows
         train_seconds = time.perf_counter() - epoch_start
         row.update(train_metrics)
         if len(val):
-            row.update(evaluate_scorer(QNetworkScorer(model, device=device), val))
+            row.update(evaluate_scorer(QNetworkScorer(model, device=device), val, exclude=masks))
         row["time/epoch_s"] = time.perf_counter() - epoch_start
         row["throughput/transitions_per_s"] = n_rows / max(train_seconds, 1e-9)
         run.history.append(row)
@@ -451,30 +468,62 @@ def train_challenger(cfg: Config, run_date: str, *, progress: Callable[[str], No
     incumbent = registry.incumbent_for(cfg.registry.root, run_date)
     if incumbent:
         warm_start, _ = registry.load_model(Path(cfg.registry.root) / incumbent)
+    protocol = data.night_protocol(cfg, run_date)
     result = train_model(
         cfg,
         transitions_dir=cfg.layout.partition(schema.TRANSITIONS, run_date),
         item_index_dir=cfg.layout.partition(schema.ITEM_INDEX, run_date),
         warm_start=warm_start,
+        exclude=data.exclude_rule(cfg.score, protocol),
         progress=progress,
     )
+    window = {
+        "run_date": run_date,
+        "train_window": cfg.etl.train_window,
+        "validation": protocol.get("validation", cfg.etl.validation),
+        "val_days": cfg.etl.val_days,
+        "transitions": result.n_transitions,
+        "warm_start_from": incumbent,
+    }
     version = registry.save_model(
         result.model,
         cfg,
         registry_root=cfg.registry.root,
         metrics={"history": result.history, "best": result.best_metrics},
-        data_window={
-            "run_date": run_date,
-            "train_days": cfg.etl.train_days,
-            "val_days": cfg.etl.val_days,
-            "transitions": result.n_transitions,
-            "warm_start_from": incumbent,
-        },
+        data_window=window,
         version_prefix=run_date.replace("-", ""),
     )
-    return {
+    trained = {
         "version": version,
         "device": str(result.device),
         "seconds": round(result.seconds, 1),
         "transitions": result.n_transitions,
     }
+    if cfg.train.refit:
+        trained["refit"] = _refit(cfg, run_date, version, result, warm_start, window, progress)
+    return trained
+
+
+def _refit(cfg, run_date, version, result, warm_start, window, progress) -> str:
+    """Train the same start on train + validation for the best epoch count; register it as the refit of
+    ``version`` (``registry.refit_of``), which scores in its place once the gate promotes it."""
+    from dql_model import registry
+
+    epochs = max(result.best_epoch, 1)
+    progress(f"refit: training {version}'s start on train + validation for {epochs} epoch(s)")
+    refitted = train_model(
+        cfg.replace(train={"epochs": epochs}),
+        transitions_dir=cfg.layout.partition(schema.TRANSITIONS, run_date),
+        item_index_dir=cfg.layout.partition(schema.ITEM_INDEX, run_date),
+        warm_start=warm_start,
+        refit=True,
+        progress=progress,
+    )
+    return registry.save_model(
+        refitted.model,
+        cfg,
+        registry_root=cfg.registry.root,
+        metrics={"history": refitted.history, "refit_of": version},
+        data_window={**window, "transitions": refitted.n_transitions, registry.REFIT_OF: version},
+        version_prefix=run_date.replace("-", ""),
+    )

@@ -43,10 +43,12 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from dql_model import schema
-from dql_model.config import Config, load_config
+from dql_model.config import Config, load_config, train_window_start
+from dql_model.errors import InputError, MissingInput
 from dql_model.layout import ETL_JOB
+from dql_model.run_dates import missing_run_date_message
 from jobs.clean_events import PARTITION_DATE_COL, RULE_ORDER, label_events, split_labelled
-from jobs.common import run_date_arg
+from jobs.common import day_end_utc, day_start_utc, run_date_arg
 from jobs.item_index import build_item_index
 from jobs.sessions import sessionize
 from jobs.spark_session import (
@@ -56,7 +58,7 @@ from jobs.spark_session import (
     write_partition_atomic,
     write_text_atomic,
 )
-from jobs.transitions import build_transitions
+from jobs.transitions import LEAVE_LAST_OUT, TIME, build_transitions
 from jobs.user_states import build_user_states, update_user_states
 
 JOB = ETL_JOB
@@ -65,6 +67,10 @@ STAGES = ("clean", "item_index", "user_states", "transitions")
 """The stages a run times (``on_stage``); each ends with its table written."""
 _STATE_SETTINGS = ("max_len", "lookback_days")
 """EtlConfig fields a previous state must have been built with to be updated incrementally."""
+STATES_FORMAT = 2
+"""2: user_states carry ``interacted``; states of an older format are rebuilt, never updated."""
+AUTO_TIME_SHARE = 0.05
+"""etl.validation auto: the time split when its days hold at least this share of the window's events."""
 
 StageHook = Callable[[str], AbstractContextManager[Any]]
 
@@ -141,7 +147,7 @@ def plan_run(spark: SparkSession, cfg: Config, run_date: dt.date, window_start: 
     earlier = sorted((d for d in _partition_dates(spark, root) if d < run_date), reverse=True)
     if not earlier:
         return Plan(FULL, "no user_states partition before the run date (first night)")
-    settings = {name: getattr(cfg.etl, name) for name in _STATE_SETTINGS}
+    settings = _state_settings(cfg)
 
     def usable(day: dt.date) -> bool:
         return _built_with(spark, cfg, day) == settings
@@ -158,7 +164,12 @@ def _built_with(spark: SparkSession, cfg: Config, day: dt.date) -> dict[str, Any
     if text is None:
         return None
     etl = json.loads(text).get("etl") or {}
-    return {name: etl.get(name) for name in _STATE_SETTINGS}
+    return {name: etl.get(name) for name in (*_STATE_SETTINGS, "states_format")}
+
+
+def _state_settings(cfg: Config) -> dict[str, Any]:
+    """What tonight's states are built with: earlier states built otherwise are not updated."""
+    return {**{name: getattr(cfg.etl, name) for name in _STATE_SETTINGS}, "states_format": STATES_FORMAT}
 
 
 @contextlib.contextmanager
@@ -178,13 +189,14 @@ def run(
     (benchmarks measure time and memory with it).
     """
     layout, etl = cfg.layout, cfg.etl
-    window_start = run_date - dt.timedelta(days=etl.train_days - 1)
+    partitions = events_partitions(spark, layout.table(schema.EVENTS), run_date)
+    window_start = train_window_start(etl.train_window, run_date, min(partitions))
     val_start = run_date - dt.timedelta(days=etl.val_days - 1)
     plan = plan_run(spark, cfg, run_date, window_start)
     log(
         run_date,
         f"master {spark.sparkContext.master}; warehouse {layout.root}; "
-        f"training window {window_start}..{run_date}, validation from {val_start}; "
+        f"training window {window_start}..{run_date} (etl.train_window {etl.train_window}); "
         f"{plan.mode}: {plan.reason}",
     )
     outputs = {table: layout.partition(table, str(run_date)) for table in _CURATED}
@@ -195,6 +207,7 @@ def run(
         layout.table(schema.EVENTS),
         run_date,
         first_date=plan.read_from(etl.lookback_days),
+        partitions=partitions,
     )
     items = read_table(spark, layout.table(schema.ITEMS), schema.ITEMS)
     previous_index, previous_date = read_previous_index(spark, cfg, run_date)
@@ -233,6 +246,8 @@ def run(
         with stage("transitions"):
             seed_states = None if plan.seed_states is None else read_states(spark, cfg, plan.seed_states)
             events_since_seed = split_labelled(_from_partition(labelled, plan.transitions_from()))[0]
+            protocol = choose_protocol(cfg, events_since_seed, window_start, val_start, run_date)
+            log(run_date, f"protocol: {json.dumps(protocol, sort_keys=True)}")
             transitions = build_transitions(
                 sessionize(events_since_seed, gap_minutes=etl.session_gap_minutes),
                 item_index=item_index,
@@ -243,6 +258,7 @@ def run(
                 window_start=window_start,
                 val_start=val_start,
                 window_end=run_date,
+                validation=protocol["validation"],
                 seed_states=seed_states,
             )
             write(run_date, transitions, outputs, schema.TRANSITIONS)
@@ -264,8 +280,16 @@ def run(
             "ingested_from": _iso(ingest_from),
             "through": str(run_date),
         },
-        "etl": {name: getattr(etl, name) for name in (*_STATE_SETTINGS, "session_gap_minutes")},
-        "window": {"start": str(window_start), "validation_start": str(val_start), "end": str(run_date)},
+        "etl": {
+            **_state_settings(cfg),
+            **{name: getattr(etl, name) for name in ("session_gap_minutes", "train_window", "validation")},
+        },
+        "window": {
+            "start": str(window_start),
+            "validation_start": str(val_start) if protocol["validation"] == TIME else None,
+            "end": str(run_date),
+        },
+        "protocol": protocol,
         "outputs": outputs,
         "counts": counts,
     }
@@ -328,27 +352,37 @@ def _partition_dates(spark: SparkSession, root: str) -> list[dt.date]:
     return days
 
 
-def read_events(
-    spark: SparkSession, root: str, run_date: dt.date, *, first_date: dt.date | None = None
-) -> DataFrame:
-    """Raw events of the ``event_date`` partitions from ``first_date`` (default: the first) to the
-    run date, with ``event_date``."""
+def events_partitions(spark: SparkSession, root: str, run_date: dt.date) -> dict[dt.date, str]:
+    """The ``event_date`` partition folders under ``root`` up to the run date, by day.
+
+    Fails (bad input, not retried) when the run date has no partition, naming the last loaded day.
+    """
     folders = {}
     for value, folder in list_partitions(spark, root, schema.EVENT_DATE).items():
         try:
             day = dt.date.fromisoformat(value)
         except ValueError:
-            raise ValueError(
+            raise InputError(
                 f"events partition folder {folder} is not event_date=YYYY-MM-DD; move it out of {root}"
             ) from None
-        if day <= run_date and (first_date is None or day >= first_date):
-            folders[day] = folder
-    if not folders:
-        since = "" if first_date is None else f"{first_date}<="
-        raise FileNotFoundError(
-            f"no events partitions {since}event_date<={run_date} under {root}; "
-            "load the raw events for the run date first"
-        )
+        folders[day] = folder
+    if run_date not in folders:
+        raise MissingInput(missing_run_date_message(root, run_date, sorted(folders)))
+    return {day: folder for day, folder in folders.items() if day <= run_date}
+
+
+def read_events(
+    spark: SparkSession,
+    root: str,
+    run_date: dt.date,
+    *,
+    first_date: dt.date | None = None,
+    partitions: dict[dt.date, str] | None = None,
+) -> DataFrame:
+    """Raw events of the ``event_date`` partitions from ``first_date`` (default: the first) to the
+    run date, with ``event_date``; ``partitions`` is ``events_partitions`` when the caller has it."""
+    partitions = events_partitions(spark, root, run_date) if partitions is None else partitions
+    folders = {day: folder for day, folder in partitions.items() if first_date is None or day >= first_date}
     log(run_date, f"reading {len(folders)} events partition(s) {min(folders)}..{max(folders)} from {root}")
     ddl = f"{schema.SPARK_DDL[schema.EVENTS]}, {schema.EVENT_DATE} DATE"
     return spark.read.schema(ddl).option("basePath", root).parquet(*[folders[d] for d in sorted(folders)])
@@ -364,6 +398,52 @@ def read_previous_index(
         return None, None
     latest = str(max(earlier))
     return read_table(spark, cfg.layout.partition(schema.ITEM_INDEX, latest), schema.ITEM_INDEX), latest
+
+
+def choose_protocol(
+    cfg: Config, events: DataFrame, window_start: dt.date, val_start: dt.date, run_date: dt.date
+) -> dict[str, Any]:
+    """How tonight holds out validation and what scoring masks, from the config and the window's events.
+
+    ``etl.validation`` auto takes the time split when its days hold at least ``AUTO_TIME_SHARE`` of
+    the window's events (and the window is longer than them), else leave-last-out. ``score.exclude``
+    auto masks every interacted item when the window has ratings and no purchases (consumption
+    data: a rated movie is seen), else the purchased ones. ``event_types`` counts the window's
+    accepted events by type, zeros included: what the metrics and the report can speak of.
+    """
+    in_window = events.where(
+        (F.col(schema.EVENT_TIME) >= F.lit(day_start_utc(window_start)))
+        & (F.col(schema.EVENT_TIME) < F.lit(day_end_utc(run_date)))
+    )
+    late = F.col(schema.EVENT_TIME) >= F.lit(day_start_utc(val_start))
+    rows = in_window.groupBy(schema.EVENT_TYPE).agg(
+        F.count(F.lit(1)).alias("n"), F.count(F.when(late, 1)).alias("late")
+    ).collect()
+    event_types = dict.fromkeys(schema.EVENT_TYPES, 0)
+    event_types.update({row[schema.EVENT_TYPE]: row["n"] for row in rows})
+    total, in_time_split = sum(row["n"] for row in rows), sum(row["late"] for row in rows)
+    share = in_time_split / total if total else 0.0
+    validation, why = cfg.etl.validation, "etl.validation"
+    if validation == "auto":
+        time_fits = share >= AUTO_TIME_SHARE and val_start > window_start
+        validation = TIME if time_fits else LEAVE_LAST_OUT
+        why = (
+            f"auto: the last {cfg.etl.val_days} day(s) hold {share:.1%} of the window's events "
+            f"({'>=' if time_fits else '<'} {AUTO_TIME_SHARE:.0%}"
+            f"{'' if val_start > window_start else ', and the window is not longer than them'})"
+        )
+    exclude, exclude_why = cfg.score.exclude, "score.exclude"
+    if exclude == "auto":
+        consumption = event_types[schema.RATING] > 0 and event_types[schema.PURCHASE] == 0
+        exclude = "interacted" if consumption else "purchased"
+        exclude_why = "auto: " + ("ratings and no purchases" if consumption else "a shop's events")
+    return {
+        "validation": validation,
+        "validation_reason": why,
+        "exclude": exclude,
+        "exclude_reason": exclude_why,
+        "event_types": event_types,
+    }
 
 
 def check_row_counts(

@@ -41,7 +41,7 @@ from dql_model.scoring.payload import ScoringPayload
 from dql_model.scoring.policy import Policy
 from dql_model.scoring.ranking import Catalogue, Ranker, batch_count, user_keys
 from jobs.common import run_date_arg
-from jobs.spark_session import get_spark, write_partition_atomic, write_text_atomic
+from jobs.spark_session import get_spark, read_text, write_partition_atomic, write_text_atomic
 
 JOB = pipeline.SCORING_JOB
 BATCH = "_batch"
@@ -58,7 +58,7 @@ def score_recommendations(user_states: DataFrame, *, payload: Broadcast, batch_s
     n_batches = batch_count(user_states.count(), batch_size)
     key = F.crc32(F.coalesce(F.col(schema.USER_ID), F.lit("")).cast("binary"))
     batched = (
-        user_states.select(*data.USER_STATE_COLUMNS)
+        user_states.select(*data.user_state_columns(payload.value.policy.exclude))
         .withColumn(BATCH, F.pmod(key, F.lit(n_batches)))
         .repartition(BATCH)
         .sortWithinPartitions(BATCH, F.coalesce(F.col(schema.USER_ID), F.lit("")))
@@ -78,8 +78,9 @@ def _score_partition(frames: Iterator[pd.DataFrame], *, payload: Broadcast) -> I
         _RANKERS[value.token] = value.ranker("cpu")
     ranker = _RANKERS[value.token]
     for batch in _whole_batches(frames):
-        table = pa.Table.from_pandas(batch[data.USER_STATE_COLUMNS], preserve_index=False)
-        states = data.decode_user_states(table, value.max_len)
+        columns = data.user_state_columns(value.policy.exclude)
+        table = pa.Table.from_pandas(batch[columns], preserve_index=False)
+        states = data.decode_user_states(table, value.max_len, exclude=value.policy.exclude)
         yield ranker.score_batch(states, user_keys(states.user_id)).to_pandas()
 
 
@@ -148,7 +149,11 @@ def run(
 ) -> ScoringSummary:
     """Score the run date's users, replace the staged partition, write the summary; returns it."""
     layout = cfg.layout
-    model, _ = registry.load_model(Path(cfg.registry.root) / model_version)
+    model, meta = registry.load_model(Path(cfg.registry.root) / model_version)
+    summary_text = read_text(spark, layout.etl_summary(run_date))
+    policy = Policy.from_config(
+        cfg.score, run_date, protocol=json.loads(summary_text).get("protocol") if summary_text else None
+    )
     item_index = layout.partition(schema.ITEM_INDEX, run_date)
     items = data.item_features_from_table(
         spark.read.parquet(item_index).select(*data.ITEM_INDEX_COLUMNS).toArrow(),
@@ -159,10 +164,11 @@ def run(
     payload = ScoringPayload.build(
         model,
         Catalogue.from_features(items, action_counts(transitions, n_items=items.n_items)),
-        Policy.from_config(cfg.score, run_date),
+        policy,
         model_version=model_version,
         generated_at=generated_at or datetime.now(UTC),
         max_len=cfg.etl.max_len,
+        source=registry.model_source(meta),
     )
     print(f"[{JOB} {run_date}] scoring with {model_version} on {spark.sparkContext.master}", flush=True)
     broadcast = spark.sparkContext.broadcast(payload)

@@ -24,6 +24,11 @@ from jobs.sessions import sessionize
 from jobs.user_states import VIRTUAL_COL, state_events
 
 FIXED_REWARD_TYPES = (schema.VIEW, schema.ADD_TO_CART, schema.PURCHASE)
+TIME, LEAVE_LAST_OUT = "time", "leave_last_out"
+VALIDATION_PROTOCOLS = (TIME, LEAVE_LAST_OUT)
+"""How ``build_transitions`` holds out the validation split (``etl.validation`` once resolved)."""
+ORDER_COL = "_ord"
+"""Scratch column: an event's position in its user's history (seed events included)."""
 
 
 def build_transitions(
@@ -35,8 +40,9 @@ def build_transitions(
     rating_scale: float,
     value_weighted: bool,
     window_start: dt.date | str,
-    val_start: dt.date | str,
+    val_start: dt.date | str | None = None,
     window_end: dt.date | str | None = None,
+    validation: str = TIME,
     session_gap_minutes: int | None = None,
     seed_states: DataFrame | None = None,
 ) -> DataFrame:
@@ -50,7 +56,13 @@ def build_transitions(
       price / mean catalogue price when ``value_weighted``, missing prices weigh 1); a rating v
       earns ``rating_scale * (v - 3) / 2`` clipped to [-1, 1], 0 when v is missing.
     - ``done``: the event is the last of its session, or the user's last event.
-    - ``split``: ``validation`` from ``val_start`` on, else ``train``.
+    - ``split``: with ``validation`` ``time``, ``validation`` from ``val_start`` on, else ``train``;
+      with ``leave_last_out``, ``validation`` for each user's last event in the window when it has a
+      state (an earlier event), else ``train``.
+    - ``history_items`` / ``history_purchased`` (validation rows only, null on train rows; empty for
+      a user's first event): the
+      sorted distinct item_idx the user interacted with / purchased before the event, over the whole
+      history (not only the state's L events), so the evaluation can mask what scoring masks.
 
     ``events`` should carry session ids (``jobs.sessions.sessionize``); with
     ``session_gap_minutes`` the missing ones are inferred here. Events after ``window_end``
@@ -60,8 +72,13 @@ def build_transitions(
     window's partitions need reading: a state's kept events (with their exact times, see
     ``jobs.user_states``) join each user's events, in event order, as earlier interactions. They
     must cover every event not in ``events`` and end before ``window_start``; they only ever
-    appear inside states, never as transitions or as the next event of one.
+    appear inside states, never as transitions or as the next event of one. Their ``interacted`` and
+    ``purchased`` lists stand for the history before ``events`` in the validation rows' history.
     """
+    if validation not in VALIDATION_PROTOCOLS:
+        raise ValueError(f"validation must be one of {VALIDATION_PROTOCOLS}, got {validation!r}")
+    if validation == TIME and val_start is None:
+        raise ValueError("validation='time' needs val_start")
     if max_len < 1:
         raise ValueError(f"max_len must be >= 1, got {max_len}")
     missing = [t for t in FIXED_REWARD_TYPES if t not in rewards]
@@ -74,6 +91,7 @@ def build_transitions(
 
     by_user = Window.partitionBy(schema.USER_ID).orderBy(*event_order())
     indexed = with_item_idx_and_code(events, item_index).withColumn("_seed", F.lit(False))
+    active = None
     if seed_states is not None:
         # Only the users with events here: the states of everyone else cannot matter.
         active = seed_states.join(
@@ -86,6 +104,7 @@ def build_transitions(
             .withColumn("_seed", F.lit(True))
         )
         indexed = indexed.unionByName(seeded, allowMissingColumns=True)
+    indexed = indexed.withColumn(ORDER_COL, F.row_number().over(by_user))
     # The previous max_len events, oldest first, as offsets in one pass over the sorted rows:
     # cheaper than collecting a sliding frame and sorting it for every row.
     event = F.struct(F.col(schema.ITEM_IDX).alias("idx"), F.col(EVENT_CODE_COL).alias("code"))
@@ -96,14 +115,24 @@ def build_transitions(
     done = ~has_next | ~next_session.eqNullSafe(F.col(schema.SESSION_ID))
 
     in_window = F.col(schema.EVENT_TIME) >= F.lit(day_start_utc(window_start))
+    next_time = F.lead(schema.EVENT_TIME).over(by_user)
+    last_in_window = next_time.isNull()
     if window_end is not None:
-        in_window = in_window & (F.col(schema.EVENT_TIME) < F.lit(day_end_utc(window_end)))
+        end = F.lit(day_end_utc(window_end))
+        in_window = in_window & (F.col(schema.EVENT_TIME) < end)
+        last_in_window = last_in_window | (next_time >= end)
+    if validation == TIME:
+        held_out = F.col(schema.EVENT_TIME) >= F.lit(day_start_utc(val_start))
+    else:
+        held_out = last_in_window & (F.size("_state") > 0)
 
     transitions = (
         indexed.withColumn("_state", state)
         .withColumn(schema.DONE, done)
+        .withColumn("_held_out", held_out)
         .where(in_window & ~F.col("_seed"))
         .select(
+            ORDER_COL,
             schema.USER_ID,
             schema.EVENT_TIME,
             F.transform("_state", lambda e: e["idx"]).alias(schema.ITEM_SEQ),
@@ -113,11 +142,10 @@ def build_transitions(
             schema.ITEM_ID,
             schema.VALUE,
             schema.DONE,
-            F.when(F.col(schema.EVENT_TIME) >= F.lit(day_start_utc(val_start)), F.lit(schema.VALIDATION))
-            .otherwise(F.lit(schema.TRAIN))
-            .alias(schema.SPLIT),
+            F.when(F.col("_held_out"), F.lit(schema.VALIDATION)).otherwise(F.lit(schema.TRAIN)).alias(schema.SPLIT),
         )
     )
+    transitions = _with_history(transitions, indexed, active)
     if value_weighted:
         mean_price = item_index.where(F.col(schema.PRICE) > 0).agg(F.avg(schema.PRICE).alias("_mean_price"))
         prices = item_index.select(schema.ITEM_ID, schema.PRICE)
@@ -133,6 +161,53 @@ def build_transitions(
         ),
         schema.TRANSITIONS,
     )
+
+
+def _with_history(transitions: DataFrame, indexed: DataFrame, seed_states: DataFrame | None) -> DataFrame:
+    """``history_items`` / ``history_purchased`` on the validation rows (see ``build_transitions``).
+
+    The history is gathered for the validation rows only (few: a time window or one per user) and
+    broadcast back, so the transitions keep their user and time order within each partition.
+    """
+    held_out = transitions.where(F.col(schema.SPLIT) == schema.VALIDATION).select(schema.USER_ID, ORDER_COL)
+    past = indexed.where(~F.col("_seed")).select(
+        schema.USER_ID,
+        F.col(ORDER_COL).alias("_past"),
+        schema.ITEM_IDX,
+        F.when(F.col(schema.EVENT_TYPE) == schema.PURCHASE, F.col(schema.ITEM_IDX)).alias("_bought"),
+    )
+    before = (
+        held_out.join(past, on=schema.USER_ID)
+        .where(F.col("_past") < F.col(ORDER_COL))
+        .groupBy(schema.USER_ID, ORDER_COL)
+        .agg(F.collect_set(schema.ITEM_IDX).alias("_items"), F.collect_set("_bought").alias("_purchased"))
+    )
+    empty = F.array().cast("array<int>")
+    history = held_out.join(before, on=[schema.USER_ID, ORDER_COL], how="left").select(
+        schema.USER_ID,
+        ORDER_COL,
+        F.coalesce("_items", empty).alias("_items"),
+        F.coalesce("_purchased", empty).alias("_purchased"),
+    )
+    if seed_states is not None:  # the history before the events read: the seed states' lists
+        earlier = seed_states.select(
+            schema.USER_ID,
+            F.coalesce(F.col(schema.INTERACTED), empty).alias("_seed_items"),
+            F.coalesce(F.col(schema.PURCHASED), empty).alias("_seed_purchased"),
+        )
+        history = (
+            history.join(earlier, on=schema.USER_ID, how="left")
+            .withColumn("_items", F.concat("_items", F.coalesce("_seed_items", empty)))
+            .withColumn("_purchased", F.concat("_purchased", F.coalesce("_seed_purchased", empty)))
+        )
+    history = history.select(
+        schema.USER_ID,
+        ORDER_COL,
+        F.array_sort(F.array_distinct("_items")).alias(schema.HISTORY_ITEMS),
+        F.array_sort(F.array_distinct("_purchased")).alias(schema.HISTORY_PURCHASED),
+    )
+    # A broadcast join streams the transitions in their order; the hint keeps Spark from shuffling them.
+    return transitions.join(F.broadcast(history), on=[schema.USER_ID, ORDER_COL], how="left")
 
 
 def _reward(rewards: Mapping[str, float], *, rating_scale: float, purchase_weight: Column) -> Column:

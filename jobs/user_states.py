@@ -53,6 +53,8 @@ def build_user_states(
       item_idx, ``schema.EVENT_CODE`` and seconds since the user's previous event (0.0 for the
       user's first event ever; that predecessor may be older than the kept events).
     - ``purchased``: sorted distinct item_idx the user ever purchased (empty if none).
+    - ``interacted``: sorted distinct item_idx of every event of the user (what ``score.exclude:
+      interacted`` masks).
     - ``last_event_time`` and ``n_events`` cover the whole history, not just the kept events.
     """
     _check_max_len(max_len)
@@ -70,6 +72,7 @@ def build_user_states(
     states = ordered.groupBy(schema.USER_ID).agg(
         _kept_events(is_kept).alias("_kept"),
         F.array_sort(F.collect_set(purchased_idx)).alias(schema.PURCHASED),
+        F.array_sort(F.collect_set(schema.ITEM_IDX)).alias(schema.INTERACTED),
         F.max(schema.EVENT_TIME).alias(schema.LAST_EVENT_TIME),
         F.count(F.lit(1)).alias(schema.N_EVENTS),
     )
@@ -101,14 +104,18 @@ def update_user_states(
     touched_before = previous.join(touched, on=schema.USER_ID, how="left_semi")
 
     # One pass over the kept events (carrying the history totals) and the new events.
-    with_totals = touched_before.withColumn("_old_n", F.col(schema.N_EVENTS)).withColumn(
-        "_old_purchased", F.col(schema.PURCHASED)
+    with_totals = (
+        touched_before.withColumn("_old_n", F.col(schema.N_EVENTS))
+        .withColumn("_old_purchased", F.col(schema.PURCHASED))
+        .withColumn("_old_interacted", F.col(schema.INTERACTED))
     )
-    merged = state_events(with_totals, item_index=item_index, carry=("_old_n", "_old_purchased")).unionByName(
+    carried = ("_old_n", "_old_purchased", "_old_interacted")
+    merged = state_events(with_totals, item_index=item_index, carry=carried).unionByName(
         _real_events(
             new,
             F.lit(None).cast("bigint").alias("_old_n"),
             F.lit(None).cast("array<int>").alias("_old_purchased"),
+            F.lit(None).cast("array<int>").alias("_old_interacted"),
             F.when(F.col(schema.EVENT_TYPE) == schema.PURCHASE, F.col(schema.ITEM_IDX)).alias("_bought"),
         ),
         allowMissingColumns=True,
@@ -127,14 +134,8 @@ def update_user_states(
         .groupBy(schema.USER_ID)
         .agg(
             _kept_events(is_kept).alias("_kept"),
-            F.array_sort(
-                F.array_distinct(
-                    F.concat(
-                        F.coalesce(F.max("_old_purchased"), F.array().cast("array<int>")),
-                        F.collect_set("_bought"),
-                    )
-                )
-            ).alias(schema.PURCHASED),
+            _merged_set("_old_purchased", "_bought").alias(schema.PURCHASED),
+            _merged_set("_old_interacted", schema.ITEM_IDX).alias(schema.INTERACTED),
             F.max(F.when(~F.col(VIRTUAL_COL), F.col(schema.EVENT_TIME))).alias(schema.LAST_EVENT_TIME),
             (F.coalesce(F.max("_old_n"), F.lit(0)) + F.count(F.when(is_new, 1))).alias(schema.N_EVENTS),
         )
@@ -210,6 +211,13 @@ def _real_events(frame: DataFrame, *extra: str | Column) -> DataFrame:
     )
 
 
+def _merged_set(old: str, new: str) -> Column:
+    """Sorted distinct union of a carried list (the previous state's, null for new users) and the
+    non-null values of ``new`` over the user's rows."""
+    earlier = F.coalesce(F.max(old), F.array().cast("array<int>"))
+    return F.array_sort(F.array_distinct(F.concat(earlier, F.collect_set(new))))
+
+
 def _check_max_len(max_len: int) -> None:
     if max_len < 1:
         raise ValueError(f"max_len must be >= 1, got {max_len}")
@@ -238,6 +246,7 @@ def _to_states(states: DataFrame) -> DataFrame:
             F.transform("_kept", lambda e: e["code"]).alias(schema.EVENT_SEQ),
             F.transform("_kept", lambda e: e["gap"]).alias(schema.GAP_SEQ),
             schema.PURCHASED,
+            schema.INTERACTED,
             schema.LAST_EVENT_TIME,
             schema.N_EVENTS,
         ),

@@ -97,7 +97,7 @@ def tiny_config(tmp_path: Path) -> Config:
         registry={"root": str(tmp_path / "models")},
         publish={"export_uri": str(tmp_path / "export")},
         simulator={"n_users": 60, "n_items": 40, "n_categories": 4, "n_days": 6, "end_date": "2026-11-27"},
-        etl={"max_len": 8, "train_days": 5, "val_days": 1},
+        etl={"max_len": 8, "train_window": "5d", "validation": "time", "val_days": 1},
         model={"embed_dim": 16, "hidden_dim": 16},
         train={"epochs": 2, "batch_size": 64},
         score={"top_k": 5},

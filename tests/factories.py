@@ -29,6 +29,8 @@ TRANSITIONS_SCHEMA = pa.schema(
         (schema.REWARD, pa.float64()),
         (schema.DONE, pa.bool_()),
         (schema.SPLIT, pa.string()),
+        (schema.HISTORY_ITEMS, INT_LIST),
+        (schema.HISTORY_PURCHASED, INT_LIST),
     ]
 )
 ITEM_INDEX_SCHEMA = pa.schema(
@@ -48,6 +50,7 @@ USER_STATES_SCHEMA = pa.schema(
         (schema.EVENT_SEQ, INT_LIST),
         (schema.GAP_SEQ, pa.list_(pa.float64())),
         (schema.PURCHASED, INT_LIST),
+        (schema.INTERACTED, INT_LIST),
         (schema.LAST_EVENT_TIME, pa.timestamp("us", tz="UTC")),
         (schema.N_EVENTS, pa.int64()),
     ]
@@ -69,7 +72,8 @@ def write_parquet(
 
 
 def transitions_table(rows: list[dict]) -> pa.Table:
-    """Rows with item_seq, event_seq (codes), action, event_type and optional reward/done/split."""
+    """Rows with item_seq, event_seq (codes), action, event_type and optional reward/done/split and the
+    validation rows' history_items / history_purchased (null when not given)."""
     columns = {name: [] for name in TRANSITIONS_SCHEMA.names}
     for i, row in enumerate(rows):
         columns[schema.USER_ID].append(row.get("user_id", f"u{i}"))
@@ -83,6 +87,8 @@ def transitions_table(rows: list[dict]) -> pa.Table:
         columns[schema.REWARD].append(row.get("reward", REWARDS[row.get("event_type", schema.VIEW)]))
         columns[schema.DONE].append(row.get("done", False))
         columns[schema.SPLIT].append(row.get("split", schema.TRAIN))
+        columns[schema.HISTORY_ITEMS].append(row.get("history_items"))
+        columns[schema.HISTORY_PURCHASED].append(row.get("history_purchased"))
     return pa.table(columns, schema=TRANSITIONS_SCHEMA)
 
 
@@ -108,7 +114,7 @@ def item_index_table(
 
 
 def user_states_table(rows: list[dict]) -> pa.Table:
-    """Rows with user_id, item_seq and optional event_seq / purchased."""
+    """Rows with user_id, item_seq and optional event_seq / purchased / interacted (default: the state's items)."""
     columns = {name: [] for name in USER_STATES_SCHEMA.names}
     for row in rows:
         items = row["item_seq"]
@@ -117,6 +123,7 @@ def user_states_table(rows: list[dict]) -> pa.Table:
         columns[schema.EVENT_SEQ].append(row.get("event_seq", [schema.EVENT_CODE[schema.VIEW]] * len(items)))
         columns[schema.GAP_SEQ].append([0.0] * len(items))
         columns[schema.PURCHASED].append(row.get("purchased", []))
+        columns[schema.INTERACTED].append(row.get("interacted", sorted(set(items))))
         columns[schema.LAST_EVENT_TIME].append(0)
         columns[schema.N_EVENTS].append(len(items))
     return pa.table(columns, schema=USER_STATES_SCHEMA)

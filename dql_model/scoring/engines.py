@@ -67,7 +67,13 @@ class ScoringSummary:
 
 
 def score(cfg: Config, run_date: str, version: str) -> ScoringSummary:
-    """Score the run date's users with model ``version`` on ``score.engine``; staged, unseen by readers."""
+    """Score the run date's users with model ``version`` on ``score.engine``; staged, unseen by readers.
+
+    With ``train.refit`` the version's refit (trained on train + validation too) scores in its place
+    when it has one; the rows and the summary name the refit version.
+    """
+    if cfg.train.refit:
+        version = registry.refit_of(cfg.registry.root, version) or version
     return ENGINES[cfg.score.engine](cfg, run_date, version)
 
 
@@ -105,6 +111,7 @@ def score_users(
     model_version: str,
     generated_at: datetime,
     device: torch.device | str = "cpu",
+    source: str = schema.SOURCE_DQN,
 ) -> pa.Table:
     """Recommendations for every user in ``states``, schema ``arrow_schema(RECOMMENDATIONS)``.
 
@@ -125,6 +132,7 @@ def score_users(
             model_version=model_version,
             generated_at=generated_at,
             device=device,
+            source=source,
         )
 
         def score_one(batch: np.ndarray) -> tuple[pa.Table, np.ndarray]:
@@ -142,11 +150,13 @@ def score_users(
 def score_with_torch(cfg: Config, run_date: str, version: str) -> ScoringSummary:
     """The torch engine on the warehouse: tonight's partitions in, staged partition and summary out."""
     layout = cfg.layout
-    policy = Policy.from_config(cfg.score, run_date)
+    policy = Policy.from_config(cfg.score, run_date, protocol=data.night_protocol(cfg, run_date))
     device = resolve_device(cfg.train.device)
-    model, _ = registry.load_model(Path(cfg.registry.root) / version, device=str(device))
+    model, meta = registry.load_model(Path(cfg.registry.root) / version, device=str(device))
     items = data.load_item_features(layout.partition(schema.ITEM_INDEX, run_date), price_buckets=cfg.model.price_buckets)
-    states = data.load_user_states(layout.partition(schema.USER_STATES, run_date), max_len=cfg.etl.max_len)
+    states = data.load_user_states(
+        layout.partition(schema.USER_STATES, run_date), max_len=cfg.etl.max_len, exclude=policy.exclude
+    )
     transitions = layout.partition(schema.TRANSITIONS, run_date)
     popularity = data.action_counts(transitions, n_items=items.n_items, split=(schema.TRAIN, schema.VALIDATION))
     table = score_users(
@@ -159,6 +169,7 @@ def score_with_torch(cfg: Config, run_date: str, version: str) -> ScoringSummary
         model_version=version,
         generated_at=datetime.now(UTC),
         device=str(device),
+        source=registry.model_source(meta),
     )
     path = layout.staged(schema.RECOMMENDATIONS, run_date)
     storage.write_partition(table, path, rows_per_file=cfg.publish.rows_per_file)

@@ -17,7 +17,7 @@ from typing import Any
 import safetensors.torch
 import torch
 
-from dql_model import registry
+from dql_model import registry, schema
 from dql_model.networks import QNetwork
 from dql_model.scoring.policy import Policy
 from dql_model.scoring.ranking import Catalogue, Ranker
@@ -37,6 +37,8 @@ class ScoringPayload:
     generated_at: datetime
     max_len: int
     """State length L the user sequences are padded to."""
+    source: str = schema.SOURCE_DQN
+    """Source of the rows the model ranks (``registry.model_source``)."""
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
     """Identifies this payload: an executor builds its Ranker once per payload."""
 
@@ -50,6 +52,7 @@ class ScoringPayload:
         model_version: str,
         generated_at: datetime,
         max_len: int,
+        source: str = schema.SOURCE_DQN,
     ) -> ScoringPayload:
         state = {name: t.detach().cpu().contiguous() for name, t in model.state_dict().items()}
         return cls(
@@ -64,6 +67,7 @@ class ScoringPayload:
             model_version=model_version,
             generated_at=generated_at,
             max_len=max_len,
+            source=source,
         )
 
     def load_model(self) -> QNetwork:
@@ -79,4 +83,5 @@ class ScoringPayload:
             model_version=self.model_version,
             generated_at=self.generated_at,
             device=device,
+            source=self.source,
         )

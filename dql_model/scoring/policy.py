@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from dql_model.config import ScoreConfig
+from dql_model.data import EXCLUDE_RULES, exclude_rule
 
 _ITEM_STREAM, _SLOT_STREAM = 0x51ED2701, 0x2C1B3C6D
 """Tags that make the item draws and the slot coins of a user independent random streams."""
@@ -31,8 +32,9 @@ class Policy:
 
     top_k: int
     """Recommendations per user."""
-    mask_purchased: bool = True
-    """Never recommend what the user already bought."""
+    exclude: str = "purchased"
+    """Items never recommended (``data.EXCLUDE_RULES``): what the user bought, every item they
+    interacted with, or none. The user states are read with this rule (``data.user_state_columns``)."""
     explore_slots: int = 0
     """The last this-many ranks are always drawn from the softmax."""
     explore_epsilon: float = 0.0
@@ -43,6 +45,8 @@ class Policy:
     """Seed of the draws (``run_date_seed`` of the run date in the pipeline)."""
 
     def __post_init__(self) -> None:
+        if self.exclude not in EXCLUDE_RULES:
+            raise ValueError(f"exclusion rule {self.exclude!r} is not one of {list(EXCLUDE_RULES)}")
         if self.top_k < 1:
             raise ValueError(f"score.top_k must be at least 1, got {self.top_k}")
         if not 0 <= self.explore_slots <= self.top_k:
@@ -67,11 +71,14 @@ class Policy:
         return _gumbel_noise(_row_seeds(keys, self.seed, _ITEM_STREAM), n_items)
 
     @classmethod
-    def from_config(cls, cfg: ScoreConfig, run_date: str, *, top_k: int | None = None) -> Policy:
-        """The pipeline's policy for a run date: the config, seeded by the date."""
+    def from_config(
+        cls, cfg: ScoreConfig, run_date: str, *, protocol: dict | None = None, top_k: int | None = None
+    ) -> Policy:
+        """The pipeline's policy for a run date: the config, seeded by the date; ``score.exclude``
+        auto is resolved by the night's ``protocol`` (``exclude_rule``)."""
         return cls(
             top_k=top_k or cfg.top_k,
-            mask_purchased=cfg.mask_purchased,
+            exclude=exclude_rule(cfg, protocol),
             explore_slots=cfg.explore_slots,
             explore_epsilon=cfg.explore_epsilon,
             temperature=cfg.explore_temperature,

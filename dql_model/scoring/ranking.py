@@ -6,7 +6,8 @@ depends on the batch it runs in, so both cut the users into the same batches: us
 crc32(user_id) falls in the same bucket, sorted by user_id (``canonical_batches``). Same batches,
 same arithmetic, identical rows.
 
-- Masks: the padding column, items the user already purchased (optional), items that are not
+- Masks: the padding column, the user's excluded items (``Policy.exclude``: purchased, every item
+  interacted with, or none; the states carry them as ``UserStates.excluded_*``), items that are not
   available tonight, and items the model does not know (new since it was trained; they reach users
   through the fallback until the next training). Masked items get a bias of -inf, so masking costs
   nothing in the matrix product.
@@ -132,16 +133,16 @@ def canonical_batches(user_id: pa.Array, keys: np.ndarray, batch_size: int) -> l
 
 def take_states(states: data.UserStates, index: np.ndarray) -> data.UserStates:
     """The rows ``index`` of ``states``, in that order (purchases gathered from the CSR lists)."""
-    starts = states.purchased_indptr[index]
-    counts = states.purchased_indptr[index + 1] - starts
+    starts = states.excluded_indptr[index]
+    counts = states.excluded_indptr[index + 1] - starts
     indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     within = np.arange(indptr[-1]) - np.repeat(indptr[:-1], counts)
     return data.UserStates(
         user_id=states.user_id.take(pa.array(index, pa.int64())),
         state_items=states.state_items[index],
         state_events=states.state_events[index],
-        purchased_indptr=indptr,
-        purchased_items=states.purchased_items[np.repeat(starts, counts) + within],
+        excluded_indptr=indptr,
+        excluded_items=states.excluded_items[np.repeat(starts, counts) + within],
     )
 
 
@@ -201,21 +202,21 @@ def _known_states(states: data.UserStates, n_items: int) -> tuple[np.ndarray, np
     return items, events
 
 
-def _purchase_rows(states: data.UserStates, n_columns: int) -> tuple[np.ndarray, np.ndarray]:
-    """(row, item_idx) pairs of purchases, limited to item_idx < n_columns."""
-    counts = np.diff(states.purchased_indptr)
+def _excluded_rows(states: data.UserStates, n_columns: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row, item_idx) pairs of the excluded items, limited to item_idx < n_columns."""
+    counts = np.diff(states.excluded_indptr)
     rows = np.repeat(np.arange(len(states)), counts)
-    cols = states.purchased_items
+    cols = states.excluded_items
     keep = (cols > 0) & (cols < n_columns)
     return rows[keep], cols[keep]
 
 
-def _purchases_in_batch(
-    buy_rows: np.ndarray, buy_cols: np.ndarray, users: np.ndarray
+def _excluded_in_batch(
+    masked_rows: np.ndarray, masked_cols: np.ndarray, users: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Purchases of a sorted batch of users as (row within the batch, item_idx)."""
-    lo, hi = np.searchsorted(buy_rows, [users[0], users[-1] + 1])
-    rows, cols = buy_rows[lo:hi], buy_cols[lo:hi]
+    """Excluded items of a sorted batch of users as (row within the batch, item_idx)."""
+    lo, hi = np.searchsorted(masked_rows, [users[0], users[-1] + 1])
+    rows, cols = masked_rows[lo:hi], masked_cols[lo:hi]
     position = np.searchsorted(users, rows)
     member = users[np.minimum(position, len(users) - 1)] == rows
     return position[member], cols[member]
@@ -236,7 +237,11 @@ class Ranker:
         model_version: str,
         generated_at: datetime,
         device: torch.device | str = "cpu",
+        source: str = schema.SOURCE_DQN,
     ):
+        if source not in schema.MODEL_SOURCES.values():
+            raise ValueError(f"source {source!r} is not a model's source {sorted(schema.MODEL_SOURCES.values())}")
+        self.source = _SOURCE[source]
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.catalogue, self.policy, self.model_version = catalogue, policy, model_version
@@ -263,25 +268,24 @@ class Ranker:
         has_state = (state_items != 0).any(axis=1)
         pieces = [self._fallback(states, np.flatnonzero(~has_state))]
         scored = np.flatnonzero(has_state)
-        buy_rows, buy_cols = (
-            _purchase_rows(states, self.n_known) if self.policy.mask_purchased else (np.zeros(0, int),) * 2
-        )
+        masks = self.policy.exclude != "none"
+        masked_rows, masked_cols = _excluded_rows(states, self.n_known) if masks else (np.zeros(0, int),) * 2
         for start in range(0, len(scored), self.rows_per_chunk):
             users = scored[start : start + self.rows_per_chunk]
-            rows, cols = _purchases_in_batch(buy_rows, buy_cols, users)
+            rows, cols = _excluded_in_batch(masked_rows, masked_cols, users)
             pieces.append(self._score_chunk(users, state_items[users], state_events[users], rows, cols, keys[users]))
         columns = [np.concatenate(column) for column in zip(*pieces, strict=True)]
         user, rank = columns[0], columns[1]
         order = np.lexsort((rank, user))  # by user (batch position), then rank
         return self._table(states.user_id, *(c[order] for c in columns)), user[order]
 
-    def _score_chunk(self, users, items, events, buy_rows, buy_cols, keys) -> tuple[np.ndarray, ...]:
+    def _score_chunk(self, users, items, events, masked_rows, masked_cols, keys) -> tuple[np.ndarray, ...]:
         device = self.device
         with torch.inference_mode():
             f = self.model.encode_state(torch.as_tensor(items, device=device), torch.as_tensor(events, device=device))
             q = torch.addmm(self.bias, f.float(), self.vectors.T)
-            if len(buy_rows):
-                q[torch.as_tensor(buy_rows, device=device), torch.as_tensor(buy_cols, device=device)] = float("-inf")
+            if len(masked_rows):
+                q[torch.as_tensor(masked_rows, device=device), torch.as_tensor(masked_cols, device=device)] = float("-inf")
             try:
                 index, values = top_k_deterministic(q, self.policy.top_k)
             except NaNScoresError:
@@ -301,7 +305,7 @@ class Ranker:
             rank,
             index[keep].astype(np.int64),
             values[keep].astype(np.float64),
-            np.full(n, _SOURCE[schema.SOURCE_DQN]),
+            np.full(n, self.source),
             np.ones(n),
         )
 
@@ -333,11 +337,11 @@ class Ranker:
             top=top[:, 0].astype(np.float64),
         )
         user, rank, item, value, explored, propensity = fill_slots(self.policy, candidates)
-        source = np.where(explored, _SOURCE[schema.SOURCE_EXPLORE], _SOURCE[schema.SOURCE_DQN])
+        source = np.where(explored, _SOURCE[schema.SOURCE_EXPLORE], self.source)
         return user, rank, item, value, source, propensity
 
     def _fallback(self, states: data.UserStates, users: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Popular available items (category first) for users without a known state, minus purchases."""
+        """Popular available items (category first) for users without a known state, minus their excluded items."""
         empty = np.zeros(0, dtype=np.int64)
         pieces: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = [(empty, empty, empty)]
         catalogue = self.catalogue
@@ -347,11 +351,11 @@ class Ranker:
             known = category > 0
             last = category.shape[1] - 1 - np.argmax(known[:, ::-1], axis=1)
             user_category = np.where(known.any(axis=1), category[np.arange(len(users)), last], 0)
-            bought = np.diff(states.purchased_indptr)[users] if self.policy.mask_purchased else np.zeros(len(users))
+            masked = np.diff(states.excluded_indptr)[users] * (self.policy.exclude != "none")
             for code in np.unique(user_category):
                 ranked = catalogue.ranked(int(code))
                 group = user_category == code
-                pieces.append(self._popular(states, users[group & (bought == 0)], users[group & (bought > 0)], ranked))
+                pieces.append(self._popular(states, users[group & (masked == 0)], users[group & (masked > 0)], ranked))
         user, rank, item = (np.concatenate(p) for p in zip(*pieces, strict=True))
         n = len(user)
         return (
@@ -363,17 +367,17 @@ class Ranker:
             np.ones(n),
         )
 
-    def _popular(self, states, plain, buyers, ranked) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _popular(self, states, plain, masked_users, ranked) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         k = self.policy.top_k
         head = ranked[:k]
         # Users with nothing to mask share one list; the rest (few) are filtered one by one.
         users = [np.repeat(plain, len(head))]
         ranks = [np.tile(np.arange(1, len(head) + 1), len(plain))]
         items = [np.tile(head, len(plain))]
-        for user in buyers:
-            purchased = states.purchased_items[states.purchased_indptr[user] : states.purchased_indptr[user + 1]]
-            candidates = ranked[: k + len(purchased)]
-            picked = candidates[~np.isin(candidates, purchased)][:k]
+        for user in masked_users:
+            excluded = states.excluded_items[states.excluded_indptr[user] : states.excluded_indptr[user + 1]]
+            candidates = ranked[: k + len(excluded)]
+            picked = candidates[~np.isin(candidates, excluded)][:k]
             users.append(np.full(len(picked), user))
             ranks.append(np.arange(1, len(picked) + 1))
             items.append(picked)

@@ -14,7 +14,8 @@ import yaml
 from pyspark.testing import assertDataFrameEqual
 
 from dql_model import schema, storage
-from jobs.build_training_data import Plan, main, plan_run
+from dql_model.errors import MissingInput
+from jobs.build_training_data import STATES_FORMAT, Plan, main, plan_run
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
@@ -165,20 +166,22 @@ def expect_night2_tables(spark, cfg) -> None:
             [VIEW, CART, BUY, VIEW],
             [0.0, 300.0, 82_500.0, 84_600.0],
             [2],
+            [1, 2],
             at(27, 8, 30),
             4,
         ),
-        ("u2", [3], [RATE], [0.0], [], at(26, 9, 10), 1),
-        ("u3", [4], [VIEW], [0.0], [], at(27, 8), 1),
+        ("u2", [3], [RATE], [0.0], [], [3], at(26, 9, 10), 1),
+        ("u3", [4], [VIEW], [0.0], [], [4], at(27, 8), 1),
     ]
-    # Window 11-23..11-27 (train_days=5), validation on 11-27 (val_days=1), max_len=8.
+    # Window 11-23..11-27 (train_window 5 days), validation on 11-27 (val_days=1), max_len=8.
+    # Validation rows carry the user's whole history before them: what the evaluation masks.
     transitions = [
-        ("u1", at(25, 10), [], [], 1, "view", 0.0, False, "train"),
-        ("u1", at(25, 10, 5), [1], [VIEW], 2, "add_to_cart", 0.3, True, "train"),  # next event: new session
-        ("u1", at(26, 9), [1, 2], [VIEW, CART], 2, "purchase", 1.0, True, "train"),  # 23 h gap: session end
-        ("u1", at(27, 8, 30), [1, 2, 2], [VIEW, CART, BUY], 1, "view", 0.0, True, "validation"),
-        ("u2", at(26, 9, 10), [], [], 3, "rating", 0.5, True, "train"),
-        ("u3", at(27, 8), [], [], 4, "view", 0.0, True, "validation"),
+        ("u1", at(25, 10), [], [], 1, "view", 0.0, False, "train", None, None),
+        ("u1", at(25, 10, 5), [1], [VIEW], 2, "add_to_cart", 0.3, True, "train", None, None),  # new session next
+        ("u1", at(26, 9), [1, 2], [VIEW, CART], 2, "purchase", 1.0, True, "train", None, None),  # 23 h gap
+        ("u1", at(27, 8, 30), [1, 2, 2], [VIEW, CART, BUY], 1, "view", 0.0, True, "validation", [1, 2], [2]),
+        ("u2", at(26, 9, 10), [], [], 3, "rating", 0.5, True, "train", None, None),
+        ("u3", at(27, 8), [], [], 4, "view", 0.0, True, "validation", [], []),  # no history before it
     ]
     for table, rows in [
         (schema.QUARANTINE, quarantine),
@@ -195,8 +198,12 @@ def test_missing_input_and_bad_arguments_name_the_problem(spark, tiny_config, tm
     config_file = tmp_path / "dqlrec.yaml"
     config_file.write_text(yaml.safe_dump(tiny_config.to_dict()))
     events_root = tiny_config.layout.table(schema.EVENTS)
+    with pytest.raises(MissingInput, match="the table has no event_date partitions"):
+        main(["--run-date", NIGHT2, "--config", str(config_file)])
+    write_arrow(RAW_EVENTS[NIGHT1], schema.EVENTS, Path(tiny_config.layout.partition(schema.EVENTS, NIGHT1)))
     with pytest.raises(
-        FileNotFoundError, match=f"no events partitions event_date<=2026-11-27 under {events_root}"
+        MissingInput,
+        match=f"no events partition event_date={NIGHT2} under {events_root}; the last loaded day is {NIGHT1}",
     ):
         main(["--run-date", NIGHT2, "--config", str(config_file)])
     with pytest.raises(SystemExit):
@@ -205,13 +212,14 @@ def test_missing_input_and_bad_arguments_name_the_problem(spark, tiny_config, tm
 
 
 def test_the_plan_builds_on_the_latest_states_made_with_the_same_settings(spark, tiny_config):
-    cfg = tiny_config.replace(etl={"train_days": 3, "lookback_days": 2})
+    cfg = tiny_config.replace(etl={"train_window": "3d", "lookback_days": 2})
     run_date = dt.date(2026, 11, 27)
     window_start = dt.date(2026, 11, 25)
 
     def night(day: str, **etl) -> None:
         Path(cfg.layout.partition(schema.USER_STATES, day)).mkdir(parents=True)
-        summary = {"etl": {"max_len": cfg.etl.max_len, "lookback_days": cfg.etl.lookback_days, **etl}}
+        settings = {"max_len": cfg.etl.max_len, "lookback_days": cfg.etl.lookback_days, "states_format": STATES_FORMAT}
+        summary = {"etl": {**settings, **etl}}
         path = Path(cfg.layout.etl_summary(day))
         path.parent.mkdir(parents=True)
         path.write_text(json.dumps(summary))
@@ -221,6 +229,7 @@ def test_the_plan_builds_on_the_latest_states_made_with_the_same_settings(spark,
     )
     night("2026-11-23")
     night("2026-11-24", max_len=cfg.etl.max_len + 1)  # built with other settings: not usable
+    night("2026-11-25", states_format=STATES_FORMAT - 1)  # states without `interacted`: not usable
     night("2026-11-26")
     night("2026-11-27")  # the run date itself (a rerun): never its own base
     plan = plan_run(spark, cfg, run_date, window_start)

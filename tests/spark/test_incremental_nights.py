@@ -90,7 +90,7 @@ def write_arrow(rows, table: str, folder: Path) -> None:
 def make_warehouse(root: Path) -> tuple[Config, str]:
     cfg = Config().replace(
         warehouse={"root": str(root / "warehouse")},
-        etl={"max_len": 3, "train_days": 2, "val_days": 1, "lookback_days": 2},
+        etl={"max_len": 3, "train_window": "2d", "validation": "time", "val_days": 1, "lookback_days": 2},
         spark={"master": "local[1]", "shuffle_partitions": 1, "driver_memory": "1g"},
     )
     for day, rows in RAW_EVENTS.items():
@@ -146,21 +146,22 @@ def test_incremental_nights_equal_a_full_rebuild(spark, local_nights):
     states = spark.createDataFrame(
         [
             # u1: the late cart of 11-21 precedes the kept events (first gap); copies count once.
-            ("u1", [1, 4, 4], [VIEW, VIEW, BUY], [81_300.0, 82_800.0, 82_800.0], [2, 4], at(24, 7), 10),
-            ("u2", [1, 2], [RATE, VIEW], [0.0, 334_800.0], [], at(23, 9), 2),
-            ("u3", [2, 3], [VIEW, VIEW], [0.0, 237_600.0], [], at(24, 12), 2),
-            ("u4", [1, 1], [VIEW, CART], [0.0, 900.0], [], at(23, 0, 5), 2),
+            ("u1", [1, 4, 4], [VIEW, VIEW, BUY], [81_300.0, 82_800.0, 82_800.0], [2, 4], [1, 2, 3, 4], at(24, 7), 10),
+            ("u2", [1, 2], [RATE, VIEW], [0.0, 334_800.0], [], [1, 2], at(23, 9), 2),
+            ("u3", [2, 3], [VIEW, VIEW], [0.0, 237_600.0], [], [2, 3], at(24, 12), 2),
+            ("u4", [1, 1], [VIEW, CART], [0.0, 900.0], [], [1], at(23, 0, 5), 2),
         ],
         schema.SPARK_DDL[schema.USER_STATES],
     )
     assertDataFrameEqual(read(spark, cfg, schema.USER_STATES, LAST), states)
     transitions = spark.createDataFrame(
         [
-            ("u1", at(23, 8), [1, 1, 1], [VIEW, CART, VIEW], 4, "view", 0.0, True, "train"),
-            ("u1", at(24, 7), [1, 1, 4], [CART, VIEW, VIEW], 4, "purchase", 1.0, True, "validation"),
-            ("u2", at(23, 9), [1], [RATE], 2, "view", 0.0, True, "train"),
-            ("u3", at(24, 12), [2], [VIEW], 3, "view", 0.0, True, "validation"),
-            ("u4", at(23, 0, 5), [1], [VIEW], 1, "add_to_cart", 0.3, True, "train"),
+            ("u1", at(23, 8), [1, 1, 1], [VIEW, CART, VIEW], 4, "view", 0.0, True, "train", None, None),
+            # The history before the window comes from the seed states' lists (u3: its 11-21 view).
+            ("u1", at(24, 7), [1, 1, 4], [CART, VIEW, VIEW], 4, "purchase", 1.0, True, "validation", [1, 2, 3, 4], [2]),
+            ("u2", at(23, 9), [1], [RATE], 2, "view", 0.0, True, "train", None, None),
+            ("u3", at(24, 12), [2], [VIEW], 3, "view", 0.0, True, "validation", [2], []),
+            ("u4", at(23, 0, 5), [1], [VIEW], 1, "add_to_cart", 0.3, True, "train", None, None),
         ],
         schema.SPARK_DDL[schema.TRANSITIONS],
     )

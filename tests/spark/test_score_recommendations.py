@@ -105,7 +105,7 @@ def small_arrow_batches(spark):
     [
         Policy(top_k=5, seed=1),
         Policy(top_k=5, explore_slots=2, explore_epsilon=0.2, temperature=0.5, seed=99),
-        Policy(top_k=4, mask_purchased=False, seed=1),
+        Policy(top_k=4, exclude="none", seed=1),
     ],
     ids=["greedy", "exploring", "unmasked"],
 )

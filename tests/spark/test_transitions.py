@@ -73,17 +73,35 @@ def test_states_rewards_done_and_split(spark, events, item_index):
     assertSchemaEqual(transitions.schema, StructType.fromDDL(TRANSITIONS))
     expected = spark.createDataFrame(
         [
-            ("u1", at(20, 9), [1], [VIEW], 2, "add_to_cart", 0.3, False, "train"),
-            ("u1", at(20, 9, 10), [1, 2], [VIEW, CART], 3, "purchase", 1.0, True, "train"),
-            ("u1", at(21, 10), [2, 3], [CART, BUY], 1, "rating", 1.0, False, "validation"),
-            ("u1", at(21, 10, 5), [3, 1], [BUY, RATE], 2, "view", 0.0, True, "validation"),
-            ("u2", at(20, 12), [], [], 2, "rating", -0.75, True, "train"),
-            ("u3", at(21, 8), [], [], 3, "rating", 0.0, True, "validation"),
-            ("u3", at(21, 9), [3], [RATE], 1, "view", 0.0, True, "validation"),
+            ("u1", at(20, 9), [1], [VIEW], 2, "add_to_cart", 0.3, False, "train", None, None),
+            ("u1", at(20, 9, 10), [1, 2], [VIEW, CART], 3, "purchase", 1.0, True, "train", None, None),
+            # Validation rows carry the whole history before them (i1 is older than the state).
+            ("u1", at(21, 10), [2, 3], [CART, BUY], 1, "rating", 1.0, False, "validation", [1, 2, 3], [3]),
+            ("u1", at(21, 10, 5), [3, 1], [BUY, RATE], 2, "view", 0.0, True, "validation", [1, 2, 3], [3]),
+            ("u2", at(20, 12), [], [], 2, "rating", -0.75, True, "train", None, None),
+            ("u3", at(21, 8), [], [], 3, "rating", 0.0, True, "validation", [], []),  # nothing before
+            ("u3", at(21, 9), [3], [RATE], 1, "view", 0.0, True, "validation", [3], []),
         ],
         TRANSITIONS,
     )
     assertDataFrameEqual(transitions, expected)
+
+
+def test_leave_last_out_holds_out_each_users_last_event_with_a_state(spark, events, item_index):
+    transitions = build(events, item_index, validation="leave_last_out", val_start=None)
+
+    rows = transitions.orderBy(schema.USER_ID, schema.EVENT_TIME).collect()
+    assert [(r[schema.USER_ID], r[schema.ACTION], r[schema.SPLIT], r[schema.HISTORY_ITEMS]) for r in rows] == [
+        ("u1", 2, "train", None),
+        ("u1", 3, "train", None),
+        ("u1", 1, "train", None),
+        ("u1", 2, "validation", [1, 2, 3]),  # 21-10:05, the last event of the window
+        ("u2", 2, "train", None),  # a single event has no state to predict from
+        ("u3", 3, "train", None),
+        ("u3", 1, "validation", [3]),
+    ]
+    with pytest.raises(ValueError, match="validation must be one of"):
+        build(events, item_index, validation="random")
 
 
 def test_value_weighted_purchases(spark, events, item_index):
@@ -129,13 +147,14 @@ def test_seed_states_stand_in_for_the_history_before_the_window(spark, events, i
 
     expected = spark.createDataFrame(
         [
-            ("u1", at(20, 9), [1], [VIEW], 2, "add_to_cart", 0.3, False, "train"),
-            ("u1", at(20, 9, 10), [1, 2], [VIEW, CART], 3, "purchase", 1.0, True, "train"),
-            ("u1", at(21, 10), [2, 3], [CART, BUY], 1, "rating", 1.0, False, "validation"),
-            ("u1", at(21, 10, 5), [3, 1], [BUY, RATE], 2, "view", 0.0, True, "validation"),
-            ("u2", at(20, 12), [], [], 2, "rating", -0.75, True, "train"),
-            ("u3", at(21, 8), [2, 3], [VIEW, CART], 3, "rating", 0.0, True, "validation"),
-            ("u3", at(21, 9), [3, 3], [CART, RATE], 1, "view", 0.0, True, "validation"),
+            ("u1", at(20, 9), [1], [VIEW], 2, "add_to_cart", 0.3, False, "train", None, None),
+            ("u1", at(20, 9, 10), [1, 2], [VIEW, CART], 3, "purchase", 1.0, True, "train", None, None),
+            # The seed's interacted and purchased lists stand for the history before the window.
+            ("u1", at(21, 10), [2, 3], [CART, BUY], 1, "rating", 1.0, False, "validation", [1, 2, 3], [3]),
+            ("u1", at(21, 10, 5), [3, 1], [BUY, RATE], 2, "view", 0.0, True, "validation", [1, 2, 3], [3]),
+            ("u2", at(20, 12), [], [], 2, "rating", -0.75, True, "train", None, None),
+            ("u3", at(21, 8), [2, 3], [VIEW, CART], 3, "rating", 0.0, True, "validation", [2, 3], []),
+            ("u3", at(21, 9), [3, 3], [CART, RATE], 1, "view", 0.0, True, "validation", [2, 3], []),
         ],
         TRANSITIONS,
     )

@@ -50,8 +50,8 @@ def test_last_events_oldest_first_with_codes_gaps_and_purchases(spark, item_inde
     assertSchemaEqual(states.schema, StructType.fromDDL(schema.SPARK_DDL[schema.USER_STATES]))
     expected = spark.createDataFrame(
         [
-            ("u1", [2, 3, 1, 1], [VIEW, VIEW, BUY, BUY], [240.0, 0.0, 60.0, 60.0], [1, 3], at(20, 10, 7), 7),
-            ("u2", [2], [RATE], [0.0], [], at(19, 8), 1),
+            ("u1", [2, 3, 1, 1], [VIEW, VIEW, BUY, BUY], [240.0, 0.0, 60.0, 60.0], [1, 3], [1, 2, 3], at(20, 10, 7), 7),
+            ("u2", [2], [RATE], [0.0], [], [2], at(19, 8), 1),
         ],
         schema.SPARK_DDL[schema.USER_STATES],
     )
@@ -88,10 +88,10 @@ def test_update_from_yesterdays_states_equals_a_rebuild_from_history(spark, item
     expected = spark.createDataFrame(
         [
             # The late cart sits between 19-10:00 and 19-12:00; the late 18-20:00 view only counts.
-            ("u1", [1, 3, 3], [CART, VIEW, BUY], [3600.0, 3600.0, 72_000.0], [2, 3], at(20, 8), 7),
-            ("u2", [1, 2], [RATE, VIEW], [0.0, 90_000.0], [], at(20, 9), 2),
-            ("u3", [3], [VIEW], [0.0], [], at(19, 7), 1),
-            ("u4", [3], [VIEW], [0.0], [], at(20, 9), 1),
+            ("u1", [1, 3, 3], [CART, VIEW, BUY], [3600.0, 3600.0, 72_000.0], [2, 3], [1, 2, 3], at(20, 8), 7),
+            ("u2", [1, 2], [RATE, VIEW], [0.0, 90_000.0], [], [1, 2], at(20, 9), 2),
+            ("u3", [3], [VIEW], [0.0], [], [3], at(19, 7), 1),
+            ("u4", [3], [VIEW], [0.0], [], [3], at(20, 9), 1),
         ],
         schema.SPARK_DDL[schema.USER_STATES],
     )
@@ -119,7 +119,7 @@ def test_a_late_event_before_the_kept_events_changes_only_the_first_gap(spark, i
     )
 
     expected = spark.createDataFrame(
-        [("u1", [2, 3], [VIEW, VIEW], [3600.0, 1800.0], [], at(19, 9, 30), 4)],
+        [("u1", [2, 3], [VIEW, VIEW], [3600.0, 1800.0], [], [1, 2, 3], at(19, 9, 30), 4)],
         schema.SPARK_DDL[schema.USER_STATES],
     )
     assertDataFrameEqual(updated, expected)

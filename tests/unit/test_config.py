@@ -1,21 +1,22 @@
 from __future__ import annotations
 
+import datetime as dt
 import os
 
 import pytest
 import yaml
 
-from dql_model.config import Config, ConfigError, load_config
+from dql_model.config import Config, ConfigError, load_config, train_window_start
 
 
 def test_defaults_then_file_then_environment(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({"train": {"epochs": 3, "lr": 0.01}, "score": {"top_k": 7}}))
-    cfg = load_config(path, env={"DQLREC_TRAIN__EPOCHS": "9", "DQLREC_SCORE__MASK_PURCHASED": "false"})
+    cfg = load_config(path, env={"DQLREC_TRAIN__EPOCHS": "9", "DQLREC_SCORE__EXCLUDE": "none"})
     assert cfg.train.epochs == 9  # environment beats the file
     assert cfg.train.lr == 0.01  # the file beats the default
     assert cfg.score.top_k == 7
-    assert cfg.score.mask_purchased is False
+    assert cfg.score.exclude == "none"
     assert cfg.train.batch_size == Config().train.batch_size  # untouched default
 
 
@@ -121,6 +122,32 @@ def test_evaluation_settings_under_their_old_names_still_work(tmp_path):
     with pytest.warns(FutureWarning):
         both = load_config(env={"DQLREC_TRAIN__SIM_USERS": "7", "DQLREC_EVAL__SIM_USERS": "9"})
     assert both.eval.sim_users == 9
+
+
+def test_windows_and_masks_under_their_old_names_keep_their_meaning():
+    with pytest.warns(FutureWarning, match="etl.train_days is now etl.train_window"):
+        cfg = load_config(env={"DQLREC_ETL__TRAIN_DAYS": "14"})
+    assert train_window_start(cfg.etl.train_window, dt.date(2026, 11, 27), dt.date(2026, 1, 1)) == dt.date(2026, 11, 14)
+    for old, new in (("false", "none"), ("true", "purchased")):
+        with pytest.warns(FutureWarning, match="score.mask_purchased is now score.exclude"):
+            assert load_config(env={"DQLREC_SCORE__MASK_PURCHASED": old}).score.exclude == new
+
+
+def test_the_training_window_is_all_history_a_number_of_days_or_a_first_day():
+    run, first = dt.date(2026, 11, 27), dt.date(2026, 5, 1)
+    assert train_window_start("all", run, first) == first
+    assert train_window_start("14d", run, first) == dt.date(2026, 11, 14)
+    assert train_window_start("14", run, first) == dt.date(2026, 11, 14)
+    assert train_window_start("400d", run, first) == first  # never before the first loaded day
+    assert train_window_start("2026-10-01", run, first) == dt.date(2026, 10, 1)
+    assert train_window_start("2020-01-01", run, first) == first
+    with pytest.raises(ConfigError, match="starts after the run date"):
+        train_window_start("2026-12-01", run, first)
+    for bad in ("fortnight", "0d", "2026-02-30"):
+        with pytest.raises(ConfigError, match="etl.train_window"):
+            load_config(env={"DQLREC_ETL__TRAIN_WINDOW": bad})
+    with pytest.raises(ConfigError, match="etl.validation='random' is not one of"):
+        load_config(env={"DQLREC_ETL__VALIDATION": "random"})
 
 
 def test_layout_follows_the_warehouse_root():

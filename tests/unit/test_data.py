@@ -250,11 +250,11 @@ def test_user_states_pad_and_purchases(tmp_path):
     states = data.load_user_states(folder, max_len=2)
     assert states.user_id.to_pylist() == ["a", "b", "c"]
     np.testing.assert_array_equal(states.state_items, [[2, 3], [0, 0], [0, 4]])
-    np.testing.assert_array_equal(states.purchased_indptr, [0, 1, 1, 3])
-    np.testing.assert_array_equal(states.purchased_items, [2, 4, 1])
+    np.testing.assert_array_equal(states.excluded_indptr, [0, 1, 1, 3])
+    np.testing.assert_array_equal(states.excluded_items, [2, 4, 1])
     tail = states.slice(1, 3)
-    np.testing.assert_array_equal(tail.purchased_indptr, [0, 0, 2])
-    np.testing.assert_array_equal(tail.purchased_items, [4, 1])
+    np.testing.assert_array_equal(tail.excluded_indptr, [0, 0, 2])
+    np.testing.assert_array_equal(tail.excluded_items, [4, 1])
     chunks = list(data.iter_user_states(folder, max_len=2, batch_rows=1))
     assert [c.user_id.to_pylist() for c in chunks] == [["a"], ["b"], ["c"]]
 
@@ -265,3 +265,46 @@ def test_left_align_closes_holes():
     got_items, got_events = data.left_align(items, events)
     np.testing.assert_array_equal(got_items, [[0, 0, 5, 6], [0, 0, 0, 7]])
     np.testing.assert_array_equal(got_events, [[0, 0, 1, 2], [0, 0, 0, 3]])
+
+
+def test_user_states_are_read_with_the_exclusion_rule(tmp_path):
+    rows = [
+        {"user_id": "a", "item_seq": [3], "purchased": [2], "interacted": [1, 2, 3]},
+        {"user_id": "b", "item_seq": [4], "purchased": [], "interacted": [4]},
+    ]
+    folder = write_parquet(tmp_path / "u", user_states_table(rows))
+    interacted = data.load_user_states(folder, max_len=2, exclude="interacted")
+    np.testing.assert_array_equal(interacted.excluded_indptr, [0, 3, 4])
+    np.testing.assert_array_equal(interacted.excluded_items, [1, 2, 3, 4])
+    nothing = data.load_user_states(folder, max_len=2, exclude="none")
+    np.testing.assert_array_equal(nothing.excluded_indptr, [0, 0, 0])
+    assert data.user_state_columns("none") == data.USER_STATE_COLUMNS
+    with pytest.raises(ValueError, match="exclusion rule 'seen' is not one of"):
+        data.load_user_states(folder, max_len=2, exclude="seen")
+
+
+def test_exclusions_follow_the_validation_rows_in_load_order(tmp_path):
+    rows = [
+        {"item_seq": [1], "action": 2, "split": schema.TRAIN},
+        {"item_seq": [1, 2], "action": 3, "split": schema.VALIDATION, "history_items": [1, 2], "history_purchased": [2]},
+        {"item_seq": [4], "action": 5, "split": schema.TRAIN},
+        {"item_seq": [], "action": 4, "split": schema.VALIDATION},  # no history before it: null lists
+        {"item_seq": [5], "action": 1, "split": schema.VALIDATION, "history_items": [5, 4], "history_purchased": []},
+    ]
+    folder = write_parquet(tmp_path / "t", transitions_table(rows), files=2, row_group_size=1)
+    val = data.load_transitions(folder, max_len=2, split=schema.VALIDATION)
+    np.testing.assert_array_equal(val.action, [3, 4, 1])
+    interacted = data.load_exclusions(folder, exclude="interacted")
+    np.testing.assert_array_equal(interacted.indptr, [0, 2, 2, 4])
+    np.testing.assert_array_equal(interacted.items, [1, 2, 5, 4])
+    rows_, items = interacted.pairs(slice(1, 3))
+    np.testing.assert_array_equal(rows_, [1, 1])
+    np.testing.assert_array_equal(items, [5, 4])
+    purchased = data.load_exclusions(folder, exclude="purchased")
+    np.testing.assert_array_equal(purchased.indptr, [0, 1, 1, 1])
+    assert len(data.load_exclusions(folder, exclude="none")) == 3
+    # Partitions written before the history columns existed mask nothing.
+    old = write_parquet(tmp_path / "old", transitions_table(rows).drop_columns([schema.HISTORY_ITEMS]))
+    assert data.load_exclusions(old, exclude="interacted").items.size == 0
+    both = data.load_transitions(folder, max_len=2, split=(schema.TRAIN, schema.VALIDATION))
+    assert len(both) == 5

@@ -114,3 +114,28 @@ def test_share_of_already_purchased_items_by_hand():
     # row 2: 4 and 5 bought, 6 in the cart -> shares 1/10, 0, 2/10
     assert got["eval/purchased@10"] == pytest.approx((0.1 + 0.0 + 0.2) / 3)
     assert got["eval/seen@10"] == pytest.approx((0.2 + 0.0 + 0.3) / 3)
+
+
+def test_excluded_items_are_masked_before_ranking_and_a_masked_target_is_a_miss():
+    from dql_model.data import Exclusions, TransitionBatch
+
+    class Fixed:
+        def scores(self, state_items, state_events):
+            # items 1..4 score 4, 3, 2, 1 for every row (column 0 is padding)
+            return np.tile(np.array([-np.inf, 4.0, 3.0, 2.0, 1.0]), (len(state_items), 1))
+
+    state = np.array([[1], [1], [2]])
+    val = TransitionBatch.from_state(
+        state, np.ones_like(state), np.array([2, 1, 3]), np.ones(3, dtype=np.int64), np.zeros(3, np.float32),
+        np.zeros(3, dtype=bool),
+    )
+    plain = evaluate_scorer(Fixed(), val, ks=(1,))
+    assert plain["eval/hr@1"] == pytest.approx(1 / 3)  # only row 1 (target 1) is first
+
+    # row 0 masks item 1 (its target 2 moves to rank 1), row 1 masks its own target, row 2 masks 1 and 2
+    exclude = Exclusions(indptr=np.array([0, 1, 2, 4]), items=np.array([1, 1, 1, 2]))
+    masked = evaluate_scorer(Fixed(), val, ks=(1,), exclude=exclude)
+    assert masked["eval/hr@1"] == pytest.approx(2 / 3)
+    assert masked["eval/mrr@1"] == pytest.approx(2 / 3)
+    with pytest.raises(ValueError, match="exclusions cover 1 rows, the validation split has 3"):
+        evaluate_scorer(Fixed(), val, exclude=Exclusions.none(1))

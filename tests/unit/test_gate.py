@@ -115,3 +115,22 @@ def test_data_without_purchases_is_evaluated_and_gated_on_the_metrics_it_has(nig
     assert night.promoted
     assert not any(name.startswith("eval/purchase/") for name in night.metrics["challenger"])
     assert any("eval/purchase/ndcg@10 n/a" in line for line in lines)
+
+
+def test_a_gate_metric_on_an_absent_event_type_falls_back_to_all_events(night_cfg):
+    """Ratings-only or views-only data and eval.gate_metric on purchases: gate on eval/ndcg@10, say so."""
+    folder = night_cfg.layout.partition(schema.TRANSITIONS, RUN_DATE)
+    for file in sorted(Path(folder).glob("*.parquet")):
+        table = pq.read_table(file)
+        ratings = pa.array([schema.RATING] * table.num_rows, table.schema.field(schema.EVENT_TYPE).type)
+        pq.write_table(table.set_column(table.schema.get_field_index(schema.EVENT_TYPE), schema.EVENT_TYPE, ratings), file)
+    cfg = night_cfg.replace(eval={"gate_metric": schema.metric_name("ndcg", 10, schema.PURCHASE)})
+    lines = []
+    challenger = register(cfg, trained=True, run_date=RUN_DATE)
+
+    night = gate.evaluate_night(cfg, RUN_DATE, challenger, progress=lines.append)
+
+    assert night.promoted and night.gate_metric == NDCG
+    assert "no purchase events in the validation split: eval/purchase/ndcg@10 falls back to eval/ndcg@10" in night.reason
+    assert any(line.startswith("validation: ") and "rating" in line for line in lines)
+    assert schema.metric_name("ndcg", 10, schema.RATING) in night.metrics["challenger"]

@@ -64,7 +64,7 @@ def test_recommend_applies_the_scoring_masks():
     state_events = np.array([[0, BUY, VIEW], [0, 0, 0]])
     got = recommend(scorer, state_items, state_events, allowed=allowed, slate=3)
     np.testing.assert_array_equal(got, [[3, 4, 5], [1, 3, 4]])  # user 0 bought item 1
-    kept = recommend(scorer, state_items, state_events, allowed=allowed, slate=3, mask_purchased=False)
+    kept = recommend(scorer, state_items, state_events, allowed=allowed, slate=3, exclude="none")
     np.testing.assert_array_equal(kept[0], [1, 3, 4])
     short = recommend(scorer, state_items, state_events, allowed=allowed, slate=5)
     np.testing.assert_array_equal(short[0], [3, 4, 5, -1, -1])  # fewer items left than slots

@@ -306,8 +306,13 @@ def test_input_errors_are_classified_in_one_place():
 def test_a_missing_raw_partition_is_bad_input(tiny_config):
     from dql_model import errors
 
-    with pytest.raises(errors.MissingInput, match="event_date=2026-11-20 is missing: no events were loaded"):
+    with pytest.raises(errors.MissingInput, match="the table has no event_date partitions"):
         quality.check_raw_partition(tiny_config, "2026-11-20")
+    write_raw(tiny_config, pd.DataFrame({schema.USER_ID: ["u1"]}).iloc[:0])  # loads 2026-11-20 only
+    with pytest.raises(errors.MissingInput, match="event_date=2026-11-21 .*; the last loaded day is 2026-11-20"):
+        quality.check_raw_partition(tiny_config, "2026-11-21")
+    with pytest.raises(errors.MissingInput, match="loaded days run from 2026-11-20 to 2026-11-20; load 2026-11-19"):
+        quality.check_raw_partition(tiny_config, "2026-11-19")
 
 
 # --- the empty-day policy and columns outside the contract -----------------------------------------

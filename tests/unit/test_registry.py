@@ -38,8 +38,8 @@ def top_k_table(model: QNetwork) -> pa.Table:
         user_id=pa.array([f"u{i}" for i in range(6)]),
         state_items=items,
         state_events=(items > 0).astype(np.int64),
-        purchased_indptr=np.zeros(7, dtype=np.int64),
-        purchased_items=np.zeros(0, dtype=np.int64),
+        excluded_indptr=np.zeros(7, dtype=np.int64),
+        excluded_items=np.zeros(0, dtype=np.int64),
     )
     features = data.ItemFeatures(
         item_ids=np.array([None] + [f"i{i}" for i in range(1, 21)], dtype=object),

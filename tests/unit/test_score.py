@@ -60,8 +60,8 @@ def user_states(rows: list[tuple[str, list[int], list[int]]], max_len: int = 4) 
         user_id=pa.array([u for u, _, _ in rows]),
         state_items=items,
         state_events=(items > 0).astype(np.int64),
-        purchased_indptr=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-        purchased_items=np.array([i for _, _, p in rows for i in p], dtype=np.int64),
+        excluded_indptr=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        excluded_items=np.array([i for _, _, p in rows for i in p], dtype=np.int64),
     )
 
 
@@ -101,7 +101,7 @@ def test_masks_purchased_and_unavailable_items_and_breaks_ties_by_index():
     assert set(table.column("model_version").to_pylist()) == {"v1"}
     assert table.schema == schema.arrow_schema(schema.RECOMMENDATIONS)
 
-    unmasked = recommendations(score(model, states, items, mask_purchased=False))
+    unmasked = recommendations(score(model, states, items, exclude="none"))
     assert unmasked["b"][0] == ("i4", "dqn")
 
 
@@ -408,3 +408,18 @@ def test_spark_engine_runs_the_job_on_the_resolved_config_and_names_it_when_it_f
     assert launched == [("score_recommendations", "2026-11-27", ["--model-version", "20261127-missing"])]
     assert str(error.value).splitlines()[-1] == "top_k 7"
     assert list(Path(cfg.layout.scoring_summary("2026-11-27")).parent.iterdir()) == []  # config file removed
+
+
+def test_rows_name_what_produced_them():
+    from dql_model import registry
+
+    model = bias_only_model([1.0, 5.0, 3.0])
+    items = item_features(3)
+    states = user_states([("a", [1], []), ("new", [], [])])
+    got = recommendations(score(model, states, items, source=schema.SOURCE_SUPERVISED, top_k=2))
+    assert {source for _, source in got["a"]} == {"supervised"}
+    assert {source for _, source in got["new"]} == {"fallback_popular"}  # no state: the fallback, whatever the model
+    with pytest.raises(ValueError, match="is not a model's source"):
+        score(model, states, items, source=schema.SOURCE_EXPLORE)
+    assert registry.model_source({"config": {"train": {"mode": "supervised"}}}) == "supervised"
+    assert registry.model_source({"config": {"train": {"mode": "dqn"}}}) == "dqn"

@@ -221,3 +221,26 @@ def test_a_torn_checkpoint_means_training_from_the_start(tiny_config, shop):
     (folder / "epoch-0001.pt").write_bytes(b"not a checkpoint")
     result = run(cfg, shop)
     assert any("cannot resume" in line for line in result.lines) and len(result.history) == 1
+
+
+def test_refit_trains_on_validation_too_and_scores_in_place_of_the_gated_version(tiny_config, shop, monkeypatch):
+    import shutil
+
+    from dql_model import registry
+    from dql_model.scoring import engines
+
+    run_date = "2026-11-27"
+    cfg = config(tiny_config, epochs=2, checkpoints=False, refit=True)
+    for table, folder in zip((schema.TRANSITIONS, schema.ITEM_INDEX), shop, strict=True):
+        shutil.copytree(folder, cfg.layout.partition(table, run_date))
+
+    trained = train.train_challenger(cfg, run_date, progress=lambda _: None)
+
+    version, refit = trained["version"], trained["refit"]
+    assert trained["transitions"] == 40 * 10  # the gated model never saw the validation split
+    assert registry.version_data_window(cfg.registry.root, refit)["transitions"] == 40 * 12
+    assert registry.refit_of(cfg.registry.root, version) == refit != version
+    assert registry.refit_of(cfg.registry.root, refit) is None
+    monkeypatch.setitem(engines.ENGINES, "torch", lambda _cfg, _date, scored: scored)
+    assert engines.score(cfg, run_date, version) == refit
+    assert engines.score(cfg.replace(train={"refit": False}), run_date, version) == version
