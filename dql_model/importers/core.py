@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import functools
 import io
 import sys
 import time
@@ -83,6 +84,7 @@ def require_file(path: Path, what: str) -> Path:
 
 def csv_header(path: Path, *, delimiter: str = ",", encoding: str = "utf8") -> list[str]:
     """The column names on the first line of a CSV file (plain or compressed)."""
+    require_file(path, "input file")
     with pa.input_stream(str(path), compression="detect") as stream:
         head = stream.read(1 << 20).decode(encoding, errors="replace")
     first = head.splitlines()[0] if head else ""
@@ -306,6 +308,11 @@ def timestamp_micros(column: pa.Array) -> pa.Array:
     """A native timestamp column (Parquet) as UTC microseconds; a naive one is taken as UTC."""
     as_us = pc.cast(column, pa.timestamp("us", column.type.tz), safe=False)
     return _micros_in_range(pc.cast(as_us, pa.int64()))
+
+
+def any_of(masks: Sequence[pa.Array]) -> pa.Array:
+    """Element-wise OR of boolean arrays."""
+    return functools.reduce(pc.or_, masks)
 
 
 def map_values(strings: pa.Array, mapping: dict[str, str]) -> pa.Array:

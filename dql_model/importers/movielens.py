@@ -110,11 +110,7 @@ def convert_ratings(chunk: core.Chunk) -> tuple[pa.Table, core.Verdicts]:
     verdicts = core.Verdicts(chunk)
     gaps = [n for n in t.column_names if n.startswith("_gap")]
     if gaps:  # a ratings.dat line whose fields are not separated by exactly '::'
-        split = (
-            pc.or_(*[pc.not_equal(t.column(g), "") for g in gaps])
-            if len(gaps) > 1
-            else pc.not_equal(t.column(gaps[0]), "")
-        )
+        split = core.any_of([pc.not_equal(t.column(g), "") for g in gaps])
         verdicts.check(schema.RULE_MALFORMED_ROW, "::", split, user)
     verdicts.check(schema.RULE_NULL_ID, "user", core.blank(user), user)
     verdicts.check(schema.RULE_NULL_ID, "item", core.blank(item), item)
@@ -180,7 +176,7 @@ def _flags_to_items(chunk: core.Chunk, genres: tuple[str, ...]) -> tuple[pa.Tabl
     flags = [core.as_strings(t.column(f"g{i}")) for i in range(len(genres))]
     verdicts = core.Verdicts(chunk)
     verdicts.check(schema.RULE_NULL_ID, "movie id", core.blank(movie), movie)
-    bad_flag = pc.or_(*[pc.invert(pc.is_in(f, value_set=pa.array(["0", "1"]))) for f in flags])
+    bad_flag = core.any_of([pc.invert(pc.is_in(f, value_set=pa.array(["0", "1"]))) for f in flags])
     verdicts.check(schema.RULE_BAD_VALUE, "genre flags", bad_flag, pc.binary_join_element_wise(*flags, "|"))
     category = pa.nulls(len(movie), pa.string())
     for flag, name in reversed(list(zip(flags, genres, strict=True))):  # the first flag set wins
