@@ -540,3 +540,23 @@ def test_movielens_100k_from_a_wheel_is_written_in_its_own_layout(layout, tmp_pa
     summary = run_import(layout, "movielens", folder)
     assert (summary["accepted"], summary["items"]["written"]) == (2, 2)
     assert items_of(layout) == {"242": ("Comedy", None, True), "302": ("Crime", None, True)}
+
+
+def test_events_from_a_gzipped_csv_without_header(layout, tmp_path):
+    import gzip
+
+    path = tmp_path / "log.csv.gz"
+    path.write_bytes(gzip.compress(b"1700000000;u1;i1\n1700000060;u2;i2\nlater;u3;i3\n"))
+    summary = run_import(
+        layout,
+        "events",
+        path,
+        columns=("t", "u", "i"),
+        delimiter=";",
+        map={"event_time": "t", "user_id": "u", "item_id": "i"},
+        event_type="purchase",
+        time_unit="s",
+    )
+    assert (summary["accepted"], summary["quarantined"]) == (2, 1)
+    assert quarantine_of(layout, "log.csv.gz") == [(3, "bad_timestamp", "t", "later")]
+    assert [e["event_type"] for e in events_of(layout, "2023-11-14")] == ["purchase", "purchase"]
