@@ -1,6 +1,7 @@
 """`dqlrec`: the command line of the pipeline.
 
     dqlrec generate [--if-empty]      write the demo shop's raw tables into the warehouse
+    dqlrec import --format F PATH     load a data set's native files into the raw tables (dql_model.importers)
     dqlrec task NAME --run-date D     run one nightly task (and those it needs) without Airflow
     dqlrec summary --run-date D       print the closing summary of a run
     dqlrec evaluate [--run-date D] [--json]   print the model comparison of a run
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from dql_model import pipeline, run_dates, schema
+from dql_model import importers, pipeline, run_dates, schema
 from dql_model.config import Config, ConfigError, load_config
 from dql_model.errors import InputError
 
@@ -158,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="write the demo shop's raw tables into the warehouse")
     p.add_argument("--if-empty", action="store_true", help="do nothing when the warehouse already has events")
     p.set_defaults(func=_cmd_generate)
+
+    importers.add_parser(sub)
 
     p = sub.add_parser("task", help="run one nightly task (and the tasks whose results it needs) without Airflow")
     p.add_argument("name", choices=pipeline.STEP_NAMES)

@@ -4,11 +4,13 @@ This module is the one owner of those paths; everything else asks it (``cfg.layo
 
     <root>/raw/events/event_date=D/          the shop's events, one partition per day (input)
     <root>/raw/items/                        the catalogue (input, not partitioned)
+    <root>/raw/import_quarantine/source_file=F/   rows `dqlrec import` refused from file F, with rule and line
     <root>/curated/<table>/run_date=D/       item_index, user_states, transitions, quarantine
     <root>/curated/_runs/run_date=D/build_training_data.json   the ETL job's counts
     <root>/output/recommendations/run_date=D/                  what marketing reads
     <root>/staging/recommendations/run_date=D/                 scored, not yet validated
     <root>/staging/_runs/run_date=D/score_users.json           the scoring engine's counts
+    <root>/staging/_import/<id>/             chunks of one `dqlrec import` in progress (removed at its end)
     <root>/reports/run_date=D/               evaluation.json, summary.json, report.md, plots
 
 Paths are strings, not ``Path`` objects, so a root like ``hdfs://...`` survives for the Spark
@@ -29,6 +31,7 @@ RUNS = "_runs"
 LAYER = {
     schema.EVENTS: RAW,
     schema.ITEMS: RAW,
+    schema.IMPORT_QUARANTINE: RAW,
     schema.ITEM_INDEX: CURATED,
     schema.USER_STATES: CURATED,
     schema.TRANSITIONS: CURATED,
@@ -75,6 +78,14 @@ class Layout:
         if table == schema.ITEMS:
             raise ValueError("raw items are not partitioned: use Layout.table(schema.ITEMS)")
         return f"{self.table(table)}/{self.partition_column(table)}={day}"
+
+    def import_quarantine(self, source_file: str) -> str:
+        """Rows `dqlrec import` refused from one input file (by its name): ``raw/import_quarantine/source_file=F``."""
+        return f"{self.table(schema.IMPORT_QUARANTINE)}/{schema.SOURCE_FILE}={source_file}"
+
+    def import_spill(self, import_id: str) -> str:
+        """Scratch folder of one import in progress (chunks per date), hidden from every reader."""
+        return self._join(STAGING, "_import", import_id)
 
     def etl_summary(self, run_date: str) -> str:
         """The counts the ETL job writes for a run date (input = accepted + quarantined, ...)."""

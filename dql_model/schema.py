@@ -23,6 +23,7 @@ ITEM_INDEX = "item_index"
 USER_STATES = "user_states"
 TRANSITIONS = "transitions"
 QUARANTINE = "quarantine"
+IMPORT_QUARANTINE = "import_quarantine"
 RECOMMENDATIONS = "recommendations"
 
 # Columns.
@@ -55,6 +56,11 @@ TRAIN = "train"
 VALIDATION = "validation"
 RULE = "rule"
 SOURCE_PARTITION = "source_partition"
+SOURCE_FILE = "source_file"
+LINE = "line"
+COLUMN = "column"
+RAW_VALUE = "raw_value"
+RECORD = "record"
 RUN_DATE = "run_date"
 RANK = "rank"
 SCORE = "score"
@@ -83,6 +89,9 @@ RULE_BAD_EVENT_TYPE = "bad_event_type"
 RULE_TIME_OUT_OF_RANGE = "event_time_out_of_range"
 RULE_BAD_VALUE = "bad_value"
 RULE_DUPLICATE = "duplicate"
+# Rules only `dqlrec import` applies (it also uses null_id, bad_event_type and bad_value above).
+RULE_BAD_TIMESTAMP = "bad_timestamp"
+RULE_MALFORMED_ROW = "malformed_row"
 
 # Validation metric names: eval/<kind>@<k> over all events, eval/<event_type>/<kind>@<k> per type.
 METRIC_NAMESPACE = "eval"
@@ -175,6 +184,13 @@ def arrow_schema(table: str):
             (CATEGORY_ID, pa.string()),
             (PRICE, pa.float64()),
             (AVAILABLE, pa.bool_()),
+        ],
+        IMPORT_QUARANTINE: [
+            (LINE, pa.int64()),
+            (RULE, pa.string()),
+            (COLUMN, pa.string()),
+            (RAW_VALUE, pa.string()),
+            (RECORD, pa.string()),
         ],
         RECOMMENDATIONS: [
             (USER_ID, pa.string()),
