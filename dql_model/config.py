@@ -227,7 +227,7 @@ class EtlConfig(_Section):
     reward_purchase: float = 1.0
     """Reward of a purchase."""
     reward_rating_scale: float = 1.0
-    """A rating v in [1, 5] earns reward_rating_scale * (v - 3) / 2, in [-1, 1]."""
+    """A rating v in [0.5, 5] earns reward_rating_scale * (v - 3) / 2, clipped to [-1, 1]."""
     reward_value_weighted: bool = False
     """Multiply purchase rewards by price / mean price (the item-value weights w_i)."""
 

@@ -160,6 +160,9 @@ def evaluate_night(
         progress(f"gate: {fallback}")
     if challenger is None:
         promoted, reason = False, f"no challenger ({no_challenger_reason})"
+    elif not len(val):
+        promoted, reason = True, "no validation events to compare on: the challenger, trained on the newest data, is promoted"
+        registry.set_champion(root, challenger)
     else:
         promoted, reason = compare(
             results.get("champion"), results["challenger"], metric=gate_metric, tolerance=cfg.eval.gate_tolerance
@@ -198,6 +201,13 @@ def _simulate(night: NightEvaluation, cfg: Config, items, scorers, baseline_scor
     """The simulated value of tonight's DQN (the challenger, else the champion) and the baselines."""
     from dql_model import policy_eval
 
+    shared, shop_items = policy_eval.shop_items_known(cfg, items)
+    if shared < SIM_MIN_SHARED * shop_items:
+        progress(
+            f"simulation skipped: it runs the synthetic shop, and tonight's item index has {shared} of its "
+            f"{shop_items} items (the data is not the demo shop's); set eval.sim_users: 0 to silence this"
+        )
+        return
     dqn = "challenger" if "challenger" in scorers else "champion"
     policies = {dqn: scorers[dqn], **baseline_scorers}
     headline, *others = cfg.eval.sim_refresh
@@ -205,6 +215,10 @@ def _simulate(night: NightEvaluation, cfg: Config, items, scorers, baseline_scor
     night.simulation_more = [
         policy_eval.simulate_policies(policies, cfg, items, refresh=mode, progress=progress) for mode in others
     ]
+
+
+SIM_MIN_SHARED = 0.5
+"""The simulation runs when tonight's item index holds at least this share of the shop's items."""
 
 
 def _figure(value: float | None) -> str:

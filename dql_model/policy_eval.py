@@ -171,6 +171,13 @@ def _check_refresh(refresh: str) -> None:
         raise ValueError(f"simulation refresh {refresh!r} is not one of {REFRESH_MODES}")
 
 
+def shop_items_known(cfg: Config, items: data.ItemFeatures) -> tuple[int, int]:
+    """(how many of the synthetic shop's items the item index has, the shop's item count): the
+    simulation is meaningful only on the demo shop's own catalogue."""
+    simulator = ShopSimulator(cfg.simulator)
+    return int((CatalogueMap.build(simulator.item_ids, items).env_to_idx > 0).sum()), len(simulator.item_ids)
+
+
 def simulate_policies(
     policies: Mapping[str, Scorer],
     cfg: Config,

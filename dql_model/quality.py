@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
     from dql_model.config import Config
 
-"""A rating's value lies in [1, 5] (see EtlConfig.reward_rating_scale)."""
+"""A rating's value lies in schema.RATING_BOUNDS, [0.5, 5] (see EtlConfig.reward_rating_scale)."""
 BLANK = r"^\s*$"
 """An id that is empty or only whitespace."""
 SAMPLE_SIZE = 3

@@ -70,7 +70,8 @@ MODEL_VERSION = "model_version"
 GENERATED_AT = "generated_at"
 
 # A rating's value must lie in this closed range (the reward maps it to [-1, 1]).
-RATING_BOUNDS = (1.0, 5.0)
+RATING_BOUNDS = (0.5, 5.0)
+"""Ratings the contract accepts: MovieLens' scale, half stars from 0.5 (ML-10M and later) included."""
 
 SOURCE_DQN = "dqn"
 SOURCE_FALLBACK = "fallback_popular"

@@ -40,6 +40,12 @@ os.environ["AIRFLOW_CONN_SPARK_DEFAULT"] = '{"conn_type": "spark", "host": "loca
 
 
 @pytest.fixture(scope="session")
+def airflow_db():
+    """Airflow's metadata DB (SQLite under var/test-airflow), migrated once per test run."""
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
+
+
+@pytest.fixture(scope="session")
 def spark():
     """The one SparkSession of the test run: local[1], one shuffle partition, no UI."""
     from pyspark.sql import SparkSession

@@ -177,3 +177,63 @@ def make_shop(
     transitions = write_parquet(root / "transitions", transitions_table(rows), files=2, row_group_size=64)
     item_index = write_parquet(root / "item_index", item_index_table(n_items))
     return transitions, item_index
+
+
+# --------------------------------------------------------------------------------------------
+# Logs in other systems' native formats (what `dqlrec import` reads), written by a hidden rule
+
+
+def foreign_log(
+    *, n_users: int = 40, n_items: int = 30, events: int = 12, span_days: int = 6, repeats: bool = True, seed: int = 0
+) -> list[tuple[int, int, int]]:
+    """(unix seconds, user, item) rows: each user walks the ``successor`` rule with some noise,
+    spread over ``span_days`` days ending 2026-11-27; without ``repeats`` no user meets an item twice
+    (a ratings log)."""
+    rng = np.random.default_rng(seed)
+    end = 1_795_824_000  # 2026-11-28 00:00 UTC
+    rows = []
+    for user in range(1, n_users + 1):
+        times = np.sort(rng.uniform(end - span_days * 86_400, end - 60, size=events)).astype(int)
+        item, seen = int(rng.integers(1, n_items + 1)), set()
+        for t in times:
+            if not repeats:
+                tries = 0
+                while item in seen and tries < n_items:
+                    item, tries = successor(item, n_items), tries + 1
+                seen.add(item)
+            rows.append((int(t), user, item))
+            item = successor(item, n_items) if rng.random() > 0.15 else int(rng.integers(1, n_items + 1))
+    return rows
+
+
+def write_retailrocket(folder: Path, rows: list[tuple[int, int, int]], *, n_items: int = 30) -> Path:
+    """events.csv (ms, visitorid, view/addtocart/transaction, itemid, transactionid) and item properties."""
+    folder.mkdir(parents=True, exist_ok=True)
+    kinds = ("view", "view", "addtocart", "view", "transaction")
+    lines = ["timestamp,visitorid,event,itemid,transactionid"]
+    for n, (t, user, item) in enumerate(rows):
+        kind = kinds[n % len(kinds)]
+        lines.append(f"{t * 1000},{user},{kind},{100 + item},{9000 + n if kind == 'transaction' else ''}")
+    (folder / "events.csv").write_text("\n".join(lines) + "\n")
+    first = min(t for t, _, _ in rows) * 1000
+    props = ["timestamp,itemid,property,value"]
+    for item in range(1, n_items + 1):
+        props += [f"{first},{100 + item},categoryid,{item % 4}", f"{first},{100 + item},available,1"]
+    (folder / "item_properties_part1.csv").write_text("\n".join(props) + "\n")
+    return folder
+
+
+def write_movielens_100k(folder: Path, rows: list[tuple[int, int, int]]) -> Path:
+    """u.data (user, item, rating, seconds; tab separated): ratings only."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [f"{user}\t{item}\t{1 + (user + item) % 5}\t{t}" for t, user, item in rows]
+    (folder / "u.data").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def write_views_csv(path: Path, rows: list[tuple[int, int, int]]) -> Path:
+    """A shop's own click log: ts (ms), visitor, sku; every row a view."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["ts,visitor,sku"] + [f"{t * 1000},v{user},sku-{item}" for t, user, item in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path

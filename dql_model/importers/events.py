@@ -13,7 +13,7 @@ its latest event.
   ``--time-unit s|ms|us|ns`` reads integers since 1970, ``--time-format`` reads strftime text
   (UTC unless it has ``%z``), and by default ISO 8601 text is read (no zone: UTC). Integer
   columns require ``--time-unit``.
-- ``value`` must be a number when present; a ``rating`` needs one in [1, 5] (``bad_value``).
+- ``value`` must be a number when present; a ``rating`` needs one in ``schema.RATING_BOUNDS``, [0.5, 5] (``bad_value``).
 - ``--items FILE`` (CSV or Parquet) with ``--items-map item_id=sku,category_id=cat,price=p,
   available=in_stock``: the catalogue. ``available`` accepts true/false, 1/0, yes/no.
 

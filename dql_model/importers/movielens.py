@@ -12,8 +12,8 @@ Movies, for categories (``--items``, else the matching file beside the ratings):
   genres are written ``A|B``.
 
 Every rating is an event of type ``rating`` with ``value`` = the rating; ``session_id`` is null.
-A rating outside the contract's [1, 5] (the half stars 0.5 of ML-10M and later) is quarantined
-(``bad_value``). ``category_id`` is the movie's first genre: the first flag set in ``u.item``, the
+A rating outside the contract's ``schema.RATING_BOUNDS`` ([0.5, 5]: the half stars of ML-10M and
+later are kept) is quarantined (``bad_value``). ``category_id`` is the movie's first genre: the first flag set in ``u.item``, the
 first listed in ``movies.*`` (those lists are alphabetical, so "Adventure" wins over "Comedy");
 "(no genres listed)" is null. ``available`` is true and ``price`` null for every movie.
 """

@@ -8,9 +8,6 @@ with the warehouse partition, and reruns the date to check nothing is duplicated
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pyarrow.compute as pc
 import pytest
 import yaml
@@ -19,12 +16,6 @@ from dql_model import publish, schema, storage
 from dql_model.config import load_config
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def airflow_db():
-    """Airflow's metadata DB (SQLite under var/test-airflow), migrated once."""
-    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True)
 
 
 def _recommendations_without_time(table):

@@ -263,8 +263,8 @@ def test_yoochoose_sessions_as_users_clicks_and_buys(layout):
         ),
         (
             "ml-25m/ratings.csv",
-            (14, 11, 3),
-            {"bad_timestamp": 1, "bad_value": 2},
+            (14, 12, 2),  # the half star 0.5 is a rating
+            {"bad_timestamp": 1, "bad_value": 1},
             {"296": "Comedy", "306": "Drama", "209171": None},
         ),
     ],
@@ -277,7 +277,7 @@ def test_movielens_layouts(layout, path, counts, rules, categories):
         storage.read_partition(layout.partition(schema.EVENTS, day)) for day in summary["dates"]
     ).to_pylist()
     assert {e["event_type"] for e in events} == {"rating"}
-    assert all(1.0 <= e["value"] <= 5.0 for e in events)
+    assert all(0.5 <= e["value"] <= 5.0 for e in events)
     items = items_of(layout)
     assert {item: items[item][0] for item in categories} == categories
 
@@ -324,7 +324,7 @@ def test_events_csv_with_mappings_and_a_catalogue(layout):
         (11, "null_id", "visitor", ""),
         (12, "bad_timestamp", "ts", "2024-03-02 25:00:00"),
         (13, "bad_value", "amount", "free"),
-        (16, "bad_value", "amount", "9"),  # a rating outside [1, 5]
+        (16, "bad_value", "amount", "9"),  # a rating outside [0.5, 5]
     ]
     day1 = events_of(layout, "2024-03-01")
     assert [(e["event_type"], e["value"], e["session_id"]) for e in day1[:4]] == [
