@@ -260,6 +260,9 @@ class TrainConfig(_Section):
     """Seed of initialisation and batching; CPU runs are bit-for-bit reproducible."""
     checkpoints: bool = True
     """Checkpoint every epoch under <registry.root>/.checkpoints; a rerun after a crash resumes there."""
+    threads: int = 0
+    """torch CPU threads of training, evaluation, scoring and simulation: 0 = the CPUs this process may use
+    (affinity, cgroup quota); a positive value caps that (e.g. 1 per job when jobs share a worker's cores)."""
 
 
 @dataclass
