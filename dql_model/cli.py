@@ -7,6 +7,7 @@
     dqlrec config [KEY]               print the resolved configuration (or one value)
     dqlrec demo-date                  print the demo's run date (the simulator's last day)
     dqlrec first-failure LOG          print the first task failure of an Airflow log (make run's last word)
+    dqlrec services start|stop|status the local production-like services (make airflow, make airflow-stop)
 """
 
 from __future__ import annotations
@@ -131,6 +132,12 @@ def _cmd_demo_date(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_services(args: argparse.Namespace) -> int:
+    from dql_model import services
+
+    return services.main(args.args)
+
+
 def _run_date(text: str) -> str:
     try:
         return schema.iso_date(text)
@@ -175,6 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo-date", help="print the demo's run date")
     p.set_defaults(func=_cmd_demo_date)
+
+    p = sub.add_parser("services", help="start, stop or show the local services of `make airflow` (dql_model.services)")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="start | stop | status [--home DIR]")
+    p.set_defaults(func=_cmd_services)
     return parser
 
 
