@@ -98,6 +98,7 @@ def running(shop):
     """The services started from a clean folder; stopped at the end even if a test failed."""
     if postgres_bindir() is None:
         pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not found: install postgresql or set PG_BINDIR")
+    services.stop(HOME, out=lambda _line: None)  # what an interrupted earlier run may have left
     shutil.rmtree(HOME, ignore_errors=True)
     state = services.start(HOME)
     try:
