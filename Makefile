@@ -23,7 +23,7 @@ export PYSPARK_DRIVER_PYTHON       := $(BIN)/python
 DAG_ID   := dql_recommendations
 RUN_DATE ?=
 
-.PHONY: run test install bench lint generate airflow-ui clean-data clean
+.PHONY: run test install bench lint generate airflow airflow-stop airflow-status airflow-ui clean-data clean
 
 ## install: create .venv and install the pinned requirements and the package (once)
 install: $(STAMP)
@@ -69,6 +69,19 @@ lint: install
 ## generate: write the demo shop's raw tables into the warehouse (replaces them)
 generate: install
 	@$(BIN)/dqlrec generate
+
+## airflow: the services on this machine (PostgreSQL, Airflow's four services, Spark standalone) in var/services
+airflow: install
+	@$(BIN)/dqlrec generate --if-empty
+	@$(BIN)/dqlrec services start
+
+## airflow-stop: stop what `make airflow` started (by its PID files)
+airflow-stop:
+	@$(BIN)/dqlrec services stop
+
+## airflow-status: which of those services run, and their URLs
+airflow-status:
+	@$(BIN)/dqlrec services status
 
 ## airflow-ui: start Airflow standalone (UI on http://localhost:8080) with this project's DAGs
 airflow-ui: install

@@ -56,7 +56,7 @@ DAG_ID = Path(__file__).stem
 PROJECT_ROOT = Path(os.environ.get("DQLREC_HOME", Path(__file__).resolve().parents[1]))
 JOBS_DIR = Path(os.environ.get("DQLREC_JOBS_DIR", PROJECT_ROOT / "jobs"))
 # Downstream DAGs schedule on this asset; it is emitted when a date's recommendations are published.
-RECOMMENDATIONS_ASSET = Asset(name="dqlrec_recommendations", uri="dqlrec://warehouse/output/recommendations")
+RECOMMENDATIONS_ASSET = Asset(name=pipeline.RECOMMENDATIONS_ASSET_NAME, uri=pipeline.RECOMMENDATIONS_ASSET_URI)
 RUN_DATE_XCOM = "{{ ti.xcom_pull(task_ids='resolve_run_date') }}"
 # What every spark-submit task of this DAG shares: the connection, pool, timeout and Spark settings.
 SPARK_SUBMIT_DEFAULTS = {
@@ -200,7 +200,7 @@ with DAG(
     def validate_training_data(run_date: str) -> dict:
         return _run("validate_training_data", run_date)
 
-    @task(pool="gpu", execution_timeout=timedelta(hours=3))
+    @task(pool="gpu", queue="gpu", execution_timeout=timedelta(hours=3))
     def train_model(run_date: str) -> dict:
         return _run("train_model", run_date)
 

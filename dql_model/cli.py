@@ -9,6 +9,7 @@
     dqlrec demo-date                  print the demo's run date (the simulator's last day)
     dqlrec run-date [D|latest]        print a run date as YYYY-MM-DD; fails when its events are not loaded
     dqlrec first-failure LOG          print the first task failure of an Airflow log (make run's last word)
+    dqlrec services start|stop|status the local production-like services (make airflow, make airflow-stop)
 """
 
 from __future__ import annotations
@@ -136,6 +137,12 @@ def _cmd_demo_date(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_services(args: argparse.Namespace) -> int:
+    from dql_model import services
+
+    return services.main(args.args)
+
+
 def _run_date(text: str) -> str:
     """A calendar date, or ``latest`` (resolved against the warehouse once the config is loaded)."""
     if text.strip().lower() == run_dates.LATEST:
@@ -194,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run-date", help="print a run date as YYYY-MM-DD ('latest': the last loaded day); fails if not loaded")
     p.add_argument("value", nargs="?", default=run_dates.LATEST, help="YYYY-MM-DD or latest (default)")
     p.set_defaults(func=_cmd_run_date)
+
+    p = sub.add_parser("services", help="start, stop or show the local services of `make airflow` (dql_model.services)")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="start | stop | status [--home DIR]")
+    p.set_defaults(func=_cmd_services)
     return parser
 
 

@@ -306,6 +306,9 @@ class TrainConfig(_Section):
     """After early stopping, train the same start again on train + validation for the best epoch
     count, and score with that refit (the published model has seen the newest days). The gate still
     judges the model that never saw validation. Doubles the training time."""
+    threads: int = 0
+    """torch CPU threads of training, evaluation, scoring and simulation: 0 = the CPUs this process may use
+    (affinity, cgroup quota); a positive value caps that (e.g. 1 per job when jobs share a worker's cores)."""
 
 
 @dataclass

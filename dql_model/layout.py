@@ -12,6 +12,7 @@ This module is the one owner of those paths; everything else asks it (``cfg.layo
     <root>/staging/_runs/run_date=D/score_users.json           the scoring engine's counts
     <root>/staging/_import/<id>/             chunks of one `dqlrec import` in progress (removed at its end)
     <root>/reports/run_date=D/               evaluation.json, summary.json, report.md, plots
+    <root>/marketing/<table>/run_date=D/     downstream teams' tables built from the output
 
 Paths are strings, not ``Path`` objects, so a root like ``hdfs://...`` survives for the Spark
 jobs; local callers wrap them in ``Path``. Writers put a partition together in a hidden sibling
@@ -26,6 +27,8 @@ from dataclasses import dataclass
 from dql_model import schema
 
 RAW, CURATED, OUTPUT, STAGING, REPORTS = "raw", "curated", "output", "staging", "reports"
+MARKETING = "marketing"
+"""Layer of the downstream tables marketing builds from the recommendations (dags/marketing_audiences.py)."""
 RUNS = "_runs"
 """Folder of per-run JSON summaries inside a layer (hidden from table readers by its '_')."""
 LAYER = {
@@ -106,3 +109,7 @@ class Layout:
     def report(self, run_date: str) -> str:
         """The report folder of a run date."""
         return self._join(REPORTS, f"{schema.RUN_DATE}={run_date}")
+
+    def marketing(self, table: str, run_date: str) -> str:
+        """A run date's partition of a downstream marketing table (e.g. campaign_audiences)."""
+        return self._join(MARKETING, table, f"{schema.RUN_DATE}={run_date}")

@@ -53,6 +53,11 @@ STEP_NAMES = tuple(step.name for step in STEPS)
 SCORING_JOB = "score_recommendations"
 """The Spark job of the scoring step when ``score.engine`` is spark (``jobs/score_recommendations.py``)."""
 
+RECOMMENDATIONS_ASSET_NAME = "dqlrec_recommendations"
+RECOMMENDATIONS_ASSET_URI = "dqlrec://warehouse/output/recommendations"
+"""The Airflow asset publishing emits (extra: run_date, rows, users, export_uri, model_version);
+downstream DAGs such as dags/marketing_audiences.py are scheduled on it."""
+
 FAST_JVM_OPTIONS = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
 """Driver JVM flags for short batch jobs: C1 only and the serial GC halve the JVM start-up."""
 

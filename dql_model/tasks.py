@@ -82,6 +82,15 @@ def _config(cfg: Config | None, options: RunOptions) -> Config:
     return options.apply(cfg or load_config())
 
 
+def _torch_config(cfg: Config | None, options: RunOptions) -> Config:
+    """The config of a task that runs torch, with torch's threads set from it (dql_model.threads)."""
+    from dql_model.threads import set_torch_threads
+
+    cfg = _config(cfg, options)
+    set_torch_threads(cfg.train.threads)
+    return cfg
+
+
 def _read_json(path: str, missing: str) -> dict[str, Any]:
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path} is missing: {missing}")
@@ -124,7 +133,7 @@ def train_model(run_date: str, *, options: RunOptions = DEFAULTS, cfg: Config | 
         reason = f"pinned model {options.model_version}" if options.model_version else "skip_training is set"
         say(f"training skipped: {reason}")
         return {"trained": False, "reason": reason}
-    trained = train_challenger(_config(cfg, options), run_date, progress=say)
+    trained = train_challenger(_torch_config(cfg, options), run_date, progress=say)
     say(f"trained challenger {trained['version']} on {trained['device']} in {trained['seconds']:.0f} s")
     return {"trained": True, **trained}
 
@@ -135,7 +144,7 @@ def evaluate_and_gate(
     """Challenger vs champion vs baselines on validation; promotes or keeps; writes evaluation.json."""
     from dql_model import gate, registry, report
 
-    cfg = _config(cfg, options)
+    cfg = _torch_config(cfg, options)
     if options.model_version:
         try:
             registry.check_version_name(options.model_version)
@@ -159,7 +168,7 @@ def score_users(
     """Top-K for every user with ``score.engine`` (torch here, or the Spark job), staged unseen by readers."""
     from dql_model.scoring import engines
 
-    scored = engines.score(_config(cfg, options), run_date, gate["scoring_version"])
+    scored = engines.score(_torch_config(cfg, options), run_date, gate["scoring_version"])
     sources = ", ".join(f"{n} {source} rows" for source, n in scored.sources.items())
     say(f"scored {scored.users} users with {scored.model_version} on {scored.engine} (top {scored.top_k}): {sources}")
     return scored.to_dict()

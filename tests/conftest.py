@@ -3,7 +3,6 @@ tiny configs. Builders of test data (plain functions) are in tests/factories.py.
 
 from __future__ import annotations
 
-import glob
 import os
 import secrets
 import shutil
@@ -17,6 +16,7 @@ import pytest
 
 from dql_model.config import Config
 from dql_model.pipeline import FAST_JVM_OPTIONS
+from dql_model.services import postgres_bindir
 
 # spark-submit and the Spark workers must find this interpreter and its scripts.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
@@ -98,10 +98,15 @@ def s3_bucket(s3_endpoint, request):
 @pytest.fixture
 def tiny_config(tmp_path: Path) -> Config:
     """A small shop and a short training run, everything under tmp_path."""
+    return make_tiny_config(tmp_path)
+
+
+def make_tiny_config(root: Path) -> Config:
+    """tiny_config's configuration under any folder (for fixtures wider than one test)."""
     return Config().replace(
-        warehouse={"root": str(tmp_path / "warehouse")},
-        registry={"root": str(tmp_path / "models")},
-        publish={"export_uri": str(tmp_path / "export")},
+        warehouse={"root": str(root / "warehouse")},
+        registry={"root": str(root / "models")},
+        publish={"export_uri": str(root / "export")},
         simulator={"n_users": 60, "n_items": 40, "n_categories": 4, "n_days": 6, "end_date": "2026-11-27"},
         etl={"max_len": 8, "train_window": "5d", "validation": "time", "val_days": 1},
         model={"embed_dim": 16, "hidden_dim": 16},
@@ -112,19 +117,6 @@ def tiny_config(tmp_path: Path) -> Config:
 
 
 # --- a throwaway PostgreSQL server (the SQL sink's tests and the publish reliability tests) --------------
-
-
-def postgres_bindir() -> Path | None:
-    """Folder with initdb and pg_ctl: $PG_BINDIR, PATH, or the newest /usr/lib/postgresql/*/bin (Debian)."""
-    candidates = [os.environ.get("PG_BINDIR", "")]
-    on_path = shutil.which("initdb")
-    candidates.append(str(Path(on_path).parent) if on_path else "")
-    versions = glob.glob("/usr/lib/postgresql/*/bin") + glob.glob("/usr/pgsql-*/bin")
-    candidates += sorted(versions, key=lambda p: [int(x) for x in p.split("/") if x.isdigit()] or [0], reverse=True)
-    for folder in filter(None, candidates):
-        if (Path(folder) / "initdb").is_file() and (Path(folder) / "pg_ctl").is_file():
-            return Path(folder)
-    return None
 
 
 def _free_port() -> int:

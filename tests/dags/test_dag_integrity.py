@@ -66,6 +66,7 @@ def test_training_failure_falls_back_to_champion(dagbag):
     dag = dagbag.dags[DAG_ID]
     assert dag.get_task("evaluate_and_gate").trigger_rule == "all_done"
     assert dag.get_task("train_model").pool == "gpu"
+    assert dag.get_task("train_model").queue == "gpu"  # compose's GPU worker takes this queue
     assert dag.get_task("build_training_data").pool == "spark"
 
 
@@ -90,7 +91,8 @@ def test_params_are_typed(dagbag):
         assert param.schema.get("title") and param.description
 
 
-def test_module_level_imports_are_light():
+@pytest.mark.parametrize("dag_id", [DAG_ID, "marketing_audiences"])
+def test_module_level_imports_are_light(dag_id):
     # The DAG file may import dql_model.pipeline (standard library only: the step order), nothing
     # else of the package, and none of the heavy libraries.
     code = (
@@ -101,7 +103,7 @@ def test_module_level_imports_are_light():
         "print('HEAVY=' + ','.join(heavy))"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code, str(PROJECT_ROOT / "dags" / f"{DAG_ID}.py")],
+        [sys.executable, "-c", code, str(PROJECT_ROOT / "dags" / f"{dag_id}.py")],
         capture_output=True, text=True, check=True,
     )
     marker = [line for line in out.stdout.splitlines() if line.startswith("HEAVY=")]
