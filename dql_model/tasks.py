@@ -10,6 +10,7 @@ manual-trigger options; ``cfg`` (default: ``load_config()``) the rest.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 from collections.abc import Mapping
@@ -18,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from dql_model import schema, storage
+from dql_model import faults, locks, schema, storage
 from dql_model.config import Config, ConfigError, load_config
 from dql_model.errors import MissingInput
 
@@ -82,12 +83,32 @@ def _config(cfg: Config | None, options: RunOptions) -> Config:
     return options.apply(cfg or load_config())
 
 
+def _holds_run_date_lock(task):
+    """Run the task under its run date's lock (dql_model.locks), between two kill points (dql_model.faults).
+
+    A second run of the same date waits for this one, or fails naming it; the lock is released
+    however the task ends.
+    """
+
+    @functools.wraps(task)
+    def locked(run_date: str, *upstream: Any, options: RunOptions = DEFAULTS, cfg: Config | None = None):
+        cfg = _config(cfg, options)
+        with locks.hold(cfg, run_date, task.__name__):
+            faults.point(f"{task.__name__}:start")
+            result = task(run_date, *upstream, options=options, cfg=cfg)
+            faults.point(f"{task.__name__}:end")
+        return result
+
+    return locked
+
+
 def _read_json(path: str, missing: str) -> dict[str, Any]:
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path} is missing: {missing}")
     return json.loads(Path(path).read_text())
 
 
+@_holds_run_date_lock
 def validate_raw_events(run_date: str, *, options: RunOptions = DEFAULTS, cfg: Config | None = None) -> dict[str, Any]:
     """Great Expectations over the run date's raw events partition; fails the run on a broken contract."""
     from dql_model import quality
@@ -100,6 +121,7 @@ def validate_raw_events(run_date: str, *, options: RunOptions = DEFAULTS, cfg: C
     return report.summary()
 
 
+@_holds_run_date_lock
 def validate_training_data(run_date: str, *, options: RunOptions = DEFAULTS, cfg: Config | None = None) -> dict[str, Any]:
     """The ETL job's accounting (input = accepted + quarantined) and that there is data to learn from."""
     from dql_model import quality
@@ -116,6 +138,7 @@ def validate_training_data(run_date: str, *, options: RunOptions = DEFAULTS, cfg
     return checked
 
 
+@_holds_run_date_lock
 def train_model(run_date: str, *, options: RunOptions = DEFAULTS, cfg: Config | None = None) -> dict[str, Any]:
     """Trains a challenger on the run's transitions and registers it (the gate decides on promotion)."""
     from dql_model.train import train_challenger
@@ -129,6 +152,7 @@ def train_model(run_date: str, *, options: RunOptions = DEFAULTS, cfg: Config | 
     return {"trained": True, **trained}
 
 
+@_holds_run_date_lock
 def evaluate_and_gate(
     run_date: str, training: dict[str, Any], *, options: RunOptions = DEFAULTS, cfg: Config | None = None
 ) -> dict[str, Any]:
@@ -153,6 +177,7 @@ def evaluate_and_gate(
     return night.decision()
 
 
+@_holds_run_date_lock
 def score_users(
     run_date: str, gate: dict[str, Any], *, options: RunOptions = DEFAULTS, cfg: Config | None = None
 ) -> dict[str, Any]:
@@ -165,6 +190,7 @@ def score_users(
     return scored.to_dict()
 
 
+@_holds_run_date_lock
 def validate_recommendations(
     run_date: str, scored: dict[str, Any] | None, *, options: RunOptions = DEFAULTS, cfg: Config | None = None
 ) -> dict[str, Any]:
@@ -187,6 +213,7 @@ def validate_recommendations(
     return {**scored, **report.summary()}
 
 
+@_holds_run_date_lock
 def publish_recommendations(
     run_date: str, validated: dict[str, Any], *, options: RunOptions = DEFAULTS, cfg: Config | None = None
 ) -> dict[str, Any]:
@@ -199,6 +226,7 @@ def publish_recommendations(
     return {**published, "top_k": validated["top_k"]}
 
 
+@_holds_run_date_lock
 def write_report(
     run_date: str, published: dict[str, Any], *, options: RunOptions = DEFAULTS, cfg: Config | None = None
 ) -> dict[str, Any]:
