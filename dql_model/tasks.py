@@ -141,13 +141,21 @@ def validate_training_data(run_date: str, *, options: RunOptions = DEFAULTS, cfg
 @_holds_run_date_lock
 def train_model(run_date: str, *, options: RunOptions = DEFAULTS, cfg: Config | None = None) -> dict[str, Any]:
     """Trains a challenger on the run's transitions and registers it (the gate decides on promotion)."""
+    from dql_model import report
     from dql_model.train import train_challenger
 
+    cfg = _config(cfg, options)
     if options.skip_training or options.model_version:
         reason = f"pinned model {options.model_version}" if options.model_version else "skip_training is set"
         say(f"training skipped: {reason}")
         return {"trained": False, "reason": reason}
-    trained = train_challenger(_config(cfg, options), run_date, progress=say)
+    folder = cfg.layout.report(run_date)
+    report.record_training_failure(folder, None)
+    try:
+        trained = train_challenger(cfg, run_date, progress=say)
+    except Exception as error:  # noted for the gate, which then lets the champion score (degraded)
+        report.record_training_failure(folder, error)
+        raise
     say(f"trained challenger {trained['version']} on {trained['device']} in {trained['seconds']:.0f} s")
     return {"trained": True, **trained}
 
@@ -170,11 +178,21 @@ def evaluate_and_gate(
         say(f"scoring with pinned model {options.model_version}; gate not applied")
         return {"scoring_version": options.model_version, "promoted": False, "reason": "pinned by the trigger"}
     challenger = training.get("version") if training.get("trained") else None
-    night = gate.evaluate_night(
-        cfg, run_date, challenger, no_challenger_reason=training.get("reason", "train_model failed"), progress=say
+    folder = cfg.layout.report(run_date)
+    status = report.degraded_status(
+        folder, trained=bool(challenger), deliberate=options.skip_training, error=training.get("error", "")
     )
-    report.write_evaluation(night.to_json(), cfg.layout.report(run_date), progress=say)
-    return night.decision()
+    if status["degraded"]:
+        warn(f"run {run_date} is degraded: {status['degraded_reason']}")
+    night = gate.evaluate_night(
+        cfg,
+        run_date,
+        challenger,
+        no_challenger_reason=training.get("reason") or status["degraded_reason"] or "train_model failed",
+        progress=say,
+    )
+    report.write_evaluation({**night.to_json(), **status}, folder, progress=say)
+    return {**night.decision(), **status}
 
 
 @_holds_run_date_lock
@@ -187,7 +205,8 @@ def score_users(
     scored = engines.score(_config(cfg, options), run_date, gate["scoring_version"])
     sources = ", ".join(f"{n} {source} rows" for source, n in scored.sources.items())
     say(f"scored {scored.users} users with {scored.model_version} on {scored.engine} (top {scored.top_k}): {sources}")
-    return scored.to_dict()
+    status = {key: gate.get(key, default) for key, default in (("degraded", False), ("degraded_reason", ""))}
+    return {**scored.to_dict(), **status}
 
 
 @_holds_run_date_lock
@@ -218,12 +237,26 @@ def publish_recommendations(
     run_date: str, validated: dict[str, Any], *, options: RunOptions = DEFAULTS, cfg: Config | None = None
 ) -> dict[str, Any]:
     """Warehouse partition, optional SQL table, then the export with manifest and _SUCCESS last."""
-    from dql_model import publish
+    from dql_model import publish, report
 
-    published = publish.publish_run(_config(cfg, options), run_date, model_version=validated["model_version"])
+    published = publish.publish_run(cfg, run_date, model_version=validated["model_version"])
+    # The torch path passes the gate's verdict on; the Spark path has no XCom: evaluation.json has it.
+    status = report.run_status(cfg.layout.report(run_date))
+    published.update({key: validated.get(key, value) for key, value in status.items()})
     sql_note = f" and {published['sql_rows']} rows to SQL table {published['sql_table']}" if published["sql_table"] else ""
     say(f"published {published['rows']} rows to {published['warehouse_path']} and {published['export_uri']}{sql_note}")
+    if published["degraded"]:
+        warn(f"published a degraded run: {published['degraded_reason']}")
     return {**published, "top_k": validated["top_k"]}
+
+
+ASSET_EXTRA = ("run_date", "rows", "users", "export_uri", "model_version", "degraded", "degraded_reason")
+"""What the published asset event tells downstream DAGs (publish_recommendations' result, these keys)."""
+
+
+def asset_extra(published: dict[str, Any]) -> dict[str, Any]:
+    """The extra of the asset event a publish emits: which date, where, which model, degraded or not."""
+    return {key: published[key] for key in ASSET_EXTRA}
 
 
 @_holds_run_date_lock
