@@ -36,6 +36,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_weights
 from safetensors.torch import save_file
 
+from dql_model import faults
 from dql_model.config import Config, ModelConfig
 from dql_model.networks import QNetwork
 from dql_model.storage import read_json, write_json_atomic
@@ -127,6 +128,7 @@ def save_model(
             raise FileExistsError(
                 f"model version {final} already exists with other weights; pick another name"
             )
+        faults.point("registry:version_staged")
         os.rename(staged, final)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
