@@ -199,6 +199,11 @@ def publish_run(cfg: Config, run_date: str, *, model_version: str) -> dict[str, 
     anywhere a rerun completes the publish; other dates are never touched.
     """
     staged = cfg.layout.staged(schema.RECOMMENDATIONS, run_date)
+    if not Path(staged).is_dir():
+        done = _already_published(cfg, run_date, model_version)
+        if done is not None:  # killed after its last write: a retry of the task finds the work done
+            log.info("%s was published with %s already; nothing staged to publish again", run_date, model_version)
+            return done
     recovered = storage.recover(cfg.layout.partition(schema.RECOMMENDATIONS, run_date))
     if not parse_uri(cfg.publish.export_uri).is_s3:
         recovered += storage.recover(partition_uri(cfg.publish.export_uri, run_date))
@@ -235,6 +240,31 @@ def publish_run(cfg: Config, run_date: str, *, model_version: str) -> dict[str, 
         "sql_rows": sql_rows,
         "model_version": model_version,
         "recovered": recovered,
+    }
+
+
+def _already_published(cfg: Config, run_date: str, model_version: str) -> dict[str, Any] | None:
+    """publish_run's result when the date's warehouse partition and complete export hold this model's rows."""
+    warehouse_path = cfg.layout.partition(schema.RECOMMENDATIONS, run_date)
+    try:
+        manifest = read_manifest(cfg.publish.export_uri, run_date)
+        rows = storage.read_partition(warehouse_path, columns=[schema.MODEL_VERSION])
+    except (ExportError, FileNotFoundError):
+        return None
+    versions = set(rows.column(schema.MODEL_VERSION).unique().to_pylist())
+    if manifest.model_version != model_version or versions != {model_version} or manifest.row_count != rows.num_rows:
+        return None
+    return {
+        "run_date": run_date,
+        "warehouse_path": warehouse_path,
+        "export_uri": partition_uri(cfg.publish.export_uri, run_date),
+        "rows": manifest.row_count,
+        "users": manifest.user_count,
+        "files": len(manifest.files),
+        "sql_table": cfg.publish.sql_table if cfg.publish.sql_url else None,
+        "sql_rows": manifest.row_count if cfg.publish.sql_url else None,  # the SQL step precedes the export
+        "model_version": model_version,
+        "recovered": [],
     }
 
 

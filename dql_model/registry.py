@@ -121,6 +121,7 @@ def save_model(
             digest.update(json.dumps(config, sort_keys=True).encode())
             version = f"{version_prefix or _version_date(data_window)}-{digest.hexdigest()[:8]}"
         final = root / version
+        faults.point("registry:version_staged")
         if final.exists():
             if _same_model(final, staged):
                 shutil.rmtree(staged)  # same weights and config: already registered (a rerun)
@@ -128,7 +129,6 @@ def save_model(
             raise FileExistsError(
                 f"model version {final} already exists with other weights; pick another name"
             )
-        faults.point("registry:version_staged")
         os.rename(staged, final)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)

@@ -59,18 +59,28 @@ def one_torch_thread():
 
 
 @pytest.fixture(scope="module")
-def two_nights(tmp_path_factory) -> Path:
-    """A warehouse where DAY1 and DAY2 ran to the end (DAY1's model is DAY2's incumbent). Copy before use."""
-    root = tmp_path_factory.mktemp("two-nights")
-    cfg = night_config(root)
+def two_nights(tmp_path_factory) -> tuple[Path, Path]:
+    """(live folder, snapshot): a warehouse where DAY1 and DAY2 ran to the end, DAY1's model being
+    DAY2's incumbent, built in the live folder and copied to the snapshot."""
+    base = tmp_path_factory.mktemp("two-nights")
+    live, snapshot = base / "live", base / "snapshot"
+    cfg = night_config(live)
     for day in (DAY1, DAY2):
         write_night(cfg.layout, day)
         run_steps(cfg, day)
-    return root
+    shutil.copytree(live, snapshot)
+    return live, snapshot
 
 
 @pytest.fixture
-def night(two_nights, tmp_path) -> Config:
-    """A private copy of the two nights' warehouse, registry and export."""
-    shutil.copytree(two_nights, tmp_path, dirs_exist_ok=True)
-    return night_config(tmp_path)
+def night(two_nights) -> Config:
+    """The two nights as they ended, restored into the live folder for this test.
+
+    Restored in the same place rather than copied elsewhere: the saved config is part of a model
+    version's name, and it holds the warehouse's paths, so only there does a rerun reproduce the
+    version names as well as the rows.
+    """
+    live, snapshot = two_nights
+    shutil.rmtree(live)
+    shutil.copytree(snapshot, live)
+    return night_config(live)
