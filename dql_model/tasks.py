@@ -226,7 +226,9 @@ def validate_recommendations(
             cfg.layout.scoring_summary(run_date), f"scoring did not finish for {run_date}; rerun score_users"
         )
     table = storage.read_partition(cfg.layout.staged(schema.RECOMMENDATIONS, run_date))
-    report = quality.validate_recommendations(table.to_pandas(), top_k=scored["top_k"], run_date=run_date)
+    report = quality.validate_recommendations(
+        table.to_pandas(), top_k=scored["top_k"], run_date=run_date, docs_dir=cfg.layout.data_docs(run_date)
+    )
     report.raise_for_failures()
     say(f"recommendations {run_date}: {table.num_rows} rows pass the contract")
     return {**scored, **report.summary()}
