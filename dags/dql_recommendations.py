@@ -12,7 +12,7 @@ task (batched matrix products, GPU when present); `spark` submits `jobs/score_re
 executors. Both give the same rows.
 
 **Asset.** Publishing emits the asset `dqlrec_recommendations` (`dqlrec://warehouse/output/recommendations`)
-with the run date, row count, export URI and model version in the event's extra. Downstream DAGs run on
+with the run date, row count, export URI, model version and `degraded` (with its reason) in the event's extra. Downstream DAGs run on
 it with `schedule=[Asset(name="dqlrec_recommendations", uri="dqlrec://warehouse/output/recommendations")]`
 and read `triggering_asset_events` for the date.
 
@@ -238,11 +238,12 @@ with DAG(
 
     @task(outlets=[RECOMMENDATIONS_ASSET])
     def publish_recommendations(run_date: str) -> dict:
+        from dql_model import tasks
+
         published = _run("publish_recommendations", run_date)
-        # Downstream DAGs scheduled on the asset learn which date is ready, and where, from the event.
-        get_current_context()["outlet_events"][RECOMMENDATIONS_ASSET].extra = {
-            key: published[key] for key in ("run_date", "rows", "users", "export_uri", "model_version")
-        }
+        # Downstream DAGs scheduled on the asset learn which date is ready, where, and whether the
+        # night was degraded (training failed, the champion scored), from the event.
+        get_current_context()["outlet_events"][RECOMMENDATIONS_ASSET].extra = tasks.asset_extra(published)
         return published
 
     @task

@@ -166,6 +166,10 @@ class WarehouseConfig(_Section):
 
     root: str = "var/warehouse"
     """Warehouse root folder; dql_model.layout says what lives where below it."""
+    lock_wait_s: float = 60.0
+    """How long a step waits for another run of the same date to release the run-date lock."""
+    lock_stale_s: float = 4 * 3600.0
+    """A run-date lock older than this is taken over (its holder is presumed gone): above the longest step."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -13,10 +13,15 @@ This module is the one owner of those paths; everything else asks it (``cfg.layo
     <root>/staging/_import/<id>/             chunks of one `dqlrec import` in progress (removed at its end)
     <root>/reports/run_date=D/               evaluation.json, summary.json, report.md, plots
     <root>/marketing/<table>/run_date=D/     downstream teams' tables built from the output
+    <root>/reports/run_date=D/data_docs/     Great Expectations Data Docs of the run's gates
+    <root>/<layer>/_swap/<table>/            partitions being assembled or retired (swap_area)
+    <root>/_locks/run_date=D.lock            the run date's writer lock (dql_model.locks)
 
 Paths are strings, not ``Path`` objects, so a root like ``hdfs://...`` survives for the Spark
-jobs; local callers wrap them in ``Path``. Writers put a partition together in a hidden sibling
-folder first (``hidden_sibling``): readers (Spark, Hive, pyarrow) skip names starting with '.' or '_'.
+jobs; local callers wrap them in ``Path``. Writers put a partition together in the table's swap
+area (``swap_area``), a sibling of the table folder rather than a folder inside it: a reader's glob
+``<table>/*/*.parquet`` (DuckDB matches hidden names too) never reaches it, and it lies on the same
+filesystem, so the finished partition is moved into place by a rename.
 """
 
 from __future__ import annotations
@@ -48,6 +53,22 @@ SCORING_SUMMARY = "score_users"
 """Name of the scoring engines' summary in <staging>/_runs/run_date=D/."""
 HIDDEN_PREFIXES = (".", "_")
 """Names that table readers skip: staging folders, summaries, _SUCCESS markers."""
+SWAP = "_swap"
+"""Folder beside a table's folder where its partitions are assembled and retired (see swap_area)."""
+LOCKS = "_locks"
+"""Folder under the warehouse root with one lock file per run date being written."""
+DATA_DOCS = "data_docs"
+"""Folder of a run's report with the Great Expectations Data Docs of its gates."""
+
+
+def swap_area(table_root: str) -> str:
+    """Where the partitions of the table at ``table_root`` are assembled: ``<parent>/_swap/<table>``.
+
+    Outside the table folder, so no reader of the table sees what lies there, and beside it, on the
+    same filesystem, so a partition moves between the two by an atomic rename.
+    """
+    parent, _, name = table_root.rstrip("/").rpartition("/")
+    return f"{parent}/{SWAP}/{name}"
 
 
 def hidden_sibling(name: str, tag: str) -> str:
@@ -101,6 +122,14 @@ class Layout:
     def scoring_summary(self, run_date: str) -> str:
         """Counts of the staged recommendations, written by either scoring engine."""
         return self._join(STAGING, RUNS, f"{schema.RUN_DATE}={run_date}", f"{SCORING_SUMMARY}.json")
+
+    def run_date_lock(self, run_date: str) -> str:
+        """The lock file a writer of the run date's outputs holds (dql_model.locks)."""
+        return self._join(LOCKS, f"{schema.RUN_DATE}={run_date}.lock")
+
+    def data_docs(self, run_date: str) -> str:
+        """The Great Expectations Data Docs site of the run date's gates (index.html inside)."""
+        return self._join(REPORTS, f"{schema.RUN_DATE}={run_date}", DATA_DOCS)
 
     def reports(self) -> str:
         """Folder with one report folder per run date."""

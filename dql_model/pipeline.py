@@ -98,12 +98,17 @@ def run_job(job: str, run_date: str, args: Sequence[str] = (), *, config: Mappin
 
     The child gets exactly ``config`` (the resolved config as a dict, written to a temporary JSON
     file under ``scratch``, which YAML reads), and no DQLREC_* variables: read again by the child,
-    they would override options applied in this process (a trigger's top_k, say). A failure raises
+    they would override options applied in this process (a trigger's top_k, say). The one exception
+    is the run-date lock's token (dql_model.locks), when this process holds the lock: the job then
+    runs under it instead of waiting for it. A failure raises
     JobFailed naming the job, the run date and the exit code, with the job's last lines.
     """
     os.makedirs(scratch, exist_ok=True)
     handle, config_file = tempfile.mkstemp(prefix=f".{job}-config-", suffix=".json", dir=scratch)
     env = {name: value for name, value in os.environ.items() if not name.startswith(CONFIG_ENV_PREFIX)}
+    from dql_model import locks  # not at module level: the DAG file imports this module alone
+
+    env = locks.child_env(env)  # a step holding the run date's lock runs its job under it
     try:
         with os.fdopen(handle, "w") as out:
             json.dump(config, out)

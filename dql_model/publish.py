@@ -8,9 +8,14 @@ Export layout, below a local folder or ``s3://bucket/prefix``::
 
 Readers must wait for ``_SUCCESS`` and may check files against the manifest (``read_export`` does).
 
-Re-publishing a date replaces it cleanly. In a local folder the new partition is built in a hidden
-staging folder and swapped in (storage.swap_in): a failure leaves the previous export as it was.
-S3 has no rename, so there the order of writes is the protocol:
+Re-publishing a date replaces it cleanly. In a local folder (and in the warehouse table) the new
+partition is assembled in the swap area beside the export folder (``<uri>/../_swap/<name>/``, never
+below ``<uri>``, so ``read_parquet('<uri>/*/*.parquet', hive_partitioning = true)`` cannot see it) and
+exchanged with the old one in one atomic rename (storage.swap_in, whose docstring states the invariant
+and its limits): at every instant readers see the previous complete date or the new complete date.
+A writer killed anywhere leaves at worst a folder in the swap area; the next publish removes it and
+logs it (``recovered`` in publish_run's result). S3 has no rename, so there the order of writes is
+the protocol, and the manifest with ``_SUCCESS`` is the commit point:
 
 1. delete the old ``_SUCCESS`` (then the old manifest): from here on the date reads as not ready;
 2. upload the new parts (managed transfer, multipart for large files);
@@ -52,7 +57,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from dql_model import schema, storage
+from dql_model import faults, schema, storage
 
 if TYPE_CHECKING:
     from dql_model.config import Config
@@ -194,8 +199,17 @@ def publish_run(cfg: Config, run_date: str, *, model_version: str) -> dict[str, 
     anywhere a rerun completes the publish; other dates are never touched.
     """
     staged = cfg.layout.staged(schema.RECOMMENDATIONS, run_date)
+    if not Path(staged).is_dir():
+        done = _already_published(cfg, run_date, model_version)
+        if done is not None:  # killed after its last write: a retry of the task finds the work done
+            log.info("%s was published with %s already; nothing staged to publish again", run_date, model_version)
+            return done
+    recovered = storage.recover(cfg.layout.partition(schema.RECOMMENDATIONS, run_date))
+    if not parse_uri(cfg.publish.export_uri).is_s3:
+        recovered += storage.recover(partition_uri(cfg.publish.export_uri, run_date))
     table = storage.read_partition(staged)
     warehouse_path = publish_warehouse(table, cfg, run_date)
+    faults.point("publish:warehouse_swapped")
     sql_rows = None
     if cfg.publish.sql_url:
         from dql_model import sinks
@@ -213,6 +227,7 @@ def publish_run(cfg: Config, run_date: str, *, model_version: str) -> dict[str, 
         attempts=cfg.publish.s3_attempts,
         backoff_s=cfg.publish.s3_backoff_s,
     )
+    faults.point("publish:exported")
     shutil.rmtree(staged, ignore_errors=True)
     return {
         "run_date": run_date,
@@ -224,6 +239,32 @@ def publish_run(cfg: Config, run_date: str, *, model_version: str) -> dict[str, 
         "sql_table": cfg.publish.sql_table if cfg.publish.sql_url else None,
         "sql_rows": sql_rows,
         "model_version": model_version,
+        "recovered": recovered,
+    }
+
+
+def _already_published(cfg: Config, run_date: str, model_version: str) -> dict[str, Any] | None:
+    """publish_run's result when the date's warehouse partition and complete export hold this model's rows."""
+    warehouse_path = cfg.layout.partition(schema.RECOMMENDATIONS, run_date)
+    try:
+        manifest = read_manifest(cfg.publish.export_uri, run_date)
+        rows = storage.read_partition(warehouse_path, columns=[schema.MODEL_VERSION])
+    except (ExportError, FileNotFoundError):
+        return None
+    versions = set(rows.column(schema.MODEL_VERSION).unique().to_pylist())
+    if manifest.model_version != model_version or versions != {model_version} or manifest.row_count != rows.num_rows:
+        return None
+    return {
+        "run_date": run_date,
+        "warehouse_path": warehouse_path,
+        "export_uri": partition_uri(cfg.publish.export_uri, run_date),
+        "rows": manifest.row_count,
+        "users": manifest.user_count,
+        "files": len(manifest.files),
+        "sql_table": cfg.publish.sql_table if cfg.publish.sql_url else None,
+        "sql_rows": manifest.row_count if cfg.publish.sql_url else None,  # the SQL step precedes the export
+        "model_version": model_version,
+        "recovered": [],
     }
 
 
@@ -279,17 +320,14 @@ def export(
                     "publish completes it; check the bucket, its permissions and the AWS settings."
                 ) from exc
     else:
-        final = Path(target.path)
-        staged = storage.staging_path(final)
-        staged.mkdir(parents=True)
-        try:
-            manifest = manifest_for(_write_parts(table, staged, rows_per_file))
-            (staged / MANIFEST_NAME).write_text(manifest.to_json())
-            (staged / SUCCESS_NAME).touch()
-            storage.swap_in(staged, final)
-        except BaseException:
-            shutil.rmtree(staged, ignore_errors=True)
-            raise
+        written: list[Manifest] = []
+
+        def fill(staged: Path) -> None:  # storage.write_folder adds _SUCCESS after the manifest
+            written.append(manifest_for(_write_parts(table, staged, rows_per_file)))
+            (staged / MANIFEST_NAME).write_text(written[0].to_json())
+
+        storage.write_folder(target.path, fill)
+        manifest = written[0]
     log.info(
         "exported %d rows for %d users in %d file(s) to %s",
         manifest.row_count,
@@ -373,6 +411,7 @@ def _upload(folder: Path, manifest: Manifest, target: Location, retry: Retry) ->
             "uploaded %s (%.1f MiB, %d/%d) to %s", file.name, file.bytes / MiB, n, len(manifest.files), target
         )
 
+    faults.point("export:parts_uploaded")
     keep = {key(f.name).path for f in manifest.files}
     listed = retry(f"listing {target}", _list_keys, client, bucket, target.path + "/")
     stale = [k for k in listed if k not in keep]

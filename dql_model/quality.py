@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pyarrow as pa
 
-from dql_model import schema
+from dql_model import rules, schema
 from dql_model.errors import EmptyInput, InputError, MissingInput
 
 if TYPE_CHECKING:
@@ -34,7 +37,7 @@ if TYPE_CHECKING:
 
     from dql_model.config import Config
 
-"""A rating's value lies in schema.RATING_BOUNDS, [0.5, 5] (see EtlConfig.reward_rating_scale)."""
+log = logging.getLogger(__name__)
 BLANK = r"^\s*$"
 """An id that is empty or only whitespace."""
 SAMPLE_SIZE = 3
@@ -85,6 +88,8 @@ class RuleFailure:
     """True when this failure fails the check; False when it is within the tolerated share."""
     detail: str = ""
     """What was wrong when it is not a row count (missing column, wrong type, rule not evaluable)."""
+    contract_rule: str = ""
+    """The row rule of dql_model.rules it checks (raw events), the quarantine's name for those rows."""
 
     @property
     def fraction(self) -> float:
@@ -104,6 +109,8 @@ class RuleFailure:
             text += f"{self.unexpected_count} of {self.row_count} rows ({_percent(self.fraction)})"
         if self.samples:
             text += f", e.g. {list(self.samples)!r}"
+        if self.contract_rule:
+            text += f" [contract rule {self.contract_rule}: {rules.rule(self.contract_rule).description}]"
         return text
 
 
@@ -227,6 +234,8 @@ def check_raw_partition(cfg: Config, run_date: str) -> QualityReport:
         partition=partition,
         known_item_ids=set(items.column(schema.ITEM_ID).to_pylist()),
         max_bad_fraction=cfg.quality.max_bad_fraction,
+        lookback_days=cfg.etl.lookback_days,
+        docs_dir=cfg.layout.data_docs(run_date),
     )
     if events.empty:
         report.warnings.append(
@@ -264,47 +273,41 @@ def validate_raw_events(
     partition: str,
     known_item_ids: Iterable[str] | None = None,
     max_bad_fraction: float,
+    lookback_days: int | None = None,
+    docs_dir: str | None = None,
 ) -> QualityReport:
     """Check one raw events partition against the events contract.
 
-    Schema failures (a missing column, a column of the wrong type) always fail. Row rules (ids and
-    event time not null, known event type, rating in bounds, item in the catalogue when
-    ``known_item_ids`` is given) fail only when they break on more than ``max_bad_fraction`` of rows.
-    Columns outside the contract fail nothing; the report names them (``extra_columns``, a warning).
+    Schema failures (a missing column, a column of the wrong type) always fail. The row rules are
+    ``dql_model.rules.RAW_ROW_RULES``, the table the Spark job quarantines by; each fails only when
+    it breaks on more than ``max_bad_fraction`` of rows. ``unknown_item`` is checked when
+    ``known_item_ids`` is given; ``event_time_out_of_range`` when ``partition`` names its day
+    (``event_date=YYYY-MM-DD``): events at or after the day's end, or more than ``lookback_days``
+    before its start. Columns outside the contract fail nothing; the report names them
+    (``extra_columns``, a warning). ``docs_dir``: also write the Data Docs of the check there.
     """
-    import great_expectations.expectations as gxe
-    from great_expectations.expectations.row_conditions import Column
-
     contract = schema.arrow_schema(schema.EVENTS)
     failures = _type_failures(df, contract, partition)
     present = set(df.columns)
     # The partition column may come along when the table was read as a Hive dataset.
     extra = tuple(sorted(str(c) for c in present - set(contract.names) - {schema.EVENT_DATE}))
-    expectations: list[Expectation] = [gxe.ExpectColumnToExist(column=name) for name in contract.names]
-    for column in (schema.USER_ID, schema.ITEM_ID, schema.EVENT_TIME, schema.EVENT_TYPE):
-        if column in present:
-            expectations.append(gxe.ExpectColumnValuesToNotBeNull(column=column))
-    for column in (schema.USER_ID, schema.ITEM_ID):
-        if column in present:  # build_training_data treats a blank id as a null one (rule null_id)
-            expectations.append(gxe.ExpectColumnValuesToNotMatchRegex(column=column, regex=BLANK))
-    if schema.EVENT_TYPE in present:
-        expectations.append(
-            gxe.ExpectColumnValuesToBeInSet(column=schema.EVENT_TYPE, value_set=list(schema.EVENT_TYPES))
-        )
-        if schema.VALUE in present:
-            expectations.append(
-                gxe.ExpectColumnValuesToBeBetween(
-                    column=schema.VALUE,
-                    min_value=schema.RATING_BOUNDS[0],
-                    max_value=schema.RATING_BOUNDS[1],
-                    row_condition=Column(schema.EVENT_TYPE) == schema.RATING,
-                )
-            )
-    if known_item_ids is not None and schema.ITEM_ID in present:
-        known = sorted({i for i in known_item_ids if i is not None})
-        expectations.append(gxe.ExpectColumnValuesToBeInSet(column=schema.ITEM_ID, value_set=known))
+    import great_expectations.expectations as gxe
 
-    failures += _run(df, expectations, partition)
+    checks = _raw_row_checks(
+        present,
+        partition=partition,
+        known_item_ids=known_item_ids,
+        lookback_days=lookback_days,
+        mistyped={f.column for f in failures},
+    )
+    expectations: list[Expectation] = [gxe.ExpectColumnToExist(column=name) for name in contract.names]
+    expectations += [e for rule_checks in checks.values() for e in rule_checks]
+    owner = {(e.expectation_type, getattr(e, "column", None)): name for name, found in checks.items() for e in found}
+    failures += [
+        dataclasses.replace(f, contract_rule=owner.get((f.rule, f.column), ""))
+        for f in _run(df, expectations, partition, suite=schema.EVENTS, docs_dir=docs_dir)
+    ]
+    failures += _duplicate_failures(df, partition)
     # Row counts within the limit are tolerated (those rows go to quarantine); schema failures
     # and rules that could not be evaluated carry a detail instead of a count and always block.
     failures = [
@@ -327,8 +330,148 @@ def validate_raw_events(
     )
 
 
-def validate_recommendations(df: pd.DataFrame, *, top_k: int, run_date: str) -> QualityReport:
-    """Check a run's recommendations against the output contract; any broken rule fails."""
+DUPLICATE_RULE = "expect_rows_to_be_unique"
+"""How a failure of the duplicate rule is named (counted with pandas: the copies after the first)."""
+
+
+@dataclass(frozen=True)
+class _RawFrame:
+    """What the raw row checks need to know about the partition being checked."""
+
+    present: set[str]
+    mistyped: set[str | None]
+    known_item_ids: Iterable[str] | None
+    day: date | None
+    lookback_days: int | None
+
+
+def _null_id(frame: _RawFrame) -> list[Expectation]:
+    import great_expectations.expectations as gxe
+
+    checks: list[Expectation] = []
+    for column in (schema.USER_ID, schema.ITEM_ID, schema.EVENT_TIME):
+        if column in frame.present:
+            checks.append(gxe.ExpectColumnValuesToNotBeNull(column=column))
+    for column in (schema.USER_ID, schema.ITEM_ID):
+        if column in frame.present:  # build_training_data treats a blank id as a null one
+            checks.append(gxe.ExpectColumnValuesToNotMatchRegex(column=column, regex=BLANK))
+    return checks
+
+
+def _bad_event_type(frame: _RawFrame) -> list[Expectation]:
+    import great_expectations.expectations as gxe
+
+    if schema.EVENT_TYPE not in frame.present:
+        return []
+    return [
+        gxe.ExpectColumnValuesToNotBeNull(column=schema.EVENT_TYPE),
+        gxe.ExpectColumnValuesToBeInSet(column=schema.EVENT_TYPE, value_set=list(schema.EVENT_TYPES)),
+    ]
+
+
+def _unknown_item(frame: _RawFrame) -> list[Expectation]:
+    import great_expectations.expectations as gxe
+
+    if frame.known_item_ids is None or schema.ITEM_ID not in frame.present:
+        return []
+    known = sorted({i for i in frame.known_item_ids if i is not None})
+    return [gxe.ExpectColumnValuesToBeInSet(column=schema.ITEM_ID, value_set=known)]
+
+
+def _bad_value(frame: _RawFrame) -> list[Expectation]:
+    import great_expectations.expectations as gxe
+    from great_expectations.expectations.row_conditions import Column
+
+    if not {schema.EVENT_TYPE, schema.VALUE} <= frame.present:
+        return []
+    is_rating = Column(schema.EVENT_TYPE) == schema.RATING
+    low, high = schema.RATING_BOUNDS
+    return [
+        gxe.ExpectColumnValuesToBeBetween(column=schema.VALUE, min_value=low, max_value=high, row_condition=is_rating),
+        gxe.ExpectColumnValuesToNotBeNull(column=schema.VALUE, row_condition=is_rating),
+    ]
+
+
+def _time_out_of_range(frame: _RawFrame) -> list[Expectation]:
+    """Not checked on an event_time of the wrong type (its schema failure says it all)."""
+    import great_expectations.expectations as gxe
+
+    if frame.day is None or schema.EVENT_TIME not in frame.present - frame.mistyped:
+        return []
+    start = datetime.combine(frame.day, time(0), tzinfo=UTC)
+    earliest = start - timedelta(days=frame.lookback_days) if frame.lookback_days is not None else None
+    # strict_max: the day's end is the next day's first instant.
+    return [
+        gxe.ExpectColumnValuesToBeBetween(
+            column=schema.EVENT_TIME, min_value=earliest, max_value=start + timedelta(days=1), strict_max=True
+        )
+    ]
+
+
+_GX_CHECKS = {
+    schema.RULE_NULL_ID: _null_id,
+    schema.RULE_BAD_EVENT_TYPE: _bad_event_type,
+    schema.RULE_UNKNOWN_ITEM: _unknown_item,
+    schema.RULE_BAD_VALUE: _bad_value,
+    schema.RULE_TIME_OUT_OF_RANGE: _time_out_of_range,
+}
+"""Rule (dql_model.rules) -> its expectations; ``duplicate`` is counted by ``_duplicate_failures``."""
+GX_RULES = (*_GX_CHECKS, schema.RULE_DUPLICATE)
+"""The row rules the raw gate checks (a test checks they are exactly dql_model.rules' table)."""
+
+
+def _raw_row_checks(
+    present: set[str],
+    *,
+    partition: str,
+    known_item_ids: Iterable[str] | None,
+    lookback_days: int | None,
+    mistyped: set[str | None],
+) -> dict[str, list[Expectation]]:
+    """Rule name -> the expectations that check it on this partition."""
+    frame = _RawFrame(present, mistyped, known_item_ids, _partition_day(partition), lookback_days)
+    return {name: check(frame) for name, check in _GX_CHECKS.items()}
+
+
+def _partition_day(partition: str) -> date | None:
+    """The day of an ``event_date=YYYY-MM-DD`` partition name; None for any other name."""
+    column, _, value = partition.partition("=")
+    if column != schema.EVENT_DATE:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        return None
+
+
+def _duplicate_failures(df: pd.DataFrame, partition: str) -> list[RuleFailure]:
+    """Exact copies of an earlier row of the partition (all event columns equal, nulls equal).
+
+    Counted over every row, as the other rules are; the Spark job quarantines only copies of a row
+    that passed the other rules, so this count can exceed its by rows that break two rules.
+    """
+    columns = list(rules.rule(schema.RULE_DUPLICATE).columns)
+    if not set(columns) <= set(df.columns) or df.empty:
+        return []
+    copies = df.duplicated(subset=columns, keep="first")
+    n = int(copies.sum())
+    if not n:
+        return []
+    samples = tuple(dict.fromkeys(df.loc[copies, schema.USER_ID].map(_plain)))[:SAMPLE_SIZE]
+    return [
+        RuleFailure(
+            partition, ", ".join(columns), DUPLICATE_RULE, n, len(df), samples=samples, contract_rule=schema.RULE_DUPLICATE
+        )
+    ]
+
+
+def validate_recommendations(
+    df: pd.DataFrame, *, top_k: int, run_date: str, docs_dir: str | None = None
+) -> QualityReport:
+    """Check a run's recommendations against the output contract; any broken rule fails.
+
+    ``docs_dir``: also write the Data Docs of the check there.
+    """
     import great_expectations.expectations as gxe
 
     partition = f"{schema.RUN_DATE}={run_date}"
@@ -376,7 +519,7 @@ def validate_recommendations(df: pd.DataFrame, *, top_k: int, run_date: str) -> 
         df = df.assign(**{schema.RUN_DATE: df[schema.RUN_DATE].astype(str)})
         expectations.append(gxe.ExpectColumnValuesToBeInSet(column=schema.RUN_DATE, value_set=[run_date]))
 
-    failures += _run(df, expectations, partition)
+    failures += _run(df, expectations, partition, suite=schema.RECOMMENDATIONS, docs_dir=docs_dir)
     return QualityReport(
         table=schema.RECOMMENDATIONS, partition=partition, row_count=len(df), failures=_ordered(failures)
     )
@@ -401,19 +544,33 @@ def _batch_definition() -> BatchDefinition:
     )
 
 
-def _run(df: pd.DataFrame, expectations: list[Expectation], partition: str) -> list[RuleFailure]:
-    """Validate ``df`` against ``expectations``; one RuleFailure per broken expectation."""
+RESULT_FORMAT = {"result_format": "SUMMARY", "partial_unexpected_count": 20}
+
+
+def _run(
+    df: pd.DataFrame, expectations: list[Expectation], partition: str, *, suite: str, docs_dir: str | None = None
+) -> list[RuleFailure]:
+    """Validate ``df`` against ``expectations``; one RuleFailure per broken expectation.
+
+    With ``docs_dir`` the validation runs as a GX checkpoint whose UpdateDataDocsAction renders it
+    into the Data Docs site there (``index.html``, one page per validation); a site that cannot be
+    written is a warning, never a failed check.
+    """
     import great_expectations as gx
 
-    batch = _batch_definition().get_batch(
-        batch_parameters={"dataframe": df}
-    )  # also makes the context current
-    suite = gx.ExpectationSuite(name="dqlrec_checks")
-    for expectation in expectations:
-        suite.add_expectation(expectation)
-    outcome = batch.validate(
-        suite, result_format={"result_format": "SUMMARY", "partial_unexpected_count": 20}
-    )
+    batch_definition = _batch_definition()
+    outcome = None
+    if docs_dir:
+        try:
+            outcome = _validate_into_docs(df, expectations, f"dqlrec_{suite}", partition, docs_dir)
+        except Exception as error:  # the docs are a report; the check itself must still run
+            log.warning("Data Docs not written to %s (%r); validating without them", docs_dir, error)
+    if outcome is None:
+        batch = batch_definition.get_batch(batch_parameters={"dataframe": df})  # also makes the context current
+        checks = gx.ExpectationSuite(name="dqlrec_checks")
+        for expectation in expectations:
+            checks.add_expectation(expectation)
+        outcome = batch.validate(checks, result_format=RESULT_FORMAT)
     failures = []
     for result in outcome.results:
         if result.success:
@@ -443,6 +600,46 @@ def _run(df: pd.DataFrame, expectations: list[Expectation], partition: str) -> l
             )
         )
     return failures
+
+
+def _validate_into_docs(df: pd.DataFrame, expectations: list[Expectation], suite_name: str, partition: str, docs_dir: str):
+    """Run the expectations as a checkpoint that updates the Data Docs site in ``docs_dir``; its result."""
+    import great_expectations as gx
+    from great_expectations.checkpoint import UpdateDataDocsAction
+
+    batch_definition = _batch_definition()
+    context = batch_definition.data_asset.datasource.data_context
+    site = _docs_site(context, str(Path(docs_dir).resolve()))
+    suite = context.suites.add_or_update(gx.ExpectationSuite(name=suite_name, expectations=expectations))
+    definition = context.validation_definitions.add_or_update(
+        gx.ValidationDefinition(name=f"{suite_name} {partition}", data=batch_definition, suite=suite)
+    )
+    checkpoint = context.checkpoints.add_or_update(
+        gx.Checkpoint(
+            name=f"{suite_name} {partition}",
+            validation_definitions=[definition],
+            actions=[UpdateDataDocsAction(name="data_docs", site_names=[site])],
+            result_format=RESULT_FORMAT,
+        )
+    )
+    result = checkpoint.run(batch_parameters={"dataframe": df})
+    (outcome,) = result.run_results.values()
+    return outcome
+
+
+def _docs_site(context: Any, folder: str) -> str:
+    """The name of the context's Data Docs site writing to ``folder`` (added on first use)."""
+    name = "dqlrec-" + hashlib.sha256(folder.encode()).hexdigest()[:12]
+    if name not in (context.get_site_names() or []):
+        context.add_data_docs_site(
+            site_name=name,
+            site_config={
+                "class_name": "SiteBuilder",
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": folder},
+            },
+        )
+    return name
 
 
 def _exception_message(info: Any) -> str:

@@ -36,7 +36,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_weights
 from safetensors.torch import save_file
 
-from dql_model import schema
+from dql_model import faults, schema
 from dql_model.config import Config, ModelConfig
 from dql_model.networks import QNetwork
 from dql_model.storage import read_json, write_json_atomic
@@ -121,6 +121,7 @@ def save_model(
             digest.update(json.dumps(config, sort_keys=True).encode())
             version = f"{version_prefix or _version_date(data_window)}-{digest.hexdigest()[:8]}"
         final = root / version
+        faults.point("registry:version_staged")
         if final.exists():
             if _same_model(final, staged):
                 shutil.rmtree(staged)  # same weights and config: already registered (a rerun)

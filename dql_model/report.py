@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 EVALUATION = "evaluation.json"
 SUMMARY = "summary.json"
 MARKDOWN = "report.md"
+TRAINING_FAILURE = "training_failure.json"
+"""Written by a train_model that raised: its error, for the gate to name when the champion scores instead."""
 
 
 def write_evaluation(
@@ -38,6 +40,42 @@ def write_evaluation(
     return evaluation
 
 
+def record_training_failure(folder: str, error: BaseException | None) -> None:
+    """Note in the run's report folder why training failed (None: clear the note, training starts)."""
+    from dql_model import storage
+
+    path = Path(folder) / TRAINING_FAILURE
+    if error is None:
+        path.unlink(missing_ok=True)
+    else:
+        storage.write_json_atomic(path, {"error": f"{type(error).__name__}: {error}"})
+
+
+def degraded_status(folder: str, *, trained: bool, deliberate: bool, error: str = "") -> dict[str, Any]:
+    """``{"degraded": bool, "degraded_reason": str}`` of a night whose gate ran.
+
+    Degraded: training was meant to run and did not produce a challenger, so the champion scores
+    tonight (a challenger that loses the gate, a pinned model or skip_training are not degraded).
+    The reason is the training error: ``error``, else the note train_model left, else the sign
+    that it died without a word.
+    """
+    from dql_model import storage
+
+    if trained or deliberate:
+        return {"degraded": False, "degraded_reason": ""}
+    error = error or storage.read_json(Path(folder) / TRAINING_FAILURE).get("error", "")
+    why = error or "it did not finish and recorded no error (killed, or timed out?)"
+    return {"degraded": True, "degraded_reason": f"train_model failed: {why}; the champion scored instead"}
+
+
+def run_status(folder: str) -> dict[str, Any]:
+    """The degraded flag and reason the gate wrote into evaluation.json (not degraded if none)."""
+    from dql_model import storage
+
+    evaluation = storage.read_json(Path(folder) / EVALUATION)
+    return {key: evaluation.get(key, default) for key, default in (("degraded", False), ("degraded_reason", ""))}
+
+
 def write_run_report(cfg: Config, run_date: str, published: dict[str, Any], *, written_at: datetime) -> str:
     """summary.json and report.md of a run, beside its evaluation.json; returns the folder."""
     from dql_model import storage
@@ -46,6 +84,7 @@ def write_run_report(cfg: Config, run_date: str, published: dict[str, Any], *, w
     etl = storage.read_json(cfg.layout.etl_summary(run_date)).get("counts", {})
     summary = {
         "run_date": run_date,
+        **run_status(folder),
         "published": published,
         "evaluation": storage.read_json(Path(folder) / EVALUATION),
         "etl": etl,
@@ -226,9 +265,10 @@ def render_markdown(summary: dict[str, Any]) -> str:
     published = summary.get("published", {})
     evaluation = summary.get("evaluation", {})
     etl = summary.get("etl", {})
-    lines = [
-        f"# dqlrec run {summary['run_date']}",
-        "",
+    lines = [f"# dqlrec run {summary['run_date']}", ""]
+    if summary.get("degraded"):
+        lines += [f"**Degraded run**: {summary.get('degraded_reason')}.", ""]
+    lines += [
         "## Outputs",
         f"- warehouse partition: `{published.get('warehouse_path')}`",
         f"- export: `{published.get('export_uri')}` ({published.get('files')} file(s), manifest and `_SUCCESS`)",
@@ -310,9 +350,10 @@ def render_summary(summary: dict[str, Any]) -> str:
     """The short closing summary `make run` prints."""
     published = summary["published"]
     evaluation = summary.get("evaluation", {})
+    done = f"done, DEGRADED: {summary.get('degraded_reason')}" if summary.get("degraded") else "done"
     lines = [
         "",
-        f"dqlrec run {summary['run_date']}: done",
+        f"dqlrec run {summary['run_date']}: {done}",
         f"  users scored   {published['users']} (top {published['top_k']}, {published['rows']} rows)",
         f"  model version  {published['model_version']}"
         + (f"  ({'promoted' if evaluation.get('promoted') else 'champion kept'}: {evaluation.get('reason')})" if evaluation else ""),

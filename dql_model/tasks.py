@@ -10,6 +10,7 @@ manual-trigger options; ``cfg`` (default: ``load_config()``) the rest.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 from collections.abc import Mapping
@@ -18,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from dql_model import schema, storage
+from dql_model import faults, locks, schema, storage
 from dql_model.config import Config, ConfigError, load_config
 from dql_model.errors import MissingInput
 
@@ -91,12 +92,32 @@ def _torch_config(cfg: Config | None, options: RunOptions) -> Config:
     return cfg
 
 
+def _holds_run_date_lock(task):
+    """Run the task under its run date's lock (dql_model.locks), between two kill points (dql_model.faults).
+
+    A second run of the same date waits for this one, or fails naming it; the lock is released
+    however the task ends.
+    """
+
+    @functools.wraps(task)
+    def locked(run_date: str, *upstream: Any, options: RunOptions = DEFAULTS, cfg: Config | None = None):
+        cfg = _config(cfg, options)
+        with locks.hold(cfg, run_date, task.__name__):
+            faults.point(f"{task.__name__}:start")
+            result = task(run_date, *upstream, options=options, cfg=cfg)
+            faults.point(f"{task.__name__}:end")
+        return result
+
+    return locked
+
+
 def _read_json(path: str, missing: str) -> dict[str, Any]:
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path} is missing: {missing}")
     return json.loads(Path(path).read_text())
 
 
+@_holds_run_date_lock
 def validate_raw_events(run_date: str, *, options: RunOptions = DEFAULTS, cfg: Config | None = None) -> dict[str, Any]:
     """Great Expectations over the run date's raw events partition; fails the run on a broken contract."""
     from dql_model import quality
@@ -109,6 +130,7 @@ def validate_raw_events(run_date: str, *, options: RunOptions = DEFAULTS, cfg: C
     return report.summary()
 
 
+@_holds_run_date_lock
 def validate_training_data(run_date: str, *, options: RunOptions = DEFAULTS, cfg: Config | None = None) -> dict[str, Any]:
     """The ETL job's accounting (input = accepted + quarantined) and that there is data to learn from."""
     from dql_model import quality
@@ -125,19 +147,29 @@ def validate_training_data(run_date: str, *, options: RunOptions = DEFAULTS, cfg
     return checked
 
 
+@_holds_run_date_lock
 def train_model(run_date: str, *, options: RunOptions = DEFAULTS, cfg: Config | None = None) -> dict[str, Any]:
     """Trains a challenger on the run's transitions and registers it (the gate decides on promotion)."""
+    from dql_model import report
     from dql_model.train import train_challenger
 
+    cfg = _config(cfg, options)
     if options.skip_training or options.model_version:
         reason = f"pinned model {options.model_version}" if options.model_version else "skip_training is set"
         say(f"training skipped: {reason}")
         return {"trained": False, "reason": reason}
-    trained = train_challenger(_torch_config(cfg, options), run_date, progress=say)
+    folder = cfg.layout.report(run_date)
+    report.record_training_failure(folder, None)
+    try:
+        trained = train_challenger(_torch_config(cfg, options), run_date, progress=say)
+    except Exception as error:  # noted for the gate, which then lets the champion score (degraded)
+        report.record_training_failure(folder, error)
+        raise
     say(f"trained challenger {trained['version']} on {trained['device']} in {trained['seconds']:.0f} s")
     return {"trained": True, **trained}
 
 
+@_holds_run_date_lock
 def evaluate_and_gate(
     run_date: str, training: dict[str, Any], *, options: RunOptions = DEFAULTS, cfg: Config | None = None
 ) -> dict[str, Any]:
@@ -155,13 +187,24 @@ def evaluate_and_gate(
         say(f"scoring with pinned model {options.model_version}; gate not applied")
         return {"scoring_version": options.model_version, "promoted": False, "reason": "pinned by the trigger"}
     challenger = training.get("version") if training.get("trained") else None
-    night = gate.evaluate_night(
-        cfg, run_date, challenger, no_challenger_reason=training.get("reason", "train_model failed"), progress=say
+    folder = cfg.layout.report(run_date)
+    status = report.degraded_status(
+        folder, trained=bool(challenger), deliberate=options.skip_training, error=training.get("error", "")
     )
-    report.write_evaluation(night.to_json(), cfg.layout.report(run_date), progress=say)
-    return night.decision()
+    if status["degraded"]:
+        warn(f"run {run_date} is degraded: {status['degraded_reason']}")
+    night = gate.evaluate_night(
+        cfg,
+        run_date,
+        challenger,
+        no_challenger_reason=training.get("reason") or status["degraded_reason"] or "train_model failed",
+        progress=say,
+    )
+    report.write_evaluation({**night.to_json(), **status}, folder, progress=say)
+    return {**night.decision(), **status}
 
 
+@_holds_run_date_lock
 def score_users(
     run_date: str, gate: dict[str, Any], *, options: RunOptions = DEFAULTS, cfg: Config | None = None
 ) -> dict[str, Any]:
@@ -171,9 +214,11 @@ def score_users(
     scored = engines.score(_torch_config(cfg, options), run_date, gate["scoring_version"])
     sources = ", ".join(f"{n} {source} rows" for source, n in scored.sources.items())
     say(f"scored {scored.users} users with {scored.model_version} on {scored.engine} (top {scored.top_k}): {sources}")
-    return scored.to_dict()
+    status = {key: gate.get(key, default) for key, default in (("degraded", False), ("degraded_reason", ""))}
+    return {**scored.to_dict(), **status}
 
 
+@_holds_run_date_lock
 def validate_recommendations(
     run_date: str, scored: dict[str, Any] | None, *, options: RunOptions = DEFAULTS, cfg: Config | None = None
 ) -> dict[str, Any]:
@@ -190,24 +235,42 @@ def validate_recommendations(
             cfg.layout.scoring_summary(run_date), f"scoring did not finish for {run_date}; rerun score_users"
         )
     table = storage.read_partition(cfg.layout.staged(schema.RECOMMENDATIONS, run_date))
-    report = quality.validate_recommendations(table.to_pandas(), top_k=scored["top_k"], run_date=run_date)
+    report = quality.validate_recommendations(
+        table.to_pandas(), top_k=scored["top_k"], run_date=run_date, docs_dir=cfg.layout.data_docs(run_date)
+    )
     report.raise_for_failures()
     say(f"recommendations {run_date}: {table.num_rows} rows pass the contract")
     return {**scored, **report.summary()}
 
 
+@_holds_run_date_lock
 def publish_recommendations(
     run_date: str, validated: dict[str, Any], *, options: RunOptions = DEFAULTS, cfg: Config | None = None
 ) -> dict[str, Any]:
     """Warehouse partition, optional SQL table, then the export with manifest and _SUCCESS last."""
-    from dql_model import publish
+    from dql_model import publish, report
 
-    published = publish.publish_run(_config(cfg, options), run_date, model_version=validated["model_version"])
+    published = publish.publish_run(cfg, run_date, model_version=validated["model_version"])
+    # The torch path passes the gate's verdict on; the Spark path has no XCom: evaluation.json has it.
+    status = report.run_status(cfg.layout.report(run_date))
+    published.update({key: validated.get(key, value) for key, value in status.items()})
     sql_note = f" and {published['sql_rows']} rows to SQL table {published['sql_table']}" if published["sql_table"] else ""
     say(f"published {published['rows']} rows to {published['warehouse_path']} and {published['export_uri']}{sql_note}")
+    if published["degraded"]:
+        warn(f"published a degraded run: {published['degraded_reason']}")
     return {**published, "top_k": validated["top_k"]}
 
 
+ASSET_EXTRA = ("run_date", "rows", "users", "export_uri", "model_version", "degraded", "degraded_reason")
+"""What the published asset event tells downstream DAGs (publish_recommendations' result, these keys)."""
+
+
+def asset_extra(published: dict[str, Any]) -> dict[str, Any]:
+    """The extra of the asset event a publish emits: which date, where, which model, degraded or not."""
+    return {key: published[key] for key in ASSET_EXTRA}
+
+
+@_holds_run_date_lock
 def write_report(
     run_date: str, published: dict[str, Any], *, options: RunOptions = DEFAULTS, cfg: Config | None = None
 ) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from dql_model import data, schema
+from dql_model import data, faults, schema
 from dql_model.agent import DQNAgent
 from dql_model.config import Config
 from dql_model.evaluate import QNetworkScorer, evaluate_scorer, usable_metric
@@ -429,6 +429,7 @@ def train_model(
         )
         if checkpoints is not None:
             checkpoints.save(epoch, run.to_checkpoint(agent))
+        faults.point("train:epoch_done")
         if stopped():
             progress(f"early stop: no better {metric} for {patience} epochs")
             break

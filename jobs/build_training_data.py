@@ -42,7 +42,7 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from dql_model import schema
+from dql_model import locks, schema
 from dql_model.config import Config, load_config, train_window_start
 from dql_model.errors import InputError, MissingInput
 from dql_model.layout import ETL_JOB
@@ -101,7 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     owns_session = SparkSession.getActiveSession() is None
     spark = get_spark(cfg.spark, f"dqlrec-{JOB}")
     try:
-        run(spark, cfg, args.run_date)
+        with locks.hold(cfg, args.run_date, JOB):  # one writer of the run date at a time
+            run(spark, cfg, args.run_date)
     finally:
         if owns_session:
             spark.stop()

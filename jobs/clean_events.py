@@ -1,18 +1,10 @@
 """Validate raw events: accepted rows go on, every rejected row goes to quarantine with its rule.
 
-Rules, checked in this order; the first one a row fails is the rule written for it:
-
-1. ``null_id``: ``user_id``, ``item_id`` or ``event_time`` is null (or an id is blank).
-2. ``bad_event_type``: ``event_type`` is not one of ``schema.EVENT_TYPES`` (null included).
-3. ``unknown_item``: ``item_id`` is not in ``items`` (the nightly job passes the catalogue and
-   every item indexed before).
-4. ``bad_value``: a rating whose ``value`` is null or outside ``schema.RATING_BOUNDS``.
-5. ``event_time_out_of_range``: the event happened after the end (UTC) of the partition it
-   arrived in (or of the run date), or, when ``lookback_days`` is given, more than
-   ``lookback_days`` days before the start of that partition's date (a late arrival beyond the
-   tolerated lateness).
-6. ``duplicate``: an exact copy (all six event columns equal) of a row that passed rules 1-5;
-   the copy from the earliest partition is kept, the others are quarantined.
+The rules, their order and their meaning are ``dql_model.rules.RAW_ROW_RULES`` (the raw data gate
+reads the same table); the first rule a row fails is the rule written for it. Here each rule is a
+Spark condition (``_CONDITIONS``). The time rule is anchored on the partition the row arrived in (or
+the run date), and ``duplicate`` is decided last, among the rows that passed every other rule: the
+copy from the earliest partition is kept, the others are quarantined.
 
 Nothing is dropped silently: ``input rows = accepted + quarantined`` holds exactly.
 
@@ -31,7 +23,7 @@ import datetime as dt
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from dql_model import schema
+from dql_model import rules, schema
 from jobs.common import SECONDS_PER_DAY, as_date, day_end_utc, to_contract
 
 EVENT_COLUMNS = [
@@ -42,14 +34,8 @@ EVENT_COLUMNS = [
     schema.VALUE,
     schema.SESSION_ID,
 ]
-RULE_ORDER = (
-    schema.RULE_NULL_ID,
-    schema.RULE_BAD_EVENT_TYPE,
-    schema.RULE_UNKNOWN_ITEM,
-    schema.RULE_BAD_VALUE,
-    schema.RULE_TIME_OUT_OF_RANGE,
-    schema.RULE_DUPLICATE,
-)
+RULE_ORDER = rules.RULE_ORDER
+"""The rules in the order a row is judged (dql_model.rules owns them)."""
 _KNOWN = "_known_item"
 PARTITION_DATE_COL = "_partition_date"
 """Column of ``label_events``: the date of the partition a row arrived in (null if unknown)."""
@@ -133,19 +119,29 @@ def split_labelled(labelled: DataFrame, *, keep_event_date: bool = False) -> tup
     return accepted, to_contract(quarantine, schema.QUARANTINE)
 
 
-def _first_failed_rule(*, run_date: dt.date, lookback_days: int | None) -> Column:
-    """The first rule (in RULE_ORDER) a row fails, or null; duplicates are decided afterwards."""
+def _blank(name: str) -> Column:
+    return F.col(name).isNull() | (F.trim(F.col(name)) == "")
 
-    def blank(name: str) -> Column:
-        return F.col(name).isNull() | (F.trim(F.col(name)) == "")
 
-    null_id = blank(schema.USER_ID) | blank(schema.ITEM_ID) | F.col(schema.EVENT_TIME).isNull()
-    bad_type = ~F.coalesce(F.col(schema.EVENT_TYPE).isin(*schema.EVENT_TYPES), F.lit(False))
-    unknown_item = F.col(_KNOWN).isNull()
+def _null_id(run_date: dt.date, lookback_days: int | None) -> Column:
+    return _blank(schema.USER_ID) | _blank(schema.ITEM_ID) | F.col(schema.EVENT_TIME).isNull()
+
+
+def _bad_event_type(run_date: dt.date, lookback_days: int | None) -> Column:
+    return ~F.coalesce(F.col(schema.EVENT_TYPE).isin(*schema.EVENT_TYPES), F.lit(False))
+
+
+def _unknown_item(run_date: dt.date, lookback_days: int | None) -> Column:
+    return F.col(_KNOWN).isNull()
+
+
+def _bad_value(run_date: dt.date, lookback_days: int | None) -> Column:
     low, high = schema.RATING_BOUNDS
-    bad_value = (F.col(schema.EVENT_TYPE) == schema.RATING) & ~F.coalesce(
-        F.col(schema.VALUE).between(low, high), F.lit(False)
-    )
+    in_bounds = F.coalesce(F.col(schema.VALUE).between(low, high), F.lit(False))
+    return (F.col(schema.EVENT_TYPE) == schema.RATING) & ~in_bounds
+
+
+def _time_out_of_range(run_date: dt.date, lookback_days: int | None) -> Column:
     # Anchor on the partition the row arrived in (rows without one count as the run date's): an
     # event cannot arrive before it happened, and the verdict must not change from night to night.
     anchor_day = F.coalesce(F.col(PARTITION_DATE_COL), F.lit(run_date))
@@ -158,12 +154,30 @@ def _first_failed_rule(*, run_date: dt.date, lookback_days: int | None) -> Colum
             (F.unix_date(anchor_day) - lookback_days).cast("bigint") * SECONDS_PER_DAY
         )
         out_of_range = out_of_range | (F.col(schema.EVENT_TIME) < earliest)
+    return out_of_range
 
-    return (
-        F.when(null_id, F.lit(schema.RULE_NULL_ID))
-        .when(bad_type, F.lit(schema.RULE_BAD_EVENT_TYPE))
-        .when(unknown_item, F.lit(schema.RULE_UNKNOWN_ITEM))
-        .when(bad_value, F.lit(schema.RULE_BAD_VALUE))
-        .when(out_of_range, F.lit(schema.RULE_TIME_OUT_OF_RANGE))
-        .otherwise(F.lit(None).cast("string"))
-    )
+
+_CONDITIONS = {
+    schema.RULE_NULL_ID: _null_id,
+    schema.RULE_BAD_EVENT_TYPE: _bad_event_type,
+    schema.RULE_UNKNOWN_ITEM: _unknown_item,
+    schema.RULE_BAD_VALUE: _bad_value,
+    schema.RULE_TIME_OUT_OF_RANGE: _time_out_of_range,
+}
+"""Rule -> the condition a row breaking it meets; ``duplicate`` is decided in ``label_events``."""
+SPARK_RULES = (*_CONDITIONS, schema.RULE_DUPLICATE)
+"""The rules this job implements (a test checks they are exactly dql_model.rules' table)."""
+
+
+def _first_failed_rule(*, run_date: dt.date, lookback_days: int | None) -> Column:
+    """The first rule (in RULE_ORDER) a row fails, or null; duplicates are decided afterwards."""
+    if set(SPARK_RULES) != set(RULE_ORDER):
+        raise NotImplementedError(
+            f"the rule table dql_model.rules has {list(RULE_ORDER)}; clean_events implements {list(SPARK_RULES)}: "
+            "give every rule of the table a condition in _CONDITIONS"
+        )
+    first, *others = (name for name in RULE_ORDER if name in _CONDITIONS)
+    verdict = F.when(_CONDITIONS[first](run_date, lookback_days), F.lit(first))
+    for name in others:
+        verdict = verdict.when(_CONDITIONS[name](run_date, lookback_days), F.lit(name))
+    return verdict.otherwise(F.lit(None).cast("string"))

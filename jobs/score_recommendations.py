@@ -34,7 +34,7 @@ from pyspark import Broadcast
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from dql_model import data, pipeline, registry, schema
+from dql_model import data, locks, pipeline, registry, schema
 from dql_model.config import Config, load_config
 from dql_model.scoring.engines import ScoringSummary
 from dql_model.scoring.payload import ScoringPayload
@@ -136,7 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     owns_session = SparkSession.getActiveSession() is None
     spark = get_spark(cfg.spark, f"dqlrec-{JOB}")
     try:
-        summary = run(spark, cfg, args.run_date, args.model_version)
+        with locks.hold(cfg, args.run_date, JOB):  # one writer of the run date at a time
+            summary = run(spark, cfg, args.run_date, args.model_version)
     finally:
         if owns_session:
             spark.stop()

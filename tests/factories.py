@@ -179,6 +179,28 @@ def make_shop(
     return transitions, item_index
 
 
+def write_night(layout, run_date: str, *, n_items: int = 30, n_users: int = 40, max_len: int = 8) -> None:
+    """The curated partitions one night reads (transitions, item_index, user_states) for ``run_date``.
+
+    ``layout`` is a ``dql_model.layout.Layout``; the shop is ``make_shop``'s, and each user's state
+    follows the same hidden rule, so a trained model scores it well. No Spark needed.
+    """
+    import shutil
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="dqlrec-shop-") as tmp:
+        transitions, item_index = make_shop(Path(tmp), n_items=n_items, n_users=n_users, max_len=max_len)
+        for table, folder in ((schema.TRANSITIONS, transitions), (schema.ITEM_INDEX, item_index)):
+            shutil.copytree(folder, layout.partition(table, run_date), dirs_exist_ok=True)
+    states = []
+    for user in range(n_users):
+        items = [user % n_items + 1]
+        while len(items) < max_len:
+            items.append(successor(items[-1], n_items))
+        states.append({"user_id": f"u{user}", "item_seq": items, "purchased": items[:1] if user % 4 == 0 else []})
+    write_parquet(Path(layout.partition(schema.USER_STATES, run_date)), user_states_table(states))
+
+
 # --------------------------------------------------------------------------------------------
 # Logs in other systems' native formats (what `dqlrec import` reads), written by a hidden rule
 

@@ -174,7 +174,7 @@ def stubbed_tasks(monkeypatch):
     stub("validate_recommendations", {"model_version": "v1", "top_k": 2})
     published = {
         "run_date": "2026-11-27", "rows": 2, "users": 1, "export_uri": "s3://b/p/run_date=2026-11-27",
-        "model_version": "v1",
+        "model_version": "v1", "degraded": True, "degraded_reason": "train_model failed: RuntimeError: x",
     }  # fmt: skip
     stub("publish_recommendations", published)
     stub("write_report", {"report_dir": "r"})
@@ -223,6 +223,10 @@ def test_config_picks_the_scoring_path_and_publishing_emits_the_asset(
         assert [(e.source_task_id, e.extra["run_date"], e.extra["rows"]) for e in events] == [
             ("publish_recommendations", "2026-11-27", 2)
         ]
+        # Downstream DAGs learn from the event whether the champion scored after a failed training.
+        assert (events[0].extra["degraded"], events[0].extra["degraded_reason"]) == (
+            True, "train_model failed: RuntimeError: x"
+        )  # fmt: skip
 
 
 # --- failure paths: bad input fails at once, anything else keeps its retries --------------------

@@ -70,3 +70,19 @@ def test_text_and_partition_listing(spark, tmp_path):
 def test_get_spark_reuses_the_active_session(spark):
     assert get_spark(SparkConfig(master="local[2]"), "other-app") is spark
     assert spark.conf.get("spark.sql.session.timeZone") == "UTC"
+
+
+def test_the_partition_is_assembled_outside_the_table_and_a_retired_one_there_is_put_back(spark, tmp_path, capsys):
+    final = tmp_path / "table" / "run_date=2026-11-21"
+    write_partition_atomic(spark.createDataFrame([("old", 1)], DDL), str(final))
+    area = tmp_path / "_swap" / "table"
+    assert area.is_dir() and list(area.iterdir()) == []  # assembled there, nothing left behind
+    # A two-rename swap (HDFS) died between its renames: the old partition waits in the swap area.
+    final.rename(area / "run_date=2026-11-21.retired-0badc0de")
+
+    crashing = spark.createDataFrame([("new", 2)], DDL).withColumn("v", F.raise_error(F.lit("boom")).cast("int"))
+    with pytest.raises(Exception, match="boom"):
+        write_partition_atomic(crashing, str(final))
+    assertDataFrameEqual(spark.read.schema(DDL).parquet(str(final)), spark.createDataFrame([("old", 1)], DDL))
+    assert "put back" in capsys.readouterr().out  # the recovery says what it did
+    assert list(area.iterdir()) == [] and sorted(p.name for p in final.parent.iterdir()) == [final.name]

@@ -379,3 +379,90 @@ def test_the_task_logs_the_warnings_and_returns_the_extra_columns(tiny_config, c
     out = capsys.readouterr().out
     assert "[dqlrec] warning: raw events event_date=2026-11-20: column(s) ['campaign'] are not in" in out
     assert summary["extra_columns"] == ["campaign"]
+
+
+# --- the rule table shared with the Spark job, future events, duplicates, mixed files, Data Docs ---------
+
+
+def test_the_gate_and_the_spark_job_implement_exactly_the_rule_table():
+    from dql_model import rules
+    from jobs import clean_events
+
+    assert set(quality.GX_RULES) == set(clean_events.SPARK_RULES) == set(rules.RULE_ORDER)
+    assert clean_events.RULE_ORDER == rules.RULE_ORDER  # the quarantine's order is the table's
+    assert all(rule.description and rule.columns for rule in rules.RAW_ROW_RULES)
+
+
+def test_future_events_count_toward_the_limit_and_a_day_of_them_fails():
+    events = raw_events()
+    events.loc[:2, schema.EVENT_TIME] = pd.Timestamp("2026-11-21 00:00", tz="UTC")  # the next day's first instant
+    tolerated = validate_raw_events(events, partition=PARTITION, max_bad_fraction=0.02)
+    assert tolerated.success
+    failure = only(tolerated)
+    assert (failure.column, failure.rule, failure.unexpected_count) == (schema.EVENT_TIME, BETWEEN, 3)
+    assert failure.contract_rule == schema.RULE_TIME_OUT_OF_RANGE
+    assert "contract rule event_time_out_of_range: event_time is at or after the end (UTC)" in failure.describe()
+
+    future = raw_events().assign(**{schema.EVENT_TIME: pd.Timestamp("2026-12-24 10:00", tz="UTC")})
+    report = validate_raw_events(future, partition=PARTITION, max_bad_fraction=0.01)
+    assert not report.success  # was quarantined whole after the gate let it through
+    assert "column event_time, rule expect_column_values_to_be_between: 200 of 200 rows (100.00%)" in report.message()
+
+
+def test_events_older_than_the_lookback_count_as_out_of_range():
+    events = raw_events()
+    events.loc[:9, schema.EVENT_TIME] = pd.Timestamp("2026-11-16 23:59", tz="UTC")  # 4 days before, lookback 3
+    report = validate_raw_events(events, partition=PARTITION, max_bad_fraction=0.0, lookback_days=3)
+    assert only(report).unexpected_count == 10 and not report.success
+    assert validate_raw_events(events, partition=PARTITION, max_bad_fraction=0.0, lookback_days=4).success
+
+
+def test_duplicates_count_toward_the_limit():
+    events = raw_events()
+    copies = pd.concat([events, events.iloc[[5, 6, 7]]], ignore_index=True)  # null session ids included
+    report = validate_raw_events(copies, partition=PARTITION, max_bad_fraction=0.01)
+    failure = only(report)
+    assert (failure.rule, failure.unexpected_count, failure.contract_rule) == (
+        quality.DUPLICATE_RULE, 3, schema.RULE_DUPLICATE
+    )
+    assert not report.success  # 3 of 203 rows is more than 1 %
+    assert validate_raw_events(copies, partition=PARTITION, max_bad_fraction=0.02).success
+
+
+def test_a_partition_mixing_string_and_int64_files_names_the_files_and_the_column(tiny_config):
+    import pyarrow.parquet as pq
+
+    from dql_model import errors
+
+    write_raw(tiny_config, raw_events())
+    folder = tiny_config.layout.partition(schema.EVENTS, "2026-11-20")
+    good = pq.read_table(f"{folder}/part-00000.parquet")
+    ints = good.set_column(1, schema.USER_ID, pa.array(range(good.num_rows), pa.int64()))
+    pq.write_table(ints, f"{folder}/part-00001.parquet")
+    with pytest.raises(errors.InputError) as caught:
+        quality.check_raw_partition(tiny_config, "2026-11-20")
+    message = str(caught.value)
+    assert f"partition {folder} mixes column types across its files" in message
+    assert "column user_id: string in part-00000.parquet; int64 in part-00001.parquet" in message
+
+
+def test_each_gate_writes_its_data_docs_into_the_run_report(tiny_config):
+    from pathlib import Path
+
+    write_raw(tiny_config, raw_events())
+    quality.check_raw_partition(tiny_config, "2026-11-20")
+    docs = Path(tiny_config.layout.data_docs("2026-11-20"))
+    assert docs == Path(tiny_config.layout.report("2026-11-20")) / "data_docs"
+    assert (docs / "index.html").is_file()
+    suites = {p.relative_to(docs / "validations").parts[0] for p in (docs / "validations").rglob("*.html")}
+    assert suites == {"dqlrec_events"}
+    assert "dqlrec_events" in (docs / "index.html").read_text()
+
+
+def test_the_recommendations_gate_writes_its_docs_beside_the_raw_gates(tmp_path):
+    docs = tmp_path / "data_docs"
+    broken = recommendations()
+    broken.loc[0, schema.RANK] = 99
+    report = validate_recommendations(broken, top_k=TOP_K, run_date=RUN_DATE, docs_dir=str(docs))
+    assert not report.success  # the docs do not change the verdict
+    assert {p.parts[-4] for p in (docs / "validations").rglob("*.html")} == {"dqlrec_recommendations"}

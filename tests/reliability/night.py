@@ -1,0 +1,42 @@
+"""A night of the pipeline without Airflow or Spark: the nightly steps from train_model to write_report,
+run in order through ``dql_model.tasks`` as the DAG runs them, results passed on as its XCom.
+
+    python -m tests.reliability.night CONFIG RUN_DATE FIRST LAST [UPSTREAM_JSON]
+
+runs the steps FIRST..LAST in a process of its own, which the fault-injection tests kill with
+``DQLREC_FAULT_AT``; the tests run the rerun in their own process with ``run_steps``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from dql_model import pipeline, tasks
+from dql_model.config import Config, load_config
+
+CHAIN = tuple(step.name for step in pipeline.chain_to("write_report"))
+"""train_model, evaluate_and_gate, score_users, validate_recommendations, publish_recommendations, write_report."""
+
+
+def run_steps(
+    cfg: Config, run_date: str, first: str = CHAIN[0], last: str = CHAIN[-1], upstream: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Run the steps ``first``..``last`` of CHAIN for ``run_date``; ``upstream`` is the result ``first`` needs."""
+    result = upstream or {}
+    for name in CHAIN[CHAIN.index(first) : CHAIN.index(last) + 1]:
+        needs = (result,) if pipeline.step(name).needs else ()
+        result = getattr(tasks, name)(run_date, *needs, cfg=cfg)
+    return result
+
+
+def main(argv: list[str]) -> int:
+    config, run_date, first, last, *rest = argv
+    upstream = json.loads(rest[0]) if rest else None
+    print(json.dumps(run_steps(load_config(config), run_date, first, last, upstream), default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

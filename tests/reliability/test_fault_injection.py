@@ -1,0 +1,181 @@
+"""SIGKILL at every step boundary of training, scoring and publishing: readers keep seeing a complete
+output, nothing they read is left over, and a rerun completes with identical recommendations.
+
+Each case copies a warehouse where two nights ran to the end (``two_nights``), runs the steps of the
+second night again in a child process armed with ``DQLREC_FAULT_AT`` (dql_model.faults), and checks
+that the child really died at that point (exit by SIGKILL). Then the readers marketing uses read the
+warehouse table and the export as a whole: DuckDB ``read_parquet('<table>/*/*.parquet',
+hive_partitioning = true)`` and a pyarrow dataset (what ``pandas.read_parquet`` reads). Each date
+must read exactly as one complete publish wrote it: the previous one, or, once the kill came after
+the atomic exchange, the new one. Only partitions are visible in the table folders, and only data
+files and markers inside them. The rerun (in this process) must then complete, leave no swap area
+folder, staged partition or lock behind, and publish the same recommendations.
+
+Publishing cases run only the publish step (no torch, no Great Expectations in the child): they
+stage a different table first, so that "old" and "new" can be told apart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from dql_model import faults, locks, schema, storage
+from dql_model.layout import swap_area
+from dql_model.publish import read_export
+from tests.reliability.conftest import DAY1, DAY2, config_file, published
+from tests.reliability.night import run_steps
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+ORDER = [(schema.USER_ID, "ascending"), (schema.RANK, "ascending")]
+SAME_RUN = [c for c in schema.arrow_schema(schema.RECOMMENDATIONS).names if c != schema.GENERATED_AT]
+"""What a rerun must reproduce: every column but the time the rows were written."""
+VISIBLE_IN_PARTITION = {"_SUCCESS", "_manifest.json"}
+
+NIGHT_POINTS = [
+    "train_model:start",
+    "train:epoch_done",  # the first epoch's checkpoint written
+    "registry:version_staged",  # the new version's files written, not yet renamed into the registry
+    "train_model:end",
+    "evaluate_and_gate:end",  # champion pointer moved, evaluation.json written
+    "swap:staged",  # the first swap of the night: the staged (unpublished) recommendations
+    "score_users:end",
+]
+"""Kill points before publishing: the published output must stay the previous night's, untouched."""
+# (kill point, the warehouse's DAY2 after the kill, the export's DAY2 after the kill)
+PUBLISH_POINTS = [
+    ("publish_recommendations:start", "old", "old"),
+    ("swap:staged", "old", "old"),  # the warehouse partition assembled in the swap area
+    ("swap:exchanged", "new", "old"),  # exchanged in; the previous one not yet removed
+    ("publish:warehouse_swapped", "new", "old"),
+    ("swap:staged#2", "new", "old"),  # the export assembled, manifest and _SUCCESS included
+    ("swap:exchanged#2", "new", "new"),
+    ("publish:exported", "new", "new"),  # before the staged partition is removed
+    ("publish_recommendations:end", "new", "new"),
+]
+
+
+def kill_at(cfg, point: str, tmp_path: Path, first: str, last: str, upstream: dict | None = None) -> None:
+    """Run the steps first..last in a child process armed to SIGKILL itself at ``point``; check it died there."""
+    env = {
+        **os.environ,
+        faults.FAULT_ENV: point,
+        "PYTHONPATH": str(PROJECT_ROOT),
+        "OMP_NUM_THREADS": "1",  # the parent trains on one thread too (conftest.one_torch_thread)
+    }
+    env.pop(locks.TOKEN_ENV, None)
+    command = [sys.executable, "-m", "tests.reliability.night", str(config_file(cfg, tmp_path)), DAY2, first, last]
+    if upstream is not None:
+        command.append(json.dumps(upstream))
+    with subprocess.Popen(command, env=env, cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as child:
+        out, err = child.communicate(timeout=300)
+    assert child.returncode == -signal.SIGKILL, f"not killed at {point}:\n{out[-3000:]}\n{err[-3000:]}"
+    assert f"fault injection: killing pid {child.pid} at {point.partition('#')[0]}" in err
+
+
+def duckdb_dates(root: str) -> dict[str, pa.Table]:
+    """Every date of a table as DuckDB reads the whole table with hive partitioning."""
+    query = f"SELECT * FROM read_parquet('{root}/*/*.parquet', hive_partitioning = true)"
+    return _by_date(duckdb.sql(query).arrow().read_all())
+
+
+def pyarrow_dates(root: str) -> dict[str, pa.Table]:
+    """Every date of a table as a pyarrow (pandas) dataset read of its folder finds it."""
+    return _by_date(pq.read_table(root))
+
+
+def _by_date(table: pa.Table) -> dict[str, pa.Table]:
+    dates = pc.cast(table.column(schema.RUN_DATE), pa.string())
+    out = {}
+    for day in sorted(set(dates.to_pylist())):
+        rows = table.filter(pc.equal(dates, day)).select(schema.arrow_schema(schema.RECOMMENDATIONS).names)
+        out[day] = rows.cast(schema.arrow_schema(schema.RECOMMENDATIONS)).sort_by(ORDER)
+    return out
+
+
+def assert_readers_see(cfg, expected: dict[str, dict[str, pa.Table]]) -> None:
+    """Both readers, over the warehouse table and the export, see exactly ``expected[where][date]``."""
+    roots = {"warehouse": cfg.layout.table(schema.RECOMMENDATIONS), "export": cfg.publish.export_uri}
+    for where, root in roots.items():
+        for reader in (duckdb_dates, pyarrow_dates):
+            seen = reader(root)
+            assert sorted(seen) == sorted(expected[where]), f"{reader.__name__} of the {where} sees dates {sorted(seen)}"
+            for day, table in expected[where].items():
+                assert seen[day].equals(table), f"{reader.__name__} of the {where} {day} is not one complete publish"
+        assert_only_partitions_visible(root)
+
+
+def assert_only_partitions_visible(root: str) -> None:
+    entries = sorted(p.name for p in Path(root).iterdir())
+    assert entries == [f"{schema.RUN_DATE}={DAY1}", f"{schema.RUN_DATE}={DAY2}"], f"{root} holds {entries}"
+    for partition in Path(root).iterdir():
+        names = {p.name for p in partition.iterdir()}
+        strays = {n for n in names if not n.endswith(".parquet")} - VISIBLE_IN_PARTITION
+        assert not strays, f"{partition} holds {sorted(strays)}"
+
+
+def assert_nothing_left(cfg) -> None:
+    for root in (cfg.layout.table(schema.RECOMMENDATIONS), cfg.publish.export_uri):
+        area = Path(swap_area(root))
+        assert not area.exists() or list(area.iterdir()) == [], f"{area} holds {list(area.iterdir())}"
+    assert not Path(cfg.layout.staged(schema.RECOMMENDATIONS, DAY2)).exists()
+    assert not Path(cfg.layout.run_date_lock(DAY2)).exists()
+
+
+def export_of(cfg, day: str) -> pa.Table:
+    return read_export(cfg.publish.export_uri, day).sort_by(ORDER)
+
+
+@pytest.mark.parametrize("point", NIGHT_POINTS)
+def test_a_night_killed_in_training_or_scoring_keeps_the_output_and_reruns_to_the_same(night, tmp_path, point):
+    before = {day: published(night, day) for day in (DAY1, DAY2)}
+    exported = {day: export_of(night, day) for day in (DAY1, DAY2)}
+
+    kill_at(night, point, tmp_path, "train_model", "write_report")
+
+    assert_readers_see(night, {"warehouse": before, "export": exported})
+    run_steps(night, DAY2)  # the rerun: takes over the dead child's lock, resumes, completes
+    rerun = published(night, DAY2)
+    assert rerun.select(SAME_RUN).equals(before[DAY2].select(SAME_RUN))
+    assert export_of(night, DAY2).equals(rerun)
+    assert published(night, DAY1).equals(before[DAY1])
+    assert_readers_see(night, {"warehouse": {DAY1: before[DAY1], DAY2: rerun}, "export": {DAY1: exported[DAY1], DAY2: rerun}})
+    assert_nothing_left(night)
+
+
+@pytest.mark.parametrize(("point", "warehouse_after", "export_after"), PUBLISH_POINTS)
+def test_a_publish_killed_at_any_step_shows_the_old_or_the_new_date_whole(
+    night, tmp_path, point, warehouse_after, export_after
+):
+    old = {day: published(night, day) for day in (DAY1, DAY2)}
+    assert export_of(night, DAY2).equals(old[DAY2])
+    new = old[DAY2].filter(pc.less_equal(old[DAY2].column(schema.RANK), 4))  # tonight's rescoring: top 4
+    storage.write_partition(new, night.layout.staged(schema.RECOMMENDATIONS, DAY2))
+    validated = {"model_version": new.column(schema.MODEL_VERSION)[0].as_py(), "top_k": 4}
+
+    kill_at(night, point, tmp_path, "publish_recommendations", "publish_recommendations", validated)
+
+    states = {"old": old[DAY2], "new": new}
+    assert_readers_see(
+        night,
+        {"warehouse": {DAY1: old[DAY1], DAY2: states[warehouse_after]}, "export": {DAY1: old[DAY1], DAY2: states[export_after]}},
+    )
+    if export_after == "new":
+        assert export_of(night, DAY2).equals(new)  # manifest and checksums agree with what readers see
+
+    result = run_steps(night, DAY2, "publish_recommendations", "publish_recommendations", validated)
+    assert published(night, DAY2).equals(new) and export_of(night, DAY2).equals(new)
+    assert_readers_see(night, {"warehouse": {DAY1: old[DAY1], DAY2: new}, "export": {DAY1: old[DAY1], DAY2: new}})
+    assert_nothing_left(night)
+    # A child killed inside a swap left a folder in the swap area: the rerun names what it removed.
+    assert bool(result["recovered"]) == point.startswith("swap:")
