@@ -32,11 +32,14 @@ PER_STEP = {
 
 
 def test_comparison_table_has_a_row_per_model_in_order():
-    table = report.comparison_table({"challenger": metrics(0.2), "popularity": metrics(0.1)})
+    challenger = metrics(0.2) | {"eval/hr@10": 0.3}
+    table = report.comparison_table({"challenger": challenger, "popularity": metrics(0.1)})
     lines = table.splitlines()
     assert lines[0].split()[:3] == ["model", "NDCG@10", "HR@10"]
     assert lines[1].startswith("challenger") and "0.2000" in lines[1] and "0.4000" in lines[1]
     assert lines[2].startswith("popularity") and " - " in lines[2]  # no HR@10 given
+    # Columns of event types no model was evaluated on (no carts, views or ratings here) are left out.
+    assert "purchase NDCG@10" in lines[0] and "cart" not in lines[0] and "rating" not in lines[0]
     markdown = report.comparison_table({"challenger": metrics(0.2)}, markdown=True)
     assert markdown.splitlines()[1].startswith("|---|")
 
