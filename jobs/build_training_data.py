@@ -48,7 +48,7 @@ from dql_model.errors import InputError, MissingInput
 from dql_model.layout import ETL_JOB
 from dql_model.run_dates import missing_run_date_message
 from jobs.clean_events import PARTITION_DATE_COL, RULE_ORDER, label_events, split_labelled
-from jobs.common import day_end_utc, day_start_utc, run_date_arg
+from jobs.common import day_end_utc, day_start_utc, failures_named, run_date_arg
 from jobs.item_index import build_item_index
 from jobs.sessions import sessionize
 from jobs.spark_session import (
@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     owns_session = SparkSession.getActiveSession() is None
     spark = get_spark(cfg.spark, f"dqlrec-{JOB}")
     try:
-        with locks.hold(cfg, args.run_date, JOB):  # one writer of the run date at a time
+        with locks.hold(cfg, args.run_date, JOB), failures_named(JOB, args.run_date):  # one writer at a time
             run(spark, cfg, args.run_date)
     finally:
         if owns_session:

@@ -8,8 +8,12 @@ whatever the session's time zone (the jobs still set it to UTC for readable outp
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
-from collections.abc import Sequence
+import re
+import sys
+import traceback
+from collections.abc import Iterator, Sequence
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
@@ -19,6 +23,44 @@ from dql_model import schema
 SECONDS_PER_DAY = 86_400
 EVENT_CODE_COL = "_event_code"
 """Scratch column with schema.EVENT_CODE of the event type (dropped before a job returns)."""
+
+
+_DATA_FILE = re.compile(r"(?:file|hdfs|s3a?|gs|abfss?):/[^\s,;'\"()\[\]]+")
+"""A file or folder URI in a Spark error (the file a read failed on)."""
+
+
+class SparkJobFailed(RuntimeError):
+    """A Spark job's step failed inside Spark; the message names the files the error names."""
+
+
+def describe_failure(error: BaseException) -> str:
+    """One line for a failure inside Spark: its first exception line and the files it names."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    cause = next((line for line in lines if "Exception:" in line or "Error:" in line), lines[0] if lines else "")
+    cause = cause.lstrip(": ")[:400]
+    files = list(dict.fromkeys(_DATA_FILE.findall(str(error))))[:3]
+    where = f"; file(s): {', '.join(files)}" if files else "; the error names no file"
+    return f"{type(error).__name__}: {cause}{where}"
+
+
+@contextlib.contextmanager
+def failures_named(job: str, run_date: dt.date | str) -> Iterator[None]:
+    """Turn an error raised inside Spark into one line naming the job, the run date and the files,
+    printed last (after the full traceback, kept for debugging). Our own errors (bad input, a
+    lost row) already say what happened and pass through as they are."""
+    from dql_model.errors import InputError
+
+    try:
+        yield
+    except (InputError, SparkJobFailed):
+        raise
+    except Exception as error:
+        if type(error).__module__.split(".")[0] not in ("py4j", "pyspark"):
+            raise
+        traceback.print_exc()
+        message = f"[{job} {run_date}] failed: {describe_failure(error)}"
+        print(message, file=sys.stderr, flush=True)
+        raise SparkJobFailed(message) from None
 
 
 def as_date(value: dt.date | str) -> dt.date:

@@ -40,7 +40,7 @@ from dql_model.scoring.engines import ScoringSummary
 from dql_model.scoring.payload import ScoringPayload
 from dql_model.scoring.policy import Policy
 from dql_model.scoring.ranking import Catalogue, Ranker, batch_count, user_keys
-from jobs.common import run_date_arg
+from jobs.common import failures_named, run_date_arg
 from jobs.spark_session import get_spark, read_text, write_partition_atomic, write_text_atomic
 
 JOB = pipeline.SCORING_JOB
@@ -136,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     owns_session = SparkSession.getActiveSession() is None
     spark = get_spark(cfg.spark, f"dqlrec-{JOB}")
     try:
-        with locks.hold(cfg, args.run_date, JOB):  # one writer of the run date at a time
+        with locks.hold(cfg, args.run_date, JOB), failures_named(JOB, args.run_date):  # one writer at a time
             summary = run(spark, cfg, args.run_date, args.model_version)
     finally:
         if owns_session:

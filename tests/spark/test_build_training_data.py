@@ -16,6 +16,7 @@ from pyspark.testing import assertDataFrameEqual
 from dql_model import schema, storage
 from dql_model.errors import MissingInput
 from jobs.build_training_data import STATES_FORMAT, Plan, main, plan_run
+from jobs.common import SparkJobFailed
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
@@ -245,3 +246,17 @@ def test_the_plan_builds_on_the_latest_states_made_with_the_same_settings(spark,
     )
     assert plan_run(spark, cfg.replace(etl={"max_len": 3}), run_date, window_start).mode == "full"
     assert plan_run(spark, cfg.replace(etl={"incremental": False}), run_date, window_start).mode == "full"
+
+
+def test_a_file_spark_cannot_read_is_named_in_the_last_line(spark, warehouse, capsys):
+    cfg, config_file = warehouse
+    broken = Path(cfg.layout.partition(schema.EVENTS, NIGHT1)) / "part-00001.parquet"
+    broken.write_bytes(b"PAR1 this is not a Parquet file PAR1")
+
+    with pytest.raises(SparkJobFailed) as failure:
+        main(["--run-date", NIGHT1, "--config", config_file])
+
+    assert str(failure.value).startswith(f"[build_training_data {NIGHT1}] failed: ")
+    assert "part-00001.parquet" in str(failure.value)
+    assert capsys.readouterr().err.strip().splitlines()[-1] == str(failure.value)  # the last word
+    assert not Path(cfg.layout.partition(schema.TRANSITIONS, NIGHT1)).exists()  # nothing half written
