@@ -467,6 +467,11 @@ def main(argv: Sequence[str] = ()) -> None:
             f"{check['max_abs_difference']:.1e}; same test targets {check['same_test_targets']:.0%}; "
             f"masked top-10 identical to the runner's {check['masked_top10_same_as_runner']:.0%}"
         )
+        if check["same_test_targets"] < 1:
+            print(
+                f"WARNING {name}: RecBole held out another item than this split for "
+                f"{1 - check['same_test_targets']:.0%} of the users (see benchmarks/peers/movielens.py)"
+            )
     for name in (n for n in order if n.startswith("RecBole")):
         d = outputs[name].details
         print(
