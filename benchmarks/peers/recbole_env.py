@@ -101,7 +101,9 @@ class PeerRun:
 def run_peer(run: PeerRun, *, data_dir: Path, out_dir: Path, retrain: bool = False, progress=print) -> dict:
     """Train ``run.model`` on ``data_dir``'s atomic file inside the venv; its exported record
     (recbole_runner.py) with the test scores under ``scores_path``. Reused when nothing changed."""
-    inter = data_dir / "ml-100k" / "ml-100k.inter"
+    from benchmarks.peers.movielens import DATASET
+
+    inter = data_dir / DATASET / f"{DATASET}.inter"
     key = _sha256(inter, RUNNER, PINS, extra=json.dumps(asdict(run), sort_keys=True))
     record_path, key_path = out_dir / f"{run.model}.json", out_dir / f"{run.model}.key"
     with _exclusive(out_dir / f"{run.model}.lock"):  # a second caller waits, then reuses the run
@@ -112,7 +114,7 @@ def run_peer(run: PeerRun, *, data_dir: Path, out_dir: Path, retrain: bool = Fal
             out_dir.mkdir(parents=True, exist_ok=True)
             key_path.unlink(missing_ok=True)
             command = [
-                str(python), str(RUNNER), "--model", run.model, "--data-dir", str(data_dir), "--out", str(out_dir),
+                str(python), str(RUNNER), "--model", run.model, "--dataset", DATASET, "--data-dir", str(data_dir), "--out", str(out_dir),
                 "--epochs", str(run.epochs), "--stopping-step", str(run.stopping_step),
                 "--time-budget-s", str(run.time_budget_s), "--threads", str(run.threads), "--seed", str(run.seed),
             ]  # fmt: skip

@@ -34,18 +34,23 @@ import numpy as np
 import torch
 
 TOP_K = 10
-DATASET = "ml-100k"
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, choices=["GRU4Rec", "SASRec"])
-    parser.add_argument("--data-dir", required=True, type=Path, help=f"folder holding {DATASET}/{DATASET}.inter")
+    parser.add_argument("--dataset", required=True, help="RecBole dataset name (never ml-100k: recbole_env)")
+    parser.add_argument("--data-dir", required=True, type=Path, help="folder holding DATASET/DATASET.inter")
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--epochs", type=int, default=300, help="cap on epochs (early stopping usually ends first)")
+    parser.add_argument(
+        "--epochs", type=int, default=300, help="cap on epochs (early stopping usually ends first)"
+    )
     parser.add_argument("--stopping-step", type=int, default=10, help="epochs without a better valid NDCG@10")
     parser.add_argument(
-        "--time-budget-s", type=float, default=0.0, help="no new epoch after this many training seconds (0: none)"
+        "--time-budget-s",
+        type=float,
+        default=0.0,
+        help="no new epoch after this many training seconds (0: none)",
     )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--seed", type=int, default=2020)
@@ -57,11 +62,16 @@ def recbole_config(args: argparse.Namespace):
 
     return Config(
         model=args.model,
-        dataset=DATASET,
+        dataset=args.dataset,
         config_dict={
             "data_path": str(args.data_dir),
             "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
-            "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full", "group_by": "user"},
+            "eval_args": {
+                "split": {"LS": "valid_and_test"},
+                "order": "TO",
+                "mode": "full",
+                "group_by": "user",
+            },
             "metrics": ["Hit", "NDCG", "MRR"],
             "topk": [TOP_K],
             "valid_metric": f"NDCG@{TOP_K}",
@@ -184,7 +194,9 @@ def main(argv: list[str] | None = None) -> None:
     test_result = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
     rankings = export_rankings(model, test_data, dataset)
 
-    np.save(args.out / f"{args.model}.scores.npy", rankings.pop("scores").astype(np.float32), allow_pickle=False)
+    np.save(
+        args.out / f"{args.model}.scores.npy", rankings.pop("scores").astype(np.float32), allow_pickle=False
+    )
     record = {
         "model": args.model,
         "recbole_test": {k: float(v) for k, v in test_result.items()},
@@ -207,7 +219,9 @@ def main(argv: list[str] | None = None) -> None:
         **rankings,
     }
     (args.out / f"{args.model}.json").write_text(json.dumps(record))
-    print(f"{args.model}: test {record['recbole_test']} after {record['epochs_run']} epochs, {train_seconds:.0f}s")
+    print(
+        f"{args.model}: test {record['recbole_test']} after {record['epochs_run']} epochs, {train_seconds:.0f}s"
+    )
 
 
 if __name__ == "__main__":
