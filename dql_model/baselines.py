@@ -9,7 +9,7 @@
 - supervised: the same Q-network trained on next-item cross-entropy only (train.mode =
   "supervised", GRU4Rec-like with a full softmax), with a small hyperparameter search.
 
-Each baseline is tuned on the validation window, as the DQN's early stopping is: the comparison
+Each baseline is tuned on the validation split, as the DQN's early stopping is: the comparison
 is, if anything, tilted in the baselines' favour.
 """
 
@@ -34,7 +34,7 @@ COOCCURRENCE_GRID = (
     {"window": 3, "decay": 0.5},
     {"window": MAX_WINDOW, "decay": 0.7},
 )
-"""Co-occurrence settings tried on the validation window (counting is shared, so all are cheap)."""
+"""Co-occurrence settings tried on the validation split (counting is shared, so all are cheap)."""
 SUPERVISED_GRID = (
     {"train": {}, "model": {}},
     {"train": {}, "model": {"dropout": 0.3}},

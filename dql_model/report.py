@@ -359,7 +359,7 @@ def render_summary(summary: dict[str, Any]) -> str:
         + (f"  ({'promoted' if evaluation.get('promoted') else 'champion kept'}: {evaluation.get('reason')})" if evaluation else ""),
     ]
     if evaluation.get("metrics"):
-        lines += ["", "  offline metrics, validation window:"]
+        lines += ["", "  offline metrics, validation split (full catalogue, masked as published):"]
         lines += ["    " + line for line in comparison_table(evaluation["metrics"]).splitlines()]
     for simulation in simulations(evaluation):
         lines += ["", f"  {simulation_title(simulation)} (mean ± 95 % CI over seeds):"]
