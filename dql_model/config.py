@@ -121,29 +121,38 @@ def check_sql_url(url: str, where: str = "publish.sql_url") -> None:
         )
 
 
-def train_window_start(window: str, run_date: dt.date, first_day: dt.date) -> dt.date:
-    """First day of the training window ``etl.train_window`` for a run date, given the first loaded day.
-
-    Never before ``first_day``; a window that starts after the run date is refused.
-    """
+def parse_train_window(window: str) -> int | dt.date | None:
+    """``etl.train_window`` as None (all history), a number of days, or a first day; ConfigError otherwise."""
     text = str(window).strip().lower()
     if text == "all":
-        return first_day
+        return None
     days = text[:-1] if text.endswith("d") else text
     if days.isdigit():
         if int(days) < 1:
             raise ConfigError(f"etl.train_window={window!r}: a window of days must be at least 1 day")
-        return max(first_day, run_date - dt.timedelta(days=int(days) - 1))
+        return int(days)
     try:
-        start = dt.date.fromisoformat(text)
+        return dt.date.fromisoformat(text)
     except ValueError:
         raise ConfigError(
             f"etl.train_window={window!r} is not 'all', a number of days ('14' or '14d') or a first day "
             "(YYYY-MM-DD)"
         ) from None
-    if start > run_date:
+
+
+def train_window_start(window: str, run_date: dt.date, first_day: dt.date) -> dt.date:
+    """First day of the training window ``etl.train_window`` for a run date, given the first loaded day.
+
+    Never before ``first_day``; a window that starts after the run date is refused.
+    """
+    parsed = parse_train_window(window)
+    if parsed is None:
+        return first_day
+    if isinstance(parsed, int):
+        return max(first_day, run_date - dt.timedelta(days=parsed - 1))
+    if parsed > run_date:
         raise ConfigError(f"etl.train_window={window!r} starts after the run date {run_date}")
-    return max(first_day, start)
+    return max(first_day, parsed)
 
 
 def _check_choices(value: Any, typ: Any, where: str) -> None:
@@ -238,7 +247,7 @@ class EtlConfig(_Section):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.train_window = str(self.train_window).strip().lower()
-        train_window_start(self.train_window, dt.date(2000, 1, 1), dt.date(2000, 1, 1))  # refuses a bad value
+        parse_train_window(self.train_window)  # a bad value is refused here, not in the Spark job
         if self.val_days < 1:
             raise ConfigError(f"etl.val_days={self.val_days} must be at least 1")
 

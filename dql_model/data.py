@@ -599,10 +599,15 @@ def item_features_from_table(table: pa.Table, *, price_buckets: int, where: str)
     )
 
 
-def user_state_columns(exclude: str) -> list[str]:
-    """The user_states columns scoring reads under an exclusion rule (``EXCLUDE_RULES``)."""
+def check_exclude_rule(exclude: str) -> None:
+    """Refuse a name that is not one of ``EXCLUDE_RULES``."""
     if exclude not in EXCLUDE_RULES:
         raise ValueError(f"exclusion rule {exclude!r} is not one of {list(EXCLUDE_RULES)}")
+
+
+def user_state_columns(exclude: str) -> list[str]:
+    """The user_states columns scoring reads under an exclusion rule (``EXCLUDE_RULES``)."""
+    check_exclude_rule(exclude)
     column = EXCLUDE_STATE_COLUMN.get(exclude)
     return USER_STATE_COLUMNS + ([column] if column else [])
 
@@ -662,10 +667,9 @@ def load_exclusions(
     rows (the user's whole history before the event). Partitions written before those columns
     existed mask nothing.
     """
+    check_exclude_rule(exclude)
     column = EXCLUDE_HISTORY_COLUMN.get(exclude)
-    if exclude not in EXCLUDE_RULES:
-        raise ValueError(f"exclusion rule {exclude!r} is not one of {list(EXCLUDE_RULES)}")
-    indptrs, values, n_rows = [np.zeros(1, dtype=np.int64)], [], 0
+    indptrs, values, n_values = [np.zeros(1, dtype=np.int64)], [], 0
     for file in parquet_files(folder):
         pf = pq.ParquetFile(file)
         has_column = column is not None and column in pf.schema_arrow.names
@@ -679,9 +683,8 @@ def load_exclusions(
                     indptr, items = _csr(rb.column(column))
                 else:
                     indptr, items = np.zeros(rb.num_rows + 1, dtype=np.int64), np.zeros(0, dtype=np.int64)
-                offset = sum(len(v) for v in values)
-                indptrs.append(indptr[1:] + offset)
+                indptrs.append(indptr[1:] + n_values)
                 values.append(items)
-                n_rows += rb.num_rows
+                n_values += len(items)
     items = np.concatenate(values) if values else np.zeros(0, dtype=np.int64)
     return Exclusions(np.concatenate(indptrs).astype(np.int64), items.astype(np.int64))

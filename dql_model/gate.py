@@ -160,15 +160,16 @@ def evaluate_night(
         progress(f"gate: {fallback}")
     if challenger is None:
         promoted, reason = False, f"no challenger ({no_challenger_reason})"
-    elif not len(val):
-        promoted, reason = True, "no validation events to compare on: the challenger, trained on the newest data, is promoted"
-        registry.set_champion(root, challenger)
     else:
-        promoted, reason = compare(
-            results.get("champion"), results["challenger"], metric=gate_metric, tolerance=cfg.eval.gate_tolerance
-        )
-        if fallback:
-            reason = f"{reason}; {fallback}"
+        if not len(val):
+            promoted = True
+            reason = "no validation events to compare on: the challenger, trained on the newest data, is promoted"
+        else:
+            promoted, reason = compare(
+                results.get("champion"), results["challenger"], metric=gate_metric, tolerance=cfg.eval.gate_tolerance
+            )
+            if fallback:
+                reason = f"{reason}; {fallback}"
         # Point the champion explicitly either way: on a rerun it may still name this date's model.
         registry.set_champion(root, challenger if promoted else champion)
     scoring_version = registry.champion_version(root)

@@ -40,7 +40,7 @@ import numpy as np
 from dql_model import data, metrics, schema
 from dql_model.config import Config, SimRefresh
 from dql_model.evaluate import Scorer
-from dql_model.simulator import ShopSimulator
+from dql_model.simulator import ShopSimulator, shop_item_ids
 
 T_975 = (
     12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
@@ -174,8 +174,8 @@ def _check_refresh(refresh: str) -> None:
 def shop_items_known(cfg: Config, items: data.ItemFeatures) -> tuple[int, int]:
     """(how many of the synthetic shop's items the item index has, the shop's item count): the
     simulation is meaningful only on the demo shop's own catalogue."""
-    simulator = ShopSimulator(cfg.simulator)
-    return int((CatalogueMap.build(simulator.item_ids, items).env_to_idx > 0).sum()), len(simulator.item_ids)
+    item_ids = shop_item_ids(cfg.simulator)
+    return int((CatalogueMap.build(item_ids, items).env_to_idx > 0).sum()), len(item_ids)
 
 
 def simulate_policies(

@@ -479,6 +479,11 @@ class _SessionPlan:
     start: np.ndarray
 
 
+def shop_item_ids(cfg: SimulatorConfig) -> np.ndarray:
+    """The synthetic shop's item ids, position by position (no shop is built to know them)."""
+    return np.array([f"i{i:06d}" for i in range(cfg.n_items)], dtype=object)
+
+
 class ShopSimulator:
     """The synthetic shop of one SimulatorConfig: hidden model, item catalogue, event logs, environment."""
 
@@ -489,7 +494,7 @@ class ShopSimulator:
         self.last_date = dt.date.fromisoformat(cfg.end_date)
         start = dt.datetime.combine(self.first_date, dt.time(), tzinfo=dt.UTC)
         self.window_start_us = int(start.timestamp()) * 1_000_000
-        self.item_ids = np.array([f"i{i:06d}" for i in range(cfg.n_items)], dtype=object)
+        self.item_ids = shop_item_ids(cfg)
         width = max(2, len(str(cfg.n_categories - 1)))
         self.category_ids = np.array([f"c{c:0{width}d}" for c in range(cfg.n_categories)], dtype=object)
         width = max(5, len(str(cfg.n_users - 1)))

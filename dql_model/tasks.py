@@ -153,7 +153,7 @@ def train_model(run_date: str, *, options: RunOptions = DEFAULTS, cfg: Config | 
     from dql_model import report
     from dql_model.train import train_challenger
 
-    cfg = _config(cfg, options)
+    cfg = _torch_config(cfg, options)
     if options.skip_training or options.model_version:
         reason = f"pinned model {options.model_version}" if options.model_version else "skip_training is set"
         say(f"training skipped: {reason}")
@@ -161,7 +161,7 @@ def train_model(run_date: str, *, options: RunOptions = DEFAULTS, cfg: Config | 
     folder = cfg.layout.report(run_date)
     report.record_training_failure(folder, None)
     try:
-        trained = train_challenger(_torch_config(cfg, options), run_date, progress=say)
+        trained = train_challenger(cfg, run_date, progress=say)
     except Exception as error:  # noted for the gate, which then lets the champion score (degraded)
         report.record_training_failure(folder, error)
         raise

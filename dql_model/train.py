@@ -362,10 +362,11 @@ def train_model(
             progress(f"warning: {error}; training from scratch")
     fit_splits = (schema.TRAIN, schema.VALIDATION) if refit else schema.TRAIN
     val = data.load_transitions(transitions_dir, max_len=cfg.etl.max_len, split=schema.VALIDATION)
-    masks = data.load_exclusions(transitions_dir, exclude=exclude)
     if refit:  # validation is trained on: nothing is left to stop on
         val, masks = val.take(slice(0, 0)), data.Exclusions.none(0)
-    elif len(val):
+    else:
+        masks = data.load_exclusions(transitions_dir, exclude=exclude)
+    if len(val):
         _check_indices(val, items.n_items, f"{transitions_dir} (validation)")
     else:
         progress(f"warning: no validation transitions in {transitions_dir}; no early stopping")
@@ -505,7 +506,15 @@ def train_challenger(cfg: Config, run_date: str, *, progress: Callable[[str], No
     return trained
 
 
-def _refit(cfg, run_date, version, result, warm_start, window, progress) -> str:
+def _refit(
+    cfg: Config,
+    run_date: str,
+    version: str,
+    result: TrainResult,
+    warm_start: QNetwork | None,
+    window: dict[str, Any],
+    progress: Callable[[str], None],
+) -> str:
     """Train the same start on train + validation for the best epoch count; register it as the refit of
     ``version`` (``registry.refit_of``), which scores in its place once the gate promotes it."""
     from dql_model import registry

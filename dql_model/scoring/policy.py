@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from dql_model.config import ScoreConfig
-from dql_model.data import EXCLUDE_RULES, exclude_rule
+from dql_model.data import check_exclude_rule, exclude_rule
 
 _ITEM_STREAM, _SLOT_STREAM = 0x51ED2701, 0x2C1B3C6D
 """Tags that make the item draws and the slot coins of a user independent random streams."""
@@ -45,8 +45,7 @@ class Policy:
     """Seed of the draws (``run_date_seed`` of the run date in the pipeline)."""
 
     def __post_init__(self) -> None:
-        if self.exclude not in EXCLUDE_RULES:
-            raise ValueError(f"exclusion rule {self.exclude!r} is not one of {list(EXCLUDE_RULES)}")
+        check_exclude_rule(self.exclude)
         if self.top_k < 1:
             raise ValueError(f"score.top_k must be at least 1, got {self.top_k}")
         if not 0 <= self.explore_slots <= self.top_k:

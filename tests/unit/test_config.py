@@ -140,6 +140,7 @@ def test_the_training_window_is_all_history_a_number_of_days_or_a_first_day():
     assert train_window_start("14", run, first) == dt.date(2026, 11, 14)
     assert train_window_start("400d", run, first) == first  # never before the first loaded day
     assert train_window_start("2026-10-01", run, first) == dt.date(2026, 10, 1)
+    assert load_config(env={"DQLREC_ETL__TRAIN_WINDOW": "2026-06-01"}).etl.train_window == "2026-06-01"
     assert train_window_start("2020-01-01", run, first) == first
     with pytest.raises(ConfigError, match="starts after the run date"):
         train_window_start("2026-12-01", run, first)
