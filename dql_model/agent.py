@@ -1,4 +1,4 @@
-"""Losses and updates: double-DQN TD loss plus the discrete CQL term, or supervised only.
+"""Losses and updates: double-DQN TD loss plus the discrete CQL term, or supervised only, or both (SQN).
 
     loss = td_weight * Huber(Q(s, a), R + gamma^k * (1 - done) * Q_target(s', argmax_a' Q(s', a')))
          + cql_alpha * mean(logsumexp_a Q(s, a) - Q(s, a_logged))
@@ -12,6 +12,15 @@ With ``cql_negatives`` = m > 0 the catalogue is never scored whole: the logsumex
 logged action and m items drawn uniformly per batch (their Q-values shifted by log((N - 1) / m),
 so it estimates the full-catalogue value), and the TD argmax runs over those items plus the
 batch's logged actions. This is the variant for catalogues whose [batch, N] matrix does not fit.
+
+With mode="sqn" (model.heads=two) the network has a second, next-item head on the same encoder
+(Xin et al., SIGIR 2020); its cross-entropy is added to the DQN loss above, and the TD target and
+the conservative term are the Q head's.
+
+A batch is either transition rows (TensorBatch: each row its own state and next state) or
+windows of user sequences (SequenceTensors, dql_model.sequences): there every state comes from
+one encoder pass, and each position's s' is the state k positions later in the same window.
+Both are reduced to the same per-row ``Vectors`` before the losses.
 """
 
 from __future__ import annotations
@@ -27,6 +36,11 @@ import torch.nn.functional as F
 from dql_model.config import TrainConfig
 from dql_model.data import TransitionBatch
 from dql_model.networks import QNetwork
+from dql_model.sequences import SequenceBatch
+
+
+def _to_device(array, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+    return torch.from_numpy(array).to(device=device, dtype=dtype, non_blocking=True)
 
 
 @dataclass
@@ -49,7 +63,7 @@ class TensorBatch:
     @classmethod
     def from_numpy(cls, batch: TransitionBatch, device: torch.device | str = "cpu") -> TensorBatch:
         def move(array, dtype):
-            return torch.from_numpy(array).to(device=device, dtype=dtype, non_blocking=True)
+            return _to_device(array, dtype, device)
 
         return cls(
             state_items=move(batch.state_items, torch.long),
@@ -117,55 +131,192 @@ def sampled_conservative_term(
     return torch.logsumexp(torch.cat([q_logged[:, None], others], dim=1), dim=1) - q_logged
 
 
-def _full_catalogue_parts(batch, online, target, cfg, dqn: bool):
-    """(Q(s, a_logged), conservative term per row, TD target or None) scoring every item."""
+@dataclass
+class SequenceTensors:
+    """A sequences.SequenceBatch on a device."""
+
+    items: torch.Tensor
+    events: torch.Tensor
+    loss: torch.Tensor
+    reward: torch.Tensor
+    done: torch.Tensor
+
+    @classmethod
+    def from_numpy(cls, batch: SequenceBatch, device: torch.device | str = "cpu") -> SequenceTensors:
+        dtypes = {
+            "items": torch.long,
+            "events": torch.long,
+            "loss": torch.bool,
+            "reward": torch.float32,
+            "done": torch.bool,
+        }
+        return cls(
+            **{name: _to_device(getattr(batch, name), dtype, device) for name, dtype in dtypes.items()}
+        )
+
+
+@dataclass
+class Vectors:
+    """What the losses need of a batch, whatever its layout: one row per transition trained on."""
+
+    state_q: torch.Tensor
+    """[P, D] f_q(s) (with gradient)."""
+    state_next: torch.Tensor | None
+    """[P, D] f_next(s) of the second head, or None."""
+    action: torch.Tensor
+    """[P] logged action."""
+    next_online: torch.Tensor | None = None
+    """[P, D] f_q(s') of the online network, no gradient (dqn/sqn only)."""
+    next_target: torch.Tensor | None = None
+    """[P, D] f_q(s') of the target network (dqn/sqn only)."""
+    reward: torch.Tensor | None = None
+    """[P] n-step discounted return."""
+    steps: torch.Tensor | None = None
+    """[P] actions between s and s' (None: 1)."""
+    done: torch.Tensor | None = None
+    """[P] the episode ended by s'."""
+
+
+def transition_vectors(
+    batch: TensorBatch, online: QNetwork, target: QNetwork | None, gamma: float
+) -> Vectors:
+    """Vectors of a batch of transition rows (each with its own state and next state)."""
+    state_q, state_next = online.encode_heads(batch.state_items, batch.state_events)
+    vectors = Vectors(state_q, state_next, batch.action)
+    if target is not None:
+        with torch.no_grad():
+            vectors.next_online = online.encode_heads(batch.next_items, batch.next_events)[0]
+            vectors.next_target = target.encode_heads(batch.next_items, batch.next_events)[0]
+        vectors.reward, vectors.steps = batch.discounted_return(gamma)
+        vectors.done = batch.done
+    return vectors
+
+
+def n_step_positions(batch: SequenceTensors, gamma: float, n_step: int):
+    """(position, n-step return, k, done, last position) of every position trained on, flat over [S * T].
+
+    The return gathers the rewards of the next positions while they are actions of the same
+    window and no episode has ended, up to n_step of them; the state after the last one reached
+    is the bootstrap state s'.
+    """
+    steps_per_row = batch.items.shape[1]
+    loss, reward, done = batch.loss.flatten(), batch.reward.flatten(), batch.done.flatten()
+    position = loss.nonzero()[:, 0]
+    column = position % steps_per_row
+    total = reward[position].clone()
+    last = position.clone()
+    alive = ~done[position]
+    for k in range(1, n_step):
+        following = (last + 1).clamp(max=loss.numel() - 1)
+        extends = alive & (column + k < steps_per_row) & loss[following]
+        total = total + (gamma**k) * reward[following] * extends
+        last = torch.where(extends, following, last)
+        alive = extends & ~done[following]
+    return position, total, last - position + 1, done[last], last
+
+
+def sequence_vectors(
+    batch: SequenceTensors, online: QNetwork, target: QNetwork | None, gamma: float, n_step: int
+) -> Vectors:
+    """Vectors of a batch of windows: every state from one encoder pass (dql_model.sequences)."""
+    rows, steps_per_row = batch.items.shape
+    heads = online.encode_sequences(batch.items, batch.events)
+    position, total, steps, done, last = n_step_positions(batch, gamma, n_step)
+    empty = online.empty_state_vector()
+
+    def states_before(after: torch.Tensor) -> torch.Tensor:
+        # The state of position t is the one after event t - 1; position 0 has the empty state.
+        before = torch.cat([empty.to(after.dtype).expand(rows, 1, -1), after[:, :-1]], dim=1)
+        return before.reshape(rows * steps_per_row, -1)[position]
+
+    state_q = states_before(heads[0])
+    state_next = None if heads[1] is None else states_before(heads[1])
+    action = batch.items.flatten()[position]
+    vectors = Vectors(state_q, state_next, action)
+    if target is not None:
+        with torch.no_grad():
+            vectors.next_online = heads[0].detach().reshape(rows * steps_per_row, -1)[last]
+            target_after = target.encode_sequences(batch.items, batch.events)[0]
+            vectors.next_target = target_after.reshape(rows * steps_per_row, -1)[last]
+        vectors.reward, vectors.steps, vectors.done = total, steps, done.float()
+    return vectors
+
+
+def _full_catalogue_parts(v: Vectors, online: QNetwork, target: QNetwork | None, cfg: TrainConfig):
+    """(Q(s, a_logged), conservative term, next-item cross-entropy or None, TD target or None)
+    per row, scoring every item."""
+    items = online.item_vectors()
+    q_bias, next_bias = online.head_biases()
     # float(): the softmax and TD arithmetic stay in fp32 under bf16 autocast.
-    q = online.q_values(batch.state_items, batch.state_events).float()
-    q_logged = q.gather(1, batch.action[:, None])[:, 0]
+    q = online.q_from_state(v.state_q, items, q_bias).float()
+    q_logged = q.gather(1, v.action[:, None])[:, 0]
+    cross_entropy = None
+    if v.state_next is not None:
+        cross_entropy = conservative_term(
+            online.q_from_state(v.state_next, items, next_bias).float(), v.action
+        )
     td_target = None
-    if dqn:
+    if target is not None:
         with torch.no_grad():
-            next_online = online.q_values(batch.next_items, batch.next_events)
-            next_target = target.q_values(batch.next_items, batch.next_events)
-            reward, steps = batch.discounted_return(cfg.gamma)
-            td_target = double_dqn_target(next_online, next_target, reward, batch.done, cfg.gamma, steps)
-    return q_logged, conservative_term(q, batch.action), td_target
+            next_online = online.q_from_state(v.next_online, items.detach(), q_bias.detach())
+            next_target = target.q_from_state(v.next_target, target.item_vectors(), target.head_biases()[0])
+            td_target = double_dqn_target(next_online, next_target, v.reward, v.done, cfg.gamma, v.steps)
+    return q_logged, conservative_term(q, v.action), cross_entropy, td_target
 
 
-def _sampled_parts(batch, online, target, cfg, dqn: bool):
-    """The same three parts from cfg.cql_negatives sampled items (module docstring)."""
+def _sampled_parts(v: Vectors, online: QNetwork, target: QNetwork | None, cfg: TrainConfig):
+    """The same four parts from cfg.cql_negatives sampled items (module docstring)."""
     n_items = online.n_items
-    sampled = torch.randint(1, n_items + 1, (cfg.cql_negatives,), device=batch.action.device)
-    state = online.encode_state(batch.state_items, batch.state_events)
-    q_logged = online.q_of_pairs(state, batch.action).float()
-    q_sampled = online.q_of_items(state, sampled).float()
-    conservative = sampled_conservative_term(q_logged, q_sampled, sampled, batch.action, n_items)
+    sampled = torch.randint(1, n_items + 1, (cfg.cql_negatives,), device=v.action.device)
+
+    def scores(network, state, items, head):
+        bias = network.head_biases(items)[head]
+        return state @ network.item_vectors(items).T + bias
+
+    def pairs(network, state, items, head):
+        return (state * network.item_vectors(items)).sum(dim=-1) + network.head_biases(items)[head]
+
+    q_logged = pairs(online, v.state_q, v.action, 0).float()
+    conservative = sampled_conservative_term(
+        q_logged, scores(online, v.state_q, sampled, 0).float(), sampled, v.action, n_items
+    )
+    cross_entropy = None
+    if v.state_next is not None:
+        logits_logged = pairs(online, v.state_next, v.action, 1).float()
+        logits_sampled = scores(online, v.state_next, sampled, 1).float()
+        cross_entropy = sampled_conservative_term(logits_logged, logits_sampled, sampled, v.action, n_items)
     td_target = None
-    if dqn:
+    if target is not None:
         with torch.no_grad():
-            candidates = torch.unique(torch.cat([sampled, batch.action]))
-            next_online = online.q_of_items(online.encode_state(batch.next_items, batch.next_events), candidates)
-            best = candidates[next_online.argmax(dim=1)]
-            next_state = target.encode_state(batch.next_items, batch.next_events)
-            next_value = target.q_of_pairs(next_state, best).float()
-            reward, steps = batch.discounted_return(cfg.gamma)
-            td_target = _bootstrap(reward, batch.done, cfg.gamma, steps, next_value)
-    return q_logged, conservative, td_target
+            candidates = torch.unique(torch.cat([sampled, v.action]))
+            best = candidates[scores(online, v.next_online, candidates, 0).argmax(dim=1)]
+            next_value = pairs(target, v.next_target, best, 0).float()
+            td_target = _bootstrap(v.reward, v.done, cfg.gamma, v.steps, next_value)
+    return q_logged, conservative, cross_entropy, td_target
 
 
 def compute_loss(
-    batch: TensorBatch,
+    batch: TensorBatch | SequenceTensors,
     online: QNetwork,
     target: QNetwork | None,
     cfg: TrainConfig,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Loss of one batch and its parts as detached scalars named loss/*, q/*."""
-    dqn = cfg.mode == "dqn"
+    dqn = cfg.mode in ("dqn", "sqn")
     if dqn and target is None:
-        raise ValueError("train.mode='dqn' needs a target network")
+        raise ValueError(f"train.mode={cfg.mode!r} needs a target network")
+    if (cfg.mode == "sqn") != (online.next_head is not None):
+        raise ValueError(
+            f"train.mode={cfg.mode!r} and a network with model.heads={online.cfg.heads!r} do not match"
+        )
+    bootstrap = target if dqn else None
+    if isinstance(batch, SequenceTensors):
+        vectors = sequence_vectors(batch, online, bootstrap, cfg.gamma, cfg.n_step)
+    else:
+        vectors = transition_vectors(batch, online, bootstrap, cfg.gamma)
     sampled = 0 < cfg.cql_negatives < online.n_items
     parts = _sampled_parts if sampled else _full_catalogue_parts
-    q_logged, conservative_rows, td_target = parts(batch, online, target, cfg, dqn)
+    q_logged, conservative_rows, cross_entropy_rows, td_target = parts(vectors, online, bootstrap, cfg)
     conservative = conservative_rows.mean()
     metrics = {"loss/cql": conservative.detach(), "q/mean": q_logged.detach().mean()}
 
@@ -176,6 +327,10 @@ def compute_loss(
         loss = cfg.td_weight * td + cfg.cql_alpha * conservative
         metrics["loss/td"] = td.detach()
         metrics["q/target_mean"] = td_target.mean()
+    if cross_entropy_rows is not None:
+        cross_entropy = cross_entropy_rows.mean()
+        loss = loss + cross_entropy
+        metrics["loss/next_item"] = cross_entropy.detach()
     metrics["loss/total"] = loss.detach()
     return loss, metrics
 
@@ -193,13 +348,15 @@ class DQNAgent:
     ):
         # mode, target_update and purchase_credit are checked by the config (their Literal types).
         if cfg.n_step < 1 or cfg.cql_negatives < 0:
-            raise ValueError(f"train.n_step={cfg.n_step} must be >= 1 and train.cql_negatives={cfg.cql_negatives} >= 0")
+            raise ValueError(
+                f"train.n_step={cfg.n_step} must be >= 1 and train.cql_negatives={cfg.cql_negatives} >= 0"
+            )
         self.cfg = cfg
         self.device = torch.device(device)
         self.amp_dtype = amp_dtype
         self.online = online.to(self.device)
         self.target: QNetwork | None = None
-        if cfg.mode == "dqn":
+        if cfg.mode in ("dqn", "sqn"):
             self.target = copy.deepcopy(online).eval().requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.online.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.steps = 0
@@ -209,10 +366,14 @@ class DQNAgent:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
-    def update(self, batch: TransitionBatch | TensorBatch) -> dict[str, torch.Tensor]:
+    def update(
+        self, batch: TransitionBatch | TensorBatch | SequenceBatch | SequenceTensors
+    ) -> dict[str, torch.Tensor]:
         """One gradient step; returns the batch's metrics as detached scalar tensors."""
         if isinstance(batch, TransitionBatch):
             batch = TensorBatch.from_numpy(batch, self.device)
+        elif isinstance(batch, SequenceBatch):
+            batch = SequenceTensors.from_numpy(batch, self.device)
         self.online.train()
         with self._autocast():
             loss, metrics = compute_loss(batch, self.online, self.target, self.cfg)

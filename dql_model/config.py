@@ -43,8 +43,10 @@ class ConfigError(InputError, ValueError):
     """A configuration value is unknown or has the wrong type (bad input: not retried)."""
 
 
-Encoder = Literal["gru", "lstm", "attention"]
-TrainMode = Literal["dqn", "supervised"]
+Encoder = Literal["gru", "lstm", "attention", "sasrec"]
+TrainMode = Literal["dqn", "supervised", "sqn"]
+Heads = Literal["one", "two"]
+Batching = Literal["transitions", "sequences"]
 TargetUpdate = Literal["polyak", "hard"]
 PurchaseCredit = Literal["cart", "purchase"]
 ScoringEngine = Literal["torch", "spark"]
@@ -258,7 +260,8 @@ class ModelConfig(_Section):
     """Shape of the Q-network."""
 
     encoder: Encoder = "gru"
-    """Sequence encoder: gru, lstm or attention."""
+    """Sequence encoder: gru, lstm, attention (recency-encoded; transition batches only) or sasrec
+    (SASRec's causal self-attention with learned positions)."""
     embed_dim: int = 64
     """Width of item, event and state embeddings."""
     hidden_dim: int = 64
@@ -269,6 +272,11 @@ class ModelConfig(_Section):
     """Dropout in the encoder and item tower."""
     state_memory: int = 20
     """Latest state items recalled by a second item embedding (a direct path for repeats); 0 = off."""
+    heads: Heads = "one"
+    """Set from train.mode, not a setting: two (a Q head and a next-item cross-entropy head on one
+    encoder, as in SQN) for sqn, one (the Q head) otherwise. Saved with each model to rebuild it."""
+    max_positions: int = 200
+    """Longest sequence the sasrec encoder has position embeddings for (longer states keep the latest)."""
 
 
 @dataclass
@@ -276,11 +284,18 @@ class TrainConfig(_Section):
     """How the Q-network is trained."""
 
     mode: TrainMode = "dqn"
-    """dqn (TD + conservative term) or supervised (next-item cross-entropy only, the baseline)."""
+    """dqn (TD + conservative term), supervised (next-item cross-entropy only, the baseline) or sqn
+    (both, on two heads of one encoder: needs model.heads=two)."""
+    batching: Batching = "transitions"
+    """transitions: batches of transition rows, each with its own state of etl.max_len; sequences:
+    batches of users' whole event sequences (windows of seq_len), the losses at every position
+    from one encoder pass (needs model.encoder gru, lstm or sasrec)."""
+    seq_len: int = 50
+    """Events per training window with batching=sequences (longer histories are cut into windows)."""
     epochs: int = 6
     """Passes over the training transitions."""
     batch_size: int = 256
-    """Transitions per gradient step."""
+    """Transitions per gradient step (windows per step with batching=sequences)."""
     lr: float = 2e-3
     """Adam learning rate."""
     weight_decay: float = 0.0
@@ -459,6 +474,16 @@ class Config:
     publish: PublishConfig = field(default_factory=PublishConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
+
+    def __post_init__(self) -> None:
+        self.model.heads = "two" if self.train.mode == "sqn" else "one"
+        if self.train.batching == "sequences" and self.model.encoder == "attention":
+            raise ConfigError(
+                "train.batching='sequences' needs an encoder with an output at every position: "
+                "model.encoder gru, lstm or sasrec ('attention' encodes recency from the last event)"
+            )
+        if self.train.seq_len < 2:
+            raise ConfigError(f"train.seq_len={self.train.seq_len} must be at least 2")
 
     @property
     def layout(self):

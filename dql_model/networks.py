@@ -51,6 +51,13 @@ MEMORY_SCALE = 10.0
 """State-memory weights are MEMORY_SCALE * parameter: a larger scale makes Adam move them faster."""
 
 
+def right_aligned(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Left-padded [B, L, D] -> right-padded: each row's valid suffix moved to the front, in order."""
+    steps = x.shape[1]
+    shift = (torch.arange(steps, device=x.device)[None, :] + (steps - lengths)[:, None]) % steps
+    return x.gather(1, shift[:, :, None].expand(-1, -1, x.shape[2]))
+
+
 class RecurrentEncoder(nn.Module):
     """A recurrent network (``rnn_class``) over the valid suffix of each left-padded sequence."""
 
@@ -65,12 +72,10 @@ class RecurrentEncoder(nn.Module):
 
         An empty row (length 0) is run as its last position alone: packing needs length >= 1.
         """
-        steps = x.shape[1]
         lengths = lengths.clamp(min=1)
-        # Rotate each row so its valid suffix starts at position 0, then pack: padding never
-        # enters the recurrence, and the result does not depend on L.
-        shift = (torch.arange(steps, device=x.device)[None, :] + (steps - lengths)[:, None]) % steps
-        right_padded = x.gather(1, shift[:, :, None].expand(-1, -1, x.shape[2]))
+        # Move each row's valid suffix to position 0, then pack: padding never enters the
+        # recurrence, and the result does not depend on L.
+        right_padded = right_aligned(x, lengths)
         packed = nn.utils.rnn.pack_padded_sequence(
             right_padded, lengths.cpu(), batch_first=True, enforce_sorted=False
         )
@@ -78,6 +83,13 @@ class RecurrentEncoder(nn.Module):
         if isinstance(hidden, tuple):  # LSTM returns (h, c)
             hidden = hidden[0]
         return hidden[-1]
+
+    def forward_all(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """x [B, T, D] right-padded -> the hidden state after every position [B, T, H].
+
+        Padding comes after the valid prefix, so it never changes an output at a valid position.
+        """
+        return self.rnn(x)[0]
 
 
 class GRUEncoder(RecurrentEncoder):
@@ -157,11 +169,64 @@ class AttentionEncoder(nn.Module):
         return self.norm(h[:, -1])
 
 
+class SASRecEncoder(nn.Module):
+    """Causal self-attention as SASRec has it (Kang & McAuley, 2018): learned embeddings of the
+    position counted from the first event, layer norm and dropout on the input, pre-norm blocks.
+
+    Unlike ``attention`` (which encodes "how many events ago" and so only has an output for the
+    most recent position), the output at position t depends on positions 0..t only, and does not
+    change when events are appended: one pass gives the state after every event of a sequence,
+    which is what sequence-level training needs. States longer than ``model.max_positions`` keep
+    their latest events.
+    """
+
+    def __init__(self, input_dim: int, hidden_dim: int, cfg: ModelConfig):
+        super().__init__()
+        heads = ATTENTION_HEADS if hidden_dim % ATTENTION_HEADS == 0 else 1
+        self.max_positions = cfg.max_positions
+        self.input = nn.Linear(input_dim, hidden_dim)
+        self.position = nn.Embedding(cfg.max_positions, hidden_dim)
+        nn.init.normal_(self.position.weight, std=EMBED_INIT_STD)
+        self.input_norm = nn.LayerNorm(hidden_dim)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(
+            AttentionBlock(hidden_dim, heads, cfg.dropout) for _ in range(ATTENTION_LAYERS)
+        )
+        self.norm = nn.LayerNorm(hidden_dim)
+
+    def forward_all(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """x [B, T, D] right-padded (T <= max_positions), lengths [B] -> output at every position [B, T, H]."""
+        steps = x.shape[1]
+        if steps > self.max_positions:
+            raise ValueError(f"{steps} positions exceed model.max_positions={self.max_positions}")
+        positions = torch.arange(steps, device=x.device)
+        h = self.dropout(self.input_norm(self.input(x) + self.position(positions)))
+        valid = positions[None, :] < lengths[:, None]
+        causal = torch.ones(steps, steps, dtype=torch.bool, device=x.device).tril()
+        # A padding position attends to itself only, so no softmax row is all masked (NaN).
+        diagonal = torch.eye(steps, dtype=torch.bool, device=x.device)
+        allowed = causal[None] & (valid[:, None, :] | diagonal[None])
+        for block in self.blocks:
+            h = block(h, allowed)
+        return self.norm(h)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """x [B, L, D] left-padded, lengths [B] -> output after the most recent event [B, H]."""
+        if x.shape[1] > self.max_positions:
+            x, lengths = x[:, -self.max_positions :], lengths.clamp(max=self.max_positions)
+        lengths = lengths.clamp(min=1)
+        out = self.forward_all(right_aligned(x, lengths), lengths)
+        return out[torch.arange(x.shape[0], device=x.device), lengths - 1]
+
+
 ENCODERS: dict[str, Callable[[int, int, ModelConfig], nn.Module]] = {
     "gru": GRUEncoder,
     "lstm": LSTMEncoder,
     "attention": AttentionEncoder,
+    "sasrec": SASRecEncoder,
 }
+SEQUENCE_ENCODERS = ("gru", "lstm", "sasrec")
+"""Encoders with ``forward_all`` (the output after every position): those sequence training can use."""
 """Sequence encoders by ``model.encoder`` name: Encoder(input_dim, hidden_dim, cfg) (module docstring)."""
 
 
@@ -196,6 +261,16 @@ class QNetwork(nn.Module):
         self.item_tower = nn.Sequential(
             nn.Linear(3 * dim, hidden), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(hidden, dim)
         )
+        self.next_head: nn.Linear | None = None
+        self.next_bias: nn.Embedding | None = None
+        if cfg.heads == "two":
+            # SQN's second head: next-item logits <f_next(s), g(a)> + b_next(a) on the same encoder
+            # and item tower. Ranking uses w * Q + (1 - w) * logits, one dot product since both
+            # are linear in g(a); w (head_weight) is chosen on validation after training.
+            self.next_head = nn.Linear(hidden, dim)
+            self.next_bias = nn.Embedding(n_items + 1, 1)
+            nn.init.zeros_(self.next_bias.weight)
+            self.register_buffer("head_weight", torch.ones(()))
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -228,16 +303,82 @@ class QNetwork(nn.Module):
         self.item_price_bucket.copy_(price_bucket)
 
     def encode_state(self, state_items: torch.Tensor, state_events: torch.Tensor) -> torch.Tensor:
-        """f(s): [B, L] left-padded item_idx and event codes -> [B, D] (see item_vectors)."""
+        """f(s) of ranking: [B, L] left-padded item_idx and event codes -> [B, D] (see item_vectors).
+
+        With two heads it is w * f_q(s) + (1 - w) * f_next(s) (w = head_weight), so that with
+        ``item_biases`` the ranking score is still one dot product.
+        """
+        q_state, next_state = self.encode_heads(state_items, state_events)
+        if next_state is None:
+            return q_state
+        weight = self.head_weight.to(q_state.dtype)
+        return weight * q_state + (1 - weight) * next_state
+
+    def encode_heads(
+        self, state_items: torch.Tensor, state_events: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(f_q(s), f_next(s) or None without a second head), each [B, D], of left-padded states."""
         lengths = (state_items != 0).sum(1)
         x = self.input_dropout(self.item_embedding(state_items) + self.event_embedding(state_events))
-        state = self.state_head(self.encoder(x, lengths))
-        empty_state = self.empty_state.to(state.dtype)
+        hidden = self.encoder(x, lengths)
+        memory = None
         if self.memory_weight is not None:
-            state = torch.cat([state, self._state_memory(state_items, state_events).to(state.dtype)], dim=-1)
-            empty_state = torch.cat([empty_state, torch.zeros_like(empty_state)])
+            memory = self._state_memory(state_items, state_events)
         empty = (lengths == 0)[:, None]
-        return torch.where(empty, empty_state, state)
+        return self._heads(hidden, memory, empty)
+
+    def encode_sequences(
+        self, items: torch.Tensor, events: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The state after every position of right-padded sequences [B, T]: (f_q, f_next or None), [B, T, D].
+
+        Position t of the result is f(s) of the state that ends with event t, the same vector
+        ``encode_heads`` gives for that state left-padded (up to the encoder's float rounding).
+        """
+        if not hasattr(self.encoder, "forward_all"):
+            raise ValueError(
+                f"model.encoder={self.cfg.encoder!r} has no per-position output; use one of {SEQUENCE_ENCODERS}"
+            )
+        lengths = (items != 0).sum(1)
+        x = self.input_dropout(self.item_embedding(items) + self.event_embedding(events))
+        hidden = self.encoder.forward_all(x, lengths)
+        memory = None
+        if self.memory_weight is not None:
+            memory = self._sequence_memory(items, events)
+        return self._heads(hidden, memory, None)
+
+    def _heads(self, hidden, memory, empty):
+        """Head vectors from encoder outputs [..., H] (+ state memory [..., dim]); rows where
+        ``empty`` holds get the learned empty-state vector."""
+        vectors = [self.state_head(hidden)]
+        if self.next_head is not None:
+            vectors.append(self.next_head(hidden))
+        out = []
+        for vector in vectors:
+            empty_state = self.empty_state.to(vector.dtype)
+            if memory is not None:
+                vector = torch.cat([vector, memory.to(vector.dtype)], dim=-1)
+                empty_state = torch.cat([empty_state, torch.zeros_like(empty_state)])
+            out.append(vector if empty is None else torch.where(empty, empty_state, vector))
+        return out[0], (out[1] if len(out) > 1 else None)
+
+    def empty_state_vector(self) -> torch.Tensor:
+        """f(s) of a state with no events, [D] (both heads share it)."""
+        empty = self.empty_state
+        if self.memory_weight is not None:
+            empty = torch.cat([empty, torch.zeros_like(empty)])
+        return empty
+
+    def _sequence_memory(self, items: torch.Tensor, events: torch.Tensor) -> torch.Tensor:
+        """``_state_memory`` of the state ending at every position of right-padded [B, T]: [B, T, dim]."""
+        k = self.memory_weight.shape[0]
+        padded_items = F.pad(items, (k - 1, 0))
+        padded_events = F.pad(events, (k - 1, 0))
+        recent = padded_items.unfold(1, k, 1)  # [B, T, k], the last entry is position t itself
+        recent_events = padded_events.unfold(1, k, 1)
+        ago = torch.arange(k - 1, -1, -1, device=items.device)
+        weight = MEMORY_SCALE * self.memory_weight[ago[None, None, :], recent_events] * (recent != 0)
+        return torch.einsum("btk,btkd->btd", weight, self.memory_embedding(recent))
 
     def _state_memory(self, state_items: torch.Tensor, state_events: torch.Tensor) -> torch.Tensor:
         """sum_p w[ago_p, event_p] m(s_p) over the latest state_memory items: [B, embed_dim]."""
@@ -268,9 +409,22 @@ class QNetwork(nn.Module):
         return torch.cat([vectors, memory.to(vectors.dtype)], dim=-1)
 
     def item_biases(self, items: torch.Tensor | None = None) -> torch.Tensor:
-        """b(a) for every item_idx [n_items + 1], or for ``items`` only."""
-        bias = self.item_bias.weight[:, 0]
-        return bias if items is None else bias[items]
+        """b(a) of ranking for every item_idx [n_items + 1], or for ``items`` only (blended as
+        ``encode_state`` is, with two heads)."""
+        q_bias, next_bias = self.head_biases(items)
+        if next_bias is None:
+            return q_bias
+        weight = self.head_weight.to(q_bias.dtype)
+        return weight * q_bias + (1 - weight) * next_bias
+
+    def head_biases(self, items: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(b_q(a), b_next(a) or None) for every item_idx, or for ``items`` only."""
+        biases = [self.item_bias.weight[:, 0]]
+        if self.next_bias is not None:
+            biases.append(self.next_bias.weight[:, 0])
+        if items is not None:
+            biases = [bias[items] for bias in biases]
+        return biases[0], (biases[1] if len(biases) > 1 else None)
 
     def q_of_items(self, state: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Q-values of the same candidate items [M] for every row of f(s) [B, D]: [B, M]."""

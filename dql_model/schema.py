@@ -77,10 +77,12 @@ SOURCE_DQN = "dqn"
 SOURCE_FALLBACK = "fallback_popular"
 SOURCE_EXPLORE = "explore"
 SOURCE_SUPERVISED = "supervised"
-SOURCES = (SOURCE_DQN, SOURCE_FALLBACK, SOURCE_EXPLORE, SOURCE_SUPERVISED)
+SOURCE_SQN = "sqn"
+SOURCES = (SOURCE_DQN, SOURCE_FALLBACK, SOURCE_EXPLORE, SOURCE_SUPERVISED, SOURCE_SQN)
 """What produced a recommendation row: the Q-network (dqn), a network trained in train.mode
-supervised, the popularity fallback, or an exploration draw."""
-MODEL_SOURCES = {"dqn": SOURCE_DQN, "supervised": SOURCE_SUPERVISED}
+supervised, a two-headed network of train.mode sqn (ranking by its validated blend of the Q and
+next-item heads), the popularity fallback, or an exploration draw."""
+MODEL_SOURCES = {"dqn": SOURCE_DQN, "supervised": SOURCE_SUPERVISED, "sqn": SOURCE_SQN}
 """train.mode of a model -> the source of the rows it ranks."""
 
 # Quarantine rules (the name of the rule a row failed).

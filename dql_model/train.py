@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from dql_model import data, faults, schema
+from dql_model import data, faults, schema, sequences
 from dql_model.agent import DQNAgent
 from dql_model.config import Config
 from dql_model.evaluate import QNetworkScorer, evaluate_scorer, usable_metric
@@ -44,12 +44,17 @@ ITEM_ROW_TABLES = (
     "item_bias.weight",
     "category_embedding.weight",
     "memory_embedding.weight",
+    "next_bias.weight",
 )
 """Parameters with one row per item_idx / category index: they grow with the catalogue."""
 ITEM_FEATURE_BUFFERS = ("item_category", "item_price_bucket")
 PREFETCH_BATCHES = 4
 """Batches decoded ahead in a background thread when training on a GPU."""
+HEAD_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+"""Blends w * Q + (1 - w) * next-item logits tried on validation after each epoch of train.mode=sqn."""
+HEAD_WEIGHT_METRIC = f"{schema.metric_prefix()}head_weight"
 PROGRESS_METRICS = (
+    HEAD_WEIGHT_METRIC,
     schema.metric_name("ndcg", 10),
     schema.metric_name("hr", 10),
     schema.metric_name("mrr", 10),
@@ -173,13 +178,34 @@ def prefetched(items: Iterable[T], depth: int = PREFETCH_BATCHES) -> Iterator[T]
         thread.join(timeout=5)
 
 
-def _check_indices(batch: data.TransitionBatch, n_items: int, where: str) -> None:
-    too_big = max(int(batch.action.max(initial=0)), int(batch.state_items.max(initial=0)))
-    if too_big > n_items or batch.action.min(initial=1) < 1:
+def _check_indices(batch: data.TransitionBatch | sequences.SequenceBatch, n_items: int, where: str) -> None:
+    if isinstance(batch, sequences.SequenceBatch):
+        too_big, smallest = int(batch.items.max(initial=0)), int(batch.items[batch.loss].min(initial=1))
+    else:
+        too_big = max(int(batch.action.max(initial=0)), int(batch.state_items.max(initial=0)))
+        smallest = int(batch.action.min(initial=1))
+    if too_big > n_items or smallest < 1:
         raise ValueError(
             f"{where}: item_idx {too_big} (or an action < 1) is outside the item index 1..{n_items}; "
             "are transitions and item_index from the same run date?"
         )
+
+
+def _evaluate(
+    model: QNetwork, val: data.TransitionBatch, masks: data.Exclusions, device, metric: str
+) -> dict:
+    """Validation metrics; with two heads, of the best blend in HEAD_WEIGHTS by ``metric``, which
+    stays set on the model (and so in the best epoch's weights)."""
+    scorer = QNetworkScorer(model, device=device)
+    if model.next_head is None:
+        return evaluate_scorer(scorer, val, exclude=masks)
+    trials = []
+    for weight in HEAD_WEIGHTS:
+        model.head_weight.fill_(weight)
+        trials.append((evaluate_scorer(scorer, val, exclude=masks), weight))
+    row, weight = max(trials, key=lambda trial: trial[0].get(metric, float("-inf")))
+    model.head_weight.fill_(weight)
+    return {**row, HEAD_WEIGHT_METRIC: weight}
 
 
 def _format(metrics: dict[str, float], names) -> str:
@@ -211,7 +237,12 @@ class Checkpoints:
 
     @staticmethod
     def run_key(
-        cfg: Config, *, transitions_dir: str, item_index_dir: str, warm_start: QNetwork | None, refit: bool = False
+        cfg: Config,
+        *,
+        transitions_dir: str,
+        item_index_dir: str,
+        warm_start: QNetwork | None,
+        refit: bool = False,
     ) -> str:
         """Hash of what determines the run's result: config, inputs, warm-start weights, refit or not."""
         digest = hashlib.sha256()
@@ -335,6 +366,7 @@ def train_model(
     warm_start: QNetwork | None = None,
     exclude: str = "none",
     refit: bool = False,
+    head_weight: float | None = None,
     progress: Callable[[str], None] = print,
 ) -> TrainResult:
     """Train a Q-network on one transitions partition; see the module docstring.
@@ -342,6 +374,8 @@ def train_model(
     Early stopping ranks validation with the items of the ``exclude`` rule masked
     (``data.load_exclusions``), as the gate and scoring do. With ``refit`` it trains on the train and
     validation splits together for ``train.epochs`` epochs, with nothing held out to stop on.
+    With two heads (train.mode=sqn) the ranking blend is picked on validation each epoch; without
+    validation it is ``head_weight`` (the refit passes the gated model's), else an even blend.
     """
     if cfg.train.epochs < 1:
         raise ValueError(f"train.epochs={cfg.train.epochs}: need at least one epoch")
@@ -370,6 +404,21 @@ def train_model(
         _check_indices(val, items.n_items, f"{transitions_dir} (validation)")
     else:
         progress(f"warning: no validation transitions in {transitions_dir}; no early stopping")
+    if model.next_head is not None:
+        model.head_weight.fill_(0.5 if head_weight is None else head_weight)
+    windows = None
+    if cfg.train.batching == "sequences":
+        windows = sequences.load_windows(
+            transitions_dir,
+            max_len=cfg.etl.max_len,
+            seq_len=cfg.train.seq_len,
+            split=fit_splits,
+            credit_carts=cfg.train.purchase_credit == "cart",
+        )
+        progress(
+            f"sequence batches: {len(windows)} transitions in {windows.n_windows} windows of up to "
+            f"{cfg.train.seq_len} events"
+        )
     agent = DQNAgent(model, cfg.train, device=device, amp_dtype=amp_dtype)
     patience = cfg.train.patience
     metric, fallback = usable_metric(cfg.eval.early_stop_metric, val)
@@ -378,11 +427,15 @@ def train_model(
     checkpoints = None
     if cfg.train.checkpoints:
         key = Checkpoints.run_key(
-            cfg, transitions_dir=transitions_dir, item_index_dir=item_index_dir, warm_start=warm_start, refit=refit
+            cfg,
+            transitions_dir=transitions_dir,
+            item_index_dir=item_index_dir,
+            warm_start=warm_start,
+            refit=refit,
         )
         checkpoints = Checkpoints(Path(cfg.registry.root) / CHECKPOINTS / key)
     progress(
-        f"training {cfg.train.mode} ({cfg.model.encoder}, n_step={cfg.train.n_step}) on {device}: "
+        f"training {cfg.train.mode} ({cfg.model.encoder}, {cfg.train.batching}, n_step={cfg.train.n_step}) on {device}: "
         f"{items.n_items} items, {len(val)} validation transitions, {cfg.train.epochs} epochs"
     )
     run = _resume(checkpoints, agent, device, progress)
@@ -394,15 +447,18 @@ def train_model(
         if stopped():
             break
         epoch_start = time.perf_counter()
-        batches = data.iter_transition_batches(
-            transitions_dir,
-            max_len=cfg.etl.max_len,
-            batch_size=cfg.train.batch_size,
-            split=fit_splits,
-            seed=cfg.train.seed * 1_000 + epoch,
-            n_step=cfg.train.n_step,
-            credit_carts=cfg.train.purchase_credit == "cart",
-        )
+        if windows is not None:
+            batches = windows.batches(cfg.train.batch_size, seed=cfg.train.seed * 1_000 + epoch)
+        else:
+            batches = data.iter_transition_batches(
+                transitions_dir,
+                max_len=cfg.etl.max_len,
+                batch_size=cfg.train.batch_size,
+                split=fit_splits,
+                seed=cfg.train.seed * 1_000 + epoch,
+                n_step=cfg.train.n_step,
+                credit_carts=cfg.train.purchase_credit == "cart",
+            )
         if device.type == "cuda":  # on CPU the decoding thread would only compete for the cores
             batches = prefetched(batches)
         row = {"epoch": float(epoch)}
@@ -413,7 +469,7 @@ def train_model(
         train_seconds = time.perf_counter() - epoch_start
         row.update(train_metrics)
         if len(val):
-            row.update(evaluate_scorer(QNetworkScorer(model, device=device), val, exclude=masks))
+            row.update(_evaluate(model, val, masks, device, metric))
         row["time/epoch_s"] = time.perf_counter() - epoch_start
         row["throughput/transitions_per_s"] = n_rows / max(train_seconds, 1e-9)
         run.history.append(row)
@@ -441,7 +497,9 @@ def train_model(
     if checkpoints is not None:
         checkpoints.clear()
     seconds = time.perf_counter() - started
-    best_metrics = {k: v for k, v in run.history[run.best_epoch - 1].items() if k.startswith(schema.metric_prefix())}
+    best_metrics = {
+        k: v for k, v in run.history[run.best_epoch - 1].items() if k.startswith(schema.metric_prefix())
+    }
     best_value = run.best_value if len(val) else float("nan")
     progress(
         f"trained {run.n_transitions} transitions x {run.epoch} epochs on {device} in {seconds:.1f}s; "
@@ -459,7 +517,9 @@ def train_model(
     )
 
 
-def train_challenger(cfg: Config, run_date: str, *, progress: Callable[[str], None] = print) -> dict[str, Any]:
+def train_challenger(
+    cfg: Config, run_date: str, *, progress: Callable[[str], None] = print
+) -> dict[str, Any]:
     """Tonight's challenger: warm-started from the incumbent, trained on the run date's
     transitions, registered (the gate decides on promotion). Returns version, device, seconds and
     transitions per epoch.
@@ -527,6 +587,7 @@ def _refit(
         item_index_dir=cfg.layout.partition(schema.ITEM_INDEX, run_date),
         warm_start=warm_start,
         refit=True,
+        head_weight=float(result.model.head_weight) if result.model.next_head is not None else None,
         progress=progress,
     )
     return registry.save_model(

@@ -39,16 +39,33 @@ def test_double_dqn_target_by_hand():
 
 
 class FixedQ(torch.nn.Module):
-    """A stand-in network returning fixed Q-values for the state and for the next state."""
+    """A stand-in network with fixed Q-values for the state and for the next state.
+
+    Its f(s) is the row of Q-values itself and g(a) the unit vector of a (no bias), so
+    Q(s, ·) = f(s) g^T is exactly the given values, column 0 (padding) masked as QNetwork does.
+    """
+
+    next_head = None
 
     def __init__(self, q_state, q_next):
         super().__init__()
         self.q_state = torch.nn.Parameter(torch.tensor(q_state))
         self.q_next = torch.tensor(q_next)
+        self.n_items = self.q_state.shape[1] - 1
         self.next_items = None
 
-    def q_values(self, items, events):
-        return self.q_next if items is self.next_items else self.q_state
+    def encode_heads(self, items, events):
+        return (self.q_next if items is self.next_items else self.q_state), None
+
+    def item_vectors(self, items=None):
+        return torch.eye(self.n_items + 1)
+
+    def head_biases(self, items=None):
+        return torch.zeros(self.n_items + 1), None
+
+    def q_from_state(self, state, items, bias):
+        # state @ eye + 0, written out: the padding column may hold -inf, and -inf * 0 is NaN.
+        return state.masked_fill(torch.arange(self.n_items + 1) == 0, float("-inf"))
 
 
 def _batch(reward=(1.0, 0.0), done=(0.0, 1.0), action=(2, 1)) -> TensorBatch:
@@ -186,7 +203,7 @@ def test_choices_are_refused_by_the_config_and_ranges_by_the_agent():
         DQNAgent(tiny_network(), TrainConfig(cql_negatives=-1))
 
 
-@pytest.mark.parametrize("encoder", ["gru", "lstm", "attention"])
+@pytest.mark.parametrize("encoder", ["gru", "lstm", "attention", "sasrec"])
 def test_bf16_autocast_update_runs(encoder):
     """The mixed-precision path used on CUDA, exercised with CPU autocast."""
     torch.manual_seed(0)
@@ -233,7 +250,9 @@ def test_the_dqn_loss_regresses_on_the_double_dqn_target_of_the_target_network()
         next_target = target.q_values(batch.next_items, batch.next_events)
         reward, steps = batch.discounted_return(cfg.gamma)
         expected = double_dqn_target(next_online, next_target, reward, batch.done, cfg.gamma, steps)
-        q_logged = online.q_values(batch.state_items, batch.state_events).gather(1, batch.action[:, None])[:, 0]
+        q_logged = online.q_values(batch.state_items, batch.state_events).gather(1, batch.action[:, None])[
+            :, 0
+        ]
     # online and target differ, so swapping their roles in the target would change it
     swapped = double_dqn_target(next_target, next_online, reward, batch.done, cfg.gamma, steps)
     assert not torch.allclose(expected, swapped)

@@ -48,8 +48,8 @@ def test_config_prints_the_resolved_config_and_one_value(capsys, config_file, mo
 @pytest.mark.parametrize(
     ("variable", "choices"),
     [
-        ("DQLREC_TRAIN__MODE", "['dqn', 'supervised']"),
-        ("DQLREC_MODEL__ENCODER", "['gru', 'lstm', 'attention']"),
+        ("DQLREC_TRAIN__MODE", "['dqn', 'supervised', 'sqn']"),
+        ("DQLREC_MODEL__ENCODER", "['gru', 'lstm', 'attention', 'sasrec']"),
         ("DQLREC_SCORE__ENGINE", "['torch', 'spark']"),
         ("DQLREC_TRAIN__TARGET_UPDATE", "['polyak', 'hard']"),
         ("DQLREC_TRAIN__PURCHASE_CREDIT", "['cart', 'purchase']"),

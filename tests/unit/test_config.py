@@ -58,8 +58,9 @@ def test_rewards_follow_config():
 
 
 FIXED_CHOICES = {
-    "model.encoder": ["gru", "lstm", "attention"],
-    "train.mode": ["dqn", "supervised"],
+    "model.encoder": ["gru", "lstm", "attention", "sasrec"],
+    "train.mode": ["dqn", "supervised", "sqn"],
+    "train.batching": ["transitions", "sequences"],
     "train.target_update": ["polyak", "hard"],
     "train.purchase_credit": ["cart", "purchase"],
     "train.device": ["auto", "cuda", "cpu"],
@@ -87,7 +88,7 @@ def test_a_fixed_choice_field_refuses_other_values_at_load_time(key):
 def test_sections_built_in_code_are_checked_too():
     from dql_model.config import ScoreConfig, TrainConfig
 
-    with pytest.raises(ConfigError, match=r"train.mode='sarsa' is not one of \['dqn', 'supervised'\]"):
+    with pytest.raises(ConfigError, match=r"train.mode='sarsa' is not one of \['dqn', 'supervised', 'sqn'\]"):
         TrainConfig(mode="sarsa")
     with pytest.raises(ConfigError, match="score.engine='gpu'"):
         Config().replace(score={"engine": "gpu"})
