@@ -21,7 +21,7 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -80,7 +80,7 @@ def _library_path(root: Path) -> str:
 
 def browser_env(root: Path) -> dict[str, str]:
     env = dict(os.environ)
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [_library_path(root), env.get("LD_LIBRARY_PATH", "")]))
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [_library_path(root), env.get("LD_LIBRARY_PATH")]))
     return env
 
 
@@ -96,13 +96,13 @@ def chromium(home: Path = HOME, *, out: Callable[[str], None] = print) -> Path:
         return root
     for tool in ("apt-get", "apt-cache", "dpkg-deb", "dpkg-query"):
         if shutil.which(tool) is None:
-            raise BrowserError(f"{tool} not found: the headless browser comes from Debian's {PACKAGE} package")
+            raise BrowserError(f"{tool} not found: the headless browser is Debian's {PACKAGE} package")
     shutil.rmtree(root, ignore_errors=True)
     stamp.unlink(missing_ok=True)
     debs = home / "debs"
     debs.mkdir(parents=True, exist_ok=True)
     packages = packages_to_fetch()
-    out(f"fetching {PACKAGE} and {len(packages) - 1} libraries this system lacks (apt-get download) into {home}")
+    out(f"fetching {PACKAGE} and {len(packages) - 1} packages it needs that the system lacks into {home}")
     fetched = subprocess.run(["apt-get", "download", *packages], cwd=debs, capture_output=True, text=True)
     if fetched.returncode:
         raise BrowserError(f"apt-get download {' '.join(packages)} failed:\n{fetched.stderr[-2000:]}")
@@ -171,6 +171,9 @@ class Browser:
             self._id = 0
             target = self.send("Target.createTarget", url="about:blank")["targetId"]
             self.session = self.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+            # The window's size less its (invisible) frame would be the viewport; this makes it exact.
+            viewport = {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}
+            self.page("Emulation.setDeviceMetricsOverride", **viewport)
         except BaseException:
             self.close()
             raise
@@ -199,16 +202,18 @@ class Browser:
     def evaluate(self, expression: str):
         return self.page("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
 
-    def open(self, url: str, *, until: Iterable[str] = (), timeout: float = 60) -> str:
-        """Go to ``url`` and wait until the page's text holds every string of ``until``; returns that text."""
+    def open(self, url: str, *, until: str = "true", timeout: float = 60) -> bool:
+        """Go to ``url`` and wait for its load and for the JavaScript condition ``until``; False if it never held."""
         self.page("Page.navigate", url=url)
-        wanted, deadline, text = list(until), time.monotonic() + timeout, ""
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            text = self.evaluate("document.body ? document.body.innerText : ''") or ""
-            if text and all(w in text for w in wanted) and self.evaluate("document.readyState") == "complete":
-                break
+            if self.evaluate(f"document.readyState === 'complete' && Boolean({until})"):
+                time.sleep(2)  # what is drawn after it (icons, chart animations) gets a moment
+                return True
             time.sleep(0.5)
-        time.sleep(1)  # what is rendered after the text arrives (icons, bars) gets a moment
+        return False
+
+    def text(self) -> str:
         return self.evaluate("document.body ? document.body.innerText : ''") or ""
 
     def url(self) -> str:
