@@ -44,14 +44,21 @@ def _installed(package: str) -> bool:
 
 
 def _depends(package: str) -> list[str]:
-    """The package's plain Depends (a set of alternatives, ``|Depends`` and the lines after it, is left out)."""
     answer = subprocess.run(
         ["apt-cache", "depends", "--no-recommends", "--no-suggests", "--no-conflicts", "--no-breaks",
          "--no-replaces", "--no-enhances", package],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
+    return plain_depends(answer.stdout)
+
+
+def plain_depends(apt_cache_depends: str) -> list[str]:
+    """The plain Depends in ``apt-cache depends`` output: a set of alternatives (a ``|Depends`` line and
+    the one after it) is left out, and so are virtual packages (``<name>``) and their providers."""
     found, in_alternatives = [], False
-    for line in answer.stdout.splitlines()[1:]:
+    for line in apt_cache_depends.splitlines()[1:]:
+        if not line.startswith("  ") or line.startswith("   "):
+            continue  # a provider listed under a virtual package
         kind, _, name = line.strip().partition(" ")
         if kind == "|Depends:":
             in_alternatives = True
