@@ -4,7 +4,9 @@ The nightly DAG is triggered through the stable REST API (``/api/v2``) with the 
 token, on a tiny generated shop, and run by the scheduler with the LocalExecutor; its Spark job goes to
 the standalone master through ``spark_default``. Then: the published recommendations, the master's
 list of finished applications, the asset event, and marketing's DAG, which the asset event triggered
-after the publish, built the audiences of the published date. Last, stopping leaves no process behind.
+after the publish, built the audiences of the published date. A headless Chromium (Debian's package,
+dql_model/browser.py) then saves the DAG's grid view, showing that run, as an artifact of the test in
+var/test-artifacts/. Last, stopping leaves no process behind.
 """
 
 from __future__ import annotations
@@ -15,11 +17,14 @@ import time
 import urllib.error
 import urllib.parse
 
+import numpy as np
 import pyarrow.compute as pc
 import pytest
 import yaml
+from PIL import Image
 
 from dql_model import audiences, schema, services, simulator, storage
+from dql_model.browser import Browser
 from dql_model.config import load_config
 from tests.conftest import PROJECT_ROOT, make_tiny_config, postgres_bindir
 
@@ -27,6 +32,8 @@ pytestmark = [pytest.mark.services, pytest.mark.slow]
 
 HOME = PROJECT_ROOT / "var" / "test-services"
 MAIN, MARKETING = "dql_recommendations", "marketing_audiences"
+ARTIFACTS = PROJECT_ROOT / "var" / "test-artifacts"
+"""What the services test leaves to look at: grid.png, the DAG's grid view, and grid.html, its DOM."""
 RUN_TIMEOUT_S = 900
 """A bound on waiting for a run, not a performance claim: a hung run fails instead of hanging CI."""
 FAILED = {"failed", "up_for_retry", "upstream_failed"}
@@ -158,6 +165,38 @@ def test_the_nightly_dag_runs_on_the_services_and_triggers_marketing(running, ap
     table = storage.read_partition(cfg.layout.marketing(audiences.TABLE, run_date))
     items = storage.read_partition(cfg.layout.table(schema.ITEMS))
     assert table.equals(audiences.build_campaign_audiences(published, items))
+
+
+def test_the_grid_view_shows_the_run_in_headless_chromium(running, api):
+    runs = [r for r in api(f"/dags/{MAIN}/dagRuns")["dag_runs"] if r["state"] == "success"]
+    assert runs, "no successful run of the nightly DAG to show: the test above triggers it"
+    run_id, last = runs[0]["dag_run_id"], "publish_recommendations"
+    task_ids = [task["task_id"] for task in api(f"/dags/{MAIN}/tasks")["tasks"]]
+    # The grid's cells carry their run and task ids; this waits until the run's last cell is drawn.
+    cell = (
+        "[...document.querySelectorAll('[data-run-id]')]"
+        f".some(c => c.dataset.runId === {json.dumps(run_id)} && c.dataset.taskId === '{last}')"
+    )
+    with Browser() as browser:
+        # The UI's API calls authenticate with the `_token` cookie its login sets; the REST token is that JWT.
+        browser.set_cookie(f"{api.base}/", "_token", api.token)
+        drawn = browser.open(f"{api.base}/dags/{MAIN}", until=cell, timeout=120)  # the grid is the default view
+        url, text, dom = browser.url(), browser.text(), browser.dom()
+        png = browser.screenshot(ARTIFACTS / "grid.png")
+    (ARTIFACTS / "grid.html").write_text(dom)
+    assert browser.processes() == []
+
+    # The DAG's page, not the login form (where a missing or rejected token redirects) nor an error page.
+    assert urllib.parse.urlsplit(url).path == f"/dags/{MAIN}", url
+    assert not any(s in text for s in ("Sign into Airflow", "Page Not Found", "Access Denied")), text[:800]
+    assert drawn, f"the grid never showed run {run_id}; the page says:\n{text[:1500]}"
+    assert MAIN in text and all(task_id in text for task_id in task_ids), text[:1500]
+    # A real picture: the viewport asked for, and no blank page (one colour nearly everywhere).
+    with Image.open(png) as image:
+        assert image.size == (1400, 900) and image.format == "PNG"
+        pixels = np.asarray(image.convert("RGB")).reshape(-1, 3)
+    colours, counts = np.unique(pixels, axis=0, return_counts=True)
+    assert len(colours) > 50 and counts.max() / len(pixels) < 0.95, (len(colours), counts.max() / len(pixels))
 
 
 def test_stop_ends_every_process_it_started(running):
