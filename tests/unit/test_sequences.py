@@ -163,11 +163,14 @@ def test_two_heads_rank_by_a_blend_of_q_and_next_item_logits():
         torch.testing.assert_close(blended, (weight * q + (1 - weight) * logits)[:, 1:], atol=1e-5, rtol=1e-5)
 
 
-def test_the_config_derives_the_heads_and_refuses_sequences_on_the_recency_encoder():
+def test_the_config_derives_the_heads_and_trains_the_recency_encoder_on_transitions():
     assert Config().replace(train={"mode": "sqn"}).model.heads == "two"
     assert Config().replace(train={"mode": "sqn"}).replace(train={"mode": "supervised"}).model.heads == "one"
-    with pytest.raises(ConfigError, match="model.encoder gru, lstm or sasrec"):
-        Config().replace(train={"batching": "sequences"}, model={"encoder": "attention"})
+    with pytest.warns(UserWarning, match="sequence batches need model.encoder gru, lstm or sasrec"):
+        cfg = Config().replace(train={"batching": "sequences"}, model={"encoder": "attention"})
+    assert cfg.train.batching == "transitions"
+    with pytest.raises(ConfigError, match="train.seq_len=1 must be at least 2"):
+        Config().replace(train={"seq_len": 1})
 
 
 @pytest.mark.parametrize("encoder", ["gru", "sasrec"])
@@ -181,7 +184,7 @@ def test_sqn_trains_on_sequences_and_picks_its_blend_on_validation(tiny_config, 
             "batching": "sequences",
             "seq_len": 6,
             "epochs": 6,
-            "batch_size": 8,
+            "seq_batch_size": 8,
             "lr": 1e-2,
         },
     )

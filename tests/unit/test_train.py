@@ -28,7 +28,8 @@ def config(tiny_config: Config, **train_overrides) -> Config:
     return tiny_config.replace(
         etl={"max_len": MAX_LEN},
         model={"embed_dim": 16, "hidden_dim": 16, "dropout": 0.0},
-        train={"epochs": 6, "batch_size": 32, "lr": 1e-2, "device": "cpu"} | train_overrides,
+        train={"epochs": 6, "batch_size": 32, "seq_batch_size": 4, "lr": 1e-2, "device": "cpu"}
+        | train_overrides,
     )
 
 
@@ -201,15 +202,22 @@ def test_a_crashed_run_resumes_from_its_checkpoint_and_ends_identically(tiny_con
     resumed = run(cfg, shop)
     assert any("resuming from checkpoint" in line and "epoch 2 done" in line for line in resumed.lines)
     assert sum(line.startswith("epoch ") for line in resumed.lines) == 1  # only epoch 3 trained again
-    assert [row["loss/total"] for row in resumed.history] == [row["loss/total"] for row in uninterrupted.history]
+    assert [row["loss/total"] for row in resumed.history] == [
+        row["loss/total"] for row in uninterrupted.history
+    ]
     for name, tensor in uninterrupted.model.state_dict().items():
         assert torch.equal(tensor, resumed.model.state_dict()[name]), name
 
     # another config is another run: it does not pick up this run's checkpoint
     other = Checkpoints.run_key(
-        cfg.replace(train={"lr": 0.5}), transitions_dir=str(shop[0]), item_index_dir=str(shop[1]), warm_start=None
+        cfg.replace(train={"lr": 0.5}),
+        transitions_dir=str(shop[0]),
+        item_index_dir=str(shop[1]),
+        warm_start=None,
     )
-    same = Checkpoints.run_key(cfg, transitions_dir=str(shop[0]), item_index_dir=str(shop[1]), warm_start=None)
+    same = Checkpoints.run_key(
+        cfg, transitions_dir=str(shop[0]), item_index_dir=str(shop[1]), warm_start=None
+    )
     assert other != same
 
 
@@ -223,7 +231,9 @@ def test_a_torn_checkpoint_means_training_from_the_start(tiny_config, shop):
     assert any("cannot resume" in line for line in result.lines) and len(result.history) == 1
 
 
-def test_refit_trains_on_validation_too_and_scores_in_place_of_the_gated_version(tiny_config, shop, monkeypatch):
+def test_refit_trains_on_validation_too_and_scores_in_place_of_the_gated_version(
+    tiny_config, shop, monkeypatch
+):
     import shutil
 
     from dql_model import registry
