@@ -222,15 +222,15 @@ def sequence_vectors(
     rows, steps_per_row = batch.items.shape
     heads = online.encode_sequences(batch.items, batch.events)
     position, total, steps, done, last = n_step_positions(batch, gamma, n_step)
-    empty = online.empty_state_vector()
+    empties = online.empty_state_vectors()
 
-    def states_before(after: torch.Tensor) -> torch.Tensor:
+    def states_before(after: torch.Tensor, empty: torch.Tensor) -> torch.Tensor:
         # The state of position t is the one after event t - 1; position 0 has the empty state.
         before = torch.cat([empty.to(after.dtype).expand(rows, 1, -1), after[:, :-1]], dim=1)
         return before.reshape(rows * steps_per_row, -1)[position]
 
-    state_q = states_before(heads[0])
-    state_next = None if heads[1] is None else states_before(heads[1])
+    state_q = states_before(heads[0], empties[0])
+    state_next = None if heads[1] is None else states_before(heads[1], empties[1])
     action = batch.items.flatten()[position]
     vectors = Vectors(state_q, state_next, action)
     if target is not None:
@@ -245,21 +245,21 @@ def sequence_vectors(
 def _full_catalogue_parts(v: Vectors, online: QNetwork, target: QNetwork | None, cfg: TrainConfig):
     """(Q(s, a_logged), conservative term, next-item cross-entropy or None, TD target or None)
     per row, scoring every item."""
-    items = online.item_vectors()
+    items, next_items = online.head_item_vectors()
     q_bias, next_bias = online.head_biases()
     # float(): the softmax and TD arithmetic stay in fp32 under bf16 autocast.
     q = online.q_from_state(v.state_q, items, q_bias).float()
     q_logged = q.gather(1, v.action[:, None])[:, 0]
     cross_entropy = None
     if v.state_next is not None:
-        cross_entropy = conservative_term(
-            online.q_from_state(v.state_next, items, next_bias).float(), v.action
-        )
+        logits = online.q_from_state(v.state_next, next_items, next_bias).float()
+        cross_entropy = conservative_term(logits, v.action)
     td_target = None
     if target is not None:
         with torch.no_grad():
             next_online = online.q_from_state(v.next_online, items.detach(), q_bias.detach())
-            next_target = target.q_from_state(v.next_target, target.item_vectors(), target.head_biases()[0])
+            target_items = target.head_item_vectors()[0]
+            next_target = target.q_from_state(v.next_target, target_items, target.head_biases()[0])
             td_target = double_dqn_target(next_online, next_target, v.reward, v.done, cfg.gamma, v.steps)
     return q_logged, conservative_term(q, v.action), cross_entropy, td_target
 
@@ -270,11 +270,10 @@ def _sampled_parts(v: Vectors, online: QNetwork, target: QNetwork | None, cfg: T
     sampled = torch.randint(1, n_items + 1, (cfg.cql_negatives,), device=v.action.device)
 
     def scores(network, state, items, head):
-        bias = network.head_biases(items)[head]
-        return state @ network.item_vectors(items).T + bias
+        return state @ network.head_item_vectors(items)[head].T + network.head_biases(items)[head]
 
     def pairs(network, state, items, head):
-        return (state * network.item_vectors(items)).sum(dim=-1) + network.head_biases(items)[head]
+        return (state * network.head_item_vectors(items)[head]).sum(dim=-1) + network.head_biases(items)[head]
 
     q_logged = pairs(online, v.state_q, v.action, 0).float()
     conservative = sampled_conservative_term(

@@ -262,12 +262,17 @@ class QNetwork(nn.Module):
             nn.Linear(3 * dim, hidden), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(hidden, dim)
         )
         self.next_head: nn.Linear | None = None
+        self.next_item_embedding: nn.Embedding | None = None
         self.next_bias: nn.Embedding | None = None
         if cfg.heads == "two":
-            # SQN's second head: next-item logits <f_next(s), g(a)> + b_next(a) on the same encoder
-            # and item tower. Ranking uses w * Q + (1 - w) * logits, one dot product since both
-            # are linear in g(a); w (head_weight) is chosen on validation after training.
+            # SQN's second head on the same encoder: next-item logits <f_next(s), e(a)> + b_next(a)
+            # with output embeddings of its own (SQN's heads are separate output layers: sharing g
+            # ties the logits' scale to the Q-values' and slows the cross-entropy down). Ranking is
+            # w * Q + (1 - w) * logits, still one dot product over concatenated vectors (see
+            # encode_state); w (head_weight) is chosen on validation.
             self.next_head = nn.Linear(hidden, dim)
+            self.next_empty_state = nn.Parameter(torch.zeros(dim))
+            self.next_item_embedding = nn.Embedding(n_items + 1, dim, padding_idx=0)
             self.next_bias = nn.Embedding(n_items + 1, 1)
             nn.init.zeros_(self.next_bias.weight)
             self.register_buffer("head_weight", torch.ones(()))
@@ -285,6 +290,10 @@ class QNetwork(nn.Module):
             self.item_embedding.weight[0].zero_()
             self.event_embedding.weight[0].zero_()
         nn.init.zeros_(self.item_bias.weight)
+        if self.next_item_embedding is not None:
+            nn.init.normal_(self.next_item_embedding.weight, std=EMBED_INIT_STD)
+            with torch.no_grad():
+                self.next_item_embedding.weight[0].zero_()
         if self.memory_embedding is not None:
             # Unit-norm rows on average, so m(a) . m(a) ~ 1 and m(a) . m(b) ~ 1 / sqrt(dim).
             nn.init.normal_(self.memory_embedding.weight, std=self.cfg.embed_dim**-0.5)
@@ -305,14 +314,15 @@ class QNetwork(nn.Module):
     def encode_state(self, state_items: torch.Tensor, state_events: torch.Tensor) -> torch.Tensor:
         """f(s) of ranking: [B, L] left-padded item_idx and event codes -> [B, D] (see item_vectors).
 
-        With two heads it is w * f_q(s) + (1 - w) * f_next(s) (w = head_weight), so that with
-        ``item_biases`` the ranking score is still one dot product.
+        With two heads it is [w * f_q(s), (1 - w) * f_next(s)] (w = head_weight): against
+        ``item_vectors`` [g(a), e(a)] and ``item_biases`` the ranking score w * Q + (1 - w) * logits
+        is still one dot product.
         """
         q_state, next_state = self.encode_heads(state_items, state_events)
         if next_state is None:
             return q_state
         weight = self.head_weight.to(q_state.dtype)
-        return weight * q_state + (1 - weight) * next_state
+        return torch.cat([weight * q_state, (1 - weight) * next_state], dim=-1)
 
     def encode_heads(
         self, state_items: torch.Tensor, state_events: torch.Tensor
@@ -349,25 +359,26 @@ class QNetwork(nn.Module):
 
     def _heads(self, hidden, memory, empty):
         """Head vectors from encoder outputs [..., H] (+ state memory [..., dim]); rows where
-        ``empty`` holds get the learned empty-state vector."""
+        ``empty`` holds get each head's learned empty-state vector."""
         vectors = [self.state_head(hidden)]
         if self.next_head is not None:
             vectors.append(self.next_head(hidden))
         out = []
-        for vector in vectors:
-            empty_state = self.empty_state.to(vector.dtype)
+        for vector, empty_state in zip(vectors, self.empty_state_vectors(), strict=False):
             if memory is not None:
                 vector = torch.cat([vector, memory.to(vector.dtype)], dim=-1)
-                empty_state = torch.cat([empty_state, torch.zeros_like(empty_state)])
+            empty_state = empty_state.to(vector.dtype)
             out.append(vector if empty is None else torch.where(empty, empty_state, vector))
         return out[0], (out[1] if len(out) > 1 else None)
 
-    def empty_state_vector(self) -> torch.Tensor:
-        """f(s) of a state with no events, [D] (both heads share it)."""
-        empty = self.empty_state
+    def empty_state_vectors(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(f_q, f_next or None) of a state with no events, each [D]."""
+        empties = [self.empty_state]
+        if self.next_head is not None:
+            empties.append(self.next_empty_state)
         if self.memory_weight is not None:
-            empty = torch.cat([empty, torch.zeros_like(empty)])
-        return empty
+            empties = [torch.cat([empty, torch.zeros_like(empty)]) for empty in empties]
+        return empties[0], (empties[1] if len(empties) > 1 else None)
 
     def _sequence_memory(self, items: torch.Tensor, events: torch.Tensor) -> torch.Tensor:
         """``_state_memory`` of the state ending at every position of right-padded [B, T]: [B, T, dim]."""
@@ -389,7 +400,15 @@ class QNetwork(nn.Module):
         return (weight.unsqueeze(-1) * self.memory_embedding(recent)).sum(dim=1)
 
     def item_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
-        """g(a) for every item_idx [n_items + 1, D] (row 0 is padding), or for ``items`` only.
+        """Item vectors of ranking for every item_idx [n_items + 1, D] (row 0 is padding), or for
+        ``items`` only: g(a), or [g(a), e(a)] with two heads (see encode_state)."""
+        q_vectors, next_vectors = self.head_item_vectors(items)
+        return q_vectors if next_vectors is None else torch.cat([q_vectors, next_vectors], dim=-1)
+
+    def head_item_vectors(
+        self, items: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(g(a) of the Q head, e(a) of the next-item head or None), each [n_items + 1 or M, D].
 
         D is embed_dim, twice that with the state memory (module docstring).
 
@@ -402,11 +421,15 @@ class QNetwork(nn.Module):
             ids = self.item_embedding(items)
             category, price = self.item_category[items], self.item_price_bucket[items]
         features = torch.cat([ids, self.category_embedding(category), self.price_embedding(price)], dim=-1)
-        vectors = self.item_tower(features)
-        if self.memory_embedding is None:
-            return vectors
-        memory = self.memory_embedding.weight if items is None else self.memory_embedding(items)
-        return torch.cat([vectors, memory.to(vectors.dtype)], dim=-1)
+        heads = [self.item_tower(features)]
+        if self.next_item_embedding is not None:
+            heads.append(
+                self.next_item_embedding.weight if items is None else self.next_item_embedding(items)
+            )
+        if self.memory_embedding is not None:
+            memory = self.memory_embedding.weight if items is None else self.memory_embedding(items)
+            heads = [torch.cat([vectors, memory.to(vectors.dtype)], dim=-1) for vectors in heads]
+        return heads[0], (heads[1] if len(heads) > 1 else None)
 
     def item_biases(self, items: torch.Tensor | None = None) -> torch.Tensor:
         """b(a) of ranking for every item_idx [n_items + 1], or for ``items`` only (blended as

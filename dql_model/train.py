@@ -44,6 +44,7 @@ ITEM_ROW_TABLES = (
     "item_bias.weight",
     "category_embedding.weight",
     "memory_embedding.weight",
+    "next_item_embedding.weight",
     "next_bias.weight",
 )
 """Parameters with one row per item_idx / category index: they grow with the catalogue."""

@@ -57,8 +57,8 @@ class FixedQ(torch.nn.Module):
     def encode_heads(self, items, events):
         return (self.q_next if items is self.next_items else self.q_state), None
 
-    def item_vectors(self, items=None):
-        return torch.eye(self.n_items + 1)
+    def head_item_vectors(self, items=None):
+        return torch.eye(self.n_items + 1), None
 
     def head_biases(self, items=None):
         return torch.zeros(self.n_items + 1), None

@@ -154,8 +154,10 @@ def test_two_heads_rank_by_a_blend_of_q_and_next_item_logits():
     events = torch.full((1, 3), VIEW) * (state != 0)
     q_state, next_state = net.encode_heads(state, events)
     q_bias, next_bias = net.head_biases()
-    q = q_state @ net.item_vectors().T + q_bias
-    logits = next_state @ net.item_vectors().T + next_bias
+    q_items, next_items = net.head_item_vectors()
+    q = q_state @ q_items.T + q_bias
+    logits = next_state @ next_items.T + next_bias  # the next-item head has embeddings of its own
+    assert not torch.allclose(q_items, next_items)
 
     for weight in (0.0, 0.3, 1.0):
         net.head_weight.fill_(weight)
