@@ -14,16 +14,17 @@ users) and paired differences against the best RecBole model on the same users.
   top-10 reproduces RecBole's reported test metrics" is part of the output;
 - popularity and item co-occurrence (dql_model.baselines), fitted on the training sequences,
   the co-occurrence setting picked on validation NDCG@10 (history masked);
-- dqlrec's Q-network (DQN and its supervised mode) through the Python API (train.train_model)
-  on transitions written from the same split (every position of each training sequence, states
-  of etl.max_len, ratings as rewards). Its early stopping is the pipeline's own (validation
-  NDCG@10 as train.py computes it, with the interacted mask the nightly run uses on ratings).
+- dqlrec's Q-network (DQN, its supervised mode and SQN's two heads) through the Python API
+  (train.train_model) on transitions written from the same split (every position of each
+  training sequence, ratings as rewards), with MOVIELENS_SETTINGS over the defaults. Its early
+  stopping is the pipeline's own (validation NDCG@10 as train.py computes it, with the interacted
+  mask the nightly run uses on ratings).
 
-The hook for the pipeline: ``SYSTEMS`` maps a name to a function ``(split, workdir) ->
-SystemOutput`` (test scores or top-10 lists + training seconds). Once the nightly pipeline has
-the leave-last-out protocol and ``dqlrec import --format movielens`` (issue 10), a function that
-imports the ratings, runs the pipeline and returns its published top-10 replaces
-``train_dqlrec`` there; the rest of this file does not change.
+dqlrec is trained here on the split written as transitions, not through ``dqlrec import`` and the
+nightly DAG, so that every system sees exactly the same training, validation and test events;
+the DAG's own run on ML-100K (import, leave-last-out, interacted mask) is in the README. RecBole
+peers are reused from var/bench/peers when the split, runner, pins and arguments are unchanged
+(``--retrain-peers`` forces a new run).
 
     python -m benchmarks.bench_quality           # or: make bench
     python -m benchmarks.bench_quality --quick   # one epoch each: a smoke run of the whole path
@@ -129,7 +130,7 @@ def validation_transitions(split: movielens.LeaveOneOut, max_len: int) -> data.T
 
 def rating_reward(rating: np.ndarray, scale: float) -> np.ndarray:
     # The ETL's rating reward (jobs/transitions.py, _reward): restated because this benchmark
-    # writes its transitions without Spark; it goes once the pipeline imports ML-100K (issue 10).
+    # writes its transitions without Spark (see the module docstring).
     return np.clip(scale * (rating.astype(np.float64) - 3.0) / 2.0, -1.0, 1.0)
 
 
