@@ -22,7 +22,8 @@ users) and paired differences against the best RecBole model on the same users.
 
 dqlrec is trained here on the split written as transitions, not through ``dqlrec import`` and the
 nightly DAG, so that every system sees exactly the same training, validation and test events;
-the DAG's own run on ML-100K (import, leave-last-out, interacted mask) is in the README. RecBole
+the DAG's own path for such data (import, leave-last-out, interacted mask) is tested in
+tests/dags/test_real_data_end_to_end.py. RecBole
 peers are reused from var/bench/peers when the split, runner, pins and arguments are unchanged
 (``--retrain-peers`` forces a new run).
 
