@@ -98,12 +98,12 @@ def load_windows(
         raise ValueError(f"train.seq_len={seq_len} must be at least 2")
     files = data.parquet_files(folder)
     columns = data.TRANSITION_COLUMNS + [schema.USER_ID]
+    splits = pa.array([split] if isinstance(split, str) else list(split))
     tables = []
     for file in files:
         pf = pq.ParquetFile(file)
         data._check_columns(file, pf.schema_arrow.names, columns)
         table = pf.read(columns=columns)
-        splits = pa.array([split] if isinstance(split, str) else list(split))
         tables.append(table.filter(pc.is_in(table.column(schema.SPLIT), splits)))
     table = pa.concat_tables(tables) if tables else None
     if table is None or table.num_rows == 0:
