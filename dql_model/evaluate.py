@@ -8,7 +8,7 @@ code and logged under the same metric names.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Protocol
 
 import numpy as np
@@ -80,6 +80,30 @@ class PopularityScorer:
     __call__ = scores
 
 
+def _masked_scores(
+    scorer: Scorer, val: data.TransitionBatch, *, batch_size: int, exclude: data.Exclusions | None
+) -> Iterator[tuple[slice, np.ndarray]]:
+    """(rows, scores) per batch of validation rows, the ``exclude`` items of each row at -inf."""
+    if exclude is not None and len(exclude) != len(val):
+        raise ValueError(f"exclusions cover {len(exclude)} rows, the validation split has {len(val)}")
+    for start in range(0, len(val), batch_size):
+        rows = slice(start, start + batch_size)
+        scores = np.asarray(scorer.scores(val.state_items[rows], val.state_events[rows]))
+        if exclude is not None:
+            masked_rows, masked_items = exclude.pairs(rows)
+            if len(masked_rows):
+                scores = np.array(scores, dtype=np.float32 if scores.dtype == np.float32 else np.float64)
+                keep = masked_items < scores.shape[1]
+                scores[masked_rows[keep], masked_items[keep]] = -np.inf
+        yield rows, scores
+
+
+def _top_items(scores: np.ndarray) -> np.ndarray:
+    """[B, COVERAGE_K] item_idx of each row's top list, as scoring would write it."""
+    top, _ = metrics.top_k(scores[:, 1:], COVERAGE_K)
+    return top + 1  # back to item_idx (column 0 was dropped)
+
+
 def evaluate_scorer(
     scorer: Scorer,
     val: data.TransitionBatch,
@@ -102,24 +126,13 @@ def evaluate_scorer(
     out: dict[str, float] = {f"{schema.metric_prefix()}n": float(len(val))}
     if not len(val):
         return out
-    if exclude is not None and len(exclude) != len(val):
-        raise ValueError(f"exclusions cover {len(exclude)} rows, the validation split has {len(val)}")
     ranks, covered, seen, purchased = [], None, 0.0, 0.0
     purchase_code = schema.EVENT_CODE[schema.PURCHASE]
-    for start in range(0, len(val), batch_size):
-        rows = slice(start, start + batch_size)
-        scores = np.asarray(scorer.scores(val.state_items[rows], val.state_events[rows]))
-        if exclude is not None:
-            masked_rows, masked_items = exclude.pairs(rows)
-            if len(masked_rows):
-                scores = np.array(scores, dtype=np.float32 if scores.dtype == np.float32 else np.float64)
-                keep = masked_items < scores.shape[1]
-                scores[masked_rows[keep], masked_items[keep]] = -np.inf
+    for rows, scores in _masked_scores(scorer, val, batch_size=batch_size, exclude=exclude):
         if covered is None:
             covered = np.zeros(scores.shape[1], dtype=bool)
         ranks.append(metrics.rank_of_targets(scores, val.action[rows]))
-        top, _ = metrics.top_k(scores[:, 1:], COVERAGE_K)
-        top += 1  # back to item_idx (column 0 was dropped)
+        top = _top_items(scores)
         covered[top.ravel()] = True
         in_state = top[:, :, None] == val.state_items[rows][:, None, :]
         seen += in_state.any(axis=2).mean(axis=1).sum()
@@ -136,6 +149,48 @@ def evaluate_scorer(
     out[schema.metric_name("coverage", COVERAGE_K)] = float(covered[1:].sum() / max(n_items, 1))
     out[schema.metric_name("seen", COVERAGE_K)] = float(seen / len(val))
     out[schema.metric_name("purchased", COVERAGE_K)] = float(purchased / len(val))
+    return out
+
+
+def evaluate_new_items(
+    scorer: Scorer,
+    val: data.TransitionBatch,
+    new_items: np.ndarray,
+    *,
+    ks: tuple[int, ...] = DEFAULT_KS,
+    batch_size: int = 1024,
+    exclude: data.Exclusions | None = None,
+) -> dict[str, float]:
+    """How a scorer treats the items training never saw (``data.new_items``), masked as ``evaluate_scorer``.
+
+    Hit: HR, NDCG and MRR at each k over the validation events whose target is a new item
+    (``eval/new_items/ndcg@10``; ``eval/new_items/n`` events). Recommended, over the top-10 lists of
+    every validation row: ``eval/new_items/slots@10``, the share of slots holding a new item, and
+    ``eval/new_items/coverage@10``, the share of the new items in at least one list.
+    ``eval/new_items/items`` is the number of new items.
+    """
+    prefix = schema.metric_prefix(schema.NEW_ITEMS)
+    new_items = np.asarray(new_items, dtype=np.int64)
+    on_new = np.isin(val.action, new_items)
+    out: dict[str, float] = {f"{prefix}items": float(len(new_items)), f"{prefix}n": float(on_new.sum())}
+    if not len(val) or not len(new_items):
+        return out
+    ranks, reached, slots = [], None, 0.0
+    for rows, scores in _masked_scores(scorer, val, batch_size=batch_size, exclude=exclude):
+        if reached is None:
+            is_new = np.zeros(scores.shape[1], dtype=bool)
+            is_new[new_items[new_items < scores.shape[1]]] = True
+            reached = np.zeros(scores.shape[1], dtype=bool)
+        targets = on_new[rows]
+        ranks.append(metrics.rank_of_targets(scores[targets], val.action[rows][targets]))
+        top = _top_items(scores)
+        reached[top[is_new[top]]] = True
+        slots += is_new[top].mean(axis=1).sum()
+    all_ranks = np.concatenate(ranks)
+    if len(all_ranks):
+        out.update(metrics.ranking_metrics(all_ranks, ks, prefix))
+    out[schema.metric_name("slots", COVERAGE_K, schema.NEW_ITEMS)] = float(slots / len(val))
+    out[schema.metric_name("coverage", COVERAGE_K, schema.NEW_ITEMS)] = float(reached.sum() / len(new_items))
     return out
 
 

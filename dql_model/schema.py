@@ -100,10 +100,15 @@ RULE_MALFORMED_ROW = "malformed_row"
 METRIC_NAMESPACE = "eval"
 RANKING_METRICS = ("hr", "ndcg", "mrr")
 LIST_METRICS = ("coverage", "seen", "purchased")
+NEW_ITEMS = "new_items"
+"""Segment of the new-item figures (``evaluate.evaluate_new_items``): ``eval/new_items/hr@10`` and so
+on, named like an event type's; descriptive only, so not a metric the gate or early stopping accepts."""
+NEW_ITEM_LIST_METRICS = ("slots", "coverage")
+"""Share of top-k slots holding a new item, share of the new items in at least one top-k."""
 
 
 def metric_prefix(event_type: str | None = None) -> str:
-    """``eval/`` or ``eval/<event_type>/``: what a metric name starts with."""
+    """``eval/`` or ``eval/<event_type>/`` (or ``eval/new_items/``): what a metric name starts with."""
     return f"{METRIC_NAMESPACE}/{event_type}/" if event_type else f"{METRIC_NAMESPACE}/"
 
 

@@ -10,7 +10,13 @@ import torch
 
 from dql_model import data, schema
 from dql_model.config import ModelConfig
-from dql_model.evaluate import PopularityScorer, QNetworkScorer, evaluate_models, evaluate_scorer
+from dql_model.evaluate import (
+    PopularityScorer,
+    QNetworkScorer,
+    evaluate_models,
+    evaluate_new_items,
+    evaluate_scorer,
+)
 from dql_model.networks import QNetwork
 
 torch.set_num_threads(1)
@@ -139,3 +145,48 @@ def test_excluded_items_are_masked_before_ranking_and_a_masked_target_is_a_miss(
     assert masked["eval/mrr@1"] == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="exclusions cover 1 rows, the validation split has 3"):
         evaluate_scorer(Fixed(), val, exclude=Exclusions.none(1))
+
+
+class Planted:
+    """Item i scores 14 - i (item 1 first) of 13; a state holding item 2 puts new item 11 first."""
+
+    def scores(self, state_items, state_events):
+        scores = np.tile(np.array([-np.inf] + [14.0 - i for i in range(1, 14)]), (len(state_items), 1))
+        scores[(state_items == 2).any(axis=1), 11] = 100.0
+        return scores
+
+
+def test_new_item_figures_by_hand():
+    from dql_model.data import Exclusions
+
+    # rows: a new target planted first; a new target at rank 12 (10 once items 1 and 2 are masked);
+    # an old target with a new item in the state (nothing new recommended)
+    val = validation([[2], [3], [11]], [11, 12, 1], [VIEW, BUY, VIEW])
+    exclude = Exclusions(indptr=np.array([0, 0, 2, 2]), items=np.array([1, 2]))
+    new = np.array([11, 12, 13])
+    got = evaluate_new_items(Planted(), val, new, ks=(5, 10), batch_size=2, exclude=exclude)
+
+    assert got["eval/new_items/items"] == 3 and got["eval/new_items/n"] == 2
+    assert got["eval/new_items/hr@10"] == 1.0
+    assert got["eval/new_items/hr@5"] == 0.5
+    assert got["eval/new_items/ndcg@10"] == pytest.approx((1 + 1 / math.log2(11)) / 2)
+    assert got["eval/new_items/mrr@10"] == pytest.approx((1 + 1 / 10) / 2)
+    # top-10s: row 0 holds 11 (1 slot), row 1 holds 11 and 12 (items 3..12), row 2 none of them
+    assert got["eval/new_items/slots@10"] == pytest.approx((0.1 + 0.2 + 0.0) / 3)
+    assert got["eval/new_items/coverage@10"] == pytest.approx(2 / 3)  # 13 is never in a top-10
+
+    unmasked = evaluate_new_items(Planted(), val, new, ks=(10,))
+    assert unmasked["eval/new_items/hr@10"] == 0.5  # item 12 at rank 12 without the mask
+    assert unmasked["eval/new_items/slots@10"] == pytest.approx(0.1 / 3)
+
+
+def test_no_new_items_gives_only_the_counts():
+    val = validation([[2], [3]], [11, 12], [VIEW, VIEW])
+    assert evaluate_new_items(Planted(), val, np.zeros(0, np.int64)) == {
+        "eval/new_items/items": 0.0,
+        "eval/new_items/n": 0.0,
+    }
+    # new items that no event targets: recommended figures, but no hit figures
+    got = evaluate_new_items(Planted(), val, np.array([13]), ks=(10,))
+    assert got["eval/new_items/n"] == 0 and "eval/new_items/hr@10" not in got
+    assert got["eval/new_items/slots@10"] == 0.0
