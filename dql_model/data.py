@@ -543,10 +543,41 @@ def action_counts(
         pf = pq.ParquetFile(file)
         for rb in pf.iter_batches(batch_size=65_536, columns=[schema.ACTION, schema.SPLIT]):
             action = rb.column(schema.ACTION).filter(pc.is_in(rb.column(schema.SPLIT), value_set=splits))
-            action = pc.drop_null(action).to_numpy(zero_copy_only=False).astype(np.int64)
-            action = action[(action > 0) & (action <= n_items)]
+            action = _known(pc.drop_null(action).to_numpy(zero_copy_only=False), n_items)
             counts += np.bincount(action, minlength=n_items + 1)
     return counts
+
+
+def items_in_split(folder: str | os.PathLike[str], *, n_items: int, split: str = schema.TRAIN) -> np.ndarray:
+    """[n_items + 1] bool: the item_idx occurs in one split, as a logged action or in a state.
+
+    Reads the action and state columns only. Indices beyond n_items are ignored.
+    """
+    seen = np.zeros(n_items + 1, dtype=bool)
+    for file in parquet_files(folder):
+        pf = pq.ParquetFile(file)
+        for rb in pf.iter_batches(batch_size=65_536, columns=[schema.ACTION, schema.ITEM_SEQ, schema.SPLIT]):
+            rb = rb.filter(pc.equal(rb.column(schema.SPLIT), split))
+            for values in (rb.column(schema.ACTION), pc.list_flatten(rb.column(schema.ITEM_SEQ))):
+                seen[_known(pc.drop_null(values).to_numpy(zero_copy_only=False), n_items)] = True
+    seen[0] = False
+    return seen
+
+
+def new_items(val: TransitionBatch, seen_in_training: np.ndarray) -> np.ndarray:
+    """Ascending item_idx the validation rows show (as a target or in a state) and training never
+    does (``items_in_split``): items no model fitted on the training split has any history of."""
+    n_items = len(seen_in_training) - 1
+    in_val = np.zeros(n_items + 1, dtype=bool)
+    in_val[_known(val.action, n_items)] = True
+    in_val[_known(val.state_items.ravel(), n_items)] = True
+    return np.flatnonzero(in_val & ~np.asarray(seen_in_training, dtype=bool))
+
+
+def _known(item_idx: np.ndarray, n_items: int) -> np.ndarray:
+    """The entries of ``item_idx`` in 1..n_items (padding and indices beyond the catalogue dropped)."""
+    item_idx = np.asarray(item_idx, dtype=np.int64)
+    return item_idx[(item_idx > 0) & (item_idx <= n_items)]
 
 
 def load_item_features(folder: str | os.PathLike[str], *, price_buckets: int) -> ItemFeatures:

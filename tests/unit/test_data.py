@@ -308,3 +308,22 @@ def test_exclusions_follow_the_validation_rows_in_load_order(tmp_path):
     assert data.load_exclusions(old, exclude="interacted").items.size == 0
     both = data.load_transitions(folder, max_len=2, split=(schema.TRAIN, schema.VALIDATION))
     assert len(both) == 5
+
+
+def test_new_items_are_those_validation_shows_and_training_never_does(tmp_path):
+    val_row = {"split": schema.VALIDATION}
+    rows = [
+        {"item_seq": [1, 2], "action": 3},
+        {"item_seq": [4, 9], "action": 2},  # 9 is beyond the catalogue
+        {"item_seq": [3, 5], "action": 6, **val_row},  # 5 only in a validation state
+        {"item_seq": [], "action": 1, **val_row},
+        {"item_seq": [6], "action": 6, **val_row},
+    ]
+    folder = write_parquet(tmp_path / "t", transitions_table(rows), files=2)
+    seen = data.items_in_split(folder, n_items=7, split=schema.TRAIN)
+    np.testing.assert_array_equal(np.flatnonzero(seen), [1, 2, 3, 4])  # actions and states
+    in_validation = data.items_in_split(folder, n_items=7, split=schema.VALIDATION)
+    np.testing.assert_array_equal(np.flatnonzero(in_validation), [1, 3, 5, 6])
+
+    val = data.load_transitions(folder, max_len=2, split=schema.VALIDATION)
+    np.testing.assert_array_equal(data.new_items(val, seen), [5, 6])  # 7 is in neither split
