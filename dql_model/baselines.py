@@ -1,6 +1,8 @@
 """The baselines a DQN challenger is compared with, in the same run and under the same metrics.
 
 - popularity: the most frequent logged actions of the training split (evaluate.PopularityScorer);
+- category popularity: popular items of the categories the state shows, with a category prior
+  for the items training never saw (CategoryPopularityScorer); judged on new items only;
 - co-occurrence: item-to-item collaborative filtering over sequences. Score(s, j) is the sum,
   over the last ``window`` items i of the state (d = 1 the most recent), of
   ``decay^(d - 1) * P_d(next = j | i was d steps back)``, the conditional probabilities counted
@@ -193,6 +195,70 @@ def tune_cooccurrence(
         if best is None or value > best_value:
             best, best_value = scorer, value
     return best, trials
+
+
+# --------------------------------------------------------------------------------------------
+# Category popularity
+
+
+class CategoryPopularityScorer:
+    """Popular items of the categories the user looks at: what a shop shows without a model.
+
+    ``score(s, i) = P(c(i) | s) * P(i | c(i)) + POPULARITY_TIE_BREAK * P(c(i)) * P(i | c(i))``:
+
+    - ``P(c | s)``: the share of the state's events (its non-padding positions) on items of
+      category c, the user's interest; items without a category form one group of their own;
+    - ``P(i | c)``: item i's share of its category's logged actions in the training split, for the
+      items training saw (``seen``; one seen only in states has a share of 0). An item training never
+      saw gets its category's mean share over the items it saw, the prior a shop gives an unseen
+      item (``1 / items in the category`` when training saw none of them);
+    - ``P(c)``: the category's share of the training split's actions. The tiny second term orders
+      the items the state's categories do not reach (all of them for an empty state) by overall
+      popularity, each unseen item at its prior; remaining ties go to the lower item_idx, as everywhere.
+    """
+
+    def __init__(self, counts: np.ndarray, category: np.ndarray, seen: np.ndarray):
+        counts = np.asarray(counts, dtype=np.float64)
+        self.category = np.asarray(category, dtype=np.int64)
+        seen = np.asarray(seen, dtype=bool) & (np.arange(len(counts)) > 0)
+        if not len(counts) == len(self.category) == len(seen):
+            raise ValueError("counts, category and seen must all have n_items + 1 entries")
+        self.n_groups = int(self.category.max(initial=0)) + 1
+        items = np.arange(len(counts)) > 0
+        per_category = np.bincount(self.category[items], weights=counts[items], minlength=self.n_groups)
+        share = np.divide(counts, per_category[self.category], out=np.zeros_like(counts), where=counts > 0)
+        seen_shares = np.bincount(self.category[seen], weights=share[seen], minlength=self.n_groups)
+        n_seen = np.bincount(self.category[seen], minlength=self.n_groups)
+        n_listed = np.bincount(self.category[items], minlength=self.n_groups)
+        prior = np.where(n_seen > 0, seen_shares / np.maximum(n_seen, 1), 1.0 / np.maximum(n_listed, 1))
+        self.within = np.where(seen, share, prior[self.category])  # P(i | c(i)), [n_items + 1]
+        category_share = per_category / max(per_category.sum(), 1.0)
+        self.tie_break = POPULARITY_TIE_BREAK * category_share[self.category] * self.within
+        self.tie_break[0] = -np.inf
+
+    @classmethod
+    def from_transitions(
+        cls, transitions_dir: str | os.PathLike[str], *, items: data.ItemFeatures, seen: np.ndarray
+    ) -> CategoryPopularityScorer:
+        """Fitted on the training split's actions; ``seen``: ``data.items_in_split`` of that split."""
+        counts = data.action_counts(transitions_dir, n_items=items.n_items, split=schema.TRAIN)
+        return cls(counts, items.category, seen)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.within) - 1
+
+    def scores(self, state_items: np.ndarray, state_events: np.ndarray) -> np.ndarray:
+        state_items = np.asarray(state_items)
+        present = (state_items > 0) & (state_items <= self.n_items)
+        groups = self.category[np.where(present, state_items, 0)]
+        row = np.repeat(np.arange(len(state_items)), present.sum(axis=1))
+        interest = np.bincount(
+            row * self.n_groups + groups[present], minlength=len(state_items) * self.n_groups
+        ).reshape(len(state_items), self.n_groups) / np.maximum(present.sum(axis=1, keepdims=True), 1)
+        return interest[:, self.category] * self.within + self.tie_break
+
+    __call__ = scores
 
 
 # --------------------------------------------------------------------------------------------

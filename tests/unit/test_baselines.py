@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from dql_model import baselines, data, schema
+from dql_model import baselines, data, metrics, schema
 from dql_model.baselines import CooccurrenceCounts, CooccurrenceScorer, SparseRows
 from dql_model.evaluate import evaluate_scorer
 from tests.factories import make_shop
@@ -113,3 +113,31 @@ def test_fit_baselines_names_every_baseline(tiny_config, shop):
     np.testing.assert_array_equal(
         fitted.scorers["popularity"].counts[1:], data.action_counts(transitions, n_items=30)[1:]
     )
+
+
+def test_category_popularity_by_hand_with_an_unseen_item_at_its_category_mean():
+    # category 1: items 1, 2 (3 and 1 training actions) and 5 (unseen); category 2: items 3 (4 actions)
+    # and 4 (seen only in a state: share 0); item 6 has no category (its own group) and is unseen
+    counts = np.array([0.0, 3, 1, 4, 0, 0, 0])
+    category = np.array([0, 1, 1, 2, 2, 1, 0])
+    seen = np.array([False, True, True, True, True, False, False])
+    scorer = baselines.CategoryPopularityScorer(counts, category, seen)
+    np.testing.assert_allclose(scorer.within[1:], [0.75, 0.25, 1.0, 0.0, 0.5, 1.0])  # 5: mean of 0.75, 0.25
+
+    scores = scorer.scores(np.array([[0, 1, 3, 5], [0, 0, 0, 0]]), None)
+    assert np.isneginf(scores[:, 0]).all()
+    # state [1, 3, 5]: 2/3 of its events in category 1, 1/3 in category 2
+    expected = [2 / 3 * 0.75, 2 / 3 * 0.25, 1 / 3, 0.0, 2 / 3 * 0.5, 0.0]
+    np.testing.assert_allclose(scores[0, 1:], expected, atol=1e-8)
+    # 3 and 5 tie at 1/3: the tie-break prefers 3 (its category holds half the actions, its share is 1)
+    top, _ = metrics.top_k(scores[:, 1:], 6)
+    np.testing.assert_array_equal(top[0] + 1, [1, 3, 5, 2, 4, 6])  # 4 and 6 at 0: item_idx decides
+    # an empty state ranks by P(c) P(i | c): 3 (0.5), 1 (0.375), 5 (0.25), 2 (0.125), then 4 and 6 at 0
+    np.testing.assert_array_equal(top[1] + 1, [3, 1, 5, 2, 4, 6])
+
+
+def test_category_popularity_of_a_category_training_never_saw_is_uniform():
+    counts = np.array([0.0, 2, 0, 0])
+    seen = np.array([False, True, False, False])
+    scorer = baselines.CategoryPopularityScorer(counts, np.array([0, 1, 2, 2]), seen)
+    np.testing.assert_allclose(scorer.within[1:], [1.0, 0.5, 0.5])
