@@ -108,6 +108,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             print(report.protocol_line(evaluation))
         print(report.comparison_table(evaluation["metrics"]))
         print(f"gate: {'promoted' if evaluation['promoted'] else 'kept champion'} ({evaluation['reason']})")
+        if evaluation.get("new_items"):
+            print("\nnew items:")
+            print(report.new_item_table(evaluation["new_items"]))
+            print(report.new_item_caption(evaluation["new_items"]))
         for simulation in report.simulations(evaluation):
             print(f"\n{report.simulation_title(simulation)}:")
             print(report.simulation_table(simulation))

@@ -3,7 +3,8 @@
 Owns one decision: which model scores tonight. ``evaluate_night`` ranks the validation split with
 tonight's challenger, the incumbent champion and the baselines fitted in the same run
 (supervised, co-occurrence, popularity), lets the gate decide, points the champion at the winner,
-and simulates the policies' value in the synthetic shop. Its result, ``NightEvaluation``, is the
+measures how each treats the items training never saw when validation has events on them, and
+simulates the policies' value in the synthetic shop. Its result, ``NightEvaluation``, is the
 schema of ``evaluation.json`` (``to_json``) and of the small decision the DAG passes on
 (``decision``).
 
@@ -29,6 +30,13 @@ HEADLINE_METRICS = (
     schema.metric_name("ndcg", 10, schema.PURCHASE),
 )
 """Printed per model in the task log; a metric the data has no events for shows as n/a."""
+NEW_ITEM_HEADLINE = (
+    schema.metric_name("hr", 10, schema.NEW_ITEMS),
+    schema.metric_name("ndcg", 10, schema.NEW_ITEMS),
+    schema.metric_name("slots", 10, schema.NEW_ITEMS),
+    schema.metric_name("coverage", 10, schema.NEW_ITEMS),
+)
+"""Printed per model when validation has events on new items."""
 
 
 def compare(
@@ -81,6 +89,9 @@ class NightEvaluation:
     baselines: dict[str, Any] = field(default_factory=dict)
     """How each baseline was picked (search trials, tuned settings)."""
     learning_curves: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    new_items: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Model name -> ``evaluate.evaluate_new_items`` figures (the baselines with category popularity);
+    empty when no validation event is on an item the training split never saw."""
     simulation: dict[str, Any] | None = None
     """The headline simulated policy value (first of eval.sim_refresh); None when off."""
     simulation_more: list[dict[str, Any]] = field(default_factory=list)
@@ -90,6 +101,8 @@ class NightEvaluation:
         out = asdict(self)
         if self.simulation is None:
             del out["simulation"], out["simulation_more"]
+        if not self.new_items:
+            del out["new_items"]
         return out
 
     def decision(self) -> dict[str, Any]:
@@ -154,6 +167,7 @@ def evaluate_night(
     results = evaluate.evaluate_models(scorers, val, exclude=masks)
     for name, metrics in results.items():
         progress(f"{name:<12} " + "  ".join(f"{m} {_figure(metrics.get(m))}" for m in HEADLINE_METRICS))
+    new_item_metrics = _evaluate_new_items(scorers, val, masks, transitions_dir, items, progress)
 
     gate_metric, fallback = evaluate.usable_metric(cfg.eval.gate_metric, val)
     if fallback:
@@ -188,6 +202,7 @@ def evaluate_night(
         gate_metric=gate_metric,
         protocol=protocol,
         baselines=fitted.details,
+        new_items=new_item_metrics,
         learning_curves={
             **({"challenger": registry.version_metrics(root, challenger).get("history", [])} if challenger else {}),
             **fitted.histories,
@@ -196,6 +211,32 @@ def evaluate_night(
     if cfg.eval.sim_users > 0:
         _simulate(night, cfg, items, scorers, fitted.scorers, progress)
     return night
+
+
+def _evaluate_new_items(scorers, val, masks, transitions_dir, items, progress) -> dict[str, dict[str, float]]:
+    """``evaluate.evaluate_new_items`` for every scorer and for category popularity, over the items the
+    training split never shows; {} when no validation event is on one of them."""
+    import numpy as np
+
+    from dql_model import baselines, data, evaluate
+
+    seen = data.items_in_split(transitions_dir, n_items=items.n_items, split=schema.TRAIN)
+    new = data.new_items(val, seen)
+    on_new = int(np.isin(val.action, new).sum())
+    if not on_new:
+        return {}
+    progress(f"new items: {len(new)} items the training split never shows, {on_new} validation events on them")
+    by_category = baselines.CategoryPopularityScorer.from_transitions(transitions_dir, items=items, seen=seen)
+    results = {}
+    for name, scorer in {**scorers, CATEGORY_POPULARITY: by_category}.items():
+        results[name] = evaluate.evaluate_new_items(scorer, val, new, exclude=masks)
+        figures = "  ".join(f"{m} {_figure(results[name].get(m))}" for m in NEW_ITEM_HEADLINE)
+        progress(f"new items {name:<20} {figures}")
+    return results
+
+
+CATEGORY_POPULARITY = "category_popularity"
+"""The name of the category-popularity baseline among the new-item figures."""
 
 
 def _simulate(night: NightEvaluation, cfg: Config, items, scorers, baseline_scorers, progress) -> None:

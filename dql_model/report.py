@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dql_model.schema import ADD_TO_CART, PURCHASE, RATING, VIEW, metric_name, metric_prefix
+from dql_model.schema import ADD_TO_CART, NEW_ITEMS, PURCHASE, RATING, VIEW, metric_name, metric_prefix
 
 if TYPE_CHECKING:
     from dql_model.config import Config
@@ -122,6 +122,7 @@ MODEL_NOTES = {
     "supervised": "same network, next-item cross-entropy only",
     "cooccurrence": "item-to-item co-occurrence",
     "popularity": "most frequent items",
+    "category_popularity": "popular items of the state's categories, unseen items at their category's mean",
 }
 
 
@@ -187,6 +188,37 @@ def detail_tables(metrics: dict[str, dict[str, float]]) -> str:
         ]
         parts += [f"**{title}** ({n} events)", "", _table(header, rows, markdown=True), ""]
     return "\n".join(parts)
+
+NEW_ITEM_COLUMNS = (
+    (metric_name("hr", 10, NEW_ITEMS), "HR@10"),
+    (metric_name("ndcg", 10, NEW_ITEMS), "NDCG@10"),
+    (metric_name("slots", 10, NEW_ITEMS), "top-10 slots"),
+    (metric_name("coverage", 10, NEW_ITEMS), "new items in a top-10"),
+)
+
+
+def new_item_table(new_items: dict[str, dict[str, float]], *, markdown: bool = False) -> str:
+    """One row per model of the new-item figures (``gate.NightEvaluation.new_items``)."""
+    header = ["model"] + [title for _, title in NEW_ITEM_COLUMNS]
+    rows = [
+        [name] + [_cell(values.get(key)) for key, _ in NEW_ITEM_COLUMNS]
+        for name, values in in_table_order(new_items).items()
+    ]
+    return _table(header, rows, markdown=markdown)
+
+
+def new_item_caption(new_items: dict[str, dict[str, float]]) -> str:
+    """How many new items and events the figures rest on, and what the columns mean."""
+    figures = next(iter(new_items.values()), {})
+    prefix = metric_prefix(NEW_ITEMS)
+    items, events = int(figures.get(f"{prefix}items", 0)), int(figures.get(f"{prefix}n", 0))
+    return (
+        f"{items} items the training split never shows (as an action or in a state) appear in validation; "
+        f"{events} validation events are on them. HR@10 and NDCG@10 over those events; top-10 slots: share "
+        "of every validation row's top-10 holding a new item; new items in a top-10: share of them "
+        "recommended at least once."
+    )
+
 
 
 def _interval(summary: dict[str, float] | None) -> str:
@@ -301,6 +333,15 @@ def render_markdown(summary: dict[str, Any]) -> str:
         lines += [f"- **{name}**: {note}" for name, note in MODEL_NOTES.items() if name in evaluation["metrics"]]
         lines += _baseline_notes(evaluation.get("baselines") or {})
         lines += ["", "### By event type", "", detail_tables(evaluation["metrics"])]
+        if evaluation.get("new_items"):
+            lines += [
+                "### New items",
+                "",
+                new_item_table(evaluation["new_items"], markdown=True),
+                "",
+                new_item_caption(evaluation["new_items"]),
+                "",
+            ]
     else:
         lines.append("No evaluation this run.")
     found = simulations(evaluation)

@@ -142,8 +142,22 @@ def test_summary_and_evaluate_read_the_latest_run(capsys, config_file):
 
     code, out, _ = run(capsys, "--config", str(config_file), "evaluate", "--run-date", RUN_DATE)
     assert code == 0 and "gate: promoted (no champion to compare with)" in out and "challenger" in out
+    assert "new items" not in out  # the run had none
     code, _, err = run(capsys, "--config", str(config_file), "evaluate", "--run-date", "2026-11-01")
     assert code == 2 and "did not finish" in err
+
+
+def test_evaluate_prints_the_new_item_figures_when_the_run_has_them(capsys, config_file):
+    cfg = load_config(config_file)
+    written_run(cfg)
+    path = Path(cfg.layout.report(RUN_DATE)) / report.EVALUATION
+    figures = {"eval/new_items/items": 4.0, "eval/new_items/n": 9.0, "eval/new_items/hr@10": 0.375}
+    storage.write_json_atomic(path, storage.read_json(path) | {"new_items": {"popularity": figures}})
+
+    code, out, _ = run(capsys, "--config", str(config_file), "evaluate", "--run-date", RUN_DATE)
+    new_items = out[out.index("new items:") :].splitlines()
+    assert code == 0 and new_items[2].split()[:2] == ["popularity", "0.3750"]
+    assert "4 items the training split never shows" in new_items[3] and "9 validation events" in new_items[3]
 
 
 def test_task_reports_bad_data_in_one_line(capsys, config_file, tiny_config):

@@ -12,7 +12,7 @@ import pytest
 
 from dql_model import data, gate, registry, schema
 from dql_model.train import build_model, train_model
-from tests.factories import make_shop
+from tests.factories import item_index_table, make_shop, transitions_table, write_parquet
 
 RUN_DATE = "2026-11-27"
 NDCG = schema.metric_name("ndcg", 10)
@@ -74,6 +74,7 @@ def test_a_first_challenger_is_promoted_and_the_evaluation_names_every_model(nig
     assert night.decision() == {"scoring_version": challenger, "promoted": True, "reason": night.reason}
     saved = json.loads(json.dumps(night.to_json()))
     assert saved["gate_metric"] == NDCG and "simulation" not in saved
+    assert night.new_items == {} and "new_items" not in saved  # training saw every item the shop has
     assert saved["validation_events"] == night.validation_events > 0
 
 
@@ -134,3 +135,33 @@ def test_a_gate_metric_on_an_absent_event_type_falls_back_to_all_events(night_cf
     assert "no purchase events in the validation split: eval/purchase/ndcg@10 falls back to eval/ndcg@10" in night.reason
     assert any(line.startswith("validation: ") and "rating" in line for line in lines)
     assert schema.metric_name("ndcg", 10, schema.RATING) in night.metrics["challenger"]
+
+
+def test_validation_events_on_an_item_training_never_saw_are_measured_per_model(night_cfg):
+    """Item 31 enters the index in the validation window: three events on it, one state holding it."""
+    index_dir = Path(night_cfg.layout.partition(schema.ITEM_INDEX, RUN_DATE))
+    shutil.rmtree(index_dir)
+    write_parquet(index_dir, item_index_table(31))  # categories c{i % 3}: 31 joins 4 and 7 in c1
+    validation = {"split": schema.VALIDATION, "user_id": "new-item-fan"}
+    rows = [{"item_seq": [4, 7], "action": 31, **validation} for _ in range(3)]
+    rows.append({"item_seq": [7, 31], "action": 4, **validation})
+    transitions_dir = Path(night_cfg.layout.partition(schema.TRANSITIONS, RUN_DATE))
+    pq.write_table(transitions_table(rows), transitions_dir / "part-00009.parquet")
+    lines = []
+    challenger = register(night_cfg, trained=False, run_date=RUN_DATE)
+
+    night = gate.evaluate_night(night_cfg, RUN_DATE, challenger, progress=lines.append)
+
+    assert list(night.new_items) == ["challenger", "cooccurrence", "popularity", "category_popularity"]
+    counts = {(f["eval/new_items/items"], f["eval/new_items/n"]) for f in night.new_items.values()}
+    assert counts == {(1.0, 3.0)}
+    # popularity has no count for 31, so never shows it; category popularity gives it c1's mean share,
+    # which ranks it within the top 10 of the c1 items the state points at
+    popularity, by_category = night.new_items["popularity"], night.new_items["category_popularity"]
+    assert popularity["eval/new_items/hr@10"] == 0.0 and popularity["eval/new_items/coverage@10"] == 0.0
+    assert by_category["eval/new_items/hr@10"] == 1.0 and by_category["eval/new_items/coverage@10"] == 1.0
+    assert "new items: 1 items the training split never shows, 3 validation events on them" in lines
+    assert sum(line.startswith("new items category_popularity") for line in lines) == 1
+    saved = json.loads(json.dumps(night.to_json()))
+    assert saved["new_items"]["popularity"]["eval/new_items/slots@10"] == 0.0
+    assert set(night.metrics) == {"challenger", "cooccurrence", "popularity"}  # the main table is unchanged

@@ -83,6 +83,7 @@ def test_markdown_report_has_tables_details_simulation_and_plots():
     assert "window 3, decay 0.5 (best of 3" in text
     assert "## Simulated policy value" in text and "| supervised | 1.250 ± 0.060 |" in text
     assert "![learning_curves.png](learning_curves.png)" in text
+    assert "New items" not in text  # the evaluation has no new-item figures
     # the headline protocol first, then the per-click one; a simulation without results is left out
     session, step = text.index("lists ranked at each session start"), text.index("lists re-ranked after every click")
     assert session < text.index("| challenger | 1.500 ± 0.050 |") < step < text.index("| challenger | 1.125 ± 0.070 |")
@@ -95,3 +96,24 @@ def test_markdown_report_has_tables_details_simulation_and_plots():
 def test_tables_list_the_dqn_first_whatever_the_json_order():
     table = report.comparison_table({"popularity": metrics(0.1), "supervised": metrics(0.3), "challenger": metrics(0.2)})
     assert [line.split()[0] for line in table.splitlines()[1:]] == ["challenger", "supervised", "popularity"]
+
+
+def test_new_item_section_lists_every_model_and_the_counts():
+    figures = {
+        "eval/new_items/items": 40.0,
+        "eval/new_items/n": 120.0,
+        "eval/new_items/hr@10": 0.25,
+        "eval/new_items/ndcg@10": 0.125,
+        "eval/new_items/slots@10": 0.0375,
+        "eval/new_items/coverage@10": 0.5,
+    }
+    new_items = {"category_popularity": figures, "challenger": figures | {"eval/new_items/hr@10": 0.0}}
+    summary = {
+        "run_date": "2026-11-27",
+        "evaluation": {"metrics": {"challenger": metrics(0.2)}, "new_items": new_items},
+    }
+    text = report.render_markdown(summary)
+    section = text[text.index("### New items") :]
+    by_category = section.index("| category_popularity | 0.2500 | 0.1250 | 0.0375 | 0.5000 |")
+    assert section.index("| challenger | 0.0000 |") < by_category  # the DQN first
+    assert "40 items the training split never shows" in section and "120 validation events" in section
