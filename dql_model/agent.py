@@ -374,6 +374,7 @@ class DQNAgent:
         elif isinstance(batch, SequenceBatch):
             batch = SequenceTensors.from_numpy(batch, self.device)
         self.online.train()
+        self.online.draw_id_dropout()  # one draw per step: every item vector of the step agrees
         with self._autocast():
             loss, metrics = compute_loss(batch, self.online, self.target, self.cfg)
         self.optimizer.zero_grad(set_to_none=True)

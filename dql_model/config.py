@@ -276,6 +276,15 @@ class ModelConfig(_Section):
     encoder, as in SQN) for sqn, one (the Q head) otherwise. Saved with each model to rebuild it."""
     max_positions: int = 200
     """Longest sequence the sasrec encoder has position embeddings for (longer states keep the latest)."""
+    id_dropout: float = 0.0
+    """Probability per gradient step that an item's id embedding and bias are hidden (replaced by
+    the unknown-item ones items without history get), so the tower learns to score from category
+    and price; 0 = off. Never applied in eval mode."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.id_dropout < 1.0:
+            raise ConfigError(f"model.id_dropout={self.id_dropout} must be in [0, 1)")
 
 
 @dataclass

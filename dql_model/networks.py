@@ -5,6 +5,18 @@ left-padded, most recent last) with a GRU, an LSTM or a small causal self-attent
 g is an item tower over the item's id, category and log-price bucket embeddings, so an item
 with little history still gets a sensible vector from its features. b is a per-item bias.
 
+Items without history (``cold_item``, set by training: no logged action in the split trained on)
+are scored from their features alone: their id embedding is replaced, wherever the id embedding
+is read (the tower's input and the state's input), by one shared learned ``unknown_item``
+embedding, and their bias by the mean bias of the known items of their category. A learned shared
+cold bias would only ever meet cold items as negatives of the softmax and be driven down, which is
+how a new item's own bias failed; the category's mean is what an average item of that category
+earns. In training, ``model.id_dropout`` hides each item's id the same way with that probability
+per gradient step (``draw_id_dropout``), so the tower learns to score an item from its category
+and price, and the unknown embedding and the encoder learn what an unseen item means; in eval mode
+nothing is drawn and only the cold items are replaced. The state memory's m(a) is left as it is:
+it recalls an item of the user's own state (m(a) . m(a)), which needs no history.
+
 State memory (``model.state_memory`` = k > 0): both vectors get embed_dim more components,
 g(a) = [tower(a), m(a)] and f(s) = [head(encoder(s)), sum_p w[p, e_p] m(s_p)] over the k most
 recent state items, with m a second item embedding and w learned per "how many interactions ago"
@@ -49,6 +61,9 @@ ATTENTION_HEADS = 2
 EMBED_INIT_STD = 0.1
 MEMORY_SCALE = 10.0
 """State-memory weights are MEMORY_SCALE * parameter: a larger scale makes Adam move them faster."""
+ADDED_STATE = ("cold_item", "unknown_item", "unknown_next_item")
+"""State-dict entries newer than the first saved models: absent from an old one, they load as zeros
+(no cold items, unused unknown vectors), which scores exactly as that model was saved."""
 
 
 def right_aligned(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -248,6 +263,11 @@ class QNetwork(nn.Module):
         self.register_buffer("item_category", torch.zeros(n_items + 1, dtype=torch.long))
         self.register_buffer("item_price_bucket", torch.zeros(n_items + 1, dtype=torch.long))
         self.register_buffer("padding_column", torch.arange(n_items + 1) == 0, persistent=False)
+        # Zero-initialised (no random draw), so a catalogue without cold items and id_dropout=0
+        # trains exactly as before these existed.
+        self.unknown_item = nn.Parameter(torch.zeros(dim))
+        self.register_buffer("cold_item", torch.zeros(n_items + 1, dtype=torch.bool))
+        self.register_buffer("id_dropped", torch.zeros(n_items + 1, dtype=torch.bool), persistent=False)
 
         self.input_dropout = nn.Dropout(cfg.dropout)
         self.encoder = ENCODERS[cfg.encoder](dim, hidden, cfg)
@@ -275,6 +295,7 @@ class QNetwork(nn.Module):
             self.next_item_embedding = nn.Embedding(n_items + 1, dim, padding_idx=0)
             self.next_bias = nn.Embedding(n_items + 1, 1)
             nn.init.zeros_(self.next_bias.weight)
+            self.unknown_next_item = nn.Parameter(torch.zeros(dim))
             self.register_buffer("head_weight", torch.ones(()))
         self._init_weights()
 
@@ -311,6 +332,56 @@ class QNetwork(nn.Module):
         self.item_category.copy_(category)
         self.item_price_bucket.copy_(price_bucket)
 
+    def set_cold_items(self, cold) -> None:
+        """Mark the items without history (bool array of length n_items + 1; row 0 is ignored)."""
+        cold = torch.as_tensor(cold, dtype=torch.bool)
+        if cold.shape != (self.n_items + 1,):
+            raise ValueError(f"the cold-item mask must have n_items + 1 = {self.n_items + 1} rows")
+        self.cold_item.copy_(cold & ~self.padding_column.to(cold.device))
+
+    def draw_id_dropout(self) -> None:
+        """Draw this gradient step's hidden ids (model.id_dropout); nothing in eval mode or at 0."""
+        if not self.training or self.cfg.id_dropout <= 0:
+            return
+        dropped = torch.rand(self.n_items + 1, device=self.id_dropped.device) < self.cfg.id_dropout
+        self.id_dropped.copy_(dropped & ~self.padding_column)
+
+    def unknown_items(self) -> torch.Tensor:
+        """[n_items + 1] bool: the items scored from their features only (module docstring)."""
+        if self.training and self.cfg.id_dropout > 0:
+            return self.cold_item | self.id_dropped
+        return self.cold_item
+
+    def item_ids(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        """Id embeddings of ``items`` (any shape; None: every item_idx), unknown items' replaced."""
+        return self._replace_unknown(self.item_embedding, self.unknown_item, items)
+
+    def _replace_unknown(self, table: nn.Embedding, unknown_vector: torch.Tensor, items) -> torch.Tensor:
+        unknown = self.unknown_items()
+        if items is None:
+            rows, unknown = table.weight, unknown[:, None]
+        else:
+            rows, unknown = table(items), unknown[items][..., None]
+        return torch.where(unknown, unknown_vector.to(rows.dtype), rows)
+
+    def _category_mean_bias(self, bias: torch.Tensor) -> torch.Tensor:
+        """[n_items + 1]: per item, the mean of ``bias`` over the known (not unknown) items of its
+        category (over all known items where its category has none)."""
+        warm = (~self.unknown_items() & ~self.padding_column).to(bias.dtype)
+        sums = bias.new_zeros(self.n_categories + 1).index_add(0, self.item_category, bias * warm)
+        counts = bias.new_zeros(self.n_categories + 1).index_add(0, self.item_category, warm)
+        overall = (bias * warm).sum() / warm.sum().clamp(min=1)
+        means = torch.where(counts > 0, sums / counts.clamp(min=1), overall)
+        return means[self.item_category]
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A model saved before these existed had no cold items and never used the unknown vectors.
+        for name in ADDED_STATE:
+            current = getattr(self, name, None)
+            if current is not None and prefix + name not in state_dict:
+                state_dict[prefix + name] = torch.zeros_like(current)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def encode_state(self, state_items: torch.Tensor, state_events: torch.Tensor) -> torch.Tensor:
         """f(s) of ranking: [B, L] left-padded item_idx and event codes -> [B, D] (see item_vectors).
 
@@ -329,7 +400,7 @@ class QNetwork(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(f_q(s), f_next(s) or None without a second head), each [B, D], of left-padded states."""
         lengths = (state_items != 0).sum(1)
-        x = self.input_dropout(self.item_embedding(state_items) + self.event_embedding(state_events))
+        x = self.input_dropout(self.item_ids(state_items) + self.event_embedding(state_events))
         hidden = self.encoder(x, lengths)
         memory = None
         if self.memory_weight is not None:
@@ -350,7 +421,7 @@ class QNetwork(nn.Module):
                 f"model.encoder={self.cfg.encoder!r} has no per-position output; use one of {SEQUENCE_ENCODERS}"
             )
         lengths = (items != 0).sum(1)
-        x = self.input_dropout(self.item_embedding(items) + self.event_embedding(events))
+        x = self.input_dropout(self.item_ids(items) + self.event_embedding(events))
         hidden = self.encoder.forward_all(x, lengths)
         memory = None
         if self.memory_weight is not None:
@@ -415,17 +486,15 @@ class QNetwork(nn.Module):
         The subset form keeps the item tower's memory proportional to the items asked for, which
         is what the sampled conservative term needs on catalogues too large for one matrix.
         """
+        ids = self.item_ids(items)
         if items is None:
-            ids, category, price = self.item_embedding.weight, self.item_category, self.item_price_bucket
+            category, price = self.item_category, self.item_price_bucket
         else:
-            ids = self.item_embedding(items)
             category, price = self.item_category[items], self.item_price_bucket[items]
         features = torch.cat([ids, self.category_embedding(category), self.price_embedding(price)], dim=-1)
         heads = [self.item_tower(features)]
         if self.next_item_embedding is not None:
-            heads.append(
-                self.next_item_embedding.weight if items is None else self.next_item_embedding(items)
-            )
+            heads.append(self._replace_unknown(self.next_item_embedding, self.unknown_next_item, items))
         if self.memory_embedding is not None:
             memory = self.memory_embedding.weight if items is None else self.memory_embedding(items)
             heads = [torch.cat([vectors, memory.to(vectors.dtype)], dim=-1) for vectors in heads]
@@ -441,10 +510,13 @@ class QNetwork(nn.Module):
         return weight * q_bias + (1 - weight) * next_bias
 
     def head_biases(self, items: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(b_q(a), b_next(a) or None) for every item_idx, or for ``items`` only."""
+        """(b_q(a), b_next(a) or None) for every item_idx, or for ``items`` only; an unknown item's
+        is its category's mean (module docstring)."""
         biases = [self.item_bias.weight[:, 0]]
         if self.next_bias is not None:
             biases.append(self.next_bias.weight[:, 0])
+        unknown = self.unknown_items()
+        biases = [torch.where(unknown, self._category_mean_bias(bias), bias) for bias in biases]
         if items is not None:
             biases = [bias[items] for bias in biases]
         return biases[0], (biases[1] if len(biases) > 1 else None)

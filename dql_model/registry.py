@@ -55,7 +55,7 @@ DIGESTS_SINCE = 2
 VERIFIED_FILES = (WEIGHTS, CONFIG)
 """The files that decide what a version scores, digested at save time and checked at load."""
 _VERSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-ADDED_MODEL_FIELDS = {"state_memory": 0, "heads": "one"}
+ADDED_MODEL_FIELDS = {"state_memory": 0, "heads": "one", "id_dropout": 0.0}
 """model.* fields added since format 1, and the value that rebuilds a model saved before them."""
 
 

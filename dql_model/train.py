@@ -48,7 +48,7 @@ ITEM_ROW_TABLES = (
     "next_bias.weight",
 )
 """Parameters with one row per item_idx / category index: they grow with the catalogue."""
-ITEM_FEATURE_BUFFERS = ("item_category", "item_price_bucket")
+ITEM_FEATURE_BUFFERS = ("item_category", "item_price_bucket", "cold_item")
 PREFETCH_BATCHES = 4
 """Batches decoded ahead in a background thread when training on a GPU."""
 HEAD_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -104,10 +104,13 @@ def resolve_device(pref: str) -> torch.device:
     return device
 
 
-def build_model(items: data.ItemFeatures, cfg: Config) -> QNetwork:
-    """A fresh QNetwork sized to the item index, with its item features set."""
+def build_model(items: data.ItemFeatures, cfg: Config, action_counts=None) -> QNetwork:
+    """A fresh QNetwork sized to the item index, with its item features set, and the items that
+    ``action_counts`` (per item_idx, of the split trained on) never shows marked cold."""
     model = QNetwork(items.n_items, items.n_categories, cfg.model)
     model.set_item_features(items.category, items.price_bucket)
+    if action_counts is not None:
+        model.set_cold_items(np.asarray(action_counts) == 0)
     return model
 
 
@@ -386,16 +389,17 @@ def train_model(
     amp_dtype = torch.bfloat16 if device.type == "cuda" else None
 
     items = data.load_item_features(item_index_dir, price_buckets=cfg.model.price_buckets)
-    model = build_model(items, cfg)
+    fit_splits = (schema.TRAIN, schema.VALIDATION) if refit else schema.TRAIN
+    counts = data.action_counts(transitions_dir, n_items=items.n_items, split=fit_splits)
+    model = build_model(items, cfg, counts)
     if warm_start is not None:
         try:
             rows = warm_start_from(model, warm_start)
             progress(f"warm start: {rows} item rows copied, {items.n_items - rows} new items")
         except ValueError as error:
             # A changed model config must not fail every night: train from scratch instead.
-            model = build_model(items, cfg)
+            model = build_model(items, cfg, counts)
             progress(f"warning: {error}; training from scratch")
-    fit_splits = (schema.TRAIN, schema.VALIDATION) if refit else schema.TRAIN
     val = data.load_transitions(transitions_dir, max_len=cfg.etl.max_len, split=schema.VALIDATION)
     if refit:  # validation is trained on: nothing is left to stop on
         val, masks = val.take(slice(0, 0)), data.Exclusions.none(0)

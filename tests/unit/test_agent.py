@@ -300,3 +300,39 @@ def test_sampled_term_estimates_the_full_one_and_trains():
     with torch.no_grad():
         q = model.q_values(torch.from_numpy(batch.state_items), torch.from_numpy(batch.state_events))
     assert q.argmax(dim=1).tolist() == actions
+
+
+def cold_network(id_dropout: float) -> QNetwork:
+    torch.manual_seed(0)
+    cfg = ModelConfig(embed_dim=16, hidden_dim=16, price_buckets=4, dropout=0.0, id_dropout=id_dropout)
+    model = QNetwork(10, 2, cfg)
+    model.set_item_features(np.arange(11) % 3, np.arange(11) % 5)
+    model.set_cold_items(np.arange(11) == 8)  # item 8 is never a logged action below
+    return model
+
+
+@pytest.mark.parametrize("cql_negatives", [0, 6])
+def test_a_step_never_moves_a_cold_items_own_id_and_id_dropout_trains_the_unknown_item(cql_negatives):
+    batch = numpy_batch([[1, 2], [2, 3, 4], [5], []], [3, 7, 1, 10], rewards=[1.0, 0.0, 0.3, 0.0])
+    cfg = TrainConfig(lr=1e-2, gamma=0.5, cql_negatives=cql_negatives)
+
+    plain = cold_network(id_dropout=0.0)
+    id_row, bias_row = plain.item_embedding.weight[8].clone(), plain.item_bias.weight[8].clone()
+    DQNAgent(plain, cfg).update(batch)
+    # the softmax cannot push the cold item's own id and bias down: they are not read
+    assert torch.equal(plain.item_embedding.weight[8], id_row)
+    assert torch.equal(plain.item_bias.weight[8], bias_row)
+
+    dropping = cold_network(id_dropout=0.5)
+    torch.manual_seed(3)
+    agent = DQNAgent(dropping, cfg)
+    agent.update(batch)
+    assert dropping.unknown_item.abs().sum() > 0  # learned from the warm items whose ids were hidden
+    assert dropping.id_dropped.any()
+    assert not agent.target.training  # the target network never drops ids
+    # the draws are seeded: the same seed gives the same step, bit for bit
+    again = cold_network(id_dropout=0.5)
+    torch.manual_seed(3)
+    DQNAgent(again, cfg).update(batch)
+    for name, tensor in dropping.state_dict().items():
+        assert torch.equal(tensor, again.state_dict()[name]), name

@@ -145,3 +145,115 @@ def test_state_memory_recalls_the_latest_items_through_their_memory_embedding():
     q = model.q_values(items, events)
     torch.testing.assert_close(q[:, 1:], (model.encode_state(items, events) @ model.item_vectors().T)[:, 1:])
     assert "memory_weight" not in dict(plain.named_parameters())
+
+
+def cold_ready(state_memory: int = 20, id_dropout: float = 0.0) -> QNetwork:
+    """A small network with random biases and unknown-item vector, so replacing them shows."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(
+        embed_dim=8, hidden_dim=8, price_buckets=4, dropout=0.0, state_memory=state_memory, id_dropout=id_dropout
+    )
+    model = QNetwork(12, 3, cfg)
+    model.set_item_features(np.arange(13) % 4, np.arange(13) % 5)
+    with torch.no_grad():
+        model.item_bias.weight.normal_()
+        model.unknown_item.normal_(std=0.1)
+    return model.eval()
+
+
+STATES = torch.tensor([[0, 1, 2], [3, 4, 6]])  # no cold item in them: the states stay as they were
+
+
+def test_the_cold_mask_changes_the_scores_of_exactly_the_cold_items():
+    model = cold_ready()
+    events = (STATES > 0).long()
+    before = model.q_values(STATES, events).detach()
+    cold = np.zeros(13, dtype=bool)
+    cold[[5, 9]] = True
+    model.set_cold_items(cold)
+    after = model.q_values(STATES, events).detach()
+    changed = ((before - after).abs() > 0).any(0)
+    assert changed.tolist() == [i in (5, 9) for i in range(13)]
+    # a cold item's bias is the mean bias of the warm items of its category
+    category = model.item_category
+    warm_same = (category == category[5]) & ~model.cold_item & (torch.arange(13) > 0)
+    expected = model.item_bias.weight[warm_same, 0].mean()
+    torch.testing.assert_close(model.item_biases()[5], expected)
+
+
+def test_two_cold_items_with_the_same_category_and_price_get_the_same_score():
+    model = cold_ready(state_memory=0)
+    features = model.item_category.clone(), model.item_price_bucket.clone()
+    features[0][8], features[1][8] = features[0][3], features[1][3]  # items 3 and 8 look alike
+    model.set_item_features(*features)
+    events = (STATES > 0).long()
+    warm = model.q_values(STATES, events).detach()
+    assert not torch.allclose(warm[:, 3], warm[:, 8])  # their ids and biases tell them apart...
+    cold = np.zeros(13, dtype=bool)
+    cold[[3, 8]] = True
+    model.set_cold_items(cold)
+    q = model.q_values(STATES[:, 1:] % 3, events[:, 1:]).detach()  # states without items 3 and 8
+    torch.testing.assert_close(q[:, 3], q[:, 8], rtol=0, atol=0)  # ...until they are cold
+    # with the state memory, only its m(a) (recall of the user's own items) still differs
+    memory = cold_ready(state_memory=2)
+    memory.set_item_features(*features)
+    memory.set_cold_items(cold)
+    vectors = memory.item_vectors().detach()
+    torch.testing.assert_close(vectors[3, :8], vectors[8, :8], rtol=0, atol=0)
+    assert memory.item_biases()[3] == memory.item_biases()[8]
+
+
+def test_id_dropout_hides_ids_in_train_mode_only():
+    model = cold_ready(state_memory=0, id_dropout=0.5)
+    eval_vectors, eval_biases = model.item_vectors().detach(), model.item_biases().detach()
+    model.draw_id_dropout()  # eval mode: nothing is drawn, nothing hidden
+    assert not model.id_dropped.any()
+    torch.testing.assert_close(model.item_vectors(), eval_vectors, rtol=0, atol=0)
+
+    model.train()
+    torch.manual_seed(1)
+    model.draw_id_dropout()
+    dropped = model.id_dropped.clone()
+    assert 0 < dropped.sum() < 12 and not dropped[0]
+    vectors = model.item_vectors().detach()
+    changed = (vectors - eval_vectors).abs().sum(1) > 0
+    assert changed.tolist() == dropped.tolist()
+    # a hidden item is scored as if it were cold: vectors and biases alike
+    reference = cold_ready(state_memory=0).eval()
+    reference.set_cold_items(dropped.numpy())
+    torch.testing.assert_close(vectors, reference.item_vectors().detach())
+    torch.testing.assert_close(model.item_biases().detach(), reference.item_biases().detach())
+    # every path of the step sees the same draw: the subset forms and the state's input
+    subset = torch.tensor([int(i) for i in dropped.nonzero()[:2, 0]] + [0])
+    torch.testing.assert_close(model.item_vectors(subset), model.item_vectors()[subset])
+    torch.testing.assert_close(model.item_biases(subset), model.item_biases()[subset])
+    first, second = (int(i) for i in dropped.nonzero()[:2, 0])
+    one, other = torch.tensor([[0, 1, first]]), torch.tensor([[0, 1, second]])
+    events = torch.tensor([[0, 1, 1]])
+    torch.testing.assert_close(model.encode_state(one, events), model.encode_state(other, events))
+    seq_one, seq_other = torch.tensor([[1, first]]), torch.tensor([[1, second]])
+    torch.testing.assert_close(
+        model.encode_sequences(seq_one, events[:, 1:])[0], model.encode_sequences(seq_other, events[:, 1:])[0]
+    )
+
+    model.eval()  # back in eval mode the draw is ignored
+    torch.testing.assert_close(model.item_vectors().detach(), eval_vectors, rtol=0, atol=0)
+    torch.testing.assert_close(model.item_biases().detach(), eval_biases, rtol=0, atol=0)
+
+
+def test_id_dropout_outside_zero_to_one_is_refused():
+    with pytest.raises(config.ConfigError, match="model.id_dropout=1.0"):
+        ModelConfig(id_dropout=1.0)
+
+
+def test_a_state_dict_saved_before_the_cold_mask_loads_and_scores_as_before():
+    model = cold_ready()
+    old = {k: v for k, v in model.state_dict().items() if k not in networks.ADDED_STATE}
+    with torch.no_grad():
+        model.unknown_item.zero_()  # what the old model had in effect: no cold items, no unknown vector
+    loaded = cold_ready()
+    loaded.set_cold_items(np.arange(13) % 2 == 1)
+    loaded.load_state_dict(old)
+    assert not loaded.cold_item.any() and not loaded.unknown_item.any()
+    events = (STATES > 0).long()
+    torch.testing.assert_close(loaded.q_values(STATES, events), model.q_values(STATES, events), rtol=0, atol=0)

@@ -279,3 +279,28 @@ def test_set_champion_and_save_model_refuse_names_that_leave_the_registry(tmp_pa
     with pytest.raises(ValueError, match="is not a model version name"):
         registry.save_model(model, cfg, registry_root=root, metrics={}, data_window=WINDOW, version="../outside")
     assert not (tmp_path / "outside").exists() and list(root.iterdir()) == []
+
+
+def test_the_cold_mask_travels_with_the_weights_and_a_model_saved_before_it_still_loads(tmp_path, cfg):
+    from safetensors.torch import load_file, save_file
+
+    model = trained_like_model(cfg)
+    with torch.no_grad():
+        model.unknown_item.normal_()
+    model.set_cold_items(np.arange(21) % 3 == 0)
+    version = registry.save_model(model, cfg, registry_root=tmp_path, metrics={}, data_window=WINDOW)
+    loaded, _ = registry.load_model(tmp_path / version)
+    assert torch.equal(loaded.cold_item, model.cold_item) and loaded.cold_item.sum() == 6
+    assert top_k_table(loaded).equals(top_k_table(model))
+
+    old_model = trained_like_model(cfg, seed=1)  # as trained before the mask: no cold items
+    version = registry.save_model(old_model, cfg, registry_root=tmp_path, metrics={}, data_window=WINDOW)
+    weights = tmp_path / version / "model.safetensors"
+    state = {k: v for k, v in load_file(weights).items() if k not in ("cold_item", "unknown_item")}
+    save_file(state, str(weights), metadata={"format": "pt"})
+    saved = as_saved_before_digests(tmp_path / version)
+    del saved["config"]["model"]["id_dropout"]
+    (tmp_path / version / "config.json").write_text(json.dumps(saved))
+    loaded, _ = registry.load_model(tmp_path / version)
+    assert not loaded.cold_item.any() and loaded.cfg.id_dropout == 0.0
+    assert top_k_table(loaded).equals(top_k_table(old_model))

@@ -74,7 +74,7 @@ def test_supervised_mode_trains_without_td(tiny_config, shop):
 
 def test_cpu_training_is_reproducible_for_a_seed(tiny_config, shop):
     cfg = config(tiny_config, epochs=2, seed=3)
-    cfg = cfg.replace(model={"dropout": 0.2})  # dropout draws must be seeded too
+    cfg = cfg.replace(model={"dropout": 0.2, "id_dropout": 0.3})  # dropout draws must be seeded too
     first, second = run(cfg, shop), run(cfg, shop)
     other = run(cfg.replace(train={"seed": 4}), shop)
 
@@ -122,6 +122,10 @@ def test_warm_start_copies_rows_of_items_that_existed(tiny_config, shop, tmp_pat
     torch.testing.assert_close(new.item_embedding.weight[:31], previous.item_embedding.weight)
     torch.testing.assert_close(new.state_head.weight, previous.state_head.weight)
     assert not torch.equal(new.item_embedding.weight[31:], torch.zeros(4, 16))  # fresh rows, not zeros
+    # tonight's cold items come from tonight's training split, not from the previous model
+    counts = data.action_counts(transitions, n_items=35)
+    assert new.cold_item.tolist() == [i > 0 and counts[i] == 0 for i in range(36)]
+    assert new.cold_item[31:].all()
 
     other_shape = QNetwork(30, 3, ModelConfig(embed_dim=8, hidden_dim=8))
     with pytest.raises(ValueError, match="cannot warm-start"):
