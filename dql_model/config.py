@@ -279,7 +279,9 @@ class ModelConfig(_Section):
     id_dropout: float = 0.0
     """Probability per gradient step that an item's id embedding and bias are hidden (replaced by
     the unknown-item ones items without history get), so the tower learns to score from category
-    and price; 0 = off. Never applied in eval mode."""
+    and price; 0 = off. Never applied in eval mode. On a shop with 20 new items a day 0.1 lifts the
+    DQN's new-item HR@10 from 0.002 to 0.147 but costs 1.4 % of NDCG@10 over all events (README,
+    "New items"), more than a default may: set it where items launch daily."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
