@@ -50,14 +50,11 @@ NDCG_TOLERANCE = 0.01
 """How far below the supervised mode's validation NDCG@10 the accuracy rule lets the DQN fall."""
 
 
-def latest_run_date(cfg: Config) -> str:
+def latest_run_date(cfg: Config) -> str | None:
+    """The newest run date with a transitions partition, None when the warehouse has none."""
     folder = Path(cfg.layout.partition(schema.TRANSITIONS, "2000-01-01")).parent
     dates = sorted(p.name.split("=", 1)[1] for p in folder.glob("run_date=*") if any(p.glob("*.parquet")))
-    if not dates:
-        raise SystemExit(
-            f"no transitions partition under {folder}: run `make run` first (it builds the demo warehouse)"
-        )
-    return dates[-1]
+    return dates[-1] if dates else None
 
 
 def partition_fingerprint(folder: Path) -> str:
@@ -215,13 +212,38 @@ def plot(rows: list[dict[str, Any]], refreshes: tuple[str, ...], path: Path) -> 
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(refreshes), figsize=(6 * len(refreshes), 4.5), squeeze=False)
+    dqn = [r for r in rows if r["mode"] == "dqn"]
+    others = [r for r in rows if r["mode"] != "dqn"]
     for ax, refresh in zip(axes[0], refreshes, strict=True):
-        for row in rows:
-            x, y = row["ndcg@10"], row[f"return/{refresh}"]
-            label = f"α={row['alpha']:g}" if row["mode"] == "dqn" else row["mode"]
-            marker = "o" if row["mode"] == "dqn" else ("s" if row["mode"] == "supervised" else "^")
-            ax.errorbar(x["mean"], y["mean"], xerr=x["ci95"], yerr=y["ci95"], fmt=marker, capsize=4)
-            ax.annotate(label, (x["mean"], y["mean"]), textcoords="offset points", xytext=(6, 4), fontsize=9)
+
+        def point(row, refresh=refresh):
+            return row["ndcg@10"], row[f"return/{refresh}"]
+
+        xs, ys = zip(*(point(r) for r in dqn), strict=True) if dqn else ((), ())
+        ax.errorbar(
+            [x["mean"] for x in xs],
+            [y["mean"] for y in ys],
+            xerr=[x["ci95"] for x in xs],
+            yerr=[y["ci95"] for y in ys],
+            fmt="o-",
+            capsize=4,
+            label="DQN by cql_alpha",
+        )
+        for number, (row, x, y) in enumerate(zip(dqn, xs, ys, strict=True)):
+            offset = (6, 6) if number % 2 == 0 else (6, -12)
+            ax.annotate(
+                f"α={row['alpha']:g}",
+                (x["mean"], y["mean"]),
+                textcoords="offset points",
+                xytext=offset,
+                fontsize=9,
+            )
+        for row, marker in zip(others, "s^vD", strict=False):
+            x, y = point(row)
+            ax.errorbar(
+                x["mean"], y["mean"], xerr=x["ci95"], yerr=y["ci95"], fmt=marker, capsize=4, label=row["mode"]
+            )
+        ax.legend(loc="upper right", fontsize=9)
         ax.set_xlabel("validation NDCG@10")
         ax.set_ylabel(f"simulated return per shopper ({refresh} lists)")
         ax.grid(alpha=0.3)
@@ -255,6 +277,11 @@ def main(argv: Sequence[str] = ()) -> None:
     base = config_module.load_config(args.config)
     base = base.replace(train={"device": "cpu", "threads": args.threads})
     run_date = args.run_date or latest_run_date(base)
+    if run_date is None:  # under `make bench` the benchmarks after this one still run
+        print(
+            f"bench_tradeoff skipped: no transitions partition under {base.warehouse.root}; `make run` builds one"
+        )
+        return
     transitions_dir = Path(base.layout.partition(schema.TRANSITIONS, run_date))
     fingerprint = partition_fingerprint(transitions_dir)
     exclude = data.exclude_rule(base.score, data.night_protocol(base, run_date))
