@@ -12,8 +12,9 @@ over training seeds (each seed's mean over the simulation seeds; Student t with 
 of freedom, the honest one for "another training run would also win") and over all training x
 simulation pairs (tighter; it treats the shoppers as the only noise).
 
-Two rules pick a default alpha from logged data only, never from the simulator: the gate's rule
-(best mean validation NDCG@10 over seeds) and the purchase rule (best mean validation purchase
+Three rules pick a default alpha from logged data only, never from the simulator: the gate's rule
+(best mean validation NDCG@10 over seeds), the purchase rule (best mean validation purchase
+NDCG@10) and the accuracy rule (the smallest alpha within NDCG_TOLERANCE of the supervised mode's
 NDCG@10). The table shows what each choice costs and earns in the simulated shop.
 
 Each (mode, alpha, seed) cell is cached under ``var/bench/tradeoff/`` by its config, the
