@@ -34,12 +34,13 @@ import math
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from benchmarks.common import BENCH_DIR, machine, print_table, write_json
 from dql_model import config as config_module
-from dql_model import data, evaluate, policy_eval, schema, train
+from dql_model import data, evaluate, policy_eval, schema, storage, train
 from dql_model.config import Config
 
 ALPHAS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -53,16 +54,45 @@ NDCG_TOLERANCE = 0.01
 
 def latest_run_date(cfg: Config) -> str | None:
     """The newest run date with a transitions partition, None when the warehouse has none."""
-    folder = Path(cfg.layout.partition(schema.TRANSITIONS, "2000-01-01")).parent
-    dates = sorted(p.name.split("=", 1)[1] for p in folder.glob("run_date=*") if any(p.glob("*.parquet")))
+    folder = Path(cfg.layout.table(schema.TRANSITIONS))
+    column = cfg.layout.partition_column(schema.TRANSITIONS)
+    dates = sorted(p.name.split("=", 1)[1] for p in folder.glob(f"{column}=*") if any(p.glob("*.parquet")))
     return dates[-1] if dates else None
 
 
-def partition_fingerprint(folder: Path) -> str:
-    """Names, sizes and modification times of the partition's files: a rebuilt night is a new key."""
-    files = sorted(folder.rglob("*.parquet"))
-    blob = json.dumps([(str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns) for p in files])
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+@dataclass(frozen=True)
+class Night:
+    """The night every cell trains on, with what ranking and simulating it need, read once."""
+
+    run_date: str
+    transitions_dir: str
+    item_index_dir: str
+    fingerprint: str
+    """Names, sizes and modification times of the transitions files: a rebuilt night is a new key."""
+    exclude: str
+    refreshes: tuple[str, ...]
+    items: data.ItemFeatures
+    val: data.TransitionBatch
+    masks: data.Exclusions
+
+    @classmethod
+    def load(cls, cfg: Config, run_date: str) -> Night:
+        transitions_dir = cfg.layout.partition(schema.TRANSITIONS, run_date)
+        item_index_dir = cfg.layout.partition(schema.ITEM_INDEX, run_date)
+        files = data.parquet_files(transitions_dir)
+        blob = json.dumps([(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files])
+        exclude = data.exclude_rule(cfg.score, data.night_protocol(cfg, run_date))
+        return cls(
+            run_date=run_date,
+            transitions_dir=transitions_dir,
+            item_index_dir=item_index_dir,
+            fingerprint=hashlib.sha256(blob.encode()).hexdigest()[:16],
+            exclude=exclude,
+            refreshes=tuple(cfg.eval.sim_refresh),
+            items=data.load_item_features(item_index_dir, price_buckets=cfg.model.price_buckets),
+            val=data.load_transitions(transitions_dir, max_len=cfg.etl.max_len, split=schema.VALIDATION),
+            masks=data.load_exclusions(transitions_dir, exclude=exclude),
+        )
 
 
 def cell_config(base: Config, mode: str, alpha: float | None, seed: int) -> Config:
@@ -72,33 +102,28 @@ def cell_config(base: Config, mode: str, alpha: float | None, seed: int) -> Conf
     return base.replace(train=train_over)
 
 
-def run_cell(cfg: Config, run_date: str, *, exclude: str, refreshes: tuple[str, ...]) -> dict[str, Any]:
+def run_cell(cfg: Config, night: Night) -> dict[str, Any]:
     """Train one model, rank validation, simulate it under every protocol."""
-    transitions_dir = str(cfg.layout.partition(schema.TRANSITIONS, run_date))
-    item_index_dir = str(cfg.layout.partition(schema.ITEM_INDEX, run_date))
     t = cfg.train
     label = f"{t.mode}{f' alpha={t.cql_alpha:g}' if t.mode == 'dqn' else ''} seed={t.seed}"
     result = train.train_model(
         cfg,
-        transitions_dir=transitions_dir,
-        item_index_dir=item_index_dir,
-        exclude=exclude,
+        transitions_dir=night.transitions_dir,
+        item_index_dir=night.item_index_dir,
+        exclude=night.exclude,
         progress=lambda line: print(f"  [{label}] {line}", flush=True),
     )
-    items = data.load_item_features(item_index_dir, price_buckets=cfg.model.price_buckets)
-    val = data.load_transitions(transitions_dir, max_len=cfg.etl.max_len, split=schema.VALIDATION)
-    masks = data.load_exclusions(transitions_dir, exclude=exclude)
-    scorer = evaluate.QNetworkScorer(result.model, n_items=items.n_items)
-    metrics = evaluate.evaluate_scorer(scorer, val, exclude=masks)
+    scorer = evaluate.QNetworkScorer(result.model, n_items=night.items.n_items)
+    metrics = evaluate.evaluate_scorer(scorer, night.val, exclude=night.masks)
     simulated = {}
-    for refresh in refreshes:
+    for refresh in night.refreshes:
         sim = policy_eval.simulate_policies(
-            {label: scorer}, cfg, items, refresh=refresh, progress=lambda _: None
+            {label: scorer}, cfg, night.items, refresh=refresh, progress=lambda _: None
         )
         simulated[refresh] = sim["policies"][label]["per_seed"]
     print(
         f"  [{label}] NDCG@10 {metrics[NDCG]:.4f}  purchase NDCG@10 {metrics.get(PURCHASE_NDCG, math.nan):.4f}  "
-        + "  ".join(f"return/{r} {sum(v) / len(v):.3f}" for r, v in simulated.items())
+        + "  ".join(f"return/{r} {_mean(v):.3f}" for r, v in simulated.items())
         + f"  ({result.seconds:.0f} s training)",
         flush=True,
     )
@@ -115,27 +140,20 @@ def run_cell(cfg: Config, run_date: str, *, exclude: str, refreshes: tuple[str, 
     }
 
 
-def cached_cell(
-    cfg: Config, run_date: str, fingerprint: str, *, exclude: str, refreshes: tuple[str, ...]
-) -> dict[str, Any]:
-    key_blob = json.dumps(
-        {
-            "config": cfg.hash(),
-            "run_date": run_date,
-            "partition": fingerprint,
-            "exclude": exclude,
-            "refresh": refreshes,
-        },
-        sort_keys=True,
-    )
-    path = CACHE / f"{hashlib.sha256(key_blob.encode()).hexdigest()[:20]}.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    cell = run_cell(cfg, run_date, exclude=exclude, refreshes=refreshes)
-    CACHE.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(cell))
-    tmp.replace(path)  # a killed run leaves no half-written cell behind
+def cached_cell(cfg: Config, night: Night) -> dict[str, Any]:
+    """run_cell, or its result from an earlier run of the same config on the same night."""
+    key = {
+        "config": cfg.hash(),
+        "run_date": night.run_date,
+        "partition": night.fingerprint,
+        "exclude": night.exclude,
+        "refresh": night.refreshes,
+    }
+    path = CACHE / f"{hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]}.json"
+    cell = storage.read_json(path)
+    if not cell:
+        cell = run_cell(cfg, night)
+        storage.write_json_atomic(path, cell)  # a killed run leaves no half-written cell behind
     return cell
 
 
@@ -146,14 +164,14 @@ def _mean(values: list[float]) -> float:
 def summarise(cells: list[dict[str, Any]], refreshes: tuple[str, ...]) -> list[dict[str, Any]]:
     """One row per (mode, alpha): means over seeds and the paired differences to supervised."""
     supervised = {c["seed"]: c for c in cells if c["mode"] == "supervised"}
-    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
-    for c in cells:
-        groups.setdefault((c["mode"], c["alpha"] if c["mode"] == "dqn" else math.nan), []).append(c)
+    groups: dict[tuple[str, float | None], list[dict[str, Any]]] = {}
+    for c in cells:  # the weight tells only DQN rows apart
+        groups.setdefault((c["mode"], c["alpha"] if c["mode"] == "dqn" else None), []).append(c)
     rows = []
     for (mode, alpha), group in groups.items():
         row: dict[str, Any] = {
             "mode": mode,
-            "alpha": None if math.isnan(alpha) else alpha,
+            "alpha": alpha,
             "seeds": sorted(c["seed"] for c in group),
             "ndcg@10": policy_eval.mean_ci([c["ndcg@10"] for c in group]),
             "purchase_ndcg@10": policy_eval.mean_ci([c["purchase_ndcg@10"] for c in group]),
@@ -283,15 +301,13 @@ def main(argv: Sequence[str] = ()) -> None:
             f"bench_tradeoff skipped: no transitions partition under {base.warehouse.root}; `make run` builds one"
         )
         return
-    transitions_dir = Path(base.layout.partition(schema.TRANSITIONS, run_date))
-    fingerprint = partition_fingerprint(transitions_dir)
-    exclude = data.exclude_rule(base.score, data.night_protocol(base, run_date))
-    refreshes = tuple(base.eval.sim_refresh)
+    night = Night.load(base, run_date)
+    refreshes = night.refreshes
     seeds = [int(s) for s in args.seeds.split(",") if s]
     alphas = [float(a) for a in args.alphas.split(",") if a]
     plan = [("supervised", None)] + [("dqn", a) for a in alphas] + ([] if args.no_sqn else [("sqn", None)])
     print(
-        f"trade-off on {transitions_dir} ({run_date}), masking {exclude} items: {len(plan)} models x "
+        f"trade-off on {night.transitions_dir} ({run_date}), masking {night.exclude} items: {len(plan)} models x "
         f"{len(seeds)} seeds, {base.eval.sim_seeds} simulation seeds x {base.eval.sim_users} shoppers per protocol",
         flush=True,
     )
@@ -300,7 +316,7 @@ def main(argv: Sequence[str] = ()) -> None:
     for seed in seeds:
         for mode, alpha in plan:
             cfg = cell_config(base, mode, alpha, seed)
-            cells.append(cached_cell(cfg, run_date, fingerprint, exclude=exclude, refreshes=refreshes))
+            cells.append(cached_cell(cfg, night))
     rows = summarise(cells, refreshes)
     gate_alpha, purchase_alpha = pick(rows, "ndcg@10"), pick(rows, "purchase_ndcg@10")
     within_alpha = pick_within(rows)

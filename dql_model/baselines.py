@@ -236,14 +236,6 @@ class CategoryPopularityScorer:
         self.tie_break = POPULARITY_TIE_BREAK * category_share[self.category] * self.within
         self.tie_break[0] = -np.inf
 
-    @classmethod
-    def from_transitions(
-        cls, transitions_dir: str | os.PathLike[str], *, items: data.ItemFeatures, seen: np.ndarray
-    ) -> CategoryPopularityScorer:
-        """Fitted on the training split's actions; ``seen``: ``data.items_in_split`` of that split."""
-        counts = data.action_counts(transitions_dir, n_items=items.n_items, split=schema.TRAIN)
-        return cls(counts, items.category, seen)
-
     @property
     def n_items(self) -> int:
         return len(self.within) - 1

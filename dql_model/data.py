@@ -548,20 +548,32 @@ def action_counts(
     return counts
 
 
-def items_in_split(folder: str | os.PathLike[str], *, n_items: int, split: str = schema.TRAIN) -> np.ndarray:
-    """[n_items + 1] bool: the item_idx occurs in one split, as a logged action or in a state.
+def item_usage(
+    folder: str | os.PathLike[str], *, n_items: int, split: str = schema.TRAIN
+) -> tuple[np.ndarray, np.ndarray]:
+    """One pass over one split: ([n_items + 1] int64 logged actions per item_idx, as
+    ``action_counts``; [n_items + 1] bool, the item_idx occurs as a logged action or in a state).
 
     Reads the action and state columns only. Indices beyond n_items are ignored.
     """
+    counts = np.zeros(n_items + 1, dtype=np.int64)
     seen = np.zeros(n_items + 1, dtype=bool)
     for file in parquet_files(folder):
         pf = pq.ParquetFile(file)
         for rb in pf.iter_batches(batch_size=65_536, columns=[schema.ACTION, schema.ITEM_SEQ, schema.SPLIT]):
             rb = rb.filter(pc.equal(rb.column(schema.SPLIT), split))
-            for values in (rb.column(schema.ACTION), pc.list_flatten(rb.column(schema.ITEM_SEQ))):
-                seen[_known(pc.drop_null(values).to_numpy(zero_copy_only=False), n_items)] = True
+            action = _known(pc.drop_null(rb.column(schema.ACTION)).to_numpy(zero_copy_only=False), n_items)
+            counts += np.bincount(action, minlength=n_items + 1)
+            seen[action] = True
+            in_states = pc.drop_null(pc.list_flatten(rb.column(schema.ITEM_SEQ)))
+            seen[_known(in_states.to_numpy(zero_copy_only=False), n_items)] = True
     seen[0] = False
-    return seen
+    return counts, seen
+
+
+def items_in_split(folder: str | os.PathLike[str], *, n_items: int, split: str = schema.TRAIN) -> np.ndarray:
+    """[n_items + 1] bool: the item_idx occurs in one split, as a logged action or in a state."""
+    return item_usage(folder, n_items=n_items, split=split)[1]
 
 
 def new_items(val: TransitionBatch, seen_in_training: np.ndarray) -> np.ndarray:

@@ -220,13 +220,13 @@ def _evaluate_new_items(scorers, val, masks, transitions_dir, items, progress) -
 
     from dql_model import baselines, data, evaluate
 
-    seen = data.items_in_split(transitions_dir, n_items=items.n_items, split=schema.TRAIN)
+    counts, seen = data.item_usage(transitions_dir, n_items=items.n_items, split=schema.TRAIN)
     new = data.new_items(val, seen)
     on_new = int(np.isin(val.action, new).sum())
     if not on_new:
         return {}
     progress(f"new items: {len(new)} items the training split never shows, {on_new} validation events on them")
-    by_category = baselines.CategoryPopularityScorer.from_transitions(transitions_dir, items=items, seen=seen)
+    by_category = baselines.CategoryPopularityScorer(counts, items.category, seen)
     results = {}
     for name, scorer in {**scorers, CATEGORY_POPULARITY: by_category}.items():
         results[name] = evaluate.evaluate_new_items(scorer, val, new, exclude=masks)

@@ -144,11 +144,15 @@ def table_columns(metrics: dict[str, dict[str, float]]) -> list[tuple[str, str]]
     return [(key, title) for key, title in TABLE_COLUMNS if any(key in values for values in metrics.values())]
 
 
+def _model_rows(metrics: dict[str, dict[str, float]], columns) -> list[list[str]]:
+    """One row per model (in_table_order), one cell per (metric key, title) of ``columns``."""
+    ordered = in_table_order(metrics)
+    return [[name] + [_cell(values.get(key)) for key, _ in columns] for name, values in ordered.items()]
+
+
 def comparison_rows(metrics: dict[str, dict[str, float]]) -> list[list[str]]:
     """One row per model (in_table_order), one column per ``table_columns`` entry."""
-    columns = table_columns(metrics)
-    metrics = in_table_order(metrics)
-    return [[name] + [_cell(values.get(key)) for key, _ in columns] for name, values in metrics.items()]
+    return _model_rows(metrics, table_columns(metrics))
 
 
 def comparison_table(metrics: dict[str, dict[str, float]], *, markdown: bool = False) -> str:
@@ -200,11 +204,7 @@ NEW_ITEM_COLUMNS = (
 def new_item_table(new_items: dict[str, dict[str, float]], *, markdown: bool = False) -> str:
     """One row per model of the new-item figures (``gate.NightEvaluation.new_items``)."""
     header = ["model"] + [title for _, title in NEW_ITEM_COLUMNS]
-    rows = [
-        [name] + [_cell(values.get(key)) for key, _ in NEW_ITEM_COLUMNS]
-        for name, values in in_table_order(new_items).items()
-    ]
-    return _table(header, rows, markdown=markdown)
+    return _table(header, _model_rows(new_items, NEW_ITEM_COLUMNS), markdown=markdown)
 
 
 def new_item_caption(new_items: dict[str, dict[str, float]]) -> str:
