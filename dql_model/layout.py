@@ -39,6 +39,7 @@ RUNS = "_runs"
 LAYER = {
     schema.EVENTS: RAW,
     schema.ITEMS: RAW,
+    schema.IMPRESSIONS: RAW,
     schema.IMPORT_QUARANTINE: RAW,
     schema.ITEM_INDEX: CURATED,
     schema.USER_STATES: CURATED,
@@ -94,8 +95,9 @@ class Layout:
 
     @staticmethod
     def partition_column(table: str) -> str:
-        """event_date for the raw events (the day the events happened), run_date for the rest."""
-        return schema.EVENT_DATE if table == schema.EVENTS else schema.RUN_DATE
+        """event_date for the raw events (the day the events happened), shown_date for impressions
+        (the day the lists were shown), run_date for the rest."""
+        return {schema.EVENTS: schema.EVENT_DATE, schema.IMPRESSIONS: schema.SHOWN_DATE}.get(table, schema.RUN_DATE)
 
     def partition(self, table: str, day: str) -> str:
         """Folder of one partition: ``raw/events/event_date=D`` or ``<layer>/<table>/run_date=D``."""

@@ -25,6 +25,12 @@ TRANSITIONS = "transitions"
 QUARANTINE = "quarantine"
 IMPORT_QUARANTINE = "import_quarantine"
 RECOMMENDATIONS = "recommendations"
+IMPRESSIONS = "impressions"
+"""Optional raw input: what a recommender showed, one row per (request, position); partitioned by
+``shown_date`` (``SHOWN_DATE``) like events by event_date. ``propensity`` is the marginal probability
+that the serving policy put that item at that position (what position-based off-policy estimators
+need). Rewards are not logged here: off-policy evaluation joins the events that followed
+(``dql_model.ope_night``)."""
 
 # Columns.
 EVENT_TIME = "event_time"
@@ -71,6 +77,9 @@ POSITION = "position"
 TARGET_PROPENSITY = "target_propensity"
 """A candidate policy's marginal probability of the logged item at the logged position (off-policy evaluation)."""
 MODEL_VERSION = "model_version"
+SHOWN_TIME = "shown_time"
+SHOWN_DATE = "shown_date"
+"""Partition column of impressions (the UTC day of shown_time)."""
 GENERATED_AT = "generated_at"
 
 # A rating's value must lie in this closed range (the reward maps it to [-1, 1]).
@@ -203,6 +212,15 @@ def arrow_schema(table: str):
             (COLUMN, pa.string()),
             (RAW_VALUE, pa.string()),
             (RECORD, pa.string()),
+        ],
+        IMPRESSIONS: [
+            (SHOWN_TIME, ts),
+            (USER_ID, pa.string()),
+            (ITEM_ID, pa.string()),
+            (POSITION, pa.int32()),
+            (PROPENSITY, pa.float64()),
+            (REQUEST_ID, pa.string()),
+            (MODEL_VERSION, pa.string()),
         ],
         RECOMMENDATIONS: [
             (USER_ID, pa.string()),
