@@ -5,6 +5,7 @@
     dqlrec task NAME --run-date D     run one nightly task (and those it needs) without Airflow
     dqlrec summary --run-date D       print the closing summary of a run
     dqlrec evaluate [--run-date D] [--json]   print the model comparison of a run
+    dqlrec simulate [--days N] [--policy P,...] [--seeds S]   the shop in the loop (dql_model.shop_loop)
     dqlrec config [KEY]               print the resolved configuration (or one value)
     dqlrec demo-date                  print the demo's run date (the simulator's last day)
     dqlrec run-date [D|latest]        print a run date as YYYY-MM-DD; fails when its events are not loaded
@@ -148,6 +149,27 @@ def _cmd_demo_date(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    """The shop in the loop: each policy on twin shops, one nightly run per simulated day."""
+    from dql_model import plots, shop_loop
+
+    cfg = load_config(args.config)
+    settings = shop_loop.LoopSettings(
+        days=args.days,
+        seeds=tuple(range(args.seeds)),
+        policies=tuple(p.strip() for p in args.policy.split(",") if p.strip()),
+        top_k=args.top_k,
+        explore_slots=args.explore_slots,
+        truth_replicates=args.truth_replicates,
+    )
+    folder = Path(args.out or Path(cfg.layout.root).parent / "loop")
+    summary = shop_loop.run_loop(cfg, settings, folder)
+    print(shop_loop.format_summary(summary))
+    plot = plots.loop_return(summary, folder / plots.LOOP_RETURN)
+    print(f"summary {folder / shop_loop.SUMMARY_FILE}, plot {plot}")
+    return 0
+
+
 def _cmd_services(args: argparse.Namespace) -> int:
     from dql_model import services
 
@@ -212,6 +234,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run-date", help="print a run date as YYYY-MM-DD ('latest': the last loaded day); fails if not loaded")
     p.add_argument("value", nargs="?", default=run_dates.LATEST, help="YYYY-MM-DD or latest (default)")
     p.set_defaults(func=_cmd_run_date)
+
+    p = sub.add_parser("simulate", help="run the shop in the loop: policies on twin shops, a nightly run per day")
+    p.add_argument("--days", type=int, default=14, help="days lived after the generated window (default 14)")
+    p.add_argument(
+        "--policy",
+        default="dqn,supervised,popularity",
+        help="comma-separated policies of dqn, supervised, sqn, popularity (default dqn,supervised,popularity)",
+    )
+    p.add_argument("--seeds", type=int, default=3, help="twin shops per policy (default 3)")
+    p.add_argument("--top-k", type=int, default=10, help="length of the served lists (default 10)")
+    p.add_argument("--explore-slots", type=int, default=3, help="exploration slots of learned policies' lists (default 3)")
+    p.add_argument(
+        "--truth-replicates", type=int, default=4, help="twin days measuring each off-policy candidate's true value (0: no check)"
+    )
+    p.add_argument("--out", help="loop folder (default: var/loop next to the warehouse)")
+    p.set_defaults(func=_cmd_simulate)
 
     p = sub.add_parser("services", help="start, stop or show the local services of `make airflow` (dql_model.services)")
     p.add_argument("args", nargs=argparse.REMAINDER, help="start | stop | status [--home DIR]")

@@ -23,6 +23,7 @@ from dql_model.schema import ADD_TO_CART, PURCHASE, VIEW, metric_name  # noqa: E
 LEARNING_CURVES = "learning_curves.png"
 METRICS_BY_EVENT = "metrics_by_event.png"
 SIMULATED_RETURN = "simulated_return.png"
+LOOP_RETURN = "loop_return.png"
 CURVE_METRICS = (
     ("loss/total", "training loss"),
     (metric_name("ndcg", 10), "validation NDCG@10"),
@@ -89,6 +90,22 @@ def simulated_return(simulation: Mapping[str, Any], path: str | os.PathLike[str]
         fontsize="medium",
     )
     ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def loop_return(summary: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Per-day return per shopper of each policy in the shop loop (``shop_loop.summarise``), with
+    its 95 % interval over seeds as a band."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, entry in summary["policies"].items():
+        days = range(1, len(entry["return"]) + 1)
+        mean = [d["mean"] for d in entry["return"]]
+        half = [d["ci95"] if _finite(d["ci95"]) else 0.0 for d in entry["return"]]
+        ax.plot(days, mean, marker="o", label=name)
+        ax.fill_between(days, [m - h for m, h in zip(mean, half, strict=True)], [m + h for m, h in zip(mean, half, strict=True)], alpha=0.2)
+    seeds = len(summary["settings"]["seeds"])
+    ax.set(xlabel="day of the loop", ylabel="return per shopper", title=f"Shop in the loop: daily return ({seeds} seeds, 95% interval)")
+    ax.legend()
     return _save(fig, path)
 
 

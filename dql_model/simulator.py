@@ -107,7 +107,7 @@ DEFAULT_REWARDS = {schema.VIEW: 0.0, schema.ADD_TO_CART: 0.3, schema.PURCHASE: 1
 
 # Independent random streams derived from the seed, so a change in one stage does not reshuffle
 # the others.
-_MODEL_STREAM, _LOG_STREAM, _ENV_STREAM = 0, 1, 2
+_MODEL_STREAM, _LOG_STREAM, _ENV_STREAM, _LIVE_STREAM = 0, 1, 2, 3
 _DAY_S = 86_400.0
 _CODE_VIEW = schema.EVENT_CODE[schema.VIEW]
 _CODE_CART = schema.EVENT_CODE[schema.ADD_TO_CART]
@@ -525,21 +525,35 @@ class ShopSimulator:
 
     def generate_events(self) -> pa.Table:
         """All events of the window, sorted by event_time then user_id; same config, same table."""
+        return self.live().history
+
+    def live(self) -> LiveShop:
+        """The shop after its generated window, ready to serve more days (``LiveShop``): its
+        ``history`` is ``generate_events()``, and its shoppers remember what they did in it."""
         rng = np.random.default_rng([self.cfg.seed, _LOG_STREAM])
         plan = self._plan_sessions(rng)
         state = ShopperState.fresh(self.model, np.arange(self.model.n_users))
         log, ratings = _EventLog(), _PendingRatings()
         last_end = np.full(self.model.n_users, -np.inf)
+        self._run_sessions(rng, plan, state, log, ratings, last_end, end_s=self.model.window_s)
+        names = _session_names(self.user_ids, plan, suffix="")
+        history = self._to_table(log, names, end_s=self.model.window_s)
+        return LiveShop(self, history, state, ratings, last_end)
+
+    def _run_sessions(self, rng, plan, state, log, ratings, last_end, *, end_s, slates=None, requests=None):
+        """Every planned session that starts before ``end_s``, ordinal by ordinal; ``slates`` [n_users,
+        K] are the lists on screen; ``requests``, if given, collects (user, session, shown time)."""
         for ordinal in range(int(plan.count.max(initial=0))):
             users = np.flatnonzero(plan.count > ordinal)
             session = plan.offset[users] + ordinal
             start = np.maximum(plan.start[session], last_end[users] + MIN_SESSION_GAP_S)
-            inside = start < self.model.window_s
+            inside = start < end_s
             users, session, start = users[inside], session[inside], start[inside]
             start_sessions(self.model, state, users, rng)
             now = self._log_due_ratings(log, ratings, users, session, start)
-            last_end[users] = self._browse(rng, state, log, ratings, users, session, now)
-        return self._to_table(log, plan)
+            if requests is not None:
+                requests.append((users, session, now.copy()))
+            last_end[users] = self._browse(rng, state, log, ratings, users, session, now, end_s=end_s, slates=slates)
 
     def _plan_sessions(self, rng: np.random.Generator) -> _SessionPlan:
         m, n_days = self.model, self.cfg.n_days
@@ -568,8 +582,9 @@ class ShopSimulator:
         n_rated = np.bincount(r_user, minlength=self.model.n_users)[users]
         return start + 5.0 * n_rated
 
-    def _browse(self, rng, state, log, ratings, users, session, now) -> np.ndarray:
-        """Run one session of each of ``users`` from times ``now``; returns when each session ended."""
+    def _browse(self, rng, state, log, ratings, users, session, now, *, end_s, slates=None) -> np.ndarray:
+        """Run one session of each of ``users`` from times ``now`` (with ``slates[user]`` on screen,
+        if given) until its budget or ``end_s``; returns when each session ended."""
         m = self.model
         t = now.copy()
         live = np.arange(len(users))
@@ -577,7 +592,7 @@ class ShopSimulator:
         while live.size:
             rows = users[live]
             t[live] += _gaps(rng, VIEW_GAP_MEDIAN_S, live.size)
-            step = interact(m, state, rows, t[live], rng)
+            step = interact(m, state, rows, t[live], rng, None if slates is None else slates[rows])
             log.add(t[live], rows, step.item, _CODE_VIEW, np.nan, session[live])
 
             c = live[step.carted]
@@ -604,7 +619,7 @@ class ShopSimulator:
             )
 
             state.budget[rows] -= 1 + step.carted + step.bought
-            live = live[(state.budget[rows] > 0) & (t[live] < m.window_s)]
+            live = live[(state.budget[rows] > 0) & (t[live] < end_s)]
         return self._checkout(rng, log, users, session, t, deferred)
 
     def _checkout(self, rng, log, users, session, t, deferred) -> np.ndarray:
@@ -624,9 +639,10 @@ class ShopSimulator:
         np.maximum.at(t, pos, times)
         return t
 
-    def _to_table(self, log: _EventLog, plan: _SessionPlan) -> pa.Table:
+    def _to_table(self, log: _EventLog, session_names: Callable[[np.ndarray], list[str]], *, end_s: float) -> pa.Table:
+        """The logged events before ``end_s`` as an events table (plus event_date), sorted by time then user."""
         time_s, user, item, code, value, session = log.columns()
-        inside = time_s < self.model.window_s
+        inside = time_s < end_s
         time_s, user, item, code, value, session = (
             c[inside] for c in (time_s, user, item, code, value, session)
         )
@@ -635,11 +651,7 @@ class ShopSimulator:
         time_us, user, item, code, value, session = (
             c[order] for c in (time_us, user, item, code, value, session)
         )
-
-        session_user = np.repeat(np.arange(len(plan.count)), plan.count)
-        ordinal = np.arange(len(session_user)) - plan.offset[session_user]
         used, session_index = np.unique(session, return_inverse=True)
-        session_ids = [f"{self.user_ids[session_user[s]]}-s{ordinal[s]:03d}" for s in used]
         event_types = pa.array(schema.EVENT_TYPES, pa.string())
         columns = {
             schema.EVENT_TIME: pa.array(time_us, pa.timestamp("us", tz="UTC")),
@@ -649,7 +661,7 @@ class ShopSimulator:
                 pa.string()
             ),
             schema.VALUE: pa.array(value, pa.float64(), mask=np.isnan(value)),
-            schema.SESSION_ID: _ids(session_index, np.array(session_ids, dtype=object)),
+            schema.SESSION_ID: _ids(session_index, np.array(session_names(used), dtype=object)),
         }
         table = pa.table(columns, schema=schema.arrow_schema(schema.EVENTS))
         event_date = pa.array((time_us // 86_400_000_000).astype(np.int32), pa.date32())
@@ -658,6 +670,178 @@ class ShopSimulator:
     def environment(self, seed: int, *, rewards: Mapping[str, float] | None = None) -> ShopEnvironment:
         """A simulated shop where a policy's recommendations meet the same hidden shoppers."""
         return ShopEnvironment(self, seed, rewards=rewards)
+
+
+@dataclass(frozen=True)
+class ServedDay:
+    """One live day of the shop: what its shoppers did, and what they were shown."""
+
+    date: dt.date
+    events: pa.Table
+    """The day's events (schema ``arrow_schema(EVENTS)``), sorted by time then user."""
+    impressions: pa.Table
+    """One row per shown slot of every visit (schema ``arrow_schema(IMPRESSIONS)``): a visit is one
+    request, its list the one published the night before, shown when the visit starts."""
+    slot_reward: np.ndarray
+    """[requests, K] reward (DEFAULT_REWARDS) of the visit's events on the item in each slot."""
+    request_user: np.ndarray
+    """[requests] the shopper (user index) of each visit, in the order of slot_reward's rows."""
+    shoppers: int
+    """Shoppers of the shop (the denominator of the per-shopper figures)."""
+    visits: int
+    reward: float
+    """Total reward of the day's events (DEFAULT_REWARDS), listed items or not."""
+    purchases: int
+    revenue: float
+
+    def per_shopper(self) -> dict[str, float]:
+        """Return, purchases and revenue per shopper, and the reward per visit earned on listed items."""
+        n = max(self.shoppers, 1)
+        return {
+            "return": self.reward / n,
+            "purchases": self.purchases / n,
+            "revenue": self.revenue / n,
+            "visits": self.visits / n,
+            "list_reward_per_visit": float(self.slot_reward.sum(axis=1).mean()) if self.visits else 0.0,
+        }
+
+
+class LiveShop:
+    """The synthetic shop after its generated window, living on day by day (the closed loop).
+
+    Each ``serve`` is one more UTC day: the day's sessions are planned as in the window (Poisson
+    sessions per shopper, the same hourly profile), every visit is shown the shopper's list, and
+    shoppers react through the hidden model (the list's attention boost, drift of interest,
+    satiation and ratings carry over from day to day). The day's draws are seeded by the shop's
+    seed and the date only, so twin shops serving different lists meet the same planned visits.
+    """
+
+    def __init__(self, simulator: ShopSimulator, history: pa.Table, state, ratings, last_end) -> None:
+        self.simulator = simulator
+        self.history = history
+        self.date = simulator.last_date
+        """The last day lived (the window's last day at first)."""
+        self._state, self._ratings, self._last_end = state, ratings, last_end
+
+    @property
+    def n_users(self) -> int:
+        return self.simulator.model.n_users
+
+    def serve(
+        self,
+        lists: np.ndarray,
+        *,
+        propensity: np.ndarray | None = None,
+        model_version: str | np.ndarray = "",
+        replicate: int = 0,
+        advance: bool = True,
+    ) -> ServedDay:
+        """Live the next day with ``lists`` [n_users, K] (catalogue positions; -1: empty slot) on screen.
+
+        ``propensity`` [n_users, K] is logged with each shown slot (1 where None), ``model_version``
+        (one string or one per user) too. ``replicate`` > 0 draws another day of the same shop (another
+        seed of the same date); ``advance`` False lives it on a copy and leaves this shop where it was
+        (a twin day: the value of other lists on the same day).
+        """
+        import copy
+
+        sim, m = self.simulator, self.simulator.model
+        lists = np.asarray(lists, dtype=np.int64)
+        if lists.ndim != 2 or lists.shape[0] != self.n_users or (lists.size and lists.max() >= m.n_items):
+            raise ValueError(
+                f"live shop: lists must be catalogue positions [n_users={self.n_users}, K] below {m.n_items}, "
+                f"got {lists.dtype} {lists.shape}"
+            )
+        propensity = np.ones(lists.shape) if propensity is None else np.asarray(propensity, dtype=np.float64)
+        versions = np.broadcast_to(np.asarray(model_version, dtype=object), (self.n_users,))
+        date = self.date + dt.timedelta(days=1)
+        day = (date - sim.first_date).days
+        state, ratings, last_end = self._state, self._ratings, self._last_end
+        if not advance:
+            state, ratings, last_end = copy.deepcopy((state, ratings, last_end))
+        rng = np.random.default_rng([sim.cfg.seed, _LIVE_STREAM, day, replicate])
+        plan = self._plan_day(rng, day * _DAY_S)
+        log, requests = _EventLog(), []
+        end_s = (day + 1) * _DAY_S
+        sim._run_sessions(rng, plan, state, log, ratings, last_end, end_s=end_s, slates=lists, requests=requests)
+        names = _session_names(sim.user_ids, plan, suffix=date.isoformat())
+        events = sim._to_table(log, names, end_s=end_s).drop_columns([schema.EVENT_DATE])
+        r_user = np.concatenate([u for u, _, _ in requests]) if requests else np.empty(0, np.int64)
+        r_session = np.concatenate([q for _, q, _ in requests]) if requests else np.empty(0, np.int64)
+        r_time = np.concatenate([t for _, _, t in requests]) if requests else np.empty(0)
+        slot_reward = self._slot_rewards(log, lists, r_session, end_s)
+        impressions = self._impressions(lists, propensity, versions, r_user, r_session, r_time, names)
+        time_s, _, item, code, _, _ = log.columns()
+        inside = time_s < end_s
+        rewards = np.zeros(schema.N_EVENT_CODES)
+        for name, value in DEFAULT_REWARDS.items():
+            rewards[schema.EVENT_CODE[name]] = value
+        bought = inside & (code == _CODE_PURCHASE)
+        if advance:
+            self.date = date
+        return ServedDay(
+            date=date,
+            events=events,
+            impressions=impressions,
+            slot_reward=slot_reward,
+            request_user=r_user,
+            shoppers=self.n_users,
+            visits=len(r_user),
+            reward=float(rewards[code[inside]].sum()),
+            purchases=int(bought.sum()),
+            revenue=float(m.price[item[bought]].sum()),
+        )
+
+    def _plan_day(self, rng: np.random.Generator, day_start_s: float) -> _SessionPlan:
+        m = self.simulator.model
+        count = rng.poisson(m.activity)
+        user = np.repeat(np.arange(m.n_users), count)
+        hour = rng.choice(24, size=len(user), p=HOURLY_WEIGHT / HOURLY_WEIGHT.sum())
+        start = day_start_s + (hour + rng.random(len(user))) * 3600.0
+        start = start[np.lexsort((start, user))]
+        return _SessionPlan(count=count, offset=np.cumsum(count) - count, start=start)
+
+    def _slot_rewards(self, log: _EventLog, lists: np.ndarray, r_session: np.ndarray, end_s: float) -> np.ndarray:
+        """[requests, K]: each visit's rewards on the item in each of its slots (events before end_s)."""
+        time_s, user, item, code, _, session = log.columns()
+        out = np.zeros((len(r_session), lists.shape[1]))
+        if not len(r_session) or not lists.shape[1]:
+            return out
+        rewards = np.zeros(schema.N_EVENT_CODES)
+        for name, value in DEFAULT_REWARDS.items():
+            rewards[schema.EVENT_CODE[name]] = value
+        request_of = np.full(int(max(r_session.max(), session.max(initial=0))) + 1, -1, np.int64)
+        request_of[r_session] = np.arange(len(r_session))
+        hit = lists[user] == item[:, None]
+        listed = hit.any(axis=1) & (time_s < end_s) & (request_of[session] >= 0)
+        np.add.at(out, (request_of[session[listed]], hit[listed].argmax(axis=1)), rewards[code[listed]])
+        return out
+
+    def _impressions(self, lists, propensity, versions, r_user, r_session, r_time, names) -> pa.Table:
+        sim = self.simulator
+        shown = lists[r_user] >= 0
+        row, slot = np.nonzero(shown)
+        time_us = sim.window_start_us + np.round(r_time[row] * 1000.0).astype(np.int64) * 1000
+        return pa.table(
+            {
+                schema.SHOWN_TIME: pa.array(time_us, pa.timestamp("us", tz="UTC")),
+                schema.USER_ID: _ids(r_user[row], sim.user_ids),
+                schema.ITEM_ID: _ids(lists[r_user[row], slot], sim.item_ids),
+                schema.POSITION: pa.array(slot + 1, pa.int32()),
+                schema.PROPENSITY: pa.array(propensity[r_user[row], slot], pa.float64()),
+                schema.REQUEST_ID: pa.array(np.array(names(r_session), dtype=object)[row], pa.string()),
+                schema.MODEL_VERSION: pa.array(versions[r_user[row]].astype(str), pa.string()),
+            },
+            schema=schema.arrow_schema(schema.IMPRESSIONS),
+        )
+
+
+def _session_names(user_ids: np.ndarray, plan: _SessionPlan, *, suffix: str) -> Callable[[np.ndarray], list[str]]:
+    """Session ids of planned sessions: ``<user>[-<suffix>]-s<ordinal>``, computed for the used ones only."""
+    session_user = np.repeat(np.arange(len(plan.count)), plan.count)
+    ordinal = np.arange(len(session_user)) - plan.offset[session_user]
+    infix = f"-{suffix}" if suffix else ""
+    return lambda used: [f"{user_ids[session_user[s]]}{infix}-s{ordinal[s]:03d}" for s in used]
 
 
 def _ids(index: np.ndarray, names: np.ndarray) -> pa.Array:
