@@ -133,6 +133,7 @@ class NightlyRun:
     def __init__(self, progress: Callable[[str], object]) -> None:
         self.progress = progress
         self._spark = None
+        self._owns_spark = False
 
     def __call__(self, cfg: Config, run_date: str, config_file: Path) -> dict[str, Any]:
         from dql_model import pipeline, tasks
@@ -169,13 +170,16 @@ class NightlyRun:
         from jobs.spark_session import get_spark
 
         if self._spark is None:
+            from pyspark.sql import SparkSession
+
+            self._owns_spark = SparkSession.getActiveSession() is None  # a caller's session stays open
             self._spark = get_spark(load_config(config_file).spark, "dqlrec-shop-loop")
         importlib.import_module(f"jobs.{job}").main(["--run-date", run_date, "--config", str(config_file)])
 
     def close(self) -> None:
-        if self._spark is not None:
+        if self._spark is not None and self._owns_spark:
             self._spark.stop()
-            self._spark = None
+        self._spark = None
 
 
 # --- lists ----------------------------------------------------------------------------------------
