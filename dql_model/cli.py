@@ -113,6 +113,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             print("\nnew items:")
             print(report.new_item_table(evaluation["new_items"]))
             print(report.new_item_caption(evaluation["new_items"]))
+        if evaluation.get("ope"):
+            print("off-policy estimates (impressions):")
+            print(report.ope_table(evaluation["ope"]))
+            print(report.ope_caption(evaluation))
         for simulation in report.simulations(evaluation):
             print(f"\n{report.simulation_title(simulation)}:")
             print(report.simulation_table(simulation))

@@ -362,7 +362,9 @@ class EvalConfig(_Section):
     early_stop_metric: str = schema.metric_name("ndcg", 10)
     """Validation metric of early stopping and of the best epoch (patience: train.patience)."""
     gate_metric: str = schema.metric_name("ndcg", 10)
-    """Validation metric the champion/challenger gate compares."""
+    """Metric the champion/challenger gate compares: a validation metric, or an off-policy estimate
+    from the impressions (``ope/ips``, ``ope/snips``, ``ope/dr``), which falls back to eval/ndcg@10 on
+    a night without enough impressions."""
     gate_tolerance: float = 0.02
     """A challenger is promoted unless it is worse than the champion by more than this (relative)."""
     baseline_trials: int = 1
@@ -381,16 +383,27 @@ class EvalConfig(_Section):
     sim_refresh: tuple[SimRefresh, ...] = ("session", "step")
     """When a simulated shopper's list is re-ranked: session (at each session start) and/or step
     (after every click); a list or a comma-separated string, each is simulated, the first is the headline."""
+    ope_days: int = 7
+    """Days of impressions (shown_date up to the run date) behind the off-policy estimates; 0 turns them off."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("early_stop_metric", "gate_metric"):
             value = getattr(self, name)
-            if not schema.is_metric_name(value):
+            if name == "gate_metric" and value.startswith(f"{schema.OPE_NAMESPACE}/"):
+                if not schema.is_ope_metric(value):
+                    raise ConfigError(
+                        f"eval.gate_metric={value!r} is not an off-policy estimate; accepted: "
+                        f"{', '.join(schema.OPE_METRICS)} (or a validation metric like {schema.metric_name('ndcg', 10)!r})"
+                    )
+            elif not schema.is_metric_name(value):
+                accepted = " or the off-policy " + ", ".join(schema.OPE_METRICS) if name == "gate_metric" else ""
                 raise ConfigError(
                     f"eval.{name}={value!r} is not a validation metric; expected a name like "
-                    f"{schema.metric_name('ndcg', 10)!r} or {schema.metric_name('hr', 20, schema.PURCHASE)!r}"
+                    f"{schema.metric_name('ndcg', 10)!r} or {schema.metric_name('hr', 20, schema.PURCHASE)!r}{accepted}"
                 )
+        if self.ope_days < 0:
+            raise ConfigError(f"eval.ope_days={self.ope_days} must be 0 (off) or a number of days")
 
 
 @dataclass

@@ -11,6 +11,11 @@ schema of ``evaluation.json`` (``to_json``) and of the small decision the DAG pa
 The gate (``compare``) promotes a challenger unless it is worse than the champion on
 ``eval.gate_metric`` by more than ``eval.gate_tolerance`` (relative). Without a challenger the
 champion keeps scoring; without either there is nothing to score with, and the night fails.
+
+When the warehouse has impressions of the last ``eval.ope_days`` days, the candidates' off-policy
+estimates (``dql_model.ope_night``) go into ``evaluation.json["ope"]``; an ``ope/*`` gate metric
+compares those, and falls back to ``eval/ndcg@10`` (saying why) on a night without impressions
+or with too small an effective sample. ``decided_by`` records the metric that decided.
 """
 
 from __future__ import annotations
@@ -83,7 +88,10 @@ class NightEvaluation:
     """The champion after the gate: the model that scores tonight."""
     gate_metric: str
     """The metric the gate compared (eval.gate_metric, or its all-events form when the data has no
-    event of its type)."""
+    event of its type, or eval/ndcg@10 when an off-policy gate metric had no usable estimate)."""
+    decided_by: str | None = None
+    """The metric whose comparison decided; None when nothing was compared (no challenger, or no
+    validation events and no usable off-policy estimate)."""
     protocol: dict[str, Any] = field(default_factory=dict)
     """How the night held out validation, what it masked, and the event types it had (ETL summary)."""
     baselines: dict[str, Any] = field(default_factory=dict)
@@ -96,11 +104,15 @@ class NightEvaluation:
     """The headline simulated policy value (first of eval.sim_refresh); None when off."""
     simulation_more: list[dict[str, Any]] = field(default_factory=list)
     """The other refresh protocols of eval.sim_refresh."""
+    ope: dict[str, Any] | None = None
+    """``ope_night.evaluate_night``: the off-policy estimates per candidate; None without impressions."""
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         if self.simulation is None:
             del out["simulation"], out["simulation_more"]
+        if self.ope is None:
+            del out["ope"]
         if not self.new_items:
             del out["new_items"]
         return out
@@ -119,7 +131,7 @@ def evaluate_night(
     progress: Callable[[str], object] = print,
 ) -> NightEvaluation:
     """Evaluate tonight's models, apply the gate and point the champion; see the module docstring."""
-    from dql_model import baselines, evaluate, registry
+    from dql_model import baselines, evaluate, ope_night, registry
     from dql_model.data import (
         exclude_rule,
         load_exclusions,
@@ -149,11 +161,12 @@ def evaluate_night(
             f"no model to score with for {run_date}: training did not produce a challenger "
             f"({no_challenger_reason}) and the registry {root} has no champion"
         )
-    scorers = {}
+    scorers, models = {}, {}
     for name, version in (("challenger", challenger), ("champion", champion)):
         if version and not (name == "champion" and version == challenger):
             model, _ = registry.load_model(root / version)
             scorers[name] = evaluate.QNetworkScorer(model, n_items=items.n_items)
+            models[name] = (version, model)
     fitted = baselines.fit_baselines(
         cfg,
         transitions_dir=transitions_dir,
@@ -169,21 +182,29 @@ def evaluate_night(
         progress(f"{name:<12} " + "  ".join(f"{m} {_figure(metrics.get(m))}" for m in HEADLINE_METRICS))
     new_item_metrics = _evaluate_new_items(scorers, val, masks, transitions_dir, items, progress)
 
-    gate_metric, fallback = evaluate.usable_metric(cfg.eval.gate_metric, val)
+    ope_result = ope_night.evaluate_night(cfg, run_date, models, items=items, exclude=exclude, progress=progress)
+    gate_metric, fallback, off_policy = _gate_metric(cfg, val, ope_result)
     if fallback:
         progress(f"gate: {fallback}")
+    decided_by = None
     if challenger is None:
         promoted, reason = False, f"no challenger ({no_challenger_reason})"
     else:
-        if not len(val):
+        if off_policy is not None:
+            promoted, reason = compare(
+                off_policy.get("champion"), off_policy["challenger"], metric=gate_metric, tolerance=cfg.eval.gate_tolerance
+            )
+            decided_by = gate_metric
+        elif not len(val):
             promoted = True
             reason = "no validation events to compare on: the challenger, trained on the newest data, is promoted"
         else:
             promoted, reason = compare(
                 results.get("champion"), results["challenger"], metric=gate_metric, tolerance=cfg.eval.gate_tolerance
             )
-            if fallback:
-                reason = f"{reason}; {fallback}"
+            decided_by = gate_metric
+        if fallback and (decided_by or schema.is_ope_metric(cfg.eval.gate_metric)):
+            reason = f"{reason}; {fallback}"
         # Point the champion explicitly either way: on a rerun it may still name this date's model.
         registry.set_champion(root, challenger if promoted else champion)
     scoring_version = registry.champion_version(root)
@@ -200,6 +221,7 @@ def evaluate_night(
         reason=reason,
         scoring_version=scoring_version,
         gate_metric=gate_metric,
+        decided_by=decided_by,
         protocol=protocol,
         baselines=fitted.details,
         new_items=new_item_metrics,
@@ -207,10 +229,31 @@ def evaluate_night(
             **({"challenger": registry.version_metrics(root, challenger).get("history", [])} if challenger else {}),
             **fitted.histories,
         },
+        ope=ope_result,
     )
     if cfg.eval.sim_users > 0:
         _simulate(night, cfg, items, scorers, fitted.scorers, progress)
     return night
+
+
+def _gate_metric(cfg: Config, val, ope_result) -> tuple[str, str | None, dict[str, dict[str, float]] | None]:
+    """(metric the gate compares, why it is not eval.gate_metric or None, the off-policy values to
+    compare when it is an ``ope/*`` estimate usable for the challenger and the champion, else None)."""
+    from dql_model import evaluate, ope_night
+
+    metric = cfg.eval.gate_metric
+    if not schema.is_ope_metric(metric):
+        return (*evaluate.usable_metric(metric, val), None)
+    values, why = ope_night.gate_values(ope_result, metric, ("challenger", "champion"))
+    if values is not None and "challenger" in values:
+        return metric, None, values
+    fallback = OPE_FALLBACK_METRIC
+    note = f"{metric} is not usable tonight ({why or 'no estimate for the challenger'}): the gate falls back to {fallback}"
+    return fallback, note, None
+
+
+OPE_FALLBACK_METRIC = schema.metric_name("ndcg", 10)
+"""What an off-policy gate metric falls back to on a night without a usable estimate."""
 
 
 def _evaluate_new_items(scorers, val, masks, transitions_dir, items, progress) -> dict[str, dict[str, float]]:

@@ -13,7 +13,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dql_model.schema import ADD_TO_CART, NEW_ITEMS, PURCHASE, RATING, VIEW, metric_name, metric_prefix
+from dql_model.schema import (
+    ADD_TO_CART,
+    NEW_ITEMS,
+    OPE_ESTIMATORS,
+    PURCHASE,
+    RATING,
+    VIEW,
+    metric_name,
+    metric_prefix,
+)
 
 if TYPE_CHECKING:
     from dql_model.config import Config
@@ -283,6 +292,45 @@ def simulation_caption(simulation: dict[str, Any]) -> str:
     )
 
 
+OPE_HEADER = ["candidate", "IPS [95 % CI]", "SNIPS [95 % CI]", "DR [95 % CI]", "ESS", "supported", "warnings"]
+
+
+def ope_table(ope: dict[str, Any], *, markdown: bool = False) -> str:
+    """One row per candidate of ``evaluation.json["ope"]``: the three estimates with their intervals,
+    the effective sample size, the supported share of the target's mass and the warnings."""
+    rows = []
+    for name, found in ope.get("candidates", {}).items():
+        estimates = [f"{e['value']:.4f} [{e['low']:.4f}, {e['high']:.4f}]" for e in (found[k] for k in OPE_ESTIMATORS)]
+        warnings = sorted({w for k in (*OPE_ESTIMATORS, "support") for w in found[k]["warnings"]})
+        shown = "; ".join(warnings) if markdown else (f"{len(warnings)}" if warnings else "")
+        rows.append([name, *estimates, f"{found['ess']:.1f}", f"{found['support']['supported_share']:.0%}", shown])
+    return _table(OPE_HEADER, rows, markdown=markdown)
+
+
+def ope_caption(evaluation: dict[str, Any]) -> str:
+    """What the estimates rest on, the logging policy's own value, rows left out, and what decided the gate."""
+    ope = evaluation.get("ope") or {}
+    logging = ope.get("logging") or {}
+    parts = [
+        f"Impressions of {', '.join(ope.get('days', [])) or 'no day'}: {ope.get('rows_used', 0)} slots used "
+        f"of {ope.get('input_rows', 0)} read; expected slate reward per request, as if each candidate's "
+        "greedy lists had been shown (position-based; DR with the reward model theta_k * rho_a)."
+    ]
+    if logging:
+        parts.append(f"Logging policy (on-policy): {logging['value']:.4f} per request over {logging['requests']} requests.")
+    for entry in ope.get("rejected", []):
+        parts.append(f"Rejected: {entry['rows']} rows of {entry['partition']} ({entry['column']}: {entry['rule']}).")
+    if ope.get("skipped_days"):
+        parts.append(f"Skipped (no user_states the night before): {', '.join(ope['skipped_days'])}.")
+    parts.append(gate_decision_line(evaluation))
+    return " ".join(parts)
+
+
+def gate_decision_line(evaluation: dict[str, Any]) -> str:
+    decided = evaluation.get("decided_by")
+    return f"Gate decided by `{decided}`." if decided else "The gate compared nothing tonight."
+
+
 def _table(header: list[str], rows: list[list[str]], *, markdown: bool) -> str:
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -344,6 +392,10 @@ def render_markdown(summary: dict[str, Any]) -> str:
             ]
     else:
         lines.append("No evaluation this run.")
+    if evaluation.get("ope"):
+        lines += ["## Off-policy estimates", "", ope_table(evaluation["ope"], markdown=True), "", ope_caption(evaluation), ""]
+    elif evaluation.get("metrics"):
+        lines += [gate_decision_line(evaluation), ""]
     found = simulations(evaluation)
     if found:
         lines += ["## Simulated policy value (the synthetic shop as an environment)", ""]

@@ -105,6 +105,11 @@ RULE_BAD_EVENT_TYPE = "bad_event_type"
 RULE_TIME_OUT_OF_RANGE = "event_time_out_of_range"
 RULE_BAD_VALUE = "bad_value"
 RULE_DUPLICATE = "duplicate"
+# Rules only the impressions check applies (dql_model.ope_night; it also uses null_id and duplicate).
+RULE_BAD_POSITION = "bad_position"
+"""An impression's position is missing or below 1 (positions are 1-based ranks)."""
+RULE_BAD_PROPENSITY = "bad_propensity"
+"""An impression's propensity is missing or outside (0, 1]."""
 # Rules only `dqlrec import` applies (it also uses null_id, bad_event_type and bad_value above).
 RULE_BAD_TIMESTAMP = "bad_timestamp"
 RULE_MALFORMED_ROW = "malformed_row"
@@ -118,6 +123,26 @@ NEW_ITEMS = "new_items"
 on, named like an event type's; descriptive only, so not a metric the gate or early stopping accepts."""
 NEW_ITEM_LIST_METRICS = ("slots", "coverage")
 """Share of top-k slots holding a new item, share of the new items in at least one top-k."""
+
+
+OPE_NAMESPACE = "ope"
+OPE_ESTIMATORS = ("ips", "snips", "dr")
+"""Off-policy estimators of the nightly evaluation (``dql_model.ope``); ``ope/<estimator>`` names the
+value of a candidate's estimate (expected slate reward per request, higher is better)."""
+
+
+def ope_metric_name(estimator: str) -> str:
+    """``ope/dr``: the gate metric naming an off-policy estimate's value."""
+    return f"{OPE_NAMESPACE}/{estimator}"
+
+
+OPE_METRICS = tuple(ope_metric_name(e) for e in OPE_ESTIMATORS)
+"""The off-policy names ``eval.gate_metric`` accepts besides the validation metrics."""
+
+
+def is_ope_metric(name: str) -> bool:
+    """True for ``ope/ips``, ``ope/snips`` and ``ope/dr``."""
+    return name in OPE_METRICS
 
 
 def metric_prefix(event_type: str | None = None) -> str:

@@ -160,6 +160,22 @@ def test_evaluate_prints_the_new_item_figures_when_the_run_has_them(capsys, conf
     assert "4 items the training split never shows" in new_items[3] and "9 validation events" in new_items[3]
 
 
+def test_evaluate_prints_the_off_policy_table_when_the_run_has_one(capsys, config_file):
+    cfg = load_config(config_file)
+    written_run(cfg)
+    path = Path(cfg.layout.report(RUN_DATE)) / report.EVALUATION
+    estimate = {"value": 1.5, "low": 1.25, "high": 1.75, "per_position": {"1": 1.5}, "ess": 120.0, "warnings": []}
+    support = {"supported_share": 0.5, "per_position": {"1": 0.5}, "matched_share": 0.5, "warnings": []}
+    found = {"ips": estimate, "snips": estimate, "dr": estimate, "support": support, "ess": 120.0, "usable": True}
+    ope = {"days": [RUN_DATE], "input_rows": 10, "rows_used": 10, "candidates": {"champion": found}}
+    storage.write_json_atomic(path, storage.read_json(path) | {"ope": ope, "decided_by": "ope/dr"})
+
+    code, out, _ = run(capsys, "--config", str(config_file), "evaluate", "--run-date", RUN_DATE)
+    table = out[out.index("off-policy estimates") :].splitlines()
+    assert code == 0 and table[2].split()[:3] == ["champion", "1.5000", "[1.2500,"]
+    assert "Gate decided by `ope/dr`." in out
+
+
 def test_task_reports_bad_data_in_one_line(capsys, config_file, tiny_config):
     """An empty day is bad input: exit 2 and the message, not a traceback (and not a silent pass)."""
     run(capsys, "--config", str(config_file), "generate")
