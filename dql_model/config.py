@@ -427,6 +427,14 @@ class ScoreConfig(_Section):
     """Probability that each other rank is drawn from the softmax instead of taken greedily."""
     explore_temperature: float = 1.0
     """Temperature of the exploration softmax: higher spreads the draws over more items."""
+    propensity_draws: int = 64
+    """Replicate slates of the policy per user behind each marginal propensity below a random rank
+    (``dql_model.scoring.policy``): more draws, less noise in the off-policy weights, more time."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.propensity_draws < 1:
+            raise ConfigError(f"score.propensity_draws={self.propensity_draws} must be at least 1")
 
 
 @dataclass

@@ -29,10 +29,12 @@ A request with no row at position k (a short list) adds nothing there: the per-p
 are per request, so they add up to the slate value. Intervals are percentile bootstraps over
 requests (the rows of one list share a user and a moment, so they are not independent draws).
 
-Propensities must be marginals per position. ``dql_model.scoring.policy`` writes, per slot, the
-probability given the items above it: that is the marginal for greedy slots and for an explored
-slot with only greedy slots above (``explore_epsilon`` 0: the first of the ``explore_slots``), but
-not for a later explored slot, whose value depends on what the slots above drew.
+Propensities must be marginals per position, and ``dql_model.scoring.policy`` writes them: exact
+where no slot above is random (greedy slots, and the first of the ``explore_slots`` when
+``explore_epsilon`` is 0), below a random slot an unbiased average over ``score.propensity_draws``
+replicate slates of the policy (the probability given each replicate's items above). That average
+carries Monte Carlo noise into the weights w, and an item the replicates always put above its
+position gets an estimate near 0 (a large weight): more draws, less of both.
 
 Numpy only. ``LoggedSlates.from_table`` reads an impressions table (pyarrow, pandas or a dict of
 arrays) with the columns ``request_id``, ``position``, ``propensity``, ``reward`` and

@@ -32,7 +32,7 @@ import torch
 
 from dql_model import data, schema
 from dql_model.networks import QNetwork
-from dql_model.scoring.policy import Policy, SlotCandidates, fill_slots
+from dql_model.scoring.policy import CatalogueRest, Policy, SlotCandidates, fill_slots
 
 SCORES_PER_CHUNK = 1 << 25
 """Q-values held at once (128 MiB of float32): users per matrix product = this // catalogue size."""
@@ -310,7 +310,7 @@ class Ranker:
         )
 
     def _explore(self, q, greedy, greedy_q, users, keys) -> tuple[np.ndarray, ...]:
-        """Fill the K slots one by one: greedy, or the next Gumbel-top-k draw, with their propensities."""
+        """Fill the K slots one by one: greedy, or the next Gumbel-top-k draw, with their marginal propensities."""
         k, temperature = greedy.shape[1], self.policy.temperature
         noise = self.policy.item_noise(keys, q.shape[1]).to(q.device)
         # Gumbel-top-k: the k best of Q/T + Gumbel noise are k draws without replacement from the softmax.
@@ -319,6 +319,9 @@ class Ranker:
         drawn_q = q.gather(1, drawn)
         top = greedy_q[:, :1]
         top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+        # The replicate slates behind the marginal propensities draw from what the greedy list leaves.
+        replicated = self.policy.replicated_ranks()[:k].any()
+        rest = CatalogueRest.from_q(q, greedy, top, temperature) if replicated else None
         # Softmax mass of the eligible items in neither list (their exact share, no cancellation).
         # float32 here: the rest's share carries a relative error of ~1e-7, the listed items' none.
         q.scatter_(1, greedy, float("-inf")).scatter_(1, drawn, float("-inf"))
@@ -336,7 +339,7 @@ class Ranker:
             log_rest=log_rest.astype(np.float64),
             top=top[:, 0].astype(np.float64),
         )
-        user, rank, item, value, explored, propensity = fill_slots(self.policy, candidates)
+        user, rank, item, value, explored, propensity = fill_slots(self.policy, candidates, rest)
         source = np.where(explored, _SOURCE[schema.SOURCE_EXPLORE], self.source)
         return user, rank, item, value, source, propensity
 
