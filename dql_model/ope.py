@@ -33,8 +33,9 @@ Propensities must be marginals per position, and ``dql_model.scoring.policy`` wr
 where no slot above is random (greedy slots, and the first of the ``explore_slots`` when
 ``explore_epsilon`` is 0), below a random slot an unbiased average over ``score.propensity_draws``
 replicate slates of the policy (the probability given each replicate's items above). That average
-carries Monte Carlo noise into the weights w, and an item the replicates always put above its
-position gets an estimate near 0 (a large weight): more draws, less of both.
+carries Monte Carlo noise into the weights w. An item every replicate put above its position
+gets the served slate's own term over draws + 1 instead of 0: small, so a large weight; more draws,
+less of both.
 
 Numpy only. ``LoggedSlates.from_table`` reads an impressions table (pyarrow, pandas or a dict of
 arrays) with the columns ``request_id``, ``position``, ``propensity``, ``reward`` and

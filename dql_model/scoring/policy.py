@@ -226,14 +226,20 @@ def fill_slots(policy: Policy, c: SlotCandidates, rest: CatalogueRest | None = N
     """Slot r takes the best item not chosen yet (greedy) or the next draw (explore, prob slot_eps[r]).
 
     Returns the rows (user, rank, item, q, explored, propensity). The propensity of a rank with a
-    random rank above is the replicate average (``marginal_propensities``, from ``rest``); without
+    random rank above is the replicate average (``marginal_propensities``, from ``rest``), or, when
+    no replicate could put the item there, the served slate's own term over draws + 1; without
     ``rest`` it stays the probability given the items above.
     """
     item, q, explored, propensity, filled = _fill(policy, c)
     n_rows, k = item.shape
     replicated = policy.replicated_ranks()[:k]
     if rest is not None and replicated.any():
+        # An item was shown, so its marginal is above 0, yet every replicate may have put it higher
+        # up: then the served slate, one more draw of the same process, is the only evidence, and
+        # its own probability given the items above, counted as 1 of draws + 1, stands in.
+        m = policy.propensity_draws
         marginal = marginal_propensities(policy, c, rest, item, q)
+        marginal = np.where(marginal > 0, marginal, propensity / (m + 1))
         propensity = np.where(replicated[None, :], marginal, propensity)
     propensity = np.maximum(propensity, np.finfo(np.float64).tiny)  # a probability > 0
     rank = np.broadcast_to(np.arange(1, k + 1), (n_rows, k))
