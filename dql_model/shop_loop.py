@@ -52,6 +52,7 @@ import pyarrow.parquet as pq
 
 from dql_model import ope, schema, storage
 from dql_model.config import Config
+from dql_model.ope_night import PositionRewardModel
 from dql_model.policy_eval import mean_ci
 from dql_model.simulator import LiveShop, ServedDay, ShopSimulator
 
@@ -293,27 +294,9 @@ def popularity_lists(shop: LiveShop, logs: Sequence[pa.Table], top_k: int) -> Li
 # --- the off-policy check on a served day --------------------------------------------------------
 
 
-def reward_model(day: ServedDay, rows: tuple[np.ndarray, np.ndarray], items: np.ndarray, n_items: int):
-    """A position-based reward model fitted on the day's log: q(a, k) = theta_k * rho_a.
-
-    theta_k is the mean reward at position k over the overall mean; rho_a the item's reward per
-    position-weighted showing, shrunk toward 1 with ``PRIOR`` showings of the overall mean.
-    Returns a function (items, positions) -> q values.
-    """
-    req, slot = rows
-    reward = day.slot_reward[req, slot]
-    overall = max(float(reward.mean()), 1e-9)
-    k = day.slot_reward.shape[1]
-    theta = np.array([reward[slot == j].mean() / overall if (slot == j).any() else 1.0 for j in range(k)])
-    weight = np.bincount(items, weights=theta[slot], minlength=n_items)
-    earned = np.bincount(items, weights=reward, minlength=n_items)
-    prior = 5.0
-    rho = (earned + prior * overall) / (weight + prior)
-    return lambda a, pos: theta[pos] * rho[np.maximum(a, 0)] * (a >= 0)
-
-
 def estimate_candidate(day: ServedDay, served: Lists, candidate: Lists, users: np.ndarray) -> dict[str, Any]:
-    """IPS, SNIPS and DR of ``candidate`` from the day's log of ``served`` lists (one row per shown slot).
+    """IPS, SNIPS and DR of ``candidate`` from the day's log of ``served`` lists (one row per shown slot),
+    DR with the nightly evaluation's position-based reward model fitted on the same log.
 
     ``users`` [requests]: the shopper of each request (a visit). The candidate is deterministic: its
     propensity of the logged item at the logged position is 1 if it puts that item there, else 0.
@@ -322,19 +305,22 @@ def estimate_candidate(day: ServedDay, served: Lists, candidate: Lists, users: n
     req, slot = np.nonzero(shown)
     logged = served.items[users[req], slot]
     target = candidate.items[users[req], slot]
-    q = reward_model(day, (req, slot), logged, int(max(served.items.max(), candidate.items.max())) + 1)
+    reward = day.slot_reward[req, slot]
+    model = PositionRewardModel.fit(slot + 1, logged.astype(str), reward)
+    q_logged = model.predict(slot + 1, logged.astype(str).astype(object))
+    q_target = model.predict(slot + 1, np.where(target >= 0, target.astype(str), None))
     log = ope.LoggedSlates.from_arrays(
         request_id=req,
         position=slot + 1,
         propensity=np.clip(served.propensity[users[req], slot], 1e-12, 1.0),
-        reward=day.slot_reward[req, slot],
+        reward=reward,
         target_propensity=(target == logged).astype(np.float64),
     )
     config = ope.OPEConfig()
     estimates = (
         ope.ips(log, config),
         ope.snips(log, config),
-        ope.doubly_robust(log, q(logged, slot), q(target, slot), config),
+        ope.doubly_robust(log, q_logged, q_target, config),
     )
     out: dict[str, Any] = {
         e.estimator: {"value": e.value, "low": e.interval[0], "high": e.interval[1], "ess": e.ess}
