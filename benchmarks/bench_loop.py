@@ -25,6 +25,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import jobs.shop_loop
 from benchmarks.common import BENCH_DIR, machine, write_json
 from dql_model import plots, shop_loop
 from dql_model.config import load_config
@@ -55,7 +56,7 @@ def main(argv: Sequence[str] = ()) -> None:
         policies=tuple(p for p in args.policy.split(",") if p),
         truth_replicates=args.truth_replicates,
     )
-    summary = shop_loop.run_loop(cfg, settings, BENCH_DIR / "loop")
+    summary = jobs.shop_loop.run(cfg, settings, BENCH_DIR / "loop")
     print(shop_loop.format_summary(summary))
     if len(settings.policies) > 1:
         plots.loop_return(summary, FIGURE)

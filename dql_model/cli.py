@@ -154,23 +154,15 @@ def _cmd_demo_date(args: argparse.Namespace) -> int:
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
-    """The shop in the loop: each policy on twin shops, one nightly run per simulated day."""
-    from dql_model import plots, shop_loop
-
+    """The shop in the loop (``jobs/shop_loop.py``, one Spark session for every night) in a child process."""
     cfg = load_config(args.config)
-    settings = shop_loop.LoopSettings(
-        days=args.days,
-        seeds=tuple(range(args.seeds)),
-        policies=tuple(p.strip() for p in args.policy.split(",") if p.strip()),
-        top_k=args.top_k,
-        explore_slots=args.explore_slots,
-        truth_replicates=args.truth_replicates,
-    )
     folder = Path(args.out or Path(cfg.layout.root).parent / "loop")
-    summary = shop_loop.run_loop(cfg, settings, folder)
-    print(shop_loop.format_summary(summary))
-    plot = plots.loop_return(summary, folder / plots.LOOP_RETURN)
-    print(f"summary {folder / shop_loop.SUMMARY_FILE}, plot {plot}")
+    loop_args = [
+        "--days", str(args.days), "--policy", args.policy, "--seeds", str(args.seeds), "--top-k", str(args.top_k),
+        "--explore-slots", str(args.explore_slots), "--truth-replicates", str(args.truth_replicates),
+        "--out", str(folder.resolve()),
+    ]  # fmt: skip
+    pipeline.run_job("shop_loop", cfg.simulator.end_date, loop_args, config=cfg.to_dict(), scratch=cfg.layout.root)
     return 0
 
 

@@ -45,6 +45,7 @@ LAYER = {
     schema.USER_STATES: CURATED,
     schema.TRANSITIONS: CURATED,
     schema.QUARANTINE: CURATED,
+    schema.IMPRESSIONS_QUARANTINE: CURATED,
     schema.RECOMMENDATIONS: OUTPUT,
 }
 """Table -> the layer folder it lives in."""

@@ -103,9 +103,11 @@ def load_impressions(
 
     Missing partitions are skipped; none at all gives an empty log. Each partition is cast to the
     contract (``schema.conform``; a column that cannot be cast is an error naming the partition),
-    then checked row by row (``check_impressions``); every rule that left rows out is said.
+    then checked row by row (``check_impressions``); every rule that left rows out is said, and the
+    rows go to the run date's ``impressions_quarantine`` partition (rewritten whole, so a rerun
+    never doubles it): read = accepted + quarantined.
     """
-    frames, read, rejected, input_rows = [], [], [], 0
+    frames, read, rejected, input_rows, quarantined = [], [], [], 0, []
     for day in shown_days(run_date, days):
         folder = cfg.layout.partition(schema.IMPRESSIONS, day)
         if not _files(folder):
@@ -115,7 +117,8 @@ def load_impressions(
         except ValueError as error:
             raise ValueError(f"impressions partition {folder}: {error}") from None
         frame = table.to_pandas()
-        accepted, dropped = check_impressions(frame, partition=folder)
+        accepted, dropped, bad = check_impressions(frame, partition=folder)
+        quarantined.append(bad)
         for entry in dropped:
             progress(
                 f"impressions partition {entry['partition']}: {entry['rows']} rows rejected by rule "
@@ -125,16 +128,28 @@ def load_impressions(
         read.append(day)
         rejected += dropped
         input_rows += len(frame)
+    if read:
+        _write_quarantine(cfg, run_date, pd.concat(quarantined, ignore_index=True))
     columns = [*schema.arrow_schema(schema.IMPRESSIONS).names, schema.SHOWN_DATE]
     rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
     return ImpressionLog(rows=rows, days=read, input_rows=input_rows, rejected=rejected)
 
 
-def check_impressions(frame: pd.DataFrame, *, partition: str) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
-    """(accepted rows, one entry per column and rule that rejected rows): each row fails at most once,
-    by the first rule it breaks in this order: null_id, bad_position, bad_propensity, duplicate (the
-    first row of a repeated (request_id, position) is kept)."""
+def _write_quarantine(cfg: Config, run_date: str, rows: pd.DataFrame) -> None:
+    contract = schema.arrow_schema(schema.IMPRESSIONS_QUARANTINE)
+    table = pa.Table.from_pandas(rows[contract.names], preserve_index=False).cast(contract)
+    storage.write_partition(table, cfg.layout.partition(schema.IMPRESSIONS_QUARANTINE, run_date))
+
+
+def check_impressions(
+    frame: pd.DataFrame, *, partition: str
+) -> tuple[pd.DataFrame, list[dict[str, Any]], pd.DataFrame]:
+    """(accepted rows, one entry per column and rule that rejected rows, the rejected rows with their
+    rule and partition): each row fails at most once, by the first rule it breaks in this order:
+    null_id, bad_position, bad_propensity, duplicate (the first row of a repeated (request_id,
+    position) is kept)."""
     failed = np.zeros(len(frame), dtype=bool)
+    rule_of = np.full(len(frame), None, dtype=object)
     rejected = []
 
     def reject(bad: np.ndarray, rule: str, column: str) -> None:
@@ -142,6 +157,7 @@ def check_impressions(frame: pd.DataFrame, *, partition: str) -> tuple[pd.DataFr
         if new.any():
             rejected.append({"partition": partition, "column": column, "rule": rule, "rows": int(new.sum())})
             failed[new] = True
+            rule_of[new] = rule
 
     for column in CHECKED_IDS:
         reject(frame[column].isna().to_numpy(), schema.RULE_NULL_ID, column)
@@ -155,7 +171,8 @@ def check_impressions(frame: pd.DataFrame, *, partition: str) -> tuple[pd.DataFr
     )
     reject(repeated, schema.RULE_DUPLICATE, f"{schema.REQUEST_ID}, {schema.POSITION}")
     accepted = frame[~failed].reset_index(drop=True)
-    return accepted.astype({schema.POSITION: np.int64}), rejected
+    quarantined = frame[failed].assign(**{schema.RULE: rule_of[failed], schema.SOURCE_PARTITION: partition})
+    return accepted.astype({schema.POSITION: np.int64}), rejected, quarantined.reset_index(drop=True)
 
 
 # --- rewards ------------------------------------------------------------------------------------------

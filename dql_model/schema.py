@@ -26,6 +26,9 @@ QUARANTINE = "quarantine"
 IMPORT_QUARANTINE = "import_quarantine"
 RECOMMENDATIONS = "recommendations"
 IMPRESSIONS = "impressions"
+IMPRESSIONS_QUARANTINE = "impressions_quarantine"
+"""Impression rows the nightly off-policy evaluation rejected, with the rule and the partition they
+came from; one partition per run date, replaced whole on rerun."""
 """Optional raw input: what a recommender showed, one row per (request, position); partitioned by
 ``shown_date`` (``SHOWN_DATE``) like events by event_date. ``propensity`` is the marginal probability
 that the serving policy put that item at that position (what position-based off-policy estimators
@@ -258,6 +261,7 @@ def arrow_schema(table: str):
             (GENERATED_AT, ts),
         ],
     }
+    schemas[IMPRESSIONS_QUARANTINE] = [*schemas[IMPRESSIONS], (RULE, pa.string()), (SOURCE_PARTITION, pa.string())]
     if table not in schemas:
         raise KeyError(f"no pyarrow schema for table {table!r}; known: {sorted(schemas)}")
     return pa.schema(schemas[table])

@@ -5,9 +5,10 @@ learns from what they did.
 window. Each day every visit is shown the shopper's list from the night before; the day's events
 and the impressions (one row per shown slot, with the serving policy's propensity) are written to
 the warehouse as new partitions, and then the nightly pipeline runs on them, step by step as the
-DAG runs them (``pipeline.STEPS``: the Great Expectations checks, the Spark job in one Spark
-session kept for the whole loop, training warm-started from the champion, the gate, scoring,
-publishing). Its published lists are what the next day's shoppers see.
+DAG runs them (``pipeline.STEPS``: the Great Expectations checks, the Spark job, training
+warm-started from the champion, the gate, scoring, publishing). Its published lists are what the
+next day's shoppers see. The Spark job runs as a child process per night by default, or in one
+Spark session for the whole loop when ``jobs.shop_loop`` runs it (what ``dqlrec simulate`` does).
 
 A policy is what decides the lists:
 - ``dqn``, ``supervised``, ``sqn``: the nightly pipeline with that ``train.mode``;
@@ -127,25 +128,39 @@ def twin_key(cfg: Config, settings: LoopSettings, policy: str, seed: int) -> str
 # --- the nightly run on a twin's warehouse --------------------------------------------------------
 
 
-class NightlyRun:
-    """The nightly pipeline in this process, step by step as ``dqlrec task`` chains them, with one
-    Spark session for every night of the loop."""
+JobRunner = Callable[[str, str, Path], None]
+"""Runs Spark job ``jobs.<job>`` for a run date with a twin's config file: as a child process
+(``child_process_jobs``, the default) or in a Spark session the caller keeps (``jobs.shop_loop``)."""
 
-    def __init__(self, progress: Callable[[str], object]) -> None:
+
+def child_process_jobs(job: str, run_date: str, config_file: Path) -> None:
+    """A Spark job as ``dqlrec task`` runs it: a child process with the twin's config."""
+    from dql_model import pipeline
+    from dql_model.config import load_config
+
+    cfg = load_config(config_file)
+    pipeline.run_job(job, run_date, config=cfg.to_dict(), scratch=cfg.layout.root)
+
+
+class NightlyRun:
+    """The nightly pipeline in this process, step by step as ``dqlrec task`` chains them; Spark
+    steps go through ``run_job``."""
+
+    def __init__(self, progress: Callable[[str], object], run_job: JobRunner = child_process_jobs) -> None:
         self.progress = progress
-        self._spark = None
-        self._owns_spark = False
+        self.run_job = run_job
 
     def __call__(self, cfg: Config, run_date: str, config_file: Path) -> dict[str, Any]:
         from dql_model import pipeline, tasks
         from dql_model.errors import InputError
 
         result: dict[str, Any] = {}
+        gate: dict[str, Any] = {}
         timings: dict[str, float] = {}
         for step in pipeline.STEPS:
             started = time.perf_counter()
             if step.job:
-                self._run_job(step.job, run_date, config_file)
+                self.run_job(step.job, run_date, config_file)
                 result = {"job": step.job, "run_date": run_date}
             else:
                 upstream = (result,) if step.needs else ()
@@ -163,24 +178,6 @@ class NightlyRun:
             "timings": timings,
             "gate": {k: gate.get(k) for k in ("promoted", "scoring_version", "reason")},
         }
-
-    def _run_job(self, job: str, run_date: str, config_file: Path) -> None:
-        import importlib
-
-        from dql_model.config import load_config
-        from jobs.spark_session import get_spark
-
-        if self._spark is None:
-            from pyspark.sql import SparkSession
-
-            self._owns_spark = SparkSession.getActiveSession() is None  # a caller's session stays open
-            self._spark = get_spark(load_config(config_file).spark, "dqlrec-shop-loop")
-        importlib.import_module(f"jobs.{job}").main(["--run-date", run_date, "--config", str(config_file)])
-
-    def close(self) -> None:
-        if self._spark is not None and self._owns_spark:
-            self._spark.stop()
-        self._spark = None
 
 
 # --- lists ----------------------------------------------------------------------------------------
@@ -439,28 +436,30 @@ def run_twin(
 
 
 def run_loop(
-    cfg: Config, settings: LoopSettings, folder: str | Path, *, progress: Callable[[str], object] = print
+    cfg: Config,
+    settings: LoopSettings,
+    folder: str | Path,
+    *,
+    run_job: JobRunner = child_process_jobs,
+    progress: Callable[[str], object] = print,
 ) -> dict[str, Any]:
     """Every policy on every seed's twin shop; writes and returns the summary (``summarise``)."""
     folder = Path(folder)
-    night = NightlyRun(progress)
+    night = NightlyRun(progress, run_job)
     twins = []
-    try:
-        for seed in settings.seeds:
-            for policy in settings.policies:
-                key = twin_key(cfg, settings, policy, seed)
-                cached = folder / "twins" / f"{policy}-seed{seed}-{key}.json"
-                if cached.exists():
-                    twins.append(storage.read_json(cached))
-                    progress(f"{policy} seed {seed}: reusing {cached}")
-                    continue
-                twin = run_twin(
-                    cfg, settings, policy, seed, folder / "shops" / f"{policy}-seed{seed}", night, progress
-                )
-                storage.write_json_atomic(cached, twin)
-                twins.append(twin)
-    finally:
-        night.close()
+    for seed in settings.seeds:
+        for policy in settings.policies:
+            key = twin_key(cfg, settings, policy, seed)
+            cached = folder / "twins" / f"{policy}-seed{seed}-{key}.json"
+            if cached.exists():
+                twins.append(storage.read_json(cached))
+                progress(f"{policy} seed {seed}: reusing {cached}")
+                continue
+            twin = run_twin(
+                cfg, settings, policy, seed, folder / "shops" / f"{policy}-seed{seed}", night, progress
+            )
+            storage.write_json_atomic(cached, twin)
+            twins.append(twin)
     summary = summarise(twins, settings)
     storage.write_json_atomic(folder / SUMMARY_FILE, summary)
     return summary

@@ -10,6 +10,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+import jobs.shop_loop
 from dql_model import schema, shop_loop, storage
 from tests.conftest import make_tiny_config
 
@@ -22,7 +23,7 @@ SETTINGS = shop_loop.LoopSettings(
 def loop(spark, tmp_path_factory):
     root = tmp_path_factory.mktemp("loop")
     cfg = make_tiny_config(root / "base").replace(eval={"baseline_trials": 0, "sim_users": 0})
-    summary = shop_loop.run_loop(cfg, SETTINGS, root / "loop", progress=lambda _: None)
+    summary = jobs.shop_loop.run(cfg, SETTINGS, root / "loop", progress=lambda _: None)
     return cfg, root / "loop", summary
 
 
@@ -78,6 +79,6 @@ def test_summary_has_both_policies_paired_and_the_off_policy_check(loop):
 def test_a_rerun_reuses_the_finished_twins(loop):
     cfg, folder, summary = loop
     said = []
-    again = shop_loop.run_loop(cfg, SETTINGS, folder, progress=said.append)
+    again = jobs.shop_loop.run(cfg, SETTINGS, folder, progress=said.append)
     assert same(again, summary)
     assert sum("reusing" in line for line in said) == 2

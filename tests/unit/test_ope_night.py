@@ -52,8 +52,20 @@ def test_rewards_run_from_the_slot_to_the_users_next_request_and_at_most_24_hour
     impressions = impressions_table(
         [
             # u1 sees a request at 10:00 and the next at 12:00; u2 one request at 10:00 and none after.
-            {schema.REQUEST_ID: "r1", schema.USER_ID: "u1", schema.ITEM_ID: "a", schema.POSITION: 1, schema.PROPENSITY: 1.0},
-            {schema.REQUEST_ID: "r1", schema.USER_ID: "u1", schema.ITEM_ID: "b", schema.POSITION: 2, schema.PROPENSITY: 1.0},
+            {
+                schema.REQUEST_ID: "r1",
+                schema.USER_ID: "u1",
+                schema.ITEM_ID: "a",
+                schema.POSITION: 1,
+                schema.PROPENSITY: 1.0,
+            },
+            {
+                schema.REQUEST_ID: "r1",
+                schema.USER_ID: "u1",
+                schema.ITEM_ID: "b",
+                schema.POSITION: 2,
+                schema.PROPENSITY: 1.0,
+            },
             {
                 schema.REQUEST_ID: "r2",
                 schema.USER_ID: "u1",
@@ -62,7 +74,13 @@ def test_rewards_run_from_the_slot_to_the_users_next_request_and_at_most_24_hour
                 schema.PROPENSITY: 1.0,
                 schema.SHOWN_TIME: T0 + 2 * hour,
             },
-            {schema.REQUEST_ID: "r3", schema.USER_ID: "u2", schema.ITEM_ID: "c", schema.POSITION: 1, schema.PROPENSITY: 1.0},
+            {
+                schema.REQUEST_ID: "r3",
+                schema.USER_ID: "u2",
+                schema.ITEM_ID: "c",
+                schema.POSITION: 1,
+                schema.PROPENSITY: 1.0,
+            },
         ]
     ).to_pandas()
     events = events_table(
@@ -70,7 +88,12 @@ def test_rewards_run_from_the_slot_to_the_users_next_request_and_at_most_24_hour
             (T0 + hour, "u1", "a", schema.PURCHASE),  # r1's a (before u1's next request)
             (T0 + 2 * hour, "u1", "a", schema.ADD_TO_CART),  # at r2's shown_time: r2's, no longer r1's
             (T0 - hour, "u1", "b", schema.PURCHASE),  # before b was shown: nobody's
-            (T0 + 3 * hour, "u1", "b", schema.ADD_TO_CART),  # b was not shown again, but u1 came back at 12:00
+            (
+                T0 + 3 * hour,
+                "u1",
+                "b",
+                schema.ADD_TO_CART,
+            ),  # b was not shown again, but u1 came back at 12:00
             (T0 + 10 * hour, "u2", "c", schema.ADD_TO_CART),  # within 24 h of r3
             (T0 + 25 * hour, "u2", "c", schema.PURCHASE),  # past the 24 h horizon
             (T0 + hour, "u2", "a", schema.PURCHASE),  # an item u2 was never shown
@@ -86,13 +109,21 @@ def test_rewards_run_from_the_slot_to_the_users_next_request_and_at_most_24_hour
 
 def test_event_rewards_follow_the_etl():
     cfg = Config().replace(etl={"reward_purchase": 2.0, "reward_rating_scale": 1.0})
-    kinds = np.array([schema.VIEW, schema.ADD_TO_CART, schema.PURCHASE, schema.RATING, schema.RATING, schema.RATING])
+    kinds = np.array(
+        [schema.VIEW, schema.ADD_TO_CART, schema.PURCHASE, schema.RATING, schema.RATING, schema.RATING]
+    )
     values = np.array([np.nan, np.nan, np.nan, 5.0, 0.5, np.nan])
     np.testing.assert_allclose(ope_night.event_rewards(kinds, values, cfg), [0.0, 0.3, 2.0, 1.0, -1.0, 0.0])
 
 
 def test_bad_impression_rows_are_counted_per_partition_column_and_rule(tiny_config):
-    good = {schema.REQUEST_ID: "r1", schema.USER_ID: "u1", schema.ITEM_ID: "a", schema.POSITION: 1, schema.PROPENSITY: 0.5}
+    good = {
+        schema.REQUEST_ID: "r1",
+        schema.USER_ID: "u1",
+        schema.ITEM_ID: "a",
+        schema.POSITION: 1,
+        schema.PROPENSITY: 0.5,
+    }
     rows = [
         good,
         {**good, schema.POSITION: 2, schema.USER_ID: None},
@@ -115,8 +146,29 @@ def test_bad_impression_rows_are_counted_per_partition_column_and_rule(tiny_conf
         (schema.PROPENSITY, schema.RULE_BAD_PROPENSITY): 2,
         ("request_id, position", schema.RULE_DUPLICATE): 1,
     }
-    assert any(folder in line and "bad_propensity on column propensity" in line and "2 rows" in line for line in lines)
+    assert any(
+        folder in line and "bad_propensity on column propensity" in line and "2 rows" in line
+        for line in lines
+    )
     assert log.input_rows == log.accepted_rows + sum(rejected.values())
+    quarantine = storage.read_partition(tiny_config.layout.partition(schema.IMPRESSIONS_QUARANTINE, RUN_DATE))
+    assert quarantine.num_rows == 5 and set(quarantine.column(schema.SOURCE_PARTITION).to_pylist()) == {
+        folder
+    }
+    assert sorted(quarantine.column(schema.RULE).to_pylist()) == sorted(
+        [
+            schema.RULE_NULL_ID,
+            schema.RULE_BAD_POSITION,
+            schema.RULE_BAD_PROPENSITY,
+            schema.RULE_BAD_PROPENSITY,
+            schema.RULE_DUPLICATE,
+        ]
+    )
+    ope_night.load_impressions(tiny_config, RUN_DATE, 3, progress=lines.append)  # a rerun replaces it
+    assert (
+        storage.read_partition(tiny_config.layout.partition(schema.IMPRESSIONS_QUARANTINE, RUN_DATE)).num_rows
+        == 5
+    )
     empty = ope_night.load_impressions(tiny_config, "2026-11-20", 2, progress=lines.append)
     assert (empty.days, empty.accepted_rows, empty.input_rows) == ([], 0, 0)
 
@@ -135,7 +187,9 @@ def test_target_propensities_are_one_where_the_list_puts_the_logged_item_at_the_
     def lists(day, users):
         asked.append((day, sorted(users.to_pylist())))
         ranked = {"d1": {"u1": ["a", "c"], "u2": ["b"]}, "d2": {"u1": ["b", "a"]}}[day]
-        pairs = [(u, r, i) for u, items in ranked.items() if u in users.to_pylist() for r, i in enumerate(items, 1)]
+        pairs = [
+            (u, r, i) for u, items in ranked.items() if u in users.to_pylist() for r, i in enumerate(items, 1)
+        ]
         return pa.table(
             {
                 schema.USER_ID: [p[0] for p in pairs],
@@ -158,7 +212,10 @@ def test_the_reward_model_is_position_mean_times_a_smoothed_item_multiplier():
     np.testing.assert_allclose(model.theta, [0.5, 0.25])
     # a: earned 1.5, expected 0.75 -> raw 2, rho = (2 * 2 + 2) / 4 = 1.5; b: raw 0 -> rho = 2 / 4.
     np.testing.assert_allclose(model.rho, [1.5, 0.5])
-    np.testing.assert_allclose(model.predict(np.array([1, 2, 1, 3]), np.array(["a", "b", "new", None], object)), [0.75, 0.125, 0.5, 0.0])
+    np.testing.assert_allclose(
+        model.predict(np.array([1, 2, 1, 3]), np.array(["a", "b", "new", None], object)),
+        [0.75, 0.125, 0.5, 0.0],
+    )
 
 
 def test_config_accepts_the_ope_names_and_rejects_others():
@@ -187,13 +244,22 @@ def plant(cfg, champion: str, challenger: str, *, rewarded: str) -> None:
     rng = np.random.default_rng(3)
     states = [{"user_id": u, "item_seq": rng.integers(1, 31, size=5).tolist()} for u in USERS]
     storage.write_partition(user_states_table(states), cfg.layout.partition(schema.USER_STATES, NIGHT_BEFORE))
-    items = data.load_item_features(cfg.layout.partition(schema.ITEM_INDEX, RUN_DATE), price_buckets=cfg.model.price_buckets)
-    inputs = ope_night.NightInputs(cfg, data.exclude_rule(cfg.score, data.night_protocol(cfg, RUN_DATE)), RUN_DATE)
+    items = data.load_item_features(
+        cfg.layout.partition(schema.ITEM_INDEX, RUN_DATE), price_buckets=cfg.model.price_buckets
+    )
+    inputs = ope_night.NightInputs(
+        cfg, data.exclude_rule(cfg.score, data.night_protocol(cfg, RUN_DATE)), RUN_DATE
+    )
     lists = {}
     for name, version in (("champion", champion), ("challenger", challenger)):
         model, _ = registry.load_model(f"{cfg.registry.root}/{version}")
         table = ope_night.model_lists(model, version, inputs, items, top_k=TOP)(RUN_DATE, pa.array(USERS))
-        lists[name] = {(u, r): i for u, r, i in zip(*(table[c].to_pylist() for c in (schema.USER_ID, schema.RANK, schema.ITEM_ID)), strict=True)}
+        lists[name] = {
+            (u, r): i
+            for u, r, i in zip(
+                *(table[c].to_pylist() for c in (schema.USER_ID, schema.RANK, schema.ITEM_ID)), strict=True
+            )
+        }
     impressions, events = [], []
     for n, user in enumerate(USERS):
         for j in range(REQUESTS_PER_USER):
@@ -213,7 +279,9 @@ def plant(cfg, champion: str, challenger: str, *, rewarded: str) -> None:
                 )
                 if pick == lists[rewarded][user, rank]:
                     events.append((shown + dt.timedelta(minutes=5), user, pick, schema.PURCHASE))
-    storage.write_partition(impressions_table(impressions), cfg.layout.partition(schema.IMPRESSIONS, RUN_DATE))
+    storage.write_partition(
+        impressions_table(impressions), cfg.layout.partition(schema.IMPRESSIONS, RUN_DATE)
+    )
     storage.write_partition(events_table(events), cfg.layout.partition(schema.EVENTS, RUN_DATE))
 
 
