@@ -244,17 +244,24 @@ def attribute_rewards(
 def _window_end(users: np.ndarray, times: np.ndarray, slots: pd.DataFrame, horizon: dt.timedelta) -> np.ndarray:
     """[slots] the earlier of the first visit of the slot's user after its start and start + horizon.
 
-    ``users`` / ``times`` are the distinct (user, request time) pairs sorted by user, then time.
+    ``users`` / ``times`` are the distinct (user, request time) pairs sorted by user, then time. One
+    searchsorted over (user, time rank) keys finds every slot's next visit at once.
     """
-    out = slots["start"].to_numpy().astype("datetime64[ns]") + np.timedelta64(horizon)
-    first = np.searchsorted(users, slots[schema.USER_ID].to_numpy(), side="left")
-    last = np.searchsorted(users, slots[schema.USER_ID].to_numpy(), side="right")
     starts = slots["start"].to_numpy().astype("datetime64[ns]")
-    for i, (lo, hi, t) in enumerate(zip(first, last, starts, strict=True)):
-        j = lo + np.searchsorted(times[lo:hi], t, side="right")
-        if j < hi and times[j] < out[i]:
-            out[i] = times[j]
-    return out
+    out = starts + np.timedelta64(horizon)
+    if not len(times):
+        return out
+    codes, _ = pd.factorize(np.concatenate([users, slots[schema.USER_ID].to_numpy()]))
+    visit_user, slot_user = codes[: len(users)].astype(np.int64), codes[len(users) :].astype(np.int64)
+    visit_ns = times.astype("datetime64[ns]").view(np.int64)
+    distinct = np.unique(visit_ns)
+    width = len(distinct) + 1
+    visit_key = visit_user * width + np.searchsorted(distinct, visit_ns)  # ascending: sorted by user, then time
+    slot_key = slot_user * width + np.searchsorted(distinct, starts.view(np.int64), side="right")
+    j = np.searchsorted(visit_key, slot_key, side="left").clip(max=len(visit_key) - 1)
+    following = (visit_user[j] == slot_user) & (visit_key[j] >= slot_key)
+    nxt = times.astype("datetime64[ns]")[j]
+    return np.where(following & (nxt < out), nxt, out)
 
 
 def _files(folder: str) -> list[Path]:

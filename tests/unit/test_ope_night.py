@@ -107,6 +107,45 @@ def test_rewards_run_from_the_slot_to_the_users_next_request_and_at_most_24_hour
     np.testing.assert_allclose(rewards, [1.0, 0.0, 0.3, 0.3])
 
 
+def test_reward_attribution_matches_a_slot_by_slot_reading_on_random_logs():
+    rng = np.random.default_rng(5)
+    t0 = pd.Timestamp("2026-11-27", tz="UTC")
+    request_user = rng.integers(0, 6, size=40)
+    request_time = t0 + pd.to_timedelta(rng.integers(0, 3 * 86_400, size=40), unit="s")
+    rows = [
+        (f"r{r}", f"u{request_user[r]}", f"i{rng.integers(0, 5)}", position, request_time[r])
+        for r in range(40)
+        for position in (1, 2)
+    ]
+    impressions = pd.DataFrame(
+        rows, columns=[schema.REQUEST_ID, schema.USER_ID, schema.ITEM_ID, schema.POSITION, schema.SHOWN_TIME]
+    )
+    events = pd.DataFrame(
+        {
+            schema.USER_ID: [f"u{u}" for u in rng.integers(0, 6, size=400)],
+            schema.ITEM_ID: [f"i{i}" for i in rng.integers(0, 5, size=400)],
+            schema.EVENT_TIME: t0 + pd.to_timedelta(rng.integers(0, 4 * 86_400, size=400), unit="s"),
+            schema.REWARD: rng.random(400),
+        }
+    )
+    expected = []
+    for _, slot in impressions.iterrows():
+        later = [
+            t
+            for u, t in zip(request_user, request_time, strict=True)
+            if f"u{u}" == slot[schema.USER_ID] and t > slot[schema.SHOWN_TIME]
+        ]
+        end = min([slot[schema.SHOWN_TIME] + pd.Timedelta(hours=24), *later])
+        mine = events[
+            (events[schema.USER_ID] == slot[schema.USER_ID])
+            & (events[schema.ITEM_ID] == slot[schema.ITEM_ID])
+        ]
+        inside = (mine[schema.EVENT_TIME] >= slot[schema.SHOWN_TIME]) & (mine[schema.EVENT_TIME] < end)
+        expected.append(mine[inside][schema.REWARD].sum())
+    np.testing.assert_allclose(ope_night.attribute_rewards(impressions, events), expected)
+    assert np.count_nonzero(expected) > 10  # the random log credits something
+
+
 def test_event_rewards_follow_the_etl():
     cfg = Config().replace(etl={"reward_purchase": 2.0, "reward_rating_scale": 1.0})
     kinds = np.array(
