@@ -60,6 +60,7 @@ from dql_model.simulator import LiveShop, ServedDay, ShopSimulator
 LEARNED_POLICIES = ("dqn", "supervised", "sqn")
 """Policies served by the nightly pipeline with that train.mode."""
 POLICIES = (*LEARNED_POLICIES, "popularity")
+"""Policy names; a learned one may carry training overrides, ``dqn:cql_alpha=1`` (``parse_policy``)."""
 SUMMARY_FILE = "loop.json"
 FIGURES = ("return", "purchases", "revenue", "list_reward_per_visit")
 """Per-day figures of a twin (``ServedDay.per_shopper``), summarised over seeds."""
@@ -83,7 +84,7 @@ class LoopSettings:
     """Twin days per candidate and day measuring a candidate's true value (0: no off-policy check)."""
 
     def __post_init__(self) -> None:
-        unknown = [p for p in self.policies if p not in POLICIES]
+        unknown = [p for p in self.policies if parse_policy(p)[0] not in POLICIES]
         if unknown or not self.policies:
             raise ValueError(
                 f"loop policies {list(self.policies)}: unknown {unknown}; choose from {list(POLICIES)}"
@@ -96,15 +97,37 @@ class LoopSettings:
             raise ValueError(f"loop explore_slots must be in 0..top_k={self.top_k}, got {self.explore_slots}")
 
 
+def parse_policy(spec: str) -> tuple[str, dict[str, Any]]:
+    """``dqn`` -> ("dqn", {}); ``dqn:cql_alpha=1,gamma=0.9`` -> ("dqn", {"cql_alpha": 1, "gamma": 0.9}):
+    a learned policy with ``train`` overrides (YAML values), so variants run side by side."""
+    import yaml
+
+    name, _, overrides = spec.partition(":")
+    train = {}
+    for item in filter(None, (part.strip() for part in overrides.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or name not in LEARNED_POLICIES:
+            raise ValueError(
+                f"loop policy {spec!r}: overrides are train fields of a learned policy, as dqn:cql_alpha=1"
+            )
+        train[key.strip()] = yaml.safe_load(value)
+    return name, train
+
+
+def _folder_name(policy: str) -> str:
+    return "".join(c if c.isalnum() or c in "._" else "-" for c in policy)
+
+
 def twin_config(cfg: Config, settings: LoopSettings, policy: str, seed: int, folder: Path) -> Config:
     """The config of one twin: its own warehouse, registry and export under ``folder``; the shop and
     the training seeded by ``seed``; lists of ``settings.top_k`` with exploration for learned policies."""
+    name, overrides = parse_policy(policy)
     return cfg.replace(
         warehouse={"root": str(folder / "warehouse")},
         registry={"root": str(folder / "models")},
         publish={"export_uri": str(folder / "export"), "sql_url": ""},
         simulator={"seed": cfg.simulator.seed + seed},
-        train={"seed": seed, "mode": policy if policy in LEARNED_POLICIES else cfg.train.mode},
+        train={**overrides, "seed": seed, "mode": name if name in LEARNED_POLICIES else cfg.train.mode},
         score={
             "top_k": settings.top_k,
             "explore_slots": settings.explore_slots,
@@ -393,7 +416,7 @@ def run_twin(
     shop = ShopSimulator(tcfg.simulator).live()
     _write_history(tcfg, shop)
     logs = [shop.history]
-    learned = policy in LEARNED_POLICIES
+    learned = parse_policy(policy)[0] in LEARNED_POLICIES
     days, nights = [], []
 
     def plan(run_date: str) -> tuple[Lists, dict[str, Lists]]:
@@ -450,13 +473,19 @@ def run_loop(
     for seed in settings.seeds:
         for policy in settings.policies:
             key = twin_key(cfg, settings, policy, seed)
-            cached = folder / "twins" / f"{policy}-seed{seed}-{key}.json"
+            cached = folder / "twins" / f"{_folder_name(policy)}-seed{seed}-{key}.json"
             if cached.exists():
                 twins.append(storage.read_json(cached))
                 progress(f"{policy} seed {seed}: reusing {cached}")
                 continue
             twin = run_twin(
-                cfg, settings, policy, seed, folder / "shops" / f"{policy}-seed{seed}", night, progress
+                cfg,
+                settings,
+                policy,
+                seed,
+                folder / "shops" / f"{_folder_name(policy)}-seed{seed}",
+                night,
+                progress,
             )
             storage.write_json_atomic(cached, twin)
             twins.append(twin)

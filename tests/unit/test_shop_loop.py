@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 
 from dql_model import schema, shop_loop
-from dql_model.config import SimulatorConfig
+from dql_model.config import Config, SimulatorConfig
 from dql_model.simulator import DEFAULT_REWARDS, ShopSimulator
 
 SHOP = SimulatorConfig(n_users=200, n_items=60, n_categories=4, n_days=5, end_date="2026-11-27", seed=3)
@@ -218,3 +218,16 @@ def test_summary_counts_how_often_each_interval_covers_the_truth():
 def test_loop_settings_reject_unknown_policies():
     with pytest.raises(ValueError, match="unknown"):
         shop_loop.LoopSettings(policies=("dqn", "oracle"))
+
+
+def test_a_learned_policy_may_carry_training_overrides(tmp_path):
+    assert shop_loop.parse_policy("dqn") == ("dqn", {})
+    assert shop_loop.parse_policy("dqn:cql_alpha=1,gamma=0.9") == ("dqn", {"cql_alpha": 1, "gamma": 0.9})
+    settings = shop_loop.LoopSettings(policies=("dqn", "dqn:cql_alpha=1"))
+    base = Config()
+    variant = shop_loop.twin_config(base, settings, "dqn:cql_alpha=1", 2, tmp_path)
+    assert (variant.train.cql_alpha, variant.train.mode, variant.train.seed) == (1.0, "dqn", 2)
+    assert variant.simulator.seed == base.simulator.seed + 2
+    assert shop_loop.twin_key(base, settings, "dqn", 0) != shop_loop.twin_key(base, settings, "dqn:cql_alpha=1", 0)
+    with pytest.raises(ValueError, match="learned policy"):
+        shop_loop.parse_policy("popularity:cql_alpha=1")
