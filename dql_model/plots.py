@@ -94,18 +94,28 @@ def simulated_return(simulation: Mapping[str, Any], path: str | os.PathLike[str]
 
 
 def loop_return(summary: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
-    """Per-day return per shopper of each policy in the shop loop (``shop_loop.summarise``), with
-    its 95 % interval over seeds as a band."""
-    fig, ax = plt.subplots(figsize=(7, 4))
+    """The shop loop (``shop_loop.summarise``): per-day return per shopper of each policy (left), and
+    each policy's paired difference to the reference policy (right), with 95 % intervals over seeds."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+
+    def band(ax, points, label):
+        days = range(1, len(points) + 1)
+        mean = [p["mean"] for p in points]
+        half = [p["ci95"] if _finite(p["ci95"]) else 0.0 for p in points]
+        (line,) = ax.plot(days, mean, marker="o", label=label)
+        ax.fill_between(days, [m - h for m, h in zip(mean, half, strict=True)],
+                        [m + h for m, h in zip(mean, half, strict=True)], alpha=0.15, color=line.get_color())  # fmt: skip
+
     for name, entry in summary["policies"].items():
-        days = range(1, len(entry["return"]) + 1)
-        mean = [d["mean"] for d in entry["return"]]
-        half = [d["ci95"] if _finite(d["ci95"]) else 0.0 for d in entry["return"]]
-        ax.plot(days, mean, marker="o", label=name)
-        ax.fill_between(days, [m - h for m, h in zip(mean, half, strict=True)], [m + h for m, h in zip(mean, half, strict=True)], alpha=0.2)
+        band(left, entry["return"], name)
+    for name, paired in summary["paired"].items():
+        band(right, paired["per_day"], f"{name} - {summary['reference']}")
+    right.axhline(0.0, color="grey", linewidth=0.8)
     seeds = len(summary["settings"]["seeds"])
-    ax.set(xlabel="day of the loop", ylabel="return per shopper", title=f"Shop in the loop: daily return ({seeds} seeds, 95% interval)")
-    ax.legend()
+    left.set(xlabel="day of the loop", ylabel="return per shopper", title=f"Daily return ({seeds} seeds)")
+    right.set(xlabel="day of the loop", ylabel="difference in return per shopper", title="Paired by seed, 95% interval")
+    left.legend(fontsize=8)
+    right.legend(fontsize=8)
     return _save(fig, path)
 
 
