@@ -138,9 +138,13 @@ def twin_config(cfg: Config, settings: LoopSettings, policy: str, seed: int, fol
 
 
 def twin_key(cfg: Config, settings: LoopSettings, policy: str, seed: int) -> str:
-    """Hash of everything a twin's figures depend on (its config, the loop settings but the seed list)."""
+    """Hash of everything a twin's figures depend on: its config but the folders (the twin gets its
+    own), the loop settings but the seed and policy lists, the policy and the seed."""
+    config = cfg.to_dict()
+    for section, field in (("warehouse", "root"), ("registry", "root"), ("publish", "export_uri")):
+        config[section].pop(field, None)
     payload = {
-        "config": cfg.to_dict(),
+        "config": config,
         "settings": {**asdict(settings), "seeds": None, "policies": None},
         "policy": policy,
         "seed": seed,
