@@ -1,4 +1,5 @@
-"""The shop in the loop at a reduced scale: DQN, its supervised mode and popularity on twin shops.
+"""The shop in the loop at a reduced scale: DQN, a less conservative DQN, the supervised mode and
+popularity on twin shops.
 
 Each policy lives ``--days`` days on each seed's shop (``dql_model.shop_loop``): every day's shoppers
 see the lists the nightly pipeline published the night before, and the nightly pipeline (Great
@@ -8,14 +9,14 @@ difference DQN - supervised with its 95 % interval over seeds, and the coverage 
 estimators' intervals against the candidates' true values; writes ``var/bench/loop.json`` and the
 plot ``benchmarks/figures/loop_return.png``.
 
-The scale (SCALE) is a 600-shopper, 200-item shop with 4 training epochs a night, so that 14 days x
-3 seeds x 2 learned policies (84 nights) fit in well under an hour on 2 cores; the demo's
-3000 x 1000 shop takes about four times as long a night. Finished twins are cached under
+The scale (SCALE) is a 600-shopper, 200-item shop with 4 training epochs a night: 14 days x 3 seeds
+x 3 learned policies are 126 nights of about 85 s on 2 shared cores (three processes side by side
+take about 75 minutes); the demo's 3000 x 1000 shop takes about four times as long a night. Finished twins are cached under
 ``var/bench/loop/``: a killed run resumes at the twin it was in, and two processes can share the
-work (``--policy dqn`` in one, ``--policy supervised,popularity`` in the other, then a run with all
-three prints the summary from the cache).
+work (``--policy dqn`` in one, ``--policy supervised,popularity`` in another, then a run with all
+of them prints the summary from the cache).
 
-    python -m benchmarks.bench_loop [--days 14] [--seeds 3] [--policy dqn,supervised,popularity]
+    python -m benchmarks.bench_loop [--days 14] [--seeds 3] [--policy dqn,dqn:cql_alpha=1,supervised,popularity]
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def main(argv: Sequence[str] = ()) -> None:
     )
     parser.add_argument("--days", type=int, default=14)
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--policy", default="dqn,supervised,popularity")
+    parser.add_argument("--policy", default="dqn,dqn:cql_alpha=1,supervised,popularity")
     parser.add_argument("--truth-replicates", type=int, default=4)
     args = parser.parse_args(list(argv))
     cfg = load_config(None).replace(**SCALE)

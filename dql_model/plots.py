@@ -98,18 +98,20 @@ def loop_return(summary: Mapping[str, Any], path: str | os.PathLike[str]) -> Pat
     each policy's paired difference to the reference policy (right), with 95 % intervals over seeds."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
 
-    def band(ax, points, label):
+    colours = {name: f"C{i}" for i, name in enumerate(summary["policies"])}  # one colour a policy, both panels
+
+    def band(ax, points, label, colour):
         days = range(1, len(points) + 1)
         mean = [p["mean"] for p in points]
         half = [p["ci95"] if _finite(p["ci95"]) else 0.0 for p in points]
-        (line,) = ax.plot(days, mean, marker="o", label=label)
+        ax.plot(days, mean, marker="o", label=label, color=colour)
         ax.fill_between(days, [m - h for m, h in zip(mean, half, strict=True)],
-                        [m + h for m, h in zip(mean, half, strict=True)], alpha=0.15, color=line.get_color())  # fmt: skip
+                        [m + h for m, h in zip(mean, half, strict=True)], alpha=0.15, color=colour)  # fmt: skip
 
     for name, entry in summary["policies"].items():
-        band(left, entry["return"], name)
+        band(left, entry["return"], name, colours[name])
     for name, paired in summary["paired"].items():
-        band(right, paired["per_day"], f"{name} - {summary['reference']}")
+        band(right, paired["per_day"], f"{name} - {summary['reference']}", colours[name])
     right.axhline(0.0, color="grey", linewidth=0.8)
     seeds = len(summary["settings"]["seeds"])
     left.set(xlabel="day of the loop", ylabel="return per shopper", title=f"Daily return ({seeds} seeds)")

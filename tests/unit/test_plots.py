@@ -19,7 +19,10 @@ def evaluation() -> dict:
         "metrics": {"challenger": metrics, "popularity": {"eval/ndcg@10": 0.05}},
         "simulation": {
             "settings": {"steps": 20, "slate": 10, "seeds": 5},
-            "policies": {"challenger": {"return": ret}, "popularity": {"return": {"mean": 0.7, "ci95": float("nan")}}},
+            "policies": {
+                "challenger": {"return": ret},
+                "popularity": {"return": {"mean": 0.7, "ci95": float("nan")}},
+            },
         },
     }
 
@@ -35,3 +38,27 @@ def test_write_plots_skips_what_the_run_does_not_have(tmp_path):
     only_metrics = {"metrics": evaluation()["metrics"], "learning_curves": {"x": []}, "simulation": {}}
     assert plots.write_plots(only_metrics, tmp_path) == [plots.METRICS_BY_EVENT]
     assert plots.write_plots({}, tmp_path / "none") == []
+
+
+def test_loop_return_draws_both_panels_from_a_loop_summary(tmp_path):
+    from dql_model import shop_loop
+
+    def twin(policy, seed, returns):
+        days = [
+            {"return": r, "purchases": r, "revenue": r, "list_reward_per_visit": r, "ope": {}}
+            for r in returns
+        ]
+        return {"policy": policy, "seed": seed, "days": days, "nights": []}
+
+    settings = shop_loop.LoopSettings(days=3, seeds=(0, 1), policies=("dqn", "supervised"))
+    summary = shop_loop.summarise(
+        [
+            twin("dqn", 0, [1, 2, 3]),
+            twin("dqn", 1, [2, 2, 2]),
+            twin("supervised", 0, [1, 1, 1]),
+            twin("supervised", 1, [2, 1, 2]),
+        ],
+        settings,
+    )
+    path = plots.loop_return(summary, tmp_path / plots.LOOP_RETURN)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
