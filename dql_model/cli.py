@@ -51,22 +51,14 @@ def _cmd_task(args: argparse.Namespace) -> int:
     options = tasks.RunOptions(
         top_k=args.top_k, skip_training=args.skip_training, model_version=args.model_version, force_cpu=args.force_cpu
     )
-    result: dict = {}
-    for step in pipeline.chain_to(args.name):
-        if step.job:
-            pipeline.run_job(step.job, run_date, config=options.apply(cfg).to_dict(), scratch=cfg.layout.root)
-            result = {"job": step.job, "run_date": run_date}
-            continue
-        task = getattr(tasks, step.name)
-        upstream = (result,) if step.needs else ()
-        try:
-            result = task(run_date, *upstream, options=options, cfg=cfg)
-        except Exception as error:
-            if step.name != "train_model" or args.name == "train_model" or isinstance(error, InputError):
-                raise
-            # As the DAG's gate runs after a failed training (trigger rule all_done): the champion scores.
-            print(f"dqlrec: train_model failed ({error}); the champion scores (degraded run)", file=sys.stderr)
-            result = {"trained": False, "error": f"{type(error).__name__}: {error}"}
+    result = tasks.run_steps(
+        pipeline.chain_to(args.name),
+        run_date,
+        cfg=cfg,
+        options=options,
+        run_job=lambda job: pipeline.run_job(job, run_date, config=options.apply(cfg).to_dict(), scratch=cfg.layout.root),
+        warn=lambda message: print(f"dqlrec: {message}", file=sys.stderr),
+    )
     print(json.dumps(result, indent=2, default=str))
     return 0
 

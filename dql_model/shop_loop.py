@@ -47,15 +47,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from dql_model import ope, schema, storage
+from dql_model import schema, storage
 from dql_model.config import Config
-from dql_model.ope_night import PositionRewardModel
+from dql_model.ope_night import LOGGING, Target, estimate_candidates
 from dql_model.policy_eval import mean_ci
-from dql_model.simulator import LiveShop, ServedDay, ShopSimulator
+from dql_model.simulator import LiveShop, ServedDay, ShopSimulator, write_window
 
 LEARNED_POLICIES = ("dqn", "supervised", "sqn")
 """Policies served by the nightly pipeline with that train.mode."""
@@ -179,28 +180,23 @@ class NightlyRun:
 
     def __call__(self, cfg: Config, run_date: str, config_file: Path) -> dict[str, Any]:
         from dql_model import pipeline, tasks
-        from dql_model.errors import InputError
 
-        result: dict[str, Any] = {}
-        gate: dict[str, Any] = {}
         timings: dict[str, float] = {}
-        for step in pipeline.STEPS:
-            started = time.perf_counter()
-            if step.job:
-                self.run_job(step.job, run_date, config_file)
-                result = {"job": step.job, "run_date": run_date}
-            else:
-                upstream = (result,) if step.needs else ()
-                try:
-                    result = getattr(tasks, step.name)(run_date, *upstream, cfg=cfg)
-                except Exception as error:
-                    if step.name != "train_model" or isinstance(error, InputError):
-                        raise
-                    self.progress(f"train_model failed ({error}); the champion scores (degraded night)")
-                    result = {"trained": False, "error": f"{type(error).__name__}: {error}"}
-            timings[step.name] = round(time.perf_counter() - started, 2)
+        gate: dict[str, Any] = {}
+
+        def done(step, result: dict[str, Any], seconds: float) -> None:
+            timings[step.name] = round(seconds, 2)
             if step.name == "evaluate_and_gate":
-                gate = result
+                gate.update(result)
+
+        tasks.run_steps(
+            pipeline.STEPS,
+            run_date,
+            cfg=cfg,
+            run_job=lambda job: self.run_job(job, run_date, config_file),
+            warn=self.progress,
+            step_done=done,
+        )
         return {
             "timings": timings,
             "gate": {k: gate.get(k) for k in ("promoted", "scoring_version", "reason")},
@@ -223,11 +219,13 @@ class Lists:
 
 
 def _positions(shop: LiveShop, item_id: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    """Catalogue positions of the shop's item ids (``i000123`` -> 123)."""
-    return np.array([int(i[1:]) for i in item_id.to_pylist()], dtype=np.int64)
+    """Catalogue positions of the shop's item ids."""
+    index = {item: i for i, item in enumerate(shop.simulator.item_ids)}
+    return np.array([index[i] for i in item_id.to_pylist()], dtype=np.int64)
 
 
 def _user_rows(shop: LiveShop, user_id: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Rows (user indices) of the shop's user ids."""
     index = {u: i for i, u in enumerate(shop.simulator.user_ids)}
     return np.array([index[u] for u in user_id.to_pylist()], dtype=np.int64)
 
@@ -302,12 +300,11 @@ def popularity_lists(shop: LiveShop, logs: Sequence[pa.Table], top_k: int) -> Li
     depth = min(len(order), top_k + 64)
     candidates = order[:depth]
     scores = np.broadcast_to(counts[candidates], (shop.n_users, depth)).copy()
-    column = {item: j for j, item in enumerate(candidates.tolist())}
+    column = np.full(sim.model.n_items, -1, dtype=np.int64)
+    column[candidates] = np.arange(depth)
     for users, items in bought:
-        for u, i in zip(users.tolist(), items.tolist(), strict=True):
-            j = column.get(i)
-            if j is not None:
-                scores[u, j] = -np.inf
+        listed = column[items] >= 0
+        scores[users[listed], column[items[listed]]] = -np.inf
     pick = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
     items = np.where(np.isfinite(np.take_along_axis(scores, pick, axis=1)), candidates[pick], -1)
     return Lists(
@@ -320,38 +317,36 @@ def popularity_lists(shop: LiveShop, logs: Sequence[pa.Table], top_k: int) -> Li
 
 def estimate_candidate(day: ServedDay, served: Lists, candidate: Lists, users: np.ndarray) -> dict[str, Any]:
     """IPS, SNIPS and DR of ``candidate`` from the day's log of ``served`` lists (one row per shown slot),
-    DR with the nightly evaluation's position-based reward model fitted on the same log.
+    as the nightly evaluation computes them (``ope_night.estimate_candidates``, its reward model).
 
     ``users`` [requests]: the shopper of each request (a visit). The candidate is deterministic: its
     propensity of the logged item at the logged position is 1 if it puts that item there, else 0.
     """
-    shown = served.items[users] >= 0
-    req, slot = np.nonzero(shown)
+    req, slot = np.nonzero(served.items[users] >= 0)
     logged = served.items[users[req], slot]
     target = candidate.items[users[req], slot]
-    reward = day.slot_reward[req, slot]
-    model = PositionRewardModel.fit(slot + 1, logged.astype(str), reward)
-    q_logged = model.predict(slot + 1, logged.astype(str).astype(object))
-    q_target = model.predict(slot + 1, np.where(target >= 0, target.astype(str), None))
-    log = ope.LoggedSlates.from_arrays(
-        request_id=req,
-        position=slot + 1,
-        propensity=np.clip(served.propensity[users[req], slot], 1e-12, 1.0),
-        reward=reward,
-        target_propensity=(target == logged).astype(np.float64),
+    rows = pd.DataFrame(
+        {
+            schema.REQUEST_ID: req,
+            schema.POSITION: slot + 1,
+            schema.ITEM_ID: logged.astype(str),
+            schema.PROPENSITY: np.clip(served.propensity[users[req], slot], 1e-12, 1.0),
+            schema.REWARD: day.slot_reward[req, slot],
+        }
     )
-    config = ope.OPEConfig()
-    estimates = (
-        ope.ips(log, config),
-        ope.snips(log, config),
-        ope.doubly_robust(log, q_logged, q_target, config),
-    )
-    out: dict[str, Any] = {
-        e.estimator: {"value": e.value, "low": e.interval[0], "high": e.interval[1], "ess": e.ess}
-        for e in estimates
+    targets = {
+        "candidate": Target(
+            p_new=(target == logged).astype(np.float64),
+            item_id=np.where(target >= 0, target.astype(str), None),
+        )
     }
-    out["support"] = float(ope.support(log, config).supported_mass.mean())
-    out["logged_value"] = float(day.slot_reward.sum(axis=1).mean()) if len(day.slot_reward) else 0.0
+    estimates = estimate_candidates(rows, targets)
+    found = estimates["candidates"]["candidate"]
+    out: dict[str, Any] = {
+        key: {k: found[key][k] for k in ("value", "low", "high", "ess")} for key in ESTIMATORS
+    }
+    out["support"] = found["support"]["supported_share"]
+    out["logged_value"] = estimates[LOGGING]["value"]
     return out
 
 
@@ -384,21 +379,6 @@ def _write_day(cfg: Config, day: ServedDay) -> None:
     storage.write_partition(day.impressions, cfg.layout.partition(schema.IMPRESSIONS, day.date.isoformat()))
 
 
-def _write_history(cfg: Config, shop: LiveShop) -> None:
-    """The generated window as raw tables, one events partition per day (as ``dqlrec generate``)."""
-    sim = shop.simulator
-    storage.write_partition(sim.items_table(), cfg.layout.table(schema.ITEMS))
-    history = shop.history
-    dates = history.column(schema.EVENT_DATE).to_numpy()
-    events = history.drop_columns([schema.EVENT_DATE])
-    for d in range(sim.cfg.n_days):
-        day = sim.first_date + dt.timedelta(days=d)
-        rows = np.flatnonzero(dates == np.datetime64(day, "D"))
-        storage.write_partition(
-            events.take(pa.array(rows)), cfg.layout.partition(schema.EVENTS, day.isoformat())
-        )
-
-
 def run_twin(
     cfg: Config,
     settings: LoopSettings,
@@ -418,7 +398,7 @@ def run_twin(
     config_file = folder / "config.json"
     config_file.write_text(json.dumps(tcfg.to_dict(), default=str))
     shop = ShopSimulator(tcfg.simulator).live()
-    _write_history(tcfg, shop)
+    write_window(tcfg, shop.simulator, shop.history, progress=lambda _: None)
     logs = [shop.history]
     learned = parse_policy(policy)[0] in LEARNED_POLICIES
     days, nights = [], []

@@ -479,6 +479,27 @@ class _SessionPlan:
     start: np.ndarray
 
 
+def plan_sessions(rng: np.random.Generator, model: ShopModel, *, n_days: int, first_day: int) -> _SessionPlan:
+    """Session starts of every shopper over ``n_days`` days from day ``first_day`` of the window:
+    Poisson(activity x days) sessions each, a uniform day, an hour from HOURLY_WEIGHT (a one-day
+    range draws no day, so one live day consumes the same draws whatever came before)."""
+    count = rng.poisson(model.activity * n_days)
+    user = np.repeat(np.arange(model.n_users), count)
+    day = first_day + rng.integers(0, n_days, size=len(user))
+    hour = rng.choice(24, size=len(user), p=HOURLY_WEIGHT / HOURLY_WEIGHT.sum())
+    start = day * _DAY_S + (hour + rng.random(len(user))) * 3600.0
+    start = start[np.lexsort((start, user))]
+    return _SessionPlan(count=count, offset=np.cumsum(count) - count, start=start)
+
+
+def reward_by_code(rewards: Mapping[str, float]) -> np.ndarray:
+    """[N_EVENT_CODES] the reward of each event code (0 for types ``rewards`` does not name)."""
+    out = np.zeros(schema.N_EVENT_CODES)
+    for name, reward in rewards.items():
+        out[schema.EVENT_CODE[name]] = reward
+    return out
+
+
 def shop_item_ids(cfg: SimulatorConfig) -> np.ndarray:
     """The synthetic shop's item ids, position by position (no shop is built to know them)."""
     return np.array([f"i{i:06d}" for i in range(cfg.n_items)], dtype=object)
@@ -556,14 +577,7 @@ class ShopSimulator:
             last_end[users] = self._browse(rng, state, log, ratings, users, session, now, end_s=end_s, slates=slates)
 
     def _plan_sessions(self, rng: np.random.Generator) -> _SessionPlan:
-        m, n_days = self.model, self.cfg.n_days
-        count = rng.poisson(m.activity * n_days)
-        user = np.repeat(np.arange(m.n_users), count)
-        day = rng.integers(0, n_days, size=len(user))
-        hour = rng.choice(24, size=len(user), p=HOURLY_WEIGHT / HOURLY_WEIGHT.sum())
-        start = day * _DAY_S + (hour + rng.random(len(user))) * 3600.0
-        start = start[np.lexsort((start, user))]
-        return _SessionPlan(count=count, offset=np.cumsum(count) - count, start=start)
+        return plan_sessions(rng, self.model, n_days=self.cfg.n_days, first_day=0)
 
     def _log_due_ratings(self, log, ratings, users, session, start) -> np.ndarray:
         """Log ratings due at these session starts, a few seconds apart; returns the times after them."""
@@ -760,7 +774,7 @@ class LiveShop:
         if not advance:
             state, ratings, last_end = copy.deepcopy((state, ratings, last_end))
         rng = np.random.default_rng([sim.cfg.seed, _LIVE_STREAM, day, replicate])
-        plan = self._plan_day(rng, day * _DAY_S)
+        plan = plan_sessions(rng, m, n_days=1, first_day=day)
         log, requests = _EventLog(), []
         end_s = (day + 1) * _DAY_S
         sim._run_sessions(rng, plan, state, log, ratings, last_end, end_s=end_s, slates=lists, requests=requests)
@@ -773,9 +787,7 @@ class LiveShop:
         impressions = self._impressions(lists, propensity, versions, r_user, r_session, r_time, names)
         time_s, _, item, code, _, _ = log.columns()
         inside = time_s < end_s
-        rewards = np.zeros(schema.N_EVENT_CODES)
-        for name, value in DEFAULT_REWARDS.items():
-            rewards[schema.EVENT_CODE[name]] = value
+        rewards = reward_by_code(DEFAULT_REWARDS)
         bought = inside & (code == _CODE_PURCHASE)
         if advance:
             self.date = date
@@ -792,24 +804,13 @@ class LiveShop:
             revenue=float(m.price[item[bought]].sum()),
         )
 
-    def _plan_day(self, rng: np.random.Generator, day_start_s: float) -> _SessionPlan:
-        m = self.simulator.model
-        count = rng.poisson(m.activity)
-        user = np.repeat(np.arange(m.n_users), count)
-        hour = rng.choice(24, size=len(user), p=HOURLY_WEIGHT / HOURLY_WEIGHT.sum())
-        start = day_start_s + (hour + rng.random(len(user))) * 3600.0
-        start = start[np.lexsort((start, user))]
-        return _SessionPlan(count=count, offset=np.cumsum(count) - count, start=start)
-
     def _slot_rewards(self, log: _EventLog, lists: np.ndarray, r_session: np.ndarray, end_s: float) -> np.ndarray:
         """[requests, K]: each visit's rewards on the item in each of its slots (events before end_s)."""
         time_s, user, item, code, _, session = log.columns()
         out = np.zeros((len(r_session), lists.shape[1]))
         if not len(r_session) or not lists.shape[1]:
             return out
-        rewards = np.zeros(schema.N_EVENT_CODES)
-        for name, value in DEFAULT_REWARDS.items():
-            rewards[schema.EVENT_CODE[name]] = value
+        rewards = reward_by_code(DEFAULT_REWARDS)
         request_of = np.full(int(max(r_session.max(), session.max(initial=0))) + 1, -1, np.int64)
         request_of[r_session] = np.arange(len(r_session))
         hit = lists[user] == item[:, None]
@@ -891,9 +892,7 @@ class ShopEnvironment:
             raise ValueError(
                 f"environment rewards: unknown event type(s) {sorted(unknown)}; known {schema.EVENT_TYPES}"
             )
-        self._reward_by_code = np.zeros(schema.N_EVENT_CODES)
-        for name, reward in self.rewards.items():
-            self._reward_by_code[schema.EVENT_CODE[name]] = reward
+        self._reward_by_code = reward_by_code(self.rewards)
         self._rng = np.random.default_rng([simulator.cfg.seed, _ENV_STREAM, seed])
         self._state: ShopperState | None = None
 
@@ -1025,14 +1024,22 @@ def write_shop(cfg: Config, *, progress: Callable[[str], object] = print) -> dic
     """
     started = time.perf_counter()
     simulator = ShopSimulator(cfg.simulator)
-    items = simulator.items_table()
     events = simulator.generate_events()
     progress(
         f"simulated {events.num_rows} events of {cfg.simulator.n_users} users in {time.perf_counter() - started:.1f}s"
     )
+    return write_window(cfg, simulator, events, progress=progress)
+
+
+def write_window(
+    cfg: Config, simulator: ShopSimulator, events: pa.Table, *, progress: Callable[[str], object] = print
+) -> dict:
+    """Write the simulator's catalogue and its window's ``events`` (with event_date) to the warehouse,
+    one partition per day (empty days too), replacing the previous shop; the counts of ``write_shop``."""
+    items = simulator.items_table()
     storage.write_partition(items, cfg.layout.table(schema.ITEMS))
 
-    days = [simulator.first_date + dt.timedelta(days=d) for d in range(cfg.simulator.n_days)]
+    days = [simulator.first_date + dt.timedelta(days=d) for d in range(simulator.cfg.n_days)]
     event_date = events.column(schema.EVENT_DATE).to_numpy()
     event_columns = events.drop_columns([schema.EVENT_DATE])
     bounds = np.searchsorted(

@@ -13,7 +13,8 @@ import dataclasses
 import functools
 import json
 import logging
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -281,3 +282,42 @@ def write_report(
     folder = report.write_run_report(cfg, run_date, published, written_at=datetime.now(UTC))
     say(f"report written to {folder}")
     return {"report_dir": folder}
+
+
+def run_steps(
+    steps: Sequence[Any],
+    run_date: str,
+    *,
+    cfg: Config,
+    options: RunOptions = DEFAULTS,
+    run_job: Callable[[str], object],
+    warn: Callable[[str], object],
+    step_done: Callable[[Any, dict[str, Any], float], object] | None = None,
+) -> dict[str, Any]:
+    """Run ``pipeline`` steps in order outside Airflow, each task taking the result of the one before
+    as the DAG's XCom; a Spark step goes to ``run_job(job)``. Returns the last step's result.
+
+    As the DAG's gate runs after a failed training (trigger rule all_done), a failed ``train_model``
+    that is not the last step lets the champion score: ``warn`` says so and the chain goes on.
+    ``step_done(step, result, seconds)`` is told after each step.
+    """
+    from dql_model.errors import InputError
+
+    result: dict[str, Any] = {}
+    for index, step in enumerate(steps):
+        started = time.perf_counter()
+        if step.job:
+            run_job(step.job)
+            result = {"job": step.job, "run_date": run_date}
+        else:
+            upstream = (result,) if step.needs else ()
+            try:
+                result = globals()[step.name](run_date, *upstream, options=options, cfg=cfg)
+            except Exception as error:
+                if step.name != "train_model" or index == len(steps) - 1 or isinstance(error, InputError):
+                    raise
+                warn(f"train_model failed ({error}); the champion scores (degraded run)")
+                result = {"trained": False, "error": f"{type(error).__name__}: {error}"}
+        if step_done is not None:
+            step_done(step, result, time.perf_counter() - started)
+    return result
