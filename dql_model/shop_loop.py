@@ -472,7 +472,7 @@ def run_loop(
                 progress,
             )
             storage.write_json_atomic(cached, twin)
-            twins.append(twin)
+            twins.append(storage.read_json(cached))  # as a rerun will read it: the same summary either way
     summary = summarise(twins, settings)
     storage.write_json_atomic(folder / SUMMARY_FILE, summary)
     return summary
