@@ -98,9 +98,10 @@ def _generate(warehouse: Path, settings: dict[str, Any]) -> dict[str, Any]:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from dql_model import schema, storage
     from dql_model.config import SimulatorConfig
-    from dql_model.simulator import ShopSimulator
+    from dql_model.contract import schema
+    from dql_model.simulation.simulator import ShopSimulator
+    from dql_model.warehouse import storage
 
     simulator = ShopSimulator(SimulatorConfig(**settings["simulator"]))
     with Timer() as t:

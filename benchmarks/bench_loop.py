@@ -1,7 +1,7 @@
 """The shop in the loop at a reduced scale: DQN, a less conservative DQN, the supervised mode and
 popularity on twin shops.
 
-Each policy lives ``--days`` days on each seed's shop (``dql_model.shop_loop``): every day's shoppers
+Each policy lives ``--days`` days on each seed's shop (``dql_model.pipeline.shop_loop``): every day's shoppers
 see the lists the nightly pipeline published the night before, and the nightly pipeline (Great
 Expectations, the Spark job, training, the gate, scoring, publishing) runs on their events and
 impressions. Prints the per-day return of each policy, the cumulative return, the paired
@@ -28,8 +28,9 @@ from pathlib import Path
 
 import jobs.shop_loop
 from benchmarks.common import BENCH_DIR, machine, write_json
-from dql_model import plots, shop_loop
 from dql_model.config import load_config
+from dql_model.judging import plots
+from dql_model.pipeline import shop_loop
 
 SCALE = {
     "simulator": {"n_users": 600, "n_items": 200, "n_categories": 8},

@@ -1,7 +1,7 @@
 """Recommendation quality on MovieLens-100K (leave-one-out) against RecBole, in the same run.
 
 Every system ranks the full catalogue for each of the 943 users' last item, with the user's
-history masked, and is scored by one evaluator (dql_model.offline_eval): HR, NDCG and MRR@10,
+history masked, and is scored by one evaluator (dql_model.evaluation.offline_eval): HR, NDCG and MRR@10,
 coverage@10 and the share of already-seen items, with 95% intervals (normal approximation over
 users) and paired differences against the best RecBole model on the same users.
 
@@ -12,7 +12,7 @@ users) and paired differences against the best RecBole model on the same users.
   a time budget written into the table's notes; their test scores come back as a matrix and are
   ranked and masked here like everyone else's. The check "our evaluator on RecBole's unmasked
   top-10 reproduces RecBole's reported test metrics" is part of the output;
-- popularity and item co-occurrence (dql_model.baselines), fitted on the training sequences,
+- popularity and item co-occurrence (dql_model.judging.baselines), fitted on the training sequences,
   the co-occurrence setting picked on validation NDCG@10 (history masked);
 - dqlrec's Q-network (DQN, its supervised mode and SQN's two heads) through the Python API
   (train.train_model) on transitions written from the same split (every position of each
@@ -49,9 +49,14 @@ import torch
 
 from benchmarks.common import BENCH_DIR, machine, print_table, write_json
 from benchmarks.peers import movielens, recbole_env
-from dql_model import baselines, data, offline_eval, schema, train
 from dql_model.config import Config
-from dql_model.evaluate import PopularityScorer, QNetworkScorer
+from dql_model.contract import schema
+from dql_model.evaluation import offline_eval
+from dql_model.evaluation.evaluate import PopularityScorer
+from dql_model.judging import baselines
+from dql_model.learning import train
+from dql_model.learning.scorer import QNetworkScorer
+from dql_model.warehouse import data
 
 K = 10
 NDCG, HR, MRR = (schema.metric_name(kind, K) for kind in ("ndcg", "hr", "mrr"))

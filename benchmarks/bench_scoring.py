@@ -28,12 +28,12 @@ import pyarrow as pa
 import torch
 
 from benchmarks.common import Timer, machine, peak_rss_mib, print_table, write_json
-from dql_model import data
 from dql_model.config import ModelConfig
-from dql_model.networks import QNetwork
+from dql_model.learning.networks import QNetwork
 from dql_model.scoring.engines import score_users
 from dql_model.scoring.policy import Policy
 from dql_model.scoring.ranking import SCORES_PER_CHUNK
+from dql_model.warehouse import data
 
 EMBED, TOP_K, MAX_LEN, BATCH_SIZE = 64, 20, 20, 2048
 CASES = ((10_000, 32_768), (100_000, 8_192))

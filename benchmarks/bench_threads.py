@@ -6,8 +6,8 @@ Cases: one training alone (threads from the usable CPUs, as the pipeline sets th
 half of them); two at once with
 torch's default (one thread per core each); two at once capped by the config (``train.threads``, e.g.
 ``DQLREC_TRAIN__THREADS``) to the usable CPUs divided between them; two at once each pinned to its own
-cores (the affinity a container or a pinned worker gives), where ``dql_model.threads`` follows the pin
-with no setting. The check: a pair set up by dql_model.threads reaches together at least 80% of the
+cores (the affinity a container or a pinned worker gives), where ``dql_model.ops.threads`` follows the pin
+with no setting. The check: a pair set up by dql_model.ops.threads reaches together at least 80% of the
 better single training. Other load on the machine lowers every row: the load average is printed.
 
     python -m benchmarks threads
@@ -23,7 +23,7 @@ import sys
 import time
 
 from benchmarks.common import print_table, write_json
-from dql_model import threads
+from dql_model.ops import threads
 
 WINDOW_S = 15.0
 START_DELAY_S = 20.0
@@ -34,14 +34,14 @@ REQUIRED_SHARE = 0.8
 def train_for(window_s: float, start_at: float, configured: int | None) -> dict[str, float]:
     """Gradient steps of the default model from ``start_at`` for ``window_s``; transitions per second.
 
-    ``configured`` is train.threads for dql_model.threads (None: leave torch's own default).
+    ``configured`` is train.threads for dql_model.ops.threads (None: leave torch's own default).
     """
     import torch
 
     from benchmarks.bench_training import WARMUP_STEPS, synthetic_batch
-    from dql_model.agent import DQNAgent, TensorBatch
     from dql_model.config import Config
-    from dql_model.networks import QNetwork
+    from dql_model.learning.agent import DQNAgent, TensorBatch
+    from dql_model.learning.networks import QNetwork
 
     used = threads.set_torch_threads(configured) if configured is not None else torch.get_num_threads()
     cfg = Config()
@@ -112,7 +112,7 @@ def main() -> None:
     )
     managed = [r["share_of_alone"] for r in records[3:]]
     verdict = "pass" if min(managed) >= REQUIRED_SHARE else "FAIL"
-    print(f"check: pairs set by dql_model.threads reach {', '.join(f'{s:.0%}' for s in managed)} of one alone "
+    print(f"check: pairs set by dql_model.ops.threads reach {', '.join(f'{s:.0%}' for s in managed)} of one alone "
           f"(required {REQUIRED_SHARE:.0%}): {verdict}")  # fmt: skip
     write_json("threads", {"usable_cpus": usable, "window_s": WINDOW_S, "results": records, "check": verdict})
 

@@ -40,8 +40,13 @@ from typing import Any
 
 from benchmarks.common import BENCH_DIR, machine, print_table, write_json
 from dql_model import config as config_module
-from dql_model import data, evaluate, policy_eval, schema, storage, train
 from dql_model.config import Config
+from dql_model.contract import schema
+from dql_model.evaluation import evaluate
+from dql_model.judging import policy_eval
+from dql_model.learning import train
+from dql_model.learning.scorer import QNetworkScorer
+from dql_model.warehouse import data, storage
 
 ALPHAS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
 SEEDS = (0, 1, 2)
@@ -113,7 +118,7 @@ def run_cell(cfg: Config, night: Night) -> dict[str, Any]:
         exclude=night.exclude,
         progress=lambda line: print(f"  [{label}] {line}", flush=True),
     )
-    scorer = evaluate.QNetworkScorer(result.model, n_items=night.items.n_items)
+    scorer = QNetworkScorer(result.model, n_items=night.items.n_items)
     metrics = evaluate.evaluate_scorer(scorer, night.val, exclude=night.masks)
     simulated = {}
     for refresh in night.refreshes:

@@ -17,10 +17,11 @@ import numpy as np
 import torch
 
 from benchmarks.common import peak_rss_mib, print_table, write_json
-from dql_model import data, schema
-from dql_model.agent import DQNAgent, TensorBatch
 from dql_model.config import Config
-from dql_model.networks import QNetwork
+from dql_model.contract import schema
+from dql_model.learning.agent import DQNAgent, TensorBatch
+from dql_model.learning.networks import QNetwork
+from dql_model.warehouse import data
 
 WARMUP_STEPS = 3
 TIMED_STEPS = 20

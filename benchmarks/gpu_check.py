@@ -25,10 +25,10 @@ import torch
 from benchmarks.bench_scoring import BATCH_SIZE, TOP_K, synthetic_inputs
 from benchmarks.bench_training import synthetic_batch
 from benchmarks.common import print_table, write_json
-from dql_model import schema
-from dql_model.agent import DQNAgent, TensorBatch
 from dql_model.config import Config
-from dql_model.networks import QNetwork
+from dql_model.contract import schema
+from dql_model.learning.agent import DQNAgent, TensorBatch
+from dql_model.learning.networks import QNetwork
 from dql_model.scoring.engines import score_users
 from dql_model.scoring.policy import Policy
 

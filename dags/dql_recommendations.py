@@ -29,11 +29,11 @@ its task at once, without retries, with the error's own message last in the task
 of a date gives the same tables. If training fails or the challenger loses the gate, scoring uses the
 champion model: marketing always gets fresh recommendations from a known-good model.
 
-**Shape.** The task order is `dql_model.pipeline.STEPS`, the one list the CLI (`dqlrec task`) runs too;
-each Python task calls the function of the same name in `dql_model.tasks` with the run's typed options.
+**Shape.** The task order is `dql_model.contract.steps.STEPS`, the one list the CLI (`dqlrec task`) runs too;
+each Python task calls the function of the same name in `dql_model.pipeline.tasks` with the run's typed options.
 
 Heavy libraries (torch, pyspark, great_expectations, pandas) and the rest of dql_model are imported
-inside the tasks only; at parse time the file imports `dql_model.pipeline`, which is standard library only.
+inside the tasks only; at parse time the file imports `dql_model.contract.steps`, which is standard library only.
 """
 
 from __future__ import annotations
@@ -50,13 +50,13 @@ from airflow.sdk import DAG, Asset, Param, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
 # Standard library only (its docstring says why): the step order and the Spark launch flags.
-from dql_model import pipeline
+from dql_model.contract import steps
 
 DAG_ID = Path(__file__).stem
 PROJECT_ROOT = Path(os.environ.get("DQLREC_HOME", Path(__file__).resolve().parents[1]))
 JOBS_DIR = Path(os.environ.get("DQLREC_JOBS_DIR", PROJECT_ROOT / "jobs"))
 # Downstream DAGs schedule on this asset; it is emitted when a date's recommendations are published.
-RECOMMENDATIONS_ASSET = Asset(name=pipeline.RECOMMENDATIONS_ASSET_NAME, uri=pipeline.RECOMMENDATIONS_ASSET_URI)
+RECOMMENDATIONS_ASSET = Asset(name=steps.RECOMMENDATIONS_ASSET_NAME, uri=steps.RECOMMENDATIONS_ASSET_URI)
 RUN_DATE_XCOM = "{{ ti.xcom_pull(task_ids='resolve_run_date') }}"
 # What every spark-submit task of this DAG shares: the connection, pool, timeout and Spark settings.
 SPARK_SUBMIT_DEFAULTS = {
@@ -64,7 +64,7 @@ SPARK_SUBMIT_DEFAULTS = {
     "conf": {
         "spark.sql.session.timeZone": "UTC",
         "spark.ui.showConsoleProgress": "false",
-        "spark.driver.extraJavaOptions": pipeline.FAST_JVM_OPTIONS,
+        "spark.driver.extraJavaOptions": steps.FAST_JVM_OPTIONS,
     },
     "pool": "spark",
     "execution_timeout": timedelta(hours=2),
@@ -78,7 +78,7 @@ default_args = {
     "max_retry_delay": timedelta(minutes=20),
 }
 
-# One Param per field of dql_model.tasks.RunOptions (a test checks they match), plus the run date.
+# One Param per field of dql_model.pipeline.tasks.RunOptions (a test checks they match), plus the run date.
 params = {
     "run_date": Param(
         "",
@@ -134,17 +134,17 @@ def _bad_input_fails_at_once() -> Iterator[None]:
 
 def _options():
     """The run's manual-trigger params as the typed RunOptions (an unknown param is an error)."""
-    from dql_model import tasks
+    from dql_model.pipeline import tasks
 
     return tasks.RunOptions.from_params(get_current_context()["params"])
 
 
 def _run(name: str, run_date: str, *, missing_upstream: dict | None = None) -> dict:
-    """dql_model.tasks.<name>(run_date, [the upstream step's XCom], options=...); bad input not retried."""
-    from dql_model import tasks
+    """dql_model.pipeline.tasks.<name>(run_date, [the upstream step's XCom], options=...); bad input not retried."""
+    from dql_model.pipeline import tasks
 
     with _bad_input_fails_at_once():
-        needs = pipeline.step(name).needs
+        needs = steps.step(name).needs
         upstream = ()
         if needs:
             pulled = get_current_context()["ti"].xcom_pull(task_ids=needs)
@@ -185,7 +185,7 @@ with DAG(
         chosen = context["params"].get("run_date") or ""
         if chosen:
             from dql_model.config import load_config
-            from dql_model.run_dates import resolve_run_date
+            from dql_model.warehouse.run_dates import resolve_run_date
 
             with _bad_input_fails_at_once():
                 return resolve_run_date(load_config(), chosen)
@@ -238,7 +238,7 @@ with DAG(
 
     @task(outlets=[RECOMMENDATIONS_ASSET])
     def publish_recommendations(run_date: str) -> dict:
-        from dql_model import tasks
+        from dql_model.pipeline import tasks
 
         published = _run("publish_recommendations", run_date)
         # Downstream DAGs scheduled on the asset learn which date is ready, where, and whether the
@@ -264,7 +264,7 @@ with DAG(
     choose = choose_scoring_engine()
     score_users_spark = _spark_job(
         "score_users_spark",
-        pipeline.SCORING_JOB,
+        steps.SCORING_JOB,
         "--model-version",
         "{{ ti.xcom_pull(task_ids='evaluate_and_gate')['scoring_version'] }}",
         "--top-k",
@@ -273,12 +273,12 @@ with DAG(
     engines = [score_users(run_date), score_users_spark]
     choose >> engines
     ends = {"score_users": (choose, engines)}
-    for step in pipeline.STEPS:
+    for step in steps.STEPS:
         if step.job:
             node = _spark_job(step.name, step.job)
             ends[step.name] = (node, [node])
         elif step.name in python_steps:
             node = python_steps[step.name](run_date)
             ends[step.name] = (node, [node])
-    for before, after in zip(pipeline.STEPS, pipeline.STEPS[1:], strict=False):
+    for before, after in zip(steps.STEPS, steps.STEPS[1:], strict=False):
         ends[before.name][1] >> ends[after.name][0]

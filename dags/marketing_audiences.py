@@ -9,8 +9,8 @@ table `campaign_audiences` for that date: the users whose top-K is dominated by 
 in the warehouse, replacing that partition whole, so a rerun of a date gives the same table.
 
 If several dates were published before the DAG ran, each date is built. A manual trigger must name
-the `run_date` to (re)build. `dql_model.audiences` holds the rule; this file imports airflow, pendulum
-and `dql_model.pipeline` (standard library only) at parse time.
+the `run_date` to (re)build. `dql_model.publishing.audiences` holds the rule; this file imports airflow, pendulum
+and `dql_model.contract.steps` (standard library only) at parse time.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ import pendulum
 from airflow.sdk import DAG, Asset, Param, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
-from dql_model import pipeline
+from dql_model.contract import steps
 
 DAG_ID = Path(__file__).stem
-RECOMMENDATIONS_ASSET = Asset(name=pipeline.RECOMMENDATIONS_ASSET_NAME, uri=pipeline.RECOMMENDATIONS_ASSET_URI)
+RECOMMENDATIONS_ASSET = Asset(name=steps.RECOMMENDATIONS_ASSET_NAME, uri=steps.RECOMMENDATIONS_ASSET_URI)
 
 with DAG(
     dag_id=DAG_ID,
@@ -58,7 +58,7 @@ with DAG(
     @task
     def published_run_dates() -> list[str]:
         """The run dates named by the triggering asset events (or the param of a manual trigger)."""
-        from dql_model import schema
+        from dql_model.contract import schema
 
         context = get_current_context()
         chosen = context["params"].get("run_date") or ""
@@ -69,7 +69,7 @@ with DAG(
         dates = sorted({schema.iso_date(event.extra["run_date"]) for event in published})
         if not dates:
             raise AirflowFailException(
-                f"no {pipeline.RECOMMENDATIONS_ASSET_NAME} asset event triggered this run; "
+                f"no {steps.RECOMMENDATIONS_ASSET_NAME} asset event triggered this run; "
                 "trigger it with the run_date param to build a date by hand"
             )
         print(f"[dqlrec] audiences for published run date(s) {', '.join(dates)}", flush=True)
@@ -77,8 +77,8 @@ with DAG(
 
     @task
     def build_campaign_audiences(run_dates: list[str]) -> list[dict]:
-        from dql_model import audiences
         from dql_model.config import load_config
+        from dql_model.publishing import audiences
 
         cfg, min_share = load_config(), float(get_current_context()["params"]["min_share"])
         built = [audiences.write_campaign_audiences(cfg, day, min_share=min_share) for day in run_dates]

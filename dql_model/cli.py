@@ -5,7 +5,7 @@
     dqlrec task NAME --run-date D     run one nightly task (and those it needs) without Airflow
     dqlrec summary --run-date D       print the closing summary of a run
     dqlrec evaluate [--run-date D] [--json]   print the model comparison of a run
-    dqlrec simulate [--days N] [--policy P,...] [--seeds S]   the shop in the loop (dql_model.shop_loop)
+    dqlrec simulate [--days N] [--policy P,...] [--seeds S]   the shop in the loop (dql_model.pipeline.shop_loop)
     dqlrec config [KEY]               print the resolved configuration (or one value)
     dqlrec demo-date                  print the demo's run date (the simulator's last day)
     dqlrec run-date [D|latest]        print a run date as YYYY-MM-DD; fails when its events are not loaded
@@ -22,13 +22,16 @@ from pathlib import Path
 
 import yaml
 
-from dql_model import importers, pipeline, run_dates, schema
+from dql_model import importers
 from dql_model.config import Config, ConfigError, load_config
+from dql_model.contract import schema, steps
 from dql_model.errors import InputError
+from dql_model.ops import spark_jobs
+from dql_model.warehouse import run_dates
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from dql_model import simulator
+    from dql_model.simulation import simulator
 
     cfg = load_config(args.config)
     if args.if_empty and simulator.warehouse_has_events(cfg):
@@ -44,7 +47,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 def _cmd_task(args: argparse.Namespace) -> int:
     """Runs NAME and the steps whose results it needs, in order, passing results on as the DAG's XCom."""
-    from dql_model import tasks
+    from dql_model.pipeline import tasks
 
     cfg = load_config(args.config)
     run_date = run_dates.resolve_run_date(cfg, args.run_date)
@@ -52,11 +55,11 @@ def _cmd_task(args: argparse.Namespace) -> int:
         top_k=args.top_k, skip_training=args.skip_training, model_version=args.model_version, force_cpu=args.force_cpu
     )
     result = tasks.run_steps(
-        pipeline.chain_to(args.name),
+        steps.chain_to(args.name),
         run_date,
         cfg=cfg,
         options=options,
-        run_job=lambda job: pipeline.run_job(job, run_date, config=options.apply(cfg).to_dict(), scratch=cfg.layout.root),
+        run_job=lambda job: spark_jobs.run_job(job, run_date, config=options.apply(cfg).to_dict(), scratch=cfg.layout.root),
         warn=lambda message: print(f"dqlrec: {message}", file=sys.stderr),
     )
     print(json.dumps(result, indent=2, default=str))
@@ -77,7 +80,7 @@ def _load_report(cfg: Config, run_date: str | None, filename: str) -> dict:
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
-    from dql_model import report
+    from dql_model.judging import report
 
     cfg = load_config(args.config)
     summary = _load_report(cfg, args.run_date, report.SUMMARY)
@@ -87,7 +90,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from dql_model import report
+    from dql_model.judging import report
 
     cfg = load_config(args.config)
     evaluation = _load_report(cfg, args.run_date, report.EVALUATION)
@@ -130,7 +133,7 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_first_failure(args: argparse.Namespace) -> int:
-    from dql_model import airflow_log
+    from dql_model.ops import airflow_log
 
     with open(args.log, errors="replace") as lines:
         failure = airflow_log.first_task_failure(lines)
@@ -154,12 +157,12 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         "--explore-slots", str(args.explore_slots), "--truth-replicates", str(args.truth_replicates),
         "--out", str(folder.resolve()),
     ]  # fmt: skip
-    pipeline.run_job("shop_loop", cfg.simulator.end_date, loop_args, config=cfg.to_dict(), scratch=cfg.layout.root)
+    spark_jobs.run_job("shop_loop", cfg.simulator.end_date, loop_args, config=cfg.to_dict(), scratch=cfg.layout.root)
     return 0
 
 
 def _cmd_services(args: argparse.Namespace) -> int:
-    from dql_model import services
+    from dql_model.ops import services
 
     return services.main(args.args)
 
@@ -191,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     importers.add_parser(sub)
 
     p = sub.add_parser("task", help="run one nightly task (and the tasks whose results it needs) without Airflow")
-    p.add_argument("name", choices=pipeline.STEP_NAMES)
+    p.add_argument("name", choices=steps.STEP_NAMES)
     p.add_argument("--run-date", required=True, type=_run_date, help="YYYY-MM-DD (UTC)")
     p.add_argument("--top-k", type=int, default=0, help="recommendations per user (0: score.top_k)")
     p.add_argument("--force-cpu", action="store_true", help="train and score on CPU")
@@ -239,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="loop folder (default: var/loop next to the warehouse)")
     p.set_defaults(func=_cmd_simulate)
 
-    p = sub.add_parser("services", help="start, stop or show the local services of `make airflow` (dql_model.services)")
+    p = sub.add_parser("services", help="start, stop or show the local services of `make airflow` (dql_model.ops.services)")
     p.add_argument("args", nargs=argparse.REMAINDER, help="start | stop | status [--home DIR]")
     p.set_defaults(func=_cmd_services)
     return parser
@@ -249,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (InputError, FileNotFoundError, pipeline.JobFailed) as exc:  # bad input or a failed job: one line
+    except (InputError, FileNotFoundError, spark_jobs.JobFailed) as exc:  # bad input or a failed job: one line
         print(f"dqlrec: error: {exc}", file=sys.stderr)
         return 2
 

@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
-from dql_model import pipeline, schema
+from dql_model.contract import schema, steps
 from dql_model.errors import InputError
 
-ENV_PREFIX = pipeline.CONFIG_ENV_PREFIX
+ENV_PREFIX = steps.CONFIG_ENV_PREFIX
 CONFIG_ENV = "DQLREC_CONFIG"
 
 
@@ -176,7 +176,7 @@ class WarehouseConfig(_Section):
     """Where the tables live (local Parquet by default)."""
 
     root: str = "var/warehouse"
-    """Warehouse root folder; dql_model.layout says what lives where below it."""
+    """Warehouse root folder; dql_model.contract.layout says what lives where below it."""
     lock_wait_s: float = 60.0
     """How long a step waits for another run of the same date to release the run-date lock."""
     lock_stale_s: float = 4 * 3600.0
@@ -493,7 +493,7 @@ class SparkConfig(_Section):
     """spark.sql.shuffle.partitions."""
     driver_memory: str = "2g"
     """spark.driver.memory."""
-    driver_java_options: str = pipeline.FAST_JVM_OPTIONS
+    driver_java_options: str = steps.FAST_JVM_OPTIONS
     """spark.driver.extraJavaOptions outside spark-submit (the default halves JVM start-up)."""
 
 
@@ -529,8 +529,8 @@ class Config:
 
     @property
     def layout(self):
-        """Where every table, summary and report of this warehouse lives (dql_model.layout.Layout)."""
-        from dql_model.layout import Layout
+        """Where every table, summary and report of this warehouse lives (dql_model.contract.layout.Layout)."""
+        from dql_model.contract.layout import Layout
 
         return Layout(self.warehouse.root)
 

@@ -11,8 +11,8 @@ The subclasses also derive from the built-in exception a caller would expect (``
 ``ValueError``), so existing ``except`` clauses still catch them. Standard library only: the DAG
 imports this module inside its tasks, the configuration at import time.
 
-Input errors defined elsewhere: ``dql_model.config.ConfigError``, ``dql_model.quality.DataQualityError`` and
-``dql_model.ope.LogError``.
+Input errors defined elsewhere: ``dql_model.config.ConfigError``, ``dql_model.warehouse.quality.DataQualityError`` and
+``dql_model.evaluation.ope.LogError``.
 """
 
 from __future__ import annotations

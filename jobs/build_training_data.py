@@ -42,11 +42,12 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from dql_model import locks, schema
 from dql_model.config import Config, load_config, train_window_start
+from dql_model.contract import schema
+from dql_model.contract.layout import ETL_JOB
 from dql_model.errors import InputError, MissingInput
-from dql_model.layout import ETL_JOB
-from dql_model.run_dates import missing_run_date_message
+from dql_model.warehouse import locks
+from dql_model.warehouse.run_dates import missing_run_date_message
 from jobs.clean_events import PARTITION_DATE_COL, RULE_ORDER, label_events, split_labelled
 from jobs.common import day_end_utc, day_start_utc, failures_named, run_date_arg
 from jobs.item_index import build_item_index

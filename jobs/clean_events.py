@@ -1,6 +1,6 @@
 """Validate raw events: accepted rows go on, every rejected row goes to quarantine with its rule.
 
-The rules, their order and their meaning are ``dql_model.rules.RAW_ROW_RULES`` (the raw data gate
+The rules, their order and their meaning are ``dql_model.contract.rules.RAW_ROW_RULES`` (the raw data gate
 reads the same table); the first rule a row fails is the rule written for it. Here each rule is a
 Spark condition (``_CONDITIONS``). The time rule is anchored on the partition the row arrived in (or
 the run date), and ``duplicate`` is decided last, among the rows that passed every other rule: the
@@ -23,7 +23,7 @@ import datetime as dt
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from dql_model import rules, schema
+from dql_model.contract import rules, schema
 from jobs.common import SECONDS_PER_DAY, as_date, day_end_utc, to_contract
 
 EVENT_COLUMNS = [
@@ -35,7 +35,7 @@ EVENT_COLUMNS = [
     schema.SESSION_ID,
 ]
 RULE_ORDER = rules.RULE_ORDER
-"""The rules in the order a row is judged (dql_model.rules owns them)."""
+"""The rules in the order a row is judged (dql_model.contract.rules owns them)."""
 _KNOWN = "_known_item"
 PARTITION_DATE_COL = "_partition_date"
 """Column of ``label_events``: the date of the partition a row arrived in (null if unknown)."""
@@ -166,14 +166,14 @@ _CONDITIONS = {
 }
 """Rule -> the condition a row breaking it meets; ``duplicate`` is decided in ``label_events``."""
 SPARK_RULES = (*_CONDITIONS, schema.RULE_DUPLICATE)
-"""The rules this job implements (a test checks they are exactly dql_model.rules' table)."""
+"""The rules this job implements (a test checks they are exactly dql_model.contract.rules' table)."""
 
 
 def _first_failed_rule(*, run_date: dt.date, lookback_days: int | None) -> Column:
     """The first rule (in RULE_ORDER) a row fails, or null; duplicates are decided afterwards."""
     if set(SPARK_RULES) != set(RULE_ORDER):
         raise NotImplementedError(
-            f"the rule table dql_model.rules has {list(RULE_ORDER)}; clean_events implements {list(SPARK_RULES)}: "
+            f"the rule table dql_model.contract.rules has {list(RULE_ORDER)}; clean_events implements {list(SPARK_RULES)}: "
             "give every rule of the table a condition in _CONDITIONS"
         )
     first, *others = (name for name in RULE_ORDER if name in _CONDITIONS)

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from dql_model import schema
+from dql_model.contract import schema
 
 SECONDS_PER_DAY = 86_400
 EVENT_CODE_COL = "_event_code"

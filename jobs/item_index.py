@@ -12,7 +12,7 @@ import datetime as dt
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from dql_model import schema
+from dql_model.contract import schema
 from jobs.common import as_date, day_end_utc, to_contract, utc_date
 
 

@@ -34,16 +34,18 @@ from pyspark import Broadcast
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from dql_model import data, locks, pipeline, registry, schema
 from dql_model.config import Config, load_config
+from dql_model.contract import schema, steps
+from dql_model.learning import registry
 from dql_model.scoring.engines import ScoringSummary
 from dql_model.scoring.payload import ScoringPayload
 from dql_model.scoring.policy import Policy
 from dql_model.scoring.ranking import Catalogue, Ranker, batch_count, user_keys
+from dql_model.warehouse import data, locks
 from jobs.common import failures_named, run_date_arg
 from jobs.spark_session import get_spark, read_text, write_partition_atomic, write_text_atomic
 
-JOB = pipeline.SCORING_JOB
+JOB = steps.SCORING_JOB
 BATCH = "_batch"
 """Scratch column: the user's scoring batch (crc32(user_id) mod the batch count)."""
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from dql_model import schema
+from dql_model.contract import schema
 from jobs.common import EVENT_CODE_COL, event_code, event_order, seconds_between
 
 INFERRED_PREFIX = "inferred"

@@ -1,4 +1,4 @@
-"""The shop in the loop (``dql_model.shop_loop``) with one Spark session for every night.
+"""The shop in the loop (``dql_model.pipeline.shop_loop``) with one Spark session for every night.
 
 Each simulated day is followed by a nightly run whose Spark job runs here, in the session this
 process keeps, instead of a child process with its own JVM per night. ``dqlrec simulate`` launches
@@ -19,8 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dql_model import plots, shop_loop
 from dql_model.config import Config, load_config
+from dql_model.judging import plots
+from dql_model.pipeline import shop_loop
 from jobs.common import run_date_arg
 from jobs.spark_session import get_spark
 

@@ -1,7 +1,7 @@
 """SparkSession for the jobs' main()s, and all-or-nothing writes through Hadoop's FileSystem.
 
 Paths go through Hadoop's FileSystem (``spark._jvm``), so the same code works on local folders
-and on HDFS. Partitions follow the swap protocol of ``dql_model.storage`` (assembled in the table's
+and on HDFS. Partitions follow the swap protocol of ``dql_model.warehouse.storage`` (assembled in the table's
 swap area, exchanged in atomically on a local disk). Renames are atomic on HDFS too, but there the
 swap takes two of them; object stores (s3a) emulate them by copying, so there the swap is only as
 safe as the store allows.
@@ -14,9 +14,9 @@ import uuid
 
 from pyspark.sql import DataFrame, SparkSession
 
-from dql_model import storage
 from dql_model.config import SparkConfig
-from dql_model.layout import hidden_sibling, swap_area
+from dql_model.contract.layout import hidden_sibling, swap_area
+from dql_model.warehouse import storage
 
 UNDER_SPARK_SUBMIT_ENV = "PYSPARK_GATEWAY_PORT"
 """Set by spark-submit for a Python driver: the JVM already runs with its master and memory."""
@@ -69,7 +69,7 @@ def _in_swap_area(spark: SparkSession, final, tag: str):
 def write_partition_atomic(df: DataFrame, final_path: str) -> None:
     """Write ``df`` as Parquet to become the whole content of the folder ``final_path``.
 
-    The protocol of ``dql_model.storage`` (its docstring states the invariant): leftovers of a dead
+    The protocol of ``dql_model.warehouse.storage`` (its docstring states the invariant): leftovers of a dead
     writer are recovered first; the data goes to the table's swap area (a sibling of the table
     folder, unseen by readers); a complete write is swapped in by one atomic exchange on a local
     disk, or by two renames elsewhere (HDFS: the old folder is moved to the swap area first and put
@@ -89,7 +89,7 @@ def write_partition_atomic(df: DataFrame, final_path: str) -> None:
 
 
 def _recover_leftovers(spark: SparkSession, fs, final) -> list[str]:
-    """Clean up after a writer of this partition that died (one writer per run date: dql_model.locks).
+    """Clean up after a writer of this partition that died (one writer per run date: dql_model.warehouse.locks).
 
     A dead writer may leave a staging folder (deleted here) or, if it died between its two
     renames, the previous partition moved aside as "retired" and none in place: that one is put

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from dql_model import schema
+from dql_model.contract import schema
 from jobs.common import (
     EVENT_CODE_COL,
     day_end_utc,

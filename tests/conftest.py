@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from dql_model.config import Config
-from dql_model.pipeline import FAST_JVM_OPTIONS
-from dql_model.services import postgres_bindir
+from dql_model.contract.steps import FAST_JVM_OPTIONS
+from dql_model.ops.services import postgres_bindir
 
 # spark-submit and the Spark workers must find this interpreter and its scripts.
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"

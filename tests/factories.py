@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dql_model import schema
+from dql_model.contract import schema
 
 INT_LIST = pa.list_(pa.int32())
 TRANSITIONS_SCHEMA = pa.schema(
@@ -182,7 +182,7 @@ def make_shop(
 def write_night(layout, run_date: str, *, n_items: int = 30, n_users: int = 40, max_len: int = 8) -> None:
     """The curated partitions one night reads (transitions, item_index, user_states) for ``run_date``.
 
-    ``layout`` is a ``dql_model.layout.Layout``; the shop is ``make_shop``'s, and each user's state
+    ``layout`` is a ``dql_model.contract.layout.Layout``; the shop is ``make_shop``'s, and each user's state
     follows the same hidden rule, so a trained model scores it well. No Spark needed.
     """
     import shutil

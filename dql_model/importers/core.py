@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from dql_model import schema
+from dql_model.contract import schema
 from dql_model.errors import EmptyInput, InputError, MissingInput
 
 DEFAULT_BLOCK_SIZE = 32 << 20

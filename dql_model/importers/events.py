@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from dql_model import schema
+from dql_model.contract import schema
 from dql_model.errors import MissingInput
 from dql_model.importers import core
 from dql_model.importers.warehouse import ImportRun

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from dql_model import schema
+from dql_model.contract import schema
 from dql_model.errors import MissingInput
 from dql_model.importers import core
 from dql_model.importers.warehouse import ImportRun

@@ -36,9 +36,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from dql_model import schema, storage
+from dql_model.contract import schema
+from dql_model.contract.layout import Layout
 from dql_model.importers.core import US_PER_DAY, Chunk, Converter, FileCounts, Progress, UnusableInput
-from dql_model.layout import Layout
+from dql_model.warehouse import storage
 
 ROWS_PER_FILE = 1_000_000
 """Rows per Parquet file of a day partition (as storage.write_partition)."""

@@ -20,7 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dql_model import schema
+from dql_model.contract import schema
 from dql_model.errors import MissingInput
 from dql_model.importers import core
 from dql_model.importers.warehouse import ImportRun

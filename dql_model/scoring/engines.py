@@ -30,12 +30,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from dql_model import data, pipeline, registry, schema, storage
 from dql_model.config import Config
-from dql_model.networks import QNetwork
+from dql_model.contract import schema, steps
+from dql_model.learning import registry
+from dql_model.learning.device import resolve_device
+from dql_model.learning.networks import QNetwork
+from dql_model.ops import spark_jobs
 from dql_model.scoring.policy import Policy
 from dql_model.scoring.ranking import Catalogue, Ranker, canonical_batches, take_states, user_keys
-from dql_model.train import resolve_device
+from dql_model.warehouse import data, storage
 
 
 @dataclass(frozen=True)
@@ -193,8 +196,8 @@ def score_with_torch(cfg: Config, run_date: str, version: str) -> ScoringSummary
 
 def score_with_spark(cfg: Config, run_date: str, version: str) -> ScoringSummary:
     """Run the Spark scoring job (``jobs/score_recommendations.py``) on this config; the summary it wrote."""
-    pipeline.run_job(
-        pipeline.SCORING_JOB,
+    spark_jobs.run_job(
+        steps.SCORING_JOB,
         run_date,
         ["--model-version", version],
         config=cfg.to_dict(),

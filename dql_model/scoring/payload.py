@@ -17,8 +17,9 @@ from typing import Any
 import safetensors.torch
 import torch
 
-from dql_model import registry, schema
-from dql_model.networks import QNetwork
+from dql_model.contract import schema
+from dql_model.learning import registry
+from dql_model.learning.networks import QNetwork
 from dql_model.scoring.policy import Policy
 from dql_model.scoring.ranking import Catalogue, Ranker
 

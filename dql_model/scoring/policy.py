@@ -5,7 +5,7 @@ probability ``explore_epsilon``, are drawn from the softmax over the eligible it
 instead of taken greedily (source ``explore``).
 
 ``propensity`` is the marginal probability that the policy puts the item at that rank, what
-position-based off-policy estimators divide by (``dql_model.ope``). Given the items above a rank
+position-based off-policy estimators divide by (``dql_model.evaluation.ope``). Given the items above a rank
 the probability is exact and cheap: eps * w_j / (mass left) + (1 - eps) * [j is the best greedy
 item left], with w = exp((q - top) / T). Where no rank above is random that conditional is the
 marginal (every greedy rank: 1.0; the first explored rank below greedy ones). Below a random rank
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from dql_model.config import ScoreConfig
-from dql_model.data import check_exclude_rule, exclude_rule
+from dql_model.warehouse.data import check_exclude_rule, exclude_rule
 
 _ITEM_STREAM, _SLOT_STREAM = 0x51ED2701, 0x2C1B3C6D
 """Tags that make the item draws and the slot coins of a user independent random streams."""

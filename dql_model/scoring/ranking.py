@@ -30,9 +30,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from dql_model import data, schema
-from dql_model.networks import QNetwork
+from dql_model.contract import schema
+from dql_model.learning.networks import QNetwork
 from dql_model.scoring.policy import CatalogueRest, Policy, SlotCandidates, fill_slots
+from dql_model.warehouse import data
 
 SCORES_PER_CHUNK = 1 << 25
 """Q-values held at once (128 MiB of float32): users per matrix product = this // catalogue size."""
@@ -72,7 +73,7 @@ class Catalogue:
 
     @classmethod
     def from_features(cls, items: data.ItemFeatures, popularity: np.ndarray) -> Catalogue:
-        """From the item index as ``dql_model.data`` decodes it, and a fallback score per item_idx."""
+        """From the item index as ``dql_model.warehouse.data`` decodes it, and a fallback score per item_idx."""
         return cls(
             item_ids=pa.array(items.item_ids, pa.string()),
             available=items.available,

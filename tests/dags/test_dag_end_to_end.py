@@ -12,8 +12,10 @@ import pyarrow.compute as pc
 import pytest
 import yaml
 
-from dql_model import publish, schema, storage
 from dql_model.config import load_config
+from dql_model.contract import schema
+from dql_model.publishing import publish
+from dql_model.warehouse import storage
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]
 
@@ -28,7 +30,7 @@ def test_nightly_dag_publishes_to_s3_and_reruns_identically(
 ):
     from airflow.dag_processing.dagbag import DagBag
 
-    from dql_model import simulator
+    from dql_model.simulation import simulator
     from tests.conftest import PROJECT_ROOT
 
     config = tiny_config.to_dict()

@@ -93,13 +93,13 @@ def test_params_are_typed(dagbag):
 
 @pytest.mark.parametrize("dag_id", [DAG_ID, "marketing_audiences"])
 def test_module_level_imports_are_light(dag_id):
-    # The DAG file may import dql_model.pipeline (standard library only: the step order), nothing
+    # The DAG file may import dql_model.contract.steps (standard library only: the step order), nothing
     # else of the package, and none of the heavy libraries.
     code = (
         "import runpy, sys; runpy.run_path(sys.argv[1]); "
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
         "('torch', 'pyspark', 'great_expectations', 'pandas', 'numpy', 'pyarrow') "
-        "or (m.startswith('dql_model.') and m != 'dql_model.pipeline')); "
+        "or (m.startswith('dql_model.') and m != 'dql_model.contract.steps')); "
         "print('HEAVY=' + ','.join(heavy))"
     )
     out = subprocess.run(
@@ -112,7 +112,7 @@ def test_module_level_imports_are_light(dag_id):
 
 def test_the_pipeline_module_imports_only_the_standard_library():
     code = (
-        "import sys; before = set(sys.modules); import dql_model.pipeline; "
+        "import sys; before = set(sys.modules); import dql_model.contract.steps; "
         "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
         "print('OUTSIDE=' + ','.join(sorted(m for m in new if m not in sys.stdlib_module_names and m != 'dql_model')))"
     )
@@ -121,11 +121,11 @@ def test_the_pipeline_module_imports_only_the_standard_library():
 
 
 def test_the_dag_follows_the_pipeline_steps(dagbag):
-    from dql_model import pipeline
+    from dql_model.contract import steps
 
     dag = dagbag.dags[DAG_ID]
     scoring = {"score_users": "choose_scoring_engine"}  # the scoring step branches into two engines
-    for before, after in zip(pipeline.STEPS, pipeline.STEPS[1:], strict=False):
+    for before, after in zip(steps.STEPS, steps.STEPS[1:], strict=False):
         first = dag.get_task(scoring.get(after.name, after.name))
         assert before.name in first.upstream_task_ids or (
             before.name == "score_users" and {"score_users", "score_users_spark"} <= first.upstream_task_ids
@@ -135,7 +135,7 @@ def test_the_dag_follows_the_pipeline_steps(dagbag):
 def test_params_are_the_run_options(dagbag):
     import dataclasses
 
-    from dql_model.tasks import RunOptions
+    from dql_model.pipeline.tasks import RunOptions
 
     params = set(dagbag.dags[DAG_ID].params.keys())
     assert params == {"run_date"} | {f.name for f in dataclasses.fields(RunOptions)}
@@ -155,7 +155,7 @@ def stubbed_tasks(monkeypatch):
     """The pipeline's task functions and spark-submit replaced by recorders: the DAG's wiring under test."""
     from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 
-    from dql_model import tasks
+    from dql_model.pipeline import tasks
 
     calls: list[str] = []
 
@@ -233,8 +233,9 @@ def test_config_picks_the_scoring_path_and_publishing_emits_the_asset(
 
 
 def _bad_inputs():
-    from dql_model import errors, quality
+    from dql_model import errors
     from dql_model.config import ConfigError
+    from dql_model.warehouse import quality
 
     report = quality.QualityReport(
         table="events",
@@ -270,7 +271,7 @@ def _call(dagbag, task_id, *args, params=None):
 def test_bad_input_fails_the_task_without_retries_and_keeps_its_message(dagbag, monkeypatch, error):
     from airflow.sdk.exceptions import AirflowFailException
 
-    from dql_model import tasks
+    from dql_model.pipeline import tasks
 
     monkeypatch.setattr(tasks, "validate_raw_events", _raising(error))
     with pytest.raises(AirflowFailException) as caught:
@@ -285,7 +286,7 @@ def test_bad_input_fails_the_task_without_retries_and_keeps_its_message(dagbag, 
     ids=lambda e: type(e).__name__,
 )
 def test_transient_errors_keep_their_retries(dagbag, monkeypatch, error):
-    from dql_model import tasks
+    from dql_model.pipeline import tasks
 
     monkeypatch.setattr(tasks, "validate_raw_events", _raising(error))
     with pytest.raises(type(error)) as caught:
@@ -313,7 +314,8 @@ def test_a_run_date_that_is_not_a_calendar_day_fails_without_retries(dagbag, run
 @pytest.mark.slow
 def test_a_missing_partition_fails_the_run_at_once(airflow_db, dagbag, stubbed_tasks, monkeypatch):
     """Through Airflow: with retries on, the bad input's task and evaluate_and_gate (all_done) run once."""
-    from dql_model import errors, tasks
+    from dql_model import errors
+    from dql_model.pipeline import tasks
 
     monkeypatch.setattr(tasks, "validate_raw_events", _raising(errors.MissingInput("raw events partition is missing")))
     dag = dagbag.dags[DAG_ID]

@@ -16,8 +16,10 @@ import pyarrow.compute as pc
 import pytest
 import yaml
 
-from dql_model import cli, schema, storage
+from dql_model import cli
 from dql_model.config import load_config
+from dql_model.contract import schema
+from dql_model.warehouse import storage
 from tests.factories import foreign_log, write_movielens_100k, write_retailrocket, write_views_csv
 
 pytestmark = [pytest.mark.airflow, pytest.mark.slow]

@@ -9,8 +9,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from dql_model import schema, storage
 from dql_model.config import Config
+from dql_model.contract import schema
+from dql_model.warehouse import storage
 from tests.factories import write_night
 from tests.reliability.night import run_steps
 

@@ -1,5 +1,5 @@
 """A night of the pipeline without Airflow or Spark: the nightly steps from train_model to write_report,
-run in order through ``dql_model.tasks`` as the DAG runs them, results passed on as its XCom.
+run in order through ``dql_model.pipeline.tasks`` as the DAG runs them, results passed on as its XCom.
 
     python -m tests.reliability.night CONFIG RUN_DATE FIRST LAST [UPSTREAM_JSON]
 
@@ -13,10 +13,11 @@ import json
 import sys
 from typing import Any
 
-from dql_model import pipeline, tasks
 from dql_model.config import Config, load_config
+from dql_model.contract import steps
+from dql_model.pipeline import tasks
 
-CHAIN = tuple(step.name for step in pipeline.chain_to("write_report"))
+CHAIN = tuple(step.name for step in steps.chain_to("write_report"))
 """train_model, evaluate_and_gate, score_users, validate_recommendations, publish_recommendations, write_report."""
 
 
@@ -26,7 +27,7 @@ def run_steps(
     """Run the steps ``first``..``last`` of CHAIN for ``run_date``; ``upstream`` is the result ``first`` needs."""
     result = upstream or {}
     for name in CHAIN[CHAIN.index(first) : CHAIN.index(last) + 1]:
-        needs = (result,) if pipeline.step(name).needs else ()
+        needs = (result,) if steps.step(name).needs else ()
         result = getattr(tasks, name)(run_date, *needs, cfg=cfg)
     return result
 

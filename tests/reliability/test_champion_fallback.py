@@ -9,7 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from dql_model import cli, registry, report, schema, tasks
+from dql_model import cli
+from dql_model.contract import schema
+from dql_model.judging import report
+from dql_model.learning import registry
+from dql_model.pipeline import tasks
 from tests.reliability.conftest import DAY2, config_file, published
 from tests.reliability.night import run_steps
 
@@ -18,12 +22,12 @@ INJECTED = "CUDA error: out of memory (injected)"
 
 @pytest.fixture
 def training_fails(monkeypatch):
-    import dql_model.train
+    import dql_model.learning.train
 
     def fail(cfg, run_date, *, progress=print):
         raise RuntimeError(INJECTED)
 
-    monkeypatch.setattr(dql_model.train, "train_challenger", fail)
+    monkeypatch.setattr(dql_model.learning.train, "train_challenger", fail)
 
 
 def test_training_raises_the_champion_scores_and_the_run_is_degraded_everywhere(night, training_fails):

@@ -30,9 +30,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from dql_model import faults, locks, schema, storage
-from dql_model.layout import swap_area
-from dql_model.publish import read_export
+from dql_model import faults
+from dql_model.contract import schema
+from dql_model.contract.layout import swap_area
+from dql_model.publishing.publish import read_export
+from dql_model.warehouse import locks, storage
 from tests.reliability.conftest import DAY1, DAY2, config_file, published
 from tests.reliability.night import run_steps
 

@@ -17,8 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 from boto3.s3.transfer import S3Transfer
 
-from dql_model import publish, schema, sinks, storage, tasks
-from dql_model.publish import IncompleteExportError, read_export
+from dql_model.contract import schema
+from dql_model.pipeline import tasks
+from dql_model.publishing import publish, sinks
+from dql_model.publishing.publish import IncompleteExportError, read_export
+from dql_model.warehouse import storage
 
 DAY_BEFORE, RUN_DATE = "2026-11-26", "2026-11-27"
 

@@ -5,7 +5,7 @@ token, on a tiny generated shop, and run by the scheduler with the LocalExecutor
 the standalone master through ``spark_default``. Then: the published recommendations, the master's
 list of finished applications, the asset event, and marketing's DAG, which the asset event triggered
 after the publish, built the audiences of the published date. A headless Chromium (Debian's package,
-dql_model/browser.py) then saves the DAG's grid view, showing that run, as an artifact of the test in
+tests/browser.py) then saves the DAG's grid view, showing that run, as an artifact of the test in
 var/test-artifacts/. Last, stopping leaves no process behind.
 """
 
@@ -23,9 +23,13 @@ import pytest
 import yaml
 from PIL import Image
 
-from dql_model import audiences, schema, services, simulator, storage
-from dql_model.browser import Browser
 from dql_model.config import load_config
+from dql_model.contract import schema
+from dql_model.ops import services
+from dql_model.publishing import audiences
+from dql_model.simulation import simulator
+from dql_model.warehouse import storage
+from tests.browser import Browser
 from tests.conftest import PROJECT_ROOT, make_tiny_config, postgres_bindir
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]

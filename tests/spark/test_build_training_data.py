@@ -13,8 +13,9 @@ import pytest
 import yaml
 from pyspark.testing import assertDataFrameEqual
 
-from dql_model import schema, storage
+from dql_model.contract import schema
 from dql_model.errors import MissingInput
+from dql_model.warehouse import storage
 from jobs.build_training_data import STATES_FORMAT, Plan, main, plan_run
 from jobs.common import SparkJobFailed
 

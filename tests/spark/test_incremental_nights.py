@@ -21,8 +21,9 @@ import pytest
 import yaml
 from pyspark.testing import assertDataFrameEqual
 
-from dql_model import schema, storage
 from dql_model.config import Config
+from dql_model.contract import schema
+from dql_model.warehouse import storage
 from jobs.build_training_data import main
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
@@ -172,7 +173,7 @@ CLUSTER_DRIVER = textwrap.dedent(
     """
     import sys, time
     from pyspark.sql import SparkSession
-    from dql_model.pipeline import FAST_JVM_OPTIONS
+    from dql_model.contract.steps import FAST_JVM_OPTIONS
     from jobs.build_training_data import main
 
     config_file, *nights = sys.argv[1:]

@@ -8,7 +8,7 @@ import pytest
 from pyspark.sql.types import StructType
 from pyspark.testing import assertDataFrameEqual, assertSchemaEqual
 
-from dql_model import schema
+from dql_model.contract import schema
 from jobs.item_index import build_item_index
 
 pytestmark = pytest.mark.spark

@@ -16,13 +16,17 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from dql_model import data, pipeline, registry, schema, storage, tasks
 from dql_model.config import ModelConfig
-from dql_model.networks import QNetwork
+from dql_model.contract import schema, steps
+from dql_model.learning import registry
+from dql_model.learning.networks import QNetwork
+from dql_model.ops import spark_jobs
+from dql_model.pipeline import tasks
 from dql_model.scoring import engines
 from dql_model.scoring.payload import ScoringPayload
 from dql_model.scoring.policy import Policy
 from dql_model.scoring.ranking import Catalogue
+from dql_model.warehouse import data, storage
 from jobs import score_recommendations as job
 
 pytestmark = pytest.mark.spark
@@ -159,8 +163,8 @@ def _torch_inputs(states: pa.Table, index: pa.Table) -> tuple[data.UserStates, d
 
 
 def test_the_spark_engine_launches_the_job_with_arguments_it_accepts():
-    command = pipeline.job_command(
-        pipeline.SCORING_JOB, RUN_DATE, ["--model-version", "20261127-ab12cd34"], config_file="/tmp/.config.json"
+    command = spark_jobs.job_command(
+        steps.SCORING_JOB, RUN_DATE, ["--model-version", "20261127-ab12cd34"], config_file="/tmp/.config.json"
     )
     assert command[1:3] == ["-m", f"jobs.{job.JOB}"]
     args = job.parse_args(command[3:])

@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 from pyspark.testing import assertDataFrameEqual
 
-from dql_model import schema
+from dql_model.contract import schema
 from jobs.sessions import sessionize
 
 pytestmark = pytest.mark.spark

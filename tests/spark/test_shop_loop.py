@@ -11,7 +11,9 @@ import pyarrow.parquet as pq
 import pytest
 
 import jobs.shop_loop
-from dql_model import schema, shop_loop, storage
+from dql_model.contract import schema
+from dql_model.pipeline import shop_loop
+from dql_model.warehouse import storage
 from tests.conftest import make_tiny_config
 
 SETTINGS = shop_loop.LoopSettings(

@@ -8,7 +8,7 @@ import pytest
 from pyspark.sql.types import StructType
 from pyspark.testing import assertDataFrameEqual, assertSchemaEqual
 
-from dql_model import schema
+from dql_model.contract import schema
 from jobs.transitions import build_transitions
 from jobs.user_states import build_user_states
 

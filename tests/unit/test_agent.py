@@ -10,16 +10,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dql_model import data, schema
-from dql_model.agent import (
+from dql_model.config import ConfigError, ModelConfig, TrainConfig
+from dql_model.contract import schema
+from dql_model.learning.agent import (
     DQNAgent,
     TensorBatch,
     compute_loss,
     double_dqn_target,
     sampled_conservative_term,
 )
-from dql_model.config import ConfigError, ModelConfig, TrainConfig
-from dql_model.networks import QNetwork
+from dql_model.learning.networks import QNetwork
+from dql_model.warehouse import data
 
 torch.set_num_threads(1)
 NEG = float("-inf")

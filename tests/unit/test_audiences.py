@@ -5,7 +5,9 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from dql_model import audiences, schema, storage
+from dql_model.contract import schema
+from dql_model.publishing import audiences
+from dql_model.warehouse import storage
 
 
 def _recommendations(lists: dict[str, list[str]]) -> pa.Table:

@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from dql_model import baselines, data, metrics, schema
-from dql_model.baselines import CooccurrenceCounts, CooccurrenceScorer, SparseRows
-from dql_model.evaluate import evaluate_scorer
+from dql_model.contract import schema
+from dql_model.evaluation import metrics
+from dql_model.evaluation.evaluate import evaluate_scorer
+from dql_model.judging import baselines
+from dql_model.judging.baselines import CooccurrenceCounts, CooccurrenceScorer, SparseRows
+from dql_model.warehouse import data
 from tests.factories import make_shop
 
 torch.set_num_threads(1)

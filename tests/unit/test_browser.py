@@ -1,8 +1,8 @@
-"""dql_model.browser without a browser: which of a package's dependencies it fetches."""
+"""tests.browser without a browser: which of a package's dependencies it fetches."""
 
 from __future__ import annotations
 
-from dql_model import browser
+from tests import browser
 
 # `apt-cache depends chromium` on Debian bookworm, shortened (the real one has 40 plain Depends).
 CHROMIUM = """chromium

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dql_model import cli, report, storage
+from dql_model import cli
 from dql_model.config import load_config
+from dql_model.judging import report
+from dql_model.warehouse import storage
 
 RUN_DATE = "2026-11-27"
 
@@ -199,9 +201,9 @@ AIRFLOW_LOG = f"""\
 Traceback (most recent call last):
   File "{DAG_FILE}", line 127, in _bad_input_fails_at_once
     yield
-  File "/repo/dql_model/quality.py", line 204, in check_raw_partition
+  File "/repo/dql_model/warehouse/quality.py", line 204, in check_raw_partition
     raise DataQualityError(report)
-dql_model.quality.DataQualityError: raw events partition event_date=2026-11-27 failed 1 data-quality rule (812 rows):
+dql_model.warehouse.quality.DataQualityError: raw events partition event_date=2026-11-27 failed 1 data-quality rule (812 rows):
   - raw events partition event_date=2026-11-27: column item_id, rule expect_column_to_exist: column missing
 
 The above exception was the direct cause of the following exception:
@@ -238,7 +240,7 @@ Fix the partition at its source and rerun the date."""
 
 
 def test_the_first_task_failure_is_the_first_tasks_last_exception():
-    from dql_model.airflow_log import first_task_failure
+    from dql_model.ops.airflow_log import first_task_failure
 
     failure = first_task_failure(AIRFLOW_LOG.splitlines(keepends=True))
     assert failure.task == "validate_raw_events"
@@ -246,7 +248,7 @@ def test_the_first_task_failure_is_the_first_tasks_last_exception():
 
 
 def test_a_failure_at_the_end_of_the_log_stops_before_prints_and_the_cli_verdict():
-    from dql_model.airflow_log import first_task_failure
+    from dql_model.ops.airflow_log import first_task_failure
 
     spark_failure = f"""\
 \x1b[2m2026-12-01T11:40:00.000001Z\x1b[0m [\x1b[31merror    \x1b[0m] Task failed with exception [task]

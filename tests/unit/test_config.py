@@ -213,7 +213,8 @@ def test_urls_without_credentials_load():
 
 def test_a_password_from_the_environment_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys):
     """The config with the password never reaches a model's config.json, a report, XCom or a job's config file."""
-    from dql_model import cli, tasks
+    from dql_model import cli
+    from dql_model.pipeline import tasks
 
     monkeypatch.chdir(tmp_path)
     for name in [n for n in os.environ if n.startswith("DQLREC_")]:

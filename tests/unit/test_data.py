@@ -10,7 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dql_model import data, schema
+from dql_model.contract import schema
+from dql_model.warehouse import data
 from tests.factories import (
     INT_LIST,
     REWARDS,

@@ -8,16 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from dql_model import data, schema
 from dql_model.config import ModelConfig
-from dql_model.evaluate import (
+from dql_model.contract import schema
+from dql_model.evaluation.evaluate import (
     PopularityScorer,
-    QNetworkScorer,
     evaluate_models,
     evaluate_new_items,
     evaluate_scorer,
 )
-from dql_model.networks import QNetwork
+from dql_model.learning.networks import QNetwork
+from dql_model.learning.scorer import QNetworkScorer
+from dql_model.warehouse import data
 
 torch.set_num_threads(1)
 VIEW, CART, BUY = (schema.EVENT_CODE[t] for t in (schema.VIEW, schema.ADD_TO_CART, schema.PURCHASE))
@@ -123,7 +124,7 @@ def test_share_of_already_purchased_items_by_hand():
 
 
 def test_excluded_items_are_masked_before_ranking_and_a_masked_target_is_a_miss():
-    from dql_model.data import Exclusions, TransitionBatch
+    from dql_model.warehouse.data import Exclusions, TransitionBatch
 
     class Fixed:
         def scores(self, state_items, state_events):
@@ -157,7 +158,7 @@ class Planted:
 
 
 def test_new_item_figures_by_hand():
-    from dql_model.data import Exclusions
+    from dql_model.warehouse.data import Exclusions
 
     # rows: a new target planted first; a new target at rank 12 (10 once items 1 and 2 are masked);
     # an old target with a new item in the state (nothing new recommended)

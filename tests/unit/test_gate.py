@@ -10,8 +10,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dql_model import data, gate, registry, schema
-from dql_model.train import build_model, train_model
+from dql_model.contract import schema
+from dql_model.judging import gate
+from dql_model.learning import registry
+from dql_model.learning.train import build_model, train_model
+from dql_model.warehouse import data
 from tests.factories import item_index_table, make_shop, transitions_table, write_parquet
 
 RUN_DATE = "2026-11-27"

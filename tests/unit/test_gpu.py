@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dql_model import registry, train
 from dql_model.config import Config
+from dql_model.learning import registry, train
 from tests.factories import make_shop
 
 pytestmark = [

@@ -16,10 +16,12 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from dql_model import cli, importers, schema, storage
+from dql_model import cli, importers
+from dql_model.contract import schema
+from dql_model.contract.layout import Layout
 from dql_model.errors import EmptyInput, InputError, MissingInput
 from dql_model.importers.core import UnusableInput
-from dql_model.layout import Layout
+from dql_model.warehouse import storage
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "import"
 RETAILROCKET = FIXTURES / "retailrocket"

@@ -1,4 +1,4 @@
-"""dql_model.locks: one writer per run date; the second waits or is refused by name; stale locks are taken over."""
+"""dql_model.warehouse.locks: one writer per run date; the second waits or is refused by name; stale locks are taken over."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import time
 
 import pytest
 
-from dql_model import locks, tasks
-from dql_model.locks import RunDateLocked, run_date_lock
+from dql_model.pipeline import tasks
+from dql_model.warehouse import locks
+from dql_model.warehouse.locks import RunDateLocked, run_date_lock
 
 RUN_DATE = "2026-11-27"
 
@@ -25,7 +26,7 @@ def test_a_second_writer_is_refused_with_the_holder_named(tmp_path):
     path = tmp_path / "_locks" / "run_date=2026-11-27.lock"
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import sys, time; from dql_model.locks import run_date_lock\n"
+         "import sys, time; from dql_model.warehouse.locks import run_date_lock\n"
          f"with run_date_lock({str(path)!r}, run_date='{RUN_DATE}', step='score_users', wait_s=0, stale_s=3600):\n"
          "    print('held', flush=True); time.sleep(60)"],
         stdout=subprocess.PIPE, text=True, env={**os.environ},
@@ -47,7 +48,7 @@ def test_a_waiting_writer_gets_the_lock_when_the_holder_releases_it(tmp_path):
     path, marker = tmp_path / "run_date=2026-11-27.lock", tmp_path / "about-to-release"
     holder = subprocess.Popen(
         [sys.executable, "-c",
-         "import time; from dql_model.locks import run_date_lock\n"
+         "import time; from dql_model.warehouse.locks import run_date_lock\n"
          f"with run_date_lock({str(path)!r}, run_date='{RUN_DATE}', step='train_model', wait_s=0, stale_s=3600):\n"
          "    print('held', flush=True); time.sleep(1.5)\n"
          f"    open({str(marker)!r}, 'w').close()  # last thing before the release"],
@@ -98,7 +99,7 @@ def test_a_child_process_runs_under_its_parents_lock(tmp_path):
     with hold(path):
         child = subprocess.run(
             [sys.executable, "-c",
-             "from dql_model.locks import run_date_lock\n"
+             "from dql_model.warehouse.locks import run_date_lock\n"
              f"with run_date_lock({str(path)!r}, run_date='{RUN_DATE}', step='child', wait_s=0, stale_s=3600) as h:\n"
              "    print(h.step)"],
             capture_output=True, text=True, env=locks.child_env(os.environ),

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from dql_model import metrics
+from dql_model.evaluation import metrics
 
 INF = np.inf
 

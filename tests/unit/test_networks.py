@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from dql_model import config, networks
+from dql_model import config
 from dql_model.config import ModelConfig
-from dql_model.networks import QNetwork
+from dql_model.learning import networks
+from dql_model.learning.networks import QNetwork
 
 torch.set_num_threads(1)
 ENCODERS = sorted(networks.ENCODERS)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from dql_model import offline_eval
+from dql_model.evaluation import offline_eval
 
 HR, NDCG, MRR, SEEN = "eval/hr@3", "eval/ndcg@3", "eval/mrr@3", "eval/seen@3"
 

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from dql_model import ope
+from dql_model.evaluation import ope
 
 # Five rows, three requests (c shows one slot only), two positions.
 #   row  request pos  p_log  p_new  r   w = p_new / p_log   w r   q_logged q_target

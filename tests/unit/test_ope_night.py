@@ -11,8 +11,11 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from dql_model import data, gate, ope_night, registry, report, schema, storage
 from dql_model.config import Config, ConfigError
+from dql_model.contract import schema
+from dql_model.judging import gate, ope_night, report
+from dql_model.learning import registry
+from dql_model.warehouse import data, storage
 from tests.factories import user_states_table
 from tests.unit.test_gate import RUN_DATE, night_cfg, register  # noqa: F401  (night_cfg is a fixture)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dql_model import plots
+from dql_model.judging import plots
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -41,7 +41,7 @@ def test_write_plots_skips_what_the_run_does_not_have(tmp_path):
 
 
 def test_loop_return_draws_both_panels_from_a_loop_summary(tmp_path):
-    from dql_model import shop_loop
+    from dql_model.pipeline import shop_loop
 
     def twin(policy, seed, returns):
         days = [

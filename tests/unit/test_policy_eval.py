@@ -8,10 +8,12 @@ import math
 import numpy as np
 import pytest
 
-from dql_model import data, policy_eval, schema
 from dql_model.config import Config, ConfigError
-from dql_model.policy_eval import CatalogueMap, mean_ci, recommend
-from dql_model.simulator import ShopSimulator
+from dql_model.contract import schema
+from dql_model.judging import policy_eval
+from dql_model.judging.policy_eval import CatalogueMap, mean_ci, recommend
+from dql_model.simulation.simulator import ShopSimulator
+from dql_model.warehouse import data
 
 VIEW, CART, BUY = (schema.EVENT_CODE[t] for t in (schema.VIEW, schema.ADD_TO_CART, schema.PURCHASE))
 

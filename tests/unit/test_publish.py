@@ -16,8 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 from boto3.s3.transfer import S3Transfer
 
-from dql_model import publish, schema, storage
-from dql_model.publish import (
+from dql_model.contract import schema
+from dql_model.publishing import publish
+from dql_model.publishing.publish import (
     CorruptExportError,
     ExportError,
     IncompleteExportError,
@@ -25,6 +26,7 @@ from dql_model.publish import (
     read_export,
     read_manifest,
 )
+from dql_model.warehouse import storage
 
 RUN_DATE = "2026-11-27"
 GENERATED = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)

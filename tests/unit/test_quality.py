@@ -9,8 +9,9 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from dql_model import quality, schema
-from dql_model.quality import DataQualityError, validate_raw_events, validate_recommendations
+from dql_model.contract import schema
+from dql_model.warehouse import quality
+from dql_model.warehouse.quality import DataQualityError, validate_raw_events, validate_recommendations
 
 PARTITION = "event_date=2026-11-20"
 RUN_DATE = "2026-11-27"
@@ -277,8 +278,9 @@ def test_empty_or_off_contract_recommendations_fail():
 
 def test_input_errors_are_classified_in_one_place():
     """Bad input derives from errors.InputError (the DAG does not retry it); the rest may be transient."""
-    from dql_model import errors, pipeline
+    from dql_model import errors
     from dql_model.config import ConfigError
+    from dql_model.ops import spark_jobs
 
     report = quality.QualityReport(table=schema.EVENTS, partition=PARTITION, row_count=0)
     with pytest.raises(errors.BadDate) as bad_date:
@@ -295,7 +297,7 @@ def test_input_errors_are_classified_in_one_place():
     assert isinstance(errors.MissingInput("x"), FileNotFoundError)
     assert all(isinstance(e, ValueError) for e in bad_input if not isinstance(e, errors.MissingInput))
     maybe_transient = [
-        pipeline.JobFailed("Spark job build_training_data failed"),
+        spark_jobs.JobFailed("Spark job build_training_data failed"),
         FileNotFoundError("staged partition is missing"),
         ConnectionError("S3 endpoint unreachable"),
         ValueError("a bug"),
@@ -319,7 +321,7 @@ def test_a_missing_raw_partition_is_bad_input(tiny_config):
 
 
 def write_raw(cfg, events: pd.DataFrame) -> None:
-    from dql_model import storage
+    from dql_model.warehouse import storage
 
     contract = schema.arrow_schema(schema.EVENTS)
     fields = [contract.field(c) if c in contract.names else pa.field(c, pa.string()) for c in events.columns]
@@ -372,7 +374,7 @@ def test_columns_outside_the_contract_are_reported_not_failed():
 
 
 def test_the_task_logs_the_warnings_and_returns_the_extra_columns(tiny_config, capsys):
-    from dql_model import tasks
+    from dql_model.pipeline import tasks
 
     write_raw(tiny_config, raw_events().assign(campaign="x"))
     summary = tasks.validate_raw_events("2026-11-20", cfg=tiny_config)
@@ -385,7 +387,7 @@ def test_the_task_logs_the_warnings_and_returns_the_extra_columns(tiny_config, c
 
 
 def test_the_gate_and_the_spark_job_implement_exactly_the_rule_table():
-    from dql_model import rules
+    from dql_model.contract import rules
     from jobs import clean_events
 
     assert set(quality.GX_RULES) == set(clean_events.SPARK_RULES) == set(rules.RULE_ORDER)

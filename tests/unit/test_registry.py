@@ -12,11 +12,12 @@ import pyarrow as pa
 import pytest
 import torch
 
-from dql_model import data, registry
 from dql_model.config import Config
-from dql_model.networks import QNetwork
+from dql_model.learning import registry
+from dql_model.learning.networks import QNetwork
 from dql_model.scoring.engines import score_users
 from dql_model.scoring.policy import Policy
+from dql_model.warehouse import data
 
 torch.set_num_threads(1)
 WINDOW = {"run_date": "2026-11-27", "train_days": 5, "n_transitions": 123}
@@ -247,7 +248,7 @@ def test_a_version_saved_before_digests_loads_with_a_warning(tmp_path, cfg, capl
     model = trained_like_model(cfg)
     version = registry.save_model(model, cfg, registry_root=tmp_path, metrics={}, data_window=WINDOW)
     as_saved_before_digests(tmp_path / version)
-    with caplog.at_level("WARNING", logger="dql_model.registry"):
+    with caplog.at_level("WARNING", logger="dql_model.learning.registry"):
         loaded, meta = registry.load_model(tmp_path / version)
     assert meta["version"] == version and top_k_table(loaded).equals(top_k_table(model))
     assert f"model version {version} was saved without digests" in caplog.text

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dql_model import report
+from dql_model.judging import report
 
 
 def metrics(ndcg: float) -> dict[str, float]:

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from dql_model import cli, run_dates
+from dql_model import cli
 from dql_model.errors import BadDate, MissingInput
+from dql_model.warehouse import run_dates
 
 
 def load_days(cfg, *days: str) -> None:

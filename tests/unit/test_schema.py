@@ -7,7 +7,7 @@ import datetime as dt
 import pyarrow as pa
 import pytest
 
-from dql_model import schema
+from dql_model.contract import schema
 
 
 def test_run_dates_are_real_calendar_days():

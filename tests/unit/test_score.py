@@ -13,13 +13,16 @@ import pyarrow as pa
 import pytest
 import torch
 
-from dql_model import data, metrics, pipeline, schema
 from dql_model.config import ModelConfig
-from dql_model.networks import QNetwork
+from dql_model.contract import schema
+from dql_model.evaluation import metrics
+from dql_model.learning.networks import QNetwork
+from dql_model.ops import spark_jobs
 from dql_model.scoring import engines
 from dql_model.scoring.engines import ScoringSummary, score_users
 from dql_model.scoring.policy import Policy
 from dql_model.scoring.ranking import top_k_deterministic
+from dql_model.warehouse import data
 
 torch.set_num_threads(1)
 AT = datetime(2026, 11, 27, 5, 0, tzinfo=UTC)
@@ -388,13 +391,13 @@ def test_scoring_summary_round_trips_through_its_json_file(tmp_path):
 
 def test_failed_job_raises_naming_the_job_the_date_and_its_last_lines(tmp_path, monkeypatch):
     fail = "import sys\nfor i in range(30): print(f'line {i}')\nsys.exit(3)"
-    monkeypatch.setattr(pipeline, "job_command", lambda *_, **__: [sys.executable, "-c", fail])
-    with pytest.raises(pipeline.JobFailed, match=r"score_recommendations failed for run date 2026-11-27 \(exit code 3\)") as error:
-        pipeline.run_job("score_recommendations", "2026-11-27", config={}, scratch=str(tmp_path))
+    monkeypatch.setattr(spark_jobs, "job_command", lambda *_, **__: [sys.executable, "-c", fail])
+    with pytest.raises(spark_jobs.JobFailed, match=r"score_recommendations failed for run date 2026-11-27 \(exit code 3\)") as error:
+        spark_jobs.run_job("score_recommendations", "2026-11-27", config={}, scratch=str(tmp_path))
     quoted = str(error.value).splitlines()[1:]
     assert quoted == [f"line {i}" for i in range(10, 30)]
-    monkeypatch.setattr(pipeline, "job_command", lambda *_, **__: [sys.executable, "-c", "print('fine')"])
-    pipeline.run_job("score_recommendations", "2026-11-27", config={}, scratch=str(tmp_path))
+    monkeypatch.setattr(spark_jobs, "job_command", lambda *_, **__: [sys.executable, "-c", "print('fine')"])
+    spark_jobs.run_job("score_recommendations", "2026-11-27", config={}, scratch=str(tmp_path))
     assert list(tmp_path.iterdir()) == []  # the config file is removed either way
 
 
@@ -409,8 +412,8 @@ def test_spark_engine_runs_the_job_on_the_resolved_config_and_names_it_when_it_f
         child = "import sys; from dql_model.config import load_config; print('top_k', load_config(sys.argv[1]).score.top_k); sys.exit(2)"
         return [sys.executable, "-c", child, config_file]
 
-    monkeypatch.setattr(pipeline, "job_command", stand_in)
-    with pytest.raises(pipeline.JobFailed, match=r"Spark job score_recommendations failed for run date 2026-11-27") as error:
+    monkeypatch.setattr(spark_jobs, "job_command", stand_in)
+    with pytest.raises(spark_jobs.JobFailed, match=r"Spark job score_recommendations failed for run date 2026-11-27") as error:
         engines.score(cfg, "2026-11-27", "20261127-missing")
     assert launched == [("score_recommendations", "2026-11-27", ["--model-version", "20261127-missing"])]
     assert str(error.value).splitlines()[-1] == "top_k 7"
@@ -418,7 +421,7 @@ def test_spark_engine_runs_the_job_on_the_resolved_config_and_names_it_when_it_f
 
 
 def test_rows_name_what_produced_them():
-    from dql_model import registry
+    from dql_model.learning import registry
 
     model = bias_only_model([1.0, 5.0, 3.0])
     items = item_features(3)

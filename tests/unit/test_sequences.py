@@ -8,10 +8,12 @@ import pyarrow as pa
 import pytest
 import torch
 
-from dql_model import data, schema, sequences, train
-from dql_model.agent import SequenceTensors, TensorBatch, compute_loss, n_step_positions
 from dql_model.config import Config, ConfigError
-from dql_model.networks import QNetwork
+from dql_model.contract import schema
+from dql_model.learning import sequences, train
+from dql_model.learning.agent import SequenceTensors, TensorBatch, compute_loss, n_step_positions
+from dql_model.learning.networks import QNetwork
+from dql_model.warehouse import data
 from tests.factories import make_shop
 
 torch.set_num_threads(1)

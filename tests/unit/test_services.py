@@ -1,4 +1,4 @@
-"""dql_model.services without the services: environment, PID files, and what stop may end."""
+"""dql_model.ops.services without the services: environment, PID files, and what stop may end."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 
-from dql_model import services
+from dql_model.ops import services
 
 
 def test_the_airflow_environment_uses_the_metadata_db_connection_and_loopback(tmp_path):

@@ -1,4 +1,4 @@
-"""The live shop (simulator.LiveShop) and the loop's pieces that need no Spark (dql_model.shop_loop)."""
+"""The live shop (simulator.LiveShop) and the loop's pieces that need no Spark (dql_model.pipeline.shop_loop)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from dql_model import schema, shop_loop
 from dql_model.config import Config, SimulatorConfig
-from dql_model.simulator import DEFAULT_REWARDS, ShopSimulator
+from dql_model.contract import schema
+from dql_model.pipeline import shop_loop
+from dql_model.simulation.simulator import DEFAULT_REWARDS, ShopSimulator
 
 SHOP = SimulatorConfig(n_users=200, n_items=60, n_categories=4, n_days=5, end_date="2026-11-27", seed=3)
 

@@ -11,9 +11,11 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from dql_model import schema, simulator, storage
 from dql_model.config import SimulatorConfig
-from dql_model.simulator import ShopSimulator
+from dql_model.contract import schema
+from dql_model.simulation import simulator
+from dql_model.simulation.simulator import ShopSimulator
+from dql_model.warehouse import storage
 
 # Large enough for stable shares (~8k events, ~300 purchases), small enough to build in well under a second.
 SHOP = SimulatorConfig(n_users=300, n_items=200, n_categories=8, n_days=10, end_date="2026-11-27", seed=11)

@@ -14,8 +14,9 @@ from datetime import UTC, date, datetime
 import pyarrow as pa
 import pytest
 
-from dql_model import schema, sinks
-from dql_model.sinks import SinkError, read_run_date, replace_run_date
+from dql_model.contract import schema
+from dql_model.publishing import sinks
+from dql_model.publishing.sinks import SinkError, read_run_date, replace_run_date
 
 RUN_DATE = "2026-11-27"
 GENERATED = datetime(2026, 11, 27, 3, 0, tzinfo=UTC)

@@ -1,4 +1,4 @@
-"""dql_model.storage: the partition swap readers never see half of, its recovery, and clear schema errors."""
+"""dql_model.warehouse.storage: the partition swap readers never see half of, its recovery, and clear schema errors."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from dql_model import storage
+from dql_model.contract.layout import swap_area
 from dql_model.errors import InputError
-from dql_model.layout import swap_area
+from dql_model.warehouse import storage
 
 
 def table(values: list[int]) -> pa.Table:

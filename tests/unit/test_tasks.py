@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dql_model.config import Config, ConfigError
-from dql_model.tasks import RunOptions
+from dql_model.pipeline.tasks import RunOptions
 
 
 def test_params_become_typed_options_and_apply_on_top_of_the_config():
@@ -31,7 +31,7 @@ def test_a_misspelt_or_mistyped_option_is_refused(params, message):
 
 
 def test_a_pinned_model_version_must_be_a_registry_folder(tiny_config):
-    from dql_model import tasks
+    from dql_model.pipeline import tasks
 
     with pytest.raises(ConfigError, match="run option model_version: '../../etc' is not a model version name"):
         tasks.evaluate_and_gate("2026-11-27", {}, options=RunOptions(model_version="../../etc"), cfg=tiny_config)

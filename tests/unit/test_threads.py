@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from dql_model import threads
 from dql_model.config import ConfigError
+from dql_model.ops import threads
 
 
 @pytest.mark.parametrize(
@@ -60,12 +60,12 @@ def test_set_torch_threads_sets_torch(monkeypatch):
 
 
 def test_the_torch_tasks_set_threads_from_the_config(monkeypatch, tiny_config):
-    from dql_model import tasks
+    from dql_model.pipeline import tasks
     from dql_model.scoring import engines
 
     calls = []
     monkeypatch.setattr(threads, "set_torch_threads", lambda configured: calls.append(configured) or 1)
-    monkeypatch.setattr("dql_model.train.train_challenger", lambda cfg, run_date, progress: {"version": "v1", "device": "cpu", "seconds": 0.0})
+    monkeypatch.setattr("dql_model.learning.train.train_challenger", lambda cfg, run_date, progress: {"version": "v1", "device": "cpu", "seconds": 0.0})
 
     class Scored:
         users, model_version, engine, top_k, sources = 0, "v1", "torch", 5, {}

@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from dql_model import data, schema, train
 from dql_model.config import Config, ModelConfig
-from dql_model.evaluate import PopularityScorer, evaluate_scorer
-from dql_model.networks import QNetwork
-from dql_model.train import Checkpoints
+from dql_model.contract import schema
+from dql_model.evaluation.evaluate import PopularityScorer, evaluate_scorer
+from dql_model.learning import device, train
+from dql_model.learning.networks import QNetwork
+from dql_model.learning.train import Checkpoints
+from dql_model.warehouse import data
 from tests.factories import item_index_table, make_shop, write_parquet
 
 torch.set_num_threads(1)
@@ -143,14 +145,14 @@ def test_warm_start_copies_rows_of_items_that_existed(tiny_config, shop, tmp_pat
 
 
 def test_resolve_device_and_seed():
-    assert train.resolve_device("cpu").type == "cpu"
-    assert train.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert device.resolve_device("cpu").type == "cpu"
+    assert device.resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="no CUDA device"):
-            train.resolve_device("cuda")
-    train.seed_everything(5)
+            device.resolve_device("cuda")
+    device.seed_everything(5)
     a = (np.random.rand(), torch.rand(1).item())
-    train.seed_everything(5)
+    device.seed_everything(5)
     assert (np.random.rand(), torch.rand(1).item()) == a
 
 
@@ -240,7 +242,7 @@ def test_refit_trains_on_validation_too_and_scores_in_place_of_the_gated_version
 ):
     import shutil
 
-    from dql_model import registry
+    from dql_model.learning import registry
     from dql_model.scoring import engines
 
     run_date = "2026-11-27"

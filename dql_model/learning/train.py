@@ -1,0 +1,591 @@
+"""Nightly training: stream the train split, update the Q-network, early-stop on validation.
+
+    result = train_model(cfg, transitions_dir=..., item_index_dir=..., warm_start=champion)
+
+Per epoch it prints one line of namespaced metrics (loss/*, q/*, eval/*) and keeps the weights
+of the best epoch by the validation metric ``eval.early_stop_metric`` (``eval/ndcg@10`` by default). On CUDA the forward passes run under bf16
+autocast; on CPU a run is bit-for-bit reproducible for a seed.
+
+With ``train.checkpoints`` every finished epoch is saved (networks, optimizer, history, best
+weights, random state) under ``<registry.root>/.checkpoints/<run key>/``, the key being a hash
+of the config, the input partitions and the warm-start weights. The same call after a crash
+resumes after the last saved epoch and ends with the same weights as an uninterrupted run (on
+CPU, bit for bit); a finished run removes its checkpoints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+from dql_model import faults
+from dql_model.config import Config
+from dql_model.contract import schema
+from dql_model.evaluation.evaluate import evaluate_scorer, usable_metric
+from dql_model.learning import sequences
+from dql_model.learning.agent import DQNAgent
+from dql_model.learning.device import resolve_device, seed_everything
+from dql_model.learning.networks import QNetwork
+from dql_model.learning.scorer import QNetworkScorer
+from dql_model.warehouse import data
+
+CHECKPOINTS = ".checkpoints"
+"""Folder under the registry root with one sub-folder of checkpoints per training run."""
+ITEM_ROW_TABLES = (
+    "item_embedding.weight",
+    "item_bias.weight",
+    "category_embedding.weight",
+    "memory_embedding.weight",
+    "next_item_embedding.weight",
+    "next_bias.weight",
+)
+"""Parameters with one row per item_idx / category index: they grow with the catalogue."""
+ITEM_FEATURE_BUFFERS = ("item_category", "item_price_bucket", "cold_item")
+PREFETCH_BATCHES = 4
+"""Batches decoded ahead in a background thread when training on a GPU."""
+HEAD_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+"""Blends w * Q + (1 - w) * next-item logits tried on validation after each epoch of train.mode=sqn."""
+HEAD_WEIGHT_METRIC = f"{schema.metric_prefix()}head_weight"
+PROGRESS_METRICS = (
+    HEAD_WEIGHT_METRIC,
+    schema.metric_name("ndcg", 10),
+    schema.metric_name("hr", 10),
+    schema.metric_name("mrr", 10),
+    schema.metric_name("ndcg", 10, schema.PURCHASE),
+    schema.metric_name("coverage", 10),
+)
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    model: QNetwork
+    """The network with the weights of the best validation epoch."""
+    history: list[dict[str, float]]
+    """One dict of metrics per epoch (loss/*, q/*, grad/*, eval/*, time/*)."""
+    best_value: float
+    """Best value of the validation metric eval.early_stop_metric (NaN without validation transitions)."""
+    best_epoch: int
+    """Epoch (1-based) whose weights the model holds."""
+    device: str
+    """Device the model trained on."""
+    n_transitions: int
+    """Training transitions per epoch."""
+    seconds: float
+    """Wall time of the whole run."""
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    """Validation metrics (eval/*) of the best epoch."""
+
+
+def build_model(items: data.ItemFeatures, cfg: Config, action_counts=None) -> QNetwork:
+    """A fresh QNetwork sized to the item index, with its item features set, and the items that
+    ``action_counts`` (per item_idx, of the split trained on) never shows marked cold."""
+    model = QNetwork(items.n_items, items.n_categories, cfg.model)
+    model.set_item_features(items.category, items.price_bucket)
+    if action_counts is not None:
+        model.set_cold_items(np.asarray(action_counts) == 0)
+    return model
+
+
+def warm_start_from(model: QNetwork, previous: QNetwork) -> int:
+    """Copy ``previous`` weights into ``model``; per-item rows are copied where both have them.
+
+    The item index is append-only, so row i means the same item in both networks. Returns the
+    number of item rows copied. Any other shape difference (a changed model config) is an error.
+    """
+    new_state = model.state_dict()
+    for name, old in previous.state_dict().items():
+        if name in ITEM_FEATURE_BUFFERS:
+            continue  # tonight's features, already set from the item index
+        if name not in new_state:
+            raise ValueError(f"cannot warm-start: the previous model has {name}, the new one does not")
+        new = new_state[name]
+        if name in ITEM_ROW_TABLES and new.shape[1:] == old.shape[1:]:
+            rows = min(new.shape[0], old.shape[0])
+            new[:rows].copy_(old[:rows])
+        elif new.shape == old.shape:
+            new.copy_(old)
+        else:
+            raise ValueError(
+                f"cannot warm-start: {name} has shape {tuple(old.shape)} in the previous model and "
+                f"{tuple(new.shape)} now; did model.* settings change? Train from scratch instead."
+            )
+    return min(model.n_items, previous.n_items)
+
+
+T = TypeVar("T")
+
+
+def prefetched(items: Iterable[T], depth: int = PREFETCH_BATCHES) -> Iterator[T]:
+    """Iterate ``items`` in a background thread, up to ``depth`` ahead, in the same order.
+
+    Parquet decoding and numpy release the GIL, so the next batches are read while the GPU works
+    on this one. An error in the producer is raised here; leaving early stops the producer.
+    """
+    handoff: queue.Queue = queue.Queue(maxsize=depth)
+    finished, stop = object(), threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put(item):
+                    return
+            put(finished)
+        except BaseException as error:  # handed to the consumer, raised there
+            put(error)
+
+    thread = threading.Thread(target=produce, name="dqlrec-prefetch", daemon=True)
+    thread.start()
+    try:
+        while (item := handoff.get()) is not finished:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def _check_indices(batch: data.TransitionBatch | sequences.SequenceBatch, n_items: int, where: str) -> None:
+    if isinstance(batch, sequences.SequenceBatch):
+        too_big, smallest = int(batch.items.max(initial=0)), int(batch.items[batch.loss].min(initial=1))
+    else:
+        too_big = max(int(batch.action.max(initial=0)), int(batch.state_items.max(initial=0)))
+        smallest = int(batch.action.min(initial=1))
+    if too_big > n_items or smallest < 1:
+        raise ValueError(
+            f"{where}: item_idx {too_big} (or an action < 1) is outside the item index 1..{n_items}; "
+            "are transitions and item_index from the same run date?"
+        )
+
+
+def _evaluate(
+    model: QNetwork, val: data.TransitionBatch, masks: data.Exclusions, device, metric: str
+) -> dict:
+    """Validation metrics; with two heads, of the best blend in HEAD_WEIGHTS by ``metric``, which
+    stays set on the model (and so in the best epoch's weights)."""
+    scorer = QNetworkScorer(model, device=device)
+    if model.next_head is None:
+        return evaluate_scorer(scorer, val, exclude=masks)
+    trials = []
+    for weight in HEAD_WEIGHTS:
+        model.head_weight.fill_(weight)
+        trials.append((evaluate_scorer(scorer, val, exclude=masks), weight))
+    row, weight = max(trials, key=lambda trial: trial[0].get(metric, float("-inf")))
+    model.head_weight.fill_(weight)
+    return {**row, HEAD_WEIGHT_METRIC: weight}
+
+
+def _format(metrics: dict[str, float], names) -> str:
+    return " ".join(f"{name}={metrics[name]:.4f}" for name in names if name in metrics)
+
+
+def _train_epoch(agent: DQNAgent, batches, n_items: int, where: str) -> tuple[dict[str, float], int]:
+    sums: dict[str, torch.Tensor] = {}
+    n_rows = 0
+    for batch in batches:
+        _check_indices(batch, n_items, where)
+        step = agent.update(batch)
+        for name, value in step.items():
+            sums[name] = sums.get(name, 0.0) + value.float() * len(batch)
+        n_rows += len(batch)
+    # One device sync per epoch, not per step.
+    return {name: float(total) / max(n_rows, 1) for name, total in sums.items()}, n_rows
+
+
+class Checkpoints:
+    """Per-epoch checkpoints of one training run: save, load the latest, remove when done.
+
+    A checkpoint is a dict of tensors and plain values, written with torch.save to a temporary
+    file and renamed into place, and read back with ``weights_only=True`` (nothing unpickled).
+    """
+
+    def __init__(self, folder: str | os.PathLike[str]):
+        self.folder = Path(folder)
+
+    @staticmethod
+    def run_key(
+        cfg: Config,
+        *,
+        transitions_dir: str,
+        item_index_dir: str,
+        warm_start: QNetwork | None,
+        refit: bool = False,
+    ) -> str:
+        """Hash of what determines the run's result: config, inputs, warm-start weights, refit or not."""
+        digest = hashlib.sha256()
+        inputs = {
+            **({"refit": True} if refit else {}),
+            "config": cfg.to_dict(),
+            "transitions": str(Path(transitions_dir).resolve()),
+            "item_index": str(Path(item_index_dir).resolve()),
+        }
+        digest.update(json.dumps(inputs, sort_keys=True, default=str).encode())
+        if warm_start is not None:
+            for name, tensor in sorted(warm_start.state_dict().items()):
+                digest.update(name.encode())
+                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    def latest(self) -> Path | None:
+        files = sorted(self.folder.glob("epoch-*.pt"))
+        return files[-1] if files else None
+
+    def save(self, epoch: int, state: dict[str, Any]) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"epoch-{epoch:04d}.pt"
+        temporary = path.with_suffix(".tmp")
+        torch.save(state, temporary)
+        os.replace(temporary, path)
+        for older in self.folder.glob("epoch-*.pt"):
+            if older != path:
+                older.unlink(missing_ok=True)
+        return path
+
+    def load(self, device: torch.device) -> dict[str, Any] | None:
+        path = self.latest()
+        if path is None:
+            return None
+        return torch.load(path, map_location=device, weights_only=True)
+
+    def clear(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+@dataclass
+class _Progress:
+    """What a run has done so far: checkpointed after every epoch."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_value: float = float("-inf")
+    best_epoch: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+    n_transitions: int = 0
+
+    @property
+    def epoch(self) -> int:
+        return len(self.history)
+
+    def to_checkpoint(self, agent: DQNAgent) -> dict[str, Any]:
+        return {
+            "online": agent.online.state_dict(),
+            "target": agent.target.state_dict() if agent.target is not None else {},
+            "optimizer": agent.optimizer.state_dict(),
+            "steps": agent.steps,
+            "history": self.history,
+            "best_value": self.best_value,
+            "best_epoch": self.best_epoch,
+            "best_state": self.best_state or {},
+            "n_transitions": self.n_transitions,
+            "rng": _rng_state(),
+        }
+
+    @classmethod
+    def from_checkpoint(cls, saved: dict[str, Any], agent: DQNAgent) -> _Progress:
+        agent.online.load_state_dict(saved["online"])
+        if agent.target is not None:
+            agent.target.load_state_dict(saved["target"])
+        agent.optimizer.load_state_dict(saved["optimizer"])
+        agent.steps = int(saved["steps"])
+        _set_rng_state(saved["rng"])
+        return cls(
+            history=list(saved["history"]),
+            best_value=float(saved["best_value"]),
+            best_epoch=int(saved["best_epoch"]),
+            best_state={k: v.cpu() for k, v in saved["best_state"].items()} or None,
+            n_transitions=int(saved["n_transitions"]),
+        )
+
+
+def _resume(checkpoints: Checkpoints | None, agent: DQNAgent, device, progress) -> _Progress:
+    if checkpoints is None:
+        return _Progress()
+    try:
+        saved = checkpoints.load(device)
+        if saved is None:
+            return _Progress()
+        state = _Progress.from_checkpoint(saved, agent)
+    except Exception as error:  # a torn or stale checkpoint must not block the night: start over
+        progress(f"warning: cannot resume from {checkpoints.folder} ({error}); training from the start")
+        checkpoints.clear()
+        return _Progress()
+    progress(f"resuming from checkpoint {checkpoints.latest()} (epoch {state.epoch} done)")
+    return state
+
+
+def train_model(
+    cfg: Config,
+    *,
+    transitions_dir: str,
+    item_index_dir: str,
+    warm_start: QNetwork | None = None,
+    exclude: str = "none",
+    refit: bool = False,
+    head_weight: float | None = None,
+    progress: Callable[[str], None] = print,
+) -> TrainResult:
+    """Train a Q-network on one transitions partition; see the module docstring.
+
+    Early stopping ranks validation with the items of the ``exclude`` rule masked
+    (``data.load_exclusions``), as the gate and scoring do. With ``refit`` it trains on the train and
+    validation splits together for ``train.epochs`` epochs, with nothing held out to stop on.
+    With two heads (train.mode=sqn) the ranking blend is picked on validation each epoch; without
+    validation it is ``head_weight`` (the refit passes the gated model's), else an even blend.
+    """
+    if cfg.train.epochs < 1:
+        raise ValueError(f"train.epochs={cfg.train.epochs}: need at least one epoch")
+    started = time.perf_counter()
+    seed_everything(cfg.train.seed)
+    device = resolve_device(cfg.train.device)
+    amp_dtype = torch.bfloat16 if device.type == "cuda" else None
+
+    items = data.load_item_features(item_index_dir, price_buckets=cfg.model.price_buckets)
+    fit_splits = (schema.TRAIN, schema.VALIDATION) if refit else schema.TRAIN
+    counts = data.action_counts(transitions_dir, n_items=items.n_items, split=fit_splits)
+    model = build_model(items, cfg, counts)
+    if warm_start is not None:
+        try:
+            rows = warm_start_from(model, warm_start)
+            progress(f"warm start: {rows} item rows copied, {items.n_items - rows} new items")
+        except ValueError as error:
+            # A changed model config must not fail every night: train from scratch instead.
+            model = build_model(items, cfg, counts)
+            progress(f"warning: {error}; training from scratch")
+    val = data.load_transitions(transitions_dir, max_len=cfg.etl.max_len, split=schema.VALIDATION)
+    if refit:  # validation is trained on: nothing is left to stop on
+        val, masks = val.take(slice(0, 0)), data.Exclusions.none(0)
+    else:
+        masks = data.load_exclusions(transitions_dir, exclude=exclude)
+    if len(val):
+        _check_indices(val, items.n_items, f"{transitions_dir} (validation)")
+    else:
+        progress(f"warning: no validation transitions in {transitions_dir}; no early stopping")
+    if model.next_head is not None:
+        model.head_weight.fill_(0.5 if head_weight is None else head_weight)
+    windows = None
+    if cfg.train.batching == "sequences":
+        windows = sequences.load_windows(
+            transitions_dir,
+            max_len=cfg.etl.max_len,
+            seq_len=cfg.train.seq_len,
+            split=fit_splits,
+            credit_carts=cfg.train.purchase_credit == "cart",
+        )
+        progress(
+            f"sequence batches: {len(windows)} transitions in {windows.n_windows} windows of up to "
+            f"{cfg.train.seq_len} events"
+        )
+    agent = DQNAgent(model, cfg.train, device=device, amp_dtype=amp_dtype)
+    patience = cfg.train.patience
+    metric, fallback = usable_metric(cfg.eval.early_stop_metric, val)
+    if fallback:
+        progress(f"early stopping: {fallback}")
+    checkpoints = None
+    if cfg.train.checkpoints:
+        key = Checkpoints.run_key(
+            cfg,
+            transitions_dir=transitions_dir,
+            item_index_dir=item_index_dir,
+            warm_start=warm_start,
+            refit=refit,
+        )
+        checkpoints = Checkpoints(Path(cfg.registry.root) / CHECKPOINTS / key)
+    progress(
+        f"training {cfg.train.mode} ({cfg.model.encoder}, {cfg.train.batching}, n_step={cfg.train.n_step}) on {device}: "
+        f"{items.n_items} items, {len(val)} validation transitions, {cfg.train.epochs} epochs"
+    )
+    run = _resume(checkpoints, agent, device, progress)
+
+    def stopped() -> bool:
+        return bool(len(val)) and run.epoch - run.best_epoch >= patience
+
+    for epoch in range(run.epoch + 1, cfg.train.epochs + 1):
+        if stopped():
+            break
+        epoch_start = time.perf_counter()
+        if windows is not None:
+            batches = windows.batches(cfg.train.seq_batch_size, seed=cfg.train.seed * 1_000 + epoch)
+        else:
+            batches = data.iter_transition_batches(
+                transitions_dir,
+                max_len=cfg.etl.max_len,
+                batch_size=cfg.train.batch_size,
+                split=fit_splits,
+                seed=cfg.train.seed * 1_000 + epoch,
+                n_step=cfg.train.n_step,
+                credit_carts=cfg.train.purchase_credit == "cart",
+            )
+        if device.type == "cuda":  # on CPU the decoding thread would only compete for the cores
+            batches = prefetched(batches)
+        row = {"epoch": float(epoch)}
+        train_metrics, n_rows = _train_epoch(agent, batches, items.n_items, f"{transitions_dir} (train)")
+        if n_rows == 0:
+            raise ValueError(f"{transitions_dir}: no {fit_splits} transitions to train on")
+        run.n_transitions = n_rows
+        train_seconds = time.perf_counter() - epoch_start
+        row.update(train_metrics)
+        if len(val):
+            row.update(_evaluate(model, val, masks, device, metric))
+        row["time/epoch_s"] = time.perf_counter() - epoch_start
+        row["throughput/transitions_per_s"] = n_rows / max(train_seconds, 1e-9)
+        run.history.append(row)
+
+        value = row.get(metric, float("nan"))
+        improved = not len(val) or value > run.best_value
+        if improved:
+            run.best_value, run.best_epoch = value, epoch
+            run.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        progress(
+            f"epoch {epoch}/{cfg.train.epochs} {_format(row, sorted(train_metrics))} "
+            f"{_format(row, PROGRESS_METRICS)} {row['throughput/transitions_per_s']:.0f} transitions/s"
+            + (" *" if improved else "")
+        )
+        if checkpoints is not None:
+            checkpoints.save(epoch, run.to_checkpoint(agent))
+        faults.point("train:epoch_done")
+        if stopped():
+            progress(f"early stop: no better {metric} for {patience} epochs")
+            break
+
+    if run.best_state is not None:
+        model.load_state_dict(run.best_state)
+    model.eval()
+    if checkpoints is not None:
+        checkpoints.clear()
+    seconds = time.perf_counter() - started
+    best_metrics = {
+        k: v for k, v in run.history[run.best_epoch - 1].items() if k.startswith(schema.metric_prefix())
+    }
+    best_value = run.best_value if len(val) else float("nan")
+    progress(
+        f"trained {run.n_transitions} transitions x {run.epoch} epochs on {device} in {seconds:.1f}s; "
+        f"best {metric}={best_value:.4f} at epoch {run.best_epoch}"
+    )
+    return TrainResult(
+        model=model,
+        history=run.history,
+        best_value=best_value,
+        best_epoch=run.best_epoch,
+        device=str(device),
+        n_transitions=run.n_transitions,
+        seconds=seconds,
+        best_metrics=best_metrics,
+    )
+
+
+def train_challenger(
+    cfg: Config, run_date: str, *, progress: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Tonight's challenger: warm-started from the incumbent, trained on the run date's
+    transitions, registered (the gate decides on promotion). Returns version, device, seconds and
+    transitions per epoch.
+    """
+    from dql_model.learning import registry
+
+    warm_start = None
+    incumbent = registry.incumbent_for(cfg.registry.root, run_date)
+    if incumbent:
+        warm_start, _ = registry.load_model(Path(cfg.registry.root) / incumbent)
+    protocol = data.night_protocol(cfg, run_date)
+    result = train_model(
+        cfg,
+        transitions_dir=cfg.layout.partition(schema.TRANSITIONS, run_date),
+        item_index_dir=cfg.layout.partition(schema.ITEM_INDEX, run_date),
+        warm_start=warm_start,
+        exclude=data.exclude_rule(cfg.score, protocol),
+        progress=progress,
+    )
+    window = {
+        "run_date": run_date,
+        "train_window": cfg.etl.train_window,
+        "validation": protocol.get("validation", cfg.etl.validation),
+        "val_days": cfg.etl.val_days,
+        "transitions": result.n_transitions,
+        "warm_start_from": incumbent,
+    }
+    version = registry.save_model(
+        result.model,
+        cfg,
+        registry_root=cfg.registry.root,
+        metrics={"history": result.history, "best": result.best_metrics},
+        data_window=window,
+        version_prefix=run_date.replace("-", ""),
+    )
+    trained = {
+        "version": version,
+        "device": str(result.device),
+        "seconds": round(result.seconds, 1),
+        "transitions": result.n_transitions,
+    }
+    if cfg.train.refit:
+        trained["refit"] = _refit(cfg, run_date, version, result, warm_start, window, progress)
+    return trained
+
+
+def _refit(
+    cfg: Config,
+    run_date: str,
+    version: str,
+    result: TrainResult,
+    warm_start: QNetwork | None,
+    window: dict[str, Any],
+    progress: Callable[[str], None],
+) -> str:
+    """Train the same start on train + validation for the best epoch count; register it as the refit of
+    ``version`` (``registry.refit_of``), which scores in its place once the gate promotes it."""
+    from dql_model.learning import registry
+
+    epochs = max(result.best_epoch, 1)
+    progress(f"refit: training {version}'s start on train + validation for {epochs} epoch(s)")
+    refitted = train_model(
+        cfg.replace(train={"epochs": epochs}),
+        transitions_dir=cfg.layout.partition(schema.TRANSITIONS, run_date),
+        item_index_dir=cfg.layout.partition(schema.ITEM_INDEX, run_date),
+        warm_start=warm_start,
+        refit=True,
+        head_weight=float(result.model.head_weight) if result.model.next_head is not None else None,
+        progress=progress,
+    )
+    return registry.save_model(
+        refitted.model,
+        cfg,
+        registry_root=cfg.registry.root,
+        metrics={"history": refitted.history, "refit_of": version},
+        data_window={**window, "transitions": refitted.n_transitions, registry.REFIT_OF: version},
+        version_prefix=run_date.replace("-", ""),
+    )

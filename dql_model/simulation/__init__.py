@@ -1,0 +1,1 @@
+"""The synthetic shop: the hidden shopper model that writes the demo's logs and serves as an environment."""
