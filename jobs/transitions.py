@@ -8,10 +8,11 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping
 
-from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from dql_model.contract import schema
+from dql_model.warehouse.rewards import RewardRule
 from jobs.common import (
     EVENT_CODE_COL,
     day_end_utc,
@@ -23,7 +24,6 @@ from jobs.common import (
 from jobs.sessions import sessionize
 from jobs.user_states import VIRTUAL_COL, state_events
 
-FIXED_REWARD_TYPES = (schema.VIEW, schema.ADD_TO_CART, schema.PURCHASE)
 TIME, LEAVE_LAST_OUT = "time", "leave_last_out"
 VALIDATION_PROTOCOLS = (TIME, LEAVE_LAST_OUT)
 """How ``build_transitions`` holds out the validation split (``etl.validation`` once resolved)."""
@@ -81,11 +81,7 @@ def build_transitions(
         raise ValueError("validation='time' needs val_start")
     if max_len < 1:
         raise ValueError(f"max_len must be >= 1, got {max_len}")
-    missing = [t for t in FIXED_REWARD_TYPES if t not in rewards]
-    if missing:
-        raise ValueError(
-            f"rewards lacks event type(s) {missing}; give a reward for each of {FIXED_REWARD_TYPES}"
-        )
+    rule = RewardRule(fixed=rewards, rating_scale=rating_scale)  # refuses missing event types
     if session_gap_minutes is not None:
         events = sessionize(events, gap_minutes=session_gap_minutes)
 
@@ -157,7 +153,7 @@ def build_transitions(
         purchase_weight = F.lit(1.0)
     return to_contract(
         transitions.withColumn(
-            schema.REWARD, _reward(rewards, rating_scale=rating_scale, purchase_weight=purchase_weight)
+            schema.REWARD, rule.spark_column(purchase_weight)
         ),
         schema.TRANSITIONS,
     )
@@ -208,15 +204,3 @@ def _with_history(transitions: DataFrame, indexed: DataFrame, seed_states: DataF
     )
     # A broadcast join streams the transitions in their order; the hint keeps Spark from shuffling them.
     return transitions.join(F.broadcast(history), on=[schema.USER_ID, ORDER_COL], how="left")
-
-
-def _reward(rewards: Mapping[str, float], *, rating_scale: float, purchase_weight: Column) -> Column:
-    event_type = F.col(schema.EVENT_TYPE)
-    rating = F.coalesce(F.lit(float(rating_scale)) * (F.col(schema.VALUE) - 3.0) / 2.0, F.lit(0.0))
-    return (
-        F.when(event_type == schema.VIEW, F.lit(float(rewards[schema.VIEW])))
-        .when(event_type == schema.ADD_TO_CART, F.lit(float(rewards[schema.ADD_TO_CART])))
-        .when(event_type == schema.PURCHASE, F.lit(float(rewards[schema.PURCHASE])) * purchase_weight)
-        .when(event_type == schema.RATING, F.greatest(F.lit(-1.0), F.least(F.lit(1.0), rating)))
-        .otherwise(F.lit(0.0))
-    )

@@ -44,6 +44,7 @@ from dql_model.config import Config
 from dql_model.contract import schema
 from dql_model.evaluation import ope
 from dql_model.warehouse import data, storage
+from dql_model.warehouse.rewards import RewardRule
 
 ATTRIBUTION_HOURS = 24
 """An event counts for a shown slot at most this many hours after it was shown."""
@@ -180,25 +181,6 @@ def check_impressions(
 # --- rewards ------------------------------------------------------------------------------------------
 
 
-def event_rewards(
-    event_type: np.ndarray, value: np.ndarray, cfg: Config, purchase_weight: np.ndarray | float = 1.0
-) -> np.ndarray:
-    """The ETL's reward of each event (``jobs.transitions._reward``, restated in numpy because the
-    model package never imports the Spark jobs): ``cfg.rewards()`` for views, add-to-carts and
-    purchases (times ``purchase_weight``), a rating v earns ``etl.reward_rating_scale * (v - 3) / 2``
-    clipped to [-1, 1] (0 when missing), anything else 0."""
-    event_type = np.asarray(event_type, dtype=object)
-    out = np.zeros(len(event_type), dtype=np.float64)
-    for name, reward in cfg.rewards().items():
-        out[event_type == name] = reward
-    is_purchase = event_type == schema.PURCHASE
-    out[is_purchase] *= np.broadcast_to(np.asarray(purchase_weight, dtype=np.float64), out.shape)[is_purchase]
-    rating = np.nan_to_num(cfg.etl.reward_rating_scale * (np.asarray(value, np.float64) - 3.0) / 2.0)
-    is_rating = event_type == schema.RATING
-    out[is_rating] = np.clip(rating, -1.0, 1.0)[is_rating]
-    return out
-
-
 def attribute_rewards(
     impressions: pd.DataFrame,
     events: pd.DataFrame,
@@ -314,8 +296,8 @@ def load_events(
         return pd.DataFrame(columns=[*columns, schema.REWARD])
     events = pa.concat_tables(tables).to_pandas()
     weight = _purchase_weights(cfg, events[schema.ITEM_ID].to_numpy())
-    events[schema.REWARD] = event_rewards(
-        events[schema.EVENT_TYPE].to_numpy(), events[schema.VALUE].to_numpy(), cfg, weight
+    events[schema.REWARD] = RewardRule.from_config(cfg).numpy(
+        events[schema.EVENT_TYPE].to_numpy(), events[schema.VALUE].to_numpy(), weight
     )
     return events
 
@@ -592,11 +574,7 @@ def estimate_candidates(
             target_propensity=target.p_new,
         )
         q_target = model.predict(rows[schema.POSITION].to_numpy(), target.item_id)
-        estimates = {
-            "ips": ope.ips(log, config),
-            "snips": ope.snips(log, config),
-            "dr": ope.doubly_robust(log, q_logged, q_target, config),
-        }
+        estimates = ope.estimate_all(log, q_logged, q_target, config)
         out["candidates"][name] = {
             **{key: _estimate_json(est) for key, est in estimates.items()},
             "support": _support_json(ope.support(log, config)),

@@ -132,6 +132,33 @@ def test_missing_reward_is_an_error(events, item_index):
         build(events, item_index, rewards={schema.VIEW: 0.0, schema.PURCHASE: 1.0})
 
 
+def test_the_reward_rule_gives_the_same_rewards_in_spark_and_numpy(spark):
+    """One rule, two evaluators: the Spark job's column and the numpy restatement the off-policy night uses."""
+    import numpy as np
+    from pyspark.sql import functions as F
+
+    from dql_model.warehouse.rewards import RewardRule
+
+    rule = RewardRule(fixed={schema.VIEW: 0.1, schema.ADD_TO_CART: 0.3, schema.PURCHASE: 2.0}, rating_scale=1.5)
+    rows = [
+        ("view", None, 1.0),
+        ("add_to_cart", None, 1.0),
+        ("purchase", None, 2.5),  # weighted purchase
+        ("rating", 5.0, 1.0),  # clipped at 1
+        ("rating", 3.5, 1.0),
+        ("rating", 1.0, 1.0),  # clipped at -1
+        ("rating", None, 1.0),  # missing rating: 0
+        ("wishlist", None, 1.0),  # unknown type: 0
+        ("purchase", None, 0.5),  # a duplicate type with another weight
+    ]
+    frame = spark.createDataFrame(rows, "event_type string, value double, weight double")
+    spark_rewards = [r[0] for r in frame.select(rule.spark_column(F.col("weight"))).collect()]
+    kinds, values, weights = (np.array([r[i] for r in rows], dtype=object if i == 0 else float) for i in range(3))
+    numpy_rewards = rule.numpy(kinds, np.where(values == None, np.nan, values).astype(float), weights)  # noqa: E711
+    np.testing.assert_allclose(spark_rewards, numpy_rewards)
+    np.testing.assert_allclose(numpy_rewards, [0.1, 0.3, 5.0, 1.0, 0.375, -1.0, 0.0, 0.0, 1.0])
+
+
 def test_seed_states_stand_in_for_the_history_before_the_window(spark, events, item_index):
     ddl = schema.SPARK_DDL[schema.EVENTS]
     late = (at(18, 8), "u3", "i2", "view", None, "s6")  # arrived after the seed's night, sorts before it

@@ -16,6 +16,7 @@ from dql_model.contract import schema
 from dql_model.judging import gate, ope_night, report
 from dql_model.learning import registry
 from dql_model.warehouse import data, storage
+from dql_model.warehouse.rewards import RewardRule
 from tests.factories import user_states_table
 from tests.unit.test_gate import RUN_DATE, night_cfg, register  # noqa: F401  (night_cfg is a fixture)
 
@@ -103,7 +104,7 @@ def test_rewards_run_from_the_slot_to_the_users_next_request_and_at_most_24_hour
         ]
     ).to_pandas()
     cfg = Config()
-    events[schema.REWARD] = ope_night.event_rewards(events[schema.EVENT_TYPE], events[schema.VALUE], cfg)
+    events[schema.REWARD] = RewardRule.from_config(cfg).numpy(events[schema.EVENT_TYPE], events[schema.VALUE])
 
     rewards = ope_night.attribute_rewards(impressions, events)
 
@@ -155,7 +156,7 @@ def test_event_rewards_follow_the_etl():
         [schema.VIEW, schema.ADD_TO_CART, schema.PURCHASE, schema.RATING, schema.RATING, schema.RATING]
     )
     values = np.array([np.nan, np.nan, np.nan, 5.0, 0.5, np.nan])
-    np.testing.assert_allclose(ope_night.event_rewards(kinds, values, cfg), [0.0, 0.3, 2.0, 1.0, -1.0, 0.0])
+    np.testing.assert_allclose(RewardRule.from_config(cfg).numpy(kinds, values), [0.0, 0.3, 2.0, 1.0, -1.0, 0.0])
 
 
 def test_bad_impression_rows_are_counted_per_partition_column_and_rule(tiny_config):
