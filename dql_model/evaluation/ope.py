@@ -53,6 +53,7 @@ import numpy as np
 
 from dql_model.contract import schema
 from dql_model.errors import InputError
+from dql_model.evaluation.intervals import resample_counts
 
 _BOOTSTRAP_CELLS = 1 << 21
 """Resampling counts held at once (requests x resamples): bounds the bootstrap's memory (~50 MB)."""
@@ -401,10 +402,7 @@ def _bootstrap(per_request: np.ndarray, finish: Finish, config: OPEConfig, n_req
     out = []
     for start in range(0, config.n_bootstrap, chunk):
         size = min(chunk, config.n_bootstrap - start)
-        draws = rng.integers(0, n_requests, size=(size, n_requests))
-        draws += (np.arange(size) * n_requests)[:, None]
-        counts = np.bincount(draws.ravel(), minlength=size * n_requests).reshape(size, n_requests)
-        counts = counts.astype(np.float64)  # a float matmul runs on BLAS; an int64 one does not
+        counts = resample_counts(rng, n_requests, size)
         sums = (counts @ flat).reshape(size, *per_request.shape[1:])
         out.append(finish(sums, n_requests))
     return np.concatenate(out)
@@ -493,3 +491,18 @@ def _model_column(values: Any, name: str, n_rows: int) -> np.ndarray:
     if len(out) != n_rows:
         raise LogError(f"doubly robust: {name} has {len(out)} values for {n_rows} logged rows")
     return out
+
+
+def estimate_all(
+    log: LoggedSlates, q_logged: np.ndarray, q_target: np.ndarray, config: OPEConfig = OPEConfig()
+) -> dict[str, Estimate]:
+    """Every estimator of ``schema.OPE_ESTIMATORS``, by that name: the one dispatch from a name to its
+    estimator (doubly robust needs the reward model's predictions of the logged and the target items)."""
+    found = {
+        "ips": lambda: ips(log, config),
+        "snips": lambda: snips(log, config),
+        "dr": lambda: doubly_robust(log, q_logged, q_target, config),
+    }
+    if tuple(found) != schema.OPE_ESTIMATORS:
+        raise AssertionError(f"estimators {tuple(found)} differ from schema.OPE_ESTIMATORS {schema.OPE_ESTIMATORS}")
+    return {name: estimate() for name, estimate in found.items()}

@@ -54,8 +54,8 @@ import pyarrow.parquet as pq
 
 from dql_model.config import Config
 from dql_model.contract import schema
+from dql_model.evaluation.intervals import mean_ci
 from dql_model.judging.ope_night import LOGGING, Target, estimate_candidates
-from dql_model.judging.policy_eval import mean_ci
 from dql_model.simulation.simulator import LiveShop, ServedDay, ShopSimulator, write_window
 from dql_model.warehouse import storage
 
@@ -66,8 +66,6 @@ POLICIES = (*LEARNED_POLICIES, "popularity")
 SUMMARY_FILE = "loop.json"
 FIGURES = ("return", "purchases", "revenue", "list_reward_per_visit")
 """Per-day figures of a twin (``ServedDay.per_shopper``), summarised over seeds."""
-ESTIMATORS = ("ips", "snips", "dr")
-
 
 @dataclass(frozen=True)
 class LoopSettings:
@@ -346,7 +344,7 @@ def estimate_candidate(day: ServedDay, served: Lists, candidate: Lists, users: n
     estimates = estimate_candidates(rows, targets)
     found = estimates["candidates"]["candidate"]
     out: dict[str, Any] = {
-        key: {k: found[key][k] for k in ("value", "low", "high", "ess")} for key in ESTIMATORS
+        key: {k: found[key][k] for k in ("value", "low", "high", "ess")} for key in schema.OPE_ESTIMATORS
     }
     out["support"] = found["support"]["supported_share"]
     out["logged_value"] = estimates[LOGGING]["value"]
@@ -368,7 +366,7 @@ def check_ope(
                 for r in range(1, replicates + 1)
             ]
         )
-        for key in ESTIMATORS:
+        for key in schema.OPE_ESTIMATORS:
             estimate[key]["covers"] = bool(estimate[key]["low"] <= truth["mean"] <= estimate[key]["high"])
         out[name] = {**estimate, "truth": truth["mean"], "truth_ci95": truth["ci95"]}
     return out
@@ -532,7 +530,7 @@ def summarise(twins: Sequence[dict[str, Any]], settings: LoopSettings) -> dict[s
                     "mean_error": float(np.mean([r[key]["value"] - r["truth"] for r in rows])),
                     "mean_ess": float(np.mean([r[key]["ess"] for r in rows])),
                 }
-                for key in ESTIMATORS
+                for key in schema.OPE_ESTIMATORS
             },
         }
     return out
@@ -579,7 +577,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         )
         lines.append("|---|---|---|---|---|---|---|")
         for name, o in summary["ope"].items():
-            cells = [f"{o[k]['coverage']:.0%} / {o[k]['mean_width']:.4f}" for k in ESTIMATORS]
+            cells = [f"{o[k]['coverage']:.0%} / {o[k]['mean_width']:.4f}" for k in schema.OPE_ESTIMATORS]
             lines.append(
                 f"| {name} | {o['checks']} | {o['truth']:.4f} | {o['support']:.2f} | "
                 + " | ".join(cells)

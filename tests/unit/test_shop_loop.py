@@ -142,7 +142,7 @@ def test_off_policy_estimates_of_the_logging_policy_itself_cover_its_value(shop)
         model_version=served.model_version,
     )
     out = shop_loop.estimate_candidate(day, served, candidate, day.request_user)
-    for key in shop_loop.ESTIMATORS:
+    for key in schema.OPE_ESTIMATORS:
         assert out[key]["low"] <= out[key]["value"] <= out[key]["high"]
     assert out["support"] == pytest.approx(1.0, abs=0.35)
     assert out["logged_value"] == pytest.approx(day.slot_reward.sum(axis=1).mean())
@@ -193,7 +193,7 @@ def test_summary_counts_how_often_each_interval_covers_the_truth():
             **check,
             **{
                 k: {"value": 0.5, "low": 0.4, "high": 0.6, "ess": 10.0, "covers": True}
-                for k in shop_loop.ESTIMATORS
+                for k in schema.OPE_ESTIMATORS
             },
         }
     }
@@ -202,7 +202,7 @@ def test_summary_counts_how_often_each_interval_covers_the_truth():
             **check,
             **{
                 k: {"value": 0.9, "low": 0.8, "high": 1.0, "ess": 20.0, "covers": False}
-                for k in shop_loop.ESTIMATORS
+                for k in schema.OPE_ESTIMATORS
             },
         }
     }
