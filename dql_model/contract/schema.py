@@ -120,7 +120,11 @@ RULE_MALFORMED_ROW = "malformed_row"
 # Validation metric names: eval/<kind>@<k> over all events, eval/<event_type>/<kind>@<k> per type.
 METRIC_NAMESPACE = "eval"
 RANKING_METRICS = ("hr", "ndcg", "mrr")
+"""Kinds of ranking metric (``dql_model.evaluation.metrics`` computes each); higher is better."""
 LIST_METRICS = ("coverage", "seen", "purchased")
+"""Kinds of list metric: share of the catalogue listed, share of slots already in the state or bought."""
+LOWER_IS_BETTER = ("seen", "purchased")
+"""Metric kinds where a smaller value is the better list: slots spent on what the user already had."""
 NEW_ITEMS = "new_items"
 """Segment of the new-item figures (``evaluate.evaluate_new_items``): ``eval/new_items/hr@10`` and so
 on, named like an event type's; descriptive only, so not a metric the gate or early stopping accepts."""
@@ -171,8 +175,17 @@ def metric_event_type(name: str) -> str | None:
 
 def overall_metric(name: str) -> str:
     """The same metric over all events: ``eval/purchase/ndcg@10`` -> ``eval/ndcg@10``."""
-    kind = name.rpartition("@")[0].split("/")[-1]
-    return metric_name(kind, metric_k(name))
+    return metric_name(metric_kind(name), metric_k(name))
+
+
+def metric_kind(name: str) -> str:
+    """The kind of a metric name: ``eval/purchase/ndcg@10`` -> ndcg; ``ope/dr`` -> dr."""
+    return name.rpartition("@")[0].split("/")[-1] if "@" in name else name.split("/")[-1]
+
+
+def higher_is_better(name: str) -> bool:
+    """Which way a metric improves: every ranking metric and off-policy value up, ``seen``/``purchased`` down."""
+    return metric_kind(name) not in LOWER_IS_BETTER
 
 
 def is_metric_name(name: str) -> bool:

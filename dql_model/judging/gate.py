@@ -53,8 +53,12 @@ def compare(
 ) -> tuple[bool, str]:
     """(promote?, why): promote unless the challenger is worse than the champion beyond ``tolerance``.
 
-    Promotes when there is no champion (or it lacks the metric); keeps the champion when the
-    challenger lacks the metric or it is not a number.
+    Worse is judged in the metric's own direction (``schema.higher_is_better``), and the allowance is
+    ``tolerance`` times the champion's magnitude: for a higher-is-better metric the floor is
+    ``champion - tolerance * |champion|``, which loosens the bar whatever the sign (off-policy values
+    on ratings can be negative); for a lower-is-better one the ceiling is ``champion + tolerance *
+    |champion|``. Promotes when there is no champion (or it lacks the metric); keeps the champion
+    when the challenger lacks the metric or it is not a number.
     """
     challenger = challenger_metrics.get(metric)
     if challenger is None or not math.isfinite(float(challenger)):
@@ -62,12 +66,15 @@ def compare(
     champion = (champion_metrics or {}).get(metric)
     if champion is None or not math.isfinite(float(champion)):
         return True, f"no champion {metric} to compare with (challenger {challenger:.4f})"
-    floor = champion * (1 - tolerance)
-    sign = ">=" if challenger >= floor else "<"
-    reason = (
-        f"challenger {metric}={challenger:.4f} {sign} {floor:.4f} (champion {champion:.4f} - {tolerance:.0%})"
-    )
-    return challenger >= floor, reason
+    allowance = tolerance * abs(champion)
+    if schema.higher_is_better(metric):
+        bound, ok = champion - allowance, challenger >= champion - allowance
+        sign, word = (">=" if ok else "<"), "-"
+    else:
+        bound, ok = champion + allowance, challenger <= champion + allowance
+        sign, word = ("<=" if ok else ">"), "+"
+    reason = f"challenger {metric}={challenger:.4f} {sign} {bound:.4f} (champion {champion:.4f} {word} {tolerance:.0%})"
+    return ok, reason
 
 
 @dataclass

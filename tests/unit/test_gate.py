@@ -34,6 +34,24 @@ def test_compare_keeps_the_champion_when_the_challenger_is_worse():
     assert not compare({NDCG: 0.30}, {NDCG: float("nan")}, metric=NDCG, tolerance=0.5)[0]
 
 
+def test_compare_loosens_the_bar_for_a_negative_champion():
+    """An off-policy value on ratings can be negative: the tolerance must still allow a slightly worse
+    challenger, not demand a better one (a relative floor champion * (1 - tol) would be -0.196 here)."""
+    dr = schema.ope_metric_name("dr")
+    ok, reason = gate.compare({dr: -0.20}, {dr: -0.203}, metric=dr, tolerance=0.02)
+    assert ok and ">= -0.2040" in reason
+    assert not gate.compare({dr: -0.20}, {dr: -0.205}, metric=dr, tolerance=0.02)[0]
+
+
+def test_compare_judges_a_lower_is_better_metric_downwards():
+    """eval/seen@10 (slots spent on items already in the state) improves as it falls."""
+    seen = schema.metric_name("seen", 10)
+    assert not schema.higher_is_better(seen) and schema.higher_is_better(NDCG)
+    assert gate.compare({seen: 0.40}, {seen: 0.10}, metric=seen, tolerance=0.0)[0]
+    ok, reason = gate.compare({seen: 0.40}, {seen: 0.45}, metric=seen, tolerance=0.02)
+    assert not ok and "0.4500 > 0.4080" in reason
+
+
 @pytest.fixture
 def night_cfg(tiny_config, tmp_path):
     """tiny_config with the tiny learnable shop as the run date's curated partitions."""
