@@ -53,6 +53,7 @@ from dql_model.config import Config
 from dql_model.contract import schema
 from dql_model.evaluation import offline_eval
 from dql_model.evaluation.evaluate import PopularityScorer
+from dql_model.evaluation.intervals import MeanInterval
 from dql_model.judging import baselines
 from dql_model.learning import train
 from dql_model.learning.scorer import QNetworkScorer
@@ -380,7 +381,7 @@ def throughput(output: SystemOutput, train_positions: int) -> str:
     return f"{train_positions / np.mean(epochs):,.0f}" if epochs else "-"
 
 
-def interval(estimate: offline_eval.Estimate) -> str:
+def interval(estimate: MeanInterval) -> str:
     return f"{estimate.mean:.4f} [{estimate.low:.4f}, {estimate.high:.4f}]"
 
 

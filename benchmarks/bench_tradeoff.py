@@ -43,6 +43,7 @@ from dql_model import config as config_module
 from dql_model.config import Config
 from dql_model.contract import schema
 from dql_model.evaluation import evaluate
+from dql_model.evaluation.intervals import mean_ci
 from dql_model.judging import policy_eval
 from dql_model.learning import train
 from dql_model.learning.scorer import QNetworkScorer
@@ -178,12 +179,12 @@ def summarise(cells: list[dict[str, Any]], refreshes: tuple[str, ...]) -> list[d
             "mode": mode,
             "alpha": alpha,
             "seeds": sorted(c["seed"] for c in group),
-            "ndcg@10": policy_eval.mean_ci([c["ndcg@10"] for c in group]),
-            "purchase_ndcg@10": policy_eval.mean_ci([c["purchase_ndcg@10"] for c in group]),
+            "ndcg@10": mean_ci([c["ndcg@10"] for c in group]),
+            "purchase_ndcg@10": mean_ci([c["purchase_ndcg@10"] for c in group]),
             "train_seconds": _mean([c["train_seconds"] for c in group]),
         }
         for refresh in refreshes:
-            row[f"return/{refresh}"] = policy_eval.mean_ci([_mean(c["returns"][refresh]) for c in group])
+            row[f"return/{refresh}"] = mean_ci([_mean(c["returns"][refresh]) for c in group])
             if mode == "supervised":
                 continue
             paired = [c for c in group if c["seed"] in supervised]
@@ -196,8 +197,8 @@ def summarise(cells: list[dict[str, Any]], refreshes: tuple[str, ...]) -> list[d
                 for c in paired
                 for a, b in zip(c["returns"][refresh], supervised[c["seed"]]["returns"][refresh], strict=True)
             ]
-            row[f"vs_supervised/{refresh}"] = policy_eval.mean_ci(per_seed)
-            row[f"vs_supervised_pooled/{refresh}"] = policy_eval.mean_ci(pooled)
+            row[f"vs_supervised/{refresh}"] = mean_ci(per_seed)
+            row[f"vs_supervised_pooled/{refresh}"] = mean_ci(pooled)
         rows.append(row)
     order = {"supervised": 0, "dqn": 1, "sqn": 2}
     return sorted(rows, key=lambda r: (order.get(r["mode"], 3), r["alpha"] or 0.0))

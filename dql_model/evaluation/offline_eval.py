@@ -32,10 +32,9 @@ import numpy as np
 
 from dql_model.contract import schema
 from dql_model.evaluation import metrics
+from dql_model.evaluation.intervals import MeanInterval
 
 DEFAULT_K = 10
-Z_95 = 1.959963984540054
-"""Two-sided 95% quantile of the standard normal."""
 RANKING_FUNCTIONS = {"hr": metrics.hit_rate_at_k, "ndcg": metrics.ndcg_at_k, "mrr": metrics.mrr_at_k}
 """metrics.py's formula for each ranking metric, by schema.RANKING_METRICS name."""
 
@@ -80,25 +79,6 @@ def _targets_2d(targets: np.ndarray, n_users: int) -> np.ndarray:
     return targets
 
 
-@dataclass(frozen=True)
-class Estimate:
-    """A mean over users and its 95% interval (normal approximation)."""
-
-    mean: float
-    low: float
-    high: float
-
-    @classmethod
-    def of(cls, values: np.ndarray) -> Estimate:
-        values = np.asarray(values, dtype=np.float64)
-        mean = float(values.mean())
-        half = Z_95 * float(values.std(ddof=1)) / np.sqrt(len(values)) if len(values) > 1 else float("nan")
-        return cls(mean=mean, low=mean - half, high=mean + half)
-
-    def as_dict(self) -> dict[str, float]:
-        return {"mean": self.mean, "low": self.low, "high": self.high}
-
-
 @dataclass
 class Evaluation:
     """Per-user values of one system on one set of users."""
@@ -117,9 +97,9 @@ class Evaluation:
     def n_users(self) -> int:
         return len(self.users)
 
-    def summary(self) -> dict[str, Estimate]:
+    def summary(self) -> dict[str, MeanInterval]:
         """Mean and 95% interval of every per-user metric."""
-        return {name: Estimate.of(values) for name, values in self.per_user.items()}
+        return {name: MeanInterval.of(values) for name, values in self.per_user.items()}
 
     def as_dict(self) -> dict[str, object]:
         out: dict[str, object] = {name: e.as_dict() for name, e in self.summary().items()}
@@ -193,10 +173,10 @@ def evaluate_scores(
     )
 
 
-def paired_difference(a: Evaluation, b: Evaluation) -> dict[str, Estimate]:
+def paired_difference(a: Evaluation, b: Evaluation) -> dict[str, MeanInterval]:
     """a - b per metric over the same users: mean of the per-user differences and its 95% interval."""
     if a.k != b.k or a.n_users != b.n_users or not np.array_equal(a.users, b.users):
         raise ValueError(
             "paired differences need both systems evaluated at the same k on the same users, in order"
         )
-    return {name: Estimate.of(a.per_user[name] - b.per_user[name]) for name in a.per_user}
+    return {name: MeanInterval.of(a.per_user[name] - b.per_user[name]) for name in a.per_user}

@@ -28,7 +28,6 @@ mapping to and from item_idx goes through item ids here (the simulator's API has
 
 from __future__ import annotations
 
-import math
 import time
 import typing
 from collections.abc import Callable, Mapping
@@ -41,33 +40,14 @@ from dql_model.config import Config, SimRefresh
 from dql_model.contract import schema
 from dql_model.evaluation import metrics
 from dql_model.evaluation.evaluate import Scorer
+from dql_model.evaluation.intervals import mean_ci
 from dql_model.simulation.simulator import ShopSimulator, shop_item_ids
 from dql_model.warehouse import data
 
-T_975 = (
-    12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
-    2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
-    2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
-)  # fmt: skip
-"""Two-sided 95 % Student t quantiles for 1..30 degrees of freedom (1.96 beyond)."""
 REFRESH_MODES = typing.get_args(SimRefresh)
 """When a simulated shopper's list is re-ranked (module docstring); eval.sim_refresh picks them."""
 PURCHASE_CODE = schema.EVENT_CODE[schema.PURCHASE]
 CART_CODE = schema.EVENT_CODE[schema.ADD_TO_CART]
-
-
-def t_quantile(dof: int) -> float:
-    return T_975[dof - 1] if dof <= len(T_975) else 1.96
-
-
-def mean_ci(values) -> dict[str, float]:
-    """Mean, standard deviation and 95 % confidence half-width (Student t) of a few values."""
-    values = np.asarray(values, dtype=np.float64)
-    n = len(values)
-    mean = float(values.mean()) if n else float("nan")
-    sd = float(values.std(ddof=1)) if n > 1 else float("nan")
-    half = t_quantile(n - 1) * sd / math.sqrt(n) if n > 1 else float("nan")
-    return {"mean": mean, "sd": sd, "ci95": half, "low": mean - half, "high": mean + half, "n": n}
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from dql_model.evaluation import offline_eval
+from dql_model.evaluation.intervals import MeanInterval
 
 HR, NDCG, MRR, SEEN = "eval/hr@3", "eval/ndcg@3", "eval/mrr@3", "eval/seen@3"
 
@@ -96,9 +97,9 @@ def test_per_rank_values_are_the_terms_metrics_py_averages():
     np.testing.assert_allclose(offline_eval.per_rank_values("hr", 3), [1.0, 1.0, 1.0, 0.0])
 
 
-def test_interval_is_the_normal_approximation_over_users():
-    estimate = offline_eval.Estimate.of(np.array([1.0, 0.0, 1.0, 1.0]))
-    half = 1.959963984540054 * math.sqrt(0.25) / 2  # sd (ddof 1) of [1, 0, 1, 1] is 0.5
+def test_interval_is_student_t_over_users():
+    estimate = MeanInterval.of(np.array([1.0, 0.0, 1.0, 1.0]))
+    half = 3.182 * math.sqrt(0.25) / 2  # sd (ddof 1) of [1, 0, 1, 1] is 0.5; t at 3 degrees of freedom
     assert estimate.mean == 0.75
     assert (estimate.low, estimate.high) == pytest.approx((0.75 - half, 0.75 + half))
 
@@ -110,7 +111,7 @@ def test_paired_difference_uses_per_user_differences():
     b = offline_eval.evaluate_lists(lists_b, np.array([4, 9, 2, 6]), n_items=9, k=3)
     # per-user hr: a = [1, 0, 1, 1], b = [1, 0, 0, 1] -> differences [0, 0, 1, 0]
     difference = offline_eval.paired_difference(a, b)[HR]
-    half = 1.959963984540054 * 0.5 / 2  # sd (ddof 1) of [0, 0, 1, 0] is 0.5
+    half = 3.182 * 0.5 / 2  # sd (ddof 1) of [0, 0, 1, 0] is 0.5; t at 3 degrees of freedom
     assert difference.mean == pytest.approx(0.25)
     assert (difference.low, difference.high) == pytest.approx((0.25 - half, 0.25 + half))
 

@@ -10,8 +10,9 @@ import pytest
 
 from dql_model.config import Config, ConfigError
 from dql_model.contract import schema
+from dql_model.evaluation.intervals import mean_ci, t_quantile
 from dql_model.judging import policy_eval
-from dql_model.judging.policy_eval import CatalogueMap, mean_ci, recommend
+from dql_model.judging.policy_eval import CatalogueMap, recommend
 from dql_model.simulation.simulator import ShopSimulator
 from dql_model.warehouse import data
 
@@ -24,7 +25,7 @@ def test_mean_and_confidence_interval_by_hand():
     assert got["ci95"] == pytest.approx(4.303 / math.sqrt(3))
     assert got["low"] == pytest.approx(2.0 - got["ci95"]) and got["high"] == pytest.approx(2.0 + got["ci95"])
     assert math.isnan(mean_ci([5.0])["ci95"])
-    assert policy_eval.t_quantile(60) == 1.96
+    assert t_quantile(60) == 1.96
 
 
 def features(item_ids: list[str | None], available: list[bool] | None = None) -> data.ItemFeatures:
