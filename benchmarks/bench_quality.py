@@ -1,7 +1,7 @@
 """Recommendation quality on MovieLens-100K (leave-one-out) against RecBole, in the same run.
 
 Every system ranks the full catalogue for each of the 943 users' last item, with the user's
-history masked, and is scored by one evaluator (dql_model.evaluation.offline_eval): HR, NDCG and MRR@10,
+history masked, and is scored by one evaluator (dql_model.evaluation.evaluate): HR, NDCG and MRR@10,
 coverage@10 and the share of already-seen items, with 95% intervals (normal approximation over
 users) and paired differences against the best RecBole model on the same users.
 
@@ -51,12 +51,12 @@ from benchmarks.common import BENCH_DIR, machine, print_table, write_json
 from benchmarks.peers import movielens, recbole_env
 from dql_model.config import Config
 from dql_model.contract import schema
-from dql_model.evaluation import offline_eval
-from dql_model.evaluation.evaluate import PopularityScorer
+from dql_model.evaluation import evaluate
 from dql_model.evaluation.intervals import MeanInterval
 from dql_model.judging import baselines
 from dql_model.learning import train
 from dql_model.learning.scorer import QNetworkScorer
+from dql_model.scoring.popularity import PopularityScorer
 from dql_model.warehouse import data
 
 K = 10
@@ -217,7 +217,7 @@ def cooccurrence(
     trials = []
     for setting in baselines.COOCCURRENCE_GRID:
         scorer = baselines.CooccurrenceScorer(counts, **setting)
-        evaluation = offline_eval.evaluate_scores(
+        evaluation = evaluate.evaluate_scores(
             scorer.scores(val.state_items, val.state_events), val.action, history_mask=val_mask, k=K
         )
         trials.append((evaluation.summary()[NDCG].mean, setting, scorer))
@@ -320,7 +320,7 @@ def align_peer(split: movielens.LeaveOneOut, record: dict[str, Any]) -> tuple[Sy
     check["masked_top10_same_as_runner"] = float(
         np.mean(
             np.all(
-                offline_eval.top_k_lists(scores, K, split.history_mask("test"))
+                evaluate.top_k_lists(scores, K, split.history_mask("test"))
                 == to_idx(record["top10_masked"]),
                 axis=1,
             )
@@ -341,8 +341,8 @@ def align_peer(split: movielens.LeaveOneOut, record: dict[str, Any]) -> tuple[Sy
 def reproduction_check(split, record, scores, targets, unmasked_lists) -> dict[str, Any]:
     """Our evaluator, mask off as RecBole's sequential full-sort evaluation has it, against the
     test metrics RecBole reported; and whether both hold out the same item for every user."""
-    ours_lists = offline_eval.evaluate_lists(unmasked_lists, targets, n_items=split.n_items, k=K).summary()
-    ours_scores = offline_eval.evaluate_scores(scores, targets, history_mask=None, k=K).summary()
+    ours_lists = evaluate.evaluate_lists(unmasked_lists, targets, n_items=split.n_items, k=K).summary()
+    ours_scores = evaluate.evaluate_scores(scores, targets, history_mask=None, k=K).summary()
     reported = record["recbole_test"]
     pairs = {HR: f"hit@{K}", NDCG: f"ndcg@{K}", MRR: f"mrr@{K}"}
     rows = {
@@ -435,11 +435,11 @@ def main(argv: Sequence[str] = ()) -> None:
     evaluations = {}
     for name, output in outputs.items():
         if output.scores is not None:
-            evaluations[name] = offline_eval.evaluate_scores(
+            evaluations[name] = evaluate.evaluate_scores(
                 output.scores, targets, history_mask=test_mask, users=split.user_ids, k=K
             )
         else:
-            evaluations[name] = offline_eval.evaluate_lists(
+            evaluations[name] = evaluate.evaluate_lists(
                 output.lists,
                 targets,
                 n_items=split.n_items,
@@ -473,7 +473,7 @@ def main(argv: Sequence[str] = ()) -> None:
     rows, figures = [], {}
     for name in order:
         summary = evaluations[name].summary()
-        difference = offline_eval.paired_difference(evaluations[name], evaluations[best_peer])
+        difference = evaluate.paired_difference(evaluations[name], evaluations[best_peer])
         rows.append(
             [
                 name,

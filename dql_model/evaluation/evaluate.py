@@ -1,45 +1,60 @@
-"""Offline evaluation: rank the full catalogue from the state before every validation event.
+"""Offline ranking evaluation: the one place that masks scores, takes top-K lists and turns ranks into metrics.
 
-Every scorer has the same signature, ``scores(state_items, state_events) -> [B, n_items + 1]``
-(column 0 is padding, at -inf), so the Q-network and the baselines are evaluated by the same
-code and logged under the same metric names.
+Two views of the same ranking:
+
+- per validation event (``evaluate_scorer``, the nightly gate and early stopping): rank the full
+  catalogue from the state before every validation event. Every scorer has the same signature,
+  ``scores(state_items, state_events) -> [B, n_items + 1]`` (column 0 is padding, at -inf), so the
+  Q-network and the baselines are evaluated by the same code and logged under the same names.
+- per user, with intervals (``evaluate_lists`` / ``evaluate_scores``, the quality benchmark): top-K
+  quality on held-out targets, one value per user and metric, so a table can say how sure it is and
+  two systems can be compared on the same users.
+
+Owns the per-user view of the offline metrics: one value per user and metric, so that a table
+can say how sure it is and two systems can be compared on the same users. The formulas are
+metrics.py's (not repeated here); this module adds the per-user values, the masks and the
+intervals. Pure numpy, no Spark, no torch.
+
+- Ranking is over the full catalogue (item_idx 1..n_items; column 0 of a score matrix is
+  padding). Items in the user's history mask get -inf before ranking, as scoring masks them; a
+  target the user already had is therefore a miss. Ties are broken as scoring breaks them
+  (metrics.top_k: score descending, then item_idx ascending), so a tie never favours the
+  target by luck and every run gives the same lists. Items at -inf never fill a slot: a user
+  with fewer than K candidates gets empty slots (item_idx 0).
+- A system may also hand in its own top-K lists (a peer library's export); they are scored as
+  given, and the history mask then only measures the share of already-seen items in them.
+- With several targets per user (a [U, T] array, 0 = no target), each target is ranked in the
+  user's list on its own (one relevant item, IDCG = 1, as for leave-one-out) and the user's
+  value is the mean over their targets, so every user weighs the same.
+- Intervals: ``intervals.MeanInterval`` over users (Student t, which for the hundreds of users
+  of a benchmark is the normal approximation); the paired
+  difference of two systems uses the per-user differences, which removes the between-user
+  variance both share. Coverage@K (distinct recommended items / catalogue) is a count over all
+  lists, not a mean over users, and has no interval: resampling users with replacement would
+  only bias it downwards.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
 from dql_model.contract import schema
 from dql_model.evaluation import metrics
+from dql_model.evaluation.intervals import MeanInterval
 from dql_model.warehouse import data
 
 DEFAULT_KS = (5, 10, 20)
-COVERAGE_K = 10
+"""The cut-offs of the nightly validation metrics."""
+LIST_K = 10
+"""Length of the lists the list metrics (coverage, seen, purchased) and the per-user view judge."""
 
 
 class Scorer(Protocol):
     def scores(self, state_items: np.ndarray, state_events: np.ndarray) -> np.ndarray: ...
-
-
-class PopularityScorer:
-    """The same scores for everyone: how often each item was the logged action in training."""
-
-    def __init__(self, counts: np.ndarray):
-        self.counts = np.asarray(counts, dtype=np.float32).copy()
-        self.counts[0] = -np.inf
-
-    @classmethod
-    def from_transitions(cls, transitions_dir: str | os.PathLike[str], *, n_items: int) -> PopularityScorer:
-        return cls(data.action_counts(transitions_dir, n_items=n_items, split=schema.TRAIN))
-
-    def scores(self, state_items: np.ndarray, state_events: np.ndarray) -> np.ndarray:
-        return np.broadcast_to(self.counts, (len(state_items), len(self.counts)))
-
-    __call__ = scores
 
 
 def _masked_scores(
@@ -50,20 +65,8 @@ def _masked_scores(
         raise ValueError(f"exclusions cover {len(exclude)} rows, the validation split has {len(val)}")
     for start in range(0, len(val), batch_size):
         rows = slice(start, start + batch_size)
-        scores = np.asarray(scorer.scores(val.state_items[rows], val.state_events[rows]))
-        if exclude is not None:
-            masked_rows, masked_items = exclude.pairs(rows)
-            if len(masked_rows):
-                scores = np.array(scores, dtype=np.float32 if scores.dtype == np.float32 else np.float64)
-                keep = masked_items < scores.shape[1]
-                scores[masked_rows[keep], masked_items[keep]] = -np.inf
-        yield rows, scores
-
-
-def _top_items(scores: np.ndarray) -> np.ndarray:
-    """[B, COVERAGE_K] item_idx of each row's top list, as scoring would write it."""
-    top, _ = metrics.top_k(scores[:, 1:], COVERAGE_K)
-    return top + 1  # back to item_idx (column 0 was dropped)
+        scores = scorer.scores(val.state_items[rows], val.state_events[rows])
+        yield rows, mask_scores(scores, pairs=exclude.pairs(rows) if exclude is not None else None)
 
 
 def evaluate_scorer(
@@ -94,9 +97,9 @@ def evaluate_scorer(
         if covered is None:
             covered = np.zeros(scores.shape[1], dtype=bool)
         ranks.append(metrics.rank_of_targets(scores, val.action[rows]))
-        top = _top_items(scores)
+        top = top_k_lists(scores, LIST_K)
         covered[top.ravel()] = True
-        in_state = top[:, :, None] == val.state_items[rows][:, None, :]
+        in_state = (top[:, :, None] == val.state_items[rows][:, None, :]) & (top[:, :, None] > 0)  # 0: an empty slot
         seen += in_state.any(axis=2).mean(axis=1).sum()
         bought = val.state_events[rows][:, None, :] == purchase_code
         purchased += (in_state & bought).any(axis=2).mean(axis=1).sum()
@@ -108,9 +111,9 @@ def evaluate_scorer(
             out[f"{schema.metric_prefix(event_type)}n"] = float(mask.sum())
             out.update(metrics.ranking_metrics(all_ranks[mask], ks, schema.metric_prefix(event_type)))
     n_items = len(covered) - 1
-    out[schema.metric_name("coverage", COVERAGE_K)] = float(covered[1:].sum() / max(n_items, 1))
-    out[schema.metric_name("seen", COVERAGE_K)] = float(seen / len(val))
-    out[schema.metric_name("purchased", COVERAGE_K)] = float(purchased / len(val))
+    out[schema.metric_name("coverage", LIST_K)] = float(covered[1:].sum() / max(n_items, 1))
+    out[schema.metric_name("seen", LIST_K)] = float(seen / len(val))
+    out[schema.metric_name("purchased", LIST_K)] = float(purchased / len(val))
     return out
 
 
@@ -145,14 +148,14 @@ def evaluate_new_items(
             reached = np.zeros(scores.shape[1], dtype=bool)
         targets = on_new[rows]
         ranks.append(metrics.rank_of_targets(scores[targets], val.action[rows][targets]))
-        top = _top_items(scores)
+        top = top_k_lists(scores, LIST_K)
         reached[top[is_new[top]]] = True
         slots += is_new[top].mean(axis=1).sum()
     all_ranks = np.concatenate(ranks)
     if len(all_ranks):
         out.update(metrics.ranking_metrics(all_ranks, ks, prefix))
-    out[schema.metric_name("slots", COVERAGE_K, schema.NEW_ITEMS)] = float(slots / len(val))
-    out[schema.metric_name("coverage", COVERAGE_K, schema.NEW_ITEMS)] = float(reached.sum() / len(new_items))
+    out[schema.metric_name("slots", LIST_K, schema.NEW_ITEMS)] = float(slots / len(val))
+    out[schema.metric_name("coverage", LIST_K, schema.NEW_ITEMS)] = float(reached.sum() / len(new_items))
     return out
 
 
@@ -179,3 +182,162 @@ def evaluate_models(
         name: evaluate_scorer(scorer, val, ks=ks, batch_size=batch_size, exclude=exclude)
         for name, scorer in named_scorers.items()
     }
+
+
+# --- per user, with intervals ------------------------------------------------------------------------
+
+
+
+def per_rank_values(kind: str, k: int) -> np.ndarray:
+    """[k + 1] value of metric ``kind`` for a target at rank 1..k and for one beyond k (index k).
+
+    Taken from metrics.py's mean over a single row, so the per-user values are exactly the terms
+    whose mean metrics.py reports.
+    """
+    function = metrics.RANKING_FUNCTIONS[kind]
+    return np.array([function(np.array([rank]), k) for rank in range(1, k + 2)])
+
+
+def mask_scores(
+    scores: np.ndarray,
+    history_mask: np.ndarray | None = None,
+    *,
+    pairs: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
+    """A copy of ``scores`` (float32 stays float32: a batch over a large catalogue is big) with column 0,
+    NaN (ranked last, as in metrics) and the masked items at -inf: ``history_mask`` [U, n_items + 1]
+    bool, or ``pairs`` (rows, item_idx) as ``data.Exclusions.pairs`` gives them."""
+    masked = np.array(scores, dtype=np.float32 if np.asarray(scores).dtype == np.float32 else np.float64)
+    masked[np.isnan(masked)] = -np.inf
+    masked[:, 0] = -np.inf
+    if history_mask is not None:
+        if history_mask.shape != masked.shape:
+            raise ValueError(f"history mask of shape {history_mask.shape} for scores of shape {masked.shape}")
+        masked[history_mask] = -np.inf
+    if pairs is not None:
+        rows, items = pairs
+        keep = items < masked.shape[1]
+        masked[rows[keep], items[keep]] = -np.inf
+    return masked
+
+
+def top_k_lists(scores: np.ndarray, k: int = LIST_K, history_mask: np.ndarray | None = None) -> np.ndarray:
+    """[U, k] item_idx of each row's top k as scoring would write it: masked items (-inf) never fill a
+    slot (item_idx 0 instead), ties by item_idx ascending."""
+    masked = mask_scores(scores, history_mask) if history_mask is not None else scores
+    index, values = metrics.top_k(masked[:, 1:], k)
+    return np.where(np.isneginf(values), 0, index + 1)
+
+
+def _targets_2d(targets: np.ndarray, n_users: int) -> np.ndarray:
+    targets = np.asarray(targets, dtype=np.int64)
+    if targets.ndim == 1:
+        targets = targets[:, None]
+    if targets.ndim != 2 or targets.shape[0] != n_users:
+        raise ValueError(f"expected [U] or [U, T] targets for U={n_users} users, got shape {targets.shape}")
+    if not (targets > 0).any(axis=1).all():
+        raise ValueError("every user needs at least one target item_idx > 0 (0 marks no target)")
+    return targets
+
+
+@dataclass
+class Evaluation:
+    """Per-user values of one system on one set of users."""
+
+    k: int
+    users: np.ndarray
+    """[U] ids of the users, in row order (paired comparisons check they match)."""
+    per_user: dict[str, np.ndarray]
+    """metric name (eval/hr@10, eval/ndcg@10, eval/mrr@10, eval/seen@10) -> [U] values."""
+    coverage: float
+    """Distinct recommended items / catalogue size (eval/coverage@k)."""
+    lists: np.ndarray
+    """[U, k] the lists that were scored."""
+
+    @property
+    def n_users(self) -> int:
+        return len(self.users)
+
+    def summary(self) -> dict[str, MeanInterval]:
+        """Mean and 95% interval of every per-user metric."""
+        return {name: MeanInterval.of(values) for name, values in self.per_user.items()}
+
+    def as_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {name: e.as_dict() for name, e in self.summary().items()}
+        out[schema.metric_name("coverage", self.k)] = self.coverage
+        out[f"{schema.metric_prefix()}users"] = self.n_users
+        return out
+
+
+def evaluate_lists(
+    lists: np.ndarray,
+    targets: np.ndarray,
+    *,
+    n_items: int,
+    history_mask: np.ndarray | None = None,
+    users: np.ndarray | None = None,
+    k: int = LIST_K,
+) -> Evaluation:
+    """HR, NDCG, MRR and seen share at k per user, and coverage, of given top-K lists.
+
+    ``lists`` [U, >= k] item_idx best first (0 = empty slot); ``targets`` [U] or [U, T];
+    ``history_mask`` [U, n_items + 1] bool, items each user had before the target (only the
+    seen share reads it: lists are scored as given).
+    """
+    lists = np.asarray(lists, dtype=np.int64)
+    if lists.ndim != 2 or lists.shape[1] < k:
+        raise ValueError(f"expected [U, >= {k}] top-K lists, got shape {lists.shape}")
+    lists = lists[:, :k]
+    n_users = len(lists)
+    if np.any((lists < 0) | (lists > n_items)):
+        raise ValueError(f"lists hold item_idx outside 0..{n_items}")
+    targets = _targets_2d(targets, n_users)
+    present = targets > 0
+    per_user: dict[str, np.ndarray] = {}
+    # A target's rank in its list (k + 1 when absent), one column of targets at a time.
+    ranks = np.stack([metrics.rank_of_targets(lists, targets[:, t]) for t in range(targets.shape[1])], axis=1)
+    ranks = np.minimum(ranks, k + 1)
+    for kind in schema.RANKING_METRICS:
+        values = per_rank_values(kind, k)[ranks - 1]
+        per_user[schema.metric_name(kind, k)] = np.where(present, values, 0.0).sum(axis=1) / present.sum(
+            axis=1
+        )
+    seen = np.zeros(lists.shape, dtype=bool)
+    if history_mask is not None:
+        if history_mask.shape != (n_users, n_items + 1):
+            raise ValueError(f"history mask of shape {history_mask.shape}, expected {(n_users, n_items + 1)}")
+        seen = np.take_along_axis(history_mask, lists, axis=1) & (lists > 0)
+    per_user[schema.metric_name("seen", k)] = seen.mean(axis=1)
+    recommended = np.unique(lists[lists > 0])
+    return Evaluation(
+        k=k,
+        users=np.arange(n_users) if users is None else np.asarray(users),
+        per_user=per_user,
+        coverage=len(recommended) / n_items,
+        lists=lists,
+    )
+
+
+def evaluate_scores(
+    scores: np.ndarray,
+    targets: np.ndarray,
+    *,
+    history_mask: np.ndarray | None,
+    users: np.ndarray | None = None,
+    k: int = LIST_K,
+) -> Evaluation:
+    """evaluate_lists of the full-catalogue top k of ``scores`` [U, n_items + 1], history masked
+    (``history_mask`` None: nothing masked, the protocol of a peer that does not mask)."""
+    lists = top_k_lists(scores, k, history_mask)
+    return evaluate_lists(
+        lists, targets, n_items=scores.shape[1] - 1, history_mask=history_mask, users=users, k=k
+    )
+
+
+def paired_difference(a: Evaluation, b: Evaluation) -> dict[str, MeanInterval]:
+    """a - b per metric over the same users: mean of the per-user differences and its 95% interval."""
+    if a.k != b.k or a.n_users != b.n_users or not np.array_equal(a.users, b.users):
+        raise ValueError(
+            "paired differences need both systems evaluated at the same k on the same users, in order"
+        )
+    return {name: MeanInterval.of(a.per_user[name] - b.per_user[name]) for name in a.per_user}

@@ -82,11 +82,10 @@ def mrr_at_k(ranks: np.ndarray, k: int) -> float:
     return float(np.mean(np.where(ranks <= k, 1.0 / ranks, 0.0)))
 
 
+RANKING_FUNCTIONS = {"hr": hit_rate_at_k, "ndcg": ndcg_at_k, "mrr": mrr_at_k}
+"""The formula of each ranking metric kind, by ``schema.RANKING_METRICS`` name (a test holds the two equal)."""
+
+
 def ranking_metrics(ranks: np.ndarray, ks: tuple[int, ...], prefix: str) -> dict[str, float]:
     """hr@k, ndcg@k and mrr@k for every k, named ``{prefix}hr@{k}`` and so on."""
-    out = {}
-    for k in ks:
-        out[f"{prefix}hr@{k}"] = hit_rate_at_k(ranks, k)
-        out[f"{prefix}ndcg@{k}"] = ndcg_at_k(ranks, k)
-        out[f"{prefix}mrr@{k}"] = mrr_at_k(ranks, k)
-    return out
+    return {f"{prefix}{kind}@{k}": RANKING_FUNCTIONS[kind](ranks, k) for k in ks for kind in RANKING_FUNCTIONS}

@@ -1,6 +1,6 @@
 """The baselines a DQN challenger is compared with, in the same run and under the same metrics.
 
-- popularity: the most frequent logged actions of the training split (evaluate.PopularityScorer);
+- popularity: the most frequent logged actions of the training split (scoring.popularity.PopularityScorer);
 - category popularity: popular items of the categories the state shows, with a category prior
   for the items training never saw (CategoryPopularityScorer); judged on new items only;
 - co-occurrence: item-to-item collaborative filtering over sequences. Score(s, j) is the sum,
@@ -26,10 +26,11 @@ import numpy as np
 
 from dql_model.config import Config
 from dql_model.contract import schema
-from dql_model.evaluation.evaluate import PopularityScorer, Scorer, evaluate_scorer
+from dql_model.evaluation.evaluate import Scorer, evaluate_scorer
 from dql_model.learning import train
 from dql_model.learning.networks import QNetwork
 from dql_model.learning.scorer import QNetworkScorer
+from dql_model.scoring.popularity import PopularityScorer
 from dql_model.warehouse import data
 
 MAX_WINDOW = 10

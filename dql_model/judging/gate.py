@@ -112,7 +112,7 @@ class NightEvaluation:
     simulation_more: list[dict[str, Any]] = field(default_factory=list)
     """The other refresh protocols of eval.sim_refresh."""
     ope: dict[str, Any] | None = None
-    """``ope_night.evaluate_night``: the off-policy estimates per candidate; None without impressions."""
+    """``ope_night.estimate_night``: the off-policy estimates per candidate; None without impressions."""
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -192,7 +192,7 @@ def evaluate_night(
         progress(f"{name:<12} " + "  ".join(f"{m} {_figure(metrics.get(m))}" for m in HEADLINE_METRICS))
     new_item_metrics = _evaluate_new_items(scorers, val, masks, transitions_dir, items, progress)
 
-    ope_result = ope_night.evaluate_night(cfg, run_date, models, items=items, exclude=exclude, progress=progress)
+    ope_result = ope_night.estimate_night(cfg, run_date, models, items=items, exclude=exclude, progress=progress)
     gate_metric, fallback, off_policy = _gate_metric(cfg, val, ope_result)
     if fallback:
         progress(f"gate: {fallback}")

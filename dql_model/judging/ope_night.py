@@ -43,6 +43,7 @@ import pyarrow.compute as pc
 from dql_model.config import Config
 from dql_model.contract import schema
 from dql_model.evaluation import ope
+from dql_model.judging import candidates
 from dql_model.warehouse import data, storage
 from dql_model.warehouse.rewards import RewardRule
 
@@ -54,14 +55,10 @@ LOGGING = "logging"
 """The name of the logging policy's own (on-policy) value in ``evaluation.json["ope"]``."""
 DEFAULT_OPE = ope.OPEConfig()
 """The estimators' settings in the nightly evaluation (1000 resamples, 95 % intervals, min_ess 100)."""
-POPULARITY = "popularity"
 """The popularity baseline's name among the candidates (as in the validation metrics)."""
 CHECKED_IDS = (schema.REQUEST_ID, schema.USER_ID, schema.ITEM_ID, schema.SHOWN_TIME)
 """Impression columns a row cannot do without (rule null_id)."""
 
-ListSource = Callable[[str, pa.Array], pa.Table]
-"""(shown day D, user ids) -> a candidate's lists for those users on day D: a table with columns
-user_id, rank (1-based) and item_id, one row per slot; a user without a list has no rows."""
 
 
 # --- impressions ------------------------------------------------------------------------------------
@@ -113,7 +110,7 @@ def load_impressions(
     frames, read, rejected, input_rows, quarantined = [], [], [], 0, []
     for day in shown_days(run_date, days):
         folder = cfg.layout.partition(schema.IMPRESSIONS, day)
-        if not _files(folder):
+        if not data.existing_parquet_files(folder):
             continue
         try:
             table = schema.conform(storage.read_partition(folder), schema.IMPRESSIONS)
@@ -248,14 +245,6 @@ def _window_end(users: np.ndarray, times: np.ndarray, slots: pd.DataFrame, horiz
     return np.where(following & (nxt < out), nxt, out)
 
 
-def _files(folder: str) -> list[Path]:
-    """The partition's Parquet files; none when the folder is missing or empty."""
-    try:
-        return data.parquet_files(folder)
-    except FileNotFoundError:
-        return []
-
-
 def _utc(values: pd.Series) -> pd.Series:
     """Timestamps as tz-naive UTC datetime64[ns] (numpy compares those without surprises)."""
     values = pd.to_datetime(values, utc=True)
@@ -276,7 +265,7 @@ def load_events(
     tables = []
     for offset in range((end - start).days + 1):
         folder = cfg.layout.partition(schema.EVENTS, (start + dt.timedelta(days=offset)).isoformat())
-        if not _files(folder):
+        if not data.existing_parquet_files(folder):
             continue
         table = storage.read_partition(folder, columns=columns)
         keep = pc.and_(
@@ -336,7 +325,7 @@ class Target:
     """[rows] object: the item the candidate puts at the row's (user, day, position); None when its list is shorter."""
 
 
-def target_propensities(rows: pd.DataFrame, lists: Mapping[str, ListSource]) -> dict[str, Target]:
+def target_propensities(rows: pd.DataFrame, lists: Mapping[str, candidates.ListSource]) -> dict[str, Target]:
     """Per candidate: its deterministic lists matched against the logged slots, day by day.
 
     ``rows`` has user_id, item_id, position and shown_date; the lists of day D are asked once for
@@ -369,125 +358,6 @@ def target_propensities(rows: pd.DataFrame, lists: Mapping[str, ListSource]) -> 
         p_new = (item == rows[schema.ITEM_ID].to_numpy()).astype(np.float64)
         out[name] = Target(p_new=p_new, item_id=item)
     return out
-
-
-@dataclass
-class NightInputs:
-    """What night D - 1 ranked from, per night, loaded once and shared by every candidate."""
-
-    cfg: Config
-    exclude: str
-    tonight: str
-    """The run date: its partitions stand in for a night's that are gone."""
-    _cache: dict[str, Any] = field(default_factory=dict)
-
-    def has_states(self, night: str) -> bool:
-        return bool(_files(self.cfg.layout.partition(schema.USER_STATES, night)))
-
-    def items(self, night: str, fallback: data.ItemFeatures) -> data.ItemFeatures:
-        """That night's item index (the item_idx its user states use); tonight's when it is gone."""
-        folder = self.cfg.layout.partition(schema.ITEM_INDEX, night)
-        if not _files(folder):
-            return fallback
-        return self._cached(
-            ("items", night),
-            lambda: data.load_item_features(folder, price_buckets=self.cfg.model.price_buckets),
-        )
-
-    def popularity(self, night: str, n_items: int) -> np.ndarray:
-        """Action counts of that night's transitions (train and validation: the scoring fallback's);
-        tonight's when that partition is gone."""
-        folder = self.cfg.layout.partition(schema.TRANSITIONS, night)
-        if not _files(folder):
-            folder = self.cfg.layout.partition(schema.TRANSITIONS, self.tonight)
-        splits = (schema.TRAIN, schema.VALIDATION)
-        return self._cached(
-            ("popularity", night, n_items), lambda: data.action_counts(folder, n_items=n_items, split=splits)
-        )
-
-    def states(self, night: str, users: pa.Array) -> data.UserStates:
-        """That night's states of ``users`` (those it has), read with the exclusion rule."""
-        from dql_model.scoring.ranking import take_states
-
-        folder = self.cfg.layout.partition(schema.USER_STATES, night)
-        every = self._cached(
-            ("states", night),
-            lambda: data.load_user_states(folder, max_len=self.cfg.etl.max_len, exclude=self.exclude),
-        )
-        keep = np.flatnonzero(pc.is_in(every.user_id, value_set=users).to_numpy(zero_copy_only=False))
-        return take_states(every, keep)
-
-    def _cached(self, key, load):
-        if key not in self._cache:
-            self._cache[key] = load()
-        return self._cache[key]
-
-
-def previous_night(day: str) -> str:
-    """The run date whose published lists were shown on ``day``."""
-    return (dt.date.fromisoformat(day) - dt.timedelta(days=1)).isoformat()
-
-
-def _next_day(day: str) -> str:
-    """The day after: a slot's attribution window may reach into it."""
-    return (dt.date.fromisoformat(day) + dt.timedelta(days=1)).isoformat()
-
-
-def model_lists(
-    model, version: str, inputs: NightInputs, tonight: data.ItemFeatures, *, top_k: int
-) -> ListSource:
-    """A registry model's greedy top-K for day D, ranked as the scoring task would have on night D - 1."""
-    from dql_model.scoring.engines import score_users
-    from dql_model.scoring.policy import Policy
-
-    policy = Policy(top_k=top_k, exclude=inputs.exclude)
-
-    def lists(day: str, users: pa.Array) -> pa.Table:
-        night = previous_night(day)
-        items = inputs.items(night, tonight)
-        return score_users(
-            model,
-            inputs.states(night, users),
-            items,
-            policy,
-            batch_size=inputs.cfg.score.batch_size,
-            popularity=inputs.popularity(night, items.n_items),
-            model_version=version,
-            generated_at=dt.datetime.fromisoformat(night).replace(tzinfo=dt.UTC),
-        )
-
-    return lists
-
-
-def popularity_lists(inputs: NightInputs, tonight: data.ItemFeatures, *, top_k: int) -> ListSource:
-    """The popularity baseline: night D - 1's most frequent available actions, the user's excluded items
-    masked (ties by item_idx), the same ranking as the scoring fallback's overall popularity."""
-    from dql_model.scoring.ranking import Catalogue
-
-    def lists(day: str, users: pa.Array) -> pa.Table:
-        night = previous_night(day)
-        items = inputs.items(night, tonight)
-        ranked = Catalogue.from_features(items, inputs.popularity(night, items.n_items)).ranked(0)
-        states = inputs.states(night, users)
-        user, rank, item = [], [], []
-        for u in range(len(states)):
-            excluded = states.excluded_items[states.excluded_indptr[u] : states.excluded_indptr[u + 1]]
-            head = ranked[: top_k + len(excluded)]
-            top = head[~np.isin(head, excluded)][:top_k]
-            user += [u] * len(top)
-            rank += range(1, len(top) + 1)
-            item += top.tolist()
-        return pa.table(
-            {
-                schema.USER_ID: states.user_id.take(pa.array(user, pa.int64())),
-                schema.RANK: pa.array(rank, pa.int32()),
-                schema.ITEM_ID: pa.array(
-                    items.item_ids[np.asarray(item, dtype=np.int64)].tolist(), pa.string()
-                ),
-            }
-        )
-
-    return lists
 
 
 # --- reward model -----------------------------------------------------------------------------------
@@ -609,7 +479,7 @@ def _support_json(sup: ope.Support) -> dict[str, Any]:
     }
 
 
-def evaluate_night(
+def estimate_night(
     cfg: Config,
     run_date: str,
     models: Mapping[str, tuple[str, Any]],
@@ -630,13 +500,13 @@ def evaluate_night(
                 f"off-policy estimates: none of the {log.input_rows} impression rows passed the contract check"
             )
         return None
-    inputs = NightInputs(cfg, exclude, schema.iso_date(run_date))
+    inputs = candidates.NightInputs(cfg, exclude, schema.iso_date(run_date))
     rows = log.rows
-    skipped = sorted(d for d in rows[schema.SHOWN_DATE].unique() if not inputs.has_states(previous_night(d)))
+    skipped = sorted(d for d in rows[schema.SHOWN_DATE].unique() if not inputs.has_states(candidates.previous_night(d)))
     for day in skipped:
         progress(
-            f"off-policy estimates: shown_date {day} skipped: night {previous_night(day)} has no user_states "
-            f"partition ({cfg.layout.partition(schema.USER_STATES, previous_night(day))}) to rank its lists from"
+            f"off-policy estimates: shown_date {day} skipped: night {candidates.previous_night(day)} has no user_states "
+            f"partition ({cfg.layout.partition(schema.USER_STATES, candidates.previous_night(day))}) to rank its lists from"
         )
     rows = rows[~rows[schema.SHOWN_DATE].isin(skipped)].reset_index(drop=True)
     summary = {**log.summary(), "skipped_days": skipped, "rows_used": len(rows)}
@@ -645,17 +515,17 @@ def evaluate_night(
     events = load_events(
         cfg,
         rows[schema.SHOWN_DATE].min(),
-        min(_next_day(rows[schema.SHOWN_DATE].max()), schema.iso_date(run_date)),
+        min(candidates.next_day(rows[schema.SHOWN_DATE].max()), schema.iso_date(run_date)),
         users=rows[schema.USER_ID].to_numpy(),
         items=rows[schema.ITEM_ID].to_numpy(),
     )
     rows[schema.REWARD] = attribute_rewards(rows, events)
     top_k = int(rows[schema.POSITION].max())
     lists = {
-        name: model_lists(model, version, inputs, items, top_k=top_k)
+        name: candidates.model_lists(model, version, inputs, items, top_k=top_k)
         for name, (version, model) in models.items()
     }
-    lists[POPULARITY] = popularity_lists(inputs, items, top_k=top_k)
+    lists[candidates.POPULARITY] = candidates.popularity_lists(inputs, items, top_k=top_k)
     estimates = estimate_candidates(rows, target_propensities(rows, lists), config)
     result = {**summary, **estimates}
     progress(

@@ -37,7 +37,6 @@ a killed loop resumes at the twin it was in.
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import json
 import time
@@ -218,20 +217,28 @@ class Lists:
     """[n_users] the model that ranked each list ('' for none)."""
 
 
+def _index_in(values: pa.ChunkedArray | pa.Array, known, what: str) -> np.ndarray:
+    """Positions of ``values`` in ``known`` (a hash lookup, no loop per row); every value must be there."""
+    found = pc.index_in(values, value_set=pa.array(np.asarray(known, dtype=object), pa.string()))
+    if found.null_count:
+        missing = pc.filter(values, pc.is_null(found)).to_pylist()[:5]
+        raise ValueError(f"{found.null_count} {what} not in the shop, e.g. {missing}")
+    return found.to_numpy(zero_copy_only=False).astype(np.int64)
+
+
 def _positions(shop: LiveShop, item_id: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """Catalogue positions of the shop's item ids."""
-    index = {item: i for i, item in enumerate(shop.simulator.item_ids)}
-    return np.array([index[i] for i in item_id.to_pylist()], dtype=np.int64)
+    return _index_in(item_id, shop.simulator.item_ids, "item ids")
 
 
 def _user_rows(shop: LiveShop, user_id: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """Rows (user indices) of the shop's user ids."""
-    index = {u: i for i, u in enumerate(shop.simulator.user_ids)}
-    return np.array([index[u] for u in user_id.to_pylist()], dtype=np.int64)
+    return _index_in(user_id, shop.simulator.user_ids, "user ids")
 
 
 def lists_from_table(shop: LiveShop, table: pa.Table, top_k: int) -> Lists:
-    """Lists from a recommendations table (schema ``RECOMMENDATIONS``); shoppers without rows see nothing."""
+    """Lists from a recommendations table (schema ``RECOMMENDATIONS``, or a candidate's user_id, rank,
+    item_id: propensity 1, no model version); shoppers without rows see nothing."""
     n = shop.n_users
     items = np.full((n, top_k), -1, dtype=np.int64)
     propensity = np.ones((n, top_k))
@@ -241,8 +248,10 @@ def lists_from_table(shop: LiveShop, table: pa.Table, top_k: int) -> Lists:
         rank = table.column(schema.RANK).to_numpy() - 1
         keep = rank < top_k
         items[rows[keep], rank[keep]] = _positions(shop, table.column(schema.ITEM_ID))[keep]
-        propensity[rows[keep], rank[keep]] = table.column(schema.PROPENSITY).to_numpy()[keep]
-        versions[rows] = np.array(table.column(schema.MODEL_VERSION).to_pylist(), dtype=object)
+        if schema.PROPENSITY in table.column_names:
+            propensity[rows[keep], rank[keep]] = table.column(schema.PROPENSITY).to_numpy()[keep]
+        if schema.MODEL_VERSION in table.column_names:
+            versions[rows] = np.array(table.column(schema.MODEL_VERSION).to_pylist(), dtype=object)
     return Lists(items=items, propensity=propensity, model_version=versions)
 
 
@@ -253,61 +262,52 @@ def published_lists(cfg: Config, run_date: str, shop: LiveShop) -> Lists:
     return lists_from_table(shop, table, cfg.score.top_k)
 
 
-def greedy_lists(cfg: Config, run_date: str, version: str, shop: LiveShop) -> Lists:
-    """The lists ``version`` ranks from the night's user states without exploration (a candidate)."""
+def night_candidates(cfg: Config, run_date: str, version: str, shop: LiveShop) -> dict[str, Lists]:
+    """The candidates the off-policy check values for the day after ``run_date``, from that night's
+    states, exactly as the nightly off-policy report values them (``judging.candidates``): the scoring
+    version's greedy lists and the popularity policy's lists."""
+    from dql_model.judging import candidates
     from dql_model.learning import registry
-    from dql_model.scoring.engines import score_users
-    from dql_model.scoring.policy import Policy
     from dql_model.warehouse import data
 
-    layout = cfg.layout
-    policy = Policy(
-        top_k=cfg.score.top_k, exclude=data.exclude_rule(cfg.score, data.night_protocol(cfg, run_date))
-    )
     model, meta = registry.load_model(Path(cfg.registry.root) / version, device="cpu")
-    items = data.load_item_features(
-        layout.partition(schema.ITEM_INDEX, run_date), price_buckets=cfg.model.price_buckets
+    exclude = data.exclude_rule(cfg.score, data.night_protocol(cfg, run_date))
+    inputs = candidates.NightInputs(cfg, exclude, run_date)
+    tonight = data.load_item_features(
+        cfg.layout.partition(schema.ITEM_INDEX, run_date), price_buckets=cfg.model.price_buckets
     )
-    states = data.load_user_states(
-        layout.partition(schema.USER_STATES, run_date), max_len=cfg.etl.max_len, exclude=policy.exclude
-    )
-    popularity = data.action_counts(
-        layout.partition(schema.TRANSITIONS, run_date),
-        n_items=items.n_items,
-        split=(schema.TRAIN, schema.VALIDATION),
-    )
-    table = score_users(
-        model, states, items, policy, batch_size=cfg.score.batch_size, popularity=popularity,
-        model_version=version, generated_at=dt.datetime.now(dt.UTC), source=registry.model_source(meta),
-    )  # fmt: skip
-    return lists_from_table(shop, table, cfg.score.top_k)
+    top_k = cfg.score.top_k
+    sources = {
+        "greedy": candidates.model_lists(
+            model, version, inputs, tonight, top_k=top_k, source=registry.model_source(meta)
+        ),
+        candidates.POPULARITY: candidates.popularity_lists(inputs, tonight, top_k=top_k),
+    }
+    day, users = candidates.next_day(run_date), pa.array(list(shop.simulator.user_ids), pa.string())
+    return {name: lists_from_table(shop, source(day, users), top_k) for name, source in sources.items()}
 
 
-def popularity_lists(shop: LiveShop, logs: Sequence[pa.Table], top_k: int) -> Lists:
-    """The most-interacted available items of ``logs``, minus what each shopper bought in them."""
+def twin_popularity_lists(shop: LiveShop, logs: Sequence[pa.Table], top_k: int) -> Lists:
+    """The popularity policy (``dql_model.scoring.popularity``) served by the popularity twin, which runs
+    no nightly pipeline: counts of every event in ``logs``, sold-out items left out, what each shopper
+    bought in them masked."""
+    from dql_model.scoring.popularity import popular_lists, popularity_order
+
     sim = shop.simulator
-    counts = np.zeros(sim.model.n_items)
-    bought = []
+    counts = np.zeros(sim.model.n_items + 1)  # index 0 is the policy's padding: positions shift by one
+    buyer, bought = [], []
     for events in logs:
-        np.add.at(counts, _positions(shop, events.column(schema.ITEM_ID)), 1.0)
-        purchase = pc.equal(events.column(schema.EVENT_TYPE), schema.PURCHASE)
-        sold = events.filter(purchase)
-        bought.append(
-            (_user_rows(shop, sold.column(schema.USER_ID)), _positions(shop, sold.column(schema.ITEM_ID)))
-        )
-    available = sim.items_table().column(schema.AVAILABLE).to_numpy(zero_copy_only=False)
-    counts[~available] = -np.inf
-    order = np.argsort(-counts, kind="stable")
-    depth = min(len(order), top_k + 64)
-    candidates = order[:depth]
-    scores = np.broadcast_to(counts[candidates], (shop.n_users, depth)).copy()
-    column = np.full(sim.model.n_items, -1, dtype=np.int64)
-    column[candidates] = np.arange(depth)
-    for users, items in bought:
-        listed = column[items] >= 0
-        scores[users[listed], column[items[listed]]] = -np.inf
-    pick = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
-    items = np.where(np.isfinite(np.take_along_axis(scores, pick, axis=1)), candidates[pick], -1)
+        np.add.at(counts, _positions(shop, events.column(schema.ITEM_ID)) + 1, 1.0)
+        sold = events.filter(pc.equal(events.column(schema.EVENT_TYPE), schema.PURCHASE))
+        buyer.append(_user_rows(shop, sold.column(schema.USER_ID)))
+        bought.append(_positions(shop, sold.column(schema.ITEM_ID)) + 1)
+    available = np.concatenate([[False], sim.items_table().column(schema.AVAILABLE).to_numpy(zero_copy_only=False)])
+    buyer, bought = np.concatenate(buyer), np.concatenate(bought)
+    order = np.lexsort((bought, buyer))
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(buyer, minlength=shop.n_users))])
+    user, rank, item = popular_lists(popularity_order(counts, available), indptr, bought[order], top_k)
+    items = np.full((shop.n_users, top_k), -1, dtype=np.int64)
+    items[user, rank - 1] = item - 1
     return Lists(
         items=items, propensity=np.ones(items.shape), model_version=np.full(shop.n_users, "", dtype=object)
     )
@@ -406,16 +406,13 @@ def run_twin(
 
     def plan(run_date: str) -> tuple[Lists, dict[str, Lists]]:
         if not learned:
-            return popularity_lists(shop, logs, settings.top_k), {}
+            return twin_popularity_lists(shop, logs, settings.top_k), {}
         nights.append({"run_date": run_date, **night(tcfg, run_date, config_file)})
         served = published_lists(tcfg, run_date, shop)
         candidates = {}
         if settings.truth_replicates and settings.explore_slots:
             version = nights[-1]["gate"]["scoring_version"]
-            candidates = {
-                "greedy": greedy_lists(tcfg, run_date, version, shop),
-                "popularity": popularity_lists(shop, logs, settings.top_k),
-            }
+            candidates = night_candidates(tcfg, run_date, version, shop)
         return served, candidates
 
     started = time.perf_counter()

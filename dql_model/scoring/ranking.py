@@ -33,6 +33,7 @@ import torch
 from dql_model.contract import schema
 from dql_model.learning.networks import QNetwork
 from dql_model.scoring.policy import CatalogueRest, Policy, SlotCandidates, fill_slots
+from dql_model.scoring.popularity import popular_lists, popularity_order
 from dql_model.warehouse import data
 
 SCORES_PER_CHUNK = 1 << 25
@@ -85,8 +86,7 @@ class Catalogue:
         """Available item_idx by popularity desc, then item_idx asc; a category's own items first."""
         if category not in self._ranked:
             if category == 0:
-                order = np.lexsort((np.arange(len(self.popularity)), -self.popularity))
-                self._ranked[0] = order[self.available[order]]
+                self._ranked[0] = popularity_order(self.popularity, self.available)
             else:
                 ranked = self.ranked(0)
                 own = self.category[ranked] == category
@@ -374,17 +374,11 @@ class Ranker:
     def _popular(self, states, plain, masked_users, ranked) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         k = self.policy.top_k
         head = ranked[:k]
-        # Users with nothing to mask share one list; the rest (few) are filtered one by one.
-        users = [np.repeat(plain, len(head))]
-        ranks = [np.tile(np.arange(1, len(head) + 1), len(plain))]
-        items = [np.tile(head, len(plain))]
-        for user in masked_users:
-            excluded = states.excluded_items[states.excluded_indptr[user] : states.excluded_indptr[user + 1]]
-            candidates = ranked[: k + len(excluded)]
-            picked = candidates[~np.isin(candidates, excluded)][:k]
-            users.append(np.full(len(picked), user))
-            ranks.append(np.arange(1, len(picked) + 1))
-            items.append(picked)
+        # Users with nothing to mask share one list; the others get the policy's lists minus their items.
+        masked = popular_lists(ranked, states.excluded_indptr, states.excluded_items, k, users=masked_users)
+        users = [np.repeat(plain, len(head)), masked[0]]
+        ranks = [np.tile(np.arange(1, len(head) + 1), len(plain)), masked[1]]
+        items = [np.tile(head, len(plain)), masked[2]]
         return tuple(np.concatenate(a).astype(np.int64) for a in (users, ranks, items))
 
     def _table(self, user_id: pa.Array, user, rank, item, score, source, propensity) -> pa.Table:

@@ -371,6 +371,14 @@ def parquet_files(folder: str | os.PathLike[str]) -> list[Path]:
     return files
 
 
+def existing_parquet_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """``parquet_files`` of a partition that may be missing or empty: then none."""
+    try:
+        return parquet_files(folder)
+    except FileNotFoundError:
+        return []
+
+
 def _check_columns(file: Path, names: list[str], required: list[str]) -> None:
     missing = [c for c in required if c not in names]
     if missing:

@@ -11,13 +11,13 @@ import torch
 from dql_model.config import ModelConfig
 from dql_model.contract import schema
 from dql_model.evaluation.evaluate import (
-    PopularityScorer,
     evaluate_models,
     evaluate_new_items,
     evaluate_scorer,
 )
 from dql_model.learning.networks import QNetwork
 from dql_model.learning.scorer import QNetworkScorer
+from dql_model.scoring.popularity import PopularityScorer
 from dql_model.warehouse import data
 
 torch.set_num_threads(1)

@@ -64,3 +64,12 @@ def test_top_k_agrees_with_a_full_stable_sort():
     full = np.argsort(-scores[:, 1:], axis=1, kind="stable") + 1
     expected = np.array([np.flatnonzero(row == t)[0] + 1 for row, t in zip(full, targets, strict=True)])
     np.testing.assert_array_equal(metrics.rank_of_targets(scores, targets), expected)
+
+
+def test_every_ranking_metric_kind_has_one_formula():
+    from dql_model.contract import schema
+
+    assert tuple(metrics.RANKING_FUNCTIONS) == schema.RANKING_METRICS
+    got = metrics.ranking_metrics(np.array([1, 3, 20]), (10,), "eval/")
+    assert list(got) == [schema.metric_name(kind, 10) for kind in schema.RANKING_METRICS]
+    assert got["eval/mrr@10"] == pytest.approx((1 + 1 / 3) / 3)

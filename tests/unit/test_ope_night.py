@@ -13,7 +13,7 @@ import pytest
 
 from dql_model.config import Config, ConfigError
 from dql_model.contract import schema
-from dql_model.judging import gate, ope_night, report
+from dql_model.judging import candidates, gate, ope_night, report
 from dql_model.learning import registry
 from dql_model.warehouse import data, storage
 from dql_model.warehouse.rewards import RewardRule
@@ -290,13 +290,13 @@ def plant(cfg, champion: str, challenger: str, *, rewarded: str) -> None:
     items = data.load_item_features(
         cfg.layout.partition(schema.ITEM_INDEX, RUN_DATE), price_buckets=cfg.model.price_buckets
     )
-    inputs = ope_night.NightInputs(
+    inputs = candidates.NightInputs(
         cfg, data.exclude_rule(cfg.score, data.night_protocol(cfg, RUN_DATE)), RUN_DATE
     )
     lists = {}
     for name, version in (("champion", champion), ("challenger", challenger)):
         model, _ = registry.load_model(f"{cfg.registry.root}/{version}")
-        table = ope_night.model_lists(model, version, inputs, items, top_k=TOP)(RUN_DATE, pa.array(USERS))
+        table = candidates.model_lists(model, version, inputs, items, top_k=TOP)(RUN_DATE, pa.array(USERS))
         lists[name] = {
             (u, r): i
             for u, r, i in zip(

@@ -82,7 +82,7 @@ def test_a_twin_day_leaves_the_shop_where_it_was(shop):
 
 
 def test_lists_on_screen_draw_shoppers_to_them(shop):
-    popular = shop_loop.popularity_lists(shop, [shop.history], 5)
+    popular = shop_loop.twin_popularity_lists(shop, [shop.history], 5)
     shown = shop.serve(popular.items, advance=False)
     blank = shop.serve(np.full((shop.n_users, 5), -1, dtype=np.int64), advance=False)
     assert shown.slot_reward.sum() > 0 and blank.slot_reward.sum() == 0
@@ -94,8 +94,8 @@ def test_serve_rejects_lists_of_the_wrong_shape(shop):
         shop.serve(np.zeros((3, 2), dtype=np.int64))
 
 
-def test_popularity_lists_skip_what_the_shopper_bought_and_sold_out_items(shop):
-    popular = shop_loop.popularity_lists(shop, [shop.history], 8)
+def test_twin_popularity_lists_skip_what_the_shopper_bought_and_sold_out_items(shop):
+    popular = shop_loop.twin_popularity_lists(shop, [shop.history], 8)
     available = ShopSimulator(SHOP).items_table().column(schema.AVAILABLE).to_pylist()
     bought = {}
     for e in shop.history.to_pylist():

@@ -10,10 +10,11 @@ import torch
 
 from dql_model.config import Config, ModelConfig
 from dql_model.contract import schema
-from dql_model.evaluation.evaluate import PopularityScorer, evaluate_scorer
+from dql_model.evaluation.evaluate import evaluate_scorer
 from dql_model.learning import device, train
 from dql_model.learning.networks import QNetwork
 from dql_model.learning.train import Checkpoints
+from dql_model.scoring.popularity import PopularityScorer
 from dql_model.warehouse import data
 from tests.factories import item_index_table, make_shop, write_parquet
 
