@@ -23,6 +23,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import types
 import typing
@@ -35,7 +36,6 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 from dql_model.contract import schema, steps
 from dql_model.errors import InputError
 
-ENV_PREFIX = steps.CONFIG_ENV_PREFIX
 CONFIG_ENV = "DQLREC_CONFIG"
 
 
@@ -44,7 +44,12 @@ class ConfigError(InputError, ValueError):
 
 
 Encoder = Literal["gru", "lstm", "attention", "sasrec"]
+SEQUENCE_ENCODERS = ("gru", "lstm", "sasrec")
+"""Encoders with an output after every position (``forward_all``): those ``train.batching: sequences`` can
+use. ``attention`` encodes "how many events ago", so it has an output for the last position only."""
 TrainMode = Literal["dqn", "supervised", "sqn"]
+"""The learned policies: each trains one model and its rows carry ``schema.MODEL_SOURCES[mode]``."""
+LEARNED_MODES: tuple[str, ...] = typing.get_args(TrainMode)
 Heads = Literal["one", "two"]
 Batching = Literal["transitions", "sequences"]
 TargetUpdate = Literal["polyak", "hard"]
@@ -355,6 +360,38 @@ class TrainConfig(_Section):
     (affinity, cgroup quota); a positive value caps that (e.g. 1 per job when jobs share a worker's cores)."""
 
 
+@dataclass(frozen=True)
+class OPEConfig(_Section):
+    """How the off-policy estimates (``dql_model.evaluation.ope``) are computed and when they are flagged
+    as unreliable; the days of impressions they read are ``eval.ope_days``."""
+
+    n_bootstrap: int = 1000
+    """Bootstrap resamples of the requests behind each interval."""
+    confidence: float = 0.95
+    """Coverage of the percentile bootstrap intervals."""
+    seed: int = 0
+    """Seed of the resampling: the same seed gives the same intervals."""
+    clip: float | None = None
+    """Importance weights above this are cut to it (less variance, some bias); None: no clipping."""
+    min_ess: float = 100.0
+    """An effective sample size below this (at a position or overall) is reported as too few rows."""
+    min_support: float = 0.95
+    """``support`` warns where the target's mass on items the log can show is clearly below this."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.n_bootstrap < 1:
+            raise ConfigError(f"ope.n_bootstrap must be at least 1, got {self.n_bootstrap}")
+        if not 0.0 < self.confidence < 1.0:
+            raise ConfigError(f"ope.confidence must be between 0 and 1, got {self.confidence}")
+        if self.clip is not None and not (self.clip > 0 and math.isfinite(self.clip)):
+            raise ConfigError(f"ope.clip must be a positive number or None, got {self.clip}")
+        if not self.min_ess >= 0:
+            raise ConfigError(f"ope.min_ess must be non-negative, got {self.min_ess}")
+        if not 0.0 <= self.min_support <= 1.0:
+            raise ConfigError(f"ope.min_support must be between 0 and 1, got {self.min_support}")
+
+
 @dataclass
 class EvalConfig(_Section):
     """How models are judged each night: the metrics, the gate, the baselines, the simulation."""
@@ -507,6 +544,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    ope: OPEConfig = field(default_factory=OPEConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
@@ -515,11 +553,10 @@ class Config:
 
     def __post_init__(self) -> None:
         self.model.heads = "two" if self.train.mode == "sqn" else "one"
-        if self.train.batching == "sequences" and self.model.encoder == "attention":
-            # The recency-encoded encoder has an output for the last position only.
+        if self.train.batching == "sequences" and self.model.encoder not in SEQUENCE_ENCODERS:
             warnings.warn(
-                "model.encoder='attention' trains on transition rows only: train.batching='transitions' "
-                "(sequence batches need model.encoder gru, lstm or sasrec)",
+                f"model.encoder={self.model.encoder!r} trains on transition rows only: train.batching='transitions' "
+                f"(sequence batches need model.encoder one of {', '.join(SEQUENCE_ENCODERS)})",
                 UserWarning,
                 stacklevel=2,
             )
@@ -602,6 +639,9 @@ def _section_types() -> dict[str, type]:
 def _coerce(value: Any, typ: Any, where: str) -> Any:
     """Convert a YAML or environment value to the field's declared type."""
     if isinstance(typ, types.UnionType):
+        optional = type(None) in typing.get_args(typ)
+        if optional and (value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null"))):
+            return None
         typ = next(t for t in typing.get_args(typ) if t is not type(None))
     origin = typing.get_origin(typ)
     if origin is Literal:
@@ -687,9 +727,9 @@ SECTION_NAMES.update({typ: name for name, typ in _section_types().items()})
 def _env_overrides(env: typing.Mapping[str, str]) -> dict[str, dict[str, str]]:
     out: dict[str, dict[str, str]] = {}
     for key, value in env.items():
-        if not key.startswith(ENV_PREFIX) or key == CONFIG_ENV or "__" not in key:
+        if not key.startswith(steps.CONFIG_ENV_PREFIX) or key == CONFIG_ENV or "__" not in key:
             continue
-        section, _, name = key[len(ENV_PREFIX) :].lower().partition("__")
+        section, _, name = key[len(steps.CONFIG_ENV_PREFIX) :].lower().partition("__")
         out.setdefault(section, {})[name] = value
     return out
 

@@ -44,13 +44,13 @@ arrays) with the columns ``request_id``, ``position``, ``propensity``, ``reward`
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from dql_model.config import OPEConfig
 from dql_model.contract import schema
 from dql_model.errors import InputError
 from dql_model.evaluation.intervals import resample_counts
@@ -67,34 +67,8 @@ class LogError(InputError, ValueError):
     """Logged slates that cannot be evaluated: a column is missing, misaligned or out of range."""
 
 
-@dataclass(frozen=True)
-class OPEConfig:
-    """How the off-policy estimates are computed and when they are flagged as unreliable."""
-
-    n_bootstrap: int = 1000
-    """Bootstrap resamples of the requests behind each interval."""
-    confidence: float = 0.95
-    """Coverage of the percentile bootstrap intervals."""
-    seed: int = 0
-    """Seed of the resampling: the same seed gives the same intervals."""
-    clip: float | None = None
-    """Importance weights above this are cut to it (less variance, some bias); None: no clipping."""
-    min_ess: float = 100.0
-    """An effective sample size below this (at a position or overall) is reported as too few rows."""
-    min_support: float = 0.95
-    """``support`` warns where the target's mass on items the log can show is clearly below this."""
-
-    def __post_init__(self) -> None:
-        if self.n_bootstrap < 1:
-            raise ValueError(f"ope.n_bootstrap must be at least 1, got {self.n_bootstrap}")
-        if not 0.0 < self.confidence < 1.0:
-            raise ValueError(f"ope.confidence must be between 0 and 1, got {self.confidence}")
-        if self.clip is not None and not (self.clip > 0 and math.isfinite(self.clip)):
-            raise ValueError(f"ope.clip must be a positive number or None, got {self.clip}")
-        if not self.min_ess >= 0:
-            raise ValueError(f"ope.min_ess must be non-negative, got {self.min_ess}")
-        if not 0.0 <= self.min_support <= 1.0:
-            raise ValueError(f"ope.min_support must be between 0 and 1, got {self.min_support}")
+DEFAULTS = OPEConfig()
+"""The estimators' settings when a caller gives none (``Config().ope``)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -263,13 +237,13 @@ class Support:
     """Positions with too few effective rows or clearly partial support, in words."""
 
 
-def ips(log: LoggedSlates, config: OPEConfig = OPEConfig()) -> Estimate:
+def ips(log: LoggedSlates, config: OPEConfig = DEFAULTS) -> Estimate:
     """Inverse propensity scoring: IPS_k = (1 / N) sum_{i at k} w_i r_i; unbiased under full support."""
     w = log.weights(config.clip)
     return _estimate("ips", log, config, np.stack([w * log.reward]), _per_request_mean)
 
 
-def snips(log: LoggedSlates, config: OPEConfig = OPEConfig()) -> Estimate:
+def snips(log: LoggedSlates, config: OPEConfig = DEFAULTS) -> Estimate:
     """Self-normalised IPS: SNIPS_k = (n_k / N) sum w r / sum w over position k's rows.
 
     Dividing by the weights' sum instead of their count trades a small bias for less variance, and
@@ -281,7 +255,7 @@ def snips(log: LoggedSlates, config: OPEConfig = OPEConfig()) -> Estimate:
 
 
 def doubly_robust(
-    log: LoggedSlates, q_logged: Any, q_target: Any, config: OPEConfig = OPEConfig()
+    log: LoggedSlates, q_logged: Any, q_target: Any, config: OPEConfig = DEFAULTS
 ) -> Estimate:
     """Doubly robust: DR_k = (1 / N) sum_{i at k} [qt_i + w_i (r_i - ql_i)].
 
@@ -297,7 +271,7 @@ def doubly_robust(
     return _estimate("dr", log, config, np.stack([qt + w * (log.reward - ql)]), _per_request_mean)
 
 
-def support(log: LoggedSlates, config: OPEConfig = OPEConfig()) -> Support:
+def support(log: LoggedSlates, config: OPEConfig = DEFAULTS) -> Support:
     """Per position: the share of the target's mass the log supports, matched rows, and ESS.
 
     Weights are not clipped here: clipping would hide the mass this measures. Warns where the ESS is
@@ -494,7 +468,7 @@ def _model_column(values: Any, name: str, n_rows: int) -> np.ndarray:
 
 
 def estimate_all(
-    log: LoggedSlates, q_logged: np.ndarray, q_target: np.ndarray, config: OPEConfig = OPEConfig()
+    log: LoggedSlates, q_logged: np.ndarray, q_target: np.ndarray, config: OPEConfig = DEFAULTS
 ) -> dict[str, Estimate]:
     """Every estimator of ``schema.OPE_ESTIMATORS``, by that name: the one dispatch from a name to its
     estimator (doubly robust needs the reward model's predictions of the logged and the target items)."""

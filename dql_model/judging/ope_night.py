@@ -40,7 +40,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dql_model.config import Config
+from dql_model.config import Config, OPEConfig
 from dql_model.contract import schema
 from dql_model.evaluation import ope
 from dql_model.judging import candidates
@@ -53,9 +53,6 @@ REWARD_SMOOTHING = 10.0
 """Pseudo-rows of the reward model's prior: an item seen on this many rows is half its own, half average."""
 LOGGING = "logging"
 """The name of the logging policy's own (on-policy) value in ``evaluation.json["ope"]``."""
-DEFAULT_OPE = ope.OPEConfig()
-"""The estimators' settings in the nightly evaluation (1000 resamples, 95 % intervals, min_ess 100)."""
-"""The popularity baseline's name among the candidates (as in the validation metrics)."""
 CHECKED_IDS = (schema.REQUEST_ID, schema.USER_ID, schema.ITEM_ID, schema.SHOWN_TIME)
 """Impression columns a row cannot do without (rule null_id)."""
 
@@ -416,7 +413,7 @@ class PositionRewardModel:
 
 
 def estimate_candidates(
-    rows: pd.DataFrame, targets: Mapping[str, Target], config: ope.OPEConfig = DEFAULT_OPE
+    rows: pd.DataFrame, targets: Mapping[str, Target], config: OPEConfig = ope.DEFAULTS
 ) -> dict[str, Any]:
     """IPS, SNIPS, DR and support of each candidate on the logged ``rows`` (with a reward column), and
     the logging policy's own value; JSON-able."""
@@ -486,7 +483,7 @@ def estimate_night(
     *,
     items: data.ItemFeatures,
     exclude: str,
-    config: ope.OPEConfig = DEFAULT_OPE,
+    config: OPEConfig | None = None,
     progress: Callable[[str], object] = print,
 ) -> dict[str, Any] | None:
     """``evaluation.json["ope"]``: the estimates of ``models`` (name -> (version, QNetwork)) and of the
@@ -526,7 +523,7 @@ def estimate_night(
         for name, (version, model) in models.items()
     }
     lists[candidates.POPULARITY] = candidates.popularity_lists(inputs, items, top_k=top_k)
-    estimates = estimate_candidates(rows, target_propensities(rows, lists), config)
+    estimates = estimate_candidates(rows, target_propensities(rows, lists), config or cfg.ope)
     result = {**summary, **estimates}
     progress(
         f"off-policy estimates: {len(rows)} slots of {estimates[LOGGING]['requests']} requests on "

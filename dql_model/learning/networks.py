@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dql_model.config import ModelConfig
+from dql_model.config import SEQUENCE_ENCODERS, ModelConfig
 from dql_model.contract import schema
 
 ATTENTION_LAYERS = 2
@@ -240,9 +240,8 @@ ENCODERS: dict[str, Callable[[int, int, ModelConfig], nn.Module]] = {
     "attention": AttentionEncoder,
     "sasrec": SASRecEncoder,
 }
-SEQUENCE_ENCODERS = ("gru", "lstm", "sasrec")
-"""Encoders with ``forward_all`` (the output after every position): those sequence training can use."""
-"""Sequence encoders by ``model.encoder`` name: Encoder(input_dim, hidden_dim, cfg) (module docstring)."""
+"""Sequence encoders by ``model.encoder`` name: Encoder(input_dim, hidden_dim, cfg) (module docstring); those in
+``config.SEQUENCE_ENCODERS`` also have ``forward_all`` (a test holds the two together)."""
 
 
 class QNetwork(nn.Module):

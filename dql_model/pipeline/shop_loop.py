@@ -51,16 +51,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from dql_model.config import Config
+from dql_model.config import LEARNED_MODES, Config
 from dql_model.contract import schema
 from dql_model.evaluation.intervals import mean_ci
 from dql_model.judging.ope_night import LOGGING, Target, estimate_candidates
 from dql_model.simulation.simulator import LiveShop, ServedDay, ShopSimulator, write_window
 from dql_model.warehouse import storage
 
-LEARNED_POLICIES = ("dqn", "supervised", "sqn")
-"""Policies served by the nightly pipeline with that train.mode."""
-POLICIES = (*LEARNED_POLICIES, "popularity")
+POLICIES = (*LEARNED_MODES, "popularity")
 """Policy names; a learned one may carry training overrides, ``dqn:cql_alpha=1`` (``parse_policy``)."""
 SUMMARY_FILE = "loop.json"
 FIGURES = ("return", "purchases", "revenue", "list_reward_per_visit")
@@ -105,7 +103,7 @@ def parse_policy(spec: str) -> tuple[str, dict[str, Any]]:
     train = {}
     for item in filter(None, (part.strip() for part in overrides.split(","))):
         key, sep, value = item.partition("=")
-        if not sep or name not in LEARNED_POLICIES:
+        if not sep or name not in LEARNED_MODES:
             raise ValueError(
                 f"loop policy {spec!r}: overrides are train fields of a learned policy, as dqn:cql_alpha=1"
             )
@@ -126,7 +124,7 @@ def twin_config(cfg: Config, settings: LoopSettings, policy: str, seed: int, fol
         registry={"root": str(folder / "models")},
         publish={"export_uri": str(folder / "export"), "sql_url": ""},
         simulator={"seed": cfg.simulator.seed + seed},
-        train={**overrides, "seed": seed, "mode": name if name in LEARNED_POLICIES else cfg.train.mode},
+        train={**overrides, "seed": seed, "mode": name if name in LEARNED_MODES else cfg.train.mode},
         score={
             "top_k": settings.top_k,
             "explore_slots": settings.explore_slots,
@@ -401,7 +399,7 @@ def run_twin(
     shop = ShopSimulator(tcfg.simulator).live()
     write_window(tcfg, shop.simulator, shop.history, progress=lambda _: None)
     logs = [shop.history]
-    learned = parse_policy(policy)[0] in LEARNED_POLICIES
+    learned = parse_policy(policy)[0] in LEARNED_MODES
     days, nights = [], []
 
     def plan(run_date: str) -> tuple[Lists, dict[str, Lists]]:

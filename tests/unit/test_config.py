@@ -232,3 +232,28 @@ def test_a_password_from_the_environment_is_refused_before_anything_is_written(t
         tasks.train_model("2026-11-27")  # the task that saves the config with the model
     assert SECRET not in str(caught.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_each_learned_mode_and_encoder_capability_has_one_owner():
+    """The learned modes are train.mode's choices and the sources their rows carry; the encoders that
+    sequence batches accept are exactly those with an output after every position."""
+    import typing
+
+    from dql_model import config
+    from dql_model.contract import schema
+    from dql_model.learning.networks import ENCODERS
+
+    assert config.LEARNED_MODES == tuple(schema.MODEL_SOURCES)
+    assert set(ENCODERS) == set(typing.get_args(config.Encoder))
+    assert {name for name, encoder in ENCODERS.items() if hasattr(encoder, "forward_all")} == set(config.SEQUENCE_ENCODERS)
+    with pytest.warns(UserWarning, match="attention.*trains on transition rows only"):
+        cfg = Config().replace(model={"encoder": "attention"}, train={"batching": "sequences"})
+    assert cfg.train.batching == "transitions"
+
+
+def test_the_off_policy_settings_are_a_config_section():
+    """Their errors name ope.*: that section exists in YAML and the environment, and None means no clipping."""
+    assert load_config(env={"DQLREC_OPE__CLIP": "2.5"}).ope.clip == 2.5
+    assert load_config(env={"DQLREC_OPE__CLIP": "none"}).ope.clip is None
+    with pytest.raises(ConfigError, match=r"ope.n_bootstrap must be at least 1"):
+        load_config(env={"DQLREC_OPE__N_BOOTSTRAP": "0"})
