@@ -405,7 +405,7 @@ class EvalConfig(_Section):
     gate_tolerance: float = 0.02
     """A challenger is promoted unless it is worse than the champion by more than this (relative)."""
     baseline_trials: int = 1
-    """Supervised-baseline settings tried in the nightly evaluation (baselines.SUPERVISED_GRID); 0 skips it.
+    """Supervised-baseline settings tried in the training step (supervised_baseline.SUPERVISED_GRID); 0 skips it.
     1 (the run's own settings) gives the supervised mode the DQN's budget: one training run each."""
     baseline_epochs: int = 0
     """Epochs of each supervised-baseline trial; 0 means the same as train.epochs."""

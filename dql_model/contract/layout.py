@@ -12,6 +12,7 @@ This module is the one owner of those paths; everything else asks it (``cfg.layo
     <root>/staging/_runs/run_date=D/score_users.json           the scoring engine's counts
     <root>/staging/_import/<id>/             chunks of one `dqlrec import` in progress (removed at its end)
     <root>/reports/run_date=D/               evaluation.json, summary.json, report.md, plots
+    <root>/models/baselines/run_date=D/V/    the night's supervised baseline (registry-shaped, never a champion)
     <root>/marketing/<table>/run_date=D/     downstream teams' tables built from the output
     <root>/reports/run_date=D/data_docs/     Great Expectations Data Docs of the run's gates
     <root>/<layer>/_swap/<table>/            partitions being assembled or retired (swap_area)
@@ -133,6 +134,10 @@ class Layout:
     def data_docs(self, run_date: str) -> str:
         """The Great Expectations Data Docs site of the run date's gates (index.html inside)."""
         return self._join(REPORTS, f"{schema.RUN_DATE}={run_date}", DATA_DOCS)
+
+    def baseline_models(self, run_date: str) -> str:
+        """The night's trained baselines, one registry-shaped version folder each (never champions)."""
+        return self._join("models", "baselines", f"run_date={run_date}")
 
     def reports(self) -> str:
         """Folder with one report folder per run date."""

@@ -9,7 +9,9 @@
   on the training transitions; a tiny popularity term orders the items no neighbour reaches.
   Repeats (j = i) count like any pair, so "the item just viewed" is one of its candidates;
 - supervised: the same Q-network trained on next-item cross-entropy only (train.mode =
-  "supervised", GRU4Rec-like with a full softmax), with a small hyperparameter search.
+  "supervised", GRU4Rec-like with a full softmax), with a small hyperparameter search; trained in
+  the training step beside the challenger (``dql_model.learning.supervised_baseline``), so judging
+  only loads it.
 
 Each baseline is tuned on the validation split, as the DQN's early stopping is: the comparison
 is, if anything, tilted in the baselines' favour.
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,7 +29,6 @@ import numpy as np
 from dql_model.config import Config
 from dql_model.contract import schema
 from dql_model.evaluation.evaluate import Scorer, evaluate_scorer
-from dql_model.learning import train
 from dql_model.learning.networks import QNetwork
 from dql_model.learning.scorer import QNetworkScorer
 from dql_model.scoring.popularity import PopularityScorer
@@ -41,14 +42,6 @@ COOCCURRENCE_GRID = (
     {"window": MAX_WINDOW, "decay": 0.7},
 )
 """Co-occurrence settings tried on the validation split (counting is shared, so all are cheap)."""
-SUPERVISED_GRID = (
-    {"train": {}, "model": {}},
-    {"train": {}, "model": {"dropout": 0.3}},
-    {"train": {"lr": 5e-3}, "model": {}},
-    {"train": {"lr": 1e-3}, "model": {"embed_dim": 128, "hidden_dim": 128}},
-)
-"""Overrides of the run's config tried for the supervised baseline, in order; the nightly run tries
-the first ``eval.baseline_trials`` of them."""
 POPULARITY_TIE_BREAK = 1e-9
 """Weight of normalised popularity in co-occurrence scores: below any co-occurrence evidence."""
 
@@ -258,76 +251,6 @@ class CategoryPopularityScorer:
 
 
 # --------------------------------------------------------------------------------------------
-# Supervised sequence model
-
-
-@dataclass
-class SupervisedSearch:
-    """The supervised baseline picked by the search, and what every trial reached."""
-
-    model: QNetwork
-    """Best trial's network (best epoch's weights), eval mode."""
-    history: list[dict[str, float]]
-    """Per-epoch metrics of the best trial."""
-    overrides: dict[str, Any]
-    """Config overrides of the best trial (a SUPERVISED_GRID entry)."""
-    trials: list[dict[str, Any]] = field(default_factory=list)
-    """Overrides, best value of eval.early_stop_metric, best epoch and seconds of every trial."""
-
-
-def supervised_config(cfg: Config, overrides: dict[str, Any], epochs: int) -> Config:
-    """The run's config with the supervised mode, the trial's overrides and its epoch budget."""
-    return cfg.replace(
-        train={**overrides.get("train", {}), "mode": "supervised", "epochs": epochs},
-        model=overrides.get("model", {}),
-    )
-
-
-def search_supervised(
-    cfg: Config,
-    *,
-    transitions_dir: str,
-    item_index_dir: str,
-    trials: int | None = None,
-    epochs: int | None = None,
-    grid=SUPERVISED_GRID,
-    exclude: str = "none",
-    progress: Callable[[str], None] = print,
-) -> SupervisedSearch | None:
-    """Train the first ``trials`` grid settings (default eval.baseline_trials) in supervised mode
-    and keep the best by the validation metric eval.early_stop_metric; None when trials is 0."""
-    trials = cfg.eval.baseline_trials if trials is None else trials
-    epochs = epochs or cfg.eval.baseline_epochs or cfg.train.epochs
-    best: SupervisedSearch | None = None
-    best_value = float("-inf")
-    summaries = []
-    for number, overrides in enumerate(grid[:trials], start=1):
-        trial_cfg = supervised_config(cfg, overrides, epochs)
-        result = train.train_model(
-            trial_cfg,
-            transitions_dir=transitions_dir,
-            item_index_dir=item_index_dir,
-            exclude=exclude,
-            progress=lambda line, n=number: progress(f"supervised trial {n}/{trials}: {line}"),
-        )
-        value = result.best_value
-        summaries.append(
-            {
-                "overrides": overrides,
-                "value": value,
-                "best_epoch": result.best_epoch,
-                "seconds": round(result.seconds, 1),
-            }
-        )
-        if best is None or value > best_value:
-            best_value = value
-            best = SupervisedSearch(model=result.model, history=result.history, overrides=overrides)
-    if best is not None:
-        best.trials = summaries
-    return best
-
-
-# --------------------------------------------------------------------------------------------
 # All baselines of a run
 
 
@@ -348,24 +271,27 @@ def fit_baselines(
     items: data.ItemFeatures,
     val: data.TransitionBatch,
     exclude: str = "none",
+    supervised: tuple[QNetwork, dict[str, Any]] | None = None,
     progress: Callable[[str], None] = print,
 ) -> Baselines:
-    """Supervised (searched), co-occurrence (tuned) and popularity, fitted on the training split;
-    tuned on validation with the items of the ``exclude`` rule masked, as the models are judged."""
+    """Co-occurrence (tuned) and popularity, fitted on the training split and tuned on validation with
+    the items of the ``exclude`` rule masked, as the models are judged; beside them the supervised
+    baseline the training step trained and saved (``supervised``: its network and saved metadata, from
+    ``learning.supervised_baseline.load``), when there is one."""
     scorers: dict[str, Scorer] = {}
     details: dict[str, Any] = {}
     histories: dict[str, list[dict[str, float]]] = {}
-    search = search_supervised(
-        cfg, transitions_dir=transitions_dir, item_index_dir=item_index_dir, exclude=exclude, progress=progress
-    )
-    if search is not None:
-        scorers["supervised"] = QNetworkScorer(search.model, n_items=items.n_items)
+    if supervised is not None:
+        model, meta = supervised
+        found = meta["metrics"]
+        scorers["supervised"] = QNetworkScorer(model, n_items=items.n_items)
         details["supervised"] = {
-            "picked": search.overrides,
-            "trials": search.trials,
-            "metric": cfg.eval.early_stop_metric,
+            "version": meta["version"],
+            "picked": found["picked"],
+            "trials": found["trials"],
+            "metric": found["metric"],
         }
-        histories["supervised"] = search.history
+        histories["supervised"] = found["history"]
     counts = CooccurrenceCounts.from_transitions(transitions_dir, n_items=items.n_items, max_len=cfg.etl.max_len)
     masks = data.load_exclusions(transitions_dir, exclude=exclude)
     cooccurrence, trials = tune_cooccurrence(counts, val, metric=cfg.eval.early_stop_metric, exclude=masks)

@@ -135,12 +135,14 @@ def evaluate_night(
     challenger: str | None,
     *,
     no_challenger_reason: str = "train_model failed",
+    supervised_baseline: str | None = None,
     progress: Callable[[str], object] = print,
 ) -> NightEvaluation:
     """Evaluate tonight's models, apply the gate and point the champion; see the module docstring."""
     from dql_model.evaluation import evaluate
     from dql_model.judging import baselines, ope_night
     from dql_model.learning import registry
+    from dql_model.learning import supervised_baseline as supervised_baseline_module
     from dql_model.learning.scorer import QNetworkScorer
     from dql_model.warehouse.data import (
         exclude_rule,
@@ -184,8 +186,11 @@ def evaluate_night(
         items=items,
         val=val,
         exclude=exclude,
+        supervised=supervised_baseline_module.load(cfg, run_date, supervised_baseline),
         progress=progress,
     )
+    if supervised_baseline is None:
+        progress("supervised baseline: none trained tonight (the training step did not run or failed)")
     scorers.update(fitted.scorers)
     results = evaluate.evaluate_models(scorers, val, exclude=masks)
     for name, metrics in results.items():

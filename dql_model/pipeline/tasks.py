@@ -152,8 +152,10 @@ def validate_training_data(run_date: str, *, options: RunOptions = DEFAULTS, cfg
 
 @_holds_run_date_lock
 def train_model(run_date: str, *, options: RunOptions = DEFAULTS, cfg: Config | None = None) -> dict[str, Any]:
-    """Trains a challenger on the run's transitions and registers it (the gate decides on promotion)."""
+    """Trains a challenger on the run's transitions and registers it (the gate decides on promotion), and
+    the supervised baseline it will be judged against (saved beside, never a champion)."""
     from dql_model.judging import report
+    from dql_model.learning import supervised_baseline
     from dql_model.learning.train import train_challenger
 
     cfg = _torch_config(cfg, options)
@@ -169,7 +171,9 @@ def train_model(run_date: str, *, options: RunOptions = DEFAULTS, cfg: Config | 
         report.record_training_failure(folder, error)
         raise
     say(f"trained challenger {trained['version']} on {trained['device']} in {trained['seconds']:.0f} s")
-    return {"trained": True, **trained}
+    # The baseline it is judged against trains here too, on the same data and budget: the gate only judges.
+    baseline = supervised_baseline.train_and_save(cfg, run_date, progress=say)
+    return {"trained": True, **trained, "baseline": baseline}
 
 
 @_holds_run_date_lock
@@ -202,6 +206,7 @@ def evaluate_and_gate(
         run_date,
         challenger,
         no_challenger_reason=training.get("reason") or status["degraded_reason"] or "train_model failed",
+        supervised_baseline=training.get("baseline"),
         progress=say,
     )
     report.write_evaluation({**night.to_json(), **status}, folder, progress=say)

@@ -11,6 +11,7 @@ from dql_model.evaluation import metrics
 from dql_model.evaluation.evaluate import evaluate_scorer
 from dql_model.judging import baselines
 from dql_model.judging.baselines import CooccurrenceCounts, CooccurrenceScorer, SparseRows
+from dql_model.learning import supervised_baseline
 from dql_model.warehouse import data
 from tests.factories import make_shop
 
@@ -83,7 +84,7 @@ def test_supervised_search_keeps_the_best_trial(tiny_config, shop):
     )
     grid = ({"train": {"lr": 1e-9}, "model": {}}, {"train": {"lr": 1e-2}, "model": {}})
     lines = []
-    search = baselines.search_supervised(
+    search = supervised_baseline.search_supervised(
         cfg,
         transitions_dir=str(transitions),
         item_index_dir=str(item_index),
@@ -97,7 +98,7 @@ def test_supervised_search_keeps_the_best_trial(tiny_config, shop):
     assert len(search.history) == 2 and "loss/td" not in search.history[0]
     assert any(line.startswith("supervised trial 2/2: epoch 2/2") for line in lines)
     assert search.model.cfg.embed_dim == 16 and not search.model.training
-    assert baselines.search_supervised(cfg, transitions_dir="unused", item_index_dir="unused", trials=0) is None
+    assert supervised_baseline.search_supervised(cfg, transitions_dir="unused", item_index_dir="unused", trials=0) is None
 
 
 def test_fit_baselines_names_every_baseline(tiny_config, shop):
@@ -107,12 +108,25 @@ def test_fit_baselines_names_every_baseline(tiny_config, shop):
     )
     items = data.load_item_features(item_index, price_buckets=cfg.model.price_buckets)
     val = data.load_transitions(transitions, max_len=8, split=schema.VALIDATION)
-    fitted = baselines.fit_baselines(
+    without = baselines.fit_baselines(
         cfg, transitions_dir=str(transitions), item_index_dir=str(item_index), items=items, val=val,
         progress=lambda _: None,
     )  # fmt: skip
+    assert list(without.scorers) == ["cooccurrence", "popularity"] and without.histories == {}
+    search = supervised_baseline.search_supervised(
+        cfg, transitions_dir=str(transitions), item_index_dir=str(item_index), trials=1, progress=lambda _: None
+    )
+    meta = {
+        "version": "supervised-x",
+        "metrics": {"history": search.history, "picked": search.overrides, "trials": search.trials, "metric": "m"},
+    }
+    fitted = baselines.fit_baselines(
+        cfg, transitions_dir=str(transitions), item_index_dir=str(item_index), items=items, val=val,
+        supervised=(search.model, meta), progress=lambda _: None,
+    )  # fmt: skip
     assert list(fitted.scorers) == ["supervised", "cooccurrence", "popularity"]
     assert set(fitted.details) == {"supervised", "cooccurrence"} and list(fitted.histories) == ["supervised"]
+    assert fitted.details["supervised"]["version"] == "supervised-x"
     np.testing.assert_array_equal(
         fitted.scorers["popularity"].counts[1:], data.action_counts(transitions, n_items=30)[1:]
     )
