@@ -32,7 +32,11 @@ BINARY = Path("usr/lib/chromium/chromium")
 
 
 class BrowserError(RuntimeError):
-    pass
+    """The browser failed: it did not start, or a DevTools call was refused."""
+
+
+class BrowserUnavailable(BrowserError):
+    """This machine cannot fetch the browser (no apt tools, no package index): a test skips, naming why."""
 
 
 # --- the unpacked package -----------------------------------------------------------------------
@@ -103,7 +107,7 @@ def chromium(home: Path = HOME, *, out: Callable[[str], None] = print) -> Path:
         return root
     for tool in ("apt-get", "apt-cache", "dpkg-deb", "dpkg-query"):
         if shutil.which(tool) is None:
-            raise BrowserError(f"{tool} not found: the headless browser is Debian's {PACKAGE} package")
+            raise BrowserUnavailable(f"{tool} not found: the headless browser is Debian's {PACKAGE} package")
     shutil.rmtree(root, ignore_errors=True)
     stamp.unlink(missing_ok=True)
     debs = home / "debs"
@@ -112,7 +116,7 @@ def chromium(home: Path = HOME, *, out: Callable[[str], None] = print) -> Path:
     out(f"fetching {PACKAGE} and {len(packages) - 1} packages it needs that the system lacks into {home}")
     fetched = subprocess.run(["apt-get", "download", *packages], cwd=debs, capture_output=True, text=True)
     if fetched.returncode:
-        raise BrowserError(f"apt-get download {' '.join(packages)} failed:\n{fetched.stderr[-2000:]}")
+        raise BrowserUnavailable(f"apt-get download {' '.join(packages)} failed:\n{fetched.stderr[-2000:]}")
     for deb in sorted(debs.glob("*.deb")):
         subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True, capture_output=True)
     shutil.rmtree(debs)

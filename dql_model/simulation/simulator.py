@@ -418,6 +418,17 @@ def _gaps(rng: np.random.Generator, median_s: float, n: int) -> np.ndarray:
 # Log generation.
 
 
+@dataclass
+class _Run:
+    """The mutable world of one stretch of simulated shopping: its random stream, the shoppers' state,
+    the event log being written and the ratings still due."""
+
+    rng: np.random.Generator
+    state: ShopperState
+    log: _EventLog
+    ratings: _PendingRatings
+
+
 class _EventLog:
     """Columns of generated events, appended step by step (times in seconds since window start)."""
 
@@ -557,14 +568,15 @@ class ShopSimulator:
         state = ShopperState.fresh(self.model, np.arange(self.model.n_users))
         log, ratings = _EventLog(), _PendingRatings()
         last_end = np.full(self.model.n_users, -np.inf)
-        self._run_sessions(rng, plan, state, log, ratings, last_end, end_s=self.model.window_s)
+        self._run_sessions(_Run(rng, state, log, ratings), plan, last_end, end_s=self.model.window_s)
         names = _session_names(self.user_ids, plan, suffix="")
         history = self._to_table(log, names, end_s=self.model.window_s)
         return LiveShop(self, history, state, ratings, last_end)
 
-    def _run_sessions(self, rng, plan, state, log, ratings, last_end, *, end_s, slates=None, requests=None):
+    def _run_sessions(self, run: _Run, plan, last_end, *, end_s, slates=None, requests=None):
         """Every planned session that starts before ``end_s``, ordinal by ordinal; ``slates`` [n_users,
         K] are the lists on screen; ``requests``, if given, collects (user, session, shown time)."""
+        rng, state, log, ratings = run.rng, run.state, run.log, run.ratings
         for ordinal in range(int(plan.count.max(initial=0))):
             users = np.flatnonzero(plan.count > ordinal)
             session = plan.offset[users] + ordinal
@@ -575,7 +587,7 @@ class ShopSimulator:
             now = self._log_due_ratings(log, ratings, users, session, start)
             if requests is not None:
                 requests.append((users, session, now.copy()))
-            last_end[users] = self._browse(rng, state, log, ratings, users, session, now, end_s=end_s, slates=slates)
+            last_end[users] = self._browse(run, users, session, now, end_s=end_s, slates=slates)
 
     def _plan_sessions(self, rng: np.random.Generator) -> _SessionPlan:
         return plan_sessions(rng, self.model, n_days=self.cfg.n_days, first_day=0)
@@ -597,9 +609,10 @@ class ShopSimulator:
         n_rated = np.bincount(r_user, minlength=self.model.n_users)[users]
         return start + 5.0 * n_rated
 
-    def _browse(self, rng, state, log, ratings, users, session, now, *, end_s, slates=None) -> np.ndarray:
+    def _browse(self, run: _Run, users, session, now, *, end_s, slates=None) -> np.ndarray:
         """Run one session of each of ``users`` from times ``now`` (with ``slates[user]`` on screen,
         if given) until its budget or ``end_s``; returns when each session ended."""
+        rng, state, log, ratings = run.rng, run.state, run.log, run.ratings
         m = self.model
         t = now.copy()
         live = np.arange(len(users))
@@ -778,7 +791,7 @@ class LiveShop:
         plan = plan_sessions(rng, m, n_days=1, first_day=day)
         log, requests = _EventLog(), []
         end_s = (day + 1) * _DAY_S
-        sim._run_sessions(rng, plan, state, log, ratings, last_end, end_s=end_s, slates=lists, requests=requests)
+        sim._run_sessions(_Run(rng, state, log, ratings), plan, last_end, end_s=end_s, slates=lists, requests=requests)
         names = _session_names(sim.user_ids, plan, suffix=date.isoformat())
         events = sim._to_table(log, names, end_s=end_s).drop_columns([schema.EVENT_DATE])
         r_user = np.concatenate([u for u, _, _ in requests]) if requests else np.empty(0, np.int64)

@@ -28,3 +28,14 @@ def test_the_library_path_holds_every_folder_with_shared_libraries(tmp_path):
     (lib / "pulseaudio" / "libpulsecommon-16.1.so").touch()
     env = browser.browser_env(tmp_path)
     assert env["LD_LIBRARY_PATH"].split(":")[:2] == [str(lib), str(lib / "pulseaudio")]
+
+
+def test_a_machine_without_apt_gets_a_reason_to_skip(monkeypatch, tmp_path):
+    """Where Debian's tools are missing the browser is unavailable (the services test skips), not broken."""
+    import shutil
+
+    import pytest
+
+    monkeypatch.setattr(shutil, "which", lambda tool: None if tool == "apt-get" else f"/usr/bin/{tool}")
+    with pytest.raises(browser.BrowserUnavailable, match="apt-get not found"):
+        browser.chromium(tmp_path, out=lambda _: None)
