@@ -143,29 +143,9 @@ def evaluate_night(
     from dql_model.judging import baselines, ope_night
     from dql_model.learning import registry
     from dql_model.learning import supervised_baseline as supervised_baseline_module
-    from dql_model.learning.scorer import QNetworkScorer
-    from dql_model.warehouse.data import (
-        exclude_rule,
-        load_exclusions,
-        load_item_features,
-        load_transitions,
-        night_protocol,
-    )
 
     root = Path(cfg.registry.root)
-    transitions_dir = cfg.layout.partition(schema.TRANSITIONS, run_date)
-    item_index_dir = cfg.layout.partition(schema.ITEM_INDEX, run_date)
-    items = load_item_features(item_index_dir, price_buckets=cfg.model.price_buckets)
-    val = load_transitions(transitions_dir, max_len=cfg.etl.max_len, split=schema.VALIDATION)
-    protocol = night_protocol(cfg, run_date)
-    exclude = exclude_rule(cfg.score, protocol)
-    masks = load_exclusions(transitions_dir, exclude=exclude)
-    present = {t: int((val.event_code == code).sum()) for t, code in schema.EVENT_CODE.items()}
-    progress(
-        f"validation: {len(val)} events ({', '.join(f'{t} {n}' for t, n in present.items() if n) or 'none'}), "
-        f"split {protocol.get('validation', 'unknown')}, masking {exclude} items"
-    )
-
+    night = _Night.load(cfg, run_date, progress)
     # Without a challenger the current champion scores; with one, it faces the incumbent.
     champion = registry.incumbent_for(root, run_date) if challenger else registry.champion_version(root)
     if challenger is None and champion is None:
@@ -173,62 +153,46 @@ def evaluate_night(
             f"no model to score with for {run_date}: training did not produce a challenger "
             f"({no_challenger_reason}) and the registry {root} has no champion"
         )
-    scorers, models = {}, {}
-    for name, version in (("challenger", challenger), ("champion", champion)):
-        if version and not (name == "champion" and version == challenger):
-            model, _ = registry.load_model(root / version)
-            scorers[name] = QNetworkScorer(model, n_items=items.n_items)
-            models[name] = (version, model)
+    scorers, models = _registry_scorers(root, night.items, challenger=challenger, champion=champion)
     fitted = baselines.fit_baselines(
         cfg,
-        transitions_dir=transitions_dir,
-        item_index_dir=item_index_dir,
-        items=items,
-        val=val,
-        exclude=exclude,
+        transitions_dir=night.transitions_dir,
+        item_index_dir=night.item_index_dir,
+        items=night.items,
+        val=night.val,
+        exclude=night.exclude,
         supervised=supervised_baseline_module.load(cfg, run_date, supervised_baseline),
         progress=progress,
     )
     if supervised_baseline is None:
         progress("supervised baseline: none trained tonight (the training step did not run or failed)")
     scorers.update(fitted.scorers)
-    results = evaluate.evaluate_models(scorers, val, exclude=masks)
+    results = evaluate.evaluate_models(scorers, night.val, exclude=night.masks)
     for name, metrics in results.items():
         progress(f"{name:<12} " + "  ".join(f"{m} {_figure(metrics.get(m))}" for m in HEADLINE_METRICS))
-    new_item_metrics = _evaluate_new_items(scorers, val, masks, transitions_dir, items, progress)
+    new_item_metrics = _evaluate_new_items(scorers, night.val, night.masks, night.transitions_dir, night.items, progress)
+    ope_result = ope_night.estimate_night(
+        cfg, run_date, models, items=night.items, exclude=night.exclude, progress=progress
+    )
 
-    ope_result = ope_night.estimate_night(cfg, run_date, models, items=items, exclude=exclude, progress=progress)
-    gate_metric, fallback, off_policy = _gate_metric(cfg, val, ope_result)
+    gate_metric, fallback, off_policy = _gate_metric(cfg, night.val, ope_result)
     if fallback:
         progress(f"gate: {fallback}")
-    decided_by = None
     if challenger is None:
-        promoted, reason = False, f"no challenger ({no_challenger_reason})"
+        promoted, reason, decided_by = False, f"no challenger ({no_challenger_reason})", None
     else:
-        if off_policy is not None:
-            promoted, reason = compare(
-                off_policy.get("champion"), off_policy["challenger"], metric=gate_metric, tolerance=cfg.eval.gate_tolerance
-            )
-            decided_by = gate_metric
-        elif not len(val):
-            promoted = True
-            reason = "no validation events to compare on: the challenger, trained on the newest data, is promoted"
-        else:
-            promoted, reason = compare(
-                results.get("champion"), results["challenger"], metric=gate_metric, tolerance=cfg.eval.gate_tolerance
-            )
-            decided_by = gate_metric
-        if fallback and (decided_by or schema.is_ope_metric(cfg.eval.gate_metric)):
-            reason = f"{reason}; {fallback}"
+        promoted, reason, decided_by = _decide(
+            cfg, results, off_policy, gate_metric, fallback, has_validation=bool(len(night.val))
+        )
         # Point the champion explicitly either way: on a rerun it may still name this date's model.
         registry.set_champion(root, challenger if promoted else champion)
     scoring_version = registry.champion_version(root)
     progress(f"gate: {'promoted' if promoted else 'kept champion'} ({reason}); scoring with {scoring_version}")
     if scoring_version is None:  # a challenger without the metric, and no champion to fall back on
         raise RuntimeError(f"no model to score with for {run_date}: {reason}, and the registry {root} has no champion")
-    night = NightEvaluation(
+    evaluation = NightEvaluation(
         run_date=run_date,
-        validation_events=int(len(val.action)),
+        validation_events=int(len(night.val.action)),
         metrics=results,
         champion_before=champion,
         challenger=challenger,
@@ -237,7 +201,7 @@ def evaluate_night(
         scoring_version=scoring_version,
         gate_metric=gate_metric,
         decided_by=decided_by,
-        protocol=protocol,
+        protocol=night.protocol,
         baselines=fitted.details,
         new_items=new_item_metrics,
         learning_curves={
@@ -247,8 +211,89 @@ def evaluate_night(
         ope=ope_result,
     )
     if cfg.eval.sim_users > 0:
-        _simulate(night, cfg, items, scorers, fitted.scorers, progress)
-    return night
+        _simulate(evaluation, cfg, night.items, scorers, fitted.scorers, progress)
+    return evaluation
+
+
+@dataclass
+class _Night:
+    """What a night is judged on: its item index, validation split, protocol and the masks of its rule."""
+
+    transitions_dir: str
+    item_index_dir: str
+    items: Any
+    val: Any
+    protocol: dict[str, Any]
+    exclude: str
+    masks: Any
+
+    @classmethod
+    def load(cls, cfg: Config, run_date: str, progress: Callable[[str], object]) -> _Night:
+        from dql_model.warehouse import data
+
+        transitions_dir = cfg.layout.partition(schema.TRANSITIONS, run_date)
+        item_index_dir = cfg.layout.partition(schema.ITEM_INDEX, run_date)
+        val = data.load_transitions(transitions_dir, max_len=cfg.etl.max_len, split=schema.VALIDATION)
+        protocol = data.night_protocol(cfg, run_date)
+        exclude = data.exclude_rule(cfg.score, protocol)
+        present = {t: int((val.event_code == code).sum()) for t, code in schema.EVENT_CODE.items()}
+        progress(
+            f"validation: {len(val)} events ({', '.join(f'{t} {n}' for t, n in present.items() if n) or 'none'}), "
+            f"split {protocol.get('validation', 'unknown')}, masking {exclude} items"
+        )
+        return cls(
+            transitions_dir=transitions_dir,
+            item_index_dir=item_index_dir,
+            items=data.load_item_features(item_index_dir, price_buckets=cfg.model.price_buckets),
+            val=val,
+            protocol=protocol,
+            exclude=exclude,
+            masks=data.load_exclusions(transitions_dir, exclude=exclude),
+        )
+
+
+def _registry_scorers(root: Path, items, *, challenger: str | None, champion: str | None) -> tuple[dict, dict]:
+    """(name -> Scorer, name -> (version, network)) of the challenger and the champion it faces."""
+    from dql_model.learning import registry
+    from dql_model.learning.scorer import QNetworkScorer
+
+    scorers, models = {}, {}
+    for name, version in (("challenger", challenger), ("champion", champion)):
+        if version and not (name == "champion" and version == challenger):
+            model, _ = registry.load_model(root / version)
+            scorers[name] = QNetworkScorer(model, n_items=items.n_items)
+            models[name] = (version, model)
+    return scorers, models
+
+
+def _decide(
+    cfg: Config,
+    results: dict[str, dict[str, float]],
+    off_policy: dict[str, dict[str, float]] | None,
+    gate_metric: str,
+    fallback: str | None,
+    *,
+    has_validation: bool,
+) -> tuple[bool, str, str | None]:
+    """(promote?, why, the metric that decided or None) for a challenger: off-policy values when usable,
+    else the validation metrics; with no validation events the newest model is promoted."""
+    decided_by = None
+    if off_policy is not None:
+        promoted, reason = compare(
+            off_policy.get("champion"), off_policy["challenger"], metric=gate_metric, tolerance=cfg.eval.gate_tolerance
+        )
+        decided_by = gate_metric
+    elif not has_validation:
+        promoted = True
+        reason = "no validation events to compare on: the challenger, trained on the newest data, is promoted"
+    else:
+        promoted, reason = compare(
+            results.get("champion"), results["challenger"], metric=gate_metric, tolerance=cfg.eval.gate_tolerance
+        )
+        decided_by = gate_metric
+    if fallback and (decided_by or schema.is_ope_metric(cfg.eval.gate_metric)):
+        reason = f"{reason}; {fallback}"
+    return promoted, reason, decided_by
 
 
 def _gate_metric(cfg: Config, val, ope_result) -> tuple[str, str | None, dict[str, dict[str, float]] | None]:
