@@ -402,6 +402,10 @@ class EvalConfig(_Section):
     """Metric the champion/challenger gate compares: a validation metric, or an off-policy estimate
     from the impressions (``ope/ips``, ``ope/snips``, ``ope/dr``), which falls back to eval/ndcg@10 on
     a night without enough impressions."""
+    max_events: int = 20_000
+    """The nightly evaluation judges a seeded sample of this many validation events when the split is
+    larger (every model on the same events; 0: all): at 20,000 events NDCG@10's 95 % interval is about
+    ± 0.005, and a pass over a large catalogue costs seconds instead of minutes per model."""
     gate_tolerance: float = 0.02
     """A challenger is promoted unless it is worse than the champion by more than this (relative)."""
     baseline_trials: int = 1
@@ -458,6 +462,9 @@ class ScoreConfig(_Section):
     The nightly evaluation masks the same items, so its metrics describe the published lists."""
     engine: ScoringEngine = "torch"
     """torch (batched matrix products in the scoring task) or spark (a Spark job, model broadcast to executors)."""
+    active_days: int = 30
+    """Only users with an event in the last this-many days (the run date counted) get a list tonight: a
+    shop's log holds months of one-visit visitors whom a nightly list cannot reach. 0 scores every user."""
     explore_slots: int = 0
     """The last this-many of the K ranks are drawn from a softmax over Q-values (source explore)."""
     explore_epsilon: float = 0.0

@@ -178,6 +178,9 @@ def run(
     path = layout.staged(schema.RECOMMENDATIONS, run_date)
     try:
         states = spark.read.parquet(layout.partition(schema.USER_STATES, run_date))
+        since = data.active_since(run_date, cfg.score.active_days)
+        if since is not None:  # the torch engine's rule (data.load_user_states), so both score the same users
+            states = states.where(F.col(schema.LAST_EVENT_TIME) >= F.lit(since))
         recommendations = score_recommendations(states, payload=broadcast, batch_size=cfg.score.batch_size)
         # Timestamps as UTC microseconds, as pyarrow and the contract have them (not INT96).
         spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")

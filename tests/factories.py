@@ -9,6 +9,7 @@ Fixtures live in tests/conftest.py; this module holds only what a test calls to 
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import numpy as np
@@ -113,6 +114,10 @@ def item_index_table(
     )
 
 
+RECENT = dt.datetime(2026, 11, 20, tzinfo=dt.UTC)
+"""Default last event of a factory user: within score.active_days of every run date the tests use."""
+
+
 def user_states_table(rows: list[dict]) -> pa.Table:
     """Rows with user_id, item_seq and optional event_seq / purchased / interacted (default: the state's items)."""
     columns = {name: [] for name in USER_STATES_SCHEMA.names}
@@ -124,7 +129,7 @@ def user_states_table(rows: list[dict]) -> pa.Table:
         columns[schema.GAP_SEQ].append([0.0] * len(items))
         columns[schema.PURCHASED].append(row.get("purchased", []))
         columns[schema.INTERACTED].append(row.get("interacted", sorted(set(items))))
-        columns[schema.LAST_EVENT_TIME].append(0)
+        columns[schema.LAST_EVENT_TIME].append(row.get("last_event_time", RECENT))
         columns[schema.N_EVENTS].append(len(items))
     return pa.table(columns, schema=USER_STATES_SCHEMA)
 

@@ -53,6 +53,19 @@ LIST_K = 10
 """Length of the lists the list metrics (coverage, seen, purchased) and the per-user view judge."""
 
 
+def ci95_name(metric: str) -> str:
+    """Where ``evaluate_scorer`` puts a metric's 95 % half-width: ``eval/ndcg@10`` -> ``eval/ndcg@10/ci95``."""
+    return f"{metric}/ci95"
+
+
+def sample_rows(n_rows: int, max_rows: int, seed: int) -> np.ndarray | None:
+    """Sorted indices of a seeded sample of ``max_rows`` of ``n_rows`` rows, the same every run with the
+    same seed; None when every row fits (``max_rows`` 0: no limit). Each model is judged on the same rows."""
+    if max_rows <= 0 or n_rows <= max_rows:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n_rows, size=max_rows, replace=False))
+
+
 class Scorer(Protocol):
     def scores(self, state_items: np.ndarray, state_events: np.ndarray) -> np.ndarray: ...
 
@@ -105,6 +118,10 @@ def evaluate_scorer(
         purchased += (in_state & bought).any(axis=2).mean(axis=1).sum()
     all_ranks = np.concatenate(ranks)
     out.update(metrics.ranking_metrics(all_ranks, ks, schema.metric_prefix()))
+    for k in ks:  # how sure each overall figure is: the 95 % half-width over these events
+        for kind in schema.RANKING_METRICS:
+            per_event = per_rank_values(kind, k)[np.minimum(all_ranks, k + 1) - 1]
+            out[ci95_name(schema.metric_name(kind, k))] = MeanInterval.of(per_event).half_width
     for event_type, code in schema.EVENT_CODE.items():
         mask = val.event_code == code
         if mask.any():

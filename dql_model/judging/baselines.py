@@ -272,12 +272,14 @@ def fit_baselines(
     val: data.TransitionBatch,
     exclude: str = "none",
     supervised: tuple[QNetwork, dict[str, Any]] | None = None,
+    masks: data.Exclusions | None = None,
     progress: Callable[[str], None] = print,
 ) -> Baselines:
     """Co-occurrence (tuned) and popularity, fitted on the training split and tuned on validation with
     the items of the ``exclude`` rule masked, as the models are judged; beside them the supervised
     baseline the training step trained and saved (``supervised``: its network and saved metadata, from
-    ``learning.supervised_baseline.load``), when there is one."""
+    ``learning.supervised_baseline.load``), when there is one. ``masks`` are the exclusions of the rows
+    of ``val`` when it is a sample of the split."""
     scorers: dict[str, Scorer] = {}
     details: dict[str, Any] = {}
     histories: dict[str, list[dict[str, float]]] = {}
@@ -293,7 +295,8 @@ def fit_baselines(
         }
         histories["supervised"] = found["history"]
     counts = CooccurrenceCounts.from_transitions(transitions_dir, n_items=items.n_items, max_len=cfg.etl.max_len)
-    masks = data.load_exclusions(transitions_dir, exclude=exclude)
+    if masks is None:  # the rows of ``val`` are the whole split
+        masks = data.load_exclusions(transitions_dir, exclude=exclude)
     cooccurrence, trials = tune_cooccurrence(counts, val, metric=cfg.eval.early_stop_metric, exclude=masks)
     scorers["cooccurrence"] = cooccurrence
     details["cooccurrence"] = {

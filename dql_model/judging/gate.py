@@ -162,6 +162,7 @@ def evaluate_night(
         val=night.val,
         exclude=night.exclude,
         supervised=supervised_baseline_module.load(cfg, run_date, supervised_baseline),
+        masks=night.masks,
         progress=progress,
     )
     if supervised_baseline is None:
@@ -233,9 +234,19 @@ class _Night:
 
         transitions_dir = cfg.layout.partition(schema.TRANSITIONS, run_date)
         item_index_dir = cfg.layout.partition(schema.ITEM_INDEX, run_date)
+        from dql_model.evaluation import evaluate
+
         val = data.load_transitions(transitions_dir, max_len=cfg.etl.max_len, split=schema.VALIDATION)
         protocol = data.night_protocol(cfg, run_date)
         exclude = data.exclude_rule(cfg.score, protocol)
+        masks = data.load_exclusions(transitions_dir, exclude=exclude)
+        sample = evaluate.sample_rows(len(val), cfg.eval.max_events, cfg.train.seed)
+        if sample is not None:
+            progress(
+                f"validation: judging a seeded sample of {len(sample)} of its {len(val)} events (eval.max_events)"
+            )
+            protocol = {**protocol, "validation_events_total": len(val), "validation_sample": len(sample)}
+            val, masks = val.take(sample), masks.take(sample)
         present = {t: int((val.event_code == code).sum()) for t, code in schema.EVENT_CODE.items()}
         progress(
             f"validation: {len(val)} events ({', '.join(f'{t} {n}' for t, n in present.items() if n) or 'none'}), "
@@ -248,7 +259,7 @@ class _Night:
             val=val,
             protocol=protocol,
             exclude=exclude,
-            masks=data.load_exclusions(transitions_dir, exclude=exclude),
+            masks=masks,
         )
 
 

@@ -178,11 +178,21 @@ def protocol_line(evaluation: dict[str, Any]) -> str:
     counts = protocol.get("event_types") or {}
     present = ", ".join(f"{name} {n}" for name, n in counts.items() if n) or "none"
     absent = [name for name, n in counts.items() if not n]
-    return (
+    line = (
         f"Validation split: {protocol.get('validation')} ({protocol.get('validation_reason')}); masked: "
         f"{protocol.get('exclude')} items ({protocol.get('exclude_reason')}). Events in the training window: "
         f"{present}" + (f"; none of: {', '.join(absent)}" if absent else "") + "."
     )
+    if protocol.get("validation_sample"):
+        metric = evaluation.get("gate_metric") or ""
+        half = ((evaluation.get("metrics") or {}).get("challenger") or {}).get(f"{metric}/ci95")
+        line += (
+            f" Judged on a seeded sample of {protocol['validation_sample']} of the split's "
+            f"{protocol['validation_events_total']} events (eval.max_events)"
+            + (f"; the challenger's {metric} is known to ± {half:.4f} (95 %)" if half is not None else "")
+            + "."
+        )
+    return line
 
 
 def detail_tables(metrics: dict[str, dict[str, float]]) -> str:

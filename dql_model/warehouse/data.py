@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, fields, replace
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -204,6 +205,13 @@ class Exclusions:
     @classmethod
     def none(cls, n_rows: int) -> Exclusions:
         return cls(np.zeros(n_rows + 1, dtype=np.int64), np.zeros(0, dtype=np.int64))
+
+    def take(self, index: np.ndarray) -> Exclusions:
+        """The rows ``index``, in that order (as ``TransitionBatch.take``)."""
+        starts, counts = self.indptr[index], np.diff(self.indptr)[index]
+        indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        within = np.arange(indptr[-1]) - np.repeat(indptr[:-1], counts)
+        return Exclusions(indptr, self.items[np.repeat(starts, counts) + within])
 
     def pairs(self, rows: slice) -> tuple[np.ndarray, np.ndarray]:
         """(row within the slice, item_idx) of the masked items of rows ``rows``."""
@@ -699,13 +707,30 @@ def iter_user_states(
             yield decode_user_states(rb, max_len, exclude=exclude)
 
 
-def load_user_states(folder: str | os.PathLike[str], *, max_len: int, exclude: str = "purchased") -> UserStates:
-    """The whole user_states partition: left-padded states and the CSR lists of excluded items."""
+def active_since(run_date: str, active_days: int) -> datetime | None:
+    """The earliest last event of a user scored on ``run_date`` (``score.active_days``): midnight UTC
+    starting the ``active_days``-th day back, counting the run date as the first; None: every user."""
+    if active_days <= 0:
+        return None
+    day = date.fromisoformat(str(run_date)[:10]) - timedelta(days=active_days - 1)
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+def load_user_states(
+    folder: str | os.PathLike[str], *, max_len: int, exclude: str = "purchased", since: datetime | None = None
+) -> UserStates:
+    """The user_states partition: left-padded states and the CSR lists of excluded items; with ``since``,
+    only the users whose last event is at or after it (``active_since``)."""
     columns = user_state_columns(exclude)
     tables = []
     for file in parquet_files(folder):
         _check_columns(file, pq.ParquetFile(file).schema_arrow.names, columns)
-        tables.append(pq.read_table(file, columns=columns))
+        table = pq.read_table(file, columns=[*columns, schema.LAST_EVENT_TIME] if since else columns)
+        if since is not None:
+            last = table.column(schema.LAST_EVENT_TIME)
+            keep = pc.fill_null(pc.greater_equal(last, pa.scalar(since, last.type)), False)
+            table = table.filter(keep).select(columns)
+        tables.append(table)
     return decode_user_states(pa.concat_tables(tables), max_len, exclude=exclude)
 
 

@@ -192,7 +192,9 @@ def write_warehouse(cfg) -> str:
     states = pa.Table.from_pylist(rows, schema=STATE_TYPE)
     n = states.num_rows
     states = states.append_column(schema.GAP_SEQ, pa.array([[0.0] * len(r[schema.ITEM_SEQ]) for r in rows], pa.list_(pa.float64())))
-    states = states.append_column(schema.LAST_EVENT_TIME, pa.array([AT] * n, pa.timestamp("us", tz="UTC")))
+    # Every fifth user was last seen two months ago: outside score.active_days, neither engine scores them.
+    last_seen = [AT - dt.timedelta(days=60) if i % 5 == 0 else AT for i in range(n)]
+    states = states.append_column(schema.LAST_EVENT_TIME, pa.array(last_seen, pa.timestamp("us", tz="UTC")))
     states = states.append_column(schema.N_EVENTS, pa.array([len(r[schema.ITEM_SEQ]) for r in rows], pa.int64()))
     index = item_index_table()
     actions = np.arange(1, N_ITEMS + 6).repeat((np.arange(1, N_ITEMS + 6) * 5) % 7)
@@ -240,6 +242,8 @@ def test_job_on_a_warehouse_matches_the_torch_task_and_passes_validation(spark, 
 
     assert spark_rows.schema == schema.arrow_schema(schema.RECOMMENDATIONS)  # UTC microseconds, not INT96
     assert without_time(spark_rows).equals(without_time(torch_rows))
+    active = [r[schema.USER_ID] for i, r in enumerate(state_rows(80)) if i % 5]
+    assert sorted(set(torch_rows.column(schema.USER_ID).to_pylist())) == sorted(active)
     same = ("rows", "users", "sources", "top_k", "path", "model_version")
     assert {k: by_spark.to_dict()[k] for k in same} == {k: by_torch.to_dict()[k] for k in same}
     assert by_spark.sources[schema.SOURCE_EXPLORE] == by_spark.users - by_spark.sources[schema.SOURCE_FALLBACK] // 4

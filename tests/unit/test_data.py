@@ -5,13 +5,15 @@ The input partitions are written by the builders of tests/factories.py.
 
 from __future__ import annotations
 
+import datetime as dt
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from dql_model.contract import schema
-from dql_model.warehouse import data
+from dql_model.warehouse import data, storage
 from tests.factories import (
     INT_LIST,
     REWARDS,
@@ -328,3 +330,24 @@ def test_new_items_are_those_validation_shows_and_training_never_does(tmp_path):
 
     val = data.load_transitions(folder, max_len=2, split=schema.VALIDATION)
     np.testing.assert_array_equal(data.new_items(val, seen), [5, 6])  # 7 is in neither split
+
+
+def test_scoring_reads_only_the_users_active_in_the_window(tmp_path):
+    """score.active_days: the run date counts as the first day; a user last seen the day before the
+    window opens is left out, one seen at its first midnight is in; 0 keeps everyone."""
+    from tests.factories import user_states_table
+
+    folder = tmp_path / "user_states"
+    at = lambda *day: dt.datetime(*day, tzinfo=dt.UTC)  # noqa: E731
+    rows = [
+        {"user_id": "old", "item_seq": [1], "last_event_time": at(2026, 10, 28, 23, 59)},
+        {"user_id": "edge", "item_seq": [2], "last_event_time": at(2026, 10, 29)},
+        {"user_id": "today", "item_seq": [3], "last_event_time": at(2026, 11, 27, 8)},
+    ]
+    storage.write_partition(user_states_table(rows), str(folder))
+    since = data.active_since("2026-11-27", 30)
+    assert since == at(2026, 10, 29) and data.active_since("2026-11-27", 0) is None
+    kept = data.load_user_states(folder, max_len=4, since=since)
+    assert kept.user_id.to_pylist() == ["edge", "today"]
+    np.testing.assert_array_equal(kept.state_items[:, -1], [2, 3])
+    assert len(data.load_user_states(folder, max_len=4)) == 3

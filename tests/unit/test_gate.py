@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -186,3 +187,32 @@ def test_validation_events_on_an_item_training_never_saw_are_measured_per_model(
     saved = json.loads(json.dumps(night.to_json()))
     assert saved["new_items"]["popularity"]["eval/new_items/slots@10"] == 0.0
     assert set(night.metrics) == {"challenger", "cooccurrence", "popularity"}  # the main table is unchanged
+
+
+def test_a_large_validation_split_is_judged_on_a_seeded_sample(night_cfg):
+    """eval.max_events: every model on the same sampled events, the sample and the gate metric's interval
+    in the protocol and the report, the same sample on a rerun."""
+    from dql_model.evaluation import evaluate
+    from dql_model.judging import report
+
+    challenger = register(night_cfg, trained=True, run_date=RUN_DATE)
+    full = gate.evaluate_night(night_cfg, RUN_DATE, challenger, progress=lambda _: None)
+    assert full.validation_events > 40 and "validation_sample" not in full.protocol
+    cfg = night_cfg.replace(eval={"max_events": 40})
+    lines = []
+    night = gate.evaluate_night(cfg, RUN_DATE, challenger, progress=lines.append)
+    again = gate.evaluate_night(cfg, RUN_DATE, challenger, progress=lambda _: None)
+    assert night.validation_events == 40 and night.protocol["validation_events_total"] == full.validation_events
+    assert any("seeded sample of 40 of its" in line for line in lines)
+    assert night.metrics == again.metrics and night.metrics["challenger"] != full.metrics["challenger"]
+    half = night.metrics["challenger"][evaluate.ci95_name(NDCG)]
+    assert 0 < half < 1 and half > full.metrics["challenger"][evaluate.ci95_name(NDCG)]  # fewer events, wider
+    assert f"known to ± {half:.4f}" in report.protocol_line(night.to_json())
+
+
+def test_exclusions_take_rows_in_the_order_asked():
+    from dql_model.warehouse.data import Exclusions
+
+    masks = Exclusions(np.array([0, 2, 2, 5]), np.array([1, 2, 7, 8, 9]))
+    taken = masks.take(np.array([2, 0, 1]))
+    assert taken.indptr.tolist() == [0, 3, 5, 5] and taken.items.tolist() == [7, 8, 9, 1, 2]
