@@ -18,7 +18,9 @@ and read `triggering_asset_events` for the date.
 
 **Run date.** A scheduled run processes the day before its logical date (the day that just ended).
 A manual trigger can set `run_date` (a day, or `latest`: the last loaded events partition); without
-it, yesterday (UTC) is used. A `run_date` that is not a calendar day fails `resolve_run_date`.
+it, yesterday (UTC) is used. A `run_date` that is not a calendar day (2026-13-45, 2026-02-30) is
+refused by the trigger form's validation; one that gets past it (a param set another way) fails
+`resolve_run_date`.
 
 **Failures.** Bad input (`dql_model.errors.InputError`: a raw partition that is missing or empty, a
 broken data contract, a refused config value or param, a run date that is not a calendar day) fails
@@ -89,6 +91,9 @@ params = {
             "Empty: the day before the logical date."
         ),
         pattern=r"^(\d{4}-\d{2}-\d{2}|latest)?$",
+        # The pattern shapes the form's input; JSON schema's date format (checked by Airflow's
+        # validation when a run is triggered) refuses days that do not exist, such as 2026-02-30.
+        anyOf=[{"format": "date"}, {"enum": ["", "latest"]}],
     ),
     "top_k": Param(
         0,
@@ -178,8 +183,8 @@ with DAG(
     def resolve_run_date() -> str:
         """The run date from the params, else the day before the logical date (yesterday for manual runs).
 
-        The param's pattern lets 2026-13-45 through; a date that is not a calendar day fails here,
-        without retries, rather than later as a missing partition.
+        The param's schema refuses a date that is not a calendar day when the run is triggered; one
+        that reaches this task anyway fails here, without retries, rather than later as a missing partition.
         """
         context = get_current_context()
         chosen = context["params"].get("run_date") or ""
