@@ -121,7 +121,18 @@ params = {
         title="Force CPU",
         description="Train and score on CPU even when a GPU is present.",
     ),
+    "full_rebuild": Param(
+        False,
+        type="boolean",
+        title="Full rebuild",
+        description=(
+            "Rebuild user states and transitions from every raw events partition instead of updating "
+            "yesterday's (needed once after a raw partition was loaded late)."
+        ),
+    ),
 }
+# The trigger params a step's Spark job takes on its command line (RunOptions.job_args in the CLI).
+JOB_PARAM_ARGS = {"build_training_data": ("--full-rebuild", "{{ params.full_rebuild }}")}
 
 
 @contextmanager
@@ -280,7 +291,7 @@ with DAG(
     ends = {"score_users": (choose, engines)}
     for step in steps.STEPS:
         if step.job:
-            node = _spark_job(step.name, step.job)
+            node = _spark_job(step.name, step.job, *JOB_PARAM_ARGS.get(step.job, ()))
             ends[step.name] = (node, [node])
         elif step.name in python_steps:
             node = python_steps[step.name](run_date)

@@ -52,19 +52,33 @@ def _cmd_task(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     run_date = run_dates.resolve_run_date(cfg, args.run_date)
-    options = tasks.RunOptions(
-        top_k=args.top_k, skip_training=args.skip_training, model_version=args.model_version, force_cpu=args.force_cpu
-    )
+    options = _run_options(args)
     result = tasks.run_steps(
         steps.chain_to(args.name),
         run_date,
         cfg=cfg,
         options=options,
-        run_job=lambda job: spark_jobs.run_job(job, run_date, config=options.apply(cfg).to_dict(), scratch=cfg.layout.root),
+        run_job=_job_runner(cfg, options, run_date),
         warn=lambda message: print(f"dqlrec: {message}", file=sys.stderr),
     )
     print(json.dumps(result, indent=2, default=str))
     return 0
+
+
+def _run_options(args: argparse.Namespace):
+    """The trigger options of `dqlrec task` (and `backfill`) flags: dql_model.pipeline.tasks.RunOptions."""
+    from dql_model.pipeline import tasks
+
+    return tasks.RunOptions(
+        top_k=args.top_k, skip_training=args.skip_training, model_version=args.model_version,
+        force_cpu=args.force_cpu, full_rebuild=args.full_rebuild,
+    )  # fmt: skip
+
+
+def _job_runner(cfg: Config, options, run_date: str):
+    """What runs a Spark step for ``run_date``: its job as a child process, with the options it takes."""
+    config = options.apply(cfg).to_dict()
+    return lambda job: spark_jobs.run_job(job, run_date, options.job_args(job), config=config, scratch=cfg.layout.root)
 
 
 def _load_report(cfg: Config, run_date: str | None, filename: str) -> dict:
@@ -315,6 +329,18 @@ def _cmd_run_date(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_run_option_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of RunOptions (the DAG's trigger params), shared by `task` and `backfill`."""
+    p.add_argument("--top-k", type=int, default=0, help="recommendations per user (0: score.top_k)")
+    p.add_argument("--force-cpu", action="store_true", help="train and score on CPU")
+    p.add_argument("--skip-training", action="store_true", help="score with the champion, no challenger")
+    p.add_argument("--model-version", default="", help="score with this registry version")
+    p.add_argument(
+        "--full-rebuild", action="store_true",
+        help="build_training_data rebuilds states and transitions from every raw partition (etl.incremental off)",
+    )  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dqlrec", description="Nightly deep Q-learning recommendations.")
     parser.add_argument("--config", help="YAML config file (default: $DQLREC_CONFIG, else built-in defaults)")
@@ -329,10 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("task", help="run one nightly task (and the tasks whose results it needs) without Airflow")
     p.add_argument("name", choices=steps.STEP_NAMES)
     p.add_argument("--run-date", required=True, type=_run_date, help="YYYY-MM-DD (UTC)")
-    p.add_argument("--top-k", type=int, default=0, help="recommendations per user (0: score.top_k)")
-    p.add_argument("--force-cpu", action="store_true", help="train and score on CPU")
-    p.add_argument("--skip-training", action="store_true", help="score with the champion, no challenger")
-    p.add_argument("--model-version", default="", help="score with this registry version")
+    _add_run_option_flags(p)
     p.set_defaults(func=_cmd_task)
 
     p = sub.add_parser("summary", help="print the closing summary of a run")

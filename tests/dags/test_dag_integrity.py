@@ -84,7 +84,7 @@ def test_scoring_engine_is_a_branch_that_rejoins(dagbag):
 def test_params_are_typed(dagbag):
     params = dagbag.dags[DAG_ID].params
     expected = {"run_date": "string", "top_k": "integer", "skip_training": "boolean",
-                "model_version": "string", "force_cpu": "boolean"}
+                "model_version": "string", "force_cpu": "boolean", "full_rebuild": "boolean"}
     for name, typ in expected.items():
         param = params.get_param(name)
         assert param.schema["type"] == typ
@@ -299,6 +299,21 @@ def test_an_unknown_run_option_fails_without_retries(dagbag):
 
     with pytest.raises(AirflowFailException, match=r"unknown run option\(s\) \['topk'\]"):
         _call(dagbag, "validate_raw_events", "2026-11-27", params={"topk": 3})
+
+
+@pytest.mark.parametrize("full_rebuild", [True, False])
+def test_the_full_rebuild_param_reaches_the_etl_jobs_arguments(dagbag, full_rebuild):
+    """The trigger's full_rebuild, rendered into spark-submit's arguments, is what the job parses."""
+    from jobs.build_training_data import parse_args
+
+    dag = dagbag.dags[DAG_ID]
+    assert dag.params["full_rebuild"] is False  # a scheduled run builds incrementally
+    job = dag.get_task("build_training_data")
+    assert job.application_args[:2] == ["--run-date", "{{ ti.xcom_pull(task_ids='resolve_run_date') }}"]
+    rendered = job.render_template(job.application_args[2:], {"params": {"full_rebuild": full_rebuild}})
+    assert parse_args(["--run-date", "2026-11-27", *rendered]).full_rebuild is full_rebuild
+    scoring = dag.get_task("score_users_spark")
+    assert "--full-rebuild" not in scoring.application_args  # only the ETL job rebuilds
 
 
 def _triggered_with(dagbag, conf: dict) -> dict:

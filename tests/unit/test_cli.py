@@ -381,3 +381,13 @@ def test_models_on_an_empty_registry_say_so(capsys, config_file):
     assert "has no versions yet" in models(capsys, config_file, "list")[1]
     assert json.loads(models(capsys, config_file, "list", "--json")[1]) == []
     assert "no promotion log yet" in models(capsys, config_file, "history")[1]
+
+
+@pytest.mark.parametrize(("flags", "expected"), [([], ["--full-rebuild", "false"]), (["--full-rebuild"], ["--full-rebuild", "true"])])
+def test_task_passes_full_rebuild_to_the_etl_jobs_arguments(capsys, config_file, monkeypatch, flags, expected):
+    from dql_model.ops import spark_jobs
+
+    launched = []
+    monkeypatch.setattr(spark_jobs, "run_job", lambda job, run_date, args=(), **_: launched.append((job, run_date, args)))
+    code, _, _ = run(capsys, "--config", str(config_file), "task", "build_training_data", "--run-date", RUN_DATE, *flags)
+    assert code == 0 and launched == [("build_training_data", RUN_DATE, expected)]
