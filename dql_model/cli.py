@@ -3,6 +3,7 @@
     dqlrec generate [--if-empty]      write the demo shop's raw tables into the warehouse
     dqlrec import --format F PATH     load a data set's native files into the raw tables (dql_model.importers)
     dqlrec task NAME --run-date D     run one nightly task (and those it needs) without Airflow
+    dqlrec backfill --from D1 --to D2 run every night of a range in date order; resumable (dql_model.pipeline.backfill)
     dqlrec summary --run-date D       print the closing summary of a run
     dqlrec evaluate [--run-date D] [--json]   print the model comparison of a run
     dqlrec simulate [--days N] [--policy P,...] [--seeds S]   the shop in the loop (dql_model.pipeline.shop_loop)
@@ -62,6 +63,32 @@ def _cmd_task(args: argparse.Namespace) -> int:
         warn=lambda message: print(f"dqlrec: {message}", file=sys.stderr),
     )
     print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def _cmd_backfill(args: argparse.Namespace) -> int:
+    """Every night of the range through the step runner of `dqlrec task`, oldest first; complete nights skipped."""
+    from dql_model.pipeline import backfill, tasks
+
+    cfg = load_config(args.config)
+    first, last = (run_dates.resolve_run_date(cfg, value) for value in (args.first, args.last))
+
+    def run_night(run_date: str, options: tasks.RunOptions) -> None:
+        tasks.run_steps(
+            steps.STEPS, run_date, cfg=cfg, options=options, run_job=_job_runner(cfg, options, run_date),
+            warn=lambda message: print(f"dqlrec: {message}", file=sys.stderr),
+        )  # fmt: skip
+
+    try:
+        done = backfill.run_backfill(
+            first, last, cfg=cfg, run_night=run_night, options=_run_options(args), rerun=args.rerun,
+            progress=lambda message: print(f"[dqlrec] {message}", flush=True),
+        )  # fmt: skip
+    except backfill.BackfillStopped as stopped:
+        print(f"dqlrec: error: {stopped}", file=sys.stderr)
+        return 1
+    if args.json:
+        _print_json(done)
     return 0
 
 
@@ -357,6 +384,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-date", required=True, type=_run_date, help="YYYY-MM-DD (UTC)")
     _add_run_option_flags(p)
     p.set_defaults(func=_cmd_task)
+
+    p = sub.add_parser(
+        "backfill",
+        help="run every night of a date range in order through the nightly steps; complete nights are skipped",
+        description="Runs the nights FROM .. TO (both included) oldest first, each through every nightly step "
+        "in the DAG's order (the step runner of `dqlrec task`). A night whose published output is "
+        "complete is skipped unless --rerun; the first failed night stops the backfill, and the same command "
+        "resumes it. --full-rebuild applies to the first night that runs; the nights after it build on it.",
+    )
+    p.add_argument("--from", dest="first", required=True, type=_run_date, help="first night, YYYY-MM-DD")
+    p.add_argument("--to", dest="last", required=True, type=_run_date, help="last night, YYYY-MM-DD or latest")
+    p.add_argument("--rerun", action="store_true", help="run complete nights again too")
+    p.add_argument("--json", action="store_true", help="end with the nights run and skipped as JSON")
+    _add_run_option_flags(p)
+    p.set_defaults(func=_cmd_backfill)
 
     p = sub.add_parser("summary", help="print the closing summary of a run")
     p.add_argument("--run-date", help="default: the latest run")
