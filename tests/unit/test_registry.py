@@ -415,3 +415,29 @@ def test_lineage_records_code_requirements_config_and_the_nights_data(tmp_path, 
         registry_root=tmp_path / "models", metrics={}, data_window={},
     )  # fmt: skip
     assert registry.version_lineage(tmp_path / "models", bare)["data"]["train_window_start"] == "unknown"
+
+
+def _promote_in_turn(root: str, versions: list[str], times: int) -> None:
+    for n in range(times):
+        registry.set_champion(root, versions[n % len(versions)], why=f"writer {os.getpid()}")
+
+
+def test_concurrent_writers_leave_one_unbroken_chain_in_the_log(tmp_path, cfg):
+    """Two processes moving the champion at once: each line's previous is the line before's version."""
+    import multiprocessing
+
+    versions = saved_versions(tmp_path, cfg, 3)
+    context = multiprocessing.get_context("fork")
+    writers = [
+        context.Process(target=_promote_in_turn, args=(str(tmp_path), order, 30))
+        for order in (versions, versions[::-1])
+    ]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(60)
+    assert [writer.exitcode for writer in writers] == [0, 0]
+    log = registry.promotion_log(tmp_path)
+    assert len(log) == len((tmp_path / registry.PROMOTIONS).read_text().splitlines()) > 30
+    assert all(later["previous"] == earlier["version"] for earlier, later in zip(log, log[1:], strict=False))
+    assert registry.champion_version(tmp_path) == log[-1]["version"]
