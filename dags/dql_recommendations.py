@@ -22,6 +22,10 @@ it, yesterday (UTC) is used. A `run_date` that is not a calendar day (2026-13-45
 refused by the trigger form's validation; one that gets past it (a param set another way) fails
 `resolve_run_date`.
 
+**Full rebuild.** The `full_rebuild` param makes `build_training_data` rebuild user states and
+transitions from every raw partition (`--full-rebuild true`) instead of updating yesterday's; run one
+night with it after a raw partition was loaded late (`dqlrec task ... --full-rebuild` outside Airflow).
+
 **Failures.** Bad input (`dql_model.errors.InputError`: a raw partition that is missing or empty, a
 broken data contract, a refused config value or param, a run date that is not a calendar day) fails
 its task at once, without retries, with the error's own message last in the task log. Anything else
