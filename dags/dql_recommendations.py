@@ -18,7 +18,13 @@ and read `triggering_asset_events` for the date.
 
 **Run date.** A scheduled run processes the day before its logical date (the day that just ended).
 A manual trigger can set `run_date` (a day, or `latest`: the last loaded events partition); without
-it, yesterday (UTC) is used. A `run_date` that is not a calendar day fails `resolve_run_date`.
+it, yesterday (UTC) is used. A `run_date` that is not a calendar day (2026-13-45, 2026-02-30) is
+refused by the trigger form's validation; one that gets past it (a param set another way) fails
+`resolve_run_date`.
+
+**Full rebuild.** The `full_rebuild` param makes `build_training_data` rebuild user states and
+transitions from every raw partition (`--full-rebuild true`) instead of updating yesterday's; run one
+night with it after a raw partition was loaded late (`dqlrec task ... --full-rebuild` outside Airflow).
 
 **Failures.** Bad input (`dql_model.errors.InputError`: a raw partition that is missing or empty, a
 broken data contract, a refused config value or param, a run date that is not a calendar day) fails
@@ -89,6 +95,9 @@ params = {
             "Empty: the day before the logical date."
         ),
         pattern=r"^(\d{4}-\d{2}-\d{2}|latest)?$",
+        # The pattern shapes the form's input; JSON schema's date format (checked by Airflow's
+        # validation when a run is triggered) refuses days that do not exist, such as 2026-02-30.
+        anyOf=[{"format": "date"}, {"enum": ["", "latest"]}],
     ),
     "top_k": Param(
         0,
@@ -116,7 +125,18 @@ params = {
         title="Force CPU",
         description="Train and score on CPU even when a GPU is present.",
     ),
+    "full_rebuild": Param(
+        False,
+        type="boolean",
+        title="Full rebuild",
+        description=(
+            "Rebuild user states and transitions from every raw events partition instead of updating "
+            "yesterday's (needed once after a raw partition was loaded late)."
+        ),
+    ),
 }
+# The trigger params a step's Spark job takes on its command line (RunOptions.job_args in the CLI).
+JOB_PARAM_ARGS = {"build_training_data": ("--full-rebuild", "{{ params.full_rebuild }}")}
 
 
 @contextmanager
@@ -178,8 +198,8 @@ with DAG(
     def resolve_run_date() -> str:
         """The run date from the params, else the day before the logical date (yesterday for manual runs).
 
-        The param's pattern lets 2026-13-45 through; a date that is not a calendar day fails here,
-        without retries, rather than later as a missing partition.
+        The param's schema refuses a date that is not a calendar day when the run is triggered; one
+        that reaches this task anyway fails here, without retries, rather than later as a missing partition.
         """
         context = get_current_context()
         chosen = context["params"].get("run_date") or ""
@@ -275,7 +295,7 @@ with DAG(
     ends = {"score_users": (choose, engines)}
     for step in steps.STEPS:
         if step.job:
-            node = _spark_job(step.name, step.job)
+            node = _spark_job(step.name, step.job, *JOB_PARAM_ARGS.get(step.job, ()))
             ends[step.name] = (node, [node])
         elif step.name in python_steps:
             node = python_steps[step.name](run_date)

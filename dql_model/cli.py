@@ -3,6 +3,7 @@
     dqlrec generate [--if-empty]      write the demo shop's raw tables into the warehouse
     dqlrec import --format F PATH     load a data set's native files into the raw tables (dql_model.importers)
     dqlrec task NAME --run-date D     run one nightly task (and those it needs) without Airflow
+    dqlrec backfill --from D1 --to D2 run every night of a range in date order; resumable (dql_model.pipeline.backfill)
     dqlrec summary --run-date D       print the closing summary of a run
     dqlrec evaluate [--run-date D] [--json]   print the model comparison of a run
     dqlrec simulate [--days N] [--policy P,...] [--seeds S]   the shop in the loop (dql_model.pipeline.shop_loop)
@@ -11,6 +12,7 @@
     dqlrec run-date [D|latest]        print a run date as YYYY-MM-DD; fails when its events are not loaded
     dqlrec first-failure LOG          print the first task failure of an Airflow log (make run's last word)
     dqlrec services start|stop|status the local production-like services (make airflow, make airflow-stop)
+    dqlrec models list|show V|promote V|rollback|history [--json]   the model registry and its promotion log
 """
 
 from __future__ import annotations
@@ -51,19 +53,59 @@ def _cmd_task(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     run_date = run_dates.resolve_run_date(cfg, args.run_date)
-    options = tasks.RunOptions(
-        top_k=args.top_k, skip_training=args.skip_training, model_version=args.model_version, force_cpu=args.force_cpu
-    )
+    options = _run_options(args)
     result = tasks.run_steps(
         steps.chain_to(args.name),
         run_date,
         cfg=cfg,
         options=options,
-        run_job=lambda job: spark_jobs.run_job(job, run_date, config=options.apply(cfg).to_dict(), scratch=cfg.layout.root),
+        run_job=_job_runner(cfg, options, run_date),
         warn=lambda message: print(f"dqlrec: {message}", file=sys.stderr),
     )
     print(json.dumps(result, indent=2, default=str))
     return 0
+
+
+def _cmd_backfill(args: argparse.Namespace) -> int:
+    """Every night of the range through the step runner of `dqlrec task`, oldest first; complete nights skipped."""
+    from dql_model.pipeline import backfill, tasks
+
+    cfg = load_config(args.config)
+    first, last = (run_dates.resolve_run_date(cfg, value) for value in (args.first, args.last))
+
+    def run_night(run_date: str, options: tasks.RunOptions) -> None:
+        tasks.run_steps(
+            steps.STEPS, run_date, cfg=cfg, options=options, run_job=_job_runner(cfg, options, run_date),
+            warn=lambda message: print(f"dqlrec: {message}", file=sys.stderr),
+        )  # fmt: skip
+
+    try:
+        done = backfill.run_backfill(
+            first, last, cfg=cfg, run_night=run_night, options=_run_options(args), rerun=args.rerun,
+            progress=lambda message: print(f"[dqlrec] {message}", flush=True),
+        )  # fmt: skip
+    except backfill.BackfillStopped as stopped:
+        print(f"dqlrec: error: {stopped}", file=sys.stderr)
+        return 1
+    if args.json:
+        _print_json(done)
+    return 0
+
+
+def _run_options(args: argparse.Namespace):
+    """The trigger options of `dqlrec task` (and `backfill`) flags: dql_model.pipeline.tasks.RunOptions."""
+    from dql_model.pipeline import tasks
+
+    return tasks.RunOptions(
+        top_k=args.top_k, skip_training=args.skip_training, model_version=args.model_version,
+        force_cpu=args.force_cpu, full_rebuild=args.full_rebuild,
+    )  # fmt: skip
+
+
+def _job_runner(cfg: Config, options, run_date: str):
+    """What runs a Spark step for ``run_date``: its job as a child process, with the options it takes."""
+    config = options.apply(cfg).to_dict()
+    return lambda job: spark_jobs.run_job(job, run_date, options.job_args(job), config=config, scratch=cfg.layout.root)
 
 
 def _load_report(cfg: Config, run_date: str | None, filename: str) -> dict:
@@ -167,6 +209,138 @@ def _cmd_services(args: argparse.Namespace) -> int:
     return services.main(args.args)
 
 
+def _registry_root(args: argparse.Namespace) -> Path:
+    return Path(load_config(args.config).registry.root)
+
+
+def _print_json(payload) -> None:
+    print(json.dumps(payload, indent=2, sort_keys=True, default=str))
+
+
+LISTED_METRIC = schema.metric_name("ndcg", 10)
+"""The validation metric `dqlrec models list` shows per version."""
+
+
+def _cmd_models_list(args: argparse.Namespace) -> int:
+    from dql_model.learning import registry
+
+    root = _registry_root(args)
+    versions = [registry.describe_version(root, v) for v in registry.list_versions(root)]
+    if args.json:
+        _print_json(versions)
+        return 0
+    if not versions:
+        print(f"the registry {root} has no versions yet")
+        return 0
+    print(f"  {'version':<20} {'run date':<10} {'transitions':>11} {LISTED_METRIC:>13}  registered")
+    for v in versions:
+        window, metric = v["data_window"], v["metrics"].get(LISTED_METRIC)
+        print(
+            f"{'*' if v['champion'] else ' '} {v['version']:<20} {window.get('run_date', '?'):<10} "
+            f"{window.get('transitions', '?'):>11} {'n/a' if metric is None else f'{metric:.4f}':>13}  "
+            f"{v['lineage'].get('registered_at', 'unknown')}"
+        )
+    print(f"{len(versions)} versions in {root}; * marks the champion")
+    return 0
+
+
+def _cmd_models_show(args: argparse.Namespace) -> int:
+    from dql_model.learning import registry
+
+    shown = registry.describe_version(_registry_root(args), args.version)
+    if args.json:
+        _print_json(shown)
+        return 0
+    window, lineage = shown["data_window"], shown["lineage"]
+    data = lineage.get("data", {})
+    print(f"model version {shown['version']}{' (champion)' if shown['champion'] else ''}")
+    print(
+        f"data: run date {window.get('run_date', '?')}, train window {window.get('train_window', '?')} "
+        f"from {data.get('train_window_start', 'unknown')}, {window.get('transitions', '?')} transitions, "
+        f"warm-started from {window.get('warm_start_from') or 'nothing'}"
+        + (f", refit of {shown['refit_of']}" if shown["refit_of"] else "")
+    )
+    if data.get("counts"):
+        print("counts: " + ", ".join(f"{key} {value}" for key, value in data["counts"].items()))
+    print(f"metrics (best of {shown['epochs']} epochs):" if shown["metrics"] else "metrics: none recorded")
+    for name, value in sorted(shown["metrics"].items()):
+        print(f"  {name:<32} {value:.4f}" if isinstance(value, float) else f"  {name:<32} {value}")
+    if lineage:
+        print("lineage:")
+        print(f"  code commit              {lineage.get('code_commit')}")
+        print(f"  requirements.txt sha256  {lineage.get('requirements_sha256')}")
+        print(f"  config hash              {lineage.get('config_hash')}")
+        print(f"  registered               {lineage.get('registered_at')} by {lineage.get('registered_by')}")
+    else:
+        print("lineage: not recorded (saved before lineage was recorded)")
+    return 0
+
+
+def _changed(args: argparse.Namespace, entry: dict | None, version: str, root: Path) -> int:
+    """Print a promote's or a rollback's outcome (the log line, or that nothing changed)."""
+    if args.json:
+        _print_json(entry or {"version": version, "changed": False})
+    elif entry is None:
+        print(f"{version} is already the champion; nothing changed")
+    else:
+        print(f"champion: {entry['version']} (was {entry['previous'] or 'none'}); logged in {root}/promotions.jsonl")
+    return 0
+
+
+def _cmd_models_promote(args: argparse.Namespace) -> int:
+    from dql_model.learning import registry
+
+    root = _registry_root(args)
+    registry.require_version(root, args.version)
+    entry = registry.set_champion(root, args.version, why=f"manual: {args.reason}", action="promote")
+    return _changed(args, entry, args.version, root)
+
+
+def _cmd_models_rollback(args: argparse.Namespace) -> int:
+    from dql_model.learning import registry
+
+    root = _registry_root(args)
+    entry = registry.rollback(root, why=f"manual: {args.reason}")
+    return _changed(args, entry, entry["version"], root)
+
+
+def _cmd_models_history(args: argparse.Namespace) -> int:
+    from dql_model.learning import registry
+
+    root = _registry_root(args)
+    entries = registry.promotion_log(root)
+    if args.json:
+        _print_json(entries)
+        return 0
+    if not entries:
+        print(f"the registry {root} has no promotion log yet (no champion change recorded)")
+    for e in entries:
+        print(f"{e.get('at')}  {e.get('action', '?'):<8} {e['version']} (was {e.get('previous') or 'none'}) "
+              f"by {e.get('who')}: {e.get('why')}")
+    return 0
+
+
+def _add_models_parser(sub) -> None:
+    models = sub.add_parser(
+        "models", help="the model registry: versions, the champion and its promotion log (dql_model.learning.registry)"
+    )
+    commands = models.add_subparsers(dest="models_command", required=True)
+    for name, func, text in (
+        ("list", _cmd_models_list, "every registered version, oldest first; * marks the champion"),
+        ("show", _cmd_models_show, "one version's metrics, data window and lineage (code, requirements, config)"),
+        ("promote", _cmd_models_promote, "make a version the champion (logged as manual, with your reason)"),
+        ("rollback", _cmd_models_rollback, "make the champion before the current one the champion again"),
+        ("history", _cmd_models_history, "the promotion log: every change of the champion, oldest first"),
+    ):
+        p = commands.add_parser(name, help=text, description=text)
+        if name in ("show", "promote"):
+            p.add_argument("version", help="a version name, as `dqlrec models list` prints it")
+        if name in ("promote", "rollback"):
+            p.add_argument("--reason", required=True, help="why, for the promotion log (recorded as 'manual: REASON')")
+        p.add_argument("--json", action="store_true", help="print JSON instead of text")
+        p.set_defaults(func=func)
+
+
 def _run_date(text: str) -> str:
     """A calendar date, or ``latest`` (resolved against the warehouse once the config is loaded)."""
     if text.strip().lower() == run_dates.LATEST:
@@ -180,6 +354,18 @@ def _run_date(text: str) -> str:
 def _cmd_run_date(args: argparse.Namespace) -> int:
     print(run_dates.resolve_run_date(load_config(args.config), args.value, require_loaded=True))
     return 0
+
+
+def _add_run_option_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of RunOptions (the DAG's trigger params), shared by `task` and `backfill`."""
+    p.add_argument("--top-k", type=int, default=0, help="recommendations per user (0: score.top_k)")
+    p.add_argument("--force-cpu", action="store_true", help="train and score on CPU")
+    p.add_argument("--skip-training", action="store_true", help="score with the champion, no challenger")
+    p.add_argument("--model-version", default="", help="score with this registry version")
+    p.add_argument(
+        "--full-rebuild", action="store_true",
+        help="build_training_data rebuilds states and transitions from every raw partition (etl.incremental off)",
+    )  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -196,11 +382,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("task", help="run one nightly task (and the tasks whose results it needs) without Airflow")
     p.add_argument("name", choices=steps.STEP_NAMES)
     p.add_argument("--run-date", required=True, type=_run_date, help="YYYY-MM-DD (UTC)")
-    p.add_argument("--top-k", type=int, default=0, help="recommendations per user (0: score.top_k)")
-    p.add_argument("--force-cpu", action="store_true", help="train and score on CPU")
-    p.add_argument("--skip-training", action="store_true", help="score with the champion, no challenger")
-    p.add_argument("--model-version", default="", help="score with this registry version")
+    _add_run_option_flags(p)
     p.set_defaults(func=_cmd_task)
+
+    p = sub.add_parser(
+        "backfill",
+        help="run every night of a date range in order through the nightly steps; complete nights are skipped",
+        description="Runs the nights FROM .. TO (both included) oldest first, each through every nightly step "
+        "in the DAG's order (the step runner of `dqlrec task`). A night whose published output is "
+        "complete is skipped unless --rerun; the first failed night stops the backfill, and the same command "
+        "resumes it. --full-rebuild applies to the first night that runs; the nights after it build on it.",
+    )
+    p.add_argument("--from", dest="first", required=True, type=_run_date, help="first night, YYYY-MM-DD")
+    p.add_argument("--to", dest="last", required=True, type=_run_date, help="last night, YYYY-MM-DD or latest")
+    p.add_argument("--rerun", action="store_true", help="run complete nights again too")
+    p.add_argument("--json", action="store_true", help="end with the nights run and skipped as JSON")
+    _add_run_option_flags(p)
+    p.set_defaults(func=_cmd_backfill)
 
     p = sub.add_parser("summary", help="print the closing summary of a run")
     p.add_argument("--run-date", help="default: the latest run")
@@ -241,6 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", help="loop folder (default: var/loop next to the warehouse)")
     p.set_defaults(func=_cmd_simulate)
+
+    _add_models_parser(sub)
 
     p = sub.add_parser("services", help="start, stop or show the local services of `make airflow` (dql_model.ops.services)")
     p.add_argument("args", nargs=argparse.REMAINDER, help="start | stop | status [--home DIR]")

@@ -2,7 +2,7 @@
 
 Run by the DAG with spark-submit, or by hand::
 
-    spark-submit jobs/build_training_data.py --run-date 2026-11-27 [--config dqlrec.yaml] [--full-rebuild]
+    spark-submit jobs/build_training_data.py --run-date 2026-11-27 [--config dqlrec.yaml] [--full-rebuild [true|false]]
     python -m jobs.build_training_data --run-date 2026-11-27
 
 Incremental by default (``etl.incremental``), so a night's cost follows its own events:
@@ -88,10 +88,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--full-rebuild",
-        action="store_true",
-        help="rebuild states and transitions from every raw partition (overrides etl.incremental)",
+        nargs="?",
+        const=True,
+        default=False,
+        type=_switch,
+        metavar="true|false",
+        help="rebuild states and transitions from every raw partition (overrides etl.incremental); "
+        "the DAG passes its full_rebuild param as a value",
     )
     return parser.parse_args(argv)
+
+
+def _switch(text: str) -> bool:
+    """``--full-rebuild [true|false]``: the DAG renders its boolean param as True or False."""
+    value = text.strip().lower()
+    if value not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value == "true"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -186,7 +186,8 @@ def evaluate_night(
             cfg, results, off_policy, gate_metric, fallback, has_validation=bool(len(night.val))
         )
         # Point the champion explicitly either way: on a rerun it may still name this date's model.
-        registry.set_champion(root, challenger if promoted else champion)
+        verdict = f"gate {run_date}: {'promoted' if promoted else 'kept champion'} ({reason})"
+        registry.set_champion(root, challenger if promoted else champion, why=verdict)
     scoring_version = registry.champion_version(root)
     progress(f"gate: {'promoted' if promoted else 'kept champion'} ({reason}); scoring with {scoring_version}")
     if scoring_version is None:  # a challenger without the metric, and no champion to fall back on

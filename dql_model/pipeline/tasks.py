@@ -23,6 +23,7 @@ from typing import Any
 from dql_model import faults
 from dql_model.config import Config, ConfigError, load_config
 from dql_model.contract import schema
+from dql_model.contract.layout import ETL_JOB
 from dql_model.errors import MissingInput
 from dql_model.warehouse import locks, storage
 
@@ -41,6 +42,10 @@ def warn(message: str) -> None:
     print(f"[dqlrec] warning: {message}", flush=True)
 
 
+FULL_REBUILD_ARG = "--full-rebuild"
+"""build_training_data's flag for RunOptions.full_rebuild, followed by true or false."""
+
+
 @dataclass(frozen=True)
 class RunOptions:
     """What a manual trigger may change (the DAG's params, ``dqlrec task`` flags)."""
@@ -53,6 +58,8 @@ class RunOptions:
     """Score with this registry version (implies skip_training); empty: the champion."""
     force_cpu: bool = False
     """Train and score on CPU even when a GPU is present."""
+    full_rebuild: bool = False
+    """Rebuild user states and transitions from every raw partition (build_training_data --full-rebuild)."""
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> RunOptions:
@@ -67,6 +74,12 @@ class RunOptions:
             if not isinstance(value, kinds[known[key]]) or (known[key] == "int" and isinstance(value, bool)):
                 raise ConfigError(f"run option {key}={value!r}: expected {known[key]}")
         return cls(**given)
+
+    def job_args(self, job: str) -> list[str]:
+        """The options a step's Spark job takes on its command line (the DAG renders the same from its params)."""
+        if job == ETL_JOB:
+            return [FULL_REBUILD_ARG, str(self.full_rebuild).lower()]
+        return []
 
     def apply(self, cfg: Config) -> Config:
         """The configuration with these options on top."""

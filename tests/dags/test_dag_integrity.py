@@ -84,7 +84,7 @@ def test_scoring_engine_is_a_branch_that_rejoins(dagbag):
 def test_params_are_typed(dagbag):
     params = dagbag.dags[DAG_ID].params
     expected = {"run_date": "string", "top_k": "integer", "skip_training": "boolean",
-                "model_version": "string", "force_cpu": "boolean"}
+                "model_version": "string", "force_cpu": "boolean", "full_rebuild": "boolean"}
     for name, typ in expected.items():
         param = params.get_param(name)
         assert param.schema["type"] == typ
@@ -93,13 +93,13 @@ def test_params_are_typed(dagbag):
 
 @pytest.mark.parametrize("dag_id", [DAG_ID, "marketing_audiences"])
 def test_module_level_imports_are_light(dag_id):
-    # The DAG file may import dql_model.contract.steps (standard library only: the step order), nothing
-    # else of the package, and none of the heavy libraries.
+    # The DAG file may import dql_model.contract.steps (standard library only: the step order) and the
+    # package it sits in (an empty __init__), nothing else of the package, and none of the heavy libraries.
     code = (
         "import runpy, sys; runpy.run_path(sys.argv[1]); "
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
         "('torch', 'pyspark', 'great_expectations', 'pandas', 'numpy', 'pyarrow') "
-        "or (m.startswith('dql_model.') and m != 'dql_model.contract.steps')); "
+        "or (m.startswith('dql_model.') and m not in ('dql_model.contract', 'dql_model.contract.steps'))); "
         "print('HEAVY=' + ','.join(heavy))"
     )
     out = subprocess.run(
@@ -301,9 +301,47 @@ def test_an_unknown_run_option_fails_without_retries(dagbag):
         _call(dagbag, "validate_raw_events", "2026-11-27", params={"topk": 3})
 
 
+@pytest.mark.parametrize("full_rebuild", [True, False])
+def test_the_full_rebuild_param_reaches_the_etl_jobs_arguments(dagbag, full_rebuild):
+    """The trigger's full_rebuild, rendered into spark-submit's arguments, is what the job parses."""
+    from jobs.build_training_data import parse_args
+
+    dag = dagbag.dags[DAG_ID]
+    assert dag.params["full_rebuild"] is False  # a scheduled run builds incrementally
+    job = dag.get_task("build_training_data")
+    assert job.application_args[:2] == ["--run-date", "{{ ti.xcom_pull(task_ids='resolve_run_date') }}"]
+    rendered = job.render_template(job.application_args[2:], {"params": {"full_rebuild": full_rebuild}})
+    assert parse_args(["--run-date", "2026-11-27", *rendered]).full_rebuild is full_rebuild
+    scoring = dag.get_task("score_users_spark")
+    assert "--full-rebuild" not in scoring.application_args  # only the ETL job rebuilds
+
+
+def _triggered_with(dagbag, conf: dict) -> dict:
+    """The params of a run triggered with ``conf``, validated as the API server does (its DAG is the serialized one)."""
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    served = DagSerialization.from_dict(DagSerialization.to_dict(dagbag.dags[DAG_ID]))
+    return served.params.deep_merge(conf).validate()
+
+
+@pytest.mark.parametrize("run_date", ["2026-13-45", "2026-02-30", "2026-11-27x", "yesterday", "20261127"])
+def test_the_trigger_refuses_a_run_date_that_is_not_a_calendar_day(dagbag, run_date):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError, match="Invalid input for param run_date"):
+        _triggered_with(dagbag, {"run_date": run_date})
+    with pytest.raises(ParamValidationError):
+        dagbag.dags[DAG_ID].params.get_param("run_date").resolve(run_date)  # the SDK's check, the same schema
+
+
+@pytest.mark.parametrize("run_date", ["", "latest", "2026-11-27", "2024-02-29"])
+def test_the_trigger_accepts_a_calendar_day_latest_or_nothing(dagbag, run_date):
+    assert _triggered_with(dagbag, {"run_date": run_date})["run_date"] == run_date
+
+
 @pytest.mark.parametrize("run_date", ["2026-13-45", "2026-02-30"])
 def test_a_run_date_that_is_not_a_calendar_day_fails_without_retries(dagbag, run_date):
-    """The param's pattern lets these through; resolve_run_date refuses them, naming the value."""
+    """A run date that gets past the trigger's validation is refused by resolve_run_date, naming the value."""
     from airflow.sdk.exceptions import AirflowFailException
 
     with pytest.raises(AirflowFailException, match=f"expected a calendar date as YYYY-MM-DD, got '{run_date}'"):

@@ -280,3 +280,114 @@ def test_first_failure_prints_the_error_last_and_exits_1_without_one(capsys, tmp
     assert run(capsys, "first-failure", str(log))[:2] == (1, "")
     code, _, err = run(capsys, "first-failure", str(tmp_path / "none.log"))
     assert code == 2 and "none.log" in err
+
+
+# --- dqlrec models: the registry and its promotion log ----------------------------------------------
+
+
+@pytest.fixture
+def registered(tiny_config, config_file) -> list[str]:
+    """Three versions of tiny_config's registry, oldest first, none champion yet."""
+    import torch
+
+    from dql_model.learning import registry
+    from dql_model.learning.networks import QNetwork
+
+    versions = []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        model = QNetwork(10, 2, tiny_config.model).eval()
+        window = {"run_date": f"2026-11-2{5 + seed}", "train_window": "5d", "transitions": 100 + seed}
+        metrics = {"history": [{"epoch": 1.0}], "best": {"eval/ndcg@10": 0.2 + seed / 10}}
+        versions.append(
+            registry.save_model(
+                model, tiny_config, registry_root=tiny_config.registry.root, metrics=metrics, data_window=window
+            )
+        )
+    return versions
+
+
+def models(capsys, config_file, *argv: str) -> tuple[int, str, str]:
+    return run(capsys, "--config", str(config_file), "models", *argv)
+
+
+@pytest.mark.parametrize("command", ["list", "show", "promote", "rollback", "history"])
+def test_every_models_command_has_help_and_json(capsys, command):
+    with pytest.raises(SystemExit) as done:
+        cli.main(["models", command, "--help"])
+    out = capsys.readouterr().out
+    assert done.value.code == 0 and "--json" in out
+    assert ("--reason" in out) == (command in ("promote", "rollback"))
+
+
+def test_models_list_and_show(capsys, config_file, registered):
+    a, b, c = registered
+    code, out, _ = models(capsys, config_file, "list")
+    assert code == 0 and "no versions" not in out
+    rows = [line for line in out.splitlines() if any(v in line for v in registered)]
+    assert [row.split()[0] for row in rows] == registered  # no champion yet: no star
+    assert rows[2].split()[1:4] == ["2026-11-27", "102", "0.4000"]
+
+    models(capsys, config_file, "promote", b, "--reason", "first")
+    listed = json.loads(models(capsys, config_file, "list", "--json")[1])
+    assert [(v["version"], v["champion"]) for v in listed] == [(a, False), (b, True), (c, False)]
+    assert [line.split()[:2] for line in models(capsys, config_file, "list")[1].splitlines()[1:4]][1] == ["*", b]
+
+    code, out, _ = models(capsys, config_file, "show", b)
+    assert code == 0 and out.startswith(f"model version {b} (champion)\n")
+    assert "run date 2026-11-26, train window 5d" in out and "eval/ndcg@10" in out and "0.3000" in out
+    shown = json.loads(models(capsys, config_file, "show", c, "--json")[1])
+    assert shown["champion"] is False and shown["metrics"] == {"eval/ndcg@10": pytest.approx(0.4)}
+    assert set(shown["lineage"]) >= {"code_commit", "requirements_sha256", "config_hash", "data"}
+    assert shown["data_window"]["transitions"] == 102
+
+
+def test_models_promote_rollback_and_history(capsys, config_file, registered, tiny_config):
+    a, b, c = registered
+    code, out, _ = models(capsys, config_file, "promote", a, "--reason", "first model")
+    assert code == 0 and out.strip().startswith(f"champion: {a} (was none)")
+    entry = json.loads(models(capsys, config_file, "promote", c, "--reason", "fixes purchases", "--json")[1])
+    assert (entry["version"], entry["previous"], entry["why"], entry["action"]) == (c, a, "manual: fixes purchases", "promote")
+    code, out, _ = models(capsys, config_file, "promote", c, "--reason", "again")
+    assert code == 0 and "already the champion; nothing changed" in out
+
+    code, out, _ = models(capsys, config_file, "rollback", "--reason", "c misranks new items")
+    assert code == 0 and f"champion: {a} (was {c})" in out
+    from dql_model.learning import registry
+
+    assert registry.champion_version(tiny_config.registry.root) == a
+
+    history = json.loads(models(capsys, config_file, "history", "--json")[1])
+    assert [(e["action"], e["version"], e["previous"]) for e in history] == [
+        ("promote", a, None), ("promote", c, a), ("rollback", a, c),
+    ]  # fmt: skip
+    lines = models(capsys, config_file, "history")[1].splitlines()
+    assert len(lines) == 3 and "rollback" in lines[2] and "manual: c misranks new items" in lines[2]
+
+    code, _, err = models(capsys, config_file, "rollback", "--reason", "once more")
+    assert code == 2 and f"names no champion before {a}" in err
+
+
+def test_promoting_an_unknown_version_names_it_and_the_versions_that_exist(capsys, config_file, registered):
+    code, out, err = models(capsys, config_file, "promote", "20990101-nope", "--reason", "typo")
+    assert code == 2 and out == ""
+    assert "model version 20990101-nope is not in the registry" in err and ", ".join(registered) in err
+    code, _, err = models(capsys, config_file, "show", "../elsewhere")
+    assert code == 2 and "is not a model version name" in err
+    assert json.loads(models(capsys, config_file, "history", "--json")[1]) == []
+
+
+def test_models_on_an_empty_registry_say_so(capsys, config_file):
+    assert "has no versions yet" in models(capsys, config_file, "list")[1]
+    assert json.loads(models(capsys, config_file, "list", "--json")[1]) == []
+    assert "no promotion log yet" in models(capsys, config_file, "history")[1]
+
+
+@pytest.mark.parametrize(("flags", "expected"), [([], ["--full-rebuild", "false"]), (["--full-rebuild"], ["--full-rebuild", "true"])])
+def test_task_passes_full_rebuild_to_the_etl_jobs_arguments(capsys, config_file, monkeypatch, flags, expected):
+    from dql_model.ops import spark_jobs
+
+    launched = []
+    monkeypatch.setattr(spark_jobs, "run_job", lambda job, run_date, args=(), **_: launched.append((job, run_date, args)))
+    code, _, _ = run(capsys, "--config", str(config_file), "task", "build_training_data", "--run-date", RUN_DATE, *flags)
+    assert code == 0 and launched == [("build_training_data", RUN_DATE, expected)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -17,7 +18,7 @@ from dql_model.learning import registry
 from dql_model.learning.networks import QNetwork
 from dql_model.scoring.engines import score_users
 from dql_model.scoring.policy import Policy
-from dql_model.warehouse import data
+from dql_model.warehouse import data, storage
 
 torch.set_num_threads(1)
 WINDOW = {"run_date": "2026-11-27", "train_days": 5, "n_transitions": 123}
@@ -86,6 +87,7 @@ def test_save_load_gives_identical_top_k(tmp_path, cfg):
         "config.json",
         "data_window.json",
         "digests.json",
+        "lineage.json",
         "metrics.json",
         "model.safetensors",
     ]
@@ -163,7 +165,7 @@ def test_set_champion_is_atomic(tmp_path, cfg, monkeypatch):
 
     registry.set_champion(tmp_path, second)
     assert registry.champion_version(tmp_path) == second
-    with pytest.raises(FileNotFoundError, match="not a saved model version"):
+    with pytest.raises(FileNotFoundError, match="model version 20990101-deadbeef is not in the registry"):
         registry.set_champion(tmp_path, "20990101-deadbeef")
 
 
@@ -305,3 +307,137 @@ def test_the_cold_mask_travels_with_the_weights_and_a_model_saved_before_it_stil
     loaded, _ = registry.load_model(tmp_path / version)
     assert not loaded.cold_item.any() and loaded.cfg.id_dropout == 0.0
     assert top_k_table(loaded).equals(top_k_table(old_model))
+
+
+# --- the promotion log, rollback and lineage ---------------------------------------------------------
+
+
+def saved_versions(root, cfg, n: int) -> list[str]:
+    """``n`` distinct versions, oldest name first."""
+    return [
+        registry.save_model(
+            trained_like_model(cfg, seed), cfg, registry_root=root, metrics={"best": {"eval/ndcg@10": 0.1 * seed}},
+            data_window=WINDOW, version=f"2026112{seed}-v",
+        )
+        for seed in range(n)
+    ]  # fmt: skip
+
+
+def test_each_change_of_the_champion_appends_one_line_and_never_rewrites_earlier_ones(tmp_path, cfg, monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CTX_DAG_ID", "dql_recommendations")
+    monkeypatch.setenv("AIRFLOW_CTX_TASK_ID", "evaluate_and_gate")
+    monkeypatch.setenv("AIRFLOW_CTX_DAG_RUN_ID", "scheduled__2026-11-28")
+    a, b = saved_versions(tmp_path, cfg, 2)
+    registry.set_champion(tmp_path, a, why="gate 2026-11-27: promoted (no champion)")
+    log_file = tmp_path / registry.PROMOTIONS
+    first_bytes = log_file.read_bytes()
+    assert registry.set_champion(tmp_path, a, why="gate: kept champion") is None  # no change, no line
+    monkeypatch.delenv("AIRFLOW_CTX_TASK_ID")
+    entry = registry.set_champion(tmp_path, b, why="manual: better on purchases", action="promote")
+
+    assert log_file.read_bytes().startswith(first_bytes)  # appended after, never rewritten
+    lines = [json.loads(line) for line in log_file.read_text().splitlines()]
+    assert [(e["action"], e["version"], e["previous"]) for e in lines] == [("gate", a, None), ("promote", b, a)]
+    assert lines[0]["who"] == "airflow:dql_recommendations.evaluate_and_gate run scheduled__2026-11-28"
+    assert lines[1] == entry and re.fullmatch(r"[^@]+@.+", entry["who"])
+    assert entry["why"] == "manual: better on purchases"
+    assert datetime.fromisoformat(entry["at"]).tzinfo is not None
+    assert registry.promotion_log(tmp_path) == lines
+
+
+def test_rollback_walks_back_the_champions_of_the_log(tmp_path, cfg):
+    a, b, c = saved_versions(tmp_path, cfg, 3)
+    with pytest.raises(registry.NoRollback, match="nothing to roll back to"):
+        registry.rollback(tmp_path, why="manual: none yet")
+    for version in (a, b, c):
+        registry.set_champion(tmp_path, version, why="gate")
+
+    assert registry.rollback(tmp_path, why="manual: c is broken")["version"] == b
+    assert registry.champion_version(tmp_path) == b
+    assert registry.rollback(tmp_path, why="manual: b too")["version"] == a  # not back to c
+    with pytest.raises(registry.NoRollback, match=f"names no champion before {a}"):
+        registry.rollback(tmp_path, why="manual: again")
+    assert registry.champion_version(tmp_path) == a
+    log = registry.promotion_log(tmp_path)
+    assert [(e["action"], e["version"], e["previous"]) for e in log[-2:]] == [("rollback", b, c), ("rollback", a, b)]
+
+
+def test_a_pointer_change_missing_from_the_log_is_recovered_from_the_next_line(tmp_path, cfg):
+    """A crash between the pointer and the log, or a hand edit: the next line's ``previous`` still tells."""
+    a, b, c = saved_versions(tmp_path, cfg, 3)
+    registry.set_champion(tmp_path, a, why="gate")
+    (tmp_path / registry.CHAMPION).write_text(b + "\n")  # moved without a log line
+    assert registry.rollback_target(tmp_path) == a
+    registry.set_champion(tmp_path, c, why="gate")
+    assert registry.champion_stack(registry.promotion_log(tmp_path)) == [a, b, c]
+    assert registry.rollback(tmp_path, why="manual")["version"] == b
+
+
+def test_a_torn_line_is_skipped_and_does_not_swallow_the_next_one(tmp_path, cfg, caplog):
+    a, b = saved_versions(tmp_path, cfg, 2)
+    registry.set_champion(tmp_path, a, why="gate")
+    with open(tmp_path / registry.PROMOTIONS, "a") as log_file:
+        log_file.write('{"at": "2026-11-28T0')  # a crash mid-write
+    registry.set_champion(tmp_path, b, why="gate")
+    with caplog.at_level("WARNING", logger="dql_model.learning.registry"):
+        log = registry.promotion_log(tmp_path)
+    assert [e["version"] for e in log] == [a, b]
+    assert "line 2 is not a promotion record" in caplog.text
+
+
+def test_an_unknown_version_is_refused_naming_it_and_the_versions_that_exist(tmp_path, cfg):
+    a, b = saved_versions(tmp_path, cfg, 2)
+    with pytest.raises(registry.UnknownVersion) as refused:
+        registry.require_version(tmp_path, "20990101-nope")
+    assert str(refused.value) == f"model version 20990101-nope is not in the registry {tmp_path}; its versions: {a}, {b}"
+    with pytest.raises(registry.UnknownVersion, match="is not a model version name"):
+        registry.require_version(tmp_path, "../x")
+    assert not (tmp_path / registry.PROMOTIONS).exists()
+
+
+def test_lineage_records_code_requirements_config_and_the_nights_data(tmp_path, cfg):
+    summary = {"window": {"start": "2026-11-23"}, "counts": {"accepted": 90, "transitions_train": 70, "users": 6}}
+    storage.write_json_atomic(cfg.layout.etl_summary(WINDOW["run_date"]), summary)
+    version = registry.save_model(
+        trained_like_model(cfg), cfg, registry_root=tmp_path / "models", metrics={}, data_window=WINDOW
+    )
+    lineage = registry.version_lineage(tmp_path / "models", version)
+    requirements = registry.PROJECT_ROOT / "requirements.txt"
+    assert lineage["requirements_sha256"] == hashlib.sha256(requirements.read_bytes()).hexdigest()
+    assert lineage["config_hash"] == cfg.hash()
+    assert lineage["code_commit"] == registry.code_commit()
+    assert re.fullmatch(r"[0-9a-f]{40}|unknown", lineage["code_commit"])
+    assert lineage["data"]["run_date"] == "2026-11-27" and lineage["data"]["train_window_start"] == "2026-11-23"
+    assert lineage["data"]["counts"] == summary["counts"]
+
+    bare = registry.save_model(
+        trained_like_model(cfg, 1), cfg.replace(warehouse={"root": str(tmp_path / "empty")}),
+        registry_root=tmp_path / "models", metrics={}, data_window={},
+    )  # fmt: skip
+    assert registry.version_lineage(tmp_path / "models", bare)["data"]["train_window_start"] == "unknown"
+
+
+def _promote_in_turn(root: str, versions: list[str], times: int) -> None:
+    for n in range(times):
+        registry.set_champion(root, versions[n % len(versions)], why=f"writer {os.getpid()}")
+
+
+def test_concurrent_writers_leave_one_unbroken_chain_in_the_log(tmp_path, cfg):
+    """Two processes moving the champion at once: each line's previous is the line before's version."""
+    import multiprocessing
+
+    versions = saved_versions(tmp_path, cfg, 3)
+    context = multiprocessing.get_context("fork")
+    writers = [
+        context.Process(target=_promote_in_turn, args=(str(tmp_path), order, 30))
+        for order in (versions, versions[::-1])
+    ]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(60)
+    assert [writer.exitcode for writer in writers] == [0, 0]
+    log = registry.promotion_log(tmp_path)
+    assert len(log) == len((tmp_path / registry.PROMOTIONS).read_text().splitlines()) > 30
+    assert all(later["previous"] == earlier["version"] for earlier, later in zip(log, log[1:], strict=False))
+    assert registry.champion_version(tmp_path) == log[-1]["version"]

@@ -19,7 +19,7 @@ def test_params_become_typed_options_and_apply_on_top_of_the_config():
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({"topk": 5}, r"unknown run option\(s\) \['topk'\]; the options are \['force_cpu', 'model_version'"),
+        ({"topk": 5}, r"unknown run option\(s\) \['topk'\]; the options are \['force_cpu', 'full_rebuild', 'model_version'"),
         ({"top_k": "5"}, "run option top_k='5': expected int"),
         ({"top_k": True}, "run option top_k=True: expected int"),
         ({"skip_training": "yes"}, "run option skip_training='yes': expected bool"),
@@ -37,3 +37,16 @@ def test_a_pinned_model_version_must_be_a_registry_folder(tiny_config):
         tasks.evaluate_and_gate("2026-11-27", {}, options=RunOptions(model_version="../../etc"), cfg=tiny_config)
     with pytest.raises(FileNotFoundError, match="pinned model version 20261127-cafe1234 is not in the registry"):
         tasks.evaluate_and_gate("2026-11-27", {}, options=RunOptions(model_version="20261127-cafe1234"), cfg=tiny_config)
+
+
+def test_full_rebuild_is_a_run_option_that_only_the_etl_job_takes():
+    from jobs.build_training_data import parse_args
+
+    options = RunOptions.from_params({"run_date": "2026-11-27", "full_rebuild": True})
+    assert options == RunOptions(full_rebuild=True)
+    assert options.job_args("score_recommendations") == []
+    assert parse_args(["--run-date", "2026-11-27", *options.job_args("build_training_data")]).full_rebuild is True
+    assert parse_args(["--run-date", "2026-11-27", *RunOptions().job_args("build_training_data")]).full_rebuild is False
+    assert parse_args(["--run-date", "2026-11-27", "--full-rebuild"]).full_rebuild is True  # by hand, as before
+    with pytest.raises(SystemExit):
+        parse_args(["--run-date", "2026-11-27", "--full-rebuild", "sometimes"])
