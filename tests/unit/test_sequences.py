@@ -170,7 +170,7 @@ def test_two_heads_rank_by_a_blend_of_q_and_next_item_logits():
 def test_the_config_derives_the_heads_and_trains_the_recency_encoder_on_transitions():
     assert Config().replace(train={"mode": "sqn"}).model.heads == "two"
     assert Config().replace(train={"mode": "sqn"}).replace(train={"mode": "supervised"}).model.heads == "one"
-    with pytest.warns(UserWarning, match="sequence batches need model.encoder gru, lstm or sasrec"):
+    with pytest.warns(UserWarning, match="sequence batches need model.encoder one of gru, lstm, sasrec"):
         cfg = Config().replace(train={"batching": "sequences"}, model={"encoder": "attention"})
     assert cfg.train.batching == "transitions"
     with pytest.raises(ConfigError, match="train.seq_len=1 must be at least 2"):

@@ -66,6 +66,7 @@ def test_the_torch_tasks_set_threads_from_the_config(monkeypatch, tiny_config):
     calls = []
     monkeypatch.setattr(threads, "set_torch_threads", lambda configured: calls.append(configured) or 1)
     monkeypatch.setattr("dql_model.learning.train.train_challenger", lambda cfg, run_date, progress: {"version": "v1", "device": "cpu", "seconds": 0.0})
+    monkeypatch.setattr("dql_model.learning.supervised_baseline.train_and_save", lambda cfg, run_date, progress: None)
 
     class Scored:
         users, model_version, engine, top_k, sources = 0, "v1", "torch", 5, {}
