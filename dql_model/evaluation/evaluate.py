@@ -50,6 +50,8 @@ from dql_model.warehouse import data
 DEFAULT_KS = (5, 10, 20)
 """The cut-offs of the nightly validation metrics."""
 LIST_K = 10
+SCORE_CELLS = 1 << 24
+"""Scores held at once by an evaluation pass (128 MiB of float64): fewer rows per batch on a large catalogue."""
 """Length of the lists the list metrics (coverage, seen, purchased) and the per-user view judge."""
 
 
@@ -76,10 +78,14 @@ def _masked_scores(
     """(rows, scores) per batch of validation rows, the ``exclude`` items of each row at -inf."""
     if exclude is not None and len(exclude) != len(val):
         raise ValueError(f"exclusions cover {len(exclude)} rows, the validation split has {len(val)}")
-    for start in range(0, len(val), batch_size):
+    start = 0
+    while start < len(val):
         rows = slice(start, start + batch_size)
         scores = scorer.scores(val.state_items[rows], val.state_events[rows])
         yield rows, mask_scores(scores, pairs=exclude.pairs(rows) if exclude is not None else None)
+        start = rows.stop
+        # Rows per batch bounded by the catalogue: a [rows, n_items] matrix of SCORE_CELLS at most.
+        batch_size = max(1, min(batch_size, SCORE_CELLS // max(np.shape(scores)[1], 1)))
 
 
 def evaluate_scorer(

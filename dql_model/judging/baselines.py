@@ -79,20 +79,38 @@ class SparseRows:
 
 
 class _PairCounter:
-    """Counts of (row, col) pairs accumulated over batches, kept as sorted unique keys."""
+    """Counts of (row, col) pairs accumulated over batches, kept as sorted unique keys.
+
+    Each batch is reduced on its own and held as pending; the pending runs are merged into the
+    counted keys only when they outgrow them, so the total work is O(pairs log pairs) however many
+    batches arrive (re-sorting every key per batch was quadratic in the number of batches).
+    """
 
     def __init__(self, n_cols: int):
         self.n_cols = n_cols
         self.keys = np.zeros(0, dtype=np.int64)
         self.counts = np.zeros(0, dtype=np.float64)
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._pending_size = 0
 
     def add(self, rows: np.ndarray, cols: np.ndarray) -> None:
-        keys = np.concatenate([self.keys, rows.astype(np.int64) * self.n_cols + cols])
-        weights = np.concatenate([self.counts, np.ones(len(rows))])
+        keys, counts = np.unique(rows.astype(np.int64) * self.n_cols + cols, return_counts=True)
+        self._pending.append((keys, counts.astype(np.float64)))
+        self._pending_size += len(keys)
+        if self._pending_size > max(len(self.keys), 1 << 20):
+            self._merge()
+
+    def _merge(self) -> None:
+        if not self._pending:
+            return
+        keys = np.concatenate([self.keys, *(k for k, _ in self._pending)])
+        weights = np.concatenate([self.counts, *(c for _, c in self._pending)])
         self.keys, inverse = np.unique(keys, return_inverse=True)
         self.counts = np.bincount(inverse, weights=weights)
+        self._pending, self._pending_size = [], 0
 
     def matrix(self, n_rows: int) -> SparseRows:
+        self._merge()
         return SparseRows.from_pairs(self.keys, self.counts, n_rows=n_rows, n_cols=self.n_cols)
 
 

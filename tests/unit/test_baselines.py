@@ -158,3 +158,18 @@ def test_category_popularity_of_a_category_training_never_saw_is_uniform():
     seen = np.array([False, True, False, False])
     scorer = baselines.CategoryPopularityScorer(counts, np.array([0, 1, 2, 2]), seen)
     np.testing.assert_allclose(scorer.within[1:], [1.0, 0.5, 0.5])
+
+
+def test_pair_counts_over_many_batches_equal_one_count_of_all_pairs():
+    """Batches merge lazily (pending runs, merged when they outgrow the counted keys): same counts."""
+    rng = np.random.default_rng(5)
+    rows, cols = rng.integers(0, 50, 20_000), rng.integers(0, 50, 20_000)
+    counter = baselines._PairCounter(50)
+    for start in range(0, len(rows), 700):
+        counter.add(rows[start : start + 700], cols[start : start + 700])
+    got = counter.matrix(50)
+    keys, counts = np.unique(rows * 50 + cols, return_counts=True)
+    expected = baselines.SparseRows.from_pairs(keys, counts.astype(float), n_rows=50, n_cols=50)
+    np.testing.assert_array_equal(got.indptr, expected.indptr)
+    np.testing.assert_array_equal(got.indices, expected.indices)
+    np.testing.assert_array_equal(got.values, expected.values)
