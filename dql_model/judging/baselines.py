@@ -86,6 +86,9 @@ class _PairCounter:
     batches arrive (re-sorting every key per batch was quadratic in the number of batches).
     """
 
+    MERGE_AT = 1 << 20
+    """Pending keys held before a merge, at least (or as many as are counted)."""
+
     def __init__(self, n_cols: int):
         self.n_cols = n_cols
         self.keys = np.zeros(0, dtype=np.int64)
@@ -97,7 +100,7 @@ class _PairCounter:
         keys, counts = np.unique(rows.astype(np.int64) * self.n_cols + cols, return_counts=True)
         self._pending.append((keys, counts.astype(np.float64)))
         self._pending_size += len(keys)
-        if self._pending_size > max(len(self.keys), 1 << 20):
+        if self._pending_size > max(len(self.keys), self.MERGE_AT):
             self._merge()
 
     def _merge(self) -> None:

@@ -165,9 +165,14 @@ def test_pair_counts_over_many_batches_equal_one_count_of_all_pairs():
     rng = np.random.default_rng(5)
     rows, cols = rng.integers(0, 50, 20_000), rng.integers(0, 50, 20_000)
     counter = baselines._PairCounter(50)
+    counter.MERGE_AT = 1000  # merge many times along the way
+    merges = 0
     for start in range(0, len(rows), 700):
+        pending = counter._pending_size
         counter.add(rows[start : start + 700], cols[start : start + 700])
+        merges += counter._pending_size < pending
     got = counter.matrix(50)
+    assert merges > 3
     keys, counts = np.unique(rows * 50 + cols, return_counts=True)
     expected = baselines.SparseRows.from_pairs(keys, counts.astype(float), n_rows=50, n_cols=50)
     np.testing.assert_array_equal(got.indptr, expected.indptr)
