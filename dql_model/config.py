@@ -147,6 +147,17 @@ def parse_train_window(window: str) -> int | dt.date | None:
         ) from None
 
 
+def parse_active_window(window: str) -> int | None:
+    """``score.active_window`` resolved: days, None for all users, or the string ``auto``; ConfigError otherwise."""
+    text = str(window).strip().lower()
+    if text in ("all", "auto"):
+        return None if text == "all" else text  # type: ignore[return-value]
+    days = text[:-1] if text.endswith("d") else text
+    if days.isdigit() and int(days) >= 1:
+        return int(days)
+    raise ConfigError(f"score.active_window={window!r} is not 'auto', 'all' or a number of days ('30d')")
+
+
 def train_window_start(window: str, run_date: dt.date, first_day: dt.date) -> dt.date:
     """First day of the training window ``etl.train_window`` for a run date, given the first loaded day.
 
@@ -462,9 +473,11 @@ class ScoreConfig(_Section):
     The nightly evaluation masks the same items, so its metrics describe the published lists."""
     engine: ScoringEngine = "torch"
     """torch (batched matrix products in the scoring task) or spark (a Spark job, model broadcast to executors)."""
-    active_days: int = 30
-    """Only users with an event in the last this-many days (the run date counted) get a list tonight: a
-    shop's log holds months of one-visit visitors whom a nightly list cannot reach. 0 scores every user."""
+    active_window: str = "auto"
+    """Which users get a list tonight, by their last event: ``Nd`` those with an event in the last N days
+    (the run date counted), ``all`` everyone with a state, or ``auto``: ``30d`` when the night validates
+    on a time split (a shop's daily log holds months of one-visit visitors a nightly list cannot reach),
+    ``all`` under leave-last-out (a ratings panel such as MovieLens, where every user is kept)."""
     explore_slots: int = 0
     """The last this-many of the K ranks are drawn from a softmax over Q-values (source explore)."""
     explore_epsilon: float = 0.0
@@ -479,6 +492,7 @@ class ScoreConfig(_Section):
         super().__post_init__()
         if self.propensity_draws < 1:
             raise ConfigError(f"score.propensity_draws={self.propensity_draws} must be at least 1")
+        parse_active_window(self.active_window)
 
 
 @dataclass

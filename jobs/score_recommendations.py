@@ -178,7 +178,7 @@ def run(
     path = layout.staged(schema.RECOMMENDATIONS, run_date)
     try:
         states = spark.read.parquet(layout.partition(schema.USER_STATES, run_date))
-        since = data.active_since(run_date, cfg.score.active_days)
+        since = data.active_since(cfg.score, data.night_protocol(cfg, run_date), run_date)
         if since is not None:  # the torch engine's rule (data.load_user_states), so both score the same users
             states = states.where(F.col(schema.LAST_EVENT_TIME) >= F.lit(since))
         recommendations = score_recommendations(states, payload=broadcast, batch_size=cfg.score.batch_size)

@@ -115,7 +115,7 @@ def item_index_table(
 
 
 RECENT = dt.datetime(2026, 11, 20, tzinfo=dt.UTC)
-"""Default last event of a factory user: within score.active_days of every run date the tests use."""
+"""Default last event of a factory user: within score.active_window (30 days on a time split) of every run date the tests use."""
 
 
 def user_states_table(rows: list[dict]) -> pa.Table:

@@ -153,16 +153,17 @@ def score_users(
 def score_with_torch(cfg: Config, run_date: str, version: str) -> ScoringSummary:
     """The torch engine on the warehouse: tonight's partitions in, staged partition and summary out."""
     layout = cfg.layout
-    policy = Policy.from_config(cfg.score, run_date, protocol=data.night_protocol(cfg, run_date))
+    protocol = data.night_protocol(cfg, run_date)
+    policy = Policy.from_config(cfg.score, run_date, protocol=protocol)
     device = resolve_device(cfg.train.device)
     model, meta = registry.load_model(Path(cfg.registry.root) / version, device=str(device))
     items = data.load_item_features(layout.partition(schema.ITEM_INDEX, run_date), price_buckets=cfg.model.price_buckets)
-    since = data.active_since(run_date, cfg.score.active_days)
+    since = data.active_since(cfg.score, protocol, run_date)
     states = data.load_user_states(
         layout.partition(schema.USER_STATES, run_date), max_len=cfg.etl.max_len, exclude=policy.exclude, since=since
     )
     if since is not None:
-        print(f"[dqlrec] scoring the {len(states)} users active since {since:%Y-%m-%d} (score.active_days)", flush=True)
+        print(f"[dqlrec] scoring the {len(states)} users active since {since:%Y-%m-%d} (score.active_window)", flush=True)
     transitions = layout.partition(schema.TRANSITIONS, run_date)
     popularity = data.action_counts(transitions, n_items=items.n_items, split=(schema.TRAIN, schema.VALIDATION))
     table = score_users(

@@ -707,12 +707,22 @@ def iter_user_states(
             yield decode_user_states(rb, max_len, exclude=exclude)
 
 
-def active_since(run_date: str, active_days: int) -> datetime | None:
-    """The earliest last event of a user scored on ``run_date`` (``score.active_days``): midnight UTC
-    starting the ``active_days``-th day back, counting the run date as the first; None: every user."""
-    if active_days <= 0:
+AUTO_ACTIVE_DAYS = 30
+"""``score.active_window: auto`` on a time split: users seen in the last 30 days get a list."""
+
+
+def active_since(score_cfg, protocol: dict | None, run_date: str) -> datetime | None:
+    """The earliest last event of a user scored on ``run_date`` (``score.active_window``; auto resolved
+    with the night's protocol, as ``exclude_rule``): midnight UTC starting the N-th day back, the run
+    date counted as the first; None: every user."""
+    from dql_model.config import parse_active_window
+
+    days = parse_active_window(score_cfg.active_window)
+    if days == "auto":
+        days = None if (protocol or {}).get("validation") == "leave_last_out" else AUTO_ACTIVE_DAYS
+    if days is None:
         return None
-    day = date.fromisoformat(str(run_date)[:10]) - timedelta(days=active_days - 1)
+    day = date.fromisoformat(str(run_date)[:10]) - timedelta(days=days - 1)
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
 
 

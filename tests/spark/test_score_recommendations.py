@@ -192,7 +192,7 @@ def write_warehouse(cfg) -> str:
     states = pa.Table.from_pylist(rows, schema=STATE_TYPE)
     n = states.num_rows
     states = states.append_column(schema.GAP_SEQ, pa.array([[0.0] * len(r[schema.ITEM_SEQ]) for r in rows], pa.list_(pa.float64())))
-    # Every fifth user was last seen two months ago: outside score.active_days, neither engine scores them.
+    # Every fifth user was last seen two months ago: outside score.active_window (auto: 30 days), neither engine scores them.
     last_seen = [AT - dt.timedelta(days=60) if i % 5 == 0 else AT for i in range(n)]
     states = states.append_column(schema.LAST_EVENT_TIME, pa.array(last_seen, pa.timestamp("us", tz="UTC")))
     states = states.append_column(schema.N_EVENTS, pa.array([len(r[schema.ITEM_SEQ]) for r in rows], pa.int64()))

@@ -333,8 +333,10 @@ def test_new_items_are_those_validation_shows_and_training_never_does(tmp_path):
 
 
 def test_scoring_reads_only_the_users_active_in_the_window(tmp_path):
-    """score.active_days: the run date counts as the first day; a user last seen the day before the
-    window opens is left out, one seen at its first midnight is in; 0 keeps everyone."""
+    """score.active_window: the run date counts as the first day; a user last seen the day before the
+    window opens is left out, one seen at its first midnight is in; all keeps everyone; auto is 30 days
+    on a time split and everyone under leave-last-out (a ratings panel)."""
+    from dql_model.config import ConfigError, ScoreConfig
     from tests.factories import user_states_table
 
     folder = tmp_path / "user_states"
@@ -345,8 +347,12 @@ def test_scoring_reads_only_the_users_active_in_the_window(tmp_path):
         {"user_id": "today", "item_seq": [3], "last_event_time": at(2026, 11, 27, 8)},
     ]
     storage.write_partition(user_states_table(rows), str(folder))
-    since = data.active_since("2026-11-27", 30)
-    assert since == at(2026, 10, 29) and data.active_since("2026-11-27", 0) is None
+    since = data.active_since(ScoreConfig(active_window="30d"), {}, "2026-11-27")
+    assert since == at(2026, 10, 29) == data.active_since(ScoreConfig(), {"validation": "time"}, "2026-11-27")
+    assert data.active_since(ScoreConfig(active_window="all"), {"validation": "time"}, "2026-11-27") is None
+    assert data.active_since(ScoreConfig(), {"validation": "leave_last_out"}, "2026-11-27") is None
+    with pytest.raises(ConfigError, match="score.active_window='30 days'"):
+        ScoreConfig(active_window="30 days")
     kept = data.load_user_states(folder, max_len=4, since=since)
     assert kept.user_id.to_pylist() == ["edge", "today"]
     np.testing.assert_array_equal(kept.state_items[:, -1], [2, 3])
