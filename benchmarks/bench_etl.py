@@ -1,13 +1,14 @@
 """The Spark ETL (jobs.build_training_data) on local[2], stage by stage, next to a DuckDB reference.
 
 For each size (default 1M and 10M events; ``DQLREC_BENCH_ETL_SIZES=200k,1M`` or
-``python -m benchmarks.bench_etl 200k`` for a quick run) it:
+``python -m benchmarks.bench_etl 200k``; ``--quick`` or ``DQLREC_BENCH_QUICK=1``: 20k, a smoke run) it:
 
 1. simulates the shop (``ShopSimulator``) over 28 days, then dirties the log the way trackers do:
    duplicates re-delivered 1-2 days later, late events within and beyond ``lookback_days``,
    missing user ids and unknown items; writes the raw partitions (cached under var/bench/etl-data/,
    reused while the generation settings are unchanged);
-2. runs the nightly job for D-14 (full, first night) and D-1 (incremental catch-up) as setup,
+2. with a training window of the last 14 days and the time split (ETL_SETTINGS, what the reference
+   implements), runs the nightly job for D-14 (full, first night) and D-1 (incremental catch-up) as setup,
    then the night D incrementally and, in a second warehouse with the same previous item index,
    as a full rebuild; each stage is timed, with the driver JVM's peak RSS (/proc VmHWM, reset
    before each stage; in local mode the JVM does all the work);
@@ -34,7 +35,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import BENCH_DIR, Timer, print_table, write_json
+from benchmarks.common import BENCH_DIR, Timer, print_table, quick_mode, write_json
 
 SIZES_ENV = "DQLREC_BENCH_ETL_SIZES"
 DEFAULT_SIZES = ("1M", "10M")
@@ -43,6 +44,11 @@ SESSIONS_PER_USER_DAY = 0.35  # the simulator's default: many users, a few sessi
 EVENTS_PER_SESSION = 8.2  # measured on the simulator with mean_session_events=8
 GENERATION_VERSION = 1  # bump when the generation or dirtying below changes
 DATA_DIR = BENCH_DIR / "etl-data"
+TRAIN_DAYS = 14
+ETL_SETTINGS = {"train_window": f"{TRAIN_DAYS}d", "validation": "time"}
+"""What the DuckDB reference implements: a window of the last TRAIN_DAYS days and the time split of
+etl.val_days (the config's defaults, the whole history and an automatic protocol, are other benchmarks)."""
+QUICK_SIZE = "20k"
 
 
 def parse_size(text: str) -> int:
@@ -151,6 +157,12 @@ def _generate(warehouse: Path, settings: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def first_partition(warehouse: Path) -> dt.date:
+    """The first day of raw events loaded (the job bounds its training window by it)."""
+    days = [p.name.partition("=")[2] for p in (warehouse / "raw" / "events").glob("event_date=*")]
+    return dt.date.fromisoformat(min(days))
+
+
 # --- memory --------------------------------------------------------------------------------------
 
 
@@ -199,7 +211,7 @@ def spark_session():
 def _config(warehouse: Path):
     from dql_model.config import load_config
 
-    return load_config().replace(warehouse={"root": str(warehouse)})
+    return load_config().replace(warehouse={"root": str(warehouse)}, etl=ETL_SETTINGS)
 
 
 def run_spark_night(spark, warehouse: Path, run_date: dt.date, *, incremental: bool) -> dict[str, Any]:
@@ -222,9 +234,7 @@ class Reference:
     def __init__(self, warehouse: Path, run_date: dt.date, previous_index: Path | None) -> None:
         import duckdb
 
-        from dql_model.config import load_config
-
-        self.etl = load_config().etl
+        self.etl = _config(warehouse).etl
         self.warehouse = warehouse
         self.run_date = run_date
         self.previous_index = previous_index
@@ -384,7 +394,9 @@ class Reference:
 
     def transitions(self) -> None:
         etl, d = self.etl, self.run_date
-        window_start = d - dt.timedelta(days=etl.train_days - 1)
+        from dql_model.config import train_window_start
+
+        window_start = train_window_start(etl.train_window, d, first_partition(self.warehouse))
         val_start = d - dt.timedelta(days=etl.val_days - 1)
         scale = float(etl.reward_rating_scale)
         self.sql(f"""
@@ -463,12 +475,16 @@ def compare(ref: Reference, table: str, folder: Path) -> dict[str, int]:
 # --- the benchmark -------------------------------------------------------------------------------
 
 
-def bench_size(spark, n_target: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def bench_size(spark, n_target: int, *, quick: bool = False) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Night D at this size; ``quick``: its full rebuild as a first night against the reference, nothing else."""
     print(f"\n[bench_etl] {label(n_target)} events: preparing data", flush=True)
     root, facts = prepare_data(n_target)
     run_date = dt.date.fromisoformat(facts["run_date"])
     etl = _config(root).etl
-    seed_night = run_date - dt.timedelta(days=etl.train_days)
+    from dql_model.config import train_window_start
+
+    window_start = train_window_start(etl.train_window, run_date, first_partition(root / "warehouse"))
+    seed_night = window_start - dt.timedelta(days=1)  # its states seed night D's transitions
     incremental_wh, full_wh = root / "warehouse", root / "full-rebuild"
     shutil.rmtree(incremental_wh / "curated", ignore_errors=True)
     shutil.rmtree(full_wh, ignore_errors=True)
@@ -476,11 +492,15 @@ def bench_size(spark, n_target: int) -> tuple[list[dict[str, Any]], dict[str, An
     # About 600k rows per shuffle partition, at least 8 (the config's default).
     spark.conf.set("spark.sql.shuffle.partitions", str(max(8, round(facts["events"] / 625_000))))
     timings: dict[str, Any] = {}
-    for night, incremental in ((seed_night, True), (run_date - dt.timedelta(days=1), True), (run_date, True)):
+    nights = [] if quick else [seed_night, run_date - dt.timedelta(days=1), run_date]
+    for night in nights:
         print(f"[bench_etl] spark: night {night}", flush=True)
-        timings[str(night)] = run_spark_night(spark, incremental_wh, night, incremental=incremental)
-    previous_index = incremental_wh / "curated" / "item_index" / f"run_date={run_date - dt.timedelta(days=1)}"
-    shutil.copytree(previous_index, full_wh / "curated" / "item_index" / previous_index.name)
+        timings[str(night)] = run_spark_night(spark, incremental_wh, night, incremental=True)
+    previous_index = None
+    if not quick:
+        previous_index = incremental_wh / "curated" / "item_index" / f"run_date={run_date - dt.timedelta(days=1)}"
+        shutil.copytree(previous_index, full_wh / "curated" / "item_index" / previous_index.name)
+    full_wh.mkdir(parents=True, exist_ok=True)
     (full_wh / "raw").symlink_to((incremental_wh / "raw").resolve(), target_is_directory=True)
     print(f"[bench_etl] spark: night {run_date}, full rebuild", flush=True)
     full = run_spark_night(spark, full_wh, run_date, incremental=False)
@@ -489,9 +509,11 @@ def bench_size(spark, n_target: int) -> tuple[list[dict[str, Any]], dict[str, An
     ref = Reference(incremental_wh, run_date, previous_index)
     ref_stages = ref.run()
 
-    incremental = timings[str(run_date)]
+    builds = {"full": (full_wh, full)} if quick else {
+        "incremental": (incremental_wh, timings[str(run_date)]), "full": (full_wh, full)
+    }  # fmt: skip
     checks = {}
-    for name, warehouse in (("incremental", incremental_wh), ("full", full_wh)):
+    for name, (warehouse, _) in builds.items():
         for table in ("item_index", "user_states", "transitions"):
             checks[f"{name}/{table}"] = compare(
                 ref, table, warehouse / "curated" / table / f"run_date={run_date}"
@@ -502,7 +524,8 @@ def bench_size(spark, n_target: int) -> tuple[list[dict[str, Any]], dict[str, An
 
     rows = []
     n_raw = facts["events"]
-    for implementation, run in (("spark incremental", incremental), ("spark full rebuild", full)):
+    for name, (_, run) in builds.items():
+        implementation = "spark incremental" if name == "incremental" else "spark full rebuild"
         summary = run["summary"]
         seed = summary["transitions_seed_states"]
         transitions_from = str(dt.date.fromisoformat(seed) + dt.timedelta(days=1)) if seed else None
@@ -551,15 +574,15 @@ def _rows(n_target, implementation, stages, rows_in) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    chosen = [a for a in argv if a[:1].isdigit()] or os.environ.get(SIZES_ENV, ",".join(DEFAULT_SIZES)).split(
-        ","
-    )
+    quick = quick_mode(argv)  # one small size: a smoke run
+    default = QUICK_SIZE if quick else os.environ.get(SIZES_ENV, ",".join(DEFAULT_SIZES))
+    chosen = [a for a in argv if a[:1].isdigit()] or default.split(",")
     sizes = [parse_size(s) for s in chosen if s.strip()]
     spark = spark_session()
     try:
         rows, results = [], []
         for n in sizes:
-            size_rows, result = bench_size(spark, n)
+            size_rows, result = bench_size(spark, n, quick=quick)
             rows += size_rows
             results.append(result)
     finally:

@@ -1,6 +1,23 @@
-"""`dqlrec import` on a generated RetailRocket-format events.csv, next to pyarrow and DuckDB reading it.
+"""`dqlrec import` of RetailRocket-shaped files next to pyarrow reading the same files.
 
-``python -m benchmarks.bench_import [--rows 1M]`` (default 10M rows, or ``DQLREC_BENCH_IMPORT_ROWS``):
+``python -m benchmarks.bench_import [--scale 1.0]`` (or ``DQLREC_BENCH_IMPORT_SCALE``; ``--quick`` or
+``DQLREC_BENCH_QUICK=1``: scale 0.002, a few seconds): the four files of RetailRocket's layout
+(``events.csv``, both ``item_properties_part*.csv``, ``category_tree.csv``) at ``scale`` times its size
+(benchmarks/retailrocket_shape.py: 1.41M visitors, 2.76M events, 235k items with events, 417k items in
+20.3M property rows at 1.0), cached under var/bench/import-rr/. Each reader runs in its own child
+process, timed from start to exit with its own peak RSS (``os.wait4``):
+
+- ``dqlrec import --format retailrocket`` into a fresh warehouse (events, items, category check);
+- pyarrow ``read_csv`` of every file (multi-threaded, types inferred): the files into memory;
+- pyarrow ``open_csv`` of every file streamed single-threaded, every column a string: the reading
+  the importer does, without checks or writes.
+
+The table gives each one's seconds, rows/s, MB/s, peak RSS and its time as a multiple of pyarrow's
+``read_csv``; the import's counts are checked against what the generator drew (events, rows
+without a visitor, property rows, days). Writes var/bench/import.json.
+
+``python -m benchmarks.bench_import --rows 1M`` (or ``DQLREC_BENCH_IMPORT_ROWS``) runs the older
+events-only comparison instead, with DuckDB, and writes var/bench/import_events.json:
 
 1. generates ``events.csv`` in RetailRocket's layout (ms timestamps spread over 138 days in
    random order, as in the real file, so every chunk spans every day; 96.7% views, 2.5% carts,
@@ -31,10 +48,15 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from benchmarks.common import BENCH_DIR, print_table, write_json
+from benchmarks import retailrocket_shape
+from benchmarks.common import BENCH_DIR, print_table, quick_mode, write_json
 
 ROWS_ENV = "DQLREC_BENCH_IMPORT_ROWS"
-DEFAULT_ROWS = "10M"
+SCALE_ENV = "DQLREC_BENCH_IMPORT_SCALE"
+DEFAULT_SCALE = 1.0
+QUICK_SCALE, QUICK_PROPERTY_ROWS = 0.002, 5.0
+RR_VERSION = 1  # bump when retailrocket_shape's files change
+RR_DIR = BENCH_DIR / "import-rr"
 GENERATION_VERSION = 1  # bump when the generated file changes
 DATA_DIR = BENCH_DIR / "import-data"
 START_MS = 1_430_622_000_000  # 2015-05-03, RetailRocket's first day
@@ -121,10 +143,27 @@ def child(kind: str, path: str, out: str) -> dict:
     if kind == "generate":
         generate(Path(path), int(out))
         return {"rows": int(out)}
+    if kind == "generate-rr":
+        scale, rows_per_item = (float(v) for v in out.split(","))
+        return retailrocket_shape.write(Path(path), scale, property_rows_per_item=rows_per_item)
     if kind == "pyarrow-read":
         import pyarrow.csv as pacsv
 
-        return {"rows": pacsv.read_csv(path).num_rows}
+        return {"rows": sum(pacsv.read_csv(p).num_rows for p in _csv_files(Path(path)))}
+    if kind == "pyarrow-stream-all":
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+
+        rows = 0
+        for file in _csv_files(Path(path)):
+            names = pacsv.read_csv(file, read_options=pacsv.ReadOptions(block_size=1 << 16)).column_names
+            reader = pacsv.open_csv(
+                file,
+                read_options=pacsv.ReadOptions(block_size=32 << 20, use_threads=False),
+                convert_options=pacsv.ConvertOptions(column_types={n: pa.string() for n in names}),
+            )
+            rows += sum(batch.num_rows for batch in reader)
+        return {"rows": rows}
     if kind == "pyarrow-stream":
         import pyarrow as pa
         import pyarrow.csv as pacsv
@@ -165,6 +204,11 @@ def child(kind: str, path: str, out: str) -> dict:
     raise ValueError(f"unknown child {kind!r}")
 
 
+def _csv_files(path: Path) -> list[Path]:
+    """A CSV file, or the data set's files in a folder."""
+    return sorted(path.glob("*.csv")) if path.is_dir() else [path]
+
+
 def run_child(argv: list[str], env: dict[str, str], scratch: Path) -> dict:
     """Run ``argv`` as a child: its wall time, its own peak RSS (os.wait4) and its JSON on stdout."""
     out_path, err_path = scratch / "child.out", scratch / "child.err"
@@ -189,17 +233,132 @@ def run_child(argv: list[str], env: dict[str, str], scratch: Path) -> dict:
 
 
 def main(argv: Sequence[str] = ()) -> None:
-    """`python -m benchmarks` calls this without arguments: the full run."""
+    """`python -m benchmarks` calls this without arguments: the full run (quick with DQLREC_BENCH_QUICK=1)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=float, help=f"RetailRocket sizes times this (default {DEFAULT_SCALE})")
     parser.add_argument(
-        "--rows", default=os.environ.get(ROWS_ENV, DEFAULT_ROWS), help="rows to generate (10M, 1M, 200k)"
-    )
+        "--property-rows-per-item", type=float, default=retailrocket_shape.PROPERTY_ROWS_PER_ITEM,
+        help="rows of the property files per item (RetailRocket: 48.6)",
+    )  # fmt: skip
+    parser.add_argument("--rows", default=os.environ.get(ROWS_ENV), help="events-only run: rows (10M, 1M, 200k)")
+    parser.add_argument("--quick", action="store_true", help=f"scale {QUICK_SCALE}: a smoke run of seconds")
     parser.add_argument("--child", nargs=3, metavar=("KIND", "PATH", "OUT"), help=argparse.SUPPRESS)
     options = parser.parse_args(list(argv))
     if options.child:
         print(json.dumps(child(*options.child)))
         return
-    rows = parse_rows(options.rows)
+    if options.rows and not options.quick:
+        bench_events_only(parse_rows(options.rows))
+        return
+    quick = options.quick or quick_mode()
+    scale = options.scale or (QUICK_SCALE if quick else float(os.environ.get(SCALE_ENV, DEFAULT_SCALE)))
+    bench_retailrocket(scale, QUICK_PROPERTY_ROWS if quick else options.property_rows_per_item)
+
+
+def rr_dataset(scale: float, rows_per_item: float) -> tuple[Path, dict]:
+    """The RetailRocket-shaped files of this scale (generated in a child once), and what was drawn."""
+    folder = RR_DIR / f"scale-{scale:g}-rows-{rows_per_item:g}-v{RR_VERSION}"
+    shape_file = folder / "shape.json"
+    if not shape_file.is_file():
+        shutil.rmtree(RR_DIR, ignore_errors=True)  # one data set at a time: up to 0.8 GB
+        started = time.perf_counter()
+        argv = [sys.executable, "-m", "benchmarks.bench_import", "--child", "generate-rr", str(folder),
+                f"{scale},{rows_per_item}"]  # fmt: skip
+        env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+        subprocess.run(argv, check=True, cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL)
+        size = sum(p.stat().st_size for p in folder.glob("*.csv"))
+        print(f"generated {folder} ({size / 2**20:,.0f} MiB) in {time.perf_counter() - started:.0f}s")
+    return folder, json.loads(shape_file.read_text())
+
+
+def bench_retailrocket(scale: float, rows_per_item: float) -> dict:
+    folder, shape = rr_dataset(scale, rows_per_item)
+    size_mb = sum(shape["files"].values()) / 1e6
+    total_rows = shape["events"] + shape["property_rows"] + shape["categories"]
+    scratch = BENCH_DIR / "import-run"
+    python = sys.executable
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT), "DQLREC_WAREHOUSE__ROOT": str(scratch / "warehouse")}
+    child_argv = [python, "-m", "benchmarks.bench_import", "--child"]
+    runs = {
+        "dqlrec import": [python, "-m", "dql_model.cli", "import", "--format", "retailrocket", str(folder), "--json"],
+        "pyarrow read_csv (threads, inferred types)": [*child_argv, "pyarrow-read", str(folder), "-"],
+        "pyarrow open_csv (1 thread, strings)": [*child_argv, "pyarrow-stream-all", str(folder), "-"],
+    }
+    results, summary = [], {}
+    for name, argv_ in runs.items():
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True)
+        print(f"running {name} on {folder.name} ...", flush=True)
+        measured = run_child(argv_, env, scratch)
+        output = measured["output"]
+        if name == "dqlrec import":
+            summary = output
+            rows = sum(f["rows"] for f in output["files"]) + shape["categories"]
+        else:
+            rows = output["rows"]
+        results.append(
+            {
+                "reader": name,
+                "rows": rows,
+                "seconds": round(measured["seconds"], 2),
+                "rows_per_s": round(total_rows / measured["seconds"]),
+                "mb_per_s": round(size_mb / measured["seconds"], 1),
+                "peak_rss_mib": round(measured["peak_rss_mib"], 1),
+            }
+        )
+    shutil.rmtree(scratch, ignore_errors=True)
+    _check_import(summary, shape)
+    floor = results[1]["seconds"]
+    for r in results:
+        r["x_pyarrow_read"] = round(r["seconds"] / floor, 2)
+    print_table(
+        f"dqlrec import: RetailRocket layout at scale {scale:g} ({shape['events']:,} events, "
+        f"{shape['property_rows']:,} property rows of {shape['property_items']:,} items, {size_mb:,.0f} MB), "
+        "each reader in its own process",
+        ["reader", "rows", "seconds", "rows/s", "MB/s", "peak RSS MiB", "x pyarrow read_csv"],
+        [
+            [r["reader"], r["rows"], r["seconds"], r["rows_per_s"], r["mb_per_s"], r["peak_rss_mib"], r["x_pyarrow_read"]]
+            for r in results
+        ],
+    )
+    figures = {
+        "layout": "retailrocket",
+        "scale": scale,
+        "shape": shape,
+        "file_mb": round(size_mb, 1),
+        "results": results,
+        "import": {
+            "seconds_in_process": summary["seconds"],
+            "days": len(summary["dates"]),
+            "items_written": summary["items"]["written"],
+            "warnings": summary["warnings"],
+        },
+    }
+    write_json("import", figures)
+    return figures
+
+
+def _check_import(summary: dict, shape: dict) -> None:
+    """The import read every row and accounted for it as the generator drew it."""
+    files = {Path(f["file"]).name: f for f in summary["files"]}
+    properties = sum(f["rows"] for name, f in files.items() if name.startswith("item_properties"))
+    found = {
+        "events": summary["input"],
+        "quarantined": summary["quarantined"],
+        "property_rows": properties,
+        "days": len(summary["dates"]),
+    }
+    expected = {
+        "events": shape["events"],
+        "quarantined": shape["rows_without_visitor"],
+        "property_rows": shape["property_rows"],
+        "days": shape["event_days"],
+    }
+    if found != expected or summary["input"] != summary["accepted"] + summary["quarantined"]:
+        raise SystemExit(f"import counts {found} != generated {expected} (or the balance is off)")
+
+
+def bench_events_only(rows: int) -> None:
     path = dataset(rows)
     size_mb = path.stat().st_size / 1e6
     scratch = BENCH_DIR / "import-run"
@@ -254,7 +413,7 @@ def main(argv: Sequence[str] = ()) -> None:
             for r in results
         ],
     )
-    write_json("import", {"rows": rows, "file_mb": round(size_mb, 1), "results": results})
+    write_json("import_events", {"rows": rows, "file_mb": round(size_mb, 1), "results": results})
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import jobs.shop_loop
-from benchmarks.common import BENCH_DIR, machine, write_json
+from benchmarks.common import BENCH_DIR, machine, quick_mode, write_json
 from dql_model.config import load_config
 from dql_model.judging import plots
 from dql_model.pipeline import shop_loop
@@ -39,6 +39,14 @@ SCALE = {
     "spark": {"master": "local[1]", "shuffle_partitions": 1},
 }
 """The reduced scale (overrides of the default config); everything else is the default."""
+QUICK_SCALE = {
+    "simulator": {"n_users": 120, "n_items": 40, "n_categories": 4},
+    "train": {"epochs": 1, "threads": 1},
+    "eval": {"baseline_trials": 0, "sim_users": 0},
+    "spark": {"master": "local[1]", "shuffle_partitions": 1},
+}
+"""Quick mode (a smoke run of one night of each policy on one tiny twin shop)."""
+QUICK_ARGS = ["--days", "1", "--seeds", "1", "--policy", "dqn,popularity", "--truth-replicates", "1"]
 FIGURE = Path(__file__).parent / "figures" / plots.LOOP_RETURN
 
 
@@ -50,20 +58,23 @@ def main(argv: Sequence[str] = ()) -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--policy", default="dqn,dqn:cql_alpha=1,supervised,popularity")
     parser.add_argument("--truth-replicates", type=int, default=4)
-    args = parser.parse_args(list(argv))
-    cfg = load_config(None).replace(**SCALE)
+    parser.add_argument("--quick", action="store_true", help=f"{' '.join(QUICK_ARGS)} on a tiny shop")
+    quick = quick_mode(argv)
+    args = parser.parse_args([*QUICK_ARGS, *argv] if quick else list(argv))
+    scale = QUICK_SCALE if quick else SCALE
+    cfg = load_config(None).replace(**scale)
     settings = shop_loop.LoopSettings(
         days=args.days,
         seeds=tuple(range(args.seeds)),
         policies=tuple(p for p in args.policy.split(",") if p),
         truth_replicates=args.truth_replicates,
     )
-    summary = jobs.shop_loop.run(cfg, settings, BENCH_DIR / "loop")
+    summary = jobs.shop_loop.run(cfg, settings, BENCH_DIR / ("loop-quick" if quick else "loop"))
     print(shop_loop.format_summary(summary))
-    if len(settings.policies) > 1:
+    if len(settings.policies) > 1 and not quick:
         plots.loop_return(summary, FIGURE)
         print(f"plot {FIGURE}")
-    print(f"json {write_json('loop', {'machine': machine(), 'scale': SCALE, **summary})}")
+    print(f"json {write_json('loop', {'machine': machine(), 'scale': scale, **summary})}")
 
 
 if __name__ == "__main__":

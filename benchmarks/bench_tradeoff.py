@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import BENCH_DIR, machine, print_table, write_json
+from benchmarks.common import BENCH_DIR, machine, print_table, quick_mode, skipped, write_json
 from dql_model import config as config_module
 from dql_model.config import Config
 from dql_model.contract import schema
@@ -297,15 +297,17 @@ def main(argv: Sequence[str] = ()) -> None:
     parser.add_argument(
         "--threads", type=int, default=0, help="torch threads (train.threads; 0: all allowed CPUs)"
     )
-    args = parser.parse_args(list(argv))
+    parser.add_argument("--quick", action="store_true", help=f"{' '.join(QUICK_ARGS)}, one epoch, few shoppers")
+    quick = quick_mode(argv)
+    args = parser.parse_args([*QUICK_ARGS, *argv] if quick else list(argv))
 
     base = config_module.load_config(args.config)
     base = base.replace(train={"device": "cpu", "threads": args.threads})
+    if quick:
+        base = base.replace(**QUICK_SETTINGS)
     run_date = args.run_date or latest_run_date(base)
     if run_date is None:  # under `make bench` the benchmarks after this one still run
-        print(
-            f"bench_tradeoff skipped: no transitions partition under {base.warehouse.root}; `make run` builds one"
-        )
+        skipped("tradeoff", f"no transitions partition under {base.warehouse.root}; `make run` builds one")
         return
     night = Night.load(base, run_date)
     refreshes = night.refreshes
@@ -379,6 +381,11 @@ def main(argv: Sequence[str] = ()) -> None:
         },
     )
     print(f"figures: {path}, plot: {figure} ({machine()['cores']} cores)")
+
+
+QUICK_ARGS = ["--seeds", "0", "--alphas", "1", "--no-sqn"]
+QUICK_SETTINGS = {"train": {"epochs": 1}, "eval": {"sim_users": 20, "sim_seeds": 1}}
+"""Quick mode (a smoke run): the supervised mode and one DQN, one epoch, a few simulated shoppers."""
 
 
 if __name__ == "__main__":

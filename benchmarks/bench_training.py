@@ -11,12 +11,14 @@ returns, and the full vs the sampled conservative term on a large catalogue. CPU
 
 from __future__ import annotations
 
+import sys
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from benchmarks.common import peak_rss_mib, print_table, write_json
+from benchmarks.common import peak_rss_mib, print_table, quick_mode, write_json
 from dql_model.config import Config
 from dql_model.contract import schema
 from dql_model.learning.agent import DQNAgent, TensorBatch
@@ -101,7 +103,10 @@ def cases(base: Config) -> list[tuple[str, Config, int]]:
     ]
 
 
-def main() -> None:
+def main(argv: Sequence[str] = ()) -> None:
+    global WARMUP_STEPS, TIMED_STEPS, LARGE_CATALOGUE
+    if quick_mode(argv):  # a smoke run: every case, one timed step, a 10k "large" catalogue
+        WARMUP_STEPS, TIMED_STEPS, LARGE_CATALOGUE = 1, 1, 10_000
     base = Config()
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows, records = [], []
@@ -129,5 +134,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])
 

@@ -13,6 +13,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 BENCH_DIR = Path(os.environ.get("DQLREC_BENCH_DIR", Path(__file__).resolve().parents[1] / "var" / "bench"))
+QUICK_ENV = "DQLREC_BENCH_QUICK"
+"""``1``: every benchmark runs its quick mode (tiny sizes, seconds each; ``python -m benchmarks --quick``)."""
+
+
+def quick_mode(argv: Sequence[str] = ()) -> bool:
+    """True when ``--quick`` is in ``argv`` or DQLREC_BENCH_QUICK=1: a smoke run, not figures to quote."""
+    return "--quick" in argv or os.environ.get(QUICK_ENV) == "1"
+
+
+def skipped(name: str, reason: str) -> Path:
+    """Say why benchmark ``name`` did not run, and record it as its JSON (``skipped``: the reason)."""
+    print(f"{name} skipped: {reason}")
+    return write_json(name, {"skipped": reason})
 
 
 def machine() -> dict[str, object]:

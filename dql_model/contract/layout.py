@@ -17,6 +17,7 @@ This module is the one owner of those paths; everything else asks it (``cfg.layo
     <root>/reports/run_date=D/data_docs/     Great Expectations Data Docs of the run's gates
     <root>/<layer>/_swap/<table>/            partitions being assembled or retired (swap_area)
     <root>/_locks/run_date=D.lock            the run date's writer lock (dql_model.warehouse.locks)
+    <root>/_locks/import.lock                held by the `dqlrec import` under way (one at a time)
 
 Paths are strings, not ``Path`` objects, so a root like ``hdfs://...`` survives for the Spark
 jobs; local callers wrap them in ``Path``. Writers put a partition together in the table's swap
@@ -114,6 +115,10 @@ class Layout:
     def import_spill(self, import_id: str) -> str:
         """Scratch folder of one import in progress (chunks per date), hidden from every reader."""
         return self._join(STAGING, "_import", import_id)
+
+    def import_lock(self) -> str:
+        """The lock file of `dqlrec import`: one import into this warehouse at a time."""
+        return self._join(LOCKS, "import.lock")
 
     def etl_summary(self, run_date: str) -> str:
         """The counts the ETL job writes for a run date (input = accepted + quarantined, ...)."""

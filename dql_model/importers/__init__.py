@@ -84,6 +84,8 @@ def main(args: argparse.Namespace) -> int:
         items=args.items,
         block_size=args.block_size_mib << 20,
         progress_every=args.progress_every,
+        lock_wait_s=cfg.warehouse.lock_wait_s,
+        lock_stale_s=cfg.warehouse.lock_stale_s,
         **{name: getattr(args, name) for name in _EVENTS_ONLY},
     )
     if args.json:
@@ -94,8 +96,13 @@ def main(args: argparse.Namespace) -> int:
 
 
 def import_data(layout, format: str, path: Path, *, items: Path | None = None, block_size: int | None = None,
-                progress_every: int | None = None, stream=None, **events_flags) -> dict:  # fmt: skip
-    """Import ``path`` in ``format`` into the warehouse of ``layout``; returns the summary."""
+                progress_every: int | None = None, stream=None, lock_wait_s: float | None = None,
+                lock_stale_s: float | None = None, **events_flags) -> dict:  # fmt: skip
+    """Import ``path`` in ``format`` into the warehouse of ``layout``; returns the summary.
+
+    ``lock_wait_s`` / ``lock_stale_s``: how long to wait for another import's lock, and when to take
+    it over (default: the warehouse config's defaults).
+    """
     from dql_model.importers import core, events, movielens, retailrocket, yoochoose
     from dql_model.importers.warehouse import ImportRun
 
@@ -112,7 +119,9 @@ def import_data(layout, format: str, path: Path, *, items: Path | None = None, b
         )
     progress = core.Progress(progress_every or core.DEFAULT_PROGRESS_EVERY, stream)
     path = Path(path)
-    with ImportRun(layout, format=format, progress=progress) as run:
+    with ImportRun(
+        layout, format=format, progress=progress, lock_wait_s=lock_wait_s, lock_stale_s=lock_stale_s
+    ) as run:
         if format == "retailrocket":
             return retailrocket.run(run, path, items=items, block_size=block_size)
         if format == "yoochoose":
@@ -150,6 +159,8 @@ def render(summary: dict) -> str:
     )
     for warning in summary["warnings"]:
         lines.append(f"warning: {warning}")
+    for line in summary.get("recovered", ()):
+        lines.append(f"recovered: {line}")
     if summary["quarantined"] or any(f["quarantined"] for f in summary["files"]):
         lines.append(f"quarantine: {Path(next(iter(summary['quarantine'].values()))).parent}")
     lines.append(

@@ -151,13 +151,13 @@ def read_csv_chunks(
     )
     first_line = header_lines + 1
     seen, reported, rows = 0, 0, 0
+    bad_lines = np.array([], np.int64)
     try:
         for batch in reader:
             # Line of valid row j: first_line + j + (malformed lines before it). A malformed line l
             # with m malformed lines before it sits after valid row number l - first_line - m.
-            bad_lines = np.sort(
-                np.fromiter((line for line, _ in malformed), dtype=np.int64, count=len(malformed))
-            )
+            new_lines = np.array([line for line, _ in malformed[len(bad_lines) :]], np.int64)
+            bad_lines = np.sort(np.concatenate([bad_lines, new_lines]))
             after = bad_lines - first_line - np.arange(len(bad_lines))
             index = np.arange(seen, seen + batch.num_rows, dtype=np.int64)
             lines = index + first_line + np.searchsorted(after, index, side="right")
@@ -258,10 +258,11 @@ def epoch_micros(strings: pa.Array, unit: str) -> pa.Array:
     return _micros_in_range(micros)
 
 
-_ZONED = r"(Z|[+-][0-9]{2}(:?[0-9]{2})?)$"
-_ISO = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?)?)?" + _ZONED.replace(
-    "$", "?$"
-)
+_ZONE = r"(Z|[+-][0-9]{2}(:?[0-9]{2})?)"
+_TIME_OF_DAY = r"[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?)?"
+_ISO = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}(" + _TIME_OF_DAY + ")?" + _ZONE + "?$"
+_ZONED = _TIME_OF_DAY + _ZONE + "$"
+"""A zone after a time of day: the "-29" of a date alone ("2016-02-29") is its day, not a zone."""
 
 
 def iso_micros(strings: pa.Array) -> pa.Array:
@@ -269,33 +270,70 @@ def iso_micros(strings: pa.Array) -> pa.Array:
     valid = pc.match_substring_regex(strings, _ISO)
     zoned = pc.match_substring_regex(strings, _ZONED)
     try:
-        with_zone = pc.cast(
-            pc.if_else(pc.and_(valid, zoned), strings, "1970-01-01T00:00:00Z"), pa.timestamp("ns", "UTC")
-        )
-        naive_text = pc.if_else(pc.and_(valid, pc.invert(zoned)), strings, "1970-01-01 00:00:00")
-        # "YYYY-MM-DD" alone: Arrow wants a time of day for a timestamp.
-        naive_text = pc.if_else(
-            pc.equal(pc.utf8_length(naive_text), 10),
-            pc.binary_join_element_wise(naive_text, " 00:00:00", ""),
-            naive_text,
-        )
-        naive = pc.cast(pc.cast(naive_text, pa.timestamp("ns")), pa.timestamp("ns", "UTC"))
-        parsed = pc.if_else(zoned, with_zone, naive)
-        micros = pc.cast(pc.cast(parsed, pa.timestamp("us", "UTC"), safe=False), pa.int64())
-        micros = pc.if_else(valid, micros, pa.scalar(None, pa.int64()))
-    except pa.ArrowInvalid:  # a value of the right shape that is no calendar time (month 13): one by one
-        micros = pa.array([_iso_one(s) for s in strings.to_pylist()], pa.int64())
+        micros = _iso_cast(strings, valid, zoned)
+    except pa.ArrowInvalid:  # a value of the right shape that is no calendar time (month 13, 25 h)
+        micros = _iso_cast_each(strings, pc.and_(valid, _calendar_ok(strings, valid)), zoned)
     return _micros_in_range(micros)
 
 
-def _iso_one(text: str) -> int | None:
+def _iso_cast(strings: pa.Array, valid: pa.Array, zoned: pa.Array) -> pa.Array:
+    """UTC microseconds of the ``valid`` strings (null elsewhere); raises if one of them is no time."""
+    with_zone = pc.cast(
+        pc.if_else(pc.and_(valid, zoned), strings, "1970-01-01T00:00:00Z"), pa.timestamp("ns", "UTC")
+    )
+    naive_text = pc.if_else(pc.and_(valid, pc.invert(zoned)), strings, "1970-01-01 00:00:00")
+    # "YYYY-MM-DD" alone: Arrow wants a time of day for a timestamp.
+    naive_text = pc.if_else(
+        pc.equal(pc.utf8_length(naive_text), 10),
+        pc.binary_join_element_wise(naive_text, " 00:00:00", ""),
+        naive_text,
+    )
+    naive = pc.cast(pc.cast(naive_text, pa.timestamp("ns")), pa.timestamp("ns", "UTC"))
+    parsed = pc.if_else(zoned, with_zone, naive)
+    micros = pc.cast(pc.cast(parsed, pa.timestamp("us", "UTC"), safe=False), pa.int64())
+    return pc.if_else(valid, micros, pa.scalar(None, pa.int64()))
+
+
+def _iso_cast_each(strings: pa.Array, valid: pa.Array, zoned: pa.Array) -> pa.Array:
+    """``_iso_cast`` with a value Arrow still refuses set to null: halves are cast until the bad one is alone,
+    so a few bad values cost a few casts of shrinking slices, never a Python call per row."""
     try:
-        value = dt.datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.UTC)
-    return int((value - FIRST_TIME) / dt.timedelta(microseconds=1))
+        return _iso_cast(strings, valid, zoned)
+    except pa.ArrowInvalid:
+        if len(strings) == 1:
+            return pa.nulls(1, pa.int64())
+        half = len(strings) // 2
+        return pa.concat_arrays(
+            [
+                _iso_cast_each(strings.slice(0, half), valid.slice(0, half), zoned.slice(0, half)),
+                _iso_cast_each(strings.slice(half), valid.slice(half), zoned.slice(half)),
+            ]
+        )
+
+
+_CALENDAR = (
+    r"^(?P<year>[0-9]{4})-(?P<month>[0-9]{2})-(?P<day>[0-9]{2})"
+    r"(?:[T ](?P<hour>[0-9]{2}):(?P<minute>[0-9]{2})(?::(?P<second>[0-9]{2}))?)?"
+)
+
+
+def _calendar_ok(strings: pa.Array, valid: pa.Array) -> pa.Array:
+    """False where an ISO-shaped string names no calendar time (month 13, February 30, hour 24, ...)."""
+    text = pc.if_else(valid, strings, "2000-01-01")
+    fields = pc.extract_regex(text, _CALENDAR)
+
+    def number(name: str) -> np.ndarray:
+        digits = pc.struct_field(fields, name)
+        return np.asarray(pc.cast(pc.if_else(pc.equal(digits, ""), "0", digits), pa.int64()))
+
+    year, month, day = number("year"), number("month"), number("day")
+    leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
+    month_ok = (month >= 1) & (month <= 12)
+    days = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])[np.where(month_ok, month, 0)]
+    days = days + (leap & (month == 2))
+    ok = month_ok & (day >= 1) & (day <= days)
+    ok &= (number("hour") < 24) & (number("minute") < 60) & (number("second") < 60)
+    return pa.array(ok)
 
 
 def format_micros(strings: pa.Array, time_format: str) -> pa.Array:
@@ -412,17 +450,14 @@ class Verdicts:
             table = self.chunk.table
             raw_columns = [as_strings(table.column(n).take(bad)) for n in table.column_names]
             record = pc.binary_join_element_wise(*raw_columns, self.chunk.delimiter)
-            which = self.failed[bad]
-            rules = np.array([c[0] for c in self.checks], dtype=object)[which]
-            columns = np.array([c[1] for c in self.checks], dtype=object)[which]
-            values = _raw_values(self.checks, which, bad)
+            which = pa.array(self.failed[bad])
             parts.append(
                 pa.table(
                     [
                         pa.array(self.chunk.lines[bad]),
-                        pa.array(rules, pa.string()),
-                        pa.array(columns, pa.string()),
-                        pa.array(values, pa.string()),
+                        pa.array([c[0] for c in self.checks], pa.string()).take(which),
+                        pa.array([c[1] for c in self.checks], pa.string()).take(which),
+                        _raw_values(self.checks, self.failed[bad], bad),
                         record,
                     ],
                     schema=contract,
@@ -430,14 +465,16 @@ class Verdicts:
             )
         if self.chunk.malformed:
             expected = self.chunk.table.num_columns
+            n = len(self.chunk.malformed)
+            # The rows come from pyarrow's per-row callback (a Python list already): no loop is added here.
             lines, texts = zip(*self.chunk.malformed, strict=True)
             parts.append(
                 pa.table(
                     [
                         pa.array(lines, pa.int64()),
-                        pa.array([schema.RULE_MALFORMED_ROW] * len(lines), pa.string()),
-                        pa.array([None] * len(lines), pa.string()),
-                        pa.array([f"expected {expected} fields"] * len(lines), pa.string()),
+                        pa.repeat(pa.scalar(schema.RULE_MALFORMED_ROW), n),
+                        pa.nulls(n, pa.string()),
+                        pa.repeat(pa.scalar(f"expected {expected} fields"), n),
                         pa.array(texts, pa.string()),
                     ],
                     schema=contract,
@@ -454,15 +491,16 @@ class Verdicts:
         return counts
 
 
-def _raw_values(checks, which: np.ndarray, bad: np.ndarray) -> list[str | None]:
-    """Raw value of the failed column of each refused row, grouped by check (many refused rows)."""
-    values: list[str | None] = [None] * len(bad)
-    for w in np.unique(which):
+def _raw_values(checks, which: np.ndarray, bad: np.ndarray) -> pa.Array:
+    """Raw value of the failed column of each refused row: taken check by check, then put back in row order."""
+    positions, values = [], []
+    for w in np.unique(which):  # one take per check that failed, whatever the number of rows
         at = np.flatnonzero(which == w)
-        taken = as_strings(checks[w][2].take(pa.array(bad[at]))).to_pylist()
-        for position, value in zip(at, taken, strict=True):
-            values[position] = value
-    return values
+        positions.append(at)
+        values.append(pc.cast(as_strings(checks[w][2].take(pa.array(bad[at]))), pa.string()))
+    order = np.empty(len(bad), np.int64)
+    order[np.concatenate(positions)] = np.arange(len(bad))
+    return pa.concat_arrays(values).take(pa.array(order))
 
 
 # --- counts and progress -----------------------------------------------------------------------

@@ -17,11 +17,21 @@ swapped in before the event partitions, so no event ever names an item the catal
 
 Refused rows go to ``Layout.import_quarantine(file name)``, one partition per input file,
 replaced on each import of that file (empty when nothing was refused).
+
+One import runs at a time: it holds ``Layout.import_lock`` (``dql_model.warehouse.locks``: a second
+import waits, then fails naming the holder; the lock of one that died is taken over). So whatever
+lies in the swap areas of the events and quarantine tables, or in the import scratch folder, when an
+import starts was left by one that died (SIGKILL, a lost machine): it is removed first, by
+``storage.recover_table`` (the recovery every writer of a partition runs), and listed in the summary
+(``recovered``). A killed import leaves the days it had swapped in (whole, each one) and the
+previous version of the others; rerunning it writes them all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import logging
 import re
 import shutil
 import time
@@ -36,10 +46,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from dql_model.config import WarehouseConfig
 from dql_model.contract import schema
 from dql_model.contract.layout import Layout
 from dql_model.importers.core import US_PER_DAY, Chunk, Converter, FileCounts, Progress, UnusableInput
-from dql_model.warehouse import storage
+from dql_model.warehouse import locks, storage
+
+log = logging.getLogger(__name__)
 
 ROWS_PER_FILE = 1_000_000
 """Rows per Parquet file of a day partition (as storage.write_partition)."""
@@ -55,12 +68,25 @@ def quarantine_name(path: Path) -> str:
 class ImportRun:
     """One `dqlrec import`: reads files through converters, spills, then swaps everything in at ``finish``.
 
-    Use it as a context manager: the scratch folder and any staged partition are removed however
-    the import ends.
+    Use it as a context manager: it takes the import lock and sweeps what a dead import left;
+    the scratch folder and any staged partition are removed however the import ends.
     """
 
-    def __init__(self, layout: Layout, *, format: str, progress: Progress | None = None) -> None:
+    def __init__(
+        self,
+        layout: Layout,
+        *,
+        format: str,
+        progress: Progress | None = None,
+        lock_wait_s: float | None = None,
+        lock_stale_s: float | None = None,
+    ) -> None:
+        defaults = WarehouseConfig()  # the same wait and staleness as the run-date locks
         self.layout = layout
+        self.lock_wait_s = defaults.lock_wait_s if lock_wait_s is None else lock_wait_s
+        self.lock_stale_s = defaults.lock_stale_s if lock_stale_s is None else lock_stale_s
+        self.recovered: list[str] = []
+        self._exit = contextlib.ExitStack()
         self.format = format
         self.progress = progress or Progress()
         self.spill = Path(layout.import_spill(uuid.uuid4().hex[:12]))
@@ -75,14 +101,39 @@ class ImportRun:
         self._started = time.perf_counter()
 
     def __enter__(self) -> ImportRun:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(
+                locks.run_date_lock(
+                    self.layout.import_lock(),
+                    run_date="every date of the raw tables (an import)",
+                    step=f"import --format {self.format}",
+                    wait_s=self.lock_wait_s,
+                    stale_s=self.lock_stale_s,
+                )
+            )
+            self.recovered = self._sweep()
+            self._exit = stack.pop_all()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        shutil.rmtree(self.spill, ignore_errors=True)
-        try:
-            self.spill.parent.rmdir()  # staging/_import, unless another import is under way
-        except OSError:
-            pass
+        with self._exit:  # the lock goes last
+            shutil.rmtree(self.spill, ignore_errors=True)
+            try:
+                self.spill.parent.rmdir()  # staging/_import
+            except OSError:
+                pass
+
+    def _sweep(self) -> list[str]:
+        """Remove what imports that died left (no other import runs: we hold the lock); what was done."""
+        done = []
+        for table in (schema.EVENTS, schema.IMPORT_QUARANTINE):
+            done += storage.recover_table(self.layout.table(table))
+        scratch = self.spill.parent
+        for leftover in sorted(scratch.iterdir()) if scratch.is_dir() else ():
+            shutil.rmtree(leftover)
+            done.append(f"removed {leftover} (the scratch folder of an import that died)")
+            log.warning("import: removed %s, the scratch folder of an import that died", leftover)
+        return done
 
     # --- reading -----------------------------------------------------------------------------
 
@@ -224,9 +275,10 @@ class ImportRun:
         seen = pc.unique(pa.chunked_array(self._item_ids, pa.string()).combine_chunks())
         new = items.cast(contract).to_pandas() if items is not None else contract.empty_table().to_pandas()
         new = new.drop_duplicates(schema.ITEM_ID, keep="last")
-        only_in_events = pd.DataFrame(
-            {schema.ITEM_ID: np.setdiff1d(seen.to_numpy(zero_copy_only=False), new[schema.ITEM_ID])}
-        )
+        # A hash lookup (pc.is_in), not np.setdiff1d: on string arrays numpy loops in Python, O(n * m).
+        named = pc.is_in(seen, value_set=pa.array(new[schema.ITEM_ID], pa.string()))
+        only = pc.filter(seen, pc.invert(named))
+        only_in_events = pd.DataFrame({schema.ITEM_ID: only.take(pc.sort_indices(only)).to_pandas()})
         new = pd.concat([new, only_in_events], ignore_index=True) if len(only_in_events) else new
         self.items_from_input = len(new)
         folder = Path(self.layout.table(schema.ITEMS))
@@ -274,6 +326,7 @@ class ImportRun:
                 name: self.layout.import_quarantine(name) for name in sorted(self._quarantine_names)
             },
             "warnings": self.warnings,
+            "recovered": self.recovered,
             "seconds": round(time.perf_counter() - self._started, 3),
         }
 

@@ -88,6 +88,22 @@ def recover(final: str | os.PathLike[str]) -> list[str]:
     return done
 
 
+def recover_table(table_root: str | os.PathLike[str]) -> list[str]:
+    """``recover`` every partition of the table at ``table_root`` that has folders in its swap area.
+
+    For a writer that may have died while staging partitions it no longer names (a killed import
+    of other days): the partition of each leftover is read back from its name, as staging_path wrote it.
+    """
+    area = Path(swap_area(str(table_root)))
+    names = set()
+    for leftover in area.iterdir() if area.is_dir() else ():
+        for tag in (STAGING, RETIRED):
+            name, found, _ = leftover.name.rpartition(f".{tag}-")
+            if found:
+                names.add(name)
+    return [line for name in sorted(names) for line in recover(Path(table_root) / name)]
+
+
 def swap_in(staged: str | os.PathLike[str], final: str | os.PathLike[str]) -> None:
     """Replace the folder ``final`` by ``staged`` (in the swap area) as the module docstring says."""
     staged, final = Path(staged), Path(final)

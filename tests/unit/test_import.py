@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -16,7 +20,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from dql_model import cli, importers
+from dql_model import cli, faults, importers
 from dql_model.contract import schema
 from dql_model.contract.layout import Layout
 from dql_model.errors import EmptyInput, InputError, MissingInput
@@ -150,6 +154,50 @@ def test_rerun_gives_identical_files_and_leaves_no_scratch(layout, tmp_path):
     hidden = [p for p in Path(layout.root).rglob(".*")]
     assert hidden == []
     assert not Path(layout.root, "staging", "_import").exists()
+
+
+def test_the_next_import_sweeps_what_a_killed_import_left(layout, tmp_path):
+    """An import SIGKILLed mid-swap leaves staged partitions, its scratch and its lock; the next one
+    removes them all (and a staged day of an earlier killed delivery) and writes what a clean import writes."""
+    clean = Layout(str(tmp_path / "clean"))
+    run_import(clean, "retailrocket", RETAILROCKET)
+    root = Path(layout.root)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+        "DQLREC_WAREHOUSE__ROOT": str(root),
+        faults.FAULT_ENV: "swap:staged#3",  # items and the first day swapped in, the rest staged
+    }
+    killed = subprocess.run(
+        [sys.executable, "-m", "dql_model.cli", "import", "--format", "retailrocket", str(RETAILROCKET)],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    swap = root / "raw" / "_swap"
+    other_day = swap / "events" / "event_date=2015-05-30.staging-0badf00d"  # from an earlier killed import
+    other_day.mkdir(parents=True)
+    pq.write_table(pa.table({"user_id": ["stale"]}), other_day / "part-00000.parquet")
+    staged = sorted(p.name for p in swap.glob("*/*"))
+    assert [n.split(".staging-")[0] for n in staged] == [
+        "event_date=2015-05-30",
+        "event_date=2015-06-02",
+        "event_date=2015-06-03",
+        "source_file=events.csv",
+        "source_file=item_properties_part1.csv",
+        "source_file=item_properties_part2.csv",
+    ]
+    scratch = list((root / "staging" / "_import").iterdir())
+    assert len(scratch) == 1 and any(scratch[0].rglob("*.arrow"))
+    assert Path(layout.import_lock()).is_file()  # held by the dead process
+
+    summary = run_import(layout, "retailrocket", RETAILROCKET)
+
+    assert len(summary["recovered"]) == len(staged) + 1  # every staged folder and the scratch
+    assert [p for p in swap.rglob("*") if p.is_file()] == []
+    assert not (root / "staging" / "_import").exists()
+    assert not Path(layout.import_lock()).exists()
+    assert not Path(layout.partition(schema.EVENTS, "2015-05-30")).exists()
+    assert file_digests(root / "raw") == file_digests(tmp_path / "clean" / "raw")
 
 
 def test_reimport_replaces_only_the_dates_in_the_input(layout, tmp_path):
