@@ -41,14 +41,16 @@ $(STAMP): requirements.txt pyproject.toml
 	@touch $(STAMP)
 
 ## run: generate the demo shop if the warehouse is empty, then run the nightly DAG once through Airflow
+# Progress (each task's start and end, the tasks' [dqlrec] lines) is printed as it happens; Airflow logs
+# at INFO for this run because it reports task starts and ends at INFO (dql_model/ops/airflow_log.py).
 run: install
 	@$(BIN)/dqlrec generate --if-empty
 	@$(BIN)/airflow db migrate > var/airflow-migrate.log 2>&1 || { cat var/airflow-migrate.log; exit 1; }
 	@date="$(RUN_DATE)"; [ -n "$$date" ] || date=$$($(BIN)/dqlrec demo-date); \
 	  date=$$($(BIN)/dqlrec run-date "$$date") || exit 1; \
-	  echo "Running DAG $(DAG_ID) for run date $$date (log: var/airflow-run.log)"; \
-	  $(BIN)/airflow dags test $(DAG_ID) -c "{\"run_date\": \"$$date\"}" > var/airflow-run.log 2>&1; rc=$$?; \
-	  grep -E "^\[dqlrec\]" var/airflow-run.log || true; \
+	  echo "Running DAG $(DAG_ID) for run date $$date (whole log: var/airflow-run.log)"; \
+	  AIRFLOW__LOGGING__LOGGING_LEVEL=INFO $(BIN)/python -m dql_model.ops.airflow_log --log var/airflow-run.log \
+	    -- $(BIN)/airflow dags test $(DAG_ID) -c "{\"run_date\": \"$$date\"}"; rc=$$?; \
 	  if [ $$rc -ne 0 ] || ! $(BIN)/dqlrec summary --run-date $$date; then \
 	    echo "The DAG run failed (log: var/airflow-run.log)."; \
 	    $(BIN)/dqlrec first-failure var/airflow-run.log \
