@@ -7,6 +7,7 @@
     dqlrec summary --run-date D       print the closing summary of a run
     dqlrec evaluate [--run-date D]    print the model comparison of a run
     dqlrec simulate [--days N] [--policy P,...] [--seeds S]   the shop in the loop (dql_model.pipeline.shop_loop)
+    dqlrec explain USER [--run-date D]   why a user got their published list (dql_model.judging.explain)
     dqlrec config [KEY]               print the resolved configuration (or one value)
     dqlrec demo-date                  print the demo's run date (the simulator's last day)
     dqlrec run-date [D|latest]        print a run date as YYYY-MM-DD; fails when its events are not loaded
@@ -172,6 +173,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
             print(f"\n{report.simulation_title(simulation)}:")
             print(report.simulation_table(simulation))
             print(report.simulation_caption(simulation))
+    return 0
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from dql_model.judging import explain
+
+    cfg = load_config(args.config)
+    run_date = schema.iso_date(args.run_date) if args.run_date else explain.latest_published(cfg)
+    explained = explain.explain(cfg, args.user, run_date)
+    if args.json:
+        _print_json(explained)
+    else:
+        print(explain.render(explained))
     return 0
 
 
@@ -444,6 +458,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-date", help="default: the latest run")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser(
+        "explain",
+        help="why a user got their published list: state, masked items, each slot's source and reason, model",
+    )
+    p.add_argument("user", help="a user_id as the shop's events have it")
+    p.add_argument("--run-date", help="YYYY-MM-DD (default: the last published night)")
+    p.add_argument("--json", action="store_true", help="print the explanation as one JSON object")
+    p.set_defaults(func=_cmd_explain)
 
     p = sub.add_parser("config", help="print the resolved configuration")
     p.add_argument("key", nargs="?", help="section or section.field")
