@@ -2,10 +2,22 @@
 # Needs only Python 3.11+ and Java 17+; everything else is installed into .venv by these targets.
 
 PYTHON   ?= python3
+JAVA     ?=
 VENV     := .venv
 BIN      := $(CURDIR)/$(VENV)/bin
 STAMP    := $(VENV)/.installed
 PIP      := $(BIN)/python -m pip --quiet --disable-pip-version-check
+CHECK    := PYTHON="$(PYTHON)" JAVA="$(JAVA)" $(CURDIR)/.ci/check-prerequisites
+
+# TORCH_BUILD=cpu installs torch's CPU build (no CUDA runtime packages, ~2 GB less) by adding PyTorch's CPU
+# wheel index (TORCH_CPU_INDEX, a mirror of it where that one is not reachable) as an extra index;
+# TORCH_BUILD=default (the default) installs the pinned torch from the package index as it is.
+TORCH_BUILD     ?= default
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+ifeq ($(filter $(TORCH_BUILD),cpu default),)
+$(error TORCH_BUILD=$(TORCH_BUILD) is not a torch build: use TORCH_BUILD=cpu or TORCH_BUILD=default)
+endif
+TORCH_INDEX := $(if $(filter cpu,$(TORCH_BUILD)),--extra-index-url $(TORCH_CPU_INDEX))
 
 # Airflow and Spark live entirely inside the project: metadata in var/airflow (SQLite), the
 # warehouse in var/warehouse. Nothing is written to the home directory.
@@ -23,32 +35,39 @@ export PYSPARK_DRIVER_PYTHON       := $(BIN)/python
 DAG_ID   := dql_recommendations
 RUN_DATE ?=
 
-.PHONY: run test install bench lint generate airflow airflow-stop airflow-status airflow-ui clean-data clean
+.PHONY: run test install prerequisites bench lint generate airflow airflow-stop airflow-status airflow-ui clean-data clean
 
 ## install: create .venv and install the pinned requirements and the package (once)
 install: $(STAMP)
 
 $(STAMP): requirements.txt pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@echo "Installing pinned requirements into $(VENV) (first time: a few minutes)..."
+	@$(CHECK) versions
+	@$(CHECK) venv $(VENV)
+	@echo "Installing pinned requirements into $(VENV) (torch build: $(TORCH_BUILD); first time: a few minutes)..."
 	@# --no-deps: the lock is complete (see .ci/lock-requirements). The second call lets pip add
 	@# the GPU runtime packages a CUDA build of torch needs; a CPU build needs none.
-	@$(PIP) install --no-deps --compile -r requirements.txt
-	@$(PIP) install --compile torch==$$(sed -n 's/^torch==//p' requirements.txt)
+	@$(PIP) install --no-deps --compile $(TORCH_INDEX) -r requirements.txt
+	@$(PIP) install --compile $(TORCH_INDEX) torch==$$(sed -n 's/^torch==//p' requirements.txt)
 	@$(PIP) install --no-deps --no-build-isolation -e .
 	@$(BIN)/python -c "import airflow, pyspark, torch, great_expectations, dql_model" 2>/dev/null \
 	  || { echo "install failed: see the pip output above"; exit 1; }
 	@touch $(STAMP)
 
+## prerequisites: check the Python (3.11+, x86_64 Linux) and Java (17+) that install and run need
+prerequisites:
+	@$(CHECK) versions
+
 ## run: generate the demo shop if the warehouse is empty, then run the nightly DAG once through Airflow
+# Progress (each task's start and end, the tasks' [dqlrec] lines) is printed as it happens; Airflow logs
+# at INFO for this run because it reports task starts and ends at INFO (dql_model/ops/airflow_log.py).
 run: install
 	@$(BIN)/dqlrec generate --if-empty
 	@$(BIN)/airflow db migrate > var/airflow-migrate.log 2>&1 || { cat var/airflow-migrate.log; exit 1; }
 	@date="$(RUN_DATE)"; [ -n "$$date" ] || date=$$($(BIN)/dqlrec demo-date); \
 	  date=$$($(BIN)/dqlrec run-date "$$date") || exit 1; \
-	  echo "Running DAG $(DAG_ID) for run date $$date (log: var/airflow-run.log)"; \
-	  $(BIN)/airflow dags test $(DAG_ID) -c "{\"run_date\": \"$$date\"}" > var/airflow-run.log 2>&1; rc=$$?; \
-	  grep -E "^\[dqlrec\]" var/airflow-run.log || true; \
+	  echo "Running DAG $(DAG_ID) for run date $$date (whole log: var/airflow-run.log)"; \
+	  AIRFLOW__LOGGING__LOGGING_LEVEL=INFO $(BIN)/python -m dql_model.ops.airflow_log --log var/airflow-run.log \
+	    -- $(BIN)/airflow dags test $(DAG_ID) -c "{\"run_date\": \"$$date\"}"; rc=$$?; \
 	  if [ $$rc -ne 0 ] || ! $(BIN)/dqlrec summary --run-date $$date; then \
 	    echo "The DAG run failed (log: var/airflow-run.log)."; \
 	    $(BIN)/dqlrec first-failure var/airflow-run.log \

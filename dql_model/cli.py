@@ -5,14 +5,18 @@
     dqlrec task NAME --run-date D     run one nightly task (and those it needs) without Airflow
     dqlrec backfill --from D1 --to D2 run every night of a range in date order; resumable (dql_model.pipeline.backfill)
     dqlrec summary --run-date D       print the closing summary of a run
-    dqlrec evaluate [--run-date D] [--json]   print the model comparison of a run
+    dqlrec evaluate [--run-date D]    print the model comparison of a run
     dqlrec simulate [--days N] [--policy P,...] [--seeds S]   the shop in the loop (dql_model.pipeline.shop_loop)
+    dqlrec explain USER [--run-date D]   why a user got their published list (dql_model.judging.explain)
     dqlrec config [KEY]               print the resolved configuration (or one value)
     dqlrec demo-date                  print the demo's run date (the simulator's last day)
     dqlrec run-date [D|latest]        print a run date as YYYY-MM-DD; fails when its events are not loaded
     dqlrec first-failure LOG          print the first task failure of an Airflow log (make run's last word)
     dqlrec services start|stop|status the local production-like services (make airflow, make airflow-stop)
-    dqlrec models list|show V|promote V|rollback|history [--json]   the model registry and its promotion log
+    dqlrec models list|show V|promote V|rollback|history   the model registry and its promotion log
+
+Every command whose output a script reads takes --json (one JSON document on stdout); --config goes before
+or after the command; exit status 0 done, 1 failed, 2 bad input or usage (README's command line table).
 """
 
 from __future__ import annotations
@@ -20,12 +24,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from pathlib import Path
 
 import yaml
 
 from dql_model import importers
-from dql_model.config import Config, ConfigError, load_config
+from dql_model.config import Config, ConfigError, UnknownVariableWarning, load_config
 from dql_model.contract import schema, steps
 from dql_model.errors import InputError
 from dql_model.ops import spark_jobs
@@ -37,9 +42,16 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config)
     if args.if_empty and simulator.warehouse_has_events(cfg):
-        print(f"warehouse {cfg.warehouse.root} already has events; not generating (use `dqlrec generate` to replace)")
+        if args.json:
+            _print_json({"warehouse": cfg.warehouse.root, "generated": False})
+        else:
+            print(f"warehouse {cfg.warehouse.root} already has events; not generating (use `dqlrec generate` to replace)")
         return 0
-    counts = simulator.write_shop(cfg)
+    # With --json, stdout is the JSON alone: progress goes to stderr.
+    counts = simulator.write_shop(cfg, progress=(lambda line: print(line, file=sys.stderr)) if args.json else print)
+    if args.json:
+        _print_json({"warehouse": cfg.warehouse.root, "generated": True, **counts})
+        return 0
     print(
         f"demo shop written to {cfg.warehouse.root}: {counts['events']} events, {counts['users']} users, "
         f"{counts['items']} items, {counts['first_date']} .. {counts['last_date']}"
@@ -127,7 +139,10 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     summary = _load_report(cfg, args.run_date, report.SUMMARY)
     summary["report_dir"] = cfg.layout.report(summary["run_date"])
-    print(report.render_summary(summary))
+    if args.json:
+        _print_json(summary)
+    else:
+        print(report.render_summary(summary))
     return 0
 
 
@@ -139,7 +154,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         # The comparison's figures; the per-epoch learning curves stay in evaluation.json.
         figures = {k: v for k, v in evaluation.items() if k != "learning_curves"}
-        print(json.dumps(figures, indent=2, sort_keys=True))
+        _print_json(figures)
     else:
         print(f"run {evaluation['run_date']}, {evaluation['validation_events']} validation events")
         if report.protocol_line(evaluation):
@@ -161,16 +176,34 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from dql_model.judging import explain
+
+    cfg = load_config(args.config)
+    run_date = schema.iso_date(args.run_date) if args.run_date else explain.latest_published(cfg)
+    explained = explain.explain(cfg, args.user, run_date)
+    if args.json:
+        _print_json(explained)
+    else:
+        print(explain.render(explained))
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     cfg = load_config(args.config).to_dict()
+    shown = cfg
     if args.key:
         section, _, name = args.key.partition(".")
         try:
-            print(cfg[section][name] if name else yaml.safe_dump(cfg[section], sort_keys=False).rstrip())
+            shown = cfg[section][name] if name else cfg[section]
         except KeyError:
             raise ConfigError(f"unknown config key {args.key!r}") from None
+    if args.json:
+        _print_json(shown)
+    elif isinstance(shown, dict):
+        print(yaml.safe_dump(shown, sort_keys=False).rstrip())
     else:
-        print(yaml.safe_dump(cfg, sort_keys=False).rstrip())
+        print(shown)
     return 0
 
 
@@ -179,15 +212,24 @@ def _cmd_first_failure(args: argparse.Namespace) -> int:
 
     with open(args.log, errors="replace") as lines:
         failure = airflow_log.first_task_failure(lines)
-    if failure is None:
-        return 1
-    print(failure.render())
-    return 0
+    if args.json:
+        _print_json(None if failure is None else {"task": failure.task, "error": failure.error})
+    elif failure is not None:
+        print(failure.render())
+    return 1 if failure is None else 0
 
 
 def _cmd_demo_date(args: argparse.Namespace) -> int:
-    print(load_config(args.config).simulator.end_date)
+    _print_value(args, "run_date", load_config(args.config).simulator.end_date)
     return 0
+
+
+def _print_value(args: argparse.Namespace, name: str, value) -> None:
+    """One value: as it is, or as ``{"name": value}`` with --json."""
+    if args.json:
+        _print_json({name: value})
+    else:
+        print(value)
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -352,7 +394,7 @@ def _run_date(text: str) -> str:
 
 
 def _cmd_run_date(args: argparse.Namespace) -> int:
-    print(run_dates.resolve_run_date(load_config(args.config), args.value, require_loaded=True))
+    _print_value(args, "run_date", run_dates.resolve_run_date(load_config(args.config), args.value, require_loaded=True))
     return 0
 
 
@@ -369,12 +411,19 @@ def _add_run_option_flags(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dqlrec", description="Nightly deep Q-learning recommendations.")
-    parser.add_argument("--config", help="YAML config file (default: $DQLREC_CONFIG, else built-in defaults)")
+    parser = argparse.ArgumentParser(
+        prog="dqlrec",
+        description="Nightly deep Q-learning recommendations.",
+        epilog="Exit status: 0 done, 1 failed (a Spark job, a stopped backfill, no failure found by first-failure, "
+        "an unexpected error), 2 bad input or usage (a refused argument, config value, date or missing input).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--config", help=CONFIG_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("generate", help="write the demo shop's raw tables into the warehouse")
     p.add_argument("--if-empty", action="store_true", help="do nothing when the warehouse already has events")
+    p.add_argument("--json", action="store_true", help="print what was written (counts, days) as one JSON object")
     p.set_defaults(func=_cmd_generate)
 
     importers.add_parser(sub)
@@ -402,6 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("summary", help="print the closing summary of a run")
     p.add_argument("--run-date", help="default: the latest run")
+    p.add_argument("--json", action="store_true", help="print the run's summary.json as one JSON object")
     p.set_defaults(func=_cmd_summary)
 
     p = sub.add_parser("evaluate", help="print the model comparison of a run")
@@ -409,19 +459,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     p.set_defaults(func=_cmd_evaluate)
 
+    p = sub.add_parser(
+        "explain",
+        help="why a user got their published list: state, masked items, each slot's source and reason, model",
+    )
+    p.add_argument("user", help="a user_id as the shop's events have it")
+    p.add_argument("--run-date", help="YYYY-MM-DD (default: the last published night)")
+    p.add_argument("--json", action="store_true", help="print the explanation as one JSON object")
+    p.set_defaults(func=_cmd_explain)
+
     p = sub.add_parser("config", help="print the resolved configuration")
     p.add_argument("key", nargs="?", help="section or section.field")
+    p.add_argument("--json", action="store_true", help="print JSON instead of YAML")
     p.set_defaults(func=_cmd_config)
 
     p = sub.add_parser("first-failure", help="print the first task failure of an Airflow log (exit 1: none)")
     p.add_argument("log", help="the output of `airflow dags test`, e.g. var/airflow-run.log")
+    p.add_argument("--json", action="store_true", help='print {"task", "error"} (null: no failure)')
     p.set_defaults(func=_cmd_first_failure)
 
     p = sub.add_parser("demo-date", help="print the demo's run date")
+    p.add_argument("--json", action="store_true", help='print {"run_date": ...}')
     p.set_defaults(func=_cmd_demo_date)
 
     p = sub.add_parser("run-date", help="print a run date as YYYY-MM-DD ('latest': the last loaded day); fails if not loaded")
     p.add_argument("value", nargs="?", default=run_dates.LATEST, help="YYYY-MM-DD or latest (default)")
+    p.add_argument("--json", action="store_true", help='print {"run_date": ...}')
     p.set_defaults(func=_cmd_run_date)
 
     p = sub.add_parser("simulate", help="run the shop in the loop: policies on twin shops, a nightly run per day")
@@ -445,16 +508,63 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("services", help="start, stop or show the local services of `make airflow` (dql_model.ops.services)")
     p.add_argument("args", nargs=argparse.REMAINDER, help="start | stop | status [--home DIR]")
     p.set_defaults(func=_cmd_services)
+    _config_after_the_command(sub)
     return parser
+
+
+CONFIG_HELP = "YAML config file (default: $DQLREC_CONFIG, else built-in defaults); before or after the command"
+
+
+def _config_after_the_command(sub) -> None:
+    """--config on every (sub)command too, so `dqlrec evaluate --config my.yaml` works like `dqlrec --config
+    my.yaml evaluate`; SUPPRESS keeps a subcommand that was not given it from resetting the top-level value."""
+    for parser in sub.choices.values():
+        if not any("--config" in action.option_strings for action in parser._actions):
+            parser.add_argument("--config", default=argparse.SUPPRESS, help=CONFIG_HELP)
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _config_after_the_command(action)
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("dqlrec")
+    except metadata.PackageNotFoundError:  # run from a checkout that is not installed
+        import dql_model
+
+        return dql_model.__version__
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning for the user (an unknown DQLREC_* variable) as one line; others as Python shows them."""
+    if issubclass(category, UnknownVariableWarning):
+        print(f"dqlrec: warning: {message}", file=sys.stderr)
+    else:
+        _PYTHON_SHOW_WARNING(message, category, filename, lineno, file, line)
+
+
+_PYTHON_SHOW_WARNING = warnings.showwarning
+
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+"""The exit statuses (README's command line table): 2 is also argparse's for a usage error."""
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    shown, warnings.showwarning = warnings.showwarning, _show_warning
     try:
         return args.func(args)
-    except (InputError, FileNotFoundError, spark_jobs.JobFailed) as exc:  # bad input or a failed job: one line
+    except (InputError, FileNotFoundError) as exc:  # bad input: one line, no traceback
         print(f"dqlrec: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
+    except spark_jobs.JobFailed as exc:  # its message ends with the job's last lines
+        print(f"dqlrec: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":

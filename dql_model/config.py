@@ -3,7 +3,9 @@
 Defaults live in the dataclasses below. A YAML file (``DQLREC_CONFIG`` or ``--config``) overrides
 them, and environment variables override both: ``DQLREC_<SECTION>__<FIELD>``, for example
 ``DQLREC_TRAIN__EPOCHS=3`` or ``DQLREC_SCORE__TOP_K=10``. The resolved config is saved with every
-model and its hash goes into every export manifest.
+model and its hash goes into every export manifest. A ``DQLREC_*`` variable that is neither such an
+override nor one of ``OTHER_ENV`` (a typo such as ``DQLREC_TRAIN_EPOCHS``, one underscore) is ignored
+with a warning, once per process, that names the closest known variable.
 
 This module is the only gate for its values: a field with a fixed set of values is typed as a
 ``Literal`` and refused when the config loads (or a section is built in code), with a message
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import difflib
 import hashlib
 import json
 import math
@@ -33,10 +36,25 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
+from dql_model import faults
 from dql_model.contract import schema, steps
 from dql_model.errors import InputError
 
 CONFIG_ENV = "DQLREC_CONFIG"
+OTHER_ENV = frozenset(
+    {CONFIG_ENV, faults.FAULT_ENV, "DQLREC_HOME", "DQLREC_JOBS_DIR", "DQLREC_RUN_LOCK_TOKEN", "DQLREC_SERVICES_HOME"}
+)
+"""The DQLREC_* variables that are not config overrides. Their owners sit above this module (the DAG file,
+warehouse.locks.TOKEN_ENV, ops.services.HOME_MARKER), so the names are listed here; a test holds the list
+to every DQLREC_ name the code reads."""
+
+
+class UnknownVariableWarning(UserWarning):
+    """A DQLREC_* environment variable that dqlrec does not read (ignored)."""
+
+
+_WARNED_VARIABLES: set[str] = set()
+"""Unknown variables already warned about in this process (load_config runs many times per command)."""
 
 
 class ConfigError(InputError, ValueError):
@@ -745,7 +763,50 @@ def from_dict(data: dict[str, Any], *, origin: str = "config") -> Config:
 SECTION_NAMES.update({typ: name for name, typ in _section_types().items()})
 
 
+def env_variables() -> list[str]:
+    """Every DQLREC_* variable dqlrec reads: one override per config field, then OTHER_ENV."""
+    prefix = steps.CONFIG_ENV_PREFIX
+    overrides = [
+        f"{prefix}{section.upper()}__{f.name.upper()}"
+        for section, typ in _section_types().items()
+        for f in dataclasses.fields(typ)
+    ]
+    return overrides + sorted(OTHER_ENV)
+
+
+def _warn_unknown_variables(env: typing.Mapping[str, str]) -> None:
+    """Warn once per process about each DQLREC_* variable without ``__`` that dqlrec does not read. (One
+    with ``__`` is a config override: an unknown section or field there is refused by ``from_dict``.)"""
+    unknown = [
+        key
+        for key in env
+        if key.startswith(steps.CONFIG_ENV_PREFIX) and "__" not in key
+        and key not in OTHER_ENV and key not in _WARNED_VARIABLES
+    ]  # fmt: skip
+    if not unknown:
+        return
+    prefix = steps.CONFIG_ENV_PREFIX
+    known = {name.removeprefix(prefix): name for name in env_variables()}
+    by_field = {name.partition("__")[2]: name for name in known.values() if "__" in name}
+    for key in unknown:
+        _WARNED_VARIABLES.add(key)
+        rest = key.removeprefix(prefix)
+        # A field name without its section (DQLREC_TOP_K) is the likeliest slip; then the nearest spelling.
+        closest = [by_field[rest]] if rest in by_field else difflib.get_close_matches(rest, known, n=1, cutoff=0.6)
+        hint = (
+            f"did you mean {known.get(closest[0], closest[0])}?"
+            if closest
+            else f"config overrides are {prefix}<SECTION>__<FIELD>, two underscores"
+        )
+        warnings.warn(
+            f"environment variable {key} is not a dqlrec setting and is ignored; {hint}",
+            UnknownVariableWarning,
+            stacklevel=4,
+        )
+
+
 def _env_overrides(env: typing.Mapping[str, str]) -> dict[str, dict[str, str]]:
+    _warn_unknown_variables(env)
     out: dict[str, dict[str, str]] = {}
     for key, value in env.items():
         if not key.startswith(steps.CONFIG_ENV_PREFIX) or key == CONFIG_ENV or "__" not in key:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -391,3 +393,170 @@ def test_task_passes_full_rebuild_to_the_etl_jobs_arguments(capsys, config_file,
     monkeypatch.setattr(spark_jobs, "run_job", lambda job, run_date, args=(), **_: launched.append((job, run_date, args)))
     code, _, _ = run(capsys, "--config", str(config_file), "task", "build_training_data", "--run-date", RUN_DATE, *flags)
     assert code == 0 and launched == [("build_training_data", RUN_DATE, expected)]
+
+
+# --- command-line habits: --version, --config anywhere, --json, exit statuses, README's reference -------
+
+
+def test_version_prints_the_package_version(capsys):
+    import dql_model
+
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out == f"dqlrec {dql_model.__version__}\n"
+
+
+def test_config_is_accepted_before_or_after_the_command(capsys, config_file, tiny_config):
+    before = run(capsys, "--config", str(config_file), "config", "warehouse.root")
+    after = run(capsys, "config", "warehouse.root", "--config", str(config_file))
+    nested = run(capsys, "models", "list", "--config", str(config_file), "--json")
+    assert before == after == (0, f"{tiny_config.warehouse.root}\n", "")
+    assert nested == (0, "[]\n", "")
+    # Without it after the command, the one before it stays (a subcommand does not reset it).
+    assert run(capsys, "--config", str(config_file), "demo-date") == (0, f"{tiny_config.simulator.end_date}\n", "")
+
+
+def test_commands_whose_output_a_script_reads_print_json(capsys, config_file, tiny_config):
+    cfg = load_config(config_file)
+    code, out, _ = run(capsys, "--config", str(config_file), "generate", "--json")
+    written = json.loads(out)
+    assert code == 0 and written["generated"] is True and written["events"] > 0
+    assert written["last_date"] == tiny_config.simulator.end_date
+    assert json.loads(run(capsys, "--config", str(config_file), "generate", "--if-empty", "--json")[1]) == {
+        "warehouse": tiny_config.warehouse.root, "generated": False,
+    }  # fmt: skip
+    assert json.loads(run(capsys, "--config", str(config_file), "demo-date", "--json")[1]) == {
+        "run_date": tiny_config.simulator.end_date
+    }
+    assert json.loads(run(capsys, "--config", str(config_file), "run-date", "--json")[1]) == {
+        "run_date": tiny_config.simulator.end_date
+    }
+    assert json.loads(run(capsys, "--config", str(config_file), "config", "score", "--json")[1]) == cfg.to_dict()["score"]
+    written_run(cfg)
+    code, out, _ = run(capsys, "--config", str(config_file), "summary", "--run-date", RUN_DATE, "--json")
+    summary = json.loads(out)
+    assert code == 0 and summary["run_date"] == RUN_DATE and summary["report_dir"] == cfg.layout.report(RUN_DATE)
+
+
+def test_first_failure_prints_json_too(capsys, tmp_path):
+    log = tmp_path / "airflow-run.log"
+    log.write_text(AIRFLOW_LOG)
+    code, out, _ = run(capsys, "first-failure", str(log), "--json")
+    assert code == 0 and json.loads(out) == {"task": "validate_raw_events", "error": FIRST_ERROR}
+    log.write_text("DagRun failed\n")
+    assert run(capsys, "first-failure", str(log), "--json")[:2] == (1, "null\n")
+
+
+def test_a_failed_spark_job_exits_1_and_bad_input_2(capsys, config_file, monkeypatch):
+    from dql_model.ops import spark_jobs
+
+    def failing(*args, **kwargs):
+        raise spark_jobs.JobFailed("job shop_loop exited with 1: ...its last lines")
+
+    monkeypatch.setattr(spark_jobs, "run_job", failing)
+    code, _, err = run(capsys, "--config", str(config_file), "simulate", "--days", "1")
+    assert (code, err) == (cli.EXIT_FAILED, "dqlrec: error: job shop_loop exited with 1: ...its last lines\n")
+    assert run(capsys, "--config", str(config_file), "config", "nope")[0] == cli.EXIT_BAD_INPUT
+
+
+@pytest.fixture
+def fresh_warnings(monkeypatch):
+    """Each test sees the once-per-process warning of an unknown variable afresh."""
+    from dql_model import config
+
+    monkeypatch.setattr(config, "_WARNED_VARIABLES", set())
+    for name in [n for n in os.environ if n.startswith("DQLREC_")]:
+        monkeypatch.delenv(name)
+
+
+@pytest.mark.parametrize(
+    ("variable", "hint"),
+    [
+        ("DQLREC_TRAIN_EPOCHS", "did you mean DQLREC_TRAIN__EPOCHS?"),
+        ("DQLREC_TOP_K", "did you mean DQLREC_SCORE__TOP_K?"),
+        ("DQLREC_CONFG", "did you mean DQLREC_CONFIG?"),
+        ("DQLREC_XYZZY", "config overrides are DQLREC_<SECTION>__<FIELD>, two underscores"),
+    ],
+)
+def test_an_unknown_dqlrec_variable_is_warned_about_once_with_the_closest_name(
+    capsys, fresh_warnings, monkeypatch, variable, hint
+):
+    monkeypatch.setenv(variable, "3")
+    code, _, err = run(capsys, "config", "train.epochs")
+    assert code == 0
+    assert err == f"dqlrec: warning: environment variable {variable} is not a dqlrec setting and is ignored; {hint}\n"
+    # Once per process: later loads (a command loads the config many times) stay quiet.
+    assert run(capsys, "demo-date")[2] == ""
+
+
+def test_known_variables_are_not_warned_about(fresh_warnings, monkeypatch, recwarn, tiny_config):
+    from dql_model import config
+
+    for name in config.OTHER_ENV - {config.CONFIG_ENV}:
+        monkeypatch.setenv(name, "1")
+    monkeypatch.setenv("DQLREC_TRAIN__EPOCHS", "2")
+    assert load_config().train.epochs == 2
+    assert not [w for w in recwarn if issubclass(w.category, config.UnknownVariableWarning)]
+
+
+def test_every_dqlrec_variable_the_code_reads_is_known():
+    """config.OTHER_ENV lists the DQLREC_* names outside the config: hold it to the code that reads them."""
+    from dql_model import config
+    from dql_model.ops import services
+    from dql_model.warehouse import locks
+
+    root = Path(__file__).resolve().parents[2]
+    sources = [*root.glob("dql_model/**/*.py"), *root.glob("dags/*.py"), *root.glob("jobs/*.py")]
+    quoted = r"""["'](DQLREC_[A-Z][A-Z0-9_]*)["']"""  # names in code, not in the prose of docstrings
+    named = {m for path in sources for m in re.findall(quoted, path.read_text())}
+    assert config.CONFIG_ENV in named and "DQLREC_HOME" in named  # the search finds what it looks for
+    overrides = set(config.env_variables()) - config.OTHER_ENV
+    unknown = {n for n in named if n not in config.OTHER_ENV and n not in overrides and "__" not in n}
+    assert unknown == set(), f"add these to dql_model.config.OTHER_ENV: {sorted(unknown)}"
+    assert {locks.TOKEN_ENV, services.HOME_MARKER} <= config.OTHER_ENV
+
+
+def _readme_command_reference() -> str:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("\n## Command line\n", 1)[1].split("\n## ", 1)[0]
+    return section.split("```", 2)[1]
+
+
+def _readme_code() -> str:
+    """The README's code: fenced blocks and inline code spans (prose says 'dqlrec and RecBole')."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    fenced = readme.split("```")[1::2]
+    inline = re.findall(r"`([^`\n]+)`", "".join(readme.split("```")[0::2]))
+    return "\n".join([*fenced, *inline])
+
+
+def _subcommands(parser) -> dict[str, argparse.ArgumentParser]:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def test_the_readme_command_reference_lists_every_subcommand():
+    reference = _readme_command_reference()
+    listed = set(re.findall(r"^dqlrec ([a-z][a-z-]*)", reference, flags=re.MULTILINE))
+    commands = _subcommands(cli.build_parser())
+    assert set(commands) - listed == set(), "subcommands missing from README's command reference"
+    models = set(_subcommands(commands["models"]))
+    mentioned = {name for names in re.findall(r"dqlrec models ([a-z|]+)", reference) for name in names.split("|")}
+    mentioned |= set(re.findall(r"`(\w+) --reason", reference))  # "`rollback --reason R` restores ..."
+    assert models - mentioned == set(), "models subcommands missing from README's command reference"
+
+
+def test_every_dqlrec_command_the_readme_names_exists():
+    commands = _subcommands(cli.build_parser())
+    named = set(re.findall(r"(?:^|[\s/`(])dqlrec ([a-z][a-z-]*)", _readme_code(), flags=re.MULTILINE))
+    assert named, "the README names no command"
+    assert named - set(commands) == set(), "README names commands the CLI does not have"
+    models = set(_subcommands(commands["models"]))
+    named_models = set(re.findall(r"dqlrec models ([a-z]+)", _readme_code()))
+    assert named_models - models == set()
+
+
+def test_the_readme_exit_status_table_is_the_clis():
+    reference = (Path(__file__).resolve().parents[2] / "README.md").read_text().split("\n## Command line\n", 1)[1]
+    rows = dict(re.findall(r"^\| `(\d)` \| ([^|]+) \|", reference, flags=re.MULTILINE))
+    assert set(rows) == {str(cli.EXIT_OK), str(cli.EXIT_FAILED), str(cli.EXIT_BAD_INPUT)}
