@@ -528,6 +528,47 @@ class QualityConfig(_Section):
 
 
 @dataclass
+class RetentionConfig(_Section):
+    """What `dqlrec prune` keeps of each layer (dql_model.warehouse.retention): the newest nights of each
+    table, counted per table, so a month without runs never empties one. 0 keeps everything."""
+
+    raw_nights: int = 0
+    """Newest raw events and impressions partitions kept; 0 = all (a full rebuild reads every one)."""
+    curated_nights: int = 7
+    """Newest nights of the curated tables and ETL summaries: the next night builds on the last one, and a
+    rerun of a kept night finds the night before it."""
+    output_nights: int = 30
+    """Newest nights of output/recommendations, the marketing tables and staging leftovers."""
+    export_nights: int = 30
+    """Newest dates of a local export folder (an s3:// export is left to a bucket lifecycle rule)."""
+    report_nights: int = 90
+    """Newest report folders (evaluation.json, summary.json, plots, Data Docs): what `dqlrec runs` lists."""
+    baseline_nights: int = 7
+    """Newest nights of trained baselines under models/baselines."""
+    registry_versions: int = 10
+    """Newest registry versions kept besides the champion, the pinned ones and those the promotion log
+    names within promotion_days."""
+    promotion_days: int = 30
+    """A version the promotion log names (as champion or the one before) within this many days is kept: a
+    rollback may need it. 0 = every version the log names."""
+    pinned_versions: str = ""
+    """Comma-separated registry versions never pruned (e.g. a model a trigger pins)."""
+    checkpoint_days: int = 7
+    """Training checkpoint folders (a crashed training's, kept for its resume) untouched this many days go."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, int) and value < 0:
+                raise ConfigError(f"retention.{f.name}={value} must be 0 (keep all) or a positive count")
+
+    def pinned(self) -> tuple[str, ...]:
+        """pinned_versions as names."""
+        return tuple(name.strip() for name in self.pinned_versions.split(",") if name.strip())
+
+
+@dataclass
 class SparkConfig(_Section):
     """Spark settings for the jobs (the spark_default connection chooses the master in Airflow)."""
 
@@ -557,6 +598,7 @@ class Config:
     publish: PublishConfig = field(default_factory=PublishConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
 
     def __post_init__(self) -> None:
         self.model.heads = "two" if self.train.mode == "sqn" else "one"
