@@ -519,12 +519,39 @@ class PublishConfig(_Section):
 
 @dataclass
 class QualityConfig(_Section):
-    """Great Expectations thresholds."""
+    """Thresholds of the data-quality gates: Great Expectations' row rules, the input volume and drift check."""
 
     max_bad_fraction: float = 0.01
     """Fail the run when more than this share of a raw partition breaks a row rule."""
     empty_partition: EmptyPartition = "fail"
     """A raw events partition with no rows: fail the run, or warn and run on the earlier days' data."""
+    drift_nights: int = 7
+    """Trailing nights the run date's raw events are compared with (volume, event-type mix, new items and
+    users; dql_model.warehouse.quality.input_drift); 0 turns the comparison off."""
+    volume_warn: float = 0.5
+    """Warn when the day's event count is more than this share above or below its trailing mean."""
+    volume_fail: float = 0.9
+    """Fail the run beyond this share (0.9: a tenth of the usual events, a broken feed; or 1.9 times as many)."""
+    mix_warn: float = 0.1
+    """Warn when the day's event-type mix is this far from the trailing nights' (total variation distance, 0..1)."""
+    mix_fail: float = 0.3
+    """Fail the run when the event-type mix is this far from the trailing nights' (e.g. purchases stopped arriving)."""
+    new_share_warn: float = 0.15
+    """Warn when the share of the day's items (or users) never seen in the trailing nights rises this many
+    points (0..1) above its trailing mean."""
+    new_share_fail: float = 0.5
+    """Fail the run when that share rises this many points above its trailing mean (ids changed format?)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.drift_nights < 0:
+            raise ConfigError(f"quality.drift_nights={self.drift_nights} must be 0 (off) or a number of nights")
+        for name in ("volume", "mix", "new_share"):
+            warn, fail = getattr(self, f"{name}_warn"), getattr(self, f"{name}_fail")
+            if not 0 < warn <= fail:
+                raise ConfigError(
+                    f"quality.{name}_warn={warn} and quality.{name}_fail={fail}: expected 0 < warn <= fail"
+                )
 
 
 @dataclass
