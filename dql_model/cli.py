@@ -14,6 +14,7 @@
     dqlrec services start|stop|status the local production-like services (make airflow, make airflow-stop)
     dqlrec models list|show V|promote V|rollback|history [--json]   the model registry and its promotion log
     dqlrec prune [--dry-run] [--json] remove what retention no longer keeps (dql_model.warehouse.retention)
+    dqlrec runs [--last N] [--json]   the nights' history from the reports (dql_model.pipeline.runs)
 """
 
 from __future__ import annotations
@@ -385,6 +386,32 @@ def _add_prune_parser(sub) -> None:
     p.set_defaults(func=_cmd_prune)
 
 
+# --- dqlrec runs: the nights' history (dql_model.pipeline.runs) ------------------------------------
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from dql_model.pipeline import runs
+
+    records = runs.night_history(load_config(args.config), last=args.last)
+    if args.json:
+        _print_json(records)
+    else:
+        print(runs.render(records))
+    return 0
+
+
+def _add_runs_parser(sub) -> None:
+    p = sub.add_parser(
+        "runs", help="the nights' history: model version, gate decision, metrics, rows published, degraded",
+        description="One line per night with a report folder, oldest first: the model that scored, the gate's "
+        "decision, the gate metric of challenger and champion, rows and users published, the duration when "
+        "recorded, and whether the night was degraded (the champion scored after a failed training).",
+    )  # fmt: skip
+    p.add_argument("--last", type=int, default=0, help="only the newest N nights (default: every night)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=_cmd_runs)
+
+
 def _run_date(text: str) -> str:
     """A calendar date, or ``latest`` (resolved against the warehouse once the config is loaded)."""
     if text.strip().lower() == run_dates.LATEST:
@@ -486,6 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_models_parser(sub)
     _add_prune_parser(sub)
+    _add_runs_parser(sub)
 
     p = sub.add_parser("services", help="start, stop or show the local services of `make airflow` (dql_model.ops.services)")
     p.add_argument("args", nargs=argparse.REMAINDER, help="start | stop | status [--home DIR]")
