@@ -86,11 +86,12 @@ def render(records: list[dict[str, Any]]) -> str:
         if r["degraded"]:
             notes.append("DEGRADED")
         duration = "-" if r["duration_s"] is None else f"{r['duration_s'] / 60:.1f} min"
-        lines.append(
+        line = (
             f"{r['run_date']:<10}  {r['model_version'] or '-':<20} {r['decision']:<14} {_number(r['challenger']):>10} "
             f"{_number(r['champion']):>10} {_number(r['rows']):>9} {_number(r['users']):>8} {duration:>8}  "
             + ", ".join(notes)
-        ).rstrip()
+        )
+        lines.append(line.rstrip())
     degraded = [r for r in records if r["degraded"]]
     lines += [f"{r['run_date']}: {r['degraded_reason']}" for r in degraded]
     lines.append(f"{len(records)} nights, {len(degraded)} degraded")
