@@ -560,7 +560,9 @@ class RetentionConfig(_Section):
     table, counted per table, so a month without runs never empties one. 0 keeps everything."""
 
     raw_nights: int = 0
-    """Newest raw events and impressions partitions kept; 0 = all (a full rebuild reads every one)."""
+    """Newest raw events and impressions partitions kept; 0 = all (a full rebuild reads every one). It may not
+    be shorter than what a night reads (etl.train_window in days, eval.ope_days, quality.drift_nights + 1);
+    with etl.train_window 'all' the kept days become the training window."""
     curated_nights: int = 7
     """Newest nights of the curated tables and ETL summaries: the next night builds on the last one, and a
     rerun of a kept night finds the night before it."""
@@ -639,6 +641,27 @@ class Config:
             self.train.batching = "transitions"
         if self.train.seq_len < 2:
             raise ConfigError(f"train.seq_len={self.train.seq_len} must be at least 2")
+        self._check_raw_retention()
+
+    def _check_raw_retention(self) -> None:
+        """retention.raw_nights may not prune raw days that a night still reads (its training window, its
+        off-policy days, its drift check): a pruned day would silently change what the night learns from."""
+        keep = self.retention.raw_nights
+        if not keep:
+            return
+        window = parse_train_window(self.etl.train_window)
+        reads = {
+            "etl.train_window": window if isinstance(window, int) else 0,
+            "eval.ope_days": self.eval.ope_days,
+            "quality.drift_nights": self.quality.drift_nights + 1,
+        }
+        short = {name: days for name, days in reads.items() if days > keep}
+        if short:
+            raise ConfigError(
+                f"retention.raw_nights={keep} keeps fewer raw days than a night reads ("
+                + ", ".join(f"{name} needs {days}" for name, days in short.items())
+                + f"): set it to at least {max(short.values())}, or 0 to keep every raw day"
+            )
 
     @property
     def layout(self):

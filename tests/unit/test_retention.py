@@ -10,6 +10,7 @@ import socket
 from pathlib import Path
 
 import pyarrow as pa
+import pytest
 
 from dql_model.config import Config
 from dql_model.contract import schema
@@ -235,3 +236,12 @@ def test_the_prune_command_removes_what_its_dry_run_lists(tmp_path, capsys):
     assert not any(Path(r["path"]).exists() for r in done["removed"])
     assert cli.main(["--config", str(path), "prune"]) == 0
     assert "removed 0 folders, 0 B" in capsys.readouterr().out
+
+
+def test_raw_retention_shorter_than_what_a_night_reads_is_refused():
+    from dql_model.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"retention.raw_nights=10 keeps fewer raw days than a night reads "
+                                          r"\(etl.train_window needs 30\): set it to at least 30"):  # fmt: skip
+        Config().replace(etl={"train_window": "30d"}, retention={"raw_nights": 10})
+    assert Config().replace(etl={"train_window": "30d"}, retention={"raw_nights": 30}).retention.raw_nights == 30
