@@ -616,8 +616,8 @@ def input_drift(today: pa.Table, trailing: list[pa.Table], thresholds: Any) -> l
 
     Limits: an earlier night's share is measured against a shorter history than tonight's, so the trailing
     mean of the new shares runs high and the check is lenient: it is meant for surges (ids that changed
-    format, a feed from another shop), not for a slow drift. Cost: one group-by over the window's ids,
-    measured at 0.6-1.1 M rows/s on one core (8 nights of 1.1 M events: 15 s).
+    format, a feed from another shop), not for a slow drift. Cost: two group-bys over the window's ids,
+    about 0.55 M rows/s on one core (8 nights of 1.1 M events: 16 s; ``python -m benchmarks.bench_ops``).
     """
     q = thresholds
     trailing = [t for t in trailing if t.num_rows]
