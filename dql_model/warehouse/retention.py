@@ -30,7 +30,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -339,8 +338,3 @@ def remove(removal: Removal) -> bool:
     else:
         hidden.unlink(missing_ok=True)
     return True
-
-
-def now() -> float:
-    """The clock of ``stale_plan`` (a function, so a test can move it)."""
-    return time.time()
