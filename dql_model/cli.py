@@ -13,7 +13,9 @@
     dqlrec run-date [D|latest]        print a run date as YYYY-MM-DD; fails when its events are not loaded
     dqlrec first-failure LOG          print the first task failure of an Airflow log (make run's last word)
     dqlrec services start|stop|status the local production-like services (make airflow, make airflow-stop)
-    dqlrec models list|show V|promote V|rollback|history   the model registry and its promotion log
+    dqlrec models list|show V|promote V|rollback|history [--json]   the model registry and its promotion log
+    dqlrec prune [--dry-run] [--json] remove what retention no longer keeps (dql_model.warehouse.retention)
+    dqlrec runs [--last N] [--json]   the nights' history from the reports (dql_model.pipeline.runs)
 
 Every command whose output a script reads takes --json (one JSON document on stdout); --config goes before
 or after the command; exit status 0 done, 1 failed, 2 bad input or usage (README's command line table).
@@ -383,6 +385,75 @@ def _add_models_parser(sub) -> None:
         p.set_defaults(func=func)
 
 
+# --- dqlrec prune: retention (dql_model.warehouse.retention, dql_model.pipeline.prune) ---------------
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _cmd_prune(args: argparse.Namespace) -> int:
+    """Lists (--dry-run) or removes what cfg.retention no longer keeps: the same list either way."""
+    from dql_model.pipeline import prune
+
+    done = prune.prune(load_config(args.config), dry_run=args.dry_run, progress=lambda m: print(m, file=sys.stderr))
+    if args.json:
+        _print_json(done)
+        return 0
+    rows = done["removals"] if args.dry_run else done["removed"]
+    for row in rows:
+        print(f"{_bytes(row['bytes']):>10}  {row['layer']:<26} {row['path']}  ({row['reason']})")
+    for note in done["notes"]:
+        print(f"note: {note}")
+    skipped = f"; {len(done['skipped'])} skipped (see above)" if done.get("skipped") else ""
+    verb = "would remove" if args.dry_run else "removed"
+    print(f"{verb} {len(rows)} folders, {_bytes(done['bytes'])}{skipped}")
+    return 0
+
+
+def _add_prune_parser(sub) -> None:
+    p = sub.add_parser(
+        "prune", help="remove the nights, versions and checkpoints retention no longer keeps (config: retention)",
+        description="Removes what the retention section of the config no longer keeps: old partitions of each "
+        "warehouse layer, reports, local export dates, baselines, registry versions, stale checkpoints. Never the "
+        "champion, a pinned version, one the promotion log names within retention.promotion_days, or a folder of "
+        "a run date whose lock is held. --dry-run lists exactly what a prune removes.",
+    )  # fmt: skip
+    p.add_argument("--dry-run", action="store_true", help="list what would go and the bytes freed; remove nothing")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=_cmd_prune)
+
+
+# --- dqlrec runs: the nights' history (dql_model.pipeline.runs) ------------------------------------
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from dql_model.pipeline import runs
+
+    records = runs.night_history(load_config(args.config), last=args.last)
+    if args.json:
+        _print_json(records)
+    else:
+        print(runs.render(records))
+    return 0
+
+
+def _add_runs_parser(sub) -> None:
+    p = sub.add_parser(
+        "runs", help="the nights' history: model version, gate decision, metrics, rows published, degraded",
+        description="One line per night with a report folder, oldest first: the model that scored, the gate's "
+        "decision, the gate metric of challenger and champion, rows and users published, the duration when "
+        "recorded, and whether the night was degraded (the champion scored after a failed training).",
+    )  # fmt: skip
+    p.add_argument("--last", type=int, default=0, help="only the newest N nights (default: every night)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=_cmd_runs)
+
+
 def _run_date(text: str) -> str:
     """A calendar date, or ``latest`` (resolved against the warehouse once the config is loaded)."""
     if text.strip().lower() == run_dates.LATEST:
@@ -504,6 +575,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_simulate)
 
     _add_models_parser(sub)
+    _add_prune_parser(sub)
+    _add_runs_parser(sub)
 
     p = sub.add_parser("services", help="start, stop or show the local services of `make airflow` (dql_model.ops.services)")
     p.add_argument("args", nargs=argparse.REMAINDER, help="start | stop | status [--home DIR]")

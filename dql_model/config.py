@@ -551,12 +551,82 @@ class PublishConfig(_Section):
 
 @dataclass
 class QualityConfig(_Section):
-    """Great Expectations thresholds."""
+    """Thresholds of the data-quality gates: Great Expectations' row rules, the input volume and drift check."""
 
     max_bad_fraction: float = 0.01
     """Fail the run when more than this share of a raw partition breaks a row rule."""
     empty_partition: EmptyPartition = "fail"
     """A raw events partition with no rows: fail the run, or warn and run on the earlier days' data."""
+    drift_nights: int = 7
+    """Trailing nights the run date's raw events are compared with (volume, event-type mix, new items and
+    users; dql_model.warehouse.quality.input_drift); 0 turns the comparison off."""
+    volume_warn: float = 0.5
+    """Warn when the day's event count is more than this share above or below its trailing mean."""
+    volume_fail: float = 0.9
+    """Fail the run beyond this share (0.9: a tenth of the usual events, a broken feed; or 1.9 times as many)."""
+    mix_warn: float = 0.1
+    """Warn when the day's event-type mix is this far from the trailing nights' (total variation distance, 0..1)."""
+    mix_fail: float = 0.3
+    """Fail the run when the event-type mix is this far from the trailing nights' (e.g. purchases stopped arriving)."""
+    new_share_warn: float = 0.15
+    """Warn when the share of the day's items (or users) never seen in the trailing nights rises this many
+    points (0..1) above its trailing mean."""
+    new_share_fail: float = 0.5
+    """Fail the run when that share rises this many points above its trailing mean (ids changed format?)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.drift_nights < 0:
+            raise ConfigError(f"quality.drift_nights={self.drift_nights} must be 0 (off) or a number of nights")
+        for name in ("volume", "mix", "new_share"):
+            warn, fail = getattr(self, f"{name}_warn"), getattr(self, f"{name}_fail")
+            if not 0 < warn <= fail:
+                raise ConfigError(
+                    f"quality.{name}_warn={warn} and quality.{name}_fail={fail}: expected 0 < warn <= fail"
+                )
+
+
+@dataclass
+class RetentionConfig(_Section):
+    """What `dqlrec prune` keeps of each layer (dql_model.warehouse.retention): the newest nights of each
+    table, counted per table, so a month without runs never empties one. 0 keeps everything."""
+
+    raw_nights: int = 0
+    """Newest raw events and impressions partitions kept; 0 = all (a full rebuild reads every one). It may not
+    be shorter than what a night reads (etl.train_window in days, eval.ope_days, quality.drift_nights + 1);
+    with etl.train_window 'all' the kept days become the training window."""
+    curated_nights: int = 7
+    """Newest nights of the curated tables and ETL summaries: the next night builds on the last one, and a
+    rerun of a kept night finds the night before it."""
+    output_nights: int = 30
+    """Newest nights of output/recommendations, the marketing tables and staging leftovers."""
+    export_nights: int = 30
+    """Newest dates of a local export folder (an s3:// export is left to a bucket lifecycle rule)."""
+    report_nights: int = 90
+    """Newest report folders (evaluation.json, summary.json, plots, Data Docs): what `dqlrec runs` lists."""
+    baseline_nights: int = 7
+    """Newest nights of trained baselines under models/baselines."""
+    registry_versions: int = 10
+    """Newest registry versions kept besides the champion, the pinned ones and those the promotion log
+    names within promotion_days."""
+    promotion_days: int = 30
+    """A version the promotion log names (as champion or the one before) within this many days is kept: a
+    rollback may need it. 0 = every version the log names."""
+    pinned_versions: str = ""
+    """Comma-separated registry versions never pruned (e.g. a model a trigger pins)."""
+    checkpoint_days: int = 7
+    """Training checkpoint folders (a crashed training's, kept for its resume) untouched this many days go."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, int) and value < 0:
+                raise ConfigError(f"retention.{f.name}={value} must be 0 (keep all) or a positive count")
+
+    def pinned(self) -> tuple[str, ...]:
+        """pinned_versions as names."""
+        return tuple(name.strip() for name in self.pinned_versions.split(",") if name.strip())
 
 
 @dataclass
@@ -589,6 +659,7 @@ class Config:
     publish: PublishConfig = field(default_factory=PublishConfig)
     quality: QualityConfig = field(default_factory=QualityConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
 
     def __post_init__(self) -> None:
         self.model.heads = "two" if self.train.mode == "sqn" else "one"
@@ -602,6 +673,27 @@ class Config:
             self.train.batching = "transitions"
         if self.train.seq_len < 2:
             raise ConfigError(f"train.seq_len={self.train.seq_len} must be at least 2")
+        self._check_raw_retention()
+
+    def _check_raw_retention(self) -> None:
+        """retention.raw_nights may not prune raw days that a night still reads (its training window, its
+        off-policy days, its drift check): a pruned day would silently change what the night learns from."""
+        keep = self.retention.raw_nights
+        if not keep:
+            return
+        window = parse_train_window(self.etl.train_window)
+        reads = {
+            "etl.train_window": window if isinstance(window, int) else 0,
+            "eval.ope_days": self.eval.ope_days,
+            "quality.drift_nights": self.quality.drift_nights + 1,
+        }
+        short = {name: days for name, days in reads.items() if days > keep}
+        if short:
+            raise ConfigError(
+                f"retention.raw_nights={keep} keeps fewer raw days than a night reads ("
+                + ", ".join(f"{name} needs {days}" for name, days in short.items())
+                + f"): set it to at least {max(short.values())}, or 0 to keep every raw day"
+            )
 
     @property
     def layout(self):

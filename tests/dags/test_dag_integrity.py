@@ -14,6 +14,7 @@ from tests.conftest import PROJECT_ROOT
 pytestmark = pytest.mark.airflow
 
 DAG_ID = "dql_recommendations"
+MAINTENANCE_DAG_ID = "dql_maintenance"
 EXPECTED_EDGES = {
     ("resolve_run_date", "validate_raw_events"),
     ("validate_raw_events", "build_training_data"),
@@ -91,7 +92,7 @@ def test_params_are_typed(dagbag):
         assert param.schema.get("title") and param.description
 
 
-@pytest.mark.parametrize("dag_id", [DAG_ID, "marketing_audiences"])
+@pytest.mark.parametrize("dag_id", [DAG_ID, "marketing_audiences", MAINTENANCE_DAG_ID])
 def test_module_level_imports_are_light(dag_id):
     # The DAG file may import dql_model.contract.steps (standard library only: the step order) and the
     # package it sits in (an empty __init__), nothing else of the package, and none of the heavy libraries.
@@ -371,3 +372,52 @@ def test_a_missing_partition_fails_the_run_at_once(airflow_db, dagbag, stubbed_t
     assert {task_id: state for task_id, (state, _) in tis.items() if task_id not in ran} == {
         task_id: "upstream_failed" for task_id in tis if task_id not in ran
     }
+
+
+# --- the weekly maintenance DAG (retention) -------------------------------------------------------
+
+
+def test_the_maintenance_dag_has_the_shape_of_every_dag(dagbag):
+    dag = dagbag.dags[MAINTENANCE_DAG_ID]
+    assert dag.dag_id == MAINTENANCE_DAG_ID
+    assert dag.catchup is False and dag.max_active_runs == 1
+    assert dag.schedule == "0 5 * * 0"  # weekly, explicit
+    assert dag.start_date.tzinfo is not None
+    assert {"dqlrec", "maintenance"} <= set(dag.tags)
+    assert dag.doc_md and "never removed" in dag.doc_md.lower()
+    assert {t.task_id: t.retries >= 2 for t in dag.tasks} == {"plan_retention": True, "apply_retention": True}
+    edges = {(up.task_id, down) for up in dag.tasks for down in up.downstream_task_ids}
+    assert edges == {("plan_retention", "apply_retention")}
+    param = dag.params.get_param("dry_run")
+    assert param.schema["type"] == "boolean" and param.schema.get("title") and param.description
+
+
+@pytest.mark.parametrize("dry_run", [True, False])
+def test_the_maintenance_tasks_plan_and_prune_the_configured_warehouse(dagbag, tmp_path, monkeypatch, dry_run):
+    import json
+
+    import yaml
+    from airflow.sdk.execution_time.context import set_current_context
+
+    from dql_model.config import Config
+
+    cfg = Config().replace(
+        warehouse={"root": str(tmp_path / "warehouse")}, registry={"root": str(tmp_path / "models")},
+        publish={"export_uri": str(tmp_path / "export")}, retention={"report_nights": 1},
+    )  # fmt: skip
+    for day in ("2026-11-25", "2026-11-26"):
+        folder = Path(cfg.layout.report(day))
+        folder.mkdir(parents=True)
+        (folder / "summary.json").write_text(json.dumps({"run_date": day}))
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg.to_dict()))
+    monkeypatch.setenv("DQLREC_CONFIG", str(config))
+
+    dag = dagbag.dags[MAINTENANCE_DAG_ID]
+    with set_current_context({"params": {"dry_run": dry_run}}):
+        planned = dag.get_task("plan_retention").python_callable()
+        done = dag.get_task("apply_retention").python_callable(planned)
+    assert planned["folders"] == 1 and planned["bytes"] > 0
+    assert Path(cfg.layout.report("2026-11-26")).is_dir()
+    assert Path(cfg.layout.report("2026-11-25")).is_dir() is dry_run
+    assert done == ({"removed": 0, "skipped": 0, "bytes": 0} if dry_run else {"removed": 1, "skipped": 0, "bytes": planned["bytes"]})

@@ -1,0 +1,247 @@
+"""Retention (dql_model.warehouse.retention, dql_model.pipeline.prune): old nights go, what a night, a rerun
+or a rollback needs stays, and `prune` removes exactly what `prune --dry-run` lists."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from dql_model.config import Config
+from dql_model.contract import schema
+from dql_model.learning import registry
+from dql_model.pipeline import prune
+from dql_model.warehouse import retention
+from tests.factories import write_parquet
+
+START = dt.date(2026, 10, 1)
+TABLE = pa.table({"user_id": ["u1", "u2", "u3"], "item_id": ["i1", "i2", "i3"], "score": [0.5, 0.25, 0.125]})
+
+
+def night(n: int) -> str:
+    return (START + dt.timedelta(days=n)).isoformat()
+
+
+def config(tmp_path: Path, **retention_fields) -> Config:
+    return Config().replace(
+        warehouse={"root": str(tmp_path / "warehouse")},
+        registry={"root": str(tmp_path / "models")},
+        publish={"export_uri": str(tmp_path / "export")},
+        retention=retention_fields,
+    )
+
+
+def fake_version(cfg: Config, run_date: str, *, warm_start_from: str | None = None) -> str:
+    """A registry-shaped version folder: what retention reads of one (weights file, data window)."""
+    version = f"{run_date.replace('-', '')}-{abs(hash(run_date)) % 16**8:08x}"
+    folder = Path(cfg.registry.root) / version
+    folder.mkdir(parents=True)
+    (folder / registry.WEIGHTS).write_bytes(b"w" * 4096)
+    (folder / registry.DATA_WINDOW).write_text(json.dumps({"run_date": run_date, "warm_start_from": warm_start_from}))
+    return version
+
+
+def write_night(cfg: Config, run_date: str) -> None:
+    """One night's folders in every layer retention knows, small and of the same size every night."""
+    lay = cfg.layout
+    write_parquet(Path(lay.partition(schema.EVENTS, run_date)), TABLE)
+    for table in retention.CURATED_TABLES[:4]:
+        write_parquet(Path(lay.partition(table, run_date)), TABLE)
+    write_parquet(Path(lay.partition(schema.RECOMMENDATIONS, run_date)), TABLE)
+    for path in (lay.etl_summary(run_date), Path(lay.report(run_date)) / "summary.json"):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps({"run_date": run_date}))
+    write_parquet(Path(cfg.publish.export_uri) / f"run_date={run_date}", TABLE)
+    write_parquet(Path(lay.baseline_models(run_date)) / "supervised", TABLE)
+
+
+def locked_by_another_run(cfg: Config, run_date: str) -> Path:
+    """The lock file a live writer of ``run_date`` holds (this process's pid stands for a live one)."""
+    path = Path(cfg.layout.run_date_lock(run_date))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    holder = {"token": "another-run", "step": "publish_recommendations", "pid": os.getpid(),
+              "host": socket.gethostname(), "started_at": "2026-10-20T01:00:00+00:00"}  # fmt: skip
+    path.write_text(json.dumps(holder))
+    return path
+
+
+def removed_layers(plan: retention.Plan) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for removal in plan.removals:
+        out.setdefault(removal.layer, []).append(Path(removal.path).name)
+    return out
+
+
+def test_each_layer_keeps_its_newest_nights_and_raw_events_are_kept_by_default(tmp_path):
+    cfg = config(tmp_path, curated_nights=2, output_nights=3, export_nights=3, report_nights=4, baseline_nights=1)
+    for n in range(6):
+        write_night(cfg, night(n))
+    plan = prune.plan(cfg)
+    by_layer = removed_layers(plan)
+    assert "raw/events" not in by_layer  # retention.raw_nights 0: every raw partition stays
+    assert by_layer["curated/user_states"] == [f"run_date={night(n)}" for n in range(4)]
+    assert by_layer["curated/_runs"] == [f"run_date={night(n)}" for n in range(4)]
+    assert by_layer["output/recommendations"] == [f"run_date={night(n)}" for n in range(3)]
+    assert by_layer["export"] == [f"run_date={night(n)}" for n in range(3)]
+    assert by_layer["reports"] == [f"run_date={night(n)}" for n in range(2)]
+    assert by_layer["models/baselines"] == [f"run_date={night(n)}" for n in range(5)]
+    assert all(r.bytes > 0 and "retention." in r.reason for r in plan.removals)
+    assert plan.bytes == sum(retention.folder_bytes(p) for p in plan.paths())
+
+
+def test_the_champion_a_pinned_version_and_recently_promoted_ones_are_never_removed(tmp_path):
+    cfg = config(tmp_path, registry_versions=2, promotion_days=30, pinned_versions="PINNED")
+    versions = [fake_version(cfg, night(n)) for n in range(8)]
+    root = cfg.registry.root
+    registry.set_champion(root, versions[1], why="gate")  # the log names versions[1] now
+    registry.set_champion(root, versions[0], why="manual: back")  # champion: the oldest; previous: versions[1]
+    cfg = cfg.replace(retention={"pinned_versions": versions[3]})
+
+    plan = prune.plan(cfg)
+    doomed = sorted(Path(p).name for p in plan.paths())
+    assert doomed == [versions[2], versions[4], versions[5]]
+    notes = "\n".join(plan.notes)
+    assert f"kept registry version {versions[0]}: the champion" in notes
+    assert f"kept registry version {versions[1]}: named by the promotion log" in notes
+    assert f"kept registry version {versions[3]}: pinned" in notes
+
+    done = prune.prune(cfg, dry_run=False)
+    assert sorted(Path(r["path"]).name for r in done["removed"]) == doomed
+    assert registry.list_versions(root) == [versions[0], versions[1], versions[3], versions[6], versions[7]]
+    assert registry.champion_version(root) == versions[0]
+
+
+def test_a_promotion_older_than_the_window_protects_nothing_but_the_champion(tmp_path):
+    cfg = config(tmp_path, registry_versions=1, promotion_days=30)
+    versions = [fake_version(cfg, night(n)) for n in range(4)]
+    root = cfg.registry.root
+    registry.set_champion(root, versions[1], why="gate")
+    registry.set_champion(root, versions[0], why="manual: back")
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=31)
+    doomed = sorted(Path(p).name for p in prune.plan(cfg, now=later).paths())
+    assert doomed == [versions[1], versions[2]]  # versions[1] fell out of the promotion window; champion stays
+
+
+def test_the_partitions_of_a_locked_run_date_are_never_removed(tmp_path):
+    cfg = config(tmp_path, curated_nights=1, output_nights=1, export_nights=1, report_nights=1, baseline_nights=1)
+    for n in range(3):
+        write_night(cfg, night(n))
+    before = prune.plan(cfg)  # made before the other run took the lock: it lists night 0
+    assert any(r.run_date == night(0) for r in before.removals)
+
+    lock = locked_by_another_run(cfg, night(0))
+    after = prune.plan(cfg)
+    assert {r.run_date for r in after.removals} == {night(1)}
+    assert f"the run-date lock of {night(0)} is held" in "\n".join(after.notes)
+
+    # A plan made before the lock was taken: apply takes each date's lock and skips the held one whole.
+    outcome = retention.apply(cfg, before, progress=lambda message: None)
+    assert {r.run_date for r in outcome.removed} == {night(1)}
+    assert {r.run_date for r, _ in outcome.skipped} == {night(0)}
+    assert all("is locked" in why for _, why in outcome.skipped)
+    assert all(Path(r.path).exists() for r, _ in outcome.skipped)
+    assert json.loads(lock.read_text())["token"] == "another-run"  # the holder's lock is untouched
+
+
+def test_a_version_trained_for_a_locked_run_date_stays_until_its_gate_ran(tmp_path):
+    cfg = config(tmp_path, registry_versions=1)
+    versions = [fake_version(cfg, night(n)) for n in range(3)]
+    locked_by_another_run(cfg, night(0))  # a rerun of night 0 trained versions[0]; its gate has not run
+    assert sorted(Path(p).name for p in prune.plan(cfg).paths()) == [versions[1]]
+
+
+def test_stale_checkpoints_and_an_interrupted_prune_are_swept(tmp_path):
+    cfg = config(tmp_path, checkpoint_days=7)
+    checkpoints = Path(cfg.registry.root) / ".checkpoints"
+    for key, age_days in (("old", 8), ("recent", 1)):
+        (checkpoints / key).mkdir(parents=True)
+        file = checkpoints / key / "epoch-0001.pt"
+        file.write_bytes(b"c" * 100)
+        stamp = dt.datetime.now(dt.UTC).timestamp() - age_days * 86400
+        os.utime(file, (stamp, stamp))
+    leftover = Path(cfg.layout.reports()) / ".run_date=2026-10-01.pruned-0123abcd"
+    leftover.mkdir(parents=True)
+    (leftover / "summary.json").write_text("{}")
+    plan = prune.plan(cfg)
+    assert sorted(plan.paths()) == sorted([str(checkpoints / "old"), str(leftover)])
+    prune.prune(cfg, dry_run=False)
+    assert not (checkpoints / "old").exists() and (checkpoints / "recent").exists() and not leftover.exists()
+
+
+def test_thirty_nights_keep_storage_flat_and_prune_removes_exactly_what_the_dry_run_lists(tmp_path, monkeypatch):
+    """Thirty nights with a nightly prune: after the longest window, each night adds what it prunes."""
+    windows = {"raw_nights": 10, "curated_nights": 3, "output_nights": 5, "export_nights": 5, "report_nights": 7,
+               "baseline_nights": 2, "registry_versions": 3, "promotion_days": 6}  # fmt: skip
+    cfg = config(tmp_path, **windows)
+    clock = {"now": dt.datetime(2026, 10, 1, 12, tzinfo=dt.UTC)}
+
+    class Clock(dt.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return clock["now"]
+
+    monkeypatch.setattr(registry, "datetime", Clock)  # promotion log lines carry the simulated night's time
+    log = Path(cfg.registry.root) / registry.PROMOTIONS
+    sizes, previous = [], None
+    for n in range(30):
+        clock["now"] = dt.datetime.combine(START + dt.timedelta(days=n), dt.time(12), dt.UTC)
+        write_night(cfg, night(n))
+        version = fake_version(cfg, night(n), warm_start_from=previous)
+        registry.set_champion(cfg.registry.root, version, why="gate: promoted")
+        previous = version
+
+        listed = prune.prune(cfg, dry_run=True, now=clock["now"])
+        done = prune.prune(cfg, dry_run=False, now=clock["now"])
+        assert [r["path"] for r in done["removed"]] == [r["path"] for r in listed["removals"]], night(n)
+        assert done["skipped"] == [] and done["bytes"] == listed["bytes"]
+        assert not any(Path(r["path"]).exists() for r in done["removed"])
+        sizes.append(retention.folder_bytes(tmp_path) - log.stat().st_size)  # the promotion log is append-only
+
+    longest = max(windows["raw_nights"], windows["promotion_days"] + 1 + windows["registry_versions"])
+    assert sizes[longest - 1] > sizes[0]
+    assert set(sizes[longest - 1 :]) == {sizes[longest - 1]}, sizes  # flat once every window is full
+    # The log's lines of the last 6 days (nights 24..30) name 8 versions (23..30), the newest 3 among them.
+    assert registry.list_versions(cfg.registry.root)[0].startswith("20261023")
+    assert len(registry.list_versions(cfg.registry.root)) == 8
+    assert len(retention.dated_folders(cfg.layout.table(schema.EVENTS))) == 10
+
+
+def test_the_prune_command_removes_what_its_dry_run_lists(tmp_path, capsys):
+    import yaml
+
+    from dql_model import cli
+
+    cfg = config(tmp_path, curated_nights=1, output_nights=1, export_nights=1, report_nights=1, baseline_nights=1)
+    for n in range(3):
+        write_night(cfg, night(n))
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg.to_dict()))
+
+    assert cli.main(["--config", str(path), "prune", "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert f"user_states/run_date={night(0)}" in text and "would remove 18 folders" in text  # 9 layers, 2 old nights each
+    assert cli.main(["--config", str(path), "prune", "--dry-run", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert all(Path(r["path"]).exists() for r in listed["removals"])  # a dry run removes nothing
+
+    assert cli.main(["--config", str(path), "prune", "--json"]) == 0
+    done = json.loads(capsys.readouterr().out)
+    assert [r["path"] for r in done["removed"]] == [r["path"] for r in listed["removals"]]
+    assert done["bytes"] == listed["bytes"] > 0
+    assert not any(Path(r["path"]).exists() for r in done["removed"])
+    assert cli.main(["--config", str(path), "prune"]) == 0
+    assert "removed 0 folders, 0 B" in capsys.readouterr().out
+
+
+def test_raw_retention_shorter_than_what_a_night_reads_is_refused():
+    from dql_model.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"retention.raw_nights=10 keeps fewer raw days than a night reads "
+                                          r"\(etl.train_window needs 30\): set it to at least 30"):  # fmt: skip
+        Config().replace(etl={"train_window": "30d"}, retention={"raw_nights": 10})
+    assert Config().replace(etl={"train_window": "30d"}, retention={"raw_nights": 30}).retention.raw_nights == 30
