@@ -191,12 +191,12 @@ def _not_listed_reason(cfg: Config, explained: dict[str, Any], run_date: str) ->
         return (
             f"no state for this user on {run_date}: no events up to that night (or a user id the shop does not have)"
         )
-    since = data.active_since(run_date, cfg.score.active_days)
+    since = data.active_since(cfg.score, data.night_protocol(cfg, run_date), run_date)
     last = datetime.fromisoformat(state["last_event_time"]) if state["last_event_time"] else None
     if since is not None and last is not None and last < since:
         return (
             f"not scored: the last event ({state['last_event_time']}) is before {since.date()}, the first day of "
-            f"score.active_days = {cfg.score.active_days}"
+            f"score.active_window = {cfg.score.active_window}"
         )
     return "the user has a state but no published rows: check the night's scoring summary"
 

@@ -26,7 +26,7 @@ VIEW, CART, BUY = (schema.EVENT_CODE[t] for t in (schema.VIEW, schema.ADD_TO_CAR
 @pytest.fixture
 def night(tiny_config):
     """A published night: u1 scored by the model (one explored slot), u2 by the fallback (only new items in
-    its state), u3 left out by score.active_days; the model registered with MODEL_ITEMS items."""
+    its state), u3 left out by score.active_window (auto: 30 days); the model registered with MODEL_ITEMS items."""
     import torch
 
     from dql_model.learning import registry
