@@ -507,7 +507,7 @@ def train_model(
     for epoch in range(run.epoch + 1, cfg.train.epochs + 1):
         if stopped():
             break
-        if budget.spent(clock()):
+        if run.history and budget.spent(clock()):  # the first epoch trains at least one step
             progress(f"time budget: train.max_minutes={cfg.train.max_minutes:g} spent before epoch {epoch}")
             break
         epoch_start = clock()
