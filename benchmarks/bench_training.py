@@ -38,7 +38,7 @@ CATALOGUES = (1_000, 20_000, 200_000)
 """Catalogue sizes of the full vs sampled softmax comparison."""
 DEMO_SEEDS = (0, 1, 2)
 """Training seeds of the demo shop's full vs sampled quality comparison."""
-DEMO_NEGATIVES = (32, 256)
+DEMO_NEGATIVES = (256,)
 """train.cql_negatives of the sampled runs on the demo shop (1,000 items; 4,096 of 219k is 1.9 %)."""
 NDCG = schema.metric_name("ndcg", 10)
 EVENT_MIX = {schema.VIEW: 0.85, schema.ADD_TO_CART: 0.11, schema.PURCHASE: 0.04}

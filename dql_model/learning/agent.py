@@ -13,11 +13,13 @@ Which items the softmax runs over is ``train.loss_items`` (``loss_items_for``): 
 follows the batch, not the catalogue. The sampled one (``NegativeSampler``) scores, per step, the
 distinct items of the batch's logged actions (in-batch negatives: draws from the training
 popularity) and of ``train.cql_negatives`` uniform draws over the catalogue (the tail, cold items
-included), each logit corrected by log(count in the sample) - log(expected count), the expected
-count being P * pop(a) + m / N (P actions in the batch, m draws): sum_j exp(Q_j) / E[count_j] over
-the drawn items estimates sum_a exp(Q(s, a)) without bias (log-Q correction, Bengio & Senecal
-2008; mixed in-batch and uniform negatives, Yang et al. 2020). A candidate equal to the row's
-logged action is left out (an accidental hit): the logged action enters once, uncorrected.
+included), each logit less the log of its expected count in that set, the probability
+pi(a) = 1 - (1 - pop(a))^P (1 - 1/N)^m that it is among them (P actions in the batch, m draws;
+about P * pop(a) + m / N for a rare item): sum_j exp(Q_j) / pi_j over the drawn items estimates
+sum_a exp(Q(s, a)) without bias (log-Q correction, Bengio & Senecal 2008; mixed in-batch and
+uniform negatives, Yang et al. 2020; the expected count of a distinct set as TensorFlow's samplers
+with unique=True have it). A candidate equal to the row's logged action is left out (an accidental
+hit): the logged action enters once, uncorrected.
 With every item drawn once and no correction this is exactly the full softmax (tested).
 
 At that scale the double-DQN target takes the online argmax over the step's candidate items and
@@ -188,7 +190,7 @@ class Candidates:
     items: torch.Tensor
     """[K] distinct item_idx."""
     log_weight: torch.Tensor
-    """[K] log(count in the step's sample) - log(expected count), added to each item's logit."""
+    """[K] -log(expected count in the step's candidates), added to each item's logit (log-Q correction)."""
 
     @classmethod
     def whole_catalogue(cls, n_items: int, device: torch.device | str = "cpu") -> Candidates:
@@ -225,18 +227,25 @@ class NegativeSampler:
         return self.popularity is not None
 
     def draw(self, actions: torch.Tensor) -> Candidates:
-        """This step's candidates; ``actions`` [P] are the batch's logged actions."""
+        """This step's distinct candidate items, each with -log P(it is among them); ``actions`` [P]
+        are the batch's logged actions.
+
+        P(a among them) = 1 - (1 - pop(a))^P (1 - 1/N)^m, its expected count in the set of distinct
+        items: for a rare item about P * pop(a) + m / N, for a popular one at most 1. Counting an item
+        once however often the batch holds it keeps a user's repeats (the view, the add-to-cart and the
+        purchase of one item in one window) from inflating its weight for every other row.
+        """
         drawn = torch.randint(1, self.n_items + 1, (self.negatives,), device=self.device)
-        expected_uniform = self.negatives / self.n_items
+        log_missed = self.negatives * math.log1p(-1 / self.n_items) if self.negatives else 0.0
         if self.popularity is None:
-            items, counts = torch.unique(drawn, return_counts=True)
-            expected = torch.full(items.shape, expected_uniform, dtype=torch.float64, device=self.device)
+            items = torch.unique(drawn)
+            log_missed = torch.full(items.shape, log_missed, dtype=torch.float64, device=self.device)
         else:
-            items, counts = torch.unique(torch.cat([actions.flatten(), drawn]), return_counts=True)
-            expected = actions.numel() * self.popularity[items] + expected_uniform
-        # An action outside the popularity counts (another split) has no expected count: floor it.
-        log_weight = counts.double().log() - expected.clamp(min=1e-12).log()
-        return Candidates(items, log_weight.float())
+            items = torch.unique(torch.cat([actions.flatten(), drawn]))
+            log_missed = actions.numel() * torch.log1p(-self.popularity[items]) + log_missed
+        # An action outside the popularity counts (another split) has no known probability: floor it.
+        included = (-torch.expm1(log_missed)).clamp(min=1e-12)
+        return Candidates(items, (-included.log()).float())
 
 
 @dataclass

@@ -96,14 +96,14 @@ def test_log_q_correction_by_hand_on_three_items(monkeypatch):
     sampler = NegativeSampler(3, negatives=2, popularity=[0, 6, 3, 1])
     monkeypatch.setattr(torch, "randint", lambda low, high, size, device=None: torch.tensor([3, 1]))
     drawn = sampler.draw(torch.tensor([1, 2]))
-    assert drawn.items.tolist() == [1, 2, 3]
-    # expected count = 2 actions * popularity + 2 draws / 3 items; item 1 was drawn twice
-    expected = [2 * 0.6 + 2 / 3, 2 * 0.3 + 2 / 3, 2 * 0.1 + 2 / 3]
-    counts = [2, 1, 1]
-    by_hand = [math.log(c) - math.log(e) for c, e in zip(counts, expected, strict=True)]
+    assert drawn.items.tolist() == [1, 2, 3]  # distinct: item 1, an action and a draw, counts once
+    # expected count in the step's distinct items: 1 - (1 - pop)^2 actions * (1 - 1/3)^2 draws
+    included = [1 - 0.4**2 * (2 / 3) ** 2, 1 - 0.7**2 * (2 / 3) ** 2, 1 - 0.9**2 * (2 / 3) ** 2]
+    torch.testing.assert_close(torch.tensor(included), torch.tensor([0.928889, 0.782222, 0.64]))
+    by_hand = [-math.log(p) for p in included]
     torch.testing.assert_close(drawn.log_weight, torch.tensor(by_hand))
-    # the sign: per occurrence, the popular item's logit is pulled down, the rare one's pushed up
-    assert by_hand[0] - math.log(2) < 0 < by_hand[2]
+    # the sign: every drawn item stands for itself and the items not drawn (+), the popular one the least
+    assert 0 < by_hand[0] < by_hand[1] < by_hand[2]
 
     # rows with logged actions 1 and 3 and Q-values (2, 1, 0) for items (1, 2, 3)
     q = torch.tensor([[2.0, 1.0, 0.0], [2.0, 1.0, 0.0]])
@@ -121,11 +121,11 @@ def test_without_popularity_only_the_uniform_draws_are_candidates():
     torch.manual_seed(0)
     drawn = sampler.draw(torch.tensor([7, 7, 8]))
     torch.manual_seed(0)
-    items, counts = torch.unique(torch.randint(1, 51, (10,)), return_counts=True)
+    items = torch.unique(torch.randint(1, 51, (10,)))
     assert not sampler.in_batch
     assert drawn.items.tolist() == items.tolist()  # the batch's actions have no expected count here
-    # each draw is expected 10 / 50 times per item
-    torch.testing.assert_close(drawn.log_weight, counts.float().log() - math.log(10 / 50))
+    # each item is among 10 uniform draws of 50 with probability 1 - (49 / 50)^10
+    torch.testing.assert_close(drawn.log_weight, torch.full(items.shape, -math.log(1 - 0.98**10)))
     with pytest.raises(ValueError, match="train.cql_negatives=0"):
         NegativeSampler(50, negatives=0)
 
