@@ -28,8 +28,9 @@ from benchmarks.common import peak_rss_mib, print_table, write_json
 from dql_model.config import Config
 from dql_model.contract import schema
 from dql_model.learning import train
-from dql_model.learning.agent import DQNAgent, TensorBatch, describe_loss
+from dql_model.learning.agent import DQNAgent, SequenceTensors, TensorBatch, describe_loss
 from dql_model.learning.networks import QNetwork
+from dql_model.learning.sequences import SequenceBatch
 from dql_model.warehouse import data
 
 WARMUP_STEPS = 3
@@ -66,6 +67,25 @@ def synthetic_batch(n_items: int, batch_size: int, max_len: int, n_step: int, se
     return batch
 
 
+def synthetic_windows(n_items: int, windows: int, seq_len: int, seed: int = 0) -> SequenceBatch:
+    """Random full windows of user sequences (train.batching=sequences): every position but the first an action."""
+    rng = np.random.default_rng(seed)
+    codes = np.array([schema.EVENT_CODE[t] for t in EVENT_MIX])
+    share = np.array(list(EVENT_MIX.values()))
+    reward_of = np.zeros(schema.N_EVENT_CODES, np.float32)
+    reward_of[codes] = [REWARDS[t] for t in EVENT_MIX]
+    events = rng.choice(codes, p=share, size=(windows, seq_len))
+    loss = np.ones((windows, seq_len), bool)
+    loss[:, 0] = False
+    return SequenceBatch(
+        items=rng.integers(1, n_items + 1, size=(windows, seq_len)),
+        events=events,
+        loss=loss,
+        reward=np.where(loss, reward_of[events], 0.0).astype(np.float32),
+        done=loss & (rng.random((windows, seq_len)) < 0.02),
+    )
+
+
 def synthetic_popularity(n_items: int) -> np.ndarray:
     """Logged actions per item_idx with a long tail (Zipf 1.1 by rank), as a shop's are."""
     counts = np.zeros(n_items + 1)
@@ -81,9 +101,16 @@ def measure(cfg: Config, n_items: int, device: str) -> dict[str, object]:
     )
     amp = torch.bfloat16 if device == "cuda" else None
     agent = DQNAgent(model, cfg.train, device=device, amp_dtype=amp, item_counts=synthetic_popularity(n_items))
-    batch = TensorBatch.from_numpy(
-        synthetic_batch(n_items, cfg.train.batch_size, cfg.etl.max_len, cfg.train.n_step), device
-    )
+    if cfg.train.batching == "sequences":
+        batch = SequenceTensors.from_numpy(
+            synthetic_windows(n_items, cfg.train.seq_batch_size, cfg.train.seq_len), device
+        )
+        rows = int(batch.loss.sum())
+    else:
+        batch = TensorBatch.from_numpy(
+            synthetic_batch(n_items, cfg.train.batch_size, cfg.etl.max_len, cfg.train.n_step), device
+        )
+        rows = cfg.train.batch_size
     for _ in range(WARMUP_STEPS):
         agent.update(batch)
     if device == "cuda":
@@ -94,14 +121,18 @@ def measure(cfg: Config, n_items: int, device: str) -> dict[str, object]:
     float(metrics["loss/total"])  # waits for the device
     seconds = time.perf_counter() - started
     return {
-        "transitions_per_s": TIMED_STEPS * cfg.train.batch_size / seconds,
+        "transitions_per_s": TIMED_STEPS * rows / seconds,
         "ms_per_step": 1000 * seconds / TIMED_STEPS,
         "parameters": sum(p.numel() for p in model.parameters()),
     }
 
 
 def cases(base: Config) -> list[tuple[str, Config, int]]:
+    """(name, config, items): transition batches of train.batch_size, except the cases named "sequences"
+    (the default batching: train.seq_batch_size windows of train.seq_len events)."""
     n = base.simulator.n_items
+    sequences = base
+    base = base.replace(train={"batching": "transitions"})
 
     def with_(train=None, model=None) -> Config:
         return base.replace(train=train or {}, model=model or {})
@@ -121,6 +152,15 @@ def cases(base: Config) -> list[tuple[str, Config, int]]:
         )
         for items in CATALOGUES
         for loss in ("full", "sampled")
+    ] + [
+        (
+            f"dqn, sequences, {items:,} items, " + describe_loss(cfg.train, items),
+            cfg,
+            items,
+        )
+        for items in CATALOGUES
+        for cfg in [sequences.replace(train={"loss_items": loss}) for loss in ("full", "sampled")]
+        if items <= base.simulator.n_items or cfg.train.loss_items == "sampled"  # full: minutes a step
     ]
 
 

@@ -327,8 +327,9 @@ class TrainConfig(_Section):
     exact), sampled (the logged action, the batch's actions and cql_negatives uniform draws, log-Q
     corrected; a step's cost follows the batch, not the catalogue) or auto (full up to
     full_loss_max_items items, sampled above)."""
-    full_loss_max_items: int = 20_000
-    """Largest catalogue that loss_items=auto trains with the full softmax."""
+    full_loss_max_items: int = 10_000
+    """Largest catalogue that loss_items=auto trains with the full softmax (at 20,000 items a full step
+    costs 3x a sampled one on 2 CPU cores: benchmarks/bench_training.py)."""
     cql_negatives: int = 4096
     """Items drawn uniformly per step for the sampled softmax, besides the batch's own actions."""
     max_minutes: float = 30.0

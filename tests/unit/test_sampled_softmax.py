@@ -220,3 +220,15 @@ def test_a_sampled_agent_learns_the_logged_actions():
     with torch.no_grad():
         q = model.q_values(torch.from_numpy(batch.state_items), torch.from_numpy(batch.state_events))
     assert q.argmax(dim=1).tolist() == actions
+
+
+@pytest.mark.parametrize("mode", ["dqn", "sqn"])
+def test_a_sampled_step_runs_under_bf16_autocast(mode):
+    """The mixed-precision path used on CUDA, exercised with CPU autocast."""
+    model = network(40, heads="two" if mode == "sqn" else "one")
+    cfg = TrainConfig(mode=mode, loss_items="sampled", cql_negatives=8)
+    agent = DQNAgent(model, cfg, amp_dtype=torch.bfloat16, item_counts=np.r_[0, np.ones(40)])
+    for step in range(3):
+        metrics = agent.update(transitions(40, seed=step))
+    assert all(torch.isfinite(value) for value in metrics.values())
+    assert metrics["loss/total"].dtype == torch.float32
