@@ -527,7 +527,7 @@ class DQNAgent:
         self.sampler: NegativeSampler | None = None
         if loss_items_for(cfg, online.n_items) == "sampled":
             self.sampler = NegativeSampler(online.n_items, cfg.cql_negatives, item_counts, self.device)
-            self.online.sparse_item_gradients(True)
+        self.online.sparse_item_gradients(self.sampler is not None)
         self.target: QNetwork | None = None
         if cfg.mode in ("dqn", "sqn"):
             self.target = copy.deepcopy(online).eval().requires_grad_(False)
@@ -643,8 +643,9 @@ class DQNAgent:
         rows have not moved since they were last updated, so k updates are one lerp by 1 - (1 - tau)^k."""
         if not self.lazy_target:
             return
-        waited = (self._lazy_step - self._row_synced[rows]).double()
-        keep = ((1.0 - self.cfg.tau) ** waited).float()[:, None]
+        waited = self._lazy_step - self._row_synced[rows]
+        rows = rows[waited > 0]  # a row updated at this step already is exact: leave it bit for bit
+        keep = ((1.0 - self.cfg.tau) ** waited[waited > 0].double()).float()[:, None]
         for target, online in self._row_params():
             online_rows = online.index_select(0, rows)
             lagging = target.index_select(0, rows)

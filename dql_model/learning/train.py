@@ -572,6 +572,7 @@ def train_model(
 
     if run.best_state is not None:
         model.load_state_dict(run.best_state)
+    model.sparse_item_gradients(False)  # whoever trains it next starts from ordinary tables
     model.eval()
     if checkpoints is not None:
         checkpoints.clear()

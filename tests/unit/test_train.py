@@ -322,3 +322,28 @@ def test_the_sampled_softmax_learns_the_shop_as_the_full_one_does(tiny_config, s
     popularity = evaluate_scorer(PopularityScorer.from_transitions(transitions, n_items=30), val)
     assert sampled.best_value > popularity["eval/ndcg@10"] + 0.3
     assert sampled.best_value > 0.9 * full.best_value
+
+
+def test_a_sampled_run_resumes_from_its_checkpoint_and_ends_identically(tiny_config, shop, monkeypatch):
+    # the split optimizer (Adam + SparseAdam) and the lazy target are saved and restored exactly
+    cfg = config(tiny_config, epochs=2, patience=5, full_loss_max_items=20, cql_negatives=8)
+    uninterrupted = run(cfg, shop)
+    real_epoch = train._train_epoch
+    calls = []
+
+    def crash_in_epoch_2(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("worker lost")
+        return real_epoch(*args)
+
+    monkeypatch.setattr(train, "_train_epoch", crash_in_epoch_2)
+    with pytest.raises(RuntimeError, match="worker lost"):
+        run(cfg, shop)
+    monkeypatch.setattr(train, "_train_epoch", real_epoch)
+    resumed = run(cfg, shop)
+    assert any("resuming from checkpoint" in line for line in resumed.lines)
+    assert [row["loss/total"] for row in resumed.history] == [row["loss/total"] for row in uninterrupted.history]
+    for name, tensor in uninterrupted.model.state_dict().items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+    assert not any(table.sparse for table in resumed.model.item_row_tables())
