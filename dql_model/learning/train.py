@@ -4,7 +4,12 @@
 
 Per epoch it prints one line of namespaced metrics (loss/*, q/*, eval/*) and keeps the weights
 of the best epoch by the validation metric ``eval.early_stop_metric`` (``eval/ndcg@10`` by default). On CUDA the forward passes run under bf16
-autocast; on CPU a run is bit-for-bit reproducible for a seed.
+autocast; on CPU a run is bit-for-bit reproducible for a seed. The log names the softmax the loss
+runs over (``train.loss_items``: full, or sampled on large catalogues; dql_model.learning.agent) and,
+every PROGRESS_EVERY_S seconds inside an epoch, the steps done, the rate and the epoch's ETA.
+
+``train.max_minutes`` bounds the night's training: the run stops at the end of the step where the
+budget runs out, evaluates that cut epoch like a finished one, and keeps the best epoch so far.
 
 With ``train.checkpoints`` every finished epoch is saved (networks, optimizer, history, best
 weights, random state) under ``<registry.root>/.checkpoints/<run key>/``, the key being a hash
