@@ -199,8 +199,8 @@ def demo_quality(base: Config, seeds=DEMO_SEEDS, negatives=DEMO_NEGATIVES) -> li
         change = [r[NDCG] / full[r["seed"]][NDCG] - 1 for r in runs]  # paired by seed
         purchase = schema.metric_name("ndcg", 10, schema.PURCHASE)
         rows.append([
-            name, " ".join(f"{r[NDCG]:.4f}" for r in runs), float(np.mean([r[NDCG] for r in runs])),
-            f"{100 * np.mean(change):+.2f} %", float(np.mean([r.get(purchase, float("nan")) for r in runs])),
+            name, " ".join(f"{r[NDCG]:.4f}" for r in runs), f"{np.mean([r[NDCG] for r in runs]):.4f}",
+            f"{100 * np.mean(change):+.2f} %", f"{np.mean([r.get(purchase, float('nan')) for r in runs]):.4f}",
             round(float(np.mean([r["transitions_per_s"] for r in runs]))),
         ])  # fmt: skip
     print_table(
