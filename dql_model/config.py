@@ -71,6 +71,7 @@ LEARNED_MODES: tuple[str, ...] = typing.get_args(TrainMode)
 Heads = Literal["one", "two"]
 Batching = Literal["transitions", "sequences"]
 TargetUpdate = Literal["polyak", "hard"]
+LossItems = Literal["auto", "full", "sampled"]
 PurchaseCredit = Literal["cart", "purchase"]
 ScoringEngine = Literal["torch", "spark"]
 SimRefresh = Literal["session", "step"]
@@ -355,8 +356,19 @@ class TrainConfig(_Section):
     validation NDCG@10 of 0, 0.5, 1, 2, 4 and 8 over 3 training seeds on the demo shop (the gate's
     rule; ``python -m benchmarks.bench_tradeoff``). Smaller weights earn more simulated return and
     lose next-event accuracy (README, "The conservative weight")."""
-    cql_negatives: int = 0
-    """0: logsumexp and the TD argmax over the full catalogue; m > 0: over m sampled items (huge catalogues)."""
+    loss_items: LossItems = "auto"
+    """Items the softmax of the conservative term and the next-item loss runs over: full (every item,
+    exact), sampled (the logged action, the batch's actions and cql_negatives uniform draws, log-Q
+    corrected; a step's cost follows the batch, not the catalogue) or auto (full up to
+    full_loss_max_items items, sampled above)."""
+    full_loss_max_items: int = 10_000
+    """Largest catalogue that loss_items=auto trains with the full softmax (at 20,000 items a full step
+    costs 3x a sampled one on 2 CPU cores: benchmarks/bench_training.py)."""
+    cql_negatives: int = 4096
+    """Items drawn uniformly per step for the sampled softmax, besides the batch's own actions."""
+    max_minutes: float = 30.0
+    """Training time budget: training stops at the end of the step where it runs out and keeps the best
+    epoch so far (a cut epoch is evaluated too); 0 = no limit."""
     n_step: int = 3
     """Rewards summed (discounted) before bootstrapping: n-step returns; 1 is one-step TD."""
     purchase_credit: PurchaseCredit = "cart"
@@ -387,6 +399,14 @@ class TrainConfig(_Section):
     threads: int = 0
     """torch CPU threads of training, evaluation, scoring and simulation: 0 = the CPUs this process may use
     (affinity, cgroup quota); a positive value caps that (e.g. 1 per job when jobs share a worker's cores)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_minutes < 0 or self.full_loss_max_items < 0:
+            raise ConfigError(
+                f"train.max_minutes={self.max_minutes} and train.full_loss_max_items={self.full_loss_max_items} "
+                "must be >= 0 (max_minutes 0: no time limit)"
+            )
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,32 @@ s' the state k actions later. With mode="supervised" the loss is the conservativ
 which is exactly the cross-entropy of the next item under softmax(Q(s, ·)): the supervised
 baseline, same network.
 
-With ``cql_negatives`` = m > 0 the catalogue is never scored whole: the logsumexp runs over the
-logged action and m items drawn uniformly per batch (their Q-values shifted by log((N - 1) / m),
-so it estimates the full-catalogue value), and the TD argmax runs over those items plus the
-batch's logged actions. This is the variant for catalogues whose [batch, N] matrix does not fit.
+Which items the softmax runs over is ``train.loss_items`` (``loss_items_for``): the full catalogue
+(exact; the default up to ``train.full_loss_max_items`` items), or a sampled softmax whose cost
+follows the batch, not the catalogue. The sampled one (``NegativeSampler``) scores, per step, the
+distinct items of the batch's logged actions (in-batch negatives: draws from the training
+popularity) and of ``train.cql_negatives`` uniform draws over the catalogue (the tail, cold items
+included), each logit less the log of its expected count in that set, the probability
+pi(a) = 1 - (1 - pop(a))^P (1 - 1/N)^m that it is among them (P actions in the batch, m draws;
+about P * pop(a) + m / N for a rare item): sum_j exp(Q_j) / pi_j over the drawn items estimates
+sum_a exp(Q(s, a)) without bias (log-Q correction, Bengio & Senecal 2008; mixed in-batch and
+uniform negatives, Yang et al. 2020; the expected count of a distinct set as TensorFlow's samplers
+with unique=True have it). A candidate equal to the row's logged action is left out (an accidental
+hit): the logged action enters once, uncorrected.
+With every item drawn once and no correction this is exactly the full softmax (tested).
+
+At that scale the double-DQN target takes the online argmax over the step's candidate items and
+values it with the target network. The candidates hold every logged action of the batch (where
+CQL keeps the Q-mass) and a uniform sample of the rest, so the max is a max over the items the
+conservative term has trained; over the unscored remainder it can only be lower than the full max,
+which errs on the side DQN needs (its max over noisy estimates overestimates).
+
+A sampled step reads and changes only the rows of its items: the item-row tables get row-sparse
+gradients and a lazy Adam (torch's SparseAdam: moments of untouched rows wait), and the Polyak
+target is lazy too: a target row is brought up to date, target = online + (1 - tau)^k
+(target - online) for the k steps since it was last touched (exact, as its online row did not move
+in between), only when the step reads or changes it (``settle_target`` brings every row up to date,
+at the end of each epoch). Weight decay applies to the other parameters only in that mode.
 
 With mode="sqn" (model.heads=two) the network has a second, next-item head on the same encoder
 (Xin et al., SIGIR 2020); its cross-entropy is added to the DQN loss above, and the TD target and
@@ -29,7 +51,9 @@ import contextlib
 import copy
 import math
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -117,18 +141,111 @@ def conservative_term(q: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(q, dim=1) - q.gather(1, action[:, None])[:, 0]
 
 
+def sampled_softmax_term(
+    q_logged: torch.Tensor,
+    q_candidates: torch.Tensor,
+    candidates: torch.Tensor,
+    log_weight: torch.Tensor,
+    action: torch.Tensor,
+) -> torch.Tensor:
+    """Per row estimate of logsumexp_a Q(s, a) - Q(s, a_logged) from scored candidate items.
+
+    q_candidates [B, K] are the Q-values of ``candidates`` [K]; each enters the logsumexp shifted by
+    its ``log_weight`` [K] (log of its count in the sample minus log of its expected count: the log-Q
+    correction), except where it is the row's logged action (an accidental hit), which is counted
+    once already, uncorrected, as q_logged [B].
+    """
+    others = (q_candidates + log_weight).masked_fill(candidates[None, :] == action[:, None], float("-inf"))
+    return torch.logsumexp(torch.cat([q_logged[:, None], others], dim=1), dim=1) - q_logged
+
+
 def sampled_conservative_term(
     q_logged: torch.Tensor, q_sampled: torch.Tensor, sampled: torch.Tensor, action: torch.Tensor, n_items: int
 ) -> torch.Tensor:
-    """Per row estimate of logsumexp_a Q(s, a) - Q(s, a_logged) from m uniformly sampled items.
-
-    q_sampled [B, m] are the Q-values of ``sampled`` [m]; each stands for (N - 1) / m items of
-    the catalogue other than the logged one, so it enters the logsumexp shifted by the log of
-    that; a sampled item equal to the row's logged action is left out (it is counted already).
-    """
+    """``sampled_softmax_term`` of m uniform draws over the N - 1 items other than the logged one:
+    each stands for (N - 1) / m of them, so its log-Q correction is log((N - 1) / m)."""
     shift = math.log(max(n_items - 1, 1) / sampled.shape[0])
-    others = (q_sampled + shift).masked_fill(sampled[None, :] == action[:, None], float("-inf"))
-    return torch.logsumexp(torch.cat([q_logged[:, None], others], dim=1), dim=1) - q_logged
+    return sampled_softmax_term(q_logged, q_sampled, sampled, q_sampled.new_full(sampled.shape, shift), action)
+
+
+def loss_items_for(cfg: TrainConfig, n_items: int) -> str:
+    """The softmax a step runs, "full" or "sampled": train.loss_items, auto resolved by the catalogue's size."""
+    if cfg.loss_items != "auto":
+        return cfg.loss_items
+    return "sampled" if n_items > cfg.full_loss_max_items else "full"
+
+
+def describe_loss(cfg: TrainConfig, n_items: int, *, in_batch: bool = True) -> str:
+    """The training log's line on the softmax a step runs (module docstring)."""
+    if loss_items_for(cfg, n_items) == "full":
+        return f"full softmax over {n_items} items"
+    batch = " + the batch's actions" if in_batch else ""
+    return f"sampled softmax: {cfg.cql_negatives} negatives{batch} of {n_items} items, log-Q corrected"
+
+
+@dataclass
+class Candidates:
+    """The items a sampled step scores, and the log-Q correction of each."""
+
+    items: torch.Tensor
+    """[K] distinct item_idx."""
+    log_weight: torch.Tensor
+    """[K] -log(expected count in the step's candidates), added to each item's logit (log-Q correction)."""
+
+    @classmethod
+    def whole_catalogue(cls, n_items: int, device: torch.device | str = "cpu") -> Candidates:
+        """Every item once, uncorrected: the sampled softmax then equals the full one."""
+        items = torch.arange(1, n_items + 1, device=device)
+        return cls(items, torch.zeros(n_items, device=device))
+
+
+class NegativeSampler:
+    """Candidates of a sampled step: the batch's actions plus ``negatives`` uniform draws (module docstring).
+
+    ``popularity`` is how often each item_idx is a logged action in the training split ([N + 1]);
+    without it (or with no actions counted) only the uniform draws are candidates, since the
+    batch's actions then have no known expected count.
+    """
+
+    def __init__(self, n_items: int, negatives: int, popularity=None, device: torch.device | str = "cpu"):
+        self.n_items, self.negatives, self.device = n_items, negatives, torch.device(device)
+        self.popularity: torch.Tensor | None = None
+        if popularity is not None:
+            counts = torch.as_tensor(np.asarray(popularity, dtype=np.float64)).to(self.device)
+            if counts.shape != (n_items + 1,):
+                raise ValueError(f"popularity has {tuple(counts.shape)} entries, expected n_items + 1 = {n_items + 1}")
+            if counts.sum() > 0:
+                self.popularity = counts / counts.sum()
+        if negatives < 1 and self.popularity is None:
+            raise ValueError(
+                f"train.cql_negatives={negatives}: a sampled softmax without training popularity needs "
+                "at least one uniform negative per step"
+            )
+
+    @property
+    def in_batch(self) -> bool:
+        return self.popularity is not None
+
+    def draw(self, actions: torch.Tensor) -> Candidates:
+        """This step's distinct candidate items, each with -log P(it is among them); ``actions`` [P]
+        are the batch's logged actions.
+
+        P(a among them) = 1 - (1 - pop(a))^P (1 - 1/N)^m, its expected count in the set of distinct
+        items: for a rare item about P * pop(a) + m / N, for a popular one at most 1. Counting an item
+        once however often the batch holds it keeps a user's repeats (the view, the add-to-cart and the
+        purchase of one item in one window) from inflating its weight for every other row.
+        """
+        drawn = torch.randint(1, self.n_items + 1, (self.negatives,), device=self.device)
+        log_missed = self.negatives * math.log1p(-1 / self.n_items) if self.negatives else 0.0
+        if self.popularity is None:
+            items = torch.unique(drawn)
+            log_missed = torch.full(items.shape, log_missed, dtype=torch.float64, device=self.device)
+        else:
+            items = torch.unique(torch.cat([actions.flatten(), drawn]))
+            log_missed = actions.numel() * torch.log1p(-self.popularity[items]) + log_missed
+        # An action outside the popularity counts (another split) has no known probability: floor it.
+        included = (-torch.expm1(log_missed)).clamp(min=1e-12)
+        return Candidates(items, (-included.log()).float())
 
 
 @dataclass
@@ -264,34 +381,51 @@ def _full_catalogue_parts(v: Vectors, online: QNetwork, target: QNetwork | None,
     return q_logged, conservative_term(q, v.action), cross_entropy, td_target
 
 
-def _sampled_parts(v: Vectors, online: QNetwork, target: QNetwork | None, cfg: TrainConfig):
-    """The same four parts from cfg.cql_negatives sampled items (module docstring)."""
-    n_items = online.n_items
-    sampled = torch.randint(1, n_items + 1, (cfg.cql_negatives,), device=v.action.device)
+def _sampled_parts(v: Vectors, online: QNetwork, target: QNetwork | None, cfg: TrainConfig, candidates: Candidates):
+    """The same four parts from the step's candidate items only (module docstring)."""
+    step_items, where = torch.unique(torch.cat([candidates.items, v.action]), return_inverse=True)
+    at_candidate, at_action = where[: candidates.items.shape[0]], where[candidates.items.shape[0] :]
+    # The item tower runs on the step's distinct items only.
+    vectors, biases = online.head_item_vectors(step_items), online.head_biases(step_items)
 
-    def scores(network, state, items, head):
-        return state @ network.head_item_vectors(items)[head].T + network.head_biases(items)[head]
+    def scores(state, head):
+        return state @ vectors[head][at_candidate].T + biases[head][at_candidate]
 
-    def pairs(network, state, items, head):
-        return (state * network.head_item_vectors(items)[head]).sum(dim=-1) + network.head_biases(items)[head]
+    def logged(state, head):
+        return (state * vectors[head][at_action]).sum(dim=-1) + biases[head][at_action]
 
-    q_logged = pairs(online, v.state_q, v.action, 0).float()
-    conservative = sampled_conservative_term(
-        q_logged, scores(online, v.state_q, sampled, 0).float(), sampled, v.action, n_items
-    )
-    cross_entropy = None
-    if v.state_next is not None:
-        logits_logged = pairs(online, v.state_next, v.action, 1).float()
-        logits_sampled = scores(online, v.state_next, sampled, 1).float()
-        cross_entropy = sampled_conservative_term(logits_logged, logits_sampled, sampled, v.action, n_items)
+    def term(state, head):
+        q_logged = logged(state, head).float()
+        rows = sampled_softmax_term(
+            q_logged, scores(state, head).float(), candidates.items, candidates.log_weight, v.action
+        )
+        return q_logged, rows
+
+    q_logged, conservative = term(v.state_q, 0)
+    cross_entropy = None if v.state_next is None else term(v.state_next, 1)[1]
     td_target = None
     if target is not None:
         with torch.no_grad():
-            candidates = torch.unique(torch.cat([sampled, v.action]))
-            best = candidates[scores(online, v.next_online, candidates, 0).argmax(dim=1)]
-            next_value = pairs(target, v.next_target, best, 0).float()
-            td_target = _bootstrap(v.reward, v.done, cfg.gamma, v.steps, next_value)
+            next_q = v.next_online @ vectors[0][at_candidate].detach().T + biases[0][at_candidate].detach()
+            best = candidates.items[next_q.argmax(dim=1)]
+            target_vectors, target_biases = target.head_item_vectors(best)[0], target.head_biases(best)[0]
+            next_value = (v.next_target * target_vectors).sum(dim=-1) + target_biases
+            td_target = _bootstrap(v.reward, v.done, cfg.gamma, v.steps, next_value.float())
     return q_logged, conservative, cross_entropy, td_target
+
+
+def batch_actions(batch: TensorBatch | SequenceTensors) -> torch.Tensor:
+    """[P] the logged actions a batch trains on."""
+    if isinstance(batch, SequenceTensors):
+        return batch.items[batch.loss]
+    return batch.action
+
+
+def batch_item_rows(batch: TensorBatch | SequenceTensors) -> torch.Tensor:
+    """Every item_idx a batch holds (states, actions, next states; with repeats and padding)."""
+    if isinstance(batch, SequenceTensors):
+        return batch.items.flatten()
+    return torch.cat([batch.state_items.flatten(), batch.action, batch.next_items.flatten()])
 
 
 def compute_loss(
@@ -299,8 +433,12 @@ def compute_loss(
     online: QNetwork,
     target: QNetwork | None,
     cfg: TrainConfig,
+    candidates: Candidates | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Loss of one batch and its parts as detached scalars named loss/*, q/*."""
+    """Loss of one batch and its parts as detached scalars named loss/*, q/*.
+
+    With a sampled softmax (``loss_items_for``) the step scores ``candidates``; None draws them
+    (uniform negatives only: the caller knows no popularity)."""
     dqn = cfg.mode in ("dqn", "sqn")
     if dqn and target is None:
         raise ValueError(f"train.mode={cfg.mode!r} needs a target network")
@@ -313,9 +451,14 @@ def compute_loss(
         vectors = sequence_vectors(batch, online, bootstrap, cfg.gamma, cfg.n_step)
     else:
         vectors = transition_vectors(batch, online, bootstrap, cfg.gamma)
-    sampled = 0 < cfg.cql_negatives < online.n_items
-    parts = _sampled_parts if sampled else _full_catalogue_parts
-    q_logged, conservative_rows, cross_entropy_rows, td_target = parts(vectors, online, bootstrap, cfg)
+    if loss_items_for(cfg, online.n_items) == "sampled":
+        if candidates is None:
+            sampler = NegativeSampler(online.n_items, cfg.cql_negatives, device=vectors.action.device)
+            candidates = sampler.draw(vectors.action)
+        parts = _sampled_parts(vectors, online, bootstrap, cfg, candidates)
+    else:
+        parts = _full_catalogue_parts(vectors, online, bootstrap, cfg)
+    q_logged, conservative_rows, cross_entropy_rows, td_target = parts
     conservative = conservative_rows.mean()
     metrics = {"loss/cql": conservative.detach(), "q/mean": q_logged.detach().mean()}
 
@@ -334,8 +477,34 @@ def compute_loss(
     return loss, metrics
 
 
+class _SplitOptimizer:
+    """Adam over the dense parameters and SparseAdam over the item-row tables, as one optimizer."""
+
+    def __init__(self, dense: torch.optim.Optimizer, rows: torch.optim.Optimizer):
+        self.parts = {"dense": dense, "rows": rows}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for part in self.parts.values():
+            part.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for part in self.parts.values():
+            part.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: part.state_dict() for name, part in self.parts.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, part in self.parts.items():
+            part.load_state_dict(state[name])
+
+
 class DQNAgent:
-    """Online and target Q-networks, the optimizer and the target-update schedule."""
+    """Online and target Q-networks, the optimizer and the target-update schedule.
+
+    ``item_counts`` (logged actions per item_idx of the training split) lets a sampled softmax use
+    the batch's actions as negatives (module docstring).
+    """
 
     def __init__(
         self,
@@ -344,6 +513,7 @@ class DQNAgent:
         *,
         device: torch.device | str = "cpu",
         amp_dtype: torch.dtype | None = None,
+        item_counts=None,
     ):
         # mode, target_update and purchase_credit are checked by the config (their Literal types).
         if cfg.n_step < 1 or cfg.cql_negatives < 0:
@@ -354,11 +524,32 @@ class DQNAgent:
         self.device = torch.device(device)
         self.amp_dtype = amp_dtype
         self.online = online.to(self.device)
+        self.sampler: NegativeSampler | None = None
+        if loss_items_for(cfg, online.n_items) == "sampled":
+            self.sampler = NegativeSampler(online.n_items, cfg.cql_negatives, item_counts, self.device)
+        self.online.sparse_item_gradients(self.sampler is not None)
         self.target: QNetwork | None = None
         if cfg.mode in ("dqn", "sqn"):
             self.target = copy.deepcopy(online).eval().requires_grad_(False)
-        self.optimizer = torch.optim.Adam(self.online.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if self.sampler is None:
+            self.optimizer = torch.optim.Adam(self.online.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        else:
+            rows = [table.weight for table in self.online.item_row_tables()]
+            row_ids = {id(weight) for weight in rows}
+            dense = [p for p in self.online.parameters() if id(p) not in row_ids]
+            self.optimizer = _SplitOptimizer(
+                torch.optim.Adam(dense, lr=cfg.lr, weight_decay=cfg.weight_decay),
+                torch.optim.SparseAdam(rows, lr=cfg.lr),
+            )
+        # Lazy Polyak target of the item rows (sampled mode): the step count of each row's last update.
+        self._lazy_step = 0
+        self._row_synced = torch.zeros(online.n_items + 1, dtype=torch.long, device=self.device)
         self.steps = 0
+
+    @property
+    def lazy_target(self) -> bool:
+        """Item rows of the target follow the online ones lazily (sampled softmax, Polyak updates)."""
+        return self.sampler is not None and self.target is not None and self.cfg.target_update == "polyak"
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -375,31 +566,103 @@ class DQNAgent:
             batch = SequenceTensors.from_numpy(batch, self.device)
         self.online.train()
         self.online.draw_id_dropout()  # one draw per step: every item vector of the step agrees
+        candidates, rows = None, None
+        if self.sampler is not None:
+            candidates = self.sampler.draw(batch_actions(batch))
+            # The rows this step reads (online and target) and changes: the batch's items and the candidates.
+            rows = torch.unique(torch.cat([batch_item_rows(batch), candidates.items]))
+            self._catch_up_target(rows)
         with self._autocast():
-            loss, metrics = compute_loss(batch, self.online, self.target, self.cfg)
+            loss, metrics = compute_loss(batch, self.online, self.target, self.cfg, candidates)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        metrics["grad/norm"] = torch.nn.utils.clip_grad_norm_(
-            self.online.parameters(), self.cfg.grad_clip
-        ).detach()
+        metrics["grad/norm"] = self._clip_gradients()
         self.optimizer.step()
         self.steps += 1
-        self._update_target()
+        self._update_target(rows)
         return metrics
 
-    def _update_target(self) -> None:
+    def _clip_gradients(self) -> torch.Tensor:
+        """Scale the gradients to a norm of at most train.grad_clip; returns the norm before."""
+        params = list(self.online.parameters())
+        if self.sampler is None:
+            return torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip).detach()
+        grads = []
+        for param in params:
+            if param.grad is not None and param.grad.is_sparse:
+                param.grad = param.grad.coalesce()  # repeated rows summed, so the norm is the gradient's
+                grads.append(param.grad._values())
+            elif param.grad is not None:
+                grads.append(param.grad)
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        scale = (self.cfg.grad_clip / (norm + 1e-6)).clamp(max=1.0)
+        torch._foreach_mul_(grads, scale)
+        return norm.detach()
+
+    def _update_target(self, rows: torch.Tensor | None) -> None:
         if self.target is None:
             return
-        if self.cfg.target_update == "polyak":
+        if self.lazy_target:
+            self._lazy_step += 1
+            self._lerp_dense(self.cfg.tau)
+            self._lerp_rows(rows, self.cfg.tau)
+        elif self.cfg.target_update == "polyak":
             self.sync_target(self.cfg.tau)
         elif self.steps % self.cfg.target_every == 0:
             self.sync_target(1.0)
+
+    def _row_params(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(target, online) weights of the item-row tables."""
+        return [
+            (target.weight, online.weight)
+            for target, online in zip(self.target.item_row_tables(), self.online.item_row_tables(), strict=True)
+        ]
+
+    @torch.no_grad()
+    def _lerp_dense(self, tau: float) -> None:
+        """Polyak step of every parameter but the item rows, and of the small buffers (the blend weight)."""
+        row_ids = {id(online) for _, online in self._row_params()}
+        pairs = [
+            (t, o) for t, o in zip(self.target.parameters(), self.online.parameters(), strict=True) if id(o) not in row_ids
+        ]
+        torch._foreach_lerp_([t for t, _ in pairs], [o for _, o in pairs], tau)
+        n_rows = self.online.n_items + 1
+        for target_buffer, online_buffer in zip(self.target.buffers(), self.online.buffers(), strict=True):
+            if target_buffer.dim() == 0 or target_buffer.shape[0] != n_rows:
+                target_buffer.copy_(online_buffer)
+
+    @torch.no_grad()
+    def _lerp_rows(self, rows: torch.Tensor, tau: float) -> None:
+        for target, online in self._row_params():
+            target.index_copy_(0, rows, torch.lerp(target.index_select(0, rows), online.index_select(0, rows), tau))
+        self._row_synced[rows] = self._lazy_step
+
+    @torch.no_grad()
+    def _catch_up_target(self, rows: torch.Tensor) -> None:
+        """Bring the target's ``rows`` to where per-step Polyak updates would have them: their online
+        rows have not moved since they were last updated, so k updates are one lerp by 1 - (1 - tau)^k."""
+        if not self.lazy_target:
+            return
+        waited = self._lazy_step - self._row_synced[rows]
+        rows = rows[waited > 0]  # a row updated at this step already is exact: leave it bit for bit
+        keep = ((1.0 - self.cfg.tau) ** waited[waited > 0].double()).float()[:, None]
+        for target, online in self._row_params():
+            online_rows = online.index_select(0, rows)
+            lagging = target.index_select(0, rows)
+            target.index_copy_(0, rows, online_rows + keep.to(target.dtype) * (lagging - online_rows))
+        self._row_synced[rows] = self._lazy_step
+
+    def settle_target(self) -> None:
+        """Bring every lagging target row up to date (lazy Polyak target; nothing to do otherwise)."""
+        if self.lazy_target:
+            self._catch_up_target(torch.arange(self.online.n_items + 1, device=self.device))
 
     @torch.no_grad()
     def sync_target(self, tau: float = 1.0) -> None:
         """target <- (1 - tau) * target + tau * online (tau=1 copies); buffers are copied."""
         if self.target is None:
             return
+        self.settle_target()
         online_params = list(self.online.parameters())
         target_params = list(self.target.parameters())
         if tau >= 1.0:

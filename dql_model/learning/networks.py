@@ -510,15 +510,35 @@ class QNetwork(nn.Module):
 
     def head_biases(self, items: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(b_q(a), b_next(a) or None) for every item_idx, or for ``items`` only; an unknown item's
-        is its category's mean (module docstring)."""
-        biases = [self.item_bias.weight[:, 0]]
-        if self.next_bias is not None:
-            biases.append(self.next_bias.weight[:, 0])
+        is its category's mean (module docstring).
+
+        The subset form reads the asked rows through the embedding (so a sparse-gradient table gets a
+        gradient on those rows only) and takes the category means without gradient: a sampled step
+        trains the known items it scores, not every item of an unknown one's category.
+        """
+        tables = [self.item_bias] + ([self.next_bias] if self.next_bias is not None else [])
         unknown = self.unknown_items()
-        biases = [torch.where(unknown, self._category_mean_bias(bias), bias) for bias in biases]
-        if items is not None:
-            biases = [bias[items] for bias in biases]
+        if items is None:
+            biases = [table.weight[:, 0] for table in tables]
+            biases = [torch.where(unknown, self._category_mean_bias(bias), bias) for bias in biases]
+        else:
+            unknown = unknown[items]
+            biases = [
+                torch.where(unknown, self._category_mean_bias(table.weight.detach()[:, 0])[items], table(items)[..., 0])
+                for table in tables
+            ]
         return biases[0], (biases[1] if len(biases) > 1 else None)
+
+    def item_row_tables(self) -> list[nn.Embedding]:
+        """The tables with one row per item_idx: the parameters whose size grows with the catalogue."""
+        tables = [self.item_embedding, self.item_bias, self.memory_embedding, self.next_item_embedding, self.next_bias]
+        return [table for table in tables if table is not None]
+
+    def sparse_item_gradients(self, sparse: bool = True) -> None:
+        """Give the item-row tables row-sparse gradients (only the rows a step reads), as sampled training
+        needs; every read of them must then go through the subset forms (``items`` given)."""
+        for table in self.item_row_tables():
+            table.sparse = sparse
 
     def q_of_items(self, state: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Q-values of the same candidate items [M] for every row of f(s) [B, D]: [B, M]."""

@@ -4,7 +4,12 @@
 
 Per epoch it prints one line of namespaced metrics (loss/*, q/*, eval/*) and keeps the weights
 of the best epoch by the validation metric ``eval.early_stop_metric`` (``eval/ndcg@10`` by default). On CUDA the forward passes run under bf16
-autocast; on CPU a run is bit-for-bit reproducible for a seed.
+autocast; on CPU a run is bit-for-bit reproducible for a seed. The log names the softmax the loss
+runs over (``train.loss_items``: full, or sampled on large catalogues; dql_model.learning.agent) and,
+every PROGRESS_EVERY_S seconds inside an epoch, the steps done, the rate and the epoch's ETA.
+
+``train.max_minutes`` bounds the night's training: the run stops at the end of the step where the
+budget runs out, evaluates that cut epoch like a finished one, and keeps the best epoch so far.
 
 With ``train.checkpoints`` every finished epoch is saved (networks, optimizer, history, best
 weights, random state) under ``<registry.root>/.checkpoints/<run key>/``, the key being a hash
@@ -35,7 +40,7 @@ from dql_model.config import Config
 from dql_model.contract import schema
 from dql_model.evaluation.evaluate import evaluate_scorer, usable_metric
 from dql_model.learning import sequences
-from dql_model.learning.agent import DQNAgent
+from dql_model.learning.agent import DQNAgent, describe_loss
 from dql_model.learning.device import resolve_device, seed_everything
 from dql_model.learning.networks import QNetwork
 from dql_model.learning.scorer import QNetworkScorer
@@ -54,6 +59,8 @@ ITEM_ROW_TABLES = (
 """Parameters with one row per item_idx / category index: they grow with the catalogue."""
 ITEM_FEATURE_BUFFERS = ("item_category", "item_price_bucket", "cold_item")
 PREFETCH_BATCHES = 4
+PROGRESS_EVERY_S = 10.0
+"""Seconds of training between two progress lines inside an epoch."""
 """Batches decoded ahead in a background thread when training on a GPU."""
 HEAD_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 """Blends w * Q + (1 - w) * next-item logits tried on validation after each epoch of train.mode=sqn."""
@@ -202,17 +209,74 @@ def _format(metrics: dict[str, float], names) -> str:
     return " ".join(f"{name}={metrics[name]:.4f}" for name in names if name in metrics)
 
 
-def _train_epoch(agent: DQNAgent, batches, n_items: int, where: str) -> tuple[dict[str, float], int]:
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, minutes = divmod(seconds // 60, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds % 60:02d}s"
+
+
+@dataclass
+class _Clock:
+    """The run's time source: the training budget (train.max_minutes) and the in-epoch progress lines."""
+
+    now: Callable[[], float]
+    started: float
+    budget_s: float
+    """Seconds of training allowed from ``started``; inf without a limit."""
+
+    def spent(self, at: float) -> bool:
+        return at - self.started >= self.budget_s
+
+
+@dataclass
+class _EpochPass:
+    """What one pass over the training batches did."""
+
+    metrics: dict[str, float]
+    n_rows: int
+    steps: int
+    cut: bool
+    """The time budget ran out before the pass ended."""
+
+
+def _train_epoch(
+    agent: DQNAgent,
+    batches,
+    n_items: int,
+    where: str,
+    clock: _Clock,
+    total_steps: int,
+    label: str,
+    progress: Callable[[str], None],
+) -> _EpochPass:
+    """Train on ``batches`` until they end or the time budget runs out (at the end of that step);
+    every PROGRESS_EVERY_S seconds a line with the steps done, the rate and the epoch's ETA."""
     sums: dict[str, torch.Tensor] = {}
-    n_rows = 0
+    n_rows = steps = 0
+    epoch_start = last_line = clock.now()
+    cut = False
     for batch in batches:
         _check_indices(batch, n_items, where)
         step = agent.update(batch)
         for name, value in step.items():
             sums[name] = sums.get(name, 0.0) + value.float() * len(batch)
         n_rows += len(batch)
+        steps += 1
+        now = clock.now()
+        if now - last_line >= PROGRESS_EVERY_S:
+            elapsed = max(now - epoch_start, 1e-9)
+            eta = max(total_steps - steps, 0) * elapsed / steps
+            progress(
+                f"training {label} step {steps}/{total_steps} ({100 * steps / max(total_steps, 1):.0f}%) "
+                f"{n_rows / elapsed:.0f} transitions/s, epoch ETA {_duration(eta)}"
+            )
+            last_line = now
+        if clock.spent(now):
+            cut = True
+            break
     # One device sync per epoch, not per step.
-    return {name: float(total) / max(n_rows, 1) for name, total in sums.items()}, n_rows
+    metrics = {name: float(total) / max(n_rows, 1) for name, total in sums.items()}
+    return _EpochPass(metrics, n_rows, steps, cut)
 
 
 class Checkpoints:
@@ -358,6 +422,7 @@ def train_model(
     refit: bool = False,
     head_weight: float | None = None,
     progress: Callable[[str], None] = print,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> TrainResult:
     """Train a Q-network on one transitions partition; see the module docstring.
 
@@ -366,10 +431,13 @@ def train_model(
     validation splits together for ``train.epochs`` epochs, with nothing held out to stop on.
     With two heads (train.mode=sqn) the ranking blend is picked on validation each epoch; without
     validation it is ``head_weight`` (the refit passes the gated model's), else an even blend.
+    Training stops at the end of the step where ``train.max_minutes`` (from the call, by ``clock``)
+    runs out; the cut epoch is evaluated like a finished one and the best epoch so far is kept.
     """
     if cfg.train.epochs < 1:
         raise ValueError(f"train.epochs={cfg.train.epochs}: need at least one epoch")
-    started = time.perf_counter()
+    started = clock()
+    budget = _Clock(clock, started, 60.0 * cfg.train.max_minutes if cfg.train.max_minutes > 0 else float("inf"))
     seed_everything(cfg.train.seed)
     device = resolve_device(cfg.train.device)
     amp_dtype = torch.bfloat16 if device.type == "cuda" else None
@@ -410,7 +478,7 @@ def train_model(
             f"sequence batches: {len(windows)} transitions in {windows.n_windows} windows of up to "
             f"{cfg.train.seq_len} events"
         )
-    agent = DQNAgent(model, cfg.train, device=device, amp_dtype=amp_dtype)
+    agent = DQNAgent(model, cfg.train, device=device, amp_dtype=amp_dtype, item_counts=counts)
     patience = cfg.train.patience
     metric, fallback = usable_metric(cfg.eval.early_stop_metric, val)
     if fallback:
@@ -429,6 +497,13 @@ def train_model(
         f"training {cfg.train.mode} ({cfg.model.encoder}, {cfg.train.batching}, n_step={cfg.train.n_step}) on {device}: "
         f"{items.n_items} items, {len(val)} validation transitions, {cfg.train.epochs} epochs"
     )
+    in_batch = agent.sampler is not None and agent.sampler.in_batch
+    limit = f"{cfg.train.max_minutes:g} min" if cfg.train.max_minutes > 0 else "none"
+    progress(f"loss: {describe_loss(cfg.train, items.n_items, in_batch=in_batch)}; time budget: {limit}")
+    if windows is not None:
+        steps_per_epoch = -(-windows.n_windows // cfg.train.seq_batch_size)
+    else:
+        steps_per_epoch = -(-int(counts.sum()) // cfg.train.batch_size)
     run = _resume(checkpoints, agent, device, progress)
 
     def stopped() -> bool:
@@ -437,7 +512,10 @@ def train_model(
     for epoch in range(run.epoch + 1, cfg.train.epochs + 1):
         if stopped():
             break
-        epoch_start = time.perf_counter()
+        if run.history and budget.spent(clock()):  # the first epoch trains at least one step
+            progress(f"time budget: train.max_minutes={cfg.train.max_minutes:g} spent before epoch {epoch}")
+            break
+        epoch_start = clock()
         if windows is not None:
             batches = windows.batches(cfg.train.seq_batch_size, seed=cfg.train.seed * 1_000 + epoch)
         else:
@@ -453,15 +531,23 @@ def train_model(
         if device.type == "cuda":  # on CPU the decoding thread would only compete for the cores
             batches = prefetched(batches)
         row = {"epoch": float(epoch)}
-        train_metrics, n_rows = _train_epoch(agent, batches, items.n_items, f"{transitions_dir} (train)")
+        label = f"epoch {epoch}/{cfg.train.epochs}"
+        where = f"{transitions_dir} (train)"
+        done = _train_epoch(agent, batches, items.n_items, where, budget, steps_per_epoch, label, progress)
+        train_metrics, n_rows = done.metrics, done.n_rows
         if n_rows == 0:
             raise ValueError(f"{transitions_dir}: no {fit_splits} transitions to train on")
-        run.n_transitions = n_rows
-        train_seconds = time.perf_counter() - epoch_start
+        if not done.cut or not run.n_transitions:
+            run.n_transitions = n_rows
+        agent.settle_target()
+        train_seconds = clock() - epoch_start
         row.update(train_metrics)
+        if done.cut:
+            row["time/epoch_share"] = done.steps / max(steps_per_epoch, done.steps)
+            label += f" (cut at step {done.steps}/{steps_per_epoch})"
         if len(val):
             row.update(_evaluate(model, val, masks, device, metric))
-        row["time/epoch_s"] = time.perf_counter() - epoch_start
+        row["time/epoch_s"] = clock() - epoch_start
         row["throughput/transitions_per_s"] = n_rows / max(train_seconds, 1e-9)
         run.history.append(row)
 
@@ -471,10 +557,17 @@ def train_model(
             run.best_value, run.best_epoch = value, epoch
             run.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         progress(
-            f"epoch {epoch}/{cfg.train.epochs} {_format(row, sorted(train_metrics))} "
+            f"{label} {_format(row, sorted(train_metrics))} "
             f"{_format(row, PROGRESS_METRICS)} {row['throughput/transitions_per_s']:.0f} transitions/s"
             + (" *" if improved else "")
         )
+        if done.cut:
+            progress(
+                f"time budget: train.max_minutes={cfg.train.max_minutes:g} spent at step {done.steps}/"
+                f"{steps_per_epoch} of epoch {epoch}; keeping epoch {run.best_epoch}"
+                + (f" ({metric}={run.best_value:.4f})" if len(val) else "")
+            )
+            break
         if checkpoints is not None:
             checkpoints.save(epoch, run.to_checkpoint(agent))
         faults.point("train:epoch_done")
@@ -484,10 +577,11 @@ def train_model(
 
     if run.best_state is not None:
         model.load_state_dict(run.best_state)
+    model.sparse_item_gradients(False)  # whoever trains it next starts from ordinary tables
     model.eval()
     if checkpoints is not None:
         checkpoints.clear()
-    seconds = time.perf_counter() - started
+    seconds = clock() - started
     best_metrics = {
         k: v for k, v in run.history[run.best_epoch - 1].items() if k.startswith(schema.metric_prefix())
     }

@@ -283,7 +283,7 @@ def test_sampled_term_estimates_the_full_one_and_trains():
         full = compute_loss(batch, model, None, TrainConfig(mode="supervised"))[0]
         torch.manual_seed(0)
         estimates = [
-            compute_loss(batch, model, None, TrainConfig(mode="supervised", cql_negatives=20))[0]
+            compute_loss(batch, model, None, TrainConfig(mode="supervised", loss_items="sampled", cql_negatives=20))[0]
             for _ in range(200)
         ]
     assert torch.stack(estimates).mean().item() == pytest.approx(full.item(), abs=0.05)
@@ -293,7 +293,7 @@ def test_sampled_term_estimates_the_full_one_and_trains():
     batch = numpy_batch(states, actions, rewards=[1.0, 0.0, 0.3, 0.0, 1.0, 0.0])
     torch.manual_seed(0)
     model = tiny_network()
-    agent = DQNAgent(model, TrainConfig(lr=1e-2, gamma=0.5, cql_negatives=4, n_step=2))
+    agent = DQNAgent(model, TrainConfig(lr=1e-2, gamma=0.5, loss_items="sampled", cql_negatives=4, n_step=2))
     for _ in range(200):
         metrics = agent.update(batch)
     assert all(torch.isfinite(value) for value in metrics.values())
@@ -315,7 +315,8 @@ def cold_network(id_dropout: float) -> QNetwork:
 @pytest.mark.parametrize("cql_negatives", [0, 6])
 def test_a_step_never_moves_a_cold_items_own_id_and_id_dropout_trains_the_unknown_item(cql_negatives):
     batch = numpy_batch([[1, 2], [2, 3, 4], [5], []], [3, 7, 1, 10], rewards=[1.0, 0.0, 0.3, 0.0])
-    cfg = TrainConfig(lr=1e-2, gamma=0.5, cql_negatives=cql_negatives)
+    loss_items = "sampled" if cql_negatives else "full"
+    cfg = TrainConfig(lr=1e-2, gamma=0.5, loss_items=loss_items, cql_negatives=cql_negatives)
 
     plain = cold_network(id_dropout=0.0)
     id_row, bias_row = plain.item_embedding.weight[8].clone(), plain.item_bias.weight[8].clone()

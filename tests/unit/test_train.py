@@ -13,6 +13,7 @@ from dql_model.contract import schema
 from dql_model.evaluation.evaluate import evaluate_scorer
 from dql_model.learning import device, train
 from dql_model.learning.networks import QNetwork
+from dql_model.learning.scorer import QNetworkScorer
 from dql_model.learning.train import Checkpoints
 from dql_model.scoring.popularity import PopularityScorer
 from dql_model.warehouse import data
@@ -261,3 +262,89 @@ def test_refit_trains_on_validation_too_and_scores_in_place_of_the_gated_version
     monkeypatch.setitem(engines.ENGINES, "torch", lambda _cfg, _date, scored: scored)
     assert engines.score(cfg, run_date, version) == refit
     assert engines.score(cfg.replace(train={"refit": False}), run_date, version) == version
+
+
+def test_a_time_budget_stops_at_the_end_of_a_step_and_keeps_the_best_epoch(tiny_config, shop, monkeypatch):
+    # A fake clock in which every gradient step takes one minute: 10 steps an epoch (40 windows of 4).
+    minutes = [0.0]
+    real_update = train.DQNAgent.update
+
+    def one_minute_step(self, batch):
+        minutes[0] += 1.0
+        return real_update(self, batch)
+
+    monkeypatch.setattr(train.DQNAgent, "update", one_minute_step)
+    cfg = config(tiny_config, epochs=6, patience=10, max_minutes=25)
+    result = run(cfg, shop, clock=lambda: 60.0 * minutes[0])
+
+    assert minutes[0] == 25  # stopped at the end of the step where the budget ran out: epoch 3, step 5
+    assert len(result.history) == 3
+    assert "time/epoch_share" not in result.history[1]
+    assert result.history[2]["time/epoch_share"] == 0.5
+    assert any(line.startswith("epoch 3/6 (cut at step 5/10) ") for line in result.lines)
+    stop = [line for line in result.lines if line.startswith("time budget: ")]
+    assert stop == [
+        f"time budget: train.max_minutes=25 spent at step 5/10 of epoch 3; keeping epoch {result.best_epoch} "
+        f"(eval/ndcg@10={result.best_value:.4f})"
+    ]
+    # the best epoch's weights are the ones returned, the cut epoch competing like any other
+    values = [row["eval/ndcg@10"] for row in result.history]
+    assert result.best_value == max(values) and result.best_epoch == values.index(max(values)) + 1
+    transitions, _ = shop
+    val = data.load_transitions(transitions, max_len=MAX_LEN, split=schema.VALIDATION)
+    masks = data.load_exclusions(transitions, exclude="none")
+    again = evaluate_scorer(QNetworkScorer(result.model), val, exclude=masks)
+    assert again["eval/ndcg@10"] == pytest.approx(result.best_value)
+    # a line inside each epoch every PROGRESS_EVERY_S: steps, rate and the epoch's ETA (9 more minutes)
+    assert any(
+        line.startswith("training epoch 1/6 step 1/10 (10%) ") and line.endswith("transitions/s, epoch ETA 9m00s")
+        for line in result.lines
+    )
+
+
+def test_a_tiny_budget_still_ends_with_a_model(tiny_config, shop):
+    result = run(config(tiny_config, max_minutes=1e-9), shop)
+    assert len(result.history) == 1 and result.best_epoch == 1
+    assert result.history[0]["time/epoch_share"] < 1
+    assert not result.model.training
+
+
+@pytest.mark.parametrize("batching", ["sequences", "transitions"])
+def test_the_sampled_softmax_learns_the_shop_as_the_full_one_does(tiny_config, shop, batching):
+    full = run(config(tiny_config, epochs=4, batching=batching), shop)
+    sampled = run(config(tiny_config, epochs=4, batching=batching, full_loss_max_items=20, cql_negatives=8), shop)
+    assert "loss: full softmax over 30 items; time budget: 30 min" in full.lines
+    assert (
+        "loss: sampled softmax: 8 negatives + the batch's actions of 30 items, log-Q corrected; time budget: 30 min"
+        in sampled.lines
+    )
+    transitions, _ = shop
+    val = data.load_transitions(transitions, max_len=MAX_LEN, split=schema.VALIDATION)
+    popularity = evaluate_scorer(PopularityScorer.from_transitions(transitions, n_items=30), val)
+    assert sampled.best_value > popularity["eval/ndcg@10"] + 0.3
+    assert sampled.best_value > 0.9 * full.best_value
+
+
+def test_a_sampled_run_resumes_from_its_checkpoint_and_ends_identically(tiny_config, shop, monkeypatch):
+    # the split optimizer (Adam + SparseAdam) and the lazy target are saved and restored exactly
+    cfg = config(tiny_config, epochs=2, patience=5, full_loss_max_items=20, cql_negatives=8)
+    uninterrupted = run(cfg, shop)
+    real_epoch = train._train_epoch
+    calls = []
+
+    def crash_in_epoch_2(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("worker lost")
+        return real_epoch(*args)
+
+    monkeypatch.setattr(train, "_train_epoch", crash_in_epoch_2)
+    with pytest.raises(RuntimeError, match="worker lost"):
+        run(cfg, shop)
+    monkeypatch.setattr(train, "_train_epoch", real_epoch)
+    resumed = run(cfg, shop)
+    assert any("resuming from checkpoint" in line for line in resumed.lines)
+    assert [row["loss/total"] for row in resumed.history] == [row["loss/total"] for row in uninterrupted.history]
+    for name, tensor in uninterrupted.model.state_dict().items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+    assert not any(table.sparse for table in resumed.model.item_row_tables())
