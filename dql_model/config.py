@@ -316,7 +316,7 @@ class ModelConfig(_Section):
     the unknown-item ones items without history get), so the tower learns to score from category
     and price; 0 = off. Never applied in eval mode. On a shop with 20 new items a day 0.1 lifts the
     DQN's new-item HR@10 from 0.020 to 0.113 (at cql_alpha 8) but costs 1.5 % of NDCG@10 over all
-    events (README, "New items"), more than a default may: set it where items launch daily."""
+    events (docs/evaluation.md, "New items"), more than a default may: set it where items launch daily."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -355,7 +355,7 @@ class TrainConfig(_Section):
     """Weight of the conservative term logsumexp_a Q(s, a) - Q(s, a_logged). 8: the best mean
     validation NDCG@10 of 0, 0.5, 1, 2, 4 and 8 over 3 training seeds on the demo shop (the gate's
     rule; ``python -m benchmarks.bench_tradeoff``). Smaller weights earn more simulated return and
-    lose next-event accuracy (README, "The conservative weight")."""
+    lose next-event accuracy (docs/evaluation.md, "The conservative weight")."""
     loss_items: LossItems = "auto"
     """Items the softmax of the conservative term and the next-item loss runs over: full (every item,
     exact), sampled (the logged action, the batch's actions and cql_negatives uniform draws, log-Q
