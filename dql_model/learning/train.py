@@ -412,36 +412,57 @@ def _resume(checkpoints: Checkpoints | None, agent: DQNAgent, device, progress) 
     return state
 
 
-def train_model(
+@dataclass
+class _Setup:
+    """What a training run is built from: tonight's items, the network and its agent, the validation
+    rows and their masks, the metric to stop on, the batches' source and the checkpoint folder."""
+
+    items: data.ItemFeatures
+    model: QNetwork
+    agent: DQNAgent
+    val: data.TransitionBatch
+    masks: data.Exclusions
+    metric: str
+    fit_splits: Any
+    windows: Any
+    steps_per_epoch: int
+    checkpoints: Checkpoints | None
+    device: torch.device
+
+    def batches(self, cfg: Config, transitions_dir: str, epoch: int) -> Iterable[Any]:
+        """One epoch's training batches, shuffled by (seed, epoch): sequence windows or transition rows."""
+        if self.windows is not None:
+            batches = self.windows.batches(cfg.train.seq_batch_size, seed=cfg.train.seed * 1_000 + epoch)
+        else:
+            batches = data.iter_transition_batches(
+                transitions_dir,
+                max_len=cfg.etl.max_len,
+                batch_size=cfg.train.batch_size,
+                split=self.fit_splits,
+                seed=cfg.train.seed * 1_000 + epoch,
+                n_step=cfg.train.n_step,
+                credit_carts=cfg.train.purchase_credit == "cart",
+            )
+        if self.device.type == "cuda":  # on CPU the decoding thread would only compete for the cores
+            batches = prefetched(batches)
+        return batches
+
+
+def _prepare(
     cfg: Config,
     *,
     transitions_dir: str,
     item_index_dir: str,
-    warm_start: QNetwork | None = None,
-    exclude: str = "none",
-    refit: bool = False,
-    head_weight: float | None = None,
-    progress: Callable[[str], None] = print,
-    clock: Callable[[], float] = time.perf_counter,
-) -> TrainResult:
-    """Train a Q-network on one transitions partition; see the module docstring.
-
-    Early stopping ranks validation with the items of the ``exclude`` rule masked
-    (``data.load_exclusions``), as the gate and scoring do. With ``refit`` it trains on the train and
-    validation splits together for ``train.epochs`` epochs, with nothing held out to stop on.
-    With two heads (train.mode=sqn) the ranking blend is picked on validation each epoch; without
-    validation it is ``head_weight`` (the refit passes the gated model's), else an even blend.
-    Training stops at the end of the step where ``train.max_minutes`` (from the call, by ``clock``)
-    runs out; the cut epoch is evaluated like a finished one and the best epoch so far is kept.
-    """
-    if cfg.train.epochs < 1:
-        raise ValueError(f"train.epochs={cfg.train.epochs}: need at least one epoch")
-    started = clock()
-    budget = _Clock(clock, started, 60.0 * cfg.train.max_minutes if cfg.train.max_minutes > 0 else float("inf"))
-    seed_everything(cfg.train.seed)
-    device = resolve_device(cfg.train.device)
+    warm_start: QNetwork | None,
+    exclude: str,
+    refit: bool,
+    head_weight: float | None,
+    device: torch.device,
+    progress: Callable[[str], None],
+) -> _Setup:
+    """Build the run: the network (warm-started where it can be), validation and its masks, the batch
+    source, the agent and the checkpoint folder; say what will be trained, how, and on what."""
     amp_dtype = torch.bfloat16 if device.type == "cuda" else None
-
     items = data.load_item_features(item_index_dir, price_buckets=cfg.model.price_buckets)
     fit_splits = (schema.TRAIN, schema.VALIDATION) if refit else schema.TRAIN
     counts = data.action_counts(transitions_dir, n_items=items.n_items, split=fit_splits)
@@ -479,7 +500,6 @@ def train_model(
             f"{cfg.train.seq_len} events"
         )
     agent = DQNAgent(model, cfg.train, device=device, amp_dtype=amp_dtype, item_counts=counts)
-    patience = cfg.train.patience
     metric, fallback = usable_metric(cfg.eval.early_stop_metric, val)
     if fallback:
         progress(f"early stopping: {fallback}")
@@ -504,6 +524,63 @@ def train_model(
         steps_per_epoch = -(-windows.n_windows // cfg.train.seq_batch_size)
     else:
         steps_per_epoch = -(-int(counts.sum()) // cfg.train.batch_size)
+    return _Setup(
+        items=items,
+        model=model,
+        agent=agent,
+        val=val,
+        masks=masks,
+        metric=metric,
+        fit_splits=fit_splits,
+        windows=windows,
+        steps_per_epoch=steps_per_epoch,
+        checkpoints=checkpoints,
+        device=device,
+    )
+
+
+def train_model(
+    cfg: Config,
+    *,
+    transitions_dir: str,
+    item_index_dir: str,
+    warm_start: QNetwork | None = None,
+    exclude: str = "none",
+    refit: bool = False,
+    head_weight: float | None = None,
+    progress: Callable[[str], None] = print,
+    clock: Callable[[], float] = time.perf_counter,
+) -> TrainResult:
+    """Train a Q-network on one transitions partition; see the module docstring.
+
+    Early stopping ranks validation with the items of the ``exclude`` rule masked
+    (``data.load_exclusions``), as the gate and scoring do. With ``refit`` it trains on the train and
+    validation splits together for ``train.epochs`` epochs, with nothing held out to stop on.
+    With two heads (train.mode=sqn) the ranking blend is picked on validation each epoch; without
+    validation it is ``head_weight`` (the refit passes the gated model's), else an even blend.
+    Training stops at the end of the step where ``train.max_minutes`` (from the call, by ``clock``)
+    runs out; the cut epoch is evaluated like a finished one and the best epoch so far is kept.
+    """
+    if cfg.train.epochs < 1:
+        raise ValueError(f"train.epochs={cfg.train.epochs}: need at least one epoch")
+    started = clock()
+    budget = _Clock(clock, started, 60.0 * cfg.train.max_minutes if cfg.train.max_minutes > 0 else float("inf"))
+    seed_everything(cfg.train.seed)
+    device = resolve_device(cfg.train.device)
+    setup = _prepare(
+        cfg,
+        transitions_dir=transitions_dir,
+        item_index_dir=item_index_dir,
+        warm_start=warm_start,
+        exclude=exclude,
+        refit=refit,
+        head_weight=head_weight,
+        device=device,
+        progress=progress,
+    )
+    items, model, agent, val, masks = setup.items, setup.model, setup.agent, setup.val, setup.masks
+    metric, fit_splits, steps_per_epoch, checkpoints = setup.metric, setup.fit_splits, setup.steps_per_epoch, setup.checkpoints
+    patience = cfg.train.patience
     run = _resume(checkpoints, agent, device, progress)
 
     def stopped() -> bool:
@@ -516,20 +593,7 @@ def train_model(
             progress(f"time budget: train.max_minutes={cfg.train.max_minutes:g} spent before epoch {epoch}")
             break
         epoch_start = clock()
-        if windows is not None:
-            batches = windows.batches(cfg.train.seq_batch_size, seed=cfg.train.seed * 1_000 + epoch)
-        else:
-            batches = data.iter_transition_batches(
-                transitions_dir,
-                max_len=cfg.etl.max_len,
-                batch_size=cfg.train.batch_size,
-                split=fit_splits,
-                seed=cfg.train.seed * 1_000 + epoch,
-                n_step=cfg.train.n_step,
-                credit_carts=cfg.train.purchase_credit == "cart",
-            )
-        if device.type == "cuda":  # on CPU the decoding thread would only compete for the cores
-            batches = prefetched(batches)
+        batches = setup.batches(cfg, transitions_dir, epoch)
         row = {"epoch": float(epoch)}
         label = f"epoch {epoch}/{cfg.train.epochs}"
         where = f"{transitions_dir} (train)"
@@ -575,19 +639,24 @@ def train_model(
             progress(f"early stop: no better {metric} for {patience} epochs")
             break
 
+    return _finish(setup, run, metric, seconds=clock() - started, progress=progress)
+
+
+def _finish(setup: _Setup, run, metric: str, *, seconds: float, progress: Callable[[str], None]) -> TrainResult:
+    """The best epoch's weights in eval mode, the checkpoints cleared, the run summed up."""
+    model, val, checkpoints = setup.model, setup.val, setup.checkpoints
     if run.best_state is not None:
         model.load_state_dict(run.best_state)
     model.sparse_item_gradients(False)  # whoever trains it next starts from ordinary tables
     model.eval()
     if checkpoints is not None:
         checkpoints.clear()
-    seconds = clock() - started
     best_metrics = {
         k: v for k, v in run.history[run.best_epoch - 1].items() if k.startswith(schema.metric_prefix())
     }
     best_value = run.best_value if len(val) else float("nan")
     progress(
-        f"trained {run.n_transitions} transitions x {run.epoch} epochs on {device} in {seconds:.1f}s; "
+        f"trained {run.n_transitions} transitions x {run.epoch} epochs on {setup.device} in {seconds:.1f}s; "
         f"best {metric}={best_value:.4f} at epoch {run.best_epoch}"
     )
     return TrainResult(
@@ -595,7 +664,7 @@ def train_model(
         history=run.history,
         best_value=best_value,
         best_epoch=run.best_epoch,
-        device=str(device),
+        device=str(setup.device),
         n_transitions=run.n_transitions,
         seconds=seconds,
         best_metrics=best_metrics,
