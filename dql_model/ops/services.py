@@ -43,7 +43,7 @@ from pathlib import Path
 
 from dql_model.ops.threads import usable_cpus
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # dql_model/ops/services.py -> the project
 DEFAULT_HOME = PROJECT_ROOT / "var" / "services"
 HOME_MARKER = "DQLREC_SERVICES_HOME"
 """Environment variable set in every started process: how ``stop`` knows a process is ours."""

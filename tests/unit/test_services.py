@@ -73,3 +73,11 @@ def test_a_reused_pid_is_not_taken_for_the_service(tmp_path):
     finally:
         other.kill()
         other.wait()
+
+
+def test_the_services_find_the_projects_dags_folder():
+    """The DAG processor's folder is the project's dags/ (a wrong root loads no DAG and the API says 404)."""
+    from dql_model.ops import services
+
+    assert (services.PROJECT_ROOT / "dags" / "dql_recommendations.py").is_file()
+    assert (services.PROJECT_ROOT / "pyproject.toml").is_file()
