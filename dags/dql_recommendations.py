@@ -28,8 +28,9 @@ night with it after a raw partition was loaded late (`dqlrec task ... --full-reb
 
 **Failures.** Bad input (`dql_model.errors.InputError`: a raw partition that is missing or empty, a
 broken data contract, a refused config value or param, a run date that is not a calendar day) fails
-its task at once, without retries, with the error's own message last in the task log. Anything else
-(S3, the network, a Spark job that died) keeps its retries.
+its task at once, without retries, with the error's own message last in the task log. In a Spark job
+too: the job exits with `dql_model.errors.EXIT_BAD_INPUT` and its spark-submit task fails at once,
+quoting the job's last line. Anything else (S3, the network, a Spark job that died) keeps its retries.
 
 **Idempotent.** Every task writes only the run date's partitions and replaces them whole, so a rerun
 of a date gives the same tables. If training fails or the challenger loses the gate, scoring uses the
@@ -45,6 +46,7 @@ inside the tasks only; at parse time the file imports `dql_model.contract.steps`
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -53,7 +55,7 @@ from pathlib import Path
 import pendulum
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import DAG, Asset, Param, get_current_context, task
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 # Standard library only (its docstring says why): the step order and the Spark launch flags.
 from dql_model.contract import steps
@@ -172,8 +174,37 @@ def _run(name: str, run_date: str, *, missing_upstream: dict | None = None) -> d
         return getattr(tasks, name)(run_date, *upstream, options=_options())
 
 
+_SUBMIT_EXIT_CODE = re.compile(r"(?:Error code|Kubernetes spark exit code) is: (-?\d+)")
+"""How SparkSubmitHook.submit reports a failed spark-submit: its exit code (and the driver pod's on Kubernetes)."""
+
+
+class BadInputFailsSparkSubmitOperator(SparkSubmitOperator):
+    """spark-submit whose job exiting with dql_model.errors.EXIT_BAD_INPUT fails the task without retries.
+
+    The provider's hook raises a plain AirflowException naming spark-submit's exit code, which
+    Airflow retries; a job that read bad input would read it again, so that one code fails at once,
+    with the job's last line (its error's own message) as the task's error. Any other failure keeps
+    its retries.
+    """
+
+    def execute(self, context):
+        from dql_model.errors import EXIT_BAD_INPUT
+
+        try:
+            return super().execute(context)
+        except AirflowException as error:
+            if EXIT_BAD_INPUT not in {int(code) for code in _SUBMIT_EXIT_CODE.findall(str(error))}:
+                raise
+            tail = [line.strip() for line in str(error).splitlines() if line.strip()]
+            last = tail[-1] if len(tail) > 1 else "see the task log"
+            raise AirflowFailException(
+                f"{self.task_id}: {Path(self.application).name} refused its input "
+                f"(exit code {EXIT_BAD_INPUT}, not retried): {last}"
+            ) from error
+
+
 def _spark_job(task_id: str, job: str, *args: str) -> SparkSubmitOperator:
-    return SparkSubmitOperator(
+    return BadInputFailsSparkSubmitOperator(
         task_id=task_id,
         application=str(JOBS_DIR / f"{job}.py"),
         application_args=["--run-date", RUN_DATE_XCOM, *args],
