@@ -27,6 +27,12 @@ class Mail:
     raw: str
     login: tuple[str, str] | None = None
 
+    @property
+    def text(self) -> str:
+        """Headers and body decoded (the raw message may be quoted-printable, which splits long lines)."""
+        headers = "\n".join(f"{name}: {value}" for name, value in self.message.items())
+        return f"{headers}\n\n{self.message.get_content()}"
+
 
 @dataclass
 class Received:

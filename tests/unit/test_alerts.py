@@ -55,7 +55,7 @@ def test_a_secret_never_appears_in_a_message_nor_in_a_failed_sends_warning(monke
         outcome = alerts.send(_failure(error), cfg, smtp=smtp, hook=alerts.webhook(cfg), env=env)
     assert outcome == {"smtp": "sent", "webhook": "sent"}
     assert got.mails[0].login == ("dqlrec", SECRET)  # the password did its job
-    assert SECRET not in got.mails[0].raw and SECRET not in str(got.posts) and SECRET not in str(got.headers)
+    assert SECRET not in got.mails[0].text and SECRET not in got.mails[0].raw and SECRET not in str(got.posts) and SECRET not in str(got.headers)
     assert "postgresql://dqlrec:***@db/wh" in got.posts[0]["error"]
     assert SECRET not in repr(smtp)
 
