@@ -535,3 +535,31 @@ def test_a_failed_night_through_airflow_alerts_once(airflow_db, dagbag, stubbed_
     assert run.state == "failed"
     assert [p["task_id"] for p in alert_receivers.posts] == ["validate_raw_events"]
     assert len(alert_receivers.mails) == 1 and "MissingInput: raw events partition is missing" in alert_receivers.mails[0].text
+
+
+def test_channels_named_by_airflow_connections_take_their_passwords_from_them(dagbag, monkeypatch, tmp_path):
+    """smtp_conn_id / webhook_conn_id: host, port, login from the connection; its passwords log in and
+    authorize the POST, and stay out of both messages."""
+    import json
+
+    from tests.receivers import receivers
+
+    dag = dagbag.dags[DAG_ID]
+    with receivers() as (got, smtp_host, url):
+        host, port = smtp_host.split(":")
+        for name in [n for n in os.environ if n.startswith("DQLREC_")]:
+            monkeypatch.delenv(name)
+        smtp = {"conn_type": "smtp", "host": host, "port": int(port), "login": "mailer", "password": ALERT_SECRET}
+        hook = {"conn_type": "http", "host": url, "password": "tok-" + ALERT_SECRET}
+        monkeypatch.setenv("AIRFLOW_CONN_DQLREC_ALERTS_SMTP", json.dumps(smtp))
+        monkeypatch.setenv("AIRFLOW_CONN_DQLREC_ALERTS_HOOK", json.dumps(hook))
+        monkeypatch.setenv("DQLREC_ALERTS__SMTP_CONN_ID", "dqlrec_alerts_smtp")
+        monkeypatch.setenv("DQLREC_ALERTS__WEBHOOK_CONN_ID", "dqlrec_alerts_hook")
+        monkeypatch.setenv("DQLREC_ALERTS__TO", "ops@shop.example")
+        error = RuntimeError(f"login mailer:{ALERT_SECRET} refused by the S3 proxy")
+        dag.default_args["on_failure_callback"]({"ti": _fake_ti("train_model"), "exception": error, "params": {}, "dag": dag})
+
+    [mail], [post], [headers] = got.mails, got.posts, got.headers
+    assert mail.login == ("mailer", ALERT_SECRET) and headers["Authorization"] == f"Bearer tok-{ALERT_SECRET}"
+    assert "RuntimeError: login mailer:*** refused by the S3 proxy" in mail.text and post["task_id"] == "train_model"
+    assert ALERT_SECRET not in mail.text + mail.raw + json.dumps(post)

@@ -99,3 +99,22 @@ def test_a_real_spark_submit_passes_the_jobs_bad_input_status_through(tmp_path, 
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")]))
     with pytest.raises(AirflowFailException, match=f"refused its input .*: bad input: {JOB_ERROR}$"):
         _operator(str(app)).execute(context={})
+
+
+def test_a_jobs_exit_status_is_bad_input_only_for_an_input_error(capsys):
+    from dql_model.config import ConfigError
+    from dql_model.errors import EXIT_BAD_INPUT
+    from jobs.common import exit_status
+
+    def refuses():
+        raise ConfigError("etl.max_len=0 must be at least 1")
+
+    assert exit_status(refuses) == EXIT_BAD_INPUT
+    assert capsys.readouterr().err.rstrip().splitlines()[-1] == "bad input: etl.max_len=0 must be at least 1"
+    assert exit_status(lambda: 0) == 0
+
+    def unreachable():
+        raise ConnectionError("S3 endpoint unreachable")
+
+    with pytest.raises(ConnectionError):  # anything else is not bad input: spark-submit exits 1, retried
+        exit_status(unreachable)
