@@ -28,8 +28,14 @@ night with it after a raw partition was loaded late (`dqlrec task ... --full-reb
 
 **Failures.** Bad input (`dql_model.errors.InputError`: a raw partition that is missing or empty, a
 broken data contract, a refused config value or param, a run date that is not a calendar day) fails
-its task at once, without retries, with the error's own message last in the task log. Anything else
-(S3, the network, a Spark job that died) keeps its retries.
+its task at once, without retries, with the error's own message last in the task log. In a Spark job
+too: the job exits with `dql_model.errors.EXIT_BAD_INPUT` and its spark-submit task fails at once,
+quoting the job's last line. Anything else (S3, the network, a Spark job that died) keeps its retries.
+
+**Alerts.** Every task's `on_failure_callback` (`FailureAlert`, once its retries are spent) and a
+degraded publish send a message (DAG, run date, task, the error's first line, the log URL or the report
+folder) by mail and/or webhook, as the config's `alerts` section says (`dql_model.ops.alerts`); with no
+channel configured nothing is sent. A task that fails only because its upstream did is not alerted twice.
 
 **Idempotent.** Every task writes only the run date's partitions and replaces them whole, so a rerun
 of a date gives the same tables. If training fails or the challenger loses the gate, scoring uses the
@@ -45,6 +51,7 @@ inside the tasks only; at parse time the file imports `dql_model.contract.steps`
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -52,8 +59,8 @@ from pathlib import Path
 
 import pendulum
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-from airflow.sdk import DAG, Asset, Param, get_current_context, task
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk import DAG, Asset, BaseNotifier, Param, get_current_context, task
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
 # Standard library only (its docstring says why): the step order and the Spark launch flags.
 from dql_model.contract import steps
@@ -76,8 +83,57 @@ SPARK_SUBMIT_DEFAULTS = {
     "execution_timeout": timedelta(hours=2),
 }
 
+
+
+def _send_alert(kind: str, run_date: str, task_id: str, error, where: str) -> dict[str, str]:
+    """Send a failure or degraded alert (dql_model.ops.alerts) on the channels of the config's alerts section.
+
+    Connections named there are read from Airflow (their passwords never enter the config); with no
+    channel configured nothing is sent. Returns {channel: outcome}, also printed to the task log.
+    """
+    from airflow.sdk import Connection
+
+    from dql_model.config import ConfigError, load_config
+    from dql_model.ops import alerts
+
+    try:
+        cfg = load_config().alerts
+        smtp = alerts.smtp_server(cfg, Connection.get(cfg.smtp_conn_id) if cfg.smtp_conn_id else None)
+        hook = alerts.webhook(cfg, Connection.get(cfg.webhook_conn_id) if cfg.webhook_conn_id else None)
+    except ConfigError as error_in_config:  # the night may have failed on this very config
+        print(f"[dqlrec] no {kind} alert sent: {error_in_config}", flush=True)
+        return {}
+    if smtp is None and hook is None:
+        return {}
+    make = alerts.failure if kind == "failure" else alerts.degraded
+    outcome = alerts.send(make(DAG_ID, run_date, task_id, error, where), cfg, smtp=smtp, hook=hook)
+    print(f"[dqlrec] {kind} alert for {task_id} {run_date}: {outcome}", flush=True)
+    return outcome
+
+
+class UpstreamFailed(AirflowFailException):
+    """A task that runs whatever its upstream did (trigger rule all_done) found the upstream's result missing:
+    the upstream's own failure is the news, alerted already; this one is not alerted again."""
+
+
+class FailureAlert(BaseNotifier):
+    """on_failure_callback of every task (called once retries are spent): who should know hears of it."""
+
+    def notify(self, context) -> None:
+        if isinstance(context.get("exception"), UpstreamFailed):
+            return
+        ti = context["ti"]
+        error = context.get("exception") or "unknown error"
+        if isinstance(error, BaseException) and error.__cause__ is not None and str(error.__cause__) == str(error):
+            error = error.__cause__  # bad input re-raised as AirflowFailException: name the input error itself
+        run_date = ti.xcom_pull(task_ids="resolve_run_date") or context["params"].get("run_date") or "unknown"
+        log = getattr(ti, "log_url", "") or "the task's log in Airflow"
+        _send_alert("failure", run_date, ti.task_id, error, log)
+
+
 default_args = {
     "owner": "dqlrec",
+    "on_failure_callback": FailureAlert(),
     "retries": 2,
     "retry_delay": timedelta(minutes=2),
     "retry_exponential_backoff": True,
@@ -172,8 +228,37 @@ def _run(name: str, run_date: str, *, missing_upstream: dict | None = None) -> d
         return getattr(tasks, name)(run_date, *upstream, options=_options())
 
 
+_SUBMIT_EXIT_CODE = re.compile(r"(?:Error code|Kubernetes spark exit code) is: (-?\d+)")
+"""How SparkSubmitHook.submit reports a failed spark-submit: its exit code (and the driver pod's on Kubernetes)."""
+
+
+class BadInputFailsSparkSubmitOperator(SparkSubmitOperator):
+    """spark-submit whose job exiting with dql_model.errors.EXIT_BAD_INPUT fails the task without retries.
+
+    The provider's hook raises a plain AirflowException naming spark-submit's exit code, which
+    Airflow retries; a job that read bad input would read it again, so that one code fails at once,
+    with the job's last line (its error's own message) as the task's error. Any other failure keeps
+    its retries.
+    """
+
+    def execute(self, context):
+        from dql_model.errors import EXIT_BAD_INPUT
+
+        try:
+            return super().execute(context)
+        except AirflowException as error:
+            if EXIT_BAD_INPUT not in {int(code) for code in _SUBMIT_EXIT_CODE.findall(str(error))}:
+                raise
+            tail = [line.strip() for line in str(error).splitlines() if line.strip()]
+            last = tail[-1] if len(tail) > 1 else "see the task log"
+            raise AirflowFailException(
+                f"{self.task_id}: {Path(self.application).name} refused its input "
+                f"(exit code {EXIT_BAD_INPUT}, not retried): {last}"
+            ) from error
+
+
 def _spark_job(task_id: str, job: str, *args: str) -> SparkSubmitOperator:
-    return SparkSubmitOperator(
+    return BadInputFailsSparkSubmitOperator(
         task_id=task_id,
         application=str(JOBS_DIR / f"{job}.py"),
         application_args=["--run-date", RUN_DATE_XCOM, *args],
@@ -229,7 +314,7 @@ with DAG(
         """Runs even when training failed or was skipped: then the champion keeps scoring."""
         if get_current_context()["ti"].xcom_pull(task_ids="validate_training_data") is None:
             # An earlier task failed; a retry of this one cannot bring its result back.
-            raise AirflowFailException(
+            raise UpstreamFailed(
                 f"training data for {run_date} was not built and validated; see tasks "
                 "build_training_data and validate_training_data of this run"
             )
@@ -261,6 +346,11 @@ with DAG(
         from dql_model.pipeline import tasks
 
         published = _run("publish_recommendations", run_date)
+        if published.get("degraded"):  # marketing got the champion's lists: someone should look at training
+            from dql_model.config import load_config
+
+            report_dir = load_config().layout.report(run_date)
+            _send_alert("degraded", run_date, "publish_recommendations", published["degraded_reason"], report_dir)
         # Downstream DAGs scheduled on the asset learn which date is ready, where, and whether the
         # night was degraded (training failed, the champion scored), from the event.
         get_current_context()["outlet_events"][RECOMMENDATIONS_ASSET].extra = tasks.asset_extra(published)

@@ -34,7 +34,7 @@ import yaml
 from dql_model import importers
 from dql_model.config import Config, ConfigError, UnknownVariableWarning, load_config
 from dql_model.contract import schema, steps
-from dql_model.errors import InputError
+from dql_model.errors import EXIT_BAD_INPUT, InputError
 from dql_model.ops import spark_jobs
 from dql_model.warehouse import run_dates
 
@@ -621,8 +621,8 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 _PYTHON_SHOW_WARNING = warnings.showwarning
 
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
-"""The exit statuses (README's command line table): 2 is also argparse's for a usage error."""
+EXIT_OK, EXIT_FAILED = 0, 1
+"""The exit statuses (README's command line table); bad input exits errors.EXIT_BAD_INPUT (2)."""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -664,6 +664,41 @@ class SparkConfig(_Section):
 
 
 @dataclass
+class AlertsConfig(_Section):
+    """Who hears of a failed or degraded night (dql_model.ops.alerts), by mail, webhook or both; all empty: nobody.
+    No credentials here: a password comes from the Airflow connection or the environment."""
+
+    smtp_conn_id: str = ""
+    """Airflow connection of the mail server (host, port, login, password); empty: smtp_host."""
+    smtp_host: str = ""
+    """Mail server as host or host:port when there is no smtp_conn_id; both empty: no mail."""
+    smtp_user: str = ""
+    """Login at smtp_host (its password is read from the variable smtp_password_env); empty: no login."""
+    smtp_password_env: str = "SMTP_PASSWORD"
+    """Name of the environment variable holding smtp_user's password (never the password itself)."""
+    smtp_starttls: bool = False
+    """Upgrade the mail connection with STARTTLS before logging in."""
+    sender: str = "dqlrec@localhost"
+    """From address of alert mails."""
+    to: str = ""
+    """Comma-separated recipients of alert mails; needed when a mail server is set."""
+    webhook_url: str = ""
+    """URL an alert is POSTed to as JSON; a credential in it is refused (use webhook_conn_id)."""
+    webhook_conn_id: str = ""
+    """Airflow connection of the webhook (host: the URL; password: sent as a Bearer token); replaces webhook_url."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        refuse_credentials(self.webhook_url, "alerts.webhook_url", "keep the token in the webhook_conn_id connection")
+        if (self.smtp_conn_id or self.smtp_host) and not self.recipients():
+            raise ConfigError("alerts.to is empty but a mail server is set (alerts.smtp_conn_id or alerts.smtp_host)")
+
+    def recipients(self) -> list[str]:
+        """``to`` as addresses."""
+        return [address.strip() for address in self.to.split(",") if address.strip()]
+
+
+@dataclass
 class Config:
     """Everything a run needs."""
 
@@ -680,6 +715,7 @@ class Config:
     quality: QualityConfig = field(default_factory=QualityConfig)
     spark: SparkConfig = field(default_factory=SparkConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
 
     def __post_init__(self) -> None:
         self.model.heads = "two" if self.train.mode == "sqn" else "one"

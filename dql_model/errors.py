@@ -4,7 +4,8 @@ Bad input fails the same way however often it is retried: a raw partition that i
 a table that breaks its data contract, a configuration value or trigger param that is refused, a run
 date that is not a calendar date, a pinned model version that is not in the registry. Every such
 error derives from ``InputError``; the DAG fails its task at once, without Airflow's retries, and
-the CLI prints it as one line. Anything else (S3, the network, a Spark job that died) is treated as
+the CLI prints it as one line. Across a process boundary (a Spark job under spark-submit) bad input
+is the exit status ``EXIT_BAD_INPUT``. Anything else (S3, the network, a Spark job that died) is treated as
 possibly transient and keeps its retries.
 
 The subclasses also derive from the built-in exception a caller would expect (``FileNotFoundError``,
@@ -16,6 +17,10 @@ Input errors defined elsewhere: ``dql_model.config.ConfigError``, ``dql_model.wa
 """
 
 from __future__ import annotations
+
+EXIT_BAD_INPUT = 2
+"""Exit status of a process that failed on bad input (a Spark job, the CLI): whoever launched it must not
+retry. 2 is also argparse's for a usage error, which is bad input too."""
 
 
 class InputError(Exception):

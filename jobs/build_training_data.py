@@ -49,7 +49,7 @@ from dql_model.errors import InputError, MissingInput
 from dql_model.warehouse import locks
 from dql_model.warehouse.run_dates import missing_run_date_message
 from jobs.clean_events import PARTITION_DATE_COL, RULE_ORDER, label_events, split_labelled
-from jobs.common import day_end_utc, day_start_utc, failures_named, run_date_arg
+from jobs.common import day_end_utc, day_start_utc, exit_status, failures_named, run_date_arg
 from jobs.item_index import build_item_index
 from jobs.sessions import sessionize
 from jobs.spark_session import (
@@ -527,4 +527,4 @@ def count_outputs(
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_status(main))

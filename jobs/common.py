@@ -13,7 +13,7 @@ import datetime as dt
 import re
 import sys
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
@@ -61,6 +61,23 @@ def failures_named(job: str, run_date: dt.date | str) -> Iterator[None]:
         message = f"[{job} {run_date}] failed: {describe_failure(error)}"
         print(message, file=sys.stderr, flush=True)
         raise SparkJobFailed(message) from None
+
+
+def exit_status(main: Callable[[], int]) -> int:
+    """A job's exit status under spark-submit: ``main()``'s, or errors.EXIT_BAD_INPUT when it raised bad input.
+
+    spark-submit exits with its Python application's status, so the DAG's Spark task can tell bad input
+    (fail at once: a retry reads the same input) from a job that died (retried). The traceback stays in
+    the log for debugging; the error's own message is the last line, where the task's error quotes it.
+    """
+    from dql_model.errors import EXIT_BAD_INPUT, InputError
+
+    try:
+        return main()
+    except InputError as error:
+        traceback.print_exc()
+        print(f"bad input: {error}", file=sys.stderr, flush=True)
+        return EXIT_BAD_INPUT
 
 
 def as_date(value: dt.date | str) -> dt.date:

@@ -42,7 +42,7 @@ from dql_model.scoring.payload import ScoringPayload
 from dql_model.scoring.policy import Policy
 from dql_model.scoring.ranking import Catalogue, Ranker, batch_count, user_keys
 from dql_model.warehouse import data, locks
-from jobs.common import failures_named, run_date_arg
+from jobs.common import exit_status, failures_named, run_date_arg
 from jobs.spark_session import get_spark, read_text, write_partition_atomic, write_text_atomic
 
 JOB = steps.SCORING_JOB
@@ -206,4 +206,4 @@ def run(
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_status(main))

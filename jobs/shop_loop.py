@@ -22,7 +22,7 @@ from typing import Any
 from dql_model.config import Config, load_config
 from dql_model.judging import plots
 from dql_model.pipeline import shop_loop
-from jobs.common import run_date_arg
+from jobs.common import exit_status, run_date_arg
 from jobs.spark_session import get_spark
 
 JOB = "shop_loop"
@@ -87,4 +87,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_status(main))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from datetime import timedelta
@@ -421,3 +422,144 @@ def test_the_maintenance_tasks_plan_and_prune_the_configured_warehouse(dagbag, t
     assert Path(cfg.layout.report("2026-11-26")).is_dir()
     assert Path(cfg.layout.report("2026-11-25")).is_dir() is dry_run
     assert done == ({"removed": 0, "skipped": 0, "bytes": 0} if dry_run else {"removed": 1, "skipped": 0, "bytes": planned["bytes"]})
+
+
+# --- alerts: a failed or degraded night is told, a good one is not ---------------------------------
+
+ALERT_SECRET = "s3cr3t-Pa55"
+
+
+@pytest.fixture
+def alert_receivers(tmp_path, monkeypatch):
+    """A loopback SMTP server and webhook, configured as the alerts channels (the mail login's password in
+    the environment, as a deployment sets it)."""
+    from tests.receivers import receivers
+
+    with receivers() as (got, smtp_host, url):
+        for name in [n for n in os.environ if n.startswith("DQLREC_")]:
+            monkeypatch.delenv(name)
+        monkeypatch.setenv("DQLREC_WAREHOUSE__ROOT", str(tmp_path / "warehouse"))
+        monkeypatch.setenv("DQLREC_ALERTS__SMTP_HOST", smtp_host)
+        monkeypatch.setenv("DQLREC_ALERTS__SMTP_USER", "dqlrec")
+        monkeypatch.setenv("DQLREC_ALERTS__TO", "ops@shop.example")
+        monkeypatch.setenv("DQLREC_ALERTS__WEBHOOK_URL", url)
+        monkeypatch.setenv("SMTP_PASSWORD", ALERT_SECRET)
+        yield got
+
+
+def _fake_ti(task_id, run_date="2026-11-27", pulled=None):
+    from types import SimpleNamespace
+
+    def xcom_pull(task_ids):
+        return run_date if task_ids == "resolve_run_date" else pulled
+
+    return SimpleNamespace(task_id=task_id, dag_id=DAG_ID, log_url=f"http://airflow/log/{task_id}", xcom_pull=xcom_pull)
+
+
+def test_every_task_alerts_when_it_fails(dagbag):
+    for task in dagbag.dags[DAG_ID].tasks:
+        callbacks = task.on_failure_callback if isinstance(task.on_failure_callback, list) else [task.on_failure_callback]
+        assert [type(c).__name__ for c in callbacks] == ["FailureAlert"], task.task_id
+
+
+def test_a_failed_task_sends_a_mail_and_a_post_naming_the_night_without_its_secret(dagbag, alert_receivers):
+    from dql_model import errors
+
+    dag = dagbag.dags[DAG_ID]
+    error = errors.MissingInput(f"raw events partition is missing (SMTP_PASSWORD={ALERT_SECRET})\nsecond line")
+    dag.default_args["on_failure_callback"](
+        {"ti": _fake_ti("validate_raw_events"), "exception": error, "params": {}, "dag": dag}
+    )
+
+    [mail], [post] = alert_receivers.mails, alert_receivers.posts
+    assert mail.login == ("dqlrec", ALERT_SECRET) and mail.recipients == ["ops@shop.example"]
+    for text in (DAG_ID, "2026-11-27", "validate_raw_events", "http://airflow/log/validate_raw_events",
+                 "MissingInput: raw events partition is missing (SMTP_PASSWORD=***)"):  # fmt: skip
+        assert text in mail.text and text in str(post)
+    assert "second line" not in mail.text
+    assert ALERT_SECRET not in mail.text and ALERT_SECRET not in mail.raw and ALERT_SECRET not in str(post)
+
+
+def test_a_task_failing_because_its_upstream_did_is_not_alerted_again(dagbag, alert_receivers):
+    dag = dagbag.dags[DAG_ID]
+    module = sys.modules[type(dag.default_args["on_failure_callback"]).__module__]
+    error = module.UpstreamFailed("training data for 2026-11-27 was not built")
+    dag.default_args["on_failure_callback"]({"ti": _fake_ti("evaluate_and_gate"), "exception": error, "params": {}, "dag": dag})
+    assert (alert_receivers.mails, alert_receivers.posts) == ([], [])
+
+
+@pytest.mark.parametrize("degraded", [True, False], ids=["degraded", "good"])
+def test_a_degraded_publish_alerts_and_a_good_one_does_not(dagbag, alert_receivers, monkeypatch, degraded, tmp_path):
+    from collections import defaultdict
+    from types import SimpleNamespace
+
+    from airflow.sdk.execution_time.context import set_current_context
+
+    from dql_model.pipeline import tasks
+
+    reason = "train_model failed: RuntimeError: CUDA out of memory; the champion scored instead" if degraded else ""
+    published = {
+        "run_date": "2026-11-27", "rows": 2, "users": 1, "export_uri": "s3://b/p/run_date=2026-11-27",
+        "model_version": "v1", "degraded": degraded, "degraded_reason": reason,
+    }  # fmt: skip
+    monkeypatch.setattr(tasks, "publish_recommendations", lambda *args, **kwargs: published)
+    context = {
+        "params": {"run_date": ""},
+        "ti": _fake_ti("publish_recommendations", pulled={"model_version": "v1", "top_k": 2}),
+        "outlet_events": defaultdict(SimpleNamespace),
+    }
+    with set_current_context(context):
+        assert dagbag.dags[DAG_ID].get_task("publish_recommendations").python_callable("2026-11-27") == published
+
+    if not degraded:
+        assert (alert_receivers.mails, alert_receivers.posts) == ([], [])
+        return
+    [mail], [post] = alert_receivers.mails, alert_receivers.posts
+    assert "DEGRADED" in mail.message["Subject"] and post["kind"] == "degraded"
+    report_dir = str(tmp_path / "warehouse" / "reports" / "run_date=2026-11-27")
+    for text in (DAG_ID, "2026-11-27", "publish_recommendations", reason, report_dir):
+        assert text in mail.message.get_content() and text in str(post)
+
+
+@pytest.mark.slow
+def test_a_failed_night_through_airflow_alerts_once(airflow_db, dagbag, stubbed_tasks, alert_receivers, monkeypatch):
+    """dag.test: the failing task's callback mails and posts; evaluate_and_gate (all_done) fails after it, silently."""
+    from dql_model import errors
+    from dql_model.pipeline import tasks
+
+    monkeypatch.setattr(tasks, "validate_raw_events", _raising(errors.MissingInput("raw events partition is missing")))
+    for task in dagbag.dags[DAG_ID].tasks:
+        monkeypatch.setattr(task, "retries", 0)
+    run = dagbag.dags[DAG_ID].test(run_conf={"run_date": "2026-11-27"})
+
+    assert run.state == "failed"
+    assert [p["task_id"] for p in alert_receivers.posts] == ["validate_raw_events"]
+    assert len(alert_receivers.mails) == 1 and "MissingInput: raw events partition is missing" in alert_receivers.mails[0].text
+
+
+def test_channels_named_by_airflow_connections_take_their_passwords_from_them(dagbag, monkeypatch, tmp_path):
+    """smtp_conn_id / webhook_conn_id: host, port, login from the connection; its passwords log in and
+    authorize the POST, and stay out of both messages."""
+    import json
+
+    from tests.receivers import receivers
+
+    dag = dagbag.dags[DAG_ID]
+    with receivers() as (got, smtp_host, url):
+        host, port = smtp_host.split(":")
+        for name in [n for n in os.environ if n.startswith("DQLREC_")]:
+            monkeypatch.delenv(name)
+        smtp = {"conn_type": "smtp", "host": host, "port": int(port), "login": "mailer", "password": ALERT_SECRET}
+        hook = {"conn_type": "http", "host": url, "password": "tok-" + ALERT_SECRET}
+        monkeypatch.setenv("AIRFLOW_CONN_DQLREC_ALERTS_SMTP", json.dumps(smtp))
+        monkeypatch.setenv("AIRFLOW_CONN_DQLREC_ALERTS_HOOK", json.dumps(hook))
+        monkeypatch.setenv("DQLREC_ALERTS__SMTP_CONN_ID", "dqlrec_alerts_smtp")
+        monkeypatch.setenv("DQLREC_ALERTS__WEBHOOK_CONN_ID", "dqlrec_alerts_hook")
+        monkeypatch.setenv("DQLREC_ALERTS__TO", "ops@shop.example")
+        error = RuntimeError(f"login mailer:{ALERT_SECRET} refused by the S3 proxy")
+        dag.default_args["on_failure_callback"]({"ti": _fake_ti("train_model"), "exception": error, "params": {}, "dag": dag})
+
+    [mail], [post], [headers] = got.mails, got.posts, got.headers
+    assert mail.login == ("mailer", ALERT_SECRET) and headers["Authorization"] == f"Bearer tok-{ALERT_SECRET}"
+    assert "RuntimeError: login mailer:*** refused by the S3 proxy" in mail.text and post["task_id"] == "train_model"
+    assert ALERT_SECRET not in mail.text + mail.raw + json.dumps(post)
