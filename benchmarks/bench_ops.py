@@ -7,7 +7,9 @@
   last one champion) in a scratch warehouse under var/bench/ops, then ``dqlrec prune``'s plan and
   its removal with the default retention config, then the plan of the next week.
 
-    python -m benchmarks.bench_ops
+    python -m benchmarks.bench_ops          (--quick or DQLREC_BENCH_QUICK=1: 10k events, 30 nights)
+
+Prints the machine with the figures and writes var/bench/ops.json.
 """
 
 from __future__ import annotations
@@ -23,12 +25,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from benchmarks.common import BENCH_DIR, machine, quick_mode, write_json
 from dql_model.config import Config, QualityConfig
 from dql_model.contract import schema
 from dql_model.warehouse import quality
 
-SCRATCH = Path("var/bench/ops")
+SCRATCH = BENCH_DIR / "ops"
 NIGHTS = 365
+DRIFT_SIZES = (100_000, 1_100_000)
 START = dt.date(2026, 1, 1)
 
 
@@ -40,16 +44,19 @@ def _events(rng: np.random.Generator, n: int) -> pa.Table:
     return pa.table({schema.USER_ID: ids("u", 5_000_000), schema.ITEM_ID: ids("i", 500_000), schema.EVENT_TYPE: kinds})
 
 
-def bench_drift() -> None:
+def bench_drift() -> list[dict[str, object]]:
     rng = np.random.default_rng(0)
+    records = []
     print("drift check (quality.input_drift), 7 trailing nights + the run date, one process")
     print(f"{'events/night':>12} {'seconds':>8} {'M rows/s':>9}  levels")
-    for n in (100_000, 1_100_000):
+    for n in DRIFT_SIZES:
         nights = [_events(rng, n) for _ in range(8)]
         started = time.perf_counter()
         figures = quality.input_drift(nights[-1], nights[:-1], QualityConfig())
         took = time.perf_counter() - started
         print(f"{n:>12,} {took:>8.2f} {8 * n / took / 1e6:>9.2f}  {', '.join(f'{f.name} {f.level}' for f in figures)}")
+        records.append({"events_per_night": n, "seconds": took})
+    return records
 
 
 def _write_night(cfg: Config, run_date: str, table: pa.Table, previous: str | None) -> str:
@@ -73,7 +80,7 @@ def _write_night(cfg: Config, run_date: str, table: pa.Table, previous: str | No
     return version
 
 
-def bench_retention() -> None:
+def bench_retention() -> dict[str, object]:
     from dql_model.learning import registry
     from dql_model.pipeline import prune
     from dql_model.warehouse import retention
@@ -106,12 +113,20 @@ def bench_retention() -> None:
         by_layer[removal.layer] = by_layer.get(removal.layer, 0) + 1
     print("removed per layer: " + ", ".join(f"{layer} {n}" for layer, n in sorted(by_layer.items())))
     shutil.rmtree(SCRATCH, ignore_errors=True)
+    return {"nights": NIGHTS, "planned": len(plan.removals), "plan_s": planned, "removed": len(done["removed"]),
+            "prune_s": applied, "bytes_freed": done["bytes"], "by_layer": by_layer}  # fmt: skip
 
 
-def main() -> None:
-    bench_drift()
-    bench_retention()
+def main(argv: list[str] | None = None) -> None:
+    global NIGHTS, DRIFT_SIZES
+    if quick_mode(argv or ()):
+        NIGHTS, DRIFT_SIZES = 30, (10_000,)
+    m = machine()
+    print(f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']}")
+    write_json("ops", {"quick": quick_mode(argv or ()), "drift": bench_drift(), "retention": bench_retention()})
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    main(sys.argv[1:])
