@@ -578,8 +578,10 @@ class PublishConfig(_Section):
         check_sql_url(self.sql_url)
         for name in ("aws_conn_id", "sql_conn_id"):
             if not _CONN_ID.match(getattr(self, name)):
+                # The value is not echoed: a URL put here by mistake may hold a password.
                 raise ConfigError(
-                    f"publish.{name}={getattr(self, name)!r} is not an Airflow connection id (letters, digits, _ - .)"
+                    f"publish.{name} is not an Airflow connection id (letters, digits, _ - .): name the connection, "
+                    "which holds the host and the secret"
                 )
         if self.redshift_iam_role and not _IAM_ROLE.match(self.redshift_iam_role):
             raise ConfigError(

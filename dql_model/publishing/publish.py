@@ -148,6 +148,12 @@ def partition_uri(uri: str, run_date: str | date) -> str:
     return str(_export_folder(uri, schema.iso_date(run_date)))
 
 
+def parts_prefix(uri: str, run_date: str | date) -> str:
+    """The prefix every Parquet part of one date's export starts with, and nothing else there (not the
+    manifest, not _SUCCESS): what a Redshift COPY reads."""
+    return f"{partition_uri(uri, run_date)}/{storage.PART_TEMPLATE.split('{', 1)[0]}"
+
+
 # --- manifest -----------------------------------------------------------------------------------
 
 
@@ -311,8 +317,7 @@ def _sinks_of(cfg: Config, run_date: str, *, in_airflow: bool | None) -> tuple[A
             f"publish.export_uri (got {str(export_at)!r}) and publish.redshift_iam_role (an IAM role ARN the "
             f"cluster may assume to read it; got {cfg.publish.redshift_iam_role!r})"
         )
-    parts = storage.PART_TEMPLATE.split("{", 1)[0]
-    return endpoints, sinks.S3Copy(f"{partition_uri(cfg.publish.export_uri, run_date)}/{parts}", cfg.publish.redshift_iam_role)
+    return endpoints, sinks.S3Copy(parts_prefix(cfg.publish.export_uri, run_date), cfg.publish.redshift_iam_role)
 
 
 def _replace_sql_rows(table: pa.Table, cfg: Config, run_date: str, endpoints: Any, s3_copy: Any) -> int:
