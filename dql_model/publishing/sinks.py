@@ -12,7 +12,8 @@ date replaces them cleanly. The rows are loaded
   from the run's S3 export (``S3Copy``; the cluster reads the parts itself, in parallel, instead of the
   client sending every row), into a temporary table whose columns are the parts' columns in their
   order (Parquet loads by position, and run_date is the folder's name, not a column), then
-  ``INSERT ... SELECT`` with the run date. The role is named, never keys;
+  ``INSERT ... SELECT`` with the run date. The role is named, never keys; the bucket must be in the
+  cluster's region (a Parquet COPY takes no REGION);
 - by multi-row ``INSERT`` (``method="insert"``) only when asked, or on a Redshift server reached by a
   ``postgresql://`` URL without an S3 export (slow at a real shop's size: it warns).
 
