@@ -28,6 +28,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import types
 import typing
 import warnings
@@ -97,6 +98,8 @@ AWS_CREDENTIALS = (
     "use the standard AWS settings instead (an instance role, AWS_PROFILE, or AWS_ACCESS_KEY_ID and "
     "AWS_SECRET_ACCESS_KEY in the environment)"
 )
+_CONN_ID = re.compile(r"^[A-Za-z0-9_.-]*$")
+_IAM_ROLE = re.compile(r"^(default|arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+)$")
 _SECRET_PARAMETERS = ("password", "secret", "token")
 """A query parameter whose name contains one of these carries a credential."""
 
@@ -562,11 +565,29 @@ class PublishConfig(_Section):
     it comes from PGPASSWORD or ~/.pgpass."""
     sql_table: str = "recommendations"
     """Table of the SQL sink, optionally schema-qualified; created if missing."""
+    aws_conn_id: str = ""
+    """Airflow connection for the S3 export, read inside an Airflow task; empty (and the CLI): boto3's chain."""
+    sql_conn_id: str = ""
+    """Airflow connection for the SQL sink, read inside an Airflow task instead of sql_url; empty: sql_url."""
+    redshift_iam_role: str = ""
+    """IAM role ARN Redshift assumes to COPY the night from the S3 export (a Redshift sink needs it)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         refuse_credentials(self.export_uri, "publish.export_uri", AWS_CREDENTIALS)
         check_sql_url(self.sql_url)
+        for name in ("aws_conn_id", "sql_conn_id"):
+            if not _CONN_ID.match(getattr(self, name)):
+                # The value is not echoed: a URL put here by mistake may hold a password.
+                raise ConfigError(
+                    f"publish.{name} is not an Airflow connection id (letters, digits, _ - .): name the connection, "
+                    "which holds the host and the secret"
+                )
+        if self.redshift_iam_role and not _IAM_ROLE.match(self.redshift_iam_role):
+            raise ConfigError(
+                f"publish.redshift_iam_role={self.redshift_iam_role!r} is not an IAM role ARN "
+                "(arn:aws:iam::123456789012:role/name) or 'default'"
+            )
 
 
 @dataclass

@@ -33,8 +33,9 @@ itself leaves the previous export as it was. Otherwise the previous S3 export is
 parts are overwritten in place by the new ones, so the date is "not ready" until the rerun.
 Other dates are never touched: every key written or deleted lies below the date's own folder.
 
-S3 access uses boto3's standard configuration only (environment, shared config, instance role;
-``AWS_ENDPOINT_URL_S3`` for an S3-compatible endpoint). Nothing here takes, stores or logs credentials.
+S3 access uses boto3's standard configuration (environment, shared config, instance role;
+``AWS_ENDPOINT_URL_S3`` for an S3-compatible endpoint), or inside an Airflow task the connection
+``publish.aws_conn_id`` (dql_model.publishing.connections). Nothing here stores or logs credentials.
 """
 
 from __future__ import annotations
@@ -147,6 +148,12 @@ def partition_uri(uri: str, run_date: str | date) -> str:
     return str(_export_folder(uri, schema.iso_date(run_date)))
 
 
+def parts_prefix(uri: str, run_date: str | date) -> str:
+    """The prefix every Parquet part of one date's export starts with, and nothing else there (not the
+    manifest, not _SUCCESS): what a Redshift COPY reads."""
+    return f"{partition_uri(uri, run_date)}/{storage.PART_TEMPLATE.split('{', 1)[0]}"
+
+
 # --- manifest -----------------------------------------------------------------------------------
 
 
@@ -192,17 +199,25 @@ class Manifest:
 # --- publishing ---------------------------------------------------------------------------------
 
 
-def publish_run(cfg: Config, run_date: str, *, model_version: str) -> dict[str, Any]:
+def publish_run(
+    cfg: Config, run_date: str, *, model_version: str, in_airflow: bool | None = None
+) -> dict[str, Any]:
     """Publish a run date's staged recommendations to every sink; returns counts and places.
 
     The warehouse partition is swapped in, the date is replaced in the SQL sink (if configured) in
-    one transaction, then the export is written with manifest and _SUCCESS last. Each step replaces
-    the date whole and the staged partition is removed only after the last one, so after a failure
-    anywhere a rerun completes the publish; other dates are never touched.
+    one transaction, then the export is written with manifest and _SUCCESS last; a Redshift sink
+    loads after the export, by COPY from it. Each step replaces the date whole and the staged
+    partition is removed only after the last one, so after a failure anywhere a rerun completes the
+    publish; other dates are never touched.
+
+    ``in_airflow``: whether publish.aws_conn_id / sql_conn_id are read (connections.for_publish);
+    None asks whether an Airflow task is running.
     """
     staged = cfg.layout.staged(schema.RECOMMENDATIONS, run_date)
+    endpoints, s3_copy = _sinks_of(cfg, run_date, in_airflow=in_airflow)
+    s3_client = endpoints.s3_client() if parse_uri(cfg.publish.export_uri).is_s3 else None
     if not Path(staged).is_dir():
-        done = _already_published(cfg, run_date, model_version)
+        done = _already_published(cfg, run_date, model_version, s3_client)
         if done is not None:  # killed after its last write: a retry of the task finds the work done
             log.info("%s was published with %s already; nothing staged to publish again", run_date, model_version)
             return done
@@ -213,12 +228,8 @@ def publish_run(cfg: Config, run_date: str, *, model_version: str) -> dict[str, 
     warehouse_path = publish_warehouse(table, cfg, run_date)
     faults.point("publish:warehouse_swapped")
     sql_rows = None
-    if cfg.publish.sql_url:
-        from dql_model.publishing import sinks
-
-        sql_rows = sinks.replace_run_date(
-            table, url=cfg.publish.sql_url, run_date=run_date, table_name=cfg.publish.sql_table
-        )
+    if _has_sql_sink(cfg) and s3_copy is None:
+        sql_rows = _replace_sql_rows(table, cfg, run_date, endpoints, None)
     manifest = export(
         table,
         uri=cfg.publish.export_uri,
@@ -228,7 +239,10 @@ def publish_run(cfg: Config, run_date: str, *, model_version: str) -> dict[str, 
         rows_per_file=cfg.publish.rows_per_file,
         attempts=cfg.publish.s3_attempts,
         backoff_s=cfg.publish.s3_backoff_s,
+        s3_client=s3_client,
     )
+    if s3_copy is not None:  # Redshift reads the night from the export just written
+        sql_rows = _replace_sql_rows(table, cfg, run_date, endpoints, s3_copy)
     faults.point("publish:exported")
     shutil.rmtree(staged, ignore_errors=True)
     return {
@@ -238,18 +252,18 @@ def publish_run(cfg: Config, run_date: str, *, model_version: str) -> dict[str, 
         "rows": table.num_rows,
         "users": manifest.user_count,
         "files": len(manifest.files),
-        "sql_table": cfg.publish.sql_table if cfg.publish.sql_url else None,
+        "sql_table": cfg.publish.sql_table if _has_sql_sink(cfg) else None,
         "sql_rows": sql_rows,
         "model_version": model_version,
         "recovered": recovered,
     }
 
 
-def _already_published(cfg: Config, run_date: str, model_version: str) -> dict[str, Any] | None:
+def _already_published(cfg: Config, run_date: str, model_version: str, s3_client: Any) -> dict[str, Any] | None:
     """publish_run's result when the date's warehouse partition and complete export hold this model's rows."""
     warehouse_path = cfg.layout.partition(schema.RECOMMENDATIONS, run_date)
     try:
-        manifest = read_manifest(cfg.publish.export_uri, run_date)
+        manifest = read_manifest(cfg.publish.export_uri, run_date, s3_client=s3_client)
         rows = storage.read_partition(warehouse_path, columns=[schema.MODEL_VERSION])
     except (ExportError, FileNotFoundError):
         return None
@@ -263,11 +277,60 @@ def _already_published(cfg: Config, run_date: str, model_version: str) -> dict[s
         "rows": manifest.row_count,
         "users": manifest.user_count,
         "files": len(manifest.files),
-        "sql_table": cfg.publish.sql_table if cfg.publish.sql_url else None,
-        "sql_rows": manifest.row_count if cfg.publish.sql_url else None,  # the SQL step precedes the export
+        "sql_table": cfg.publish.sql_table if _has_sql_sink(cfg) else None,
+        # Every step, the SQL one included, precedes the removal of the staged partition.
+        "sql_rows": manifest.row_count if _has_sql_sink(cfg) else None,
         "model_version": model_version,
         "recovered": [],
     }
+
+
+def _has_sql_sink(cfg: Config) -> bool:
+    return bool(cfg.publish.sql_url or cfg.publish.sql_conn_id)
+
+
+def _sinks_of(cfg: Config, run_date: str, *, in_airflow: bool | None) -> tuple[Any, Any]:
+    """The endpoints of this publish, and the S3 COPY a Redshift sink loads by (None otherwise).
+
+    Checked before anything is written: a Redshift sink needs an s3:// export and publish.redshift_iam_role.
+    """
+    from dql_model.publishing import connections, sinks
+
+    endpoints = connections.for_publish(cfg.publish, in_airflow=in_airflow)
+    if not _has_sql_sink(cfg):
+        return endpoints, None
+    if not cfg.publish.sql_url and not endpoints.sql_conn_id:
+        raise sinks.SinkError(
+            f"publish.sql_conn_id={cfg.publish.sql_conn_id!r} is read inside an Airflow task only and "
+            "publish.sql_url is empty: set publish.sql_url to publish from the command line"
+        )
+    try:
+        redshift = endpoints.sql_is_redshift(cfg.publish.sql_url)
+    except connections.AirflowConnectionError as exc:
+        raise sinks.SinkError(str(exc)) from None
+    if not redshift:
+        return endpoints, None
+    export_at = parse_uri(cfg.publish.export_uri)
+    if not export_at.is_s3 or not cfg.publish.redshift_iam_role:
+        raise sinks.SinkError(
+            f"the SQL sink is Redshift, which loads the night by COPY from the S3 export: it needs an s3:// "
+            f"publish.export_uri (got {str(export_at)!r}) and publish.redshift_iam_role (an IAM role ARN the "
+            f"cluster may assume to read it; got {cfg.publish.redshift_iam_role!r})"
+        )
+    return endpoints, sinks.S3Copy(parts_prefix(cfg.publish.export_uri, run_date), cfg.publish.redshift_iam_role)
+
+
+def _replace_sql_rows(table: pa.Table, cfg: Config, run_date: str, endpoints: Any, s3_copy: Any) -> int:
+    from dql_model.publishing import sinks
+
+    return sinks.replace_run_date(
+        table,
+        url=cfg.publish.sql_url,
+        run_date=run_date,
+        table_name=cfg.publish.sql_table,
+        sql_conn_id=endpoints.sql_conn_id,
+        s3_copy=s3_copy,
+    )
 
 
 def publish_warehouse(table: pa.Table, cfg: Config, run_date: str | date) -> str:
@@ -289,11 +352,13 @@ def export(
     generated_at: datetime | None = None,
     attempts: int = 4,
     backoff_s: float = 1.0,
+    s3_client: Any = None,
 ) -> Manifest:
     """Write one date's export below ``uri`` (local folder or s3://bucket/prefix); returns its manifest.
 
     On S3 each call is tried up to ``attempts`` times, waiting ``backoff_s``, then twice that, ...
-    between tries of a transient error.
+    between tries of a transient error. ``s3_client``: the client to write with (an Airflow
+    connection's, dql_model.publishing.connections); None: one from boto3's standard settings.
     """
     run_date = schema.iso_date(run_date)
     if rows_per_file < 1:
@@ -315,7 +380,8 @@ def export(
         with tempfile.TemporaryDirectory(prefix="dqlrec-export-") as tmp:
             manifest = manifest_for(_write_parts(table, Path(tmp), rows_per_file))
             try:
-                _upload(Path(tmp), manifest, target, Retry(attempts, backoff_s))
+                client = s3_client if s3_client is not None else _s3_client()
+                _upload(Path(tmp), manifest, target, Retry(attempts, backoff_s), client)
             except (ClientError, BotoCoreError, Boto3Error) as exc:
                 raise ExportError(
                     f"export to {target} failed: {exc}. The date has no {SUCCESS_NAME} until a rerun of the "
@@ -397,9 +463,8 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, transient)
 
 
-def _upload(folder: Path, manifest: Manifest, target: Location, retry: Retry) -> None:
+def _upload(folder: Path, manifest: Manifest, target: Location, retry: Retry, client: Any) -> None:
     """The S3 protocol of the module docstring: withdraw, upload, prune, manifest, _SUCCESS."""
-    client = _s3_client()
     bucket = target.bucket
     key = target.child
 
@@ -448,11 +513,11 @@ def _upload(folder: Path, manifest: Manifest, target: Location, retry: Retry) ->
 # --- reading back -------------------------------------------------------------------------------
 
 
-def read_export(uri: str, run_date: str | date) -> pa.Table:
+def read_export(uri: str, run_date: str | date, *, s3_client: Any = None) -> pa.Table:
     """Read one date's export after checking ``_SUCCESS`` and every file against the manifest."""
-    manifest = read_manifest(uri, run_date)
+    manifest = read_manifest(uri, run_date, s3_client=s3_client)
     target = _export_folder(uri, manifest.run_date)
-    read = _reader(target)
+    read = _reader(target, s3_client)
     rerun = f"rerun the publish for {manifest.run_date}"
 
     tables = []
@@ -479,14 +544,14 @@ def read_export(uri: str, run_date: str | date) -> pa.Table:
     return table
 
 
-def read_manifest(uri: str, run_date: str | date) -> Manifest:
+def read_manifest(uri: str, run_date: str | date, *, s3_client: Any = None) -> Manifest:
     """The manifest of one date's complete export (``_SUCCESS`` present, manifest for that date).
 
-    The data files are not read: ``read_export`` checks them against it.
+    The data files are not read: ``read_export`` checks them against it. ``s3_client`` as in ``export``.
     """
     run_date = schema.iso_date(run_date)
     target = _export_folder(uri, run_date)
-    read = _reader(target)
+    read = _reader(target, s3_client)
     rerun = f"rerun the publish for {run_date}"
 
     if read(SUCCESS_NAME) is None:
@@ -508,9 +573,9 @@ def _export_folder(uri: str, run_date: str) -> Location:
     return parse_uri(uri).child(f"{schema.RUN_DATE}={run_date}")
 
 
-def _reader(target: Location) -> Callable[[str], bytes | None]:
+def _reader(target: Location, s3_client: Any = None) -> Callable[[str], bytes | None]:
     """read(name) -> the bytes of the file ``name`` in ``target``, or None if it does not exist."""
-    return _s3_reader(target) if target.is_s3 else _local_reader(target)
+    return _s3_reader(target, s3_client) if target.is_s3 else _local_reader(target)
 
 
 def _local_reader(target: Location):
@@ -521,10 +586,10 @@ def _local_reader(target: Location):
     return read
 
 
-def _s3_reader(target: Location):
+def _s3_reader(target: Location, s3_client: Any = None):
     from botocore.exceptions import ClientError
 
-    client = _s3_client()
+    client = s3_client if s3_client is not None else _s3_client()
     config = _transfer_config()
 
     def read(name: str) -> bytes | None:
