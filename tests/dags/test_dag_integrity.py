@@ -482,9 +482,11 @@ def test_a_failed_task_sends_a_mail_and_a_post_naming_the_night_without_its_secr
 
 def test_a_task_failing_because_its_upstream_did_is_not_alerted_again(dagbag, alert_receivers):
     dag = dagbag.dags[DAG_ID]
-    module = sys.modules[type(dag.default_args["on_failure_callback"]).__module__]
-    error = module.UpstreamFailed("training data for 2026-11-27 was not built")
-    dag.default_args["on_failure_callback"]({"ti": _fake_ti("evaluate_and_gate"), "exception": error, "params": {}, "dag": dag})
+    callback = dag.default_args["on_failure_callback"]
+    # The class this DAG object's callback checks (a DagBag may load the file more than once per session).
+    upstream_failed = type(callback).notify.__globals__["UpstreamFailed"]
+    error = upstream_failed("training data for 2026-11-27 was not built")
+    callback({"ti": _fake_ti("evaluate_and_gate"), "exception": error, "params": {}, "dag": dag})
     assert (alert_receivers.mails, alert_receivers.posts) == ([], [])
 
 
