@@ -232,6 +232,19 @@ def run_child(argv: list[str], env: dict[str, str], scratch: Path) -> dict:
 # --- main ----------------------------------------------------------------------------------------
 
 
+
+def _figures(reader: str, rows: int, measured: dict, *, rows_read: int, size_mb: float) -> dict[str, object]:
+    """One reader's row of the table: its rows, seconds, throughput and the child's peak memory."""
+    seconds = measured["seconds"]
+    return {
+        "reader": reader,
+        "rows": rows,
+        "seconds": round(seconds, 2),
+        "rows_per_s": round(rows_read / seconds),
+        "mb_per_s": round(size_mb / seconds, 1),
+        "peak_rss_mib": round(measured["peak_rss_mib"], 1),
+    }
+
 def main(argv: Sequence[str] = ()) -> None:
     """`python -m benchmarks` calls this without arguments: the full run (quick with DQLREC_BENCH_QUICK=1)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -296,16 +309,7 @@ def bench_retailrocket(scale: float, rows_per_item: float) -> dict:
             rows = sum(f["rows"] for f in output["files"]) + shape["categories"]
         else:
             rows = output["rows"]
-        results.append(
-            {
-                "reader": name,
-                "rows": rows,
-                "seconds": round(measured["seconds"], 2),
-                "rows_per_s": round(total_rows / measured["seconds"]),
-                "mb_per_s": round(size_mb / measured["seconds"], 1),
-                "peak_rss_mib": round(measured["peak_rss_mib"], 1),
-            }
-        )
+        results.append(_figures(name, rows, measured, rows_read=total_rows, size_mb=size_mb))
     shutil.rmtree(scratch, ignore_errors=True)
     _check_import(summary, shape)
     floor = results[1]["seconds"]
@@ -388,16 +392,7 @@ def bench_events_only(rows: int) -> None:
         measured = run_child(argv_, env, scratch)
         output = measured["output"]
         read = output["input"] if name == "dqlrec import" else output["rows"]
-        results.append(
-            {
-                "reader": name,
-                "rows": read,
-                "seconds": round(measured["seconds"], 2),
-                "rows_per_s": round(rows / measured["seconds"]),
-                "mb_per_s": round(size_mb / measured["seconds"], 1),
-                "peak_rss_mib": round(measured["peak_rss_mib"], 1),
-            }
-        )
+        results.append(_figures(name, read, measured, rows_read=rows, size_mb=size_mb))
         if name == "dqlrec import":
             expected_bad = len(range(NO_VISITOR_EVERY - 1, rows, NO_VISITOR_EVERY))
             balance = (output["input"], output["accepted"] + output["quarantined"], output["quarantined"])
