@@ -370,8 +370,10 @@ class TrainConfig(_Section):
     cql_negatives: int = 4096
     """Items drawn uniformly per step for the sampled softmax, besides the batch's own actions."""
     max_minutes: float = 30.0
-    """Training time budget: training stops at the end of the step where it runs out and keeps the best
-    epoch so far (a cut epoch is evaluated too); 0 = no limit."""
+    """Time budget of the nightly training step: the challenger and the supervised baseline it is judged
+    against get half each (the baseline's half split over its trials), so the comparison stays fair and
+    the step stays within it. A model's training stops at the end of the step where its share runs out
+    and keeps its best epoch so far (a cut epoch is evaluated too); 0 = no limit."""
     n_step: int = 3
     """Rewards summed (discounted) before bootstrapping: n-step returns; 1 is one-step TD."""
     purchase_credit: PurchaseCredit = "cart"

@@ -178,15 +178,26 @@ def train_model(run_date: str, *, options: RunOptions = DEFAULTS, cfg: Config | 
         return {"trained": False, "reason": reason}
     folder = cfg.layout.report(run_date)
     report.record_training_failure(folder, None)
+    challenger_cfg, baseline_cfg = training_budgets(cfg)
     try:
-        trained = train_challenger(cfg, run_date, progress=say)
+        trained = train_challenger(challenger_cfg, run_date, progress=say)
     except Exception as error:  # noted for the gate, which then lets the champion score (degraded)
         report.record_training_failure(folder, error)
         raise
     say(f"trained challenger {trained['version']} on {trained['device']} in {trained['seconds']:.0f} s")
     # The baseline it is judged against trains here too, on the same data and budget: the gate only judges.
-    baseline = supervised_baseline.train_and_save(cfg, run_date, progress=say)
+    baseline = supervised_baseline.train_and_save(baseline_cfg, run_date, progress=say)
     return {"trained": True, **trained, "baseline": baseline}
+
+
+def training_budgets(cfg: Config) -> tuple[Config, Config]:
+    """(the challenger's config, each supervised trial's config): ``train.max_minutes`` is the training
+    step's budget, half for the challenger and half for the baseline's ``eval.baseline_trials`` trials."""
+    if cfg.train.max_minutes <= 0:
+        return cfg, cfg
+    half = cfg.train.max_minutes / 2
+    per_trial = half / max(1, cfg.eval.baseline_trials)
+    return cfg.replace(train={"max_minutes": half}), cfg.replace(train={"max_minutes": per_trial})
 
 
 @_holds_run_date_lock

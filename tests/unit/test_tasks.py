@@ -50,3 +50,26 @@ def test_full_rebuild_is_a_run_option_that_only_the_etl_job_takes():
     assert parse_args(["--run-date", "2026-11-27", "--full-rebuild"]).full_rebuild is True  # by hand, as before
     with pytest.raises(SystemExit):
         parse_args(["--run-date", "2026-11-27", "--full-rebuild", "sometimes"])
+
+
+def test_the_training_step_splits_its_budget_between_the_challenger_and_the_baseline(tiny_config, monkeypatch):
+    """train.max_minutes bounds the whole step: half for the challenger, half over the baseline's trials."""
+    from dql_model.pipeline import tasks
+
+    budgets = {}
+
+    def challenger(cfg, run_date, progress):
+        budgets["challenger"] = cfg.train.max_minutes
+        return {"version": "v1", "device": "cpu", "seconds": 0.0}
+
+    def baseline(cfg, run_date, progress):
+        budgets["baseline trial"] = cfg.train.max_minutes
+        return "supervised-x"
+
+    monkeypatch.setattr("dql_model.learning.train.train_challenger", challenger)
+    monkeypatch.setattr("dql_model.learning.supervised_baseline.train_and_save", baseline)
+    cfg = tiny_config.replace(train={"max_minutes": 40}, eval={"baseline_trials": 4})
+    assert tasks.train_model("2026-11-27", cfg=cfg)["baseline"] == "supervised-x"
+    assert budgets == {"challenger": 20.0, "baseline trial": 5.0}
+    unlimited = tasks.training_budgets(cfg.replace(train={"max_minutes": 0}))
+    assert [c.train.max_minutes for c in unlimited] == [0.0, 0.0]
