@@ -154,9 +154,8 @@ def run(
     layout = cfg.layout
     model, meta = registry.load_model(Path(cfg.registry.root) / model_version)
     summary_text = read_text(spark, layout.etl_summary(run_date))
-    policy = Policy.from_config(
-        cfg.score, run_date, protocol=json.loads(summary_text).get("protocol") if summary_text else None
-    )
+    protocol = json.loads(summary_text).get("protocol") if summary_text else None
+    policy = Policy.from_config(cfg.score, run_date, protocol=protocol)
     item_index = layout.partition(schema.ITEM_INDEX, run_date)
     items = data.item_features_from_table(
         spark.read.parquet(item_index).select(*data.ITEM_INDEX_COLUMNS).toArrow(),
@@ -178,7 +177,7 @@ def run(
     path = layout.staged(schema.RECOMMENDATIONS, run_date)
     try:
         states = spark.read.parquet(layout.partition(schema.USER_STATES, run_date))
-        since = data.active_since(cfg.score, data.night_protocol(cfg, run_date), run_date)
+        since = data.active_since(cfg.score, protocol, run_date)
         if since is not None:  # the torch engine's rule (data.load_user_states), so both score the same users
             states = states.where(F.col(schema.LAST_EVENT_TIME) >= F.lit(since))
         recommendations = score_recommendations(states, payload=broadcast, batch_size=cfg.score.batch_size)

@@ -129,18 +129,15 @@ def model_lists(
 def popularity_lists(inputs: NightInputs, tonight: data.ItemFeatures, *, top_k: int) -> ListSource:
     """The popularity policy (``dql_model.scoring.popularity``) for day D: night D - 1's action counts,
     its available items, each user's excluded items masked; the scoring fallback's overall order."""
-    from dql_model.scoring.popularity import popular_lists, popularity_order
+    from dql_model.scoring.popularity import popular_lists
+    from dql_model.scoring.ranking import Catalogue
 
     def lists(day: str, users: pa.Array) -> pa.Table:
         night = previous_night(day)
         items = inputs.items(night, tonight)
-        counts = np.zeros(items.n_items + 1)
-        found = np.asarray(inputs.popularity(night, items.n_items), dtype=np.float64)[: items.n_items + 1]
-        counts[: len(found)] = found
+        ranked = Catalogue.from_features(items, inputs.popularity(night, items.n_items)).ranked(0)
         states = inputs.states(night, users)
-        user, rank, item = popular_lists(
-            popularity_order(counts, items.available), states.excluded_indptr, states.excluded_items, top_k
-        )
+        user, rank, item = popular_lists(ranked, states.excluded_indptr, states.excluded_items, top_k)
         return pa.table(
             {
                 schema.USER_ID: states.user_id.take(pa.array(user, pa.int64())),

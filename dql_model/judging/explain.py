@@ -43,7 +43,7 @@ MASK_REASONS = {
 def latest_published(cfg: Config) -> str:
     """The last run date with a published recommendations partition."""
     table = Path(cfg.layout.table(schema.RECOMMENDATIONS))
-    days = sorted(p.name.split("=", 1)[1] for p in table.glob(f"{schema.RUN_DATE}=*") if p.is_dir())
+    days = sorted(storage.dated_folders(table))
     if not days:
         raise MissingInput(f"no recommendations have been published under {table} yet; run `make run` first")
     return days[-1]

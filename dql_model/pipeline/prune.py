@@ -24,7 +24,7 @@ from typing import Any
 from dql_model.config import Config
 from dql_model.contract import schema
 from dql_model.learning import registry
-from dql_model.warehouse import retention
+from dql_model.warehouse import retention, storage
 
 
 def protected_versions(cfg: Config, *, now: datetime) -> dict[str, str]:
@@ -67,7 +67,7 @@ def _days_since(at: Any, now: datetime) -> float:
 
 
 def _kept_curated_nights(cfg: Config) -> list[str]:
-    nights = sorted(retention.dated_folders(cfg.layout.table(schema.TRANSITIONS)))
+    nights = sorted(storage.dated_folders(cfg.layout.table(schema.TRANSITIONS)))
     return nights[-cfg.retention.curated_nights :] if cfg.retention.curated_nights else nights
 
 

@@ -56,10 +56,10 @@ def night_record(folder: str | Path) -> dict[str, Any]:
 def night_history(cfg: Config, *, last: int = 0) -> list[dict[str, Any]]:
     """The records of the nights with a report folder, oldest first; ``last`` > 0: only the newest that many."""
     reports = Path(cfg.layout.reports())
-    folders = sorted(
-        p for p in reports.glob(f"{schema.RUN_DATE}=*")
-        if p.is_dir() and ((p / report.EVALUATION).is_file() or (p / report.SUMMARY).is_file())
-    )  # fmt: skip
+    folders = [
+        p for _, p in sorted(storage.dated_folders(reports).items())
+        if (p / report.EVALUATION).is_file() or (p / report.SUMMARY).is_file()
+    ]  # fmt: skip
     if last > 0:
         folders = folders[-last:]
     return [night_record(folder) for folder in folders]

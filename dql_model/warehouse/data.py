@@ -27,6 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from dql_model.config import parse_active_window
 from dql_model.contract import schema
 
 TRANSITION_COLUMNS = [
@@ -715,8 +716,6 @@ def active_since(score_cfg, protocol: dict | None, run_date: str) -> datetime | 
     """The earliest last event of a user scored on ``run_date`` (``score.active_window``; auto resolved
     with the night's protocol, as ``exclude_rule``): midnight UTC starting the N-th day back, the run
     date counted as the first; None: every user."""
-    from dql_model.config import parse_active_window
-
     days = parse_active_window(score_cfg.active_window)
     if days == "auto":
         days = None if (protocol or {}).get("validation") == "leave_last_out" else AUTO_ACTIVE_DAYS

@@ -28,7 +28,6 @@ says so in its notes.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import uuid
 from collections.abc import Callable, Iterable
@@ -38,10 +37,8 @@ from typing import Any
 
 from dql_model.config import Config
 from dql_model.contract import layout, schema
-from dql_model.warehouse import locks
+from dql_model.warehouse import locks, storage
 
-DATED = re.compile(r"^[a-z_]+=(\d{4}-\d{2}-\d{2})$")
-"""A dated folder: a partition ``event_date=D`` / ``run_date=D``, a report or an export date."""
 PRUNED = "pruned"
 """Tag of a folder being removed (``layout.hidden_sibling``); a plan sweeps those a crash left."""
 STEP = "prune"
@@ -120,19 +117,6 @@ def folder_bytes(path: str | os.PathLike[str]) -> int:
     return total
 
 
-def dated_folders(parent: str | os.PathLike[str]) -> dict[str, Path]:
-    """Date -> folder of the dated folders directly below ``parent`` (hidden names skipped)."""
-    parent = Path(parent)
-    if not parent.is_dir():
-        return {}
-    found = {}
-    for child in parent.iterdir():
-        match = DATED.match(child.name)
-        if match and child.is_dir():
-            found[match.group(1)] = child
-    return found
-
-
 def locked_dates(cfg: Config) -> set[str]:
     """Run dates with a lock file under ``_locks`` (held, or left by a writer that died: kept either way)."""
     folder = Path(cfg.layout.root) / layout.LOCKS
@@ -150,7 +134,7 @@ def _oldest_beyond(
     """The dated folders of ``parent`` older than its ``keep`` newest; locked dates stay (noted)."""
     if keep <= 0:
         return []
-    by_date = dated_folders(parent)
+    by_date = storage.dated_folders(parent)
     old = sorted(by_date)[:-keep]
     out = []
     for day in old:

@@ -31,6 +31,7 @@ import errno
 import json
 import logging
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -209,6 +210,23 @@ def _check_same_types(folder: Path, files: list[Path], tables: list[pa.Table]) -
             f"partition {folder} mixes column types across its files: " + " | ".join(lines)
             + ". Rewrite the partition's files with one type per column (the data contract's) and rerun the date."
         )
+
+
+DATED = re.compile(r"^[a-z_]+=(\d{4}-\d{2}-\d{2})$")
+"""A dated folder: a partition ``event_date=D`` / ``run_date=D``, a report or an export date."""
+
+
+def dated_folders(parent: str | os.PathLike[str]) -> dict[str, Path]:
+    """Date -> folder of the dated folders directly below ``parent`` (hidden names skipped)."""
+    parent = Path(parent)
+    if not parent.is_dir():
+        return {}
+    found = {}
+    for child in parent.iterdir():
+        match = DATED.match(child.name)
+        if match and child.is_dir():
+            found[match.group(1)] = child
+    return found
 
 
 def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:

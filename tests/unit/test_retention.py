@@ -16,7 +16,7 @@ from dql_model.config import Config
 from dql_model.contract import schema
 from dql_model.learning import registry
 from dql_model.pipeline import prune
-from dql_model.warehouse import retention
+from dql_model.warehouse import retention, storage
 from tests.factories import write_parquet
 
 START = dt.date(2026, 10, 1)
@@ -208,7 +208,7 @@ def test_thirty_nights_keep_storage_flat_and_prune_removes_exactly_what_the_dry_
     # The log's lines of the last 6 days (nights 24..30) name 8 versions (23..30), the newest 3 among them.
     assert registry.list_versions(cfg.registry.root)[0].startswith("20261023")
     assert len(registry.list_versions(cfg.registry.root)) == 8
-    assert len(retention.dated_folders(cfg.layout.table(schema.EVENTS))) == 10
+    assert len(storage.dated_folders(cfg.layout.table(schema.EVENTS))) == 10
 
 
 def test_the_prune_command_removes_what_its_dry_run_lists(tmp_path, capsys):
