@@ -132,6 +132,12 @@ def refuse_credentials(value: str, where: str, instead: str) -> None:
     )
 
 
+def sql_dialect(url: str) -> str:
+    """The database a publish.sql_url names: its scheme without a driver suffix (``postgresql+psycopg`` ->
+    ``postgresql``, ``redshift`` -> ``redshift``)."""
+    return urlsplit(url).scheme.split("+", 1)[0]
+
+
 def check_sql_url(url: str, where: str = "publish.sql_url") -> None:
     """A libpq URL of PostgreSQL or Redshift without a password, or empty (no SQL sink)."""
     if not url:
@@ -141,7 +147,7 @@ def check_sql_url(url: str, where: str = "publish.sql_url") -> None:
         scheme = urlsplit(url).scheme
     except ValueError:
         raise ConfigError(f"{where} is not a valid URL") from None
-    if "://" not in url or scheme.split("+", 1)[0] not in SQL_SCHEMES:
+    if "://" not in url or sql_dialect(url) not in SQL_SCHEMES:
         # The value is not echoed: a libpq keyword string ("host=... password=...") may hold a secret.
         got = f"scheme {scheme!r}" if "://" in url else "no scheme://"
         raise ConfigError(

@@ -24,6 +24,8 @@ import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from dql_model.config import sql_dialect
+
 if TYPE_CHECKING:
     from dql_model.config import PublishConfig
 
@@ -56,7 +58,7 @@ class Endpoints:
         """The SQL sink is Redshift: a ``redshift://`` URL, or a connection of conn_type redshift."""
         if self.sql_conn_id:
             return airflow_connection(self.sql_conn_id).conn_type == "redshift"
-        return url.split("://", 1)[0].split("+", 1)[0] == "redshift"
+        return sql_dialect(url) == "redshift"
 
 
 def for_publish(publish: PublishConfig, *, in_airflow: bool | None = None) -> Endpoints:
