@@ -16,6 +16,8 @@
     dqlrec models list|show V|promote V|rollback|history [--json]   the model registry and its promotion log
     dqlrec prune [--dry-run] [--json] remove what retention no longer keeps (dql_model.warehouse.retention)
     dqlrec runs [--last N] [--json]   the nights' history from the reports (dql_model.pipeline.runs)
+    dqlrec tune [--run-date D|latest] [--trials N] [--minutes M] [--json]   search the learning settings on a
+                                      night's validation split (dql_model.pipeline.tuning)
 
 Every command whose output a script reads takes --json (one JSON document on stdout); --config goes before
 or after the command; exit status 0 done, 1 failed, 2 bad input or usage (README's command line table).
@@ -428,6 +430,39 @@ def _add_prune_parser(sub) -> None:
     p.set_defaults(func=_cmd_prune)
 
 
+# --- dqlrec tune: the hyper-parameter search (dql_model.pipeline.tuning) ---------------------------------
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    from dql_model.ops.threads import set_torch_threads
+    from dql_model.pipeline import tuning
+
+    cfg = load_config(args.config)
+    set_torch_threads(cfg.train.threads)
+    progress = (lambda line: print(f"[dqlrec] {line}", file=sys.stderr, flush=True)) if args.json else None
+    tuned = tuning.tune(
+        cfg, args.run_date, trials=args.trials, minutes=args.minutes, **({"progress": progress} if progress else {})
+    )
+    if args.json:
+        _print_json(tuned)
+    return 0
+
+
+def _add_tune_parser(sub) -> None:
+    p = sub.add_parser(
+        "tune", help="search the learning settings on a night's validation split; write the tuned settings file",
+        description="Trains trials of the search space (dql_model.pipeline.tuning.suggest) on the night's transitions "
+        "and keeps the best validation eval.early_stop_metric. The study lives in <warehouse>/tuning/studies.db: "
+        "rerun the same command after a kill and it resumes. When the study holds --trials completed trials, the "
+        "best becomes <warehouse>/tuning/tuned.yaml, which the nightly run reads (tune.use_tuned).",
+    )  # fmt: skip
+    p.add_argument("--run-date", default=run_dates.LATEST, type=_run_date, help="the night, YYYY-MM-DD or latest (default)")
+    p.add_argument("--trials", type=int, default=0, help="completed trials in all (default: tune.trials)")
+    p.add_argument("--minutes", type=float, default=0.0, help="time budget, shared equally by the trials (default: tune.minutes)")
+    p.add_argument("--json", action="store_true", help="print the tuned settings file as one JSON object")
+    p.set_defaults(func=_cmd_tune)
+
+
 # --- dqlrec runs: the nights' history (dql_model.pipeline.runs) ------------------------------------
 
 
@@ -577,6 +612,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_models_parser(sub)
     _add_prune_parser(sub)
     _add_runs_parser(sub)
+    _add_tune_parser(sub)
 
     p = sub.add_parser("services", help="start, stop or show the local services of `make airflow` (dql_model.ops.services)")
     p.add_argument("args", nargs=argparse.REMAINDER, help="start | stop | status [--home DIR]")

@@ -728,6 +728,25 @@ class AlertsConfig(_Section):
 
 
 @dataclass
+class TuneConfig(_Section):
+    """The hyper-parameter search of `dqlrec tune` and the weekly dql_tuning DAG (dql_model.pipeline.tuning)
+    and whether the nightly run uses what it found."""
+
+    trials: int = 20
+    """Completed trials a search runs to, in all: a killed search resumes and runs only the rest."""
+    minutes: float = 60.0
+    """Time budget of a search: each trial trains for minutes / trials (its train.max_minutes)."""
+    use_tuned: bool = True
+    """Read the tuned settings file (<warehouse>/tuning/tuned.yaml) when it exists: defaults < tuned file <
+    the YAML config < DQLREC_* variables, so a setting given explicitly beats the tuned one."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.trials < 1 or not self.minutes > 0:
+            raise ConfigError(f"tune.trials={self.trials} and tune.minutes={self.minutes} must be at least 1 and above 0")
+
+
+@dataclass
 class Config:
     """Everything a run needs."""
 
@@ -745,6 +764,7 @@ class Config:
     spark: SparkConfig = field(default_factory=SparkConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
     def __post_init__(self) -> None:
         self.model.heads = "two" if self.train.mode == "sqn" else "one"
@@ -1013,8 +1033,13 @@ def load_config(
         data = yaml.safe_load(file.read_text()) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{file}: expected a mapping of sections at the top level")
-    cfg = from_dict(_deep_merge(data, _env_overrides(env)), origin=str(path or "environment"))
-    return _absolute_paths(cfg)
+    explicit = _deep_merge(data, _env_overrides(env))
+    origin = str(path or "environment")
+    cfg = _absolute_paths(from_dict(explicit, origin=origin))
+    tuned = tuned_settings(cfg)
+    if tuned is None or tuned.mode != cfg.train.mode:
+        return cfg
+    return _absolute_paths(from_dict(_deep_merge(tuned.nested(), explicit), origin=origin))
 
 
 def _absolute_paths(cfg: Config) -> Config:
@@ -1025,3 +1050,125 @@ def _absolute_paths(cfg: Config) -> Config:
     cfg.registry.root = absolute(cfg.registry.root)
     cfg.publish.export_uri = absolute(cfg.publish.export_uri)
     return cfg
+
+
+# --- the tuned settings file (written by dql_model.pipeline.tuning, read here) -------------------------------
+
+TUNED_KEYS = (
+    "train.lr",
+    "train.weight_decay",
+    "train.seq_len",
+    "train.cql_alpha",
+    "model.dropout",
+    "model.encoder",
+    "model.embed_dim",
+    "model.hidden_dim",
+)
+"""The settings a tuned file may hold (the search space of dql_model.pipeline.tuning); any other is refused."""
+
+
+@dataclass(frozen=True)
+class TunedSettings:
+    """The tuned settings file (``Layout.tuned_settings``): the best trial of a finished search and where it
+    came from. Its fields are the file's top-level keys, but ``path`` (where it was read)."""
+
+    settings: dict[str, Any]
+    """``section.field`` -> tuned value, keys from TUNED_KEYS."""
+    mode: str
+    """train.mode the search trained; a night of another mode does not use the file."""
+    study: str
+    """Name of the Optuna study in <warehouse>/tuning/studies.db."""
+    run_date: str
+    """The night whose transitions (train split) and validation split the search used."""
+    tuned_at: str
+    """When the search finished (UTC, ISO 8601)."""
+    metric: str
+    """The validation metric searched on (eval.early_stop_metric)."""
+    value: float
+    """The best trial's best validation value of ``metric``."""
+    trials: int
+    """Completed trials of the study."""
+    path: str = ""
+
+    @classmethod
+    def file_keys(cls) -> list[str]:
+        """The file's top-level keys."""
+        return [f.name for f in dataclasses.fields(cls) if f.name != "path"]
+
+    def nested(self) -> dict[str, dict[str, Any]]:
+        """The settings as config sections: ``{"train": {"lr": ...}, ...}``."""
+        return nested_settings(self.settings)
+
+    def to_file(self) -> dict[str, Any]:
+        """What the file holds (settings nested by section)."""
+        return {**{name: getattr(self, name) for name in self.file_keys() if name != "settings"}, "settings": self.nested()}
+
+    def describe(self, cfg: Config) -> str:
+        """One line for the task log and the report: which tuned values this config runs with, and when they were
+        tuned; the explicitly configured values that beat tuned ones are named."""
+        if self.mode != cfg.train.mode:
+            return f"tuned settings in {self.path} not used: tuned for train.mode={self.mode}, this run trains {cfg.train.mode}"
+        actual = {key: getattr(getattr(cfg, key.partition(".")[0]), key.partition(".")[2]) for key in self.settings}
+        used = {key: value for key, value in self.settings.items() if actual[key] == value}
+        overridden = {key: actual[key] for key in self.settings if key not in used}
+        line = (
+            f"tuned settings from {self.path} (tuned {self.tuned_at} on night {self.run_date}, {self.trials} trials, "
+            f"{self.metric}={self.value:.4f}): {settings_line(used) or 'none used'}"
+        )
+        return line + (f"; set explicitly instead: {settings_line(overridden)}" if overridden else "")
+
+
+def nested_settings(settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{"train.lr": x}`` -> ``{"train": {"lr": x}}`` (what ``Config.replace`` and the YAML config take)."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in settings.items():
+        section, _, name = key.partition(".")
+        out.setdefault(section, {})[name] = value
+    return out
+
+
+def settings_line(settings: dict[str, Any]) -> str:
+    """``train.lr=0.0012 model.encoder=gru``: settings as a log shows them (floats to 4 significant digits)."""
+    return " ".join(f"{key}={_short(value)}" for key, value in settings.items())
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def tuned_settings(cfg: Config) -> TunedSettings | None:
+    """The tuned settings file of ``cfg``'s warehouse, when ``tune.use_tuned`` and the file exists (a local file:
+    a warehouse on s3:// has none); an unknown key or a bad value is refused naming the file and the key."""
+    path = Path(cfg.layout.tuned_settings())
+    if not cfg.tune.use_tuned or "://" in cfg.warehouse.root or not path.is_file():
+        return None
+    import yaml
+
+    data = yaml.safe_load(path.read_text())
+    fix = "rerun `dqlrec tune`, or set tune.use_tuned: false"
+    if not isinstance(data, dict):
+        raise ConfigError(f"tuned settings file {path}: expected a mapping of {TunedSettings.file_keys()}; {fix}")
+    unknown = sorted(set(data) - set(TunedSettings.file_keys()))
+    missing = sorted(set(TunedSettings.file_keys()) - set(data))
+    if unknown or missing:
+        raise ConfigError(
+            f"tuned settings file {path}: unknown key(s) {unknown}, missing key(s) {missing}; "
+            f"expected {TunedSettings.file_keys()}; {fix}"
+        )
+    sections = data["settings"] or {}
+    if not isinstance(sections, dict) or not all(isinstance(v, dict) for v in sections.values()):
+        raise ConfigError(f"tuned settings file {path}: settings must map sections to fields (train: {{lr: ...}}); {fix}")
+    flat = {f"{section}.{name}": value for section, fields in sections.items() for name, value in fields.items()}
+    refused = sorted(set(flat) - set(TUNED_KEYS))
+    if refused:
+        raise ConfigError(
+            f"tuned settings file {path}: setting(s) {refused} are not tuned settings; a tuned file may set only "
+            f"{list(TUNED_KEYS)}; {fix}"
+        )
+    parsed = from_dict(sections, origin=f"tuned settings file {path}")  # each value coerced and checked
+    settings = {key: getattr(getattr(parsed, key.partition(".")[0]), key.partition(".")[2]) for key in flat}
+    try:
+        numbers = {"value": float(data["value"]), "trials": int(data["trials"])}
+        return TunedSettings(**{**data, **numbers, "settings": settings}, path=str(path))
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"tuned settings file {path}: {error}; {fix}") from None

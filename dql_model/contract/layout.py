@@ -18,6 +18,9 @@ This module is the one owner of those paths; everything else asks it (``cfg.layo
     <root>/<layer>/_swap/<table>/            partitions being assembled or retired (swap_area)
     <root>/_locks/run_date=D.lock            the run date's writer lock (dql_model.warehouse.locks)
     <root>/_locks/import.lock                held by the `dqlrec import` under way (one at a time)
+    <root>/_locks/tune.lock                  held by the `dqlrec tune` under way (one at a time)
+    <root>/tuning/studies.db                 the Optuna studies of `dqlrec tune` (SQLite; a killed search resumes)
+    <root>/tuning/tuned.yaml                 the best settings of the last finished search, read by load_config
 
 Paths are strings, not ``Path`` objects, so a root like ``hdfs://...`` survives for the Spark
 jobs; local callers wrap them in ``Path``. Writers put a partition together in the table's swap
@@ -61,6 +64,8 @@ SWAP = "_swap"
 """Folder beside a table's folder where its partitions are assembled and retired (see swap_area)."""
 LOCKS = "_locks"
 """Folder under the warehouse root with one lock file per run date being written."""
+TUNING = "tuning"
+"""Folder under the warehouse root of the hyper-parameter search (dql_model.pipeline.tuning)."""
 DATA_DOCS = "data_docs"
 """Folder of a run's report with the Great Expectations Data Docs of its gates."""
 
@@ -119,6 +124,18 @@ class Layout:
     def import_lock(self) -> str:
         """The lock file of `dqlrec import`: one import into this warehouse at a time."""
         return self._join(LOCKS, "import.lock")
+
+    def tuning_study(self) -> str:
+        """The SQLite file of the Optuna studies `dqlrec tune` runs (one study per train.mode and night)."""
+        return self._join(TUNING, "studies.db")
+
+    def tuned_settings(self) -> str:
+        """The tuned settings file: the best trial of the last finished search (config.TunedSettings)."""
+        return self._join(TUNING, "tuned.yaml")
+
+    def tune_lock(self) -> str:
+        """The lock file of `dqlrec tune`: one search of this warehouse at a time."""
+        return self._join(LOCKS, "tune.lock")
 
     def etl_summary(self, run_date: str) -> str:
         """The counts the ETL job writes for a run date (input = accepted + quarantined, ...)."""

@@ -240,11 +240,16 @@ def write_json_atomic(path: str | os.PathLike[str], payload: Any) -> Path:
 
     The one JSON writer of the package: run summaries, evaluation.json, registry metadata.
     """
+    return write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` to ``path`` through a hidden temporary file and a rename: readers see the old file or the new."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.parent / hidden_sibling(path.name, "tmp")
     try:
-        temporary.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+        temporary.write_text(text)
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
