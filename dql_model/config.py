@@ -1166,7 +1166,9 @@ def tuned_settings(cfg: Config) -> TunedSettings | None:
             f"{list(TUNED_KEYS)}; {fix}"
         )
     parsed = from_dict(sections, origin=f"tuned settings file {path}")  # each value coerced and checked
-    settings = {key: getattr(getattr(parsed, key.partition(".")[0]), key.partition(".")[2]) for key in flat}
+    settings = {  # in TUNED_KEYS' order, whatever the file's
+        key: getattr(getattr(parsed, key.partition(".")[0]), key.partition(".")[2]) for key in TUNED_KEYS if key in flat
+    }
     try:
         numbers = {"value": float(data["value"]), "trials": int(data["trials"])}
         return TunedSettings(**{**data, **numbers, "settings": settings}, path=str(path))

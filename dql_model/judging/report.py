@@ -389,6 +389,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
             protocol_line(evaluation),
             "",
         ]
+        if evaluation.get("tuned"):  # the settings tonight's challenger trained with (dqlrec tune)
+            lines += [f"Learning settings: {evaluation['tuned']}.", ""]
         lines += [f"- **{name}**: {note}" for name, note in MODEL_NOTES.items() if name in evaluation["metrics"]]
         lines += _baseline_notes(evaluation.get("baselines") or {})
         lines += ["", "### By event type", "", detail_tables(evaluation["metrics"])]

@@ -178,6 +178,9 @@ def train_model(run_date: str, *, options: RunOptions = DEFAULTS, cfg: Config | 
         return {"trained": False, "reason": reason}
     folder = cfg.layout.report(run_date)
     report.record_training_failure(folder, None)
+    tuned = tuned_line(cfg)
+    if tuned:
+        say(tuned)
     challenger_cfg, baseline_cfg = training_budgets(cfg)
     try:
         trained = train_challenger(challenger_cfg, run_date, progress=say)
@@ -187,7 +190,16 @@ def train_model(run_date: str, *, options: RunOptions = DEFAULTS, cfg: Config | 
     say(f"trained challenger {trained['version']} on {trained['device']} in {trained['seconds']:.0f} s")
     # The baseline it is judged against trains here too, on the same data and budget: the gate only judges.
     baseline = supervised_baseline.train_and_save(baseline_cfg, run_date, progress=say)
-    return {"trained": True, **trained, "baseline": baseline}
+    return {"trained": True, **trained, "baseline": baseline, **({"tuned": tuned} if tuned else {})}
+
+
+def tuned_line(cfg: Config) -> str:
+    """Which tuned settings (``dqlrec tune``) this config runs with and when they were tuned; empty without a
+    tuned file (or with tune.use_tuned off). The train_model task logs it; the report repeats it."""
+    from dql_model.config import tuned_settings
+
+    tuned = tuned_settings(cfg)
+    return tuned.describe(cfg) if tuned else ""
 
 
 def training_budgets(cfg: Config) -> tuple[Config, Config]:
@@ -233,7 +245,8 @@ def evaluate_and_gate(
         supervised_baseline=training.get("baseline"),
         progress=say,
     )
-    report.write_evaluation({**night.to_json(), **status}, folder, progress=say)
+    tuned = {"tuned": training["tuned"]} if training.get("tuned") else {}
+    report.write_evaluation({**night.to_json(), **status, **tuned}, folder, progress=say)
     return {**night.decision(), **status}
 
 

@@ -16,6 +16,7 @@ pytestmark = pytest.mark.airflow
 
 DAG_ID = "dql_recommendations"
 MAINTENANCE_DAG_ID = "dql_maintenance"
+TUNING_DAG_ID = "dql_tuning"
 EXPECTED_EDGES = {
     ("resolve_run_date", "validate_raw_events"),
     ("validate_raw_events", "build_training_data"),
@@ -93,7 +94,7 @@ def test_params_are_typed(dagbag):
         assert param.schema.get("title") and param.description
 
 
-@pytest.mark.parametrize("dag_id", [DAG_ID, "marketing_audiences", MAINTENANCE_DAG_ID])
+@pytest.mark.parametrize("dag_id", [DAG_ID, "marketing_audiences", MAINTENANCE_DAG_ID, TUNING_DAG_ID])
 def test_module_level_imports_are_light(dag_id):
     # The DAG file may import dql_model.contract.steps (standard library only: the step order) and the
     # package it sits in (an empty __init__), nothing else of the package, and none of the heavy libraries.
@@ -422,6 +423,48 @@ def test_the_maintenance_tasks_plan_and_prune_the_configured_warehouse(dagbag, t
     assert Path(cfg.layout.report("2026-11-26")).is_dir()
     assert Path(cfg.layout.report("2026-11-25")).is_dir() is dry_run
     assert done == ({"removed": 0, "skipped": 0, "bytes": 0} if dry_run else {"removed": 1, "skipped": 0, "bytes": planned["bytes"]})
+
+
+# --- the weekly tuning DAG (dqlrec tune) ----------------------------------------------------------
+
+
+def test_the_tuning_dag_has_the_shape_of_every_dag_and_typed_params(dagbag):
+    dag = dagbag.dags[TUNING_DAG_ID]
+    assert dag.catchup is False and dag.max_active_runs == 1
+    assert dag.schedule == "0 3 * * 0" and dag.start_date.tzinfo is not None  # weekly, explicit
+    assert {"dqlrec", "tuning"} <= set(dag.tags)
+    assert dag.doc_md and "validation" in dag.doc_md and "resumes" in dag.doc_md
+    assert [(t.task_id, t.retries >= 2) for t in dag.tasks] == [("tune", True)]
+    expected = {"run_date": ("string", "latest"), "trials": ("integer", 0), "minutes": ("number", 0)}
+    for name, (typ, default) in expected.items():
+        param = dag.params.get_param(name)
+        assert param.schema["type"] == typ and param.value == default
+        assert param.schema.get("title") and param.description
+
+
+def test_the_tuning_task_searches_the_latest_night_and_refuses_a_warehouse_without_one(dagbag, tmp_path, monkeypatch):
+    from airflow.sdk.exceptions import AirflowFailException
+    from airflow.sdk.execution_time.context import set_current_context
+
+    from dql_model.config import load_config
+    from tests.factories import write_night
+
+    for name in [n for n in os.environ if n.startswith("DQLREC_")]:
+        monkeypatch.delenv(name)
+    settings = {"WAREHOUSE__ROOT": str(tmp_path / "warehouse"), "REGISTRY__ROOT": str(tmp_path / "models"),
+                "ETL__MAX_LEN": "8", "TRAIN__EPOCHS": "1", "TRAIN__DEVICE": "cpu", "TRAIN__SEQ_BATCH_SIZE": "4"}  # fmt: skip
+    for name, value in settings.items():
+        monkeypatch.setenv(f"DQLREC_{name}", value)
+    task = dagbag.dags[TUNING_DAG_ID].get_task("tune")
+    with set_current_context({"params": {"run_date": "latest", "trials": 2, "minutes": 1}}):
+        with pytest.raises(AirflowFailException, match="no transitions partition under .*warehouse"):
+            task.python_callable()  # bad input: no retries
+        write_night(load_config().layout, "2026-11-26")
+        write_night(load_config().layout, "2026-11-27")
+        tuned = task.python_callable()
+    assert tuned["run_date"] == "2026-11-27" and tuned["trials"] == 2 and tuned["study"] == "dqn-2026-11-27"
+    assert set(tuned["settings"]) == {"train", "model"} and 0.0 <= tuned["settings"]["model"]["dropout"] <= 0.5
+    assert load_config().train.lr == tuned["settings"]["train"]["lr"]  # the next night reads the file
 
 
 # --- alerts: a failed or degraded night is told, a good one is not ---------------------------------
