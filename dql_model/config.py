@@ -1,7 +1,9 @@
 """One typed configuration for the DAG, the Spark jobs and the CLI.
 
-Defaults live in the dataclasses below. A YAML file (``DQLREC_CONFIG`` or ``--config``) overrides
-them, and environment variables override both: ``DQLREC_<SECTION>__<FIELD>``, for example
+Defaults live in the dataclasses below. The tuned settings file of `dqlrec tune`
+(``<warehouse>/tuning/tuned.yaml``, ``TunedSettings``; with ``tune.use_tuned``) overrides them for the
+keys in ``TUNED_KEYS``, a YAML file (``DQLREC_CONFIG`` or ``--config``) overrides both, and environment
+variables override all: ``DQLREC_<SECTION>__<FIELD>``, for example
 ``DQLREC_TRAIN__EPOCHS=3`` or ``DQLREC_SCORE__TOP_K=10``. The resolved config is saved with every
 model and its hash goes into every export manifest. A ``DQLREC_*`` variable that is neither such an
 override nor one of ``OTHER_ENV`` (a typo such as ``DQLREC_TRAIN_EPOCHS``, one underscore) is ignored
