@@ -154,6 +154,14 @@ def _open_study(cfg: Config, night: str):
         direction="maximize",  # every validation metric ranks higher-is-better (train_model stops on the same)
         load_if_exists=True,
     )
+    searched = study.user_attrs.get("metric")
+    if searched is None:
+        study.set_user_attr("metric", cfg.eval.early_stop_metric)
+    elif searched != cfg.eval.early_stop_metric:  # values of two metrics cannot be ranked together
+        raise ConfigError(
+            f"tune: study {study.study_name} in {cfg.layout.tuning_study()} searched {searched}, this config stops on "
+            f"eval.early_stop_metric={cfg.eval.early_stop_metric}; set it back, or delete the study to start over"
+        )
     # Seeded by the trials already there: a resumed search must not draw the first run's settings again.
     study.sampler = optuna.samplers.TPESampler(seed=cfg.train.seed + len(study.trials))
     return study, retry
