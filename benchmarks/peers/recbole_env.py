@@ -98,16 +98,40 @@ class PeerRun:
     seed: int = 2020
 
 
+def _run_key(run: PeerRun, data_dir: Path) -> str:
+    """What a cached run must match: the split's atomic file, the runner, the pins and the arguments."""
+    from benchmarks.peers.movielens import DATASET
+
+    inter = data_dir / DATASET / f"{DATASET}.inter"
+    return _sha256(inter, RUNNER, PINS, extra=json.dumps(asdict(run), sort_keys=True))
+
+
+def _is_current(run: PeerRun, key: str, out_dir: Path) -> bool:
+    record_path, key_path = out_dir / f"{run.model}.json", out_dir / f"{run.model}.key"
+    return record_path.exists() and key_path.exists() and key_path.read_text().strip() == key
+
+
+def _record(run: PeerRun, out_dir: Path) -> dict:
+    record = json.loads((out_dir / f"{run.model}.json").read_text())
+    record["scores_path"] = str(out_dir / f"{run.model}.scores.npy")
+    return record
+
+
+def cached_peer(run: PeerRun, *, data_dir: Path, out_dir: Path) -> dict | None:
+    """``run``'s record when a finished run with the same key is cached in ``out_dir``, else None;
+    never trains (and does not wait for a run in progress)."""
+    return _record(run, out_dir) if _is_current(run, _run_key(run, data_dir), out_dir) else None
+
+
 def run_peer(run: PeerRun, *, data_dir: Path, out_dir: Path, retrain: bool = False, progress=print) -> dict:
     """Train ``run.model`` on ``data_dir``'s atomic file inside the venv; its exported record
     (recbole_runner.py) with the test scores under ``scores_path``. Reused when nothing changed."""
     from benchmarks.peers.movielens import DATASET
 
-    inter = data_dir / DATASET / f"{DATASET}.inter"
-    key = _sha256(inter, RUNNER, PINS, extra=json.dumps(asdict(run), sort_keys=True))
+    key = _run_key(run, data_dir)
     record_path, key_path = out_dir / f"{run.model}.json", out_dir / f"{run.model}.key"
     with _exclusive(out_dir / f"{run.model}.lock"):  # a second caller waits, then reuses the run
-        if not retrain and record_path.exists() and key_path.exists() and key_path.read_text().strip() == key:
+        if not retrain and _is_current(run, key, out_dir):
             progress(f"{run.model}: reusing {record_path} (same split, runner, pins and arguments)")
         else:
             python = ensure_venv(progress=progress)
@@ -127,9 +151,7 @@ def run_peer(run: PeerRun, *, data_dir: Path, out_dir: Path, retrain: bool = Fal
                     command, check=True, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=out_dir
                 )
             key_path.write_text(key + "\n")
-    record = json.loads(record_path.read_text())
-    record["scores_path"] = str(out_dir / f"{run.model}.scores.npy")
-    return record
+    return _record(run, out_dir)
 
 
 def main(argv: list[str] | None = None) -> None:

