@@ -75,6 +75,12 @@ PROGRESS_METRICS = (
 )
 
 
+STOP_CONVERGED, STOP_BUDGET, STOP_EPOCH_CAP = "converged", "time budget", "epoch cap"
+STOP_REASONS = (STOP_CONVERGED, STOP_BUDGET, STOP_EPOCH_CAP)
+"""converged: no better validation metric for train.patience epochs; time budget: train.max_minutes (or
+the run's share of it) ran out; epoch cap: train.epochs passes (or no validation to stop on)."""
+
+
 @dataclass
 class TrainResult:
     """What a training run produced."""
@@ -95,6 +101,9 @@ class TrainResult:
     """Wall time of the whole run."""
     best_metrics: dict[str, float] = field(default_factory=dict)
     """Validation metrics (eval/*) of the best epoch."""
+    stopped_by: str = STOP_EPOCH_CAP
+    """Why training ended: one of STOP_REASONS."""
+
 
 
 def build_model(items: data.ItemFeatures, cfg: Config, action_counts=None) -> QNetwork:
@@ -515,7 +524,8 @@ def _prepare(
         checkpoints = Checkpoints(Path(cfg.registry.root) / CHECKPOINTS / key)
     progress(
         f"training {cfg.train.mode} ({cfg.model.encoder}, {cfg.train.batching}, n_step={cfg.train.n_step}) on {device}: "
-        f"{items.n_items} items, {len(val)} validation transitions, {cfg.train.epochs} epochs"
+        f"{items.n_items} items, {len(val)} validation transitions, up to {cfg.train.epochs} epochs"
+        + (f" (stops after {cfg.train.patience} without a better {metric})" if len(val) else "")
     )
     in_batch = agent.sampler is not None and agent.sampler.in_batch
     limit = f"{cfg.train.max_minutes:g} min" if cfg.train.max_minutes > 0 else "none"
@@ -582,15 +592,18 @@ def train_model(
     metric, fit_splits, steps_per_epoch, checkpoints = setup.metric, setup.fit_splits, setup.steps_per_epoch, setup.checkpoints
     patience = cfg.train.patience
     run = _resume(checkpoints, agent, device, progress)
+    stopped_by = STOP_EPOCH_CAP
 
     def stopped() -> bool:
         return bool(len(val)) and run.epoch - run.best_epoch >= patience
 
     for epoch in range(run.epoch + 1, cfg.train.epochs + 1):
         if stopped():
+            stopped_by = STOP_CONVERGED
             break
         if run.history and budget.spent(clock()):  # the first epoch trains at least one step
             progress(f"time budget: train.max_minutes={cfg.train.max_minutes:g} spent before epoch {epoch}")
+            stopped_by = STOP_BUDGET
             break
         epoch_start = clock()
         batches = setup.batches(cfg, transitions_dir, epoch)
@@ -631,18 +644,22 @@ def train_model(
                 f"{steps_per_epoch} of epoch {epoch}; keeping epoch {run.best_epoch}"
                 + (f" ({metric}={run.best_value:.4f})" if len(val) else "")
             )
+            stopped_by = STOP_BUDGET
             break
         if checkpoints is not None:
             checkpoints.save(epoch, run.to_checkpoint(agent))
         faults.point("train:epoch_done")
         if stopped():
             progress(f"early stop: no better {metric} for {patience} epochs")
+            stopped_by = STOP_CONVERGED
             break
 
-    return _finish(setup, run, metric, seconds=clock() - started, progress=progress)
+    return _finish(setup, run, metric, seconds=clock() - started, stopped_by=stopped_by, progress=progress)
 
 
-def _finish(setup: _Setup, run, metric: str, *, seconds: float, progress: Callable[[str], None]) -> TrainResult:
+def _finish(
+    setup: _Setup, run, metric: str, *, seconds: float, stopped_by: str, progress: Callable[[str], None]
+) -> TrainResult:
     """The best epoch's weights in eval mode, the checkpoints cleared, the run summed up."""
     model, val, checkpoints = setup.model, setup.val, setup.checkpoints
     if run.best_state is not None:
@@ -657,7 +674,7 @@ def _finish(setup: _Setup, run, metric: str, *, seconds: float, progress: Callab
     best_value = run.best_value if len(val) else float("nan")
     progress(
         f"trained {run.n_transitions} transitions x {run.epoch} epochs on {setup.device} in {seconds:.1f}s; "
-        f"best {metric}={best_value:.4f} at epoch {run.best_epoch}"
+        f"best {metric}={best_value:.4f} at epoch {run.best_epoch}; stopped by {stopped_by}"
     )
     return TrainResult(
         model=model,
@@ -668,6 +685,7 @@ def _finish(setup: _Setup, run, metric: str, *, seconds: float, progress: Callab
         n_transitions=run.n_transitions,
         seconds=seconds,
         best_metrics=best_metrics,
+        stopped_by=stopped_by,
     )
 
 
@@ -705,7 +723,7 @@ def train_challenger(
         result.model,
         cfg,
         registry_root=cfg.registry.root,
-        metrics={"history": result.history, "best": result.best_metrics},
+        metrics={"history": result.history, "best": result.best_metrics, "stopped_by": result.stopped_by},
         data_window=window,
         version_prefix=run_date.replace("-", ""),
     )
@@ -714,6 +732,9 @@ def train_challenger(
         "device": str(result.device),
         "seconds": round(result.seconds, 1),
         "transitions": result.n_transitions,
+        "epochs": len(result.history),
+        "best_epoch": result.best_epoch,
+        "stopped_by": result.stopped_by,
     }
     if cfg.train.refit:
         trained["refit"] = _refit(cfg, run_date, version, result, warm_start, window, progress)

@@ -187,7 +187,10 @@ def train_model(run_date: str, *, options: RunOptions = DEFAULTS, cfg: Config | 
     except Exception as error:  # noted for the gate, which then lets the champion score (degraded)
         report.record_training_failure(folder, error)
         raise
-    say(f"trained challenger {trained['version']} on {trained['device']} in {trained['seconds']:.0f} s")
+    say(
+        f"trained challenger {trained['version']} on {trained['device']} in {trained['seconds']:.0f} s: "
+        f"{trained['epochs']} epochs, best {trained['best_epoch']}, stopped by {trained['stopped_by']}"
+    )
     # The baseline it is judged against trains here too, on the same data and budget: the gate only judges.
     baseline = supervised_baseline.train_and_save(baseline_cfg, run_date, progress=say)
     return {"trained": True, **trained, "baseline": baseline, **({"tuned": tuned} if tuned else {})}

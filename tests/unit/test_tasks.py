@@ -60,7 +60,7 @@ def test_the_training_step_splits_its_budget_between_the_challenger_and_the_base
 
     def challenger(cfg, run_date, progress):
         budgets["challenger"] = cfg.train.max_minutes
-        return {"version": "v1", "device": "cpu", "seconds": 0.0}
+        return {"version": "v1", "device": "cpu", "seconds": 0.0, "epochs": 3, "best_epoch": 2, "stopped_by": "time budget"}
 
     def baseline(cfg, run_date, progress):
         budgets["baseline trial"] = cfg.train.max_minutes

@@ -72,6 +72,7 @@ def test_train_model_end_to_end_learns_the_shop(tiny_config, shop):
 
 def test_supervised_mode_trains_without_td(tiny_config, shop):
     result = run(config(tiny_config, mode="supervised", epochs=1), shop)
+    assert result.stopped_by == train.STOP_EPOCH_CAP  # one epoch: neither converged nor out of time
     assert "loss/td" not in result.history[0] and "loss/cql" in result.history[0]
     assert result.history[0]["loss/total"] == pytest.approx(result.history[0]["loss/cql"])
 
@@ -100,10 +101,12 @@ def test_early_stopping_keeps_the_best_weights(tiny_config, shop, monkeypatch):
         return {"eval/ndcg@10": next(scores)}
 
     monkeypatch.setattr(train, "evaluate_scorer", fake_evaluate)
-    result = run(config(tiny_config, epochs=6), shop)
+    result = run(config(tiny_config, epochs=6, patience=2), shop)
     # best at epoch 2, no better in epochs 3 and 4 -> stop after 4 (patience 2)
     assert len(result.history) == 4 and result.best_epoch == 2 and result.best_value == 0.7
+    assert result.stopped_by == train.STOP_CONVERGED
     assert any(line.startswith("early stop") for line in result.lines)
+    assert result.lines[-1].endswith("best eval/ndcg@10=0.7000 at epoch 2; stopped by converged")
     for name, tensor in result.model.state_dict().items():
         assert torch.equal(tensor, snapshots[1][name]), name
     assert not torch.equal(result.model.item_bias.weight, snapshots[3]["item_bias.weight"])
@@ -278,7 +281,7 @@ def test_a_time_budget_stops_at_the_end_of_a_step_and_keeps_the_best_epoch(tiny_
     result = run(cfg, shop, clock=lambda: 60.0 * minutes[0])
 
     assert minutes[0] == 25  # stopped at the end of the step where the budget ran out: epoch 3, step 5
-    assert len(result.history) == 3
+    assert len(result.history) == 3 and result.stopped_by == train.STOP_BUDGET
     assert "time/epoch_share" not in result.history[1]
     assert result.history[2]["time/epoch_share"] == 0.5
     assert any(line.startswith("epoch 3/6 (cut at step 5/10) ") for line in result.lines)
@@ -304,7 +307,7 @@ def test_a_time_budget_stops_at_the_end_of_a_step_and_keeps_the_best_epoch(tiny_
 
 def test_a_tiny_budget_still_ends_with_a_model(tiny_config, shop):
     result = run(config(tiny_config, max_minutes=1e-9), shop)
-    assert len(result.history) == 1 and result.best_epoch == 1
+    assert len(result.history) == 1 and result.best_epoch == 1 and result.stopped_by == train.STOP_BUDGET
     assert result.history[0]["time/epoch_share"] < 1
     assert not result.model.training
 
