@@ -205,7 +205,7 @@ def evaluate_and_gate(
     run_date: str, training: dict[str, Any], *, options: RunOptions = DEFAULTS, cfg: Config | None = None
 ) -> dict[str, Any]:
     """Challenger vs champion vs baselines on validation; promotes or keeps; writes evaluation.json."""
-    from dql_model.judging import gate, report
+    from dql_model.judging import gate, history, report
     from dql_model.learning import registry
 
     cfg = _torch_config(cfg, options)
@@ -233,7 +233,8 @@ def evaluate_and_gate(
         supervised_baseline=training.get("baseline"),
         progress=say,
     )
-    report.write_evaluation({**night.to_json(), **status}, folder, progress=say)
+    trained_s = {history.TRAINING_SECONDS: training.get("seconds")}  # the run history's trend shows it
+    report.write_evaluation({**night.to_json(), **status, **trained_s}, folder, progress=say)
     return {**night.decision(), **status}
 
 
