@@ -270,7 +270,7 @@ def validate_recommendations(
         )
     table = storage.read_partition(cfg.layout.staged(schema.RECOMMENDATIONS, run_date))
     report = quality.validate_recommendations(
-        table.to_pandas(), top_k=scored["top_k"], run_date=run_date, docs_dir=cfg.layout.data_docs(run_date)
+        table.to_pandas(), top_k=scored["top_k"], run_date=run_date, docs_dir=cfg.layout.data_docs()
     )
     report.raise_for_failures()
     say(f"recommendations {run_date}: {table.num_rows} rows pass the contract")
