@@ -46,4 +46,3 @@ def logged(caplog, capfd) -> str:
     imported to read a connection, configured logging its own way (structlog to the console)."""
     out, err = capfd.readouterr()
     return caplog.text + out + err
-

@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from dql_model.config import Config
 
 
-
 def write_evaluation(
     evaluation: dict[str, Any], folder: str, *, progress: Callable[[str], object] = print
 ) -> dict[str, Any]:
@@ -124,6 +123,7 @@ def trend_section(cfg: Config, folder: str, *, progress: Callable[[str], object]
         "",
     ]
     return "\n".join(lines)
+
 
 # Columns of the comparison table: (metric name, header).
 TABLE_COLUMNS = (
