@@ -468,9 +468,10 @@ def _add_tune_parser(sub) -> None:
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
+    from dql_model.judging import history
     from dql_model.pipeline import runs
 
-    records = runs.night_history(load_config(args.config), last=args.last)
+    records = history.night_history(load_config(args.config), last=args.last)
     if args.json:
         _print_json(records)
     else:

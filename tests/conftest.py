@@ -96,6 +96,17 @@ def s3_bucket(s3_endpoint, request):
 
 
 @pytest.fixture
+def no_env_credentials(monkeypatch):
+    """Only the Airflow connections can supply S3 or PostgreSQL credentials (and no instance metadata lookup)."""
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3", "PGPASSWORD", "PGPASSFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/dqlrec-test-credentials")
+    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/dqlrec-test-config")
+    monkeypatch.setenv("PGPASSFILE", "/nonexistent/dqlrec-test-pgpass")
+
+
+@pytest.fixture
 def tiny_config(tmp_path: Path) -> Config:
     """A small shop and a short training run, everything under tmp_path."""
     return make_tiny_config(tmp_path)

@@ -14,7 +14,7 @@ This module is the one owner of those paths; everything else asks it (``cfg.layo
     <root>/reports/run_date=D/               evaluation.json, summary.json, report.md, plots
     <root>/models/baselines/run_date=D/V/    the night's supervised baseline (registry-shaped, never a champion)
     <root>/marketing/<table>/run_date=D/     downstream teams' tables built from the output
-    <root>/reports/run_date=D/data_docs/     Great Expectations Data Docs of the run's gates
+    <root>/reports/data_docs/                Great Expectations Data Docs of every night's gates (one site)
     <root>/<layer>/_swap/<table>/            partitions being assembled or retired (swap_area)
     <root>/_locks/run_date=D.lock            the run date's writer lock (dql_model.warehouse.locks)
     <root>/_locks/import.lock                held by the `dqlrec import` under way (one at a time)
@@ -67,6 +67,11 @@ LOCKS = "_locks"
 TUNING = "tuning"
 """Folder under the warehouse root of the hyper-parameter search (dql_model.pipeline.tuning)."""
 DATA_DOCS = "data_docs"
+DATA_DOCS_STORE = "_store"
+"""The folder inside the Data Docs site that keeps the suites and validation results its pages render."""
+DATA_DOCS_DATED = ("validations", f"{DATA_DOCS_STORE}/validation_results_store")
+"""Inside the Data Docs site: the folders holding one ``<suite>/<run name>`` folder per validation, whose
+run names are dated partition names (``event_date=D``, ``run_date=D``)."""
 """Folder of a run's report with the Great Expectations Data Docs of its gates."""
 
 
@@ -153,9 +158,10 @@ class Layout:
         """The lock file a writer of the run date's outputs holds (dql_model.warehouse.locks)."""
         return self._join(LOCKS, f"{schema.RUN_DATE}={run_date}.lock")
 
-    def data_docs(self, run_date: str) -> str:
-        """The Great Expectations Data Docs site of the run date's gates (index.html inside)."""
-        return self._join(REPORTS, f"{schema.RUN_DATE}={run_date}", DATA_DOCS)
+    def data_docs(self) -> str:
+        """The one Great Expectations Data Docs site of every night's gates (index.html inside): each
+        validation adds its page and the index lists them all, newest first."""
+        return self._join(REPORTS, DATA_DOCS)
 
     def baseline_models(self, run_date: str) -> str:
         """The night's trained baselines, one registry-shaped version folder each (never champions)."""

@@ -17,6 +17,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+from matplotlib.patches import Patch  # noqa: E402
 
 from dql_model.contract.schema import ADD_TO_CART, PURCHASE, VIEW, metric_name  # noqa: E402
 
@@ -24,6 +25,7 @@ LEARNING_CURVES = "learning_curves.png"
 METRICS_BY_EVENT = "metrics_by_event.png"
 SIMULATED_RETURN = "simulated_return.png"
 LOOP_RETURN = "loop_return.png"
+RUN_TREND = "run_trend.png"
 CURVE_METRICS = (
     ("loss/total", "training loss"),
     (metric_name("ndcg", 10), "validation NDCG@10"),
@@ -118,6 +120,39 @@ def loop_return(summary: Mapping[str, Any], path: str | os.PathLike[str]) -> Pat
     right.set(xlabel="day of the loop", ylabel="difference in return per shopper", title="Paired by seed, 95% interval")
     left.legend(fontsize=8)
     right.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def run_trend(trend: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+    """The nights side by side (history.trend's figures), x = run date: the gate metric of the challenger
+    and the champion (a triangle where the gate promoted), rows published, training seconds; a red
+    band over every panel marks a degraded night."""
+    dates = list(trend["run_date"])
+    x = list(range(len(dates)))
+    panels = (
+        (("challenger", "champion"), f"gate metric {trend['metric']}"),
+        (("rows",), "rows published"),
+        (("training_s",), "training seconds"),
+    )
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(6.0, 0.35 * len(dates) + 3), 7.5), sharex=True)
+    for ax, (names, title) in zip(axes, panels, strict=True):
+        for name in names:
+            points = [(i, v) for i, v in zip(x, trend[name], strict=True) if _finite(v)]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label=name)
+        for i, degraded in zip(x, trend["degraded"], strict=True):
+            if degraded:
+                ax.axvspan(i - 0.5, i + 0.5, color="tab:red", alpha=0.15, linewidth=0)
+        ax.set_title(title, fontsize=9)
+        ax.grid(alpha=0.3)
+    promoted = [(i, v) for i, v, up in zip(x, trend["challenger"], trend["promoted"], strict=True) if up and _finite(v)]
+    if promoted:
+        axes[0].plot(*zip(*promoted, strict=True), linestyle="", marker="^", markersize=8, color="tab:green", label="promoted")
+    handles, _ = axes[0].get_legend_handles_labels()
+    if any(trend["degraded"]):
+        handles.append(Patch(color="tab:red", alpha=0.15, label="degraded"))
+    axes[0].legend(handles=handles, fontsize=7)
+    axes[-1].set_xticks(x, dates, rotation=60, ha="right", fontsize=7)
     return _save(fig, path)
 
 

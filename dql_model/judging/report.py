@@ -23,15 +23,10 @@ from dql_model.contract.schema import (
     metric_name,
     metric_prefix,
 )
+from dql_model.judging.report_files import EVALUATION, MARKDOWN, SUMMARY, TRAINING_FAILURE, TREND_FILE
 
 if TYPE_CHECKING:
     from dql_model.config import Config
-
-EVALUATION = "evaluation.json"
-SUMMARY = "summary.json"
-MARKDOWN = "report.md"
-TRAINING_FAILURE = "training_failure.json"
-"""Written by a train_model that raised: its error, for the gate to name when the champion scores instead."""
 
 
 def write_evaluation(
@@ -102,8 +97,33 @@ def write_run_report(cfg: Config, run_date: str, published: dict[str, Any], *, w
         "written_at": written_at.isoformat(timespec="seconds"),
     }
     storage.write_json_atomic(Path(folder) / SUMMARY, summary)
-    (Path(folder) / MARKDOWN).write_text(render_markdown(summary))
+    (Path(folder) / MARKDOWN).write_text(render_markdown(summary) + trend_section(cfg, folder))
     return folder
+
+
+def trend_section(cfg: Config, folder: str, *, progress: Callable[[str], object] = print) -> str:
+    """The run history over the last nights, tonight included: its figures (TREND_FILE) and their
+    plot (plots.RUN_TREND) written into ``folder``; returns the report's section showing them."""
+    from dql_model.judging import history, plots
+    from dql_model.warehouse import storage
+
+    figures = history.trend(history.night_history(cfg, last=history.TREND_NIGHTS))
+    storage.write_json_atomic(Path(folder) / TREND_FILE, figures)
+    dates = figures["run_date"]
+    lines = ["## Trend over the last nights", ""]
+    try:
+        plots.run_trend(figures, Path(folder) / plots.RUN_TREND)
+        lines += [f"![{plots.RUN_TREND}]({plots.RUN_TREND})", ""]
+    except Exception as error:  # a figure must not hold back tonight's report
+        progress(f"warning: trend plot not written: {error!r}")
+    promoted, degraded = sum(figures["promoted"]), sum(figures["degraded"])
+    lines += [
+        f"{len(dates)} night(s) from {dates[0]} to {dates[-1]}: {promoted} promoted a challenger, {degraded} degraded; "
+        f"figures in `{TREND_FILE}`, every night in `dqlrec runs`.",
+        "",
+    ]
+    return "\n".join(lines)
+
 
 # Columns of the comparison table: (metric name, header).
 TABLE_COLUMNS = (

@@ -220,7 +220,7 @@ def evaluate_and_gate(
     run_date: str, training: dict[str, Any], *, options: RunOptions = DEFAULTS, cfg: Config | None = None
 ) -> dict[str, Any]:
     """Challenger vs champion vs baselines on validation; promotes or keeps; writes evaluation.json."""
-    from dql_model.judging import gate, report
+    from dql_model.judging import gate, history, report
     from dql_model.learning import registry
 
     cfg = _torch_config(cfg, options)
@@ -249,7 +249,8 @@ def evaluate_and_gate(
         progress=say,
     )
     tuned = {"tuned": training["tuned"]} if training.get("tuned") else {}
-    report.write_evaluation({**night.to_json(), **status, **tuned}, folder, progress=say)
+    trained_s = {history.TRAINING_SECONDS: training.get("seconds")}  # the run history's trend shows it
+    report.write_evaluation({**night.to_json(), **status, **tuned, **trained_s}, folder, progress=say)
     return {**night.decision(), **status}
 
 
@@ -285,7 +286,7 @@ def validate_recommendations(
         )
     table = storage.read_partition(cfg.layout.staged(schema.RECOMMENDATIONS, run_date))
     report = quality.validate_recommendations(
-        table.to_pandas(), top_k=scored["top_k"], run_date=run_date, docs_dir=cfg.layout.data_docs(run_date)
+        table.to_pandas(), top_k=scored["top_k"], run_date=run_date, docs_dir=cfg.layout.data_docs()
     )
     report.raise_for_failures()
     say(f"recommendations {run_date}: {table.num_rows} rows pass the contract")

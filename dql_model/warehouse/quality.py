@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dql_model.contract import rules, schema
+from dql_model.contract.layout import DATA_DOCS_STORE
 from dql_model.errors import EmptyInput, InputError, MissingInput
 
 if TYPE_CHECKING:
@@ -241,7 +241,7 @@ def check_raw_partition(cfg: Config, run_date: str) -> QualityReport:
         known_item_ids=items.column(schema.ITEM_ID),
         max_bad_fraction=cfg.quality.max_bad_fraction,
         lookback_days=cfg.etl.lookback_days,
-        docs_dir=cfg.layout.data_docs(run_date),
+        docs_dir=cfg.layout.data_docs(),
     )
     if events.empty:
         report.warnings.append(
@@ -763,8 +763,9 @@ def _run(
     """Validate ``df`` against ``expectations``; one RuleFailure per broken expectation.
 
     With ``docs_dir`` the validation runs as a GX checkpoint whose UpdateDataDocsAction renders it
-    into the Data Docs site there (``index.html``, one page per validation); a site that cannot be
-    written is a warning, never a failed check.
+    into the Data Docs site there (``index.html``, one page per validation, the earlier validations'
+    pages kept: see ``_docs_batch_definition``); a site that cannot be written is a warning, never a
+    failed check.
     """
     import great_expectations as gx
 
@@ -813,13 +814,15 @@ def _run(
 
 
 def _validate_into_docs(df: pd.DataFrame, expectations: list[Expectation], suite_name: str, partition: str, docs_dir: str):
-    """Run the expectations as a checkpoint that updates the Data Docs site in ``docs_dir``; its result."""
+    """Run the expectations as a checkpoint that adds its page to the Data Docs site in ``docs_dir``; its result.
+
+    The validation is named after ``partition`` (the run name the site's index shows)."""
     import great_expectations as gx
     from great_expectations.checkpoint import UpdateDataDocsAction
+    from great_expectations.core.run_identifier import RunIdentifier
 
-    batch_definition = _batch_definition()
+    batch_definition = _docs_batch_definition(str(Path(docs_dir).resolve()))
     context = batch_definition.data_asset.datasource.data_context
-    site = _docs_site(context, str(Path(docs_dir).resolve()))
     suite = context.suites.add_or_update(gx.ExpectationSuite(name=suite_name, expectations=expectations))
     definition = context.validation_definitions.add_or_update(
         gx.ValidationDefinition(name=f"{suite_name} {partition}", data=batch_definition, suite=suite)
@@ -828,28 +831,58 @@ def _validate_into_docs(df: pd.DataFrame, expectations: list[Expectation], suite
         gx.Checkpoint(
             name=f"{suite_name} {partition}",
             validation_definitions=[definition],
-            actions=[UpdateDataDocsAction(name="data_docs", site_names=[site])],
+            actions=[UpdateDataDocsAction(name="data_docs", site_names=[DOCS_SITE])],
             result_format=RESULT_FORMAT,
         )
     )
-    result = checkpoint.run(batch_parameters={"dataframe": df})
+    result = checkpoint.run(batch_parameters={"dataframe": df}, run_id=RunIdentifier(run_name=partition))
     (outcome,) = result.run_results.values()
     return outcome
 
 
-def _docs_site(context: Any, folder: str) -> str:
-    """The name of the context's Data Docs site writing to ``folder`` (added on first use)."""
-    name = "dqlrec-" + hashlib.sha256(folder.encode()).hexdigest()[:12]
-    if name not in (context.get_site_names() or []):
-        context.add_data_docs_site(
-            site_name=name,
-            site_config={
-                "class_name": "SiteBuilder",
-                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
-                "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": folder},
-            },
-        )
-    return name
+DOCS_SITE = "dqlrec"
+"""The name of the Data Docs site inside its context (one context per site folder)."""
+
+
+@functools.cache
+def _docs_batch_definition(folder: str) -> BatchDefinition:
+    """A whole-DataFrame batch definition in a context of its own whose Data Docs site is ``folder``.
+
+    The site is cumulative: every night's validations land in it and its index lists them all. GX lists
+    a validation page in the index only while the context's validation results store still holds the
+    result (it removes the others), so the results and suites are kept on disk in ``folder/_store``
+    (layout.DATA_DOCS_STORE), not in memory: a later night's process finds the earlier nights' results
+    there. Retention removes the oldest nights' pages and results (retention.report_nights).
+    Built once per folder and process (GX is slow to set up)."""
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
+
+    defaults = InMemoryStoreBackendDefaults(init_temp_docs_sites=False)
+    config = DataContextConfig(store_backend_defaults=defaults)
+    for store in (defaults.expectations_store_name, defaults.validation_results_store_name):
+        config.stores[store]["store_backend"] = {
+            "class_name": "TupleFilesystemStoreBackend",
+            "base_directory": str(Path(folder) / DATA_DOCS_STORE / store),
+        }
+    config.data_docs_sites = {
+        DOCS_SITE: {
+            "class_name": "SiteBuilder",
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": folder},
+        }
+    }
+    context = gx.get_context(project_config=config, mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    return (
+        context.data_sources.add_pandas("dqlrec")
+        .add_dataframe_asset("frame")
+        .add_batch_definition_whole_dataframe("whole_frame")
+    )
 
 
 def _exception_message(info: Any) -> str:

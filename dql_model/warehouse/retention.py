@@ -7,7 +7,9 @@ paths of a plan and nothing else, so ``dqlrec prune --dry-run`` prints what ``dq
 The rule, per table (counted per table, so a month without runs never empties one):
 
 - dated folders (``<column>=YYYY-MM-DD`` partitions, report folders, local export dates, the nights'
-  baselines): the newest ``retention.<layer>_nights`` are kept, older ones go; 0 keeps all;
+  baselines, the Data Docs site's pages and validation results per suite): the newest
+  ``retention.<layer>_nights`` are kept, older ones go; 0 keeps all (the site's index drops the pages
+  of removed results when the next validation rebuilds it);
 - registry versions: ``version_plan`` keeps the newest ``retention.registry_versions`` and every
   version its caller protects (the champion, pinned versions, versions of recent promotions: the
   registry lives above this package, ``dql_model.pipeline.prune`` gathers them);
@@ -186,6 +188,12 @@ def warehouse_plan(cfg: Config) -> Plan:
         (Path(lay.reports()), keep.report_nights, "report_nights", "reports"),
         (Path(lay.baseline_models("x")).parent, keep.baseline_nights, "baseline_nights", "models/baselines"),
     ]
+    docs = Path(lay.data_docs())
+    folders += [
+        (suite, keep.report_nights, "report_nights", "reports/data_docs")
+        for dated in layout.DATA_DOCS_DATED if (docs / dated).is_dir()
+        for suite in sorted((docs / dated).iterdir()) if suite.is_dir()
+    ]  # fmt: skip
     marketing = warehouse / layout.MARKETING
     if marketing.is_dir():
         folders += [

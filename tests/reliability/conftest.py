@@ -81,6 +81,11 @@ def night(two_nights) -> Config:
     version's name, and it holds the warehouse's paths, so only there does a rerun reproduce the
     version names as well as the rows.
     """
+    return restore(two_nights)
+
+
+def restore(two_nights: tuple[Path, Path]) -> Config:
+    """Put the snapshot of ``two_nights`` back into its live folder; returns the live folder's config."""
     live, snapshot = two_nights
     shutil.rmtree(live)
     shutil.copytree(snapshot, live)

@@ -15,7 +15,6 @@ import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 
-import boto3
 import pyarrow as pa
 import pytest
 
@@ -24,6 +23,7 @@ from dql_model.publishing import connections, publish, sinks
 from dql_model.publishing.publish import ExportError, publish_run
 from dql_model.publishing.sinks import SinkError
 from dql_model.warehouse import storage
+from tests.leaks import bucket_objects, found_in, logged, sql_table_text
 
 RUN_DATE = "2026-11-27"
 AWS_CONN = "dqlrec_s3"
@@ -54,17 +54,6 @@ def stage(cfg, table: pa.Table) -> None:
 
 
 @pytest.fixture
-def no_env_credentials(monkeypatch):
-    """Only the Airflow connections can supply S3 or PostgreSQL credentials (and no instance metadata lookup)."""
-    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3", "PGPASSWORD", "PGPASSFILE"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/dqlrec-test-credentials")
-    monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/dqlrec-test-config")
-    monkeypatch.setenv("PGPASSFILE", "/nonexistent/dqlrec-test-pgpass")
-
-
-@pytest.fixture
 def aws_secret(s3_endpoint, no_env_credentials, monkeypatch) -> str:
     secret = "aws-" + secrets.token_urlsafe(24)
     conn = {
@@ -91,30 +80,7 @@ def sql_password(postgres, no_env_credentials, monkeypatch) -> str:
     return postgres.password
 
 
-def bucket_objects(endpoint: str, bucket: str) -> dict[str, bytes]:
-    client = boto3.client(
-        "s3", endpoint_url=endpoint, aws_access_key_id="reader", aws_secret_access_key="reader", region_name="us-east-1"
-    )
-    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
-    return {key: client.get_object(Bucket=bucket, Key=key)["Body"].read() for key in keys}
-
-
-def sql_table_text(postgres, table_name: str) -> str:
-    import psycopg
-
-    with psycopg.connect(postgres.url, password=postgres.password, autocommit=True) as conn:
-        rows = conn.execute(f"SELECT t::text FROM {table_name} AS t").fetchall()  # noqa: S608 (a fixed test name)
-    return "\n".join(r[0] for r in rows)
-
-
 # --- the connections carry the credentials -----------------------------------------------------------------
-
-
-def logged(caplog, capfd) -> str:
-    """What the run logged: records pytest captured, and what went to stdout/stderr once Airflow's SDK,
-    imported to read a connection, configured logging its own way (structlog to the console)."""
-    out, err = capfd.readouterr()
-    return caplog.text + out + err
 
 
 def test_export_and_sql_sink_work_through_airflow_connections_and_never_show_the_secrets(
@@ -154,8 +120,7 @@ def test_export_and_sql_sink_work_through_airflow_connections_and_never_show_the
         "result": json.dumps(result, default=str).encode(),
         "config": json.dumps(cfg.to_dict()).encode(),
     }
-    for secret in (aws_secret, sql_password):
-        assert [where for where, data in written.items() if secret.encode() in data] == []
+    assert found_in(written, aws_secret, sql_password) == []
 
 
 def test_outside_airflow_the_connection_ids_are_not_read(tiny_config, s3_bucket, aws_secret, caplog, capfd):

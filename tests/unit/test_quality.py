@@ -340,13 +340,13 @@ def test_a_missing_raw_partition_is_bad_input(tiny_config):
 # --- the empty-day policy and columns outside the contract -----------------------------------------
 
 
-def write_raw(cfg, events: pd.DataFrame) -> None:
+def write_raw(cfg, events: pd.DataFrame, *, day: str = "2026-11-20") -> None:
     from dql_model.warehouse import storage
 
     contract = schema.arrow_schema(schema.EVENTS)
     fields = [contract.field(c) if c in contract.names else pa.field(c, pa.string()) for c in events.columns]
     table = pa.Table.from_pandas(events, schema=pa.schema(fields), preserve_index=False)
-    storage.write_partition(table, cfg.layout.partition(schema.EVENTS, "2026-11-20"))
+    storage.write_partition(table, cfg.layout.partition(schema.EVENTS, day))
     items = pa.table({schema.ITEM_ID: [f"i{i}" for i in range(11)]})
     storage.write_partition(items, cfg.layout.table(schema.ITEMS))
 
@@ -468,17 +468,49 @@ def test_a_partition_mixing_string_and_int64_files_names_the_files_and_the_colum
     assert "column user_id: string in part-00000.parquet; int64 in part-00001.parquet" in message
 
 
-def test_each_gate_writes_its_data_docs_into_the_run_report(tiny_config):
+def test_every_nights_gates_land_in_one_cumulative_data_docs_site_that_retention_trims(tiny_config, tmp_path):
+    """Two nights' raw gates and a recommendations gate, the second night in a fresh context (as a
+    new process would build it): the one site under the reports lists every validation."""
     from pathlib import Path
+    from urllib.parse import quote
 
     write_raw(tiny_config, raw_events())
     quality.check_raw_partition(tiny_config, "2026-11-20")
-    docs = Path(tiny_config.layout.data_docs("2026-11-20"))
-    assert docs == Path(tiny_config.layout.report("2026-11-20")) / "data_docs"
-    assert (docs / "index.html").is_file()
-    suites = {p.relative_to(docs / "validations").parts[0] for p in (docs / "validations").rglob("*.html")}
-    assert suites == {"dqlrec_events"}
-    assert "dqlrec_events" in (docs / "index.html").read_text()
+    docs = Path(tiny_config.layout.data_docs())
+    assert docs == Path(tiny_config.layout.reports()) / "data_docs"
+    quality._docs_batch_definition.cache_clear()  # the next night: nothing of the first left in memory
+    later = raw_events()
+    later[schema.EVENT_TIME] = later[schema.EVENT_TIME] + pd.Timedelta(days=1)
+    write_raw(tiny_config, later, day="2026-11-21")
+    quality.check_raw_partition(tiny_config, "2026-11-21")
+    validate_recommendations(recommendations(), top_k=TOP_K, run_date=RUN_DATE, docs_dir=str(docs))
+
+    pages = sorted(p.relative_to(docs / "validations").parts[:2] for p in (docs / "validations").rglob("*.html"))
+    assert pages == [
+        ("dqlrec_events", "event_date=2026-11-20"),
+        ("dqlrec_events", "event_date=2026-11-21"),
+        ("dqlrec_recommendations", f"run_date={RUN_DATE}"),
+    ]
+    index = (docs / "index.html").read_text()
+    for suite, run in pages:  # the index links every night's page, not only the latest
+        assert f"validations/{suite}/{quote(run)}/" in index, f"{suite} {run} missing from the index"
+    assert not list(Path(tiny_config.layout.reports()).glob("run_date=*/data_docs"))
+
+    # Retention keeps the newest night of each suite: the oldest page and its result go, and the next
+    # validation's index no longer lists them.
+    from dql_model.warehouse import retention
+
+    plan = retention.warehouse_plan(tiny_config.replace(retention={"report_nights": 1}))
+    trimmed = [r for r in plan.removals if r.layer == "reports/data_docs"]
+    assert sorted(Path(r.path).relative_to(docs).as_posix() for r in trimmed) == [
+        "_store/validation_results_store/dqlrec_events/event_date=2026-11-20",
+        "validations/dqlrec_events/event_date=2026-11-20",
+    ]
+    retention.apply(tiny_config, retention.Plan(trimmed))
+    validate_recommendations(recommendations(), top_k=TOP_K, run_date="2026-11-28", docs_dir=str(docs))
+    index = (docs / "index.html").read_text()
+    assert "event_date%3D2026-11-20" not in index
+    assert all(f"validations/{s}/{quote(r)}/" in index for s, r in pages[1:] + [("dqlrec_recommendations", "run_date=2026-11-28")])
 
 
 def test_the_recommendations_gate_writes_its_docs_beside_the_raw_gates(tmp_path):

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 from dql_model.config import Config
-from dql_model.contract import schema
+from dql_model.contract import layout, schema
 from dql_model.learning import registry
 from dql_model.pipeline import prune
 from dql_model.warehouse import retention, storage
@@ -58,6 +58,11 @@ def write_night(cfg: Config, run_date: str) -> None:
         Path(path).write_text(json.dumps({"run_date": run_date}))
     write_parquet(Path(cfg.publish.export_uri) / f"run_date={run_date}", TABLE)
     write_parquet(Path(lay.baseline_models(run_date)) / "supervised", TABLE)
+    for dated in layout.DATA_DOCS_DATED:  # the Data Docs site's page and stored result of each gate
+        for suite, run in (("dqlrec_events", f"event_date={run_date}"), ("dqlrec_recommendations", f"run_date={run_date}")):
+            page = Path(lay.data_docs()) / dated / suite / run / "20261001T010000.000000Z" / "dqlrec-frame.html"
+            page.parent.mkdir(parents=True)
+            page.write_text("<html>" + "x" * 1000)
 
 
 def locked_by_another_run(cfg: Config, run_date: str) -> Path:
@@ -89,6 +94,8 @@ def test_each_layer_keeps_its_newest_nights_and_raw_events_are_kept_by_default(t
     assert by_layer["output/recommendations"] == [f"run_date={night(n)}" for n in range(3)]
     assert by_layer["export"] == [f"run_date={night(n)}" for n in range(3)]
     assert by_layer["reports"] == [f"run_date={night(n)}" for n in range(2)]
+    per_suite = [f"event_date={night(n)}" for n in range(2)] + [f"run_date={night(n)}" for n in range(2)]
+    assert by_layer["reports/data_docs"] == per_suite * 2  # the site's pages and the results they render
     assert by_layer["models/baselines"] == [f"run_date={night(n)}" for n in range(5)]
     assert all(r.bytes > 0 and "retention." in r.reason for r in plan.removals)
     assert plan.bytes == sum(retention.folder_bytes(p) for p in plan.paths())
@@ -224,7 +231,8 @@ def test_the_prune_command_removes_what_its_dry_run_lists(tmp_path, capsys):
 
     assert cli.main(["--config", str(path), "prune", "--dry-run"]) == 0
     text = capsys.readouterr().out
-    assert f"user_states/run_date={night(0)}" in text and "would remove 18 folders" in text  # 9 layers, 2 old nights each
+    # 9 layers and the Data Docs site's 4 dated folders (pages and results of 2 suites), 2 old nights each
+    assert f"user_states/run_date={night(0)}" in text and "would remove 26 folders" in text
     assert cli.main(["--config", str(path), "prune", "--dry-run", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert all(Path(r["path"]).exists() for r in listed["removals"])  # a dry run removes nothing
