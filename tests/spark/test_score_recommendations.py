@@ -254,8 +254,9 @@ def test_job_on_a_warehouse_matches_the_torch_task_and_passes_validation(spark, 
     assert without_time(spark_rows).equals(without_time(torch_rows))
     active = [r[schema.USER_ID] for i, r in enumerate(state_rows(80)) if i % 5]
     assert sorted(set(torch_rows.column(schema.USER_ID).to_pylist())) == sorted(active)
-    same = ("rows", "users", "sources", "top_k", "path", "model_version")
+    same = ("rows", "users", "sources", "top_k", "path", "model_version", "masked", "short_lists")
     assert {k: by_spark.to_dict()[k] for k in same} == {k: by_torch.to_dict()[k] for k in same}
+    assert by_torch.masked["unavailable"] > 0 and by_torch.masked["already_purchased"] > 0
     assert by_spark.sources[schema.SOURCE_EXPLORE] == by_spark.users - by_spark.sources[schema.SOURCE_FALLBACK] // 4
     assert engines.ScoringSummary.read(cfg.layout.scoring_summary(RUN_DATE)) == by_spark  # as the Spark engine reads it
     assert json.loads(Path(cfg.layout.scoring_summary(RUN_DATE)).read_text())["engine"] == "spark"
