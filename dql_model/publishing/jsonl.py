@@ -53,7 +53,7 @@ def write_jsonl(table: pa.Table, path: str | Path, *, run_date: str) -> int:
     ordered = table.sort_by([(schema.USER_ID, "ascending"), (schema.RANK, "ascending")])
     users = ordered.column(schema.USER_ID).combine_chunks()
     changes = pc.not_equal(users[1:], users[:-1]).to_numpy(zero_copy_only=False) if len(users) > 1 else []
-    starts = np.concatenate([[0], np.flatnonzero(changes) + 1, [len(users)]]).astype(np.int64)[: len(users) + 1]
+    starts = np.concatenate([[0], np.flatnonzero(changes) + 1, [len(users)]]).astype(np.int64)
     n_users = len(starts) - 1 if len(users) else 0
     with open(path, "wb") as out:
         for first in range(0, n_users, USERS_PER_CHUNK):
@@ -84,7 +84,9 @@ def _write_lines(out, rows: pa.Table, offsets: np.ndarray, run_date: str) -> Non
         "}\n",
         "",
     )
-    lines = pc.cast(lines.combine_chunks() if isinstance(lines, pa.ChunkedArray) else lines, pa.large_string())
+    lines = pc.cast(
+        lines.combine_chunks() if isinstance(lines, pa.ChunkedArray) else lines, pa.large_string()
+    )
     # The lines lie back to back in the string buffer: write that span as it is.
     ends = np.frombuffer(lines.buffers()[1], dtype=np.int64, count=len(lines) + 1, offset=lines.offset * 8)
     out.write(memoryview(lines.buffers()[2])[int(ends[0]) : int(ends[-1])])
