@@ -115,37 +115,10 @@ def one_thread_per_batch(device: torch.device | str = "cpu") -> Iterator[int]:
 
 
 def score_users(
-    model: QNetwork,
-    states: data.UserStates,
-    items: data.ItemFeatures,
-    policy: Policy,
-    *,
-    batch_size: int,
-    popularity: np.ndarray,
-    model_version: str,
-    generated_at: datetime,
-    device: torch.device | str = "cpu",
-    source: str = schema.SOURCE_DQN,
+    model: QNetwork, states: data.UserStates, items: data.ItemFeatures, policy: Policy, **options: Any
 ) -> pa.Table:
-    """Recommendations for every user in ``states``, schema ``arrow_schema(RECOMMENDATIONS)``.
-
-    ``items`` is tonight's item index (availability, ids and categories; it may have more items
-    than the model); ``popularity`` holds a score per item_idx for the fallback (e.g. action
-    counts). Rows come per user in input order, ranks 1..K; a user gets fewer than K rows only
-    when fewer items are left after masking. The model is moved to ``device`` and set to eval mode.
-    """
-    return rank_users(
-        model,
-        states,
-        items,
-        policy,
-        batch_size=batch_size,
-        popularity=popularity,
-        model_version=model_version,
-        generated_at=generated_at,
-        device=device,
-        source=source,
-    )[0]
+    """Recommendations for every user in ``states``: ``rank_users``' table (same arguments)."""
+    return rank_users(model, states, items, policy, **options)[0]
 
 
 def rank_users(
@@ -161,7 +134,14 @@ def rank_users(
     device: torch.device | str = "cpu",
     source: str = schema.SOURCE_DQN,
 ) -> tuple[pa.Table, MaskCounts]:
-    """``score_users``'s table and what the masks took from those users (``Ranker.count_masks``)."""
+    """Recommendations for every user in ``states``, schema ``arrow_schema(RECOMMENDATIONS)``, and what
+    the masks took from those users (``Ranker.count_masks``).
+
+    ``items`` is tonight's item index (availability, ids and categories; it may have more items
+    than the model); ``popularity`` holds a score per item_idx for the fallback (e.g. action
+    counts). Rows come per user in input order, ranks 1..K; a user gets fewer than K rows only
+    when fewer items are left after masking. The model is moved to ``device`` and set to eval mode.
+    """
     keys = user_keys(states.user_id)
     batches = canonical_batches(states.user_id, keys, batch_size)
     if not batches:
