@@ -16,6 +16,8 @@ same arithmetic, identical rows.
   item still has one), then popular items overall; without such an interaction, popular items
   overall. Same masks; source ``fallback_popular``; score = the item's popularity.
 - Exploration: the policy fills the slots (``dql_model.scoring.policy``).
+- Counts: ``Ranker.count_masks`` tallies what these masks take from a batch of users, per reason, and
+  the users left with fewer than K candidates (``dql_model.scoring.masks`` names the reasons).
 - Ties are broken by item_idx ascending, so the output is a deterministic function of its inputs.
 """
 
