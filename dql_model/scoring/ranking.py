@@ -276,6 +276,7 @@ class Ranker:
         per_chunk = SCORES_PER_CHUNK // (EXPLORE_CHUNK_SHARE if policy.explores else 1)
         self.rows_per_chunk = max(1, per_chunk // n_known)
         self.item_kind = item_kinds(catalogue, model.n_items)
+        self.items_per_kind = np.bincount(self.item_kind, minlength=4).astype(np.int64)
 
     def count_masks(self, states: data.UserStates) -> MaskCounts:
         """What the masks take from these users and who is left with fewer than top_k candidates, as
@@ -283,8 +284,7 @@ class Ranker:
         state_items, _ = _known_states(states, self.model.n_items)
         by_model = (state_items != 0).any(axis=1)
         n_users, n_model = len(states), int(by_model.sum())
-        kind = self.item_kind
-        per_kind = np.bincount(kind, minlength=4).astype(np.int64)
+        kind, per_kind = self.item_kind, self.items_per_kind
         if self.policy.exclude == "none":  # rank_batch and the fallback mask nothing then
             rows, cols = np.zeros(0, np.int64), np.zeros(0, np.int64)
         else:
