@@ -281,8 +281,8 @@ class Ranker:
     def count_masks(self, states: data.UserStates) -> MaskCounts:
         """What the masks take from these users and who is left with fewer than top_k candidates, as
         ``rank_batch`` masks them (the rules are ``dql_model.scoring.masks``'s). Additive over batches."""
-        state_items, _ = _known_states(states, self.model.n_items)
-        by_model = (state_items != 0).any(axis=1)
+        items = states.state_items  # the model ranks a user whose state has an item it knows (rank_batch)
+        by_model = ((items > 0) & (items <= self.model.n_items)).any(axis=1)
         n_users, n_model = len(states), int(by_model.sum())
         kind, per_kind = self.item_kind, self.items_per_kind
         if self.policy.exclude == "none":  # rank_batch and the fallback mask nothing then
