@@ -164,7 +164,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"run {evaluation['run_date']}, {evaluation['validation_events']} validation events")
         if report.protocol_line(evaluation):
             print(report.protocol_line(evaluation))
-        print(report.comparison_table(evaluation["metrics"]))
+        unscorable = evaluation.get("unscorable") or {}
+        print(report.comparison_table(evaluation["metrics"], unscorable=unscorable))
+        if unscorable:
+            print(report.absent_columns_line(unscorable))
         print(f"gate: {'promoted' if evaluation['promoted'] else 'kept champion'} ({evaluation['reason']})")
         if evaluation.get("new_items"):
             print("\nnew items:")

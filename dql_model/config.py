@@ -570,6 +570,9 @@ class PublishConfig(_Section):
     """Local folder or s3://bucket/prefix; run_date=YYYY-MM-DD/ is added below it."""
     rows_per_file: int = 500_000
     """Maximum rows in one exported Parquet file."""
+    export_jsonl: bool = False
+    """Also export the night as JSON Lines beside the Parquet files, one object per user as AWS Personalize's
+    batch output has ({"input": {"userId"}, "output": {"recommendedItems", "scores"}}), listed in the manifest."""
     s3_attempts: int = 4
     """Tries of each S3 step (upload, delete, manifest) before the publish fails."""
     s3_backoff_s: float = 1.0

@@ -13,7 +13,8 @@ the transitions' action counts for the popularity fallback), and broadcasts them
 once per payload and score with ``mapInPandas``: the same core, and the same user batches
 (crc32(user_id) buckets sorted by user_id), as the torch engine, so the rows are identical.
 The result replaces the staged recommendations partition atomically, then the ``ScoringSummary`` is
-written for the validate task.
+written for the validate task, with the mask counts the executors tallied by the torch engine's own
+``Ranker.count_masks`` (``count_masks``: one more pass over the states, summed on the driver).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from dql_model.config import Config, load_config
 from dql_model.contract import schema, steps
 from dql_model.learning import registry
 from dql_model.scoring.engines import ScoringSummary
+from dql_model.scoring.masks import MaskCounts
 from dql_model.scoring.payload import ScoringPayload
 from dql_model.scoring.policy import Policy
 from dql_model.scoring.ranking import Catalogue, Ranker, batch_count, user_keys
@@ -68,17 +70,46 @@ def score_recommendations(user_states: DataFrame, *, payload: Broadcast, batch_s
     return batched.mapInPandas(partial(_score_partition, payload=payload), schema=schema.SPARK_DDL[schema.RECOMMENDATIONS])
 
 
+def count_masks(user_states: DataFrame, *, payload: Broadcast) -> MaskCounts:
+    """What the masks take from the users of ``user_states`` (``Ranker.count_masks`` per Arrow batch on the
+    executors, summed here): the counts are additive over users, so any batching gives the torch engine's."""
+    exclude = payload.value.policy.exclude
+    tallies = (
+        user_states.select(*data.user_state_columns(exclude))
+        .mapInPandas(partial(_count_partition, payload=payload), schema="counter STRING, n LONG")
+        .groupBy("counter")
+        .agg(F.sum("n").alias("n"))
+        .collect()
+    )
+    return MaskCounts.from_flat({row["counter"]: row["n"] for row in tallies}, exclude)
+
+
 _RANKERS: dict[str, Ranker] = {}
 """The executor's Ranker of the current payload, built once per Python worker."""
+
+
+def _ranker(value: ScoringPayload) -> Ranker:
+    if value.token not in _RANKERS:
+        _RANKERS.clear()
+        _RANKERS[value.token] = value.ranker("cpu")
+    return _RANKERS[value.token]
+
+
+def _count_partition(frames: Iterator[pd.DataFrame], *, payload: Broadcast) -> Iterator[pd.DataFrame]:
+    value: ScoringPayload = payload.value
+    ranker = _ranker(value)
+    for frame in frames:
+        if frame.empty:
+            continue
+        states = data.decode_user_states(pa.Table.from_pandas(frame, preserve_index=False), value.max_len, exclude=value.policy.exclude)
+        flat = ranker.count_masks(states).flat()
+        yield pd.DataFrame({"counter": list(flat), "n": list(flat.values())})
 
 
 def _score_partition(frames: Iterator[pd.DataFrame], *, payload: Broadcast) -> Iterator[pd.DataFrame]:
     torch.set_num_threads(1)  # one thread per task, as the torch engine scores each batch (engines.one_thread_per_batch)
     value: ScoringPayload = payload.value
-    if value.token not in _RANKERS:
-        _RANKERS.clear()
-        _RANKERS[value.token] = value.ranker("cpu")
-    ranker = _RANKERS[value.token]
+    ranker = _ranker(value)
     for batch in _whole_batches(frames):
         columns = data.user_state_columns(value.policy.exclude)
         table = pa.Table.from_pandas(batch[columns], preserve_index=False)
@@ -184,6 +215,7 @@ def run(
         # Timestamps as UTC microseconds, as pyarrow and the contract have them (not INT96).
         spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
         write_partition_atomic(recommendations, path)
+        counts = count_masks(states, payload=broadcast)
     finally:
         broadcast.destroy()
     written = spark.read.parquet(path)
@@ -197,10 +229,13 @@ def run(
         top_k=cfg.score.top_k,
         engine="spark",
         sources={name: int(sources.get(name, 0)) for name in schema.SOURCES},
+        masked=counts.masked,
+        short_lists=counts.short_lists,
     )
     text = json.dumps(summary.to_dict(), indent=2, sort_keys=True)
     write_text_atomic(spark, layout.scoring_summary(run_date), text)
     print(f"[{JOB} {run_date}] {summary.rows} rows for {summary.users} users: {summary.sources}", flush=True)
+    print(f"[{JOB} {run_date}] {summary.masks_line()}", flush=True)
     return summary
 
 

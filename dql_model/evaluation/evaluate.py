@@ -192,6 +192,45 @@ def usable_metric(metric: str, val: data.TransitionBatch) -> tuple[str, str | No
     return overall, f"no {event_type} events in the validation split: {metric} falls back to {overall}"
 
 
+EXCLUDED_AS = {"purchased": "already purchased", "interacted": "already interacted with"}
+"""How an exclusion rule (``data.EXCLUDE_RULES``, bar none) reads in a sentence."""
+
+
+def masked_targets(val: data.TransitionBatch, exclude: data.Exclusions | None) -> dict[str, dict[str, int]]:
+    """Per event type: validation events, and how many of them are on an item ``exclude`` masks for that
+    row (a target no published list can hold: a miss for every scorer). One pass over the masks."""
+    on_masked = np.zeros(len(val), dtype=bool)
+    if exclude is not None and len(exclude):
+        if len(exclude) != len(val):
+            raise ValueError(f"exclusions cover {len(exclude)} rows, the validation split has {len(val)}")
+        rows = np.repeat(np.arange(len(exclude)), np.diff(exclude.indptr))
+        on_masked[rows[exclude.items == val.action[rows]]] = True
+    out = {}
+    for event_type, code in schema.EVENT_CODE.items():
+        of_type = val.event_code == code
+        out[event_type] = {"events": int(of_type.sum()), "masked": int((of_type & on_masked).sum())}
+    return out
+
+
+def unscorable_event_types(
+    val: data.TransitionBatch, exclude: data.Exclusions | None, *, rule: str
+) -> dict[str, str]:
+    """Event types whose own metrics (``eval/<type>/...``) cannot be non-zero for any scorer, with why:
+    the validation split has no event of the type, or every one is on an item the published lists mask
+    for that user (``rule``, the resolved ``score.exclude``). Decided from the data, for any event type."""
+    out = {}
+    for event_type, found in masked_targets(val, exclude).items():
+        if not found["events"]:
+            out[event_type] = f"no {event_type} events in the validation split"
+        elif found["masked"] == found["events"]:
+            out[event_type] = (
+                f"every one of its {found['events']} validation events is on an item the user had "
+                f"{EXCLUDED_AS.get(rule, 'masked')}, which the published lists mask (score.exclude {rule}), "
+                "so no list can hold it"
+            )
+    return out
+
+
 def evaluate_models(
     named_scorers: Mapping[str, Scorer],
     val: data.TransitionBatch,

@@ -34,12 +34,17 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.take_along_axis(index, order, axis=1), np.take_along_axis(values, order, axis=1)
 
 
+NEVER_LISTED = 1 << 40
+"""The rank of a masked target: no list holds it, whatever k and the catalogue's size."""
+
+
 def rank_of_targets(scores_or_topk: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """1-based rank of each row's target item.
 
     ``scores_or_topk`` is either a float score matrix [N, n_items + 1] (full-catalogue ranking,
     padding column excluded) or an integer matrix of top-K item_idx lists [N, K]; a target
-    missing from its top-K list gets rank K + 1, so metrics at k <= K are exact.
+    missing from its top-K list gets rank K + 1, so metrics at k <= K are exact; a masked target
+    (score -inf) gets rank ``NEVER_LISTED``, beyond every k.
     """
     matrix = np.asarray(scores_or_topk)
     targets = np.asarray(targets, dtype=np.int64)
@@ -57,7 +62,9 @@ def rank_of_targets(scores_or_topk: np.ndarray, targets: np.ndarray) -> np.ndarr
     tied_before = (
         (items == target_score) & (np.arange(items.shape[1])[None, :] < target_index[:, None])
     ).sum(axis=1)
-    return (1 + better + tied_before).astype(np.int64)
+    rank = 1 + better + tied_before
+    # A masked target (-inf) is never in a list, even when the catalogue is shorter than k: a miss.
+    return np.where(np.isneginf(target_score[:, 0]), NEVER_LISTED, rank).astype(np.int64)
 
 
 def hit_rate_at_k(ranks: np.ndarray, k: int) -> float:

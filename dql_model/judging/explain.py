@@ -10,7 +10,8 @@ by Q (propensity 1) or explored (drawn from a softmax over Q; propensity below 1
 probability of that item at that rank); a fallback row means no item of the user's state was known to
 the model, and popular available items filled the list (the category of the most recent interaction
 that has one first). The user's excluded items, the unavailable items and the items newer than the
-model in their state are listed as masked, with the reason.
+model in their state are listed as masked, with the reason and its code (the reason names of
+``dql_model.scoring.masks``, under which the night's counts hold the same pairs).
 
 Cost: one filtered read of the user's rows in two partitions (pyarrow pushes the user_id predicate to
 the row groups) and the item index once, as scoring reads it; no loop over users or items.
@@ -29,6 +30,7 @@ import pyarrow.parquet as pq
 from dql_model.config import Config
 from dql_model.contract import schema
 from dql_model.errors import MissingInput
+from dql_model.scoring import masks
 from dql_model.warehouse import data, storage
 
 SHOWN_MASKED = 20
@@ -151,17 +153,21 @@ def _masked(state: dict | None, items: data.ItemFeatures, model_items: int | Non
         return []
     excluded = np.asarray(state["excluded_idx"], dtype=np.int64)
     masked = [
-        {"item_id": item, "reason": MASK_REASONS[rule]} for item in _decode(excluded, items)
+        {"item_id": item, "code": masks.EXCLUDE_REASONS[rule], "reason": MASK_REASONS[rule]}
+        for item in _decode(excluded, items)
     ]
     seen = np.unique(np.asarray([e["item_idx"] for e in state["events"]], dtype=np.int64))
     seen = seen[~np.isin(seen, excluded)]  # integer indices: a hash-free sort-based set operation
     in_index = (seen > 0) & (seen <= items.n_items)
     unavailable = seen[in_index & ~items.available[np.minimum(seen, items.n_items)]]
-    masked += [{"item_id": item, "reason": "not available tonight"} for item in _decode(unavailable, items)]
+    masked += [
+        {"item_id": item, "code": masks.UNAVAILABLE, "reason": "not available tonight"}
+        for item in _decode(unavailable, items)
+    ]
     if model_items is not None:
         newer = seen[seen > model_items]
         reason = f"newer than the model (it knows item_idx 1..{model_items}); reaches users by the fallback"
-        masked += [{"item_id": item, "reason": reason} for item in _decode(newer, items)]
+        masked += [{"item_id": item, "code": masks.NEW_SINCE_TRAINING, "reason": reason} for item in _decode(newer, items)]
     return masked
 
 

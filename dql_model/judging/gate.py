@@ -34,7 +34,8 @@ HEADLINE_METRICS = (
     schema.metric_name("hr", 10),
     schema.metric_name("ndcg", 10, schema.PURCHASE),
 )
-"""Printed per model in the task log; a metric the data has no events for shows as n/a."""
+"""Printed per model in the task log; one of an event type no published list can score is left out
+(``evaluate.unscorable_event_types``; a line says why); a metric the data lacks shows as n/a."""
 NEW_ITEM_HEADLINE = (
     schema.metric_name("hr", 10, schema.NEW_ITEMS),
     schema.metric_name("ndcg", 10, schema.NEW_ITEMS),
@@ -113,6 +114,9 @@ class NightEvaluation:
     """The other refresh protocols of eval.sim_refresh."""
     ope: dict[str, Any] | None = None
     """``ope_night.estimate_night``: the off-policy estimates per candidate; None without impressions."""
+    unscorable: dict[str, str] = field(default_factory=dict)
+    """Event type -> why its own metrics cannot be non-zero (``evaluate.unscorable_event_types``): the
+    report and the summaries leave its columns out and say this instead."""
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -140,7 +144,7 @@ def evaluate_night(
 ) -> NightEvaluation:
     """Evaluate tonight's models, apply the gate and point the champion; see the module docstring."""
     from dql_model.evaluation import evaluate
-    from dql_model.judging import baselines, ope_night
+    from dql_model.judging import baselines, ope_night, report
     from dql_model.learning import registry
     from dql_model.learning import supervised_baseline as supervised_baseline_module
 
@@ -169,8 +173,12 @@ def evaluate_night(
         progress("supervised baseline: none trained tonight (the training step did not run or failed)")
     scorers.update(fitted.scorers)
     results = evaluate.evaluate_models(scorers, night.val, exclude=night.masks)
+    unscorable = evaluate.unscorable_event_types(night.val, night.masks, rule=night.exclude)
+    headline = [m for m in HEADLINE_METRICS if schema.metric_event_type(m) not in unscorable]
     for name, metrics in results.items():
-        progress(f"{name:<12} " + "  ".join(f"{m} {_figure(metrics.get(m))}" for m in HEADLINE_METRICS))
+        progress(f"{name:<12} " + "  ".join(f"{m} {_figure(metrics.get(m))}" for m in headline))
+    if unscorable:
+        progress(report.absent_columns_line(unscorable))
     new_item_metrics = _evaluate_new_items(scorers, night.val, night.masks, night.transitions_dir, night.items, progress)
     ope_result = ope_night.estimate_night(
         cfg, run_date, models, items=night.items, exclude=night.exclude, progress=progress
@@ -211,6 +219,7 @@ def evaluate_night(
             **fitted.histories,
         },
         ope=ope_result,
+        unscorable=unscorable,
     )
     if cfg.eval.sim_users > 0:
         _simulate(evaluation, cfg, night.items, scorers, fitted.scorers, progress)

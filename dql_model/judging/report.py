@@ -8,7 +8,7 @@ published, the evaluation, the ETL counts) and ``report.md`` (written by the rep
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,10 +20,12 @@ from dql_model.contract.schema import (
     PURCHASE,
     RATING,
     VIEW,
+    metric_event_type,
     metric_name,
     metric_prefix,
 )
 from dql_model.judging.report_files import EVALUATION, MARKDOWN, SUMMARY, TRAINING_FAILURE, TREND_FILE
+from dql_model.scoring import masks
 
 if TYPE_CHECKING:
     from dql_model.config import Config
@@ -87,10 +89,12 @@ def write_run_report(cfg: Config, run_date: str, published: dict[str, Any], *, w
 
     folder = cfg.layout.report(run_date)
     etl = storage.read_json(cfg.layout.etl_summary(run_date)).get("counts", {})
+    scored = storage.read_json(cfg.layout.scoring_summary(run_date))
     summary = {
         "run_date": run_date,
         **run_status(folder),
         "published": published,
+        "masks": {key: scored.get(key, {}) for key in ("masked", "short_lists")},
         "evaluation": storage.read_json(Path(folder) / EVALUATION),
         "etl": etl,
         "config_hash": cfg.hash(),
@@ -137,7 +141,8 @@ TABLE_COLUMNS = (
     (metric_name("coverage", 10), "coverage@10"),
     (metric_name("purchased", 10), "bought@10"),
 )
-"""A column whose metric no model has (an event type the data lacks) is left out of the table."""
+"""A column whose metric no model has (an event type the data lacks), or of an event type the published
+lists cannot score (``evaluation.json["unscorable"]``), is left out of the table."""
 DETAIL_EVENTS = (
     (None, "all events"),
     (VIEW, "views"),
@@ -169,9 +174,21 @@ def in_table_order(named: dict[str, Any]) -> dict[str, Any]:
     return dict(sorted(named.items(), key=lambda item: rank.get(item[0], len(rank))))
 
 
-def table_columns(metrics: dict[str, dict[str, float]]) -> list[tuple[str, str]]:
-    """The TABLE_COLUMNS some model has a value for: the event types the validation split holds."""
-    return [(key, title) for key, title in TABLE_COLUMNS if any(key in values for values in metrics.values())]
+def table_columns(metrics: dict[str, dict[str, float]], unscorable: Collection[str] = ()) -> list[tuple[str, str]]:
+    """The TABLE_COLUMNS some model has a value for (the event types the validation split holds), less
+    those of the event types in ``unscorable``, whose figures cannot be non-zero."""
+    return [
+        (key, title)
+        for key, title in TABLE_COLUMNS
+        if any(key in values for values in metrics.values()) and metric_event_type(key) not in unscorable
+    ]
+
+
+def absent_columns_line(unscorable: dict[str, str]) -> str:
+    """Why event types' columns are absent, in one line ("" when none is): ``evaluation.json["unscorable"]``."""
+    if not unscorable:
+        return ""
+    return "Not shown: " + "; ".join(f"{event_type} — {why}" for event_type, why in unscorable.items()) + "."
 
 
 def _model_rows(metrics: dict[str, dict[str, float]], columns) -> list[list[str]]:
@@ -180,14 +197,16 @@ def _model_rows(metrics: dict[str, dict[str, float]], columns) -> list[list[str]
     return [[name] + [_cell(values.get(key)) for key, _ in columns] for name, values in ordered.items()]
 
 
-def comparison_rows(metrics: dict[str, dict[str, float]]) -> list[list[str]]:
+def comparison_rows(metrics: dict[str, dict[str, float]], unscorable: Collection[str] = ()) -> list[list[str]]:
     """One row per model (in_table_order), one column per ``table_columns`` entry."""
-    return _model_rows(metrics, table_columns(metrics))
+    return _model_rows(metrics, table_columns(metrics, unscorable))
 
 
-def comparison_table(metrics: dict[str, dict[str, float]], *, markdown: bool = False) -> str:
-    header = ["model"] + [title for _, title in table_columns(metrics)]
-    return _table(header, comparison_rows(metrics), markdown=markdown)
+def comparison_table(
+    metrics: dict[str, dict[str, float]], *, markdown: bool = False, unscorable: Collection[str] = ()
+) -> str:
+    header = ["model"] + [title for _, title in table_columns(metrics, unscorable)]
+    return _table(header, comparison_rows(metrics, unscorable), markdown=markdown)
 
 
 def protocol_line(evaluation: dict[str, Any]) -> str:
@@ -215,8 +234,9 @@ def protocol_line(evaluation: dict[str, Any]) -> str:
     return line
 
 
-def detail_tables(metrics: dict[str, dict[str, float]]) -> str:
-    """Markdown: HR, NDCG and MRR at 5, 10 and 20 per model, one table per event type."""
+def detail_tables(metrics: dict[str, dict[str, float]], unscorable: Collection[str] = ()) -> str:
+    """Markdown: HR, NDCG and MRR at 5, 10 and 20 per model, one table per event type (not those in
+    ``unscorable``)."""
     parts = []
     metrics = in_table_order(metrics)
     header = ["model", *(f"{m}@{k}" for m, k in DETAIL_METRICS)]
@@ -224,8 +244,8 @@ def detail_tables(metrics: dict[str, dict[str, float]]) -> str:
         key = f"{metric_prefix(event_type)}n"
         counts = {name: values.get(key) for name, values in metrics.items()}
         n = next((int(c) for c in counts.values() if isinstance(c, int | float)), 0)
-        if event_type is not None and n == 0:
-            continue  # an event type the validation split does not have
+        if event_type is not None and (n == 0 or event_type in unscorable):
+            continue  # an event type the validation split does not have, or the lists cannot score
         rows = [
             [name] + [_cell(values.get(metric_name(m, k, event_type))) for m, k in DETAIL_METRICS]
             for name, values in metrics.items()
@@ -372,6 +392,13 @@ def _table(header: list[str], rows: list[list[str]], *, markdown: bool) -> str:
     return "\n".join(fmt.format(*row) for row in [header, *rows])
 
 
+def masks_line(summary: dict[str, Any]) -> str:
+    """What scoring masked and who got short lists (``dql_model.scoring.masks``); "" for older runs."""
+    counts = summary.get("masks") or {}
+    top_k = (summary.get("published") or {}).get("top_k", 0)
+    return masks.describe(counts.get("masked") or {}, counts.get("short_lists") or {}, top_k)
+
+
 def render_markdown(summary: dict[str, Any]) -> str:
     published = summary.get("published", {})
     evaluation = summary.get("evaluation", {})
@@ -385,6 +412,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
         f"- export: `{published.get('export_uri')}` ({published.get('files')} file(s), manifest and `_SUCCESS`)",
         f"- {published.get('users')} users x top {published.get('top_k')} = {published.get('rows')} rows, "
         f"model `{published.get('model_version')}`",
+        *([f"- {masks_line(summary)}"] if masks_line(summary) else []),
         "",
         "## Training data",
     ]
@@ -398,9 +426,11 @@ def render_markdown(summary: dict[str, Any]) -> str:
             lines.append(f"- {key.replace('_', ' ')}: {etl[key]}")
     lines += ["", "## Offline evaluation (validation split, full-catalogue ranking)", ""]
     if evaluation.get("metrics"):
-        lines.append(comparison_table(evaluation["metrics"], markdown=True))
+        unscorable = evaluation.get("unscorable") or {}
+        lines.append(comparison_table(evaluation["metrics"], markdown=True, unscorable=unscorable))
         lines += [
             "",
+            *([absent_columns_line(unscorable), ""] if unscorable else []),
             f"Validation events: {evaluation.get('validation_events')}. Gate on `{evaluation.get('gate_metric')}`: "
             f"{'promoted' if evaluation.get('promoted') else 'kept the champion'} ({evaluation.get('reason')}). "
             f"Scoring model: `{evaluation.get('scoring_version')}`. "
@@ -413,7 +443,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
             lines += [f"Learning settings: {evaluation['tuned']}.", ""]
         lines += [f"- **{name}**: {note}" for name, note in MODEL_NOTES.items() if name in evaluation["metrics"]]
         lines += _baseline_notes(evaluation.get("baselines") or {})
-        lines += ["", "### By event type", "", detail_tables(evaluation["metrics"])]
+        lines += ["", "### By event type", "", detail_tables(evaluation["metrics"], unscorable)]
         if evaluation.get("new_items"):
             lines += [
                 "### New items",
@@ -481,12 +511,16 @@ def render_summary(summary: dict[str, Any]) -> str:
         "",
         f"dqlrec run {summary['run_date']}: {done}",
         f"  users scored   {published['users']} (top {published['top_k']}, {published['rows']} rows)",
+        *([f"  masks          {masks_line(summary)}"] if masks_line(summary) else []),
         f"  model version  {published['model_version']}"
         + (f"  ({'promoted' if evaluation.get('promoted') else 'champion kept'}: {evaluation.get('reason')})" if evaluation else ""),
     ]
     if evaluation.get("metrics"):
+        unscorable = evaluation.get("unscorable") or {}
         lines += ["", "  offline metrics, validation split (full catalogue, masked as published):"]
-        lines += ["    " + line for line in comparison_table(evaluation["metrics"]).splitlines()]
+        lines += ["    " + line for line in comparison_table(evaluation["metrics"], unscorable=unscorable).splitlines()]
+        if unscorable:
+            lines.append("    " + absent_columns_line(unscorable))
     for simulation in simulations(evaluation):
         lines += ["", f"  {simulation_title(simulation)} (mean ± 95 % CI over seeds):"]
         lines += ["    " + line for line in simulation_table(simulation).splitlines()]

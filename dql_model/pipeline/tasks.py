@@ -264,6 +264,8 @@ def score_users(
     scored = engines.score(_torch_config(cfg, options), run_date, gate["scoring_version"])
     sources = ", ".join(f"{n} {source} rows" for source, n in scored.sources.items())
     say(f"scored {scored.users} users with {scored.model_version} on {scored.engine} (top {scored.top_k}): {sources}")
+    if scored.masks_line():
+        say(scored.masks_line())
     status = {key: gate.get(key, default) for key, default in (("degraded", False), ("degraded_reason", ""))}
     return {**scored.to_dict(), **status}
 

@@ -3,10 +3,13 @@
 Export layout, below a local folder or ``s3://bucket/prefix``::
 
     <uri>/run_date=YYYY-MM-DD/part-00000.parquet ...
+    <uri>/run_date=YYYY-MM-DD/recommendations.jsonl   with publish.export_jsonl: one JSON object per user
     <uri>/run_date=YYYY-MM-DD/_manifest.json   counts, per-file sizes and sha256, model version, config hash
     <uri>/run_date=YYYY-MM-DD/_SUCCESS         written last: the date is complete
 
-Readers must wait for ``_SUCCESS`` and may check files against the manifest (``read_export`` does).
+Readers must wait for ``_SUCCESS`` and may check files against the manifest (``read_export`` and
+``read_export_jsonl`` do). The JSON Lines file (``dql_model.publishing.jsonl``) is written, listed and
+replaced with the parts, by the same protocol below.
 
 Re-publishing a date replaces it cleanly. In a local folder (and in the warehouse table) the new
 partition is assembled in the swap area beside the export folder (``<uri>/../_swap/<name>/``, never
@@ -18,7 +21,7 @@ logs it (``recovered`` in publish_run's result). S3 has no rename, so there the 
 the protocol, and the manifest with ``_SUCCESS`` is the commit point:
 
 1. delete the old ``_SUCCESS`` (then the old manifest): from here on the date reads as not ready;
-2. upload the new parts (managed transfer, multipart for large files);
+2. upload the new parts and the JSON Lines file (managed transfer, multipart for large files);
 3. delete every object under the date's prefix that the new manifest does not list;
 4. write ``_manifest.json``, then ``_SUCCESS``.
 
@@ -180,6 +183,8 @@ class Manifest:
     generated_at: str
     """When the export was written (ISO 8601, UTC)."""
     manifest_version: int = MANIFEST_VERSION
+    jsonl: ManifestFile | None = None
+    """The JSON Lines file (``publish.export_jsonl``; its rows are lines, one per user); None when off."""
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
@@ -189,7 +194,8 @@ class Manifest:
         try:
             data = json.loads(text)
             files = tuple(ManifestFile(**f) for f in data.pop("files"))
-            return cls(files=files, **data)
+            jsonl = data.pop("jsonl", None)
+            return cls(files=files, jsonl=ManifestFile(**jsonl) if jsonl else None, **data)
         except (ValueError, TypeError, KeyError) as exc:
             raise CorruptExportError(
                 f"{where} is not a valid export manifest ({exc}); rerun the publish"
@@ -240,6 +246,7 @@ def publish_run(
         attempts=cfg.publish.s3_attempts,
         backoff_s=cfg.publish.s3_backoff_s,
         s3_client=s3_client,
+        jsonl=cfg.publish.export_jsonl,
     )
     if s3_copy is not None:  # Redshift reads the night from the export just written
         sql_rows = _replace_sql_rows(table, cfg, run_date, endpoints, s3_copy)
@@ -252,6 +259,7 @@ def publish_run(
         "rows": table.num_rows,
         "users": manifest.user_count,
         "files": len(manifest.files),
+        "jsonl_lines": manifest.jsonl.rows if manifest.jsonl else None,
         "sql_table": cfg.publish.sql_table if _has_sql_sink(cfg) else None,
         "sql_rows": sql_rows,
         "model_version": model_version,
@@ -270,6 +278,8 @@ def _already_published(cfg: Config, run_date: str, model_version: str, s3_client
     versions = set(rows.column(schema.MODEL_VERSION).unique().to_pylist())
     if manifest.model_version != model_version or versions != {model_version} or manifest.row_count != rows.num_rows:
         return None
+    if (manifest.jsonl is not None) != cfg.publish.export_jsonl:  # switched on or off since: publish again
+        return None
     return {
         "run_date": run_date,
         "warehouse_path": warehouse_path,
@@ -277,6 +287,7 @@ def _already_published(cfg: Config, run_date: str, model_version: str, s3_client
         "rows": manifest.row_count,
         "users": manifest.user_count,
         "files": len(manifest.files),
+        "jsonl_lines": manifest.jsonl.rows if manifest.jsonl else None,
         "sql_table": cfg.publish.sql_table if _has_sql_sink(cfg) else None,
         # Every step, the SQL one included, precedes the removal of the staged partition.
         "sql_rows": manifest.row_count if _has_sql_sink(cfg) else None,
@@ -353,8 +364,11 @@ def export(
     attempts: int = 4,
     backoff_s: float = 1.0,
     s3_client: Any = None,
+    jsonl: bool = False,
 ) -> Manifest:
     """Write one date's export below ``uri`` (local folder or s3://bucket/prefix); returns its manifest.
+
+    ``jsonl``: also the JSON Lines file (``dql_model.publishing.jsonl``), in the manifest as ``jsonl``.
 
     On S3 each call is tried up to ``attempts`` times, waiting ``backoff_s``, then twice that, ...
     between tries of a transient error. ``s3_client``: the client to write with (an Airflow
@@ -369,16 +383,18 @@ def export(
     target = _export_folder(uri, run_date)
     stamp = (generated_at or datetime.now(UTC)).astimezone(UTC).isoformat()
 
-    def manifest_for(files: list[ManifestFile]) -> Manifest:
+    def manifest_for(folder: Path) -> Manifest:
+        files = _write_parts(table, folder, rows_per_file)
+        listed = _write_jsonl(table, folder, run_date) if jsonl else None
         users = pc.count_distinct(table.column(schema.USER_ID)).as_py()
-        return Manifest(run_date, table.num_rows, users, tuple(files), model_version, config_hash, stamp)
+        return Manifest(run_date, table.num_rows, users, tuple(files), model_version, config_hash, stamp, jsonl=listed)
 
     if target.is_s3:
         from boto3.exceptions import Boto3Error
         from botocore.exceptions import BotoCoreError, ClientError
 
         with tempfile.TemporaryDirectory(prefix="dqlrec-export-") as tmp:
-            manifest = manifest_for(_write_parts(table, Path(tmp), rows_per_file))
+            manifest = manifest_for(Path(tmp))
             try:
                 client = s3_client if s3_client is not None else _s3_client()
                 _upload(Path(tmp), manifest, target, Retry(attempts, backoff_s), client)
@@ -391,7 +407,7 @@ def export(
         written: list[Manifest] = []
 
         def fill(staged: Path) -> None:  # storage.write_folder adds _SUCCESS after the manifest
-            written.append(manifest_for(_write_parts(table, staged, rows_per_file)))
+            written.append(manifest_for(staged))
             (staged / MANIFEST_NAME).write_text(written[0].to_json())
 
         storage.write_folder(target.path, fill)
@@ -416,6 +432,14 @@ def _write_parts(table: pa.Table, folder: Path, rows_per_file: int) -> list[Mani
         pq.write_table(chunk, path, compression="zstd")
         files.append(ManifestFile(path.name, chunk.num_rows, path.stat().st_size, _sha256_file(path)))
     return files
+
+
+def _write_jsonl(table: pa.Table, folder: Path, run_date: str) -> ManifestFile:
+    from dql_model.publishing import jsonl
+
+    path = folder / jsonl.JSONL_NAME
+    lines = jsonl.write_jsonl(table, path, run_date=run_date)
+    return ManifestFile(path.name, lines, path.stat().st_size, _sha256_file(path))
 
 
 @dataclass(frozen=True)
@@ -471,15 +495,14 @@ def _upload(folder: Path, manifest: Manifest, target: Location, retry: Retry, cl
     for name in (SUCCESS_NAME, MANIFEST_NAME):
         retry(f"deleting {key(name)}", client.delete_object, Bucket=bucket, Key=key(name).path)
     config = _transfer_config()
-    for n, file in enumerate(manifest.files, start=1):
+    uploads = [*manifest.files, *([manifest.jsonl] if manifest.jsonl else [])]
+    for n, file in enumerate(uploads, start=1):
         where = key(file.name)
         retry(f"uploading {where}", client.upload_file, str(folder / file.name), bucket, where.path, Config=config)
-        log.info(
-            "uploaded %s (%.1f MiB, %d/%d) to %s", file.name, file.bytes / MiB, n, len(manifest.files), target
-        )
+        log.info("uploaded %s (%.1f MiB, %d/%d) to %s", file.name, file.bytes / MiB, n, len(uploads), target)
 
     faults.point("export:parts_uploaded")
-    keep = {key(f.name).path for f in manifest.files}
+    keep = {key(f.name).path for f in uploads}
     listed = retry(f"listing {target}", _list_keys, client, bucket, target.path + "/")
     stale = [k for k in listed if k not in keep]
     for start in range(0, len(stale), 1000):  # DeleteObjects takes at most 1000 keys
@@ -523,16 +546,7 @@ def read_export(uri: str, run_date: str | date, *, s3_client: Any = None) -> pa.
     tables = []
     for file in manifest.files:
         where = target.child(file.name)
-        data = read(file.name)
-        if data is None:
-            raise IncompleteExportError(f"{where} is listed in the manifest but missing; {rerun}")
-        digest = hashlib.sha256(data).hexdigest()
-        if len(data) != file.bytes or digest != file.sha256:
-            raise CorruptExportError(
-                f"{where}: {len(data)} bytes with sha256 {digest[:12]}..., manifest says {file.bytes} bytes "
-                f"with sha256 {file.sha256[:12]}...; the file was changed after publishing; {rerun}"
-            )
-        part = pq.read_table(pa.BufferReader(data))
+        part = pq.read_table(pa.BufferReader(_checked(read, target, file, rerun)))
         if part.num_rows != file.rows:
             raise CorruptExportError(f"{where}: {part.num_rows} rows, manifest says {file.rows}; {rerun}")
         tables.append(part)
@@ -542,6 +556,38 @@ def read_export(uri: str, run_date: str | date, *, s3_client: Any = None) -> pa.
             f"{target}: {table.num_rows} rows, manifest says {manifest.row_count}; {rerun}"
         )
     return table
+
+
+def read_export_jsonl(uri: str, run_date: str | date, *, s3_client: Any = None) -> bytes:
+    """The JSON Lines file of one date's complete export, checked against the manifest (size, sha256,
+    one line per user); IncompleteExportError when the export has none (publish.export_jsonl was off)."""
+    manifest = read_manifest(uri, run_date, s3_client=s3_client)
+    target = _export_folder(uri, manifest.run_date)
+    rerun = f"rerun the publish for {manifest.run_date}"
+    if manifest.jsonl is None:
+        raise IncompleteExportError(f"{target} has no JSON Lines file: publish.export_jsonl was off; set it and {rerun}")
+    data = _checked(_reader(target, s3_client), target, manifest.jsonl, rerun)
+    lines = data.count(b"\n")
+    if lines != manifest.jsonl.rows:
+        raise CorruptExportError(
+            f"{target.child(manifest.jsonl.name)}: {lines} lines, manifest says {manifest.jsonl.rows}; {rerun}"
+        )
+    return data
+
+
+def _checked(read: Callable[[str], bytes | None], target: Location, file: ManifestFile, rerun: str) -> bytes:
+    """The bytes of a file the manifest lists, refused when missing or not as listed (size, sha256)."""
+    where = target.child(file.name)
+    data = read(file.name)
+    if data is None:
+        raise IncompleteExportError(f"{where} is listed in the manifest but missing; {rerun}")
+    digest = hashlib.sha256(data).hexdigest()
+    if len(data) != file.bytes or digest != file.sha256:
+        raise CorruptExportError(
+            f"{where}: {len(data)} bytes with sha256 {digest[:12]}..., manifest says {file.bytes} bytes "
+            f"with sha256 {file.sha256[:12]}...; the file was changed after publishing; {rerun}"
+        )
+    return data
 
 
 def read_manifest(uri: str, run_date: str | date, *, s3_client: Any = None) -> Manifest:

@@ -9,7 +9,8 @@
   summary, which is read back here.
 
 ``score`` picks one by ``score.engine``. Both cut the users into the same batches and run the same
-``Ranker``, so they write identical rows.
+``Ranker``, so they write identical rows, and count the masks with the same ``Ranker.count_masks``
+(``dql_model.scoring.masks``), so they report the same counts.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import json
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,8 @@ from dql_model.learning import registry
 from dql_model.learning.device import resolve_device
 from dql_model.learning.networks import QNetwork
 from dql_model.ops import spark_jobs
+from dql_model.scoring import masks
+from dql_model.scoring.masks import MaskCounts
 from dql_model.scoring.policy import Policy
 from dql_model.scoring.ranking import Catalogue, Ranker, canonical_batches, take_states, user_keys
 from dql_model.warehouse import data, storage
@@ -56,6 +59,14 @@ class ScoringSummary:
     """``spark``, or ``torch (<device>)``."""
     sources: dict[str, int]
     """Rows per source, every source of ``schema.SOURCES`` listed."""
+    masked: dict[str, int] = field(default_factory=dict)
+    """(user, item) pairs masked per reason (``MaskCounts.masked``; empty in summaries written before)."""
+    short_lists: dict[str, int] = field(default_factory=dict)
+    """Users with fewer than top_k candidates, who got short lists, by who ranked them (``MaskCounts.short_lists``)."""
+
+    def masks_line(self) -> str:
+        """The mask counts in one line (``masks.describe``)."""
+        return masks.describe(self.masked, self.short_lists, self.top_k)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -104,6 +115,13 @@ def one_thread_per_batch(device: torch.device | str = "cpu") -> Iterator[int]:
 
 
 def score_users(
+    model: QNetwork, states: data.UserStates, items: data.ItemFeatures, policy: Policy, **options: Any
+) -> pa.Table:
+    """Recommendations for every user in ``states``: ``rank_users``' table (same arguments)."""
+    return rank_users(model, states, items, policy, **options)[0]
+
+
+def rank_users(
     model: QNetwork,
     states: data.UserStates,
     items: data.ItemFeatures,
@@ -115,8 +133,9 @@ def score_users(
     generated_at: datetime,
     device: torch.device | str = "cpu",
     source: str = schema.SOURCE_DQN,
-) -> pa.Table:
-    """Recommendations for every user in ``states``, schema ``arrow_schema(RECOMMENDATIONS)``.
+) -> tuple[pa.Table, MaskCounts]:
+    """Recommendations for every user in ``states``, schema ``arrow_schema(RECOMMENDATIONS)``, and what
+    the masks took from those users (``Ranker.count_masks``).
 
     ``items`` is tonight's item index (availability, ids and categories; it may have more items
     than the model); ``popularity`` holds a score per item_idx for the fallback (e.g. action
@@ -126,7 +145,7 @@ def score_users(
     keys = user_keys(states.user_id)
     batches = canonical_batches(states.user_id, keys, batch_size)
     if not batches:
-        return schema.arrow_schema(schema.RECOMMENDATIONS).empty_table()
+        return schema.arrow_schema(schema.RECOMMENDATIONS).empty_table(), MaskCounts.zero(policy.exclude)
     with one_thread_per_batch(device) as workers:
         ranker = Ranker(
             model,
@@ -138,16 +157,17 @@ def score_users(
             source=source,
         )
 
-        def score_one(batch: np.ndarray) -> tuple[pa.Table, np.ndarray]:
-            table, user = ranker.rank_batch(take_states(states, batch), keys[batch])
-            return table, batch[user]
+        def score_one(batch: np.ndarray) -> tuple[pa.Table, np.ndarray, MaskCounts]:
+            batch_states = take_states(states, batch)
+            table, user = ranker.rank_batch(batch_states, keys[batch])
+            return table, batch[user], ranker.count_masks(batch_states)
 
         # torch releases the GIL in its kernels: one Python thread per core scores batches side by side.
         with ThreadPoolExecutor(max_workers=min(workers, len(batches))) as pool:
-            tables, owners = zip(*pool.map(score_one, batches), strict=True)
+            tables, owners, counts = zip(*pool.map(score_one, batches), strict=True)
     # Back to the input order of users; rows of one user stay in rank order (stable sort).
     order = np.argsort(np.concatenate(owners), kind="stable")
-    return pa.concat_tables(tables).take(pa.array(order))
+    return pa.concat_tables(tables).take(pa.array(order)), sum(counts, MaskCounts.zero(policy.exclude))
 
 
 def score_with_torch(cfg: Config, run_date: str, version: str) -> ScoringSummary:
@@ -166,7 +186,7 @@ def score_with_torch(cfg: Config, run_date: str, version: str) -> ScoringSummary
         print(f"[dqlrec] scoring the {len(states)} users active since {since:%Y-%m-%d} (score.active_window)", flush=True)
     transitions = layout.partition(schema.TRANSITIONS, run_date)
     popularity = data.action_counts(transitions, n_items=items.n_items, split=(schema.TRAIN, schema.VALIDATION))
-    table = score_users(
+    table, counts = rank_users(
         model,
         states,
         items,
@@ -180,7 +200,7 @@ def score_with_torch(cfg: Config, run_date: str, version: str) -> ScoringSummary
     )
     path = layout.staged(schema.RECOMMENDATIONS, run_date)
     storage.write_partition(table, path, rows_per_file=cfg.publish.rows_per_file)
-    counts = dict(zip(*(c.to_pylist() for c in pc.value_counts(table.column(schema.SOURCE)).flatten()), strict=True))
+    per_source = dict(zip(*(c.to_pylist() for c in pc.value_counts(table.column(schema.SOURCE)).flatten()), strict=True))
     summary = ScoringSummary(
         run_date=run_date,
         path=path,
@@ -189,7 +209,9 @@ def score_with_torch(cfg: Config, run_date: str, version: str) -> ScoringSummary
         model_version=version,
         top_k=policy.top_k,
         engine=f"torch ({device})",
-        sources={name: int(counts.get(name, 0)) for name in schema.SOURCES},
+        sources={name: int(per_source.get(name, 0)) for name in schema.SOURCES},
+        masked=counts.masked,
+        short_lists=counts.short_lists,
     )
     summary.write(layout.scoring_summary(run_date))
     return summary

@@ -16,6 +16,8 @@ same arithmetic, identical rows.
   item still has one), then popular items overall; without such an interaction, popular items
   overall. Same masks; source ``fallback_popular``; score = the item's popularity.
 - Exploration: the policy fills the slots (``dql_model.scoring.policy``).
+- Counts: ``Ranker.count_masks`` tallies what these masks take from a batch of users, per reason, and
+  the users left with fewer than K candidates (``dql_model.scoring.masks`` names the reasons).
 - Ties are broken by item_idx ascending, so the output is a deterministic function of its inputs.
 """
 
@@ -32,6 +34,7 @@ import torch
 
 from dql_model.contract import schema
 from dql_model.learning.networks import QNetwork
+from dql_model.scoring.masks import EXCLUDE_REASONS, NEW_SINCE_TRAINING, UNAVAILABLE, MaskCounts
 from dql_model.scoring.policy import CatalogueRest, Policy, SlotCandidates, fill_slots
 from dql_model.scoring.popularity import popular_lists, popularity_order
 from dql_model.warehouse import data
@@ -41,6 +44,8 @@ SCORES_PER_CHUNK = 1 << 25
 EXPLORE_CHUNK_SHARE = 8
 """Exploring holds a few more [users, items] arrays (random keys), so its chunks are this much smaller."""
 _SOURCE = {name: code for code, name in enumerate(schema.SOURCES)}
+NO_ITEM, UNAVAILABLE_ITEM, NEW_ITEM, MODEL_CANDIDATE = range(4)
+"""What an item_idx is to tonight's ranker (``item_kinds``)."""
 
 
 class NaNScoresError(ValueError):
@@ -100,6 +105,18 @@ def _fit(values: np.ndarray, n: int) -> np.ndarray:
     given = np.asarray(values, dtype=np.float64)[:n]
     out[: len(given)] = given
     return out
+
+
+def item_kinds(catalogue: Catalogue, n_model_items: int) -> np.ndarray:
+    """[n_items + 1] per item_idx: NO_ITEM (padding, an unused index), UNAVAILABLE_ITEM, NEW_ITEM (available,
+    newer than the model) or MODEL_CANDIDATE (available and known to the model)."""
+    real = pc.is_valid(catalogue.item_ids).to_numpy(zero_copy_only=False).copy()
+    real[0] = False
+    kind = np.where(real, UNAVAILABLE_ITEM, NO_ITEM)
+    on_sale = real & catalogue.available
+    kind[on_sale] = NEW_ITEM
+    kind[on_sale & (np.arange(len(kind)) <= n_model_items)] = MODEL_CANDIDATE
+    return kind
 
 
 # --- batches both engines share --------------------------------------------------------------------
@@ -258,6 +275,40 @@ class Ranker:
             self.bias = bias.masked_fill(torch.as_tensor(~available, device=self.device), float("-inf"))
         per_chunk = SCORES_PER_CHUNK // (EXPLORE_CHUNK_SHARE if policy.explores else 1)
         self.rows_per_chunk = max(1, per_chunk // n_known)
+        self.item_kind = item_kinds(catalogue, model.n_items)
+        self.items_per_kind = np.bincount(self.item_kind, minlength=4).astype(np.int64)
+
+    def count_masks(self, states: data.UserStates) -> MaskCounts:
+        """What the masks take from these users and who is left with fewer than top_k candidates, as
+        ``rank_batch`` masks them (the rules are ``dql_model.scoring.masks``'s). Additive over batches."""
+        items = states.state_items  # the model ranks a user whose state has an item it knows (rank_batch)
+        by_model = ((items > 0) & (items <= self.model.n_items)).any(axis=1)
+        n_users, n_model = len(states), int(by_model.sum())
+        kind, per_kind = self.item_kind, self.items_per_kind
+        if self.policy.exclude == "none":  # rank_batch and the fallback mask nothing then
+            rows, cols = np.zeros(0, np.int64), np.zeros(0, np.int64)
+        else:
+            rows, cols = np.repeat(np.arange(n_users), np.diff(states.excluded_indptr)), states.excluded_items
+        inside = (cols > 0) & (cols < len(kind))
+        rows, of_kind = rows[inside], kind[cols[inside]]
+        rows, of_kind = rows[of_kind != NO_ITEM], of_kind[of_kind != NO_ITEM]
+        masked = {}
+        if self.policy.exclude in EXCLUDE_REASONS:
+            masked[EXCLUDE_REASONS[self.policy.exclude]] = len(rows)
+        # Pairs already counted as excluded are not counted again.
+        masked[UNAVAILABLE] = int(per_kind[UNAVAILABLE_ITEM] * n_users - (of_kind == UNAVAILABLE_ITEM).sum())
+        new_excluded = ((of_kind == NEW_ITEM) & by_model[rows]).sum()
+        masked[NEW_SINCE_TRAINING] = int(per_kind[NEW_ITEM] * n_model - new_excluded)
+        # Candidates left: the model ranks the items it knows, the fallback every available item.
+        model_lost = np.bincount(rows[of_kind == MODEL_CANDIDATE], minlength=n_users)
+        fallback_lost = np.bincount(rows[of_kind >= NEW_ITEM], minlength=n_users)
+        left = np.where(
+            by_model,
+            per_kind[MODEL_CANDIDATE] - model_lost,
+            per_kind[NEW_ITEM] + per_kind[MODEL_CANDIDATE] - fallback_lost,
+        )
+        short = left < self.policy.top_k
+        return MaskCounts(masked, {"model": int((short & by_model).sum()), "fallback": int((short & ~by_model).sum())})
 
     def score_batch(self, states: data.UserStates, keys: np.ndarray) -> pa.Table:
         """Recommendations for one batch: rows by user (in the given order), then rank."""

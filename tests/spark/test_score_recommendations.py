@@ -22,7 +22,7 @@ from dql_model.learning import registry
 from dql_model.learning.networks import QNetwork
 from dql_model.ops import spark_jobs
 from dql_model.pipeline import tasks
-from dql_model.scoring import engines
+from dql_model.scoring import engines, masks
 from dql_model.scoring.payload import ScoringPayload
 from dql_model.scoring.policy import Policy
 from dql_model.scoring.ranking import Catalogue
@@ -108,10 +108,11 @@ def small_arrow_batches(spark):
     "policy",
     [
         Policy(top_k=5, seed=1),
+        Policy(top_k=N_ITEMS - 3, seed=1),
         Policy(top_k=5, explore_slots=2, explore_epsilon=0.2, temperature=0.5, seed=99),
         Policy(top_k=4, exclude="none", seed=1),
     ],
-    ids=["greedy", "exploring", "unmasked"],
+    ids=["greedy", "short-lists", "exploring", "unmasked"],
 )
 def test_spark_rows_equal_single_node_rows(spark, small_arrow_batches, policy):
     net, rows, index = model(), state_rows(), item_index_table()
@@ -120,9 +121,9 @@ def test_spark_rows_equal_single_node_rows(spark, small_arrow_batches, policy):
     items = data.item_features_from_table(index.select(data.ITEM_INDEX_COLUMNS), price_buckets=4, where="item_index")
     catalogue = Catalogue.from_features(items, popularity())
 
-    expected = engines.score_users(
+    expected, expected_counts = engines.rank_users(
         net,
-        *_torch_inputs(states_table, index),
+        *_torch_inputs(states_table, index, exclude=policy.exclude),
         policy,
         batch_size=16,
         popularity=popularity(),
@@ -134,8 +135,19 @@ def test_spark_rows_equal_single_node_rows(spark, small_arrow_batches, policy):
     broadcast = spark.sparkContext.broadcast(payload)
     try:
         got = job.score_recommendations(user_states.repartition(3), payload=broadcast, batch_size=16).toArrow()
+        counts = job.count_masks(user_states.repartition(3), payload=broadcast)
     finally:
         broadcast.destroy()
+
+    # Both engines count the same masks; the short lists are the users with fewer than top_k rows.
+    assert counts == expected_counts
+    assert counts.masked[masks.UNAVAILABLE] > 0 and counts.masked[masks.NEW_SINCE_TRAINING] > 0
+    assert (masks.EXCLUDE_REASONS["purchased"] in counts.masked) == (policy.exclude == "purchased")
+    per_user = pa.table({"n": np.ones(got.num_rows)}).append_column("u", got.column(schema.USER_ID))
+    rows_per_user = per_user.group_by("u").aggregate([("n", "sum")]).column("n_sum").to_numpy()
+    assert sum(counts.short_lists.values()) == int((rows_per_user < policy.top_k).sum())
+    if policy.top_k > N_ITEMS // 2:  # more slots than most users have candidates: short lists from both
+        assert counts.short_lists["model"] > 0 and counts.short_lists["fallback"] > 0
 
     assert got.schema.names == expected.schema.names
     got = got.cast(expected.schema)
@@ -145,7 +157,7 @@ def test_spark_rows_equal_single_node_rows(spark, small_arrow_batches, policy):
     assert (schema.SOURCE_EXPLORE in sources) == policy.explores
 
 
-def _torch_inputs(states: pa.Table, index: pa.Table) -> tuple[data.UserStates, data.ItemFeatures]:
+def _torch_inputs(states: pa.Table, index: pa.Table, *, exclude: str = "purchased") -> tuple[data.UserStates, data.ItemFeatures]:
     """The torch engine's view of the same tables, through the loaders it uses in production."""
     import tempfile
 
@@ -157,7 +169,7 @@ def _torch_inputs(states: pa.Table, index: pa.Table) -> tuple[data.UserStates, d
         Path(folder, "states.parquet").rename(Path(folder, "states", "part-0.parquet"))
         Path(folder, "index.parquet").rename(Path(folder, "index", "part-0.parquet"))
         return (
-            data.load_user_states(Path(folder, "states"), max_len=MAX_LEN),
+            data.load_user_states(Path(folder, "states"), max_len=MAX_LEN, exclude=exclude),
             data.load_item_features(Path(folder, "index"), price_buckets=4),
         )
 
@@ -244,8 +256,9 @@ def test_job_on_a_warehouse_matches_the_torch_task_and_passes_validation(spark, 
     assert without_time(spark_rows).equals(without_time(torch_rows))
     active = [r[schema.USER_ID] for i, r in enumerate(state_rows(80)) if i % 5]
     assert sorted(set(torch_rows.column(schema.USER_ID).to_pylist())) == sorted(active)
-    same = ("rows", "users", "sources", "top_k", "path", "model_version")
+    same = ("rows", "users", "sources", "top_k", "path", "model_version", "masked", "short_lists")
     assert {k: by_spark.to_dict()[k] for k in same} == {k: by_torch.to_dict()[k] for k in same}
+    assert by_torch.masked["unavailable"] > 0 and by_torch.masked["already_purchased"] > 0
     assert by_spark.sources[schema.SOURCE_EXPLORE] == by_spark.users - by_spark.sources[schema.SOURCE_FALLBACK] // 4
     assert engines.ScoringSummary.read(cfg.layout.scoring_summary(RUN_DATE)) == by_spark  # as the Spark engine reads it
     assert json.loads(Path(cfg.layout.scoring_summary(RUN_DATE)).read_text())["engine"] == "spark"

@@ -114,13 +114,19 @@ def written_run(cfg) -> None:
     evaluation = {
         "run_date": RUN_DATE,
         "validation_events": 12,
-        "metrics": {"challenger": {"eval/ndcg@10": 0.25, "eval/n": 12.0}, "popularity": {"eval/ndcg@10": 0.1}},
+        "metrics": {
+            "challenger": {"eval/ndcg@10": 0.25, "eval/n": 12.0, "eval/rating/ndcg@10": 0.0},
+            "popularity": {"eval/ndcg@10": 0.1, "eval/rating/ndcg@10": 0.0},
+        },
+        "unscorable": {"rating": "every one of its 3 validation events is on an item the user had already purchased"},
         "promoted": True,
         "reason": "no champion to compare with",
         "scoring_version": "20261127-abcd1234",
         "learning_curves": {"challenger": [{"epoch": 1.0, "loss/total": 3.0}]},
     }
     storage.write_json_atomic(Path(cfg.layout.report(RUN_DATE)) / report.EVALUATION, evaluation)
+    masks = {"masked": {"already_purchased": 7, "unavailable": 12, "new_since_training": 0}, "short_lists": {"model": 0, "fallback": 0}}
+    storage.write_json_atomic(cfg.layout.scoring_summary(RUN_DATE), {"run_date": RUN_DATE, "top_k": 5, **masks})
     published = {
         "run_date": RUN_DATE, "rows": 30, "users": 6, "top_k": 5, "model_version": "20261127-abcd1234",
         "warehouse_path": "w", "export_uri": "e", "files": 1,
@@ -137,6 +143,8 @@ def test_summary_and_evaluate_read_the_latest_run(capsys, config_file):
     code, out, _ = run(capsys, "--config", str(config_file), "summary")
     assert code == 0 and f"dqlrec run {RUN_DATE}: done" in out and "users scored   6 (top 5, 30 rows)" in out
     assert cfg.layout.report(RUN_DATE) in out
+    assert "masks          masked (user, item) pairs: already purchased 7, unavailable 12" in out
+    assert "rating NDCG@10" not in out and out.count("Not shown: rating — every one of its 3 validation events") == 1
 
     code, out, _ = run(capsys, "--config", str(config_file), "evaluate", "--json")
     figures = json.loads(out)
@@ -147,6 +155,7 @@ def test_summary_and_evaluate_read_the_latest_run(capsys, config_file):
     code, out, _ = run(capsys, "--config", str(config_file), "evaluate", "--run-date", RUN_DATE)
     assert code == 0 and "gate: promoted (no champion to compare with)" in out and "challenger" in out
     assert "new items" not in out  # the run had none
+    assert "rating NDCG@10" not in out and "Not shown: rating — every one of its 3 validation events" in out
     code, _, err = run(capsys, "--config", str(config_file), "evaluate", "--run-date", "2026-11-01")
     assert code == 2 and "did not finish" in err
 

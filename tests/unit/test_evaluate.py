@@ -191,3 +191,29 @@ def test_no_new_items_gives_only_the_counts():
     got = evaluate_new_items(Planted(), val, np.array([13]), ks=(10,))
     assert got["eval/new_items/n"] == 0 and "eval/new_items/hr@10" not in got
     assert got["eval/new_items/slots@10"] == 0.0
+
+
+def test_an_event_type_whose_every_target_is_masked_cannot_be_scored():
+    from dql_model.evaluation.evaluate import masked_targets, unscorable_event_types
+    from dql_model.warehouse.data import Exclusions
+
+    rating = schema.EVENT_CODE[schema.RATING]
+    # Ratings on items bought before (masked for that row); views and one purchase on unmasked items.
+    val = validation([[1], [2], [3], [1]], [1, 2, 4, 5], [rating, rating, VIEW, BUY])
+    exclude = Exclusions(indptr=np.array([0, 1, 3, 4, 5]), items=np.array([1, 1, 2, 3, 2]))
+    assert masked_targets(val, exclude)[schema.RATING] == {"events": 2, "masked": 2}
+    assert masked_targets(val, exclude)[schema.VIEW] == {"events": 1, "masked": 0}
+
+    unscorable = unscorable_event_types(val, exclude, rule="purchased")
+    assert set(unscorable) == {schema.RATING, schema.ADD_TO_CART}
+    assert "every one of its 2 validation events is on an item the user had already purchased" in unscorable[schema.RATING]
+    assert unscorable[schema.ADD_TO_CART] == "no add_to_cart events in the validation split"
+    # The metrics agree: no scorer can hit a masked target.
+    got = evaluate_scorer(PopularityScorer(np.arange(6.0)), val, ks=(10,), exclude=exclude)
+    assert got["eval/rating/hr@10"] == 0.0 and got["eval/view/hr@10"] == 1.0
+
+    # One rating on an item not masked for its row: ratings can be scored again.
+    some = Exclusions(indptr=np.array([0, 1, 2, 3, 4]), items=np.array([1, 3, 2, 3]))
+    assert masked_targets(val, some)[schema.RATING] == {"events": 2, "masked": 1}
+    assert schema.RATING not in unscorable_event_types(val, some, rule="purchased")
+    assert schema.RATING not in unscorable_event_types(val, None, rule="none")

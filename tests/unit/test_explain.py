@@ -80,8 +80,8 @@ def test_a_model_users_list_state_and_masks(tiny_config, night):
         ("i2", "view"), ("i4", "view"), ("i5", "add_to_cart"), ("i5", "purchase"),
     ]  # fmt: skip
     assert explained["masked"] == [
-        {"item_id": "i5", "reason": "purchased before (score.exclude = purchased)"},
-        {"item_id": "i4", "reason": "not available tonight"},
+        {"item_id": "i5", "code": "already_purchased", "reason": "purchased before (score.exclude = purchased)"},
+        {"item_id": "i4", "code": "unavailable", "reason": "not available tonight"},
     ]
     slots = explained["recommendations"]
     assert [(s["rank"], s["item_id"], s["source"]) for s in slots] == [(1, "i7", "dqn"), (2, "i3", "dqn"), (3, "i9", "explore")]
@@ -94,13 +94,14 @@ def test_the_interacted_rule_masks_every_item_of_the_history(tiny_config, night)
     cfg = tiny_config.replace(score={"exclude": "interacted"})
     masked = explain.explain(cfg, "u1", RUN_DATE)["masked"]
     reason = "interacted with before (score.exclude = interacted)"
-    assert masked == [{"item_id": item, "reason": reason} for item in ("i2", "i4", "i5")]  # i4 not again
+    expected = [{"item_id": item, "code": "already_interacted", "reason": reason} for item in ("i2", "i4", "i5")]
+    assert masked == expected  # i4 not again
 
 
 def test_a_fallback_list_says_why(tiny_config, night):
     explained = explain.explain(tiny_config, "u2", RUN_DATE)
     assert [m["item_id"] for m in explained["masked"]] == ["i11", "i12"]
-    assert all("newer than the model" in m["reason"] for m in explained["masked"])
+    assert all("newer than the model" in m["reason"] and m["code"] == "new_since_training" for m in explained["masked"])
     assert explained["fallback_reason"] == (
         f"no item of the user's state is one the model knows (item_idx 1..{MODEL_ITEMS}): all are newer; popular "
         "available items of category c0 (of i12, the most recent interaction with a category) came first, then "

@@ -39,6 +39,7 @@ def test_every_column_is_documented_with_its_type(section, columns):
 def test_every_manifest_field_is_documented():
     fields = {f.name for f in dataclasses.fields(publish.Manifest)}
     fields |= {f"files[].{f.name}" for f in dataclasses.fields(publish.ManifestFile)}
+    fields |= {f"jsonl.{f.name}" for f in dataclasses.fields(publish.ManifestFile)}
     assert set(documented("The export and its manifest")) == fields
 
 

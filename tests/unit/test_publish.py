@@ -430,3 +430,90 @@ def test_parse_uri(uri, bucket, path, text):
 def test_parse_uri_rejects_what_it_cannot_write(uri):
     with pytest.raises(ValueError, match="s3://bucket/prefix"):
         publish.parse_uri(uri)
+
+
+# --- JSON Lines (publish.export_jsonl) --------------------------------------------------------------
+
+
+def check_jsonl(body: bytes, table: pa.Table, entry: publish.ManifestFile) -> None:
+    """One valid JSON object per user, Personalize's shape, items and scores in rank order as the rows."""
+    assert (len(body), hashlib.sha256(body).hexdigest()) == (entry.bytes, entry.sha256)
+    lines = body.decode("utf-8").splitlines()
+    assert len(lines) == entry.rows == len(set(table.column(schema.USER_ID).to_pylist()))
+    objects = [json.loads(line) for line in lines]
+    assert [o["input"]["userId"] for o in objects] == sorted(o["input"]["userId"] for o in objects)
+    expected: dict[str, list[tuple[int, str, float]]] = {}
+    for row in table.to_pylist():
+        expected.setdefault(row[schema.USER_ID], []).append((row[schema.RANK], row[schema.ITEM_ID], row[schema.SCORE]))
+    for o in objects:
+        ranked = sorted(expected.pop(o["input"]["userId"]))
+        assert o["output"] == {"recommendedItems": [i for _, i, _ in ranked], "scores": [s for _, _, s in ranked]}
+        assert (o["model_version"], o["run_date"]) == ("v0007", RUN_DATE)
+    assert expected == {}  # every user has a line
+
+
+def odd_recommendations() -> pa.Table:
+    """Rows out of order, ids that need JSON escapes, scores that need every digit."""
+    table = recommendations(7, top_k=4)
+    ids = table.column(schema.USER_ID).to_pylist()
+    ids = [{"u1": 'u"1\\', "u2": "ü\n2"}.get(u, u) for u in ids]
+    table = table.set_column(0, schema.USER_ID, pa.array(ids))
+    scores = [s + 1 / 3 for s in table.column(schema.SCORE).to_pylist()]
+    table = table.set_column(table.schema.get_field_index(schema.SCORE), schema.SCORE, pa.array(scores))
+    return table.take(pa.array(list(range(table.num_rows))[::-1]))
+
+
+def test_jsonl_export_has_one_object_per_user_in_rank_order_listed_in_the_manifest(tmp_path):
+    root = tmp_path / "export"
+    table = odd_recommendations()
+    manifest = export(
+        table, uri=str(root), run_date=RUN_DATE, model_version="v0007", config_hash="c", rows_per_file=10, jsonl=True
+    )
+    folder = root / f"run_date={RUN_DATE}"
+    assert manifest.jsonl is not None and manifest.jsonl.name == "recommendations.jsonl"
+    assert "recommendations.jsonl" in {p.name for p in folder.iterdir()}
+    assert [f.name for f in manifest.files] == PARTS  # the parts alone: readers of part-* are unchanged
+    check_jsonl((folder / "recommendations.jsonl").read_bytes(), table, manifest.jsonl)
+    assert read_manifest(str(root), RUN_DATE) == manifest
+    assert publish.read_export_jsonl(str(root), RUN_DATE) == (folder / "recommendations.jsonl").read_bytes()
+    assert read_export(str(root), RUN_DATE).equals(table)
+
+    # Switched off, a rerun of the date drops the file and its entry.
+    export_to(str(root), table, rows_per_file=10)
+    assert "recommendations.jsonl" not in {p.name for p in folder.iterdir()}
+    with pytest.raises(IncompleteExportError, match="publish.export_jsonl was off"):
+        publish.read_export_jsonl(str(root), RUN_DATE)
+
+
+def test_jsonl_export_to_s3_is_checked_and_replaced_with_the_parts(s3, s3_bucket):
+    uri = f"s3://{s3_bucket}/recs"
+    table = odd_recommendations()
+    manifest = export(
+        table, uri=uri, run_date=RUN_DATE, model_version="v0007", config_hash="c", rows_per_file=100, jsonl=True
+    )
+    prefix = f"recs/run_date={RUN_DATE}/"
+    assert s3_names(s3, s3_bucket, prefix) == ["_SUCCESS", "_manifest.json", "part-00000.parquet", "recommendations.jsonl"]
+    stored = json.loads(s3_bytes(s3, s3_bucket, prefix + "_manifest.json"))
+    assert stored["jsonl"] == {"name": "recommendations.jsonl", "rows": 7, "bytes": manifest.jsonl.bytes, "sha256": manifest.jsonl.sha256}
+    check_jsonl(s3_bytes(s3, s3_bucket, prefix + "recommendations.jsonl"), table, manifest.jsonl)
+
+    s3.put_object(Bucket=s3_bucket, Key=prefix + "recommendations.jsonl", Body=b'{"input": {}}\n')
+    with pytest.raises(CorruptExportError, match="recommendations.jsonl: 14 bytes"):
+        publish.read_export_jsonl(uri, RUN_DATE)
+    export_to(uri, table, rows_per_file=100)  # off: the stale file goes with the rerun
+    assert s3_names(s3, s3_bucket, prefix) == ["_SUCCESS", "_manifest.json", "part-00000.parquet"]
+
+
+def test_publish_run_exports_jsonl_when_the_config_says_so(tiny_config):
+    cfg = tiny_config.replace(publish={"export_jsonl": True})
+    table = recommendations(6)
+    storage.write_partition(table, cfg.layout.staged(schema.RECOMMENDATIONS, RUN_DATE))
+
+    result = publish.publish_run(cfg, RUN_DATE, model_version="v0007", in_airflow=False)
+
+    assert result["jsonl_lines"] == 6
+    listed = read_manifest(cfg.publish.export_uri, RUN_DATE).jsonl
+    check_jsonl(publish.read_export_jsonl(cfg.publish.export_uri, RUN_DATE), table, listed)
+    # A retry after the last write finds the work done; with the switch turned off since, it does not.
+    assert publish.publish_run(cfg, RUN_DATE, model_version="v0007", in_airflow=False)["jsonl_lines"] == 6
+    assert publish._already_published(cfg.replace(publish={"export_jsonl": False}), RUN_DATE, "v0007", None) is None

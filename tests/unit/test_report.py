@@ -117,3 +117,49 @@ def test_new_item_section_lists_every_model_and_the_counts():
     by_category = section.index("| category_popularity | 0.2500 | 0.1250 | 0.0375 | 0.5000 |")
     assert section.index("| challenger | 0.0000 |") < by_category  # the DQN first
     assert "40 items the training split never shows" in section and "120 validation events" in section
+
+
+def rated(ndcg: float) -> dict[str, float]:
+    return metrics(ndcg) | {"eval/rating/n": 40.0, "eval/rating/ndcg@10": 0.0, "eval/rating/hr@5": 0.0}
+
+
+def test_a_column_that_cannot_be_non_zero_is_left_out_and_the_reason_said_once():
+    why = "every one of its 40 validation events is on an item the user had already purchased, which ..."
+    evaluation = {
+        "metrics": {"challenger": rated(0.2), "popularity": rated(0.1)},
+        "validation_events": 100,
+        "unscorable": {"rating": why},
+    }
+    summary = {
+        "run_date": "2026-11-27",
+        "published": {"users": 3, "top_k": 2, "rows": 6, "model_version": "v", "warehouse_path": "w", "export_uri": "e"},
+        "evaluation": evaluation,
+    }
+    note = f"Not shown: rating — {why}."
+    for text in (report.render_summary(summary | {"report_dir": "r"}), report.render_markdown(summary)):
+        assert "rating NDCG@10" not in text and "purchase NDCG@10" in text
+        assert text.count(note) == 1
+    assert "**ratings**" not in report.render_markdown(summary)  # nor its detail table
+    # Ratings that some list can hold keep their column.
+    scorable = summary | {"evaluation": evaluation | {"unscorable": {}}}
+    assert "rating NDCG@10" in report.render_summary(scorable | {"report_dir": "r"})
+    assert "Not shown" not in report.render_markdown(scorable) and "**ratings** (40 events)" in report.render_markdown(scorable)
+
+
+def test_report_and_summary_count_masked_pairs_per_reason_and_short_lists():
+    summary = {
+        "run_date": "2026-11-27",
+        "published": {"users": 3, "top_k": 2, "rows": 5, "model_version": "v", "warehouse_path": "w", "export_uri": "e"},
+        "masks": {
+            "masked": {"already_purchased": 1234, "unavailable": 60, "new_since_training": 0},
+            "short_lists": {"model": 0, "fallback": 1},
+        },
+    }
+    line = (
+        "masked (user, item) pairs: already purchased 1,234, unavailable 60, new since training 0; "
+        "1 user had fewer than 2 candidates and got short lists, not padded (1 ranked by the fallback)"
+    )
+    assert f"  masks          {line}" in report.render_summary(summary | {"report_dir": "r"})
+    assert f"- {line}" in report.render_markdown(summary)
+    # A run scored before the counts existed says nothing about them.
+    assert "masked" not in report.render_summary(summary | {"masks": {}, "report_dir": "r"})

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 import torch
 
@@ -18,7 +19,7 @@ from dql_model.contract import schema
 from dql_model.evaluation import metrics
 from dql_model.learning.networks import QNetwork
 from dql_model.ops import spark_jobs
-from dql_model.scoring import engines
+from dql_model.scoring import engines, masks
 from dql_model.scoring.engines import ScoringSummary, score_users
 from dql_model.scoring.policy import Policy
 from dql_model.scoring.ranking import top_k_deterministic
@@ -141,6 +142,42 @@ def test_fewer_rows_when_fewer_items_are_left():
     states = user_states([("a", [1], [3]), ("b", [], [])])
     got = recommendations(score(model, states, items, popularity=np.arange(5.0)))
     assert got == {"a": [("i4", "dqn")], "b": [("i4", "fallback_popular"), ("i3", "fallback_popular")]}
+
+
+def test_mask_counts_per_reason_and_short_lists_match_the_rows_written():
+    model = bias_only_model([1.0, 2.0, 3.0, 4.0, 5.0])  # the model knows items 1..5
+    items = item_features(6, unavailable=[2])  # item 6 is new since training, item 2 out of stock
+    states = user_states(
+        [
+            ("a", [1], [1, 2]),  # model: bought 1 and 2; 6 unknown to it; candidates 3, 4, 5
+            ("b", [], [3]),  # fallback: bought 3; candidates 1, 4, 5, 6
+            ("c", [6], []),  # only a new item in the state: fallback; candidates 1, 3, 4, 5, 6
+        ]
+    )
+    table, counts = engines.rank_users(
+        model,
+        states,
+        items,
+        Policy(top_k=4),
+        batch_size=2,
+        popularity=np.arange(7.0),
+        model_version="v1",
+        generated_at=AT,
+    )
+    # Each pair once, under its first reason: a's bought-and-unavailable item 2 counts as purchased.
+    assert counts.masked == {"already_purchased": 3, "unavailable": 2, "new_since_training": 1}
+    assert counts.short_lists == {"model": 1, "fallback": 0}
+    rows = {user: n for user, n in zip(*(c.to_pylist() for c in pc.value_counts(table.column("user_id")).flatten()), strict=True)}
+    assert rows == {"a": 3, "b": 4, "c": 4}  # the short list is a's, and nothing pads it
+
+    everything = engines.rank_users(
+        model, states, items, Policy(top_k=4, exclude="none"), batch_size=3,
+        popularity=np.arange(7.0), model_version="v1", generated_at=AT,
+    )[1]
+    assert everything.masked == {"unavailable": 3, "new_since_training": 1}
+    assert everything.short_lists == {"model": 0, "fallback": 0}
+    line = masks.describe(counts.masked, counts.short_lists, 4)
+    assert "already purchased 3" in line and "1 user had fewer than 4 candidates" in line and "1 ranked by the model" in line
 
 
 def test_scores_are_the_model_q_values_and_exactly_k_per_user():

@@ -74,6 +74,9 @@ def test_the_torch_tasks_set_threads_from_the_config(monkeypatch, tiny_config):
         def to_dict(self):
             return {}
 
+        def masks_line(self):
+            return ""
+
     monkeypatch.setattr(engines, "score", lambda cfg, run_date, version: Scored())
     cfg = tiny_config.replace(train={"threads": 1})
     tasks.train_model("2026-11-27", cfg=cfg)
