@@ -261,7 +261,7 @@ class SimulatorConfig(_Section):
     """Last days of the window (at most n_days - 1) whose shoppers are shown lists from the logging policy
     (popularity with epsilon exploration), logged as impressions with their propensities; 0: none."""
     logging_top_k: int = 10
-    """Length of the logging policy's lists (at most n_items - 1)."""
+    """Length of the logging policy's lists (at most half the catalogue)."""
     logging_epsilon: float = 0.1
     """Chance that a slot of the logging policy's list shows a uniformly drawn item instead of the popular one."""
 

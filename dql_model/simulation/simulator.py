@@ -900,7 +900,7 @@ def logging_policy_lists(
 ) -> tuple[np.ndarray, np.ndarray]:
     """([n_users, K] catalogue positions, [n_users, K] propensities) of the demo history's logging policy.
 
-    Popularity with epsilon exploration: the K = min(top_k, n_items - 1) items with the most events so
+    Popularity with epsilon exploration: the K = min(top_k, n_items // 2) items with the most events so
     far (``counts``, ties by catalogue position) make every list; each slot independently, with
     probability ``epsilon``, shows instead an item drawn uniformly from the M = n_items - K items outside
     them (a user's explored slots show distinct items, in a uniformly random order). So the marginal
@@ -908,7 +908,9 @@ def logging_policy_lists(
     epsilon / M for each other item: every item has a positive chance at every position.
     """
     n_items = len(counts)
-    k = min(top_k, n_items - 1)
+    k = min(top_k, n_items // 2)  # at least K others, so a user's explored slots can all differ
+    if k == 0:
+        return np.empty((n_users, 0), np.int64), np.empty((n_users, 0))
     top = np.argsort(-counts, kind="stable")[:k]
     others = np.setdiff1d(np.arange(n_items), top)  # integer positions: a sorted merge, no string compare
     m = len(others)

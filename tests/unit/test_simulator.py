@@ -232,6 +232,10 @@ def test_logging_policy_propensities_are_each_slots_marginal_chance():
     assert np.allclose(propensity[~explored], 0.7) and np.allclose(propensity[explored], 0.3 / 5)
     assert not np.isin(lists[explored], [1, 3, 7]).any()
     assert all(len(set(row)) == 3 for row in lists[:2000])  # a list never shows an item twice
+    # A small catalogue keeps K others to explore with: lists of half of it at most.
+    small, small_p = simulator.logging_policy_lists(rng, counts[:5], 200, top_k=4, epsilon=0.5)
+    assert small.shape == (200, 2) and all(len(set(row)) == 2 for row in small)
+    assert set(np.round(small_p.ravel(), 12)) == {0.5, round(0.5 / 3, 12)}
     for position in range(3):
         shown = np.bincount(lists[:, position], minlength=8) / len(lists)
         expected = np.zeros(8)
