@@ -6,6 +6,7 @@ JAVA     ?=
 VENV     := .venv
 BIN      := $(CURDIR)/$(VENV)/bin
 STAMP    := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 PIP      := $(BIN)/python -m pip --quiet --disable-pip-version-check
 CHECK    := PYTHON="$(PYTHON)" JAVA="$(JAVA)" $(CURDIR)/.ci/check-prerequisites
 
@@ -39,10 +40,13 @@ RUN_DATE ?=
 # 2 cores. A DQLREC_TRAIN__MAX_MINUTES in the environment wins.
 DEMO_TRAIN_MINUTES ?= 3
 
-.PHONY: run test install prerequisites bench lint generate airflow airflow-stop airflow-status airflow-ui clean-data clean
+.PHONY: run test install install-dev prerequisites bench lint generate airflow airflow-stop airflow-status airflow-ui clean-data clean
 
-## install: create .venv and install the pinned requirements and the package (once)
+## install: create .venv and install the pinned runtime requirements and the package (once)
 install: $(STAMP)
+
+## install-dev: also install the development pins (tests, lint, benchmarks) of requirements-dev.txt
+install-dev: $(DEV_STAMP)
 
 $(STAMP): requirements.txt pyproject.toml
 	@$(CHECK) versions
@@ -56,6 +60,14 @@ $(STAMP): requirements.txt pyproject.toml
 	@$(BIN)/python -c "import airflow, pyspark, torch, great_expectations, dql_model" 2>/dev/null \
 	  || { echo "install failed: see the pip output above"; exit 1; }
 	@touch $(STAMP)
+
+# Depends on the runtime stamp too: a reinstalled runtime lock reinstalls the development pins beside it.
+$(DEV_STAMP): requirements-dev.txt $(STAMP)
+	@echo "Installing development requirements into $(VENV)..."
+	@$(PIP) install --no-deps --compile -r requirements-dev.txt
+	@$(BIN)/python -c "import pytest, moto, duckdb" 2>/dev/null \
+	  || { echo "install of requirements-dev.txt failed: see the pip output above"; exit 1; }
+	@touch $(DEV_STAMP)
 
 ## prerequisites: check the Python (3.11+, x86_64 Linux) and Java (17+) that install and run need
 prerequisites:
@@ -79,15 +91,15 @@ run: install
 	      || { echo "No task failure in the log; its last lines:"; tail -40 var/airflow-run.log; }; exit 1; fi
 
 ## test: run the test suite
-test: install
+test: install-dev
 	@$(BIN)/python -m pytest
 
 ## bench: run every benchmark; tables are printed and figures written to var/bench/
-bench: install
+bench: install-dev
 	@$(BIN)/python -m benchmarks
 
 ## lint: ruff over the project
-lint: install
+lint: install-dev
 	@$(BIN)/ruff check .
 
 ## generate: write the demo shop's raw tables into the warehouse (replaces them)

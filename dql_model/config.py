@@ -257,6 +257,24 @@ class SimulatorConfig(_Section):
     """How far a user's interest moves toward what they just looked at."""
     new_items_per_day: float = 0.0
     """Mean number of products that enter the catalogue each day."""
+    logged_days: int = 7
+    """Last days of the window (at most n_days - 1) whose shoppers are shown lists from the logging policy
+    (popularity with epsilon exploration), logged as impressions with their propensities; 0: none."""
+    logging_top_k: int = 10
+    """Length of the logging policy's lists (at most half the catalogue)."""
+    logging_epsilon: float = 0.1
+    """Chance that a slot of the logging policy's list shows a uniformly drawn item instead of the popular one."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.logged_days < 0:
+            raise ConfigError(f"simulator.logged_days={self.logged_days} must be 0 (no impressions) or more")
+        if self.logging_top_k < 1:
+            raise ConfigError(f"simulator.logging_top_k={self.logging_top_k} must be at least 1")
+        if not 0.0 < self.logging_epsilon <= 1.0:
+            raise ConfigError(
+                f"simulator.logging_epsilon={self.logging_epsilon} must be in (0, 1]: every item needs a chance"
+            )
 
 
 @dataclass

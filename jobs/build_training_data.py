@@ -22,7 +22,9 @@ loaded after its night ran is seen by a full rebuild only: rerun the later night
 partitions ingested by the run (all of them in a full rebuild).
 
 Writes the run date's partition of each curated table atomically (a rerun replaces them whole),
-then a JSON summary under ``curated/_runs/run_date=.../``. Fails, before writing anything, if
+then a JSON summary under ``curated/_runs/run_date=.../``. A full build also writes the user_states
+of earlier nights that logged impressions were served from and that are missing
+(``nights_missing_for_ope``: a history loaded with its impressions, such as the demo shop's). Fails, before writing anything, if
 ingested rows != accepted + quarantined.
 """
 
@@ -258,6 +260,12 @@ def run(
                 outputs,
                 schema.USER_STATES,
             )
+            ope_nights = nights_missing_for_ope(spark, cfg, run_date) if plan.previous_states is None else []
+            for night in ope_nights:  # a full build has every event: the states as of an earlier night too
+                folder = layout.partition(schema.USER_STATES, str(night))
+                log(run_date, f"writing user_states of night {night} for the off-policy estimates -> {folder}")
+                states = build_user_states(ingested, item_index=item_index, max_len=etl.max_len, as_of=night)
+                write_partition_atomic(states, folder)
         with stage("transitions"):
             seed_states = None if plan.seed_states is None else read_states(spark, cfg, plan.seed_states)
             events_since_seed = split_labelled(_from_partition(labelled, plan.transitions_from()))[0]
@@ -289,6 +297,7 @@ def run(
         "mode_reason": plan.reason,
         "previous_item_index": previous_date,
         "previous_user_states": _iso(plan.previous_states),
+        "ope_user_states": [str(night) for night in ope_nights],
         "transitions_seed_states": _iso(plan.seed_states),
         "partitions": {
             "read_from": _iso(plan.read_from(etl.lookback_days)),
@@ -332,6 +341,26 @@ def _user_states(
         max_len=cfg.etl.max_len,
         as_of=run_date,
     )
+
+
+def nights_missing_for_ope(spark: SparkSession, cfg: Config, run_date: dt.date) -> list[dt.date]:
+    """Nights before the run date whose user_states the off-policy estimates need and lack, oldest first.
+
+    Impressions shown on day D were served from the lists of night D - 1, and the estimates rank each
+    candidate's lists for D from that night's states (``dql_model.judging.ope_night``). A warehouse whose
+    history already logs impressions (the demo shop's logging policy, an imported log) has no such
+    nights on its first run: without them every shown day of the ``eval.ope_days`` window is skipped.
+    Only nights with raw events on or before them are listed (a state needs a history).
+    """
+    shown = set()
+    for value in list_partitions(spark, cfg.layout.table(schema.IMPRESSIONS), schema.SHOWN_DATE):
+        with contextlib.suppress(ValueError):  # not a shown date's folder: never read
+            shown.add(dt.date.fromisoformat(value))
+    have = set(_partition_dates(spark, cfg.layout.table(schema.USER_STATES)))
+    first_events = min(events_partitions(spark, cfg.layout.table(schema.EVENTS), run_date))
+    days = (run_date - dt.timedelta(days=n) for n in range(cfg.eval.ope_days))
+    nights = {day - dt.timedelta(days=1) for day in days if day in shown}
+    return sorted(night for night in nights if night not in have and night >= first_events)
 
 
 _CURATED = (schema.QUARANTINE, schema.ITEM_INDEX, schema.USER_STATES, schema.TRANSITIONS)

@@ -521,6 +521,15 @@ def render_summary(summary: dict[str, Any]) -> str:
         lines += ["    " + line for line in comparison_table(evaluation["metrics"], unscorable=unscorable).splitlines()]
         if unscorable:
             lines.append("    " + absent_columns_line(unscorable))
+    ope = evaluation.get("ope") or {}
+    if ope.get("candidates"):
+        logging = ope.get("logging") or {}
+        lines += [
+            "",
+            f"  off-policy estimates, reward per request on {len(ope.get('days', []))} days of impressions "
+            f"(logging policy {logging.get('value', float('nan')):.4f} over {logging.get('requests', 0)} requests):",
+        ]
+        lines += ["    " + line for line in ope_table(ope).splitlines()]
     for simulation in simulations(evaluation):
         lines += ["", f"  {simulation_title(simulation)} (mean ± 95 % CI over seeds):"]
         lines += ["    " + line for line in simulation_table(simulation).splitlines()]

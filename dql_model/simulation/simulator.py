@@ -108,7 +108,7 @@ DEFAULT_REWARDS = {schema.VIEW: 0.0, schema.ADD_TO_CART: 0.3, schema.PURCHASE: 1
 
 # Independent random streams derived from the seed, so a change in one stage does not reshuffle
 # the others.
-_MODEL_STREAM, _LOG_STREAM, _ENV_STREAM, _LIVE_STREAM = 0, 1, 2, 3
+_MODEL_STREAM, _LOG_STREAM, _ENV_STREAM, _LIVE_STREAM, _LOGGING_STREAM = 0, 1, 2, 3, 4
 _DAY_S = 86_400.0
 _CODE_VIEW = schema.EVENT_CODE[schema.VIEW]
 _CODE_CART = schema.EVENT_CODE[schema.ADD_TO_CART]
@@ -556,22 +556,38 @@ class ShopSimulator:
         price = np.outer(m.price_sensitivity[users], m.price_z)
         return (CART_TASTE + BUY_TASTE) * taste - 2.0 * price
 
+    @property
+    def logged_days(self) -> int:
+        """Last days of the window served by the logging policy (``simulator.logged_days``, at most
+        n_days - 1: the first day has no history to be popular in)."""
+        return min(self.cfg.logged_days, self.cfg.n_days - 1)
+
     def generate_events(self) -> pa.Table:
         """All events of the window, sorted by event_time then user_id; same config, same table."""
         return self.live().history
 
     def live(self) -> LiveShop:
         """The shop after its generated window, ready to serve more days (``LiveShop``): its
-        ``history`` is ``generate_events()``, and its shoppers remember what they did in it."""
+        ``history`` is ``generate_events()``, its ``impressions`` what the logging policy showed in
+        the window's last ``logged_days`` days, and its shoppers remember what they did in it.
+
+        The days before those are browsed without lists; each logged day is lived like a served day
+        (``LiveShop.serve``) with the lists of ``logging_policy_lists``, so shoppers react to them."""
         rng = np.random.default_rng([self.cfg.seed, _LOG_STREAM])
-        plan = self._plan_sessions(rng)
+        unlisted_days = self.cfg.n_days - self.logged_days
+        plan = plan_sessions(rng, self.model, n_days=unlisted_days, first_day=0)
         state = ShopperState.fresh(self.model, np.arange(self.model.n_users))
         log, ratings = _EventLog(), _PendingRatings()
         last_end = np.full(self.model.n_users, -np.inf)
-        self._run_sessions(_Run(rng, state, log, ratings), plan, last_end, end_s=self.model.window_s)
+        end_s = unlisted_days * _DAY_S
+        self._run_sessions(_Run(rng, state, log, ratings), plan, last_end, end_s=end_s)
         names = _session_names(self.user_ids, plan, suffix="")
-        history = self._to_table(log, names, end_s=self.model.window_s)
-        return LiveShop(self, history, state, ratings, last_end)
+        history = self._to_table(log, names, end_s=end_s)
+        shop = LiveShop(
+            self, history, state, ratings, last_end, date=self.first_date + dt.timedelta(days=unlisted_days - 1)
+        )
+        shop.live_logged_days(self.logged_days)
+        return shop
 
     def _run_sessions(self, run: _Run, plan, last_end, *, end_s, slates=None, requests=None):
         """Every planned session that starts before ``end_s``, ordinal by ordinal; ``slates`` [n_users,
@@ -588,9 +604,6 @@ class ShopSimulator:
             if requests is not None:
                 requests.append((users, session, now.copy()))
             last_end[users] = self._browse(run, users, session, now, end_s=end_s, slates=slates)
-
-    def _plan_sessions(self, rng: np.random.Generator) -> _SessionPlan:
-        return plan_sessions(rng, self.model, n_days=self.cfg.n_days, first_day=0)
 
     def _log_due_ratings(self, log, ratings, users, session, start) -> np.ndarray:
         """Log ratings due at these session starts, a few seconds apart; returns the times after them."""
@@ -744,12 +757,38 @@ class LiveShop:
     seed and the date only, so twin shops serving different lists meet the same planned visits.
     """
 
-    def __init__(self, simulator: ShopSimulator, history: pa.Table, state, ratings, last_end) -> None:
+    def __init__(
+        self, simulator: ShopSimulator, history: pa.Table, state, ratings, last_end, *, date: dt.date | None = None
+    ) -> None:
         self.simulator = simulator
         self.history = history
-        self.date = simulator.last_date
-        """The last day lived (the window's last day at first)."""
+        """Every event lived so far (with event_date), sorted by time then user."""
+        self.impressions = schema.arrow_schema(schema.IMPRESSIONS).empty_table()
+        """What the logging policy showed in the window (``live_logged_days``); served days' are in their ``ServedDay``."""
+        self.date = simulator.last_date if date is None else date
+        """The last day lived (the window's last day once it is generated)."""
         self._state, self._ratings, self._last_end = state, ratings, last_end
+
+    def live_logged_days(self, n_days: int) -> None:
+        """Live ``n_days`` more days with the logging policy's lists (``logging_policy_lists`` over the
+        event counts of every day before), appending their events to ``history`` and their shown slots
+        to ``impressions``."""
+        sim = self.simulator
+        cfg = sim.cfg
+        counts = _item_counts(self.history, sim.item_ids)
+        days, shown = [self.history], [self.impressions]
+        for _ in range(n_days):
+            date = self.date + dt.timedelta(days=1)
+            rng = np.random.default_rng([cfg.seed, _LOGGING_STREAM, (date - sim.first_date).days])
+            lists, propensity = logging_policy_lists(
+                rng, counts, self.n_users, top_k=cfg.logging_top_k, epsilon=cfg.logging_epsilon
+            )
+            day = self.serve(lists, propensity=propensity, model_version=logging_policy_name(cfg))
+            event_date = pa.array(np.full(day.events.num_rows, date, dtype="datetime64[D]"), pa.date32())
+            days.append(day.events.append_column(pa.field(schema.EVENT_DATE, pa.date32()), event_date))
+            shown.append(day.impressions)
+            counts += _item_counts(day.events, sim.item_ids)
+        self.history, self.impressions = pa.concat_tables(days), pa.concat_tables(shown)
 
     @property
     def n_users(self) -> int:
@@ -849,6 +888,47 @@ class LiveShop:
             },
             schema=schema.arrow_schema(schema.IMPRESSIONS),
         )
+
+
+def logging_policy_name(cfg: SimulatorConfig) -> str:
+    """The model_version of the logging policy's impressions."""
+    return f"logging-popularity-epsilon-{cfg.logging_epsilon:g}"
+
+
+def logging_policy_lists(
+    rng: np.random.Generator, counts: np.ndarray, n_users: int, *, top_k: int, epsilon: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """([n_users, K] catalogue positions, [n_users, K] propensities) of the demo history's logging policy.
+
+    Popularity with epsilon exploration: the K = min(top_k, n_items // 2) items with the most events so
+    far (``counts``, ties by catalogue position) make every list; each slot independently, with
+    probability ``epsilon``, shows instead an item drawn uniformly from the M = n_items - K items outside
+    them (a user's explored slots show distinct items, in a uniformly random order). So the marginal
+    probability of what a slot shows (the contract's propensity) is 1 - epsilon for its popular item and
+    epsilon / M for each other item: every item has a positive chance at every position.
+    """
+    n_items = len(counts)
+    k = min(top_k, n_items // 2)  # at least K others, so a user's explored slots can all differ
+    if k == 0:
+        return np.empty((n_users, 0), np.int64), np.empty((n_users, 0))
+    top = np.argsort(-counts, kind="stable")[:k]
+    others = np.setdiff1d(np.arange(n_items), top)  # integer positions: a sorted merge, no string compare
+    m = len(others)
+    explore = rng.random((n_users, k)) < epsilon
+    # A uniform random k-subset of the others per user, in random order: the k smallest of m uniforms.
+    keys = rng.random((n_users, m))
+    pick = np.argpartition(keys, k - 1, axis=1)[:, :k] if k < m else np.argsort(keys, axis=1)[:, :k]
+    pick = np.take_along_axis(pick, np.argsort(np.take_along_axis(keys, pick, axis=1), axis=1), axis=1)
+    lists = np.where(explore, others[pick], top[None, :])
+    propensity = np.where(explore, epsilon / m, 1.0 - epsilon)
+    return lists.astype(np.int64), propensity
+
+
+def _item_counts(events: pa.Table, item_ids: np.ndarray) -> np.ndarray:
+    """[n_items] events per catalogue position of ``events``' item ids."""
+    position = pc.index_in(events.column(schema.ITEM_ID), value_set=pa.array(item_ids, pa.string()))
+    position = position.drop_null().to_numpy(zero_copy_only=False)
+    return np.bincount(position, minlength=len(item_ids)).astype(np.float64)
 
 
 def _session_names(user_ids: np.ndarray, plan: _SessionPlan, *, suffix: str) -> Callable[[np.ndarray], list[str]]:
@@ -1038,18 +1118,33 @@ def write_shop(cfg: Config, *, progress: Callable[[str], object] = print) -> dic
     """
     started = time.perf_counter()
     simulator = ShopSimulator(cfg.simulator)
-    events = simulator.generate_events()
+    shop = simulator.live()
     progress(
-        f"simulated {events.num_rows} events of {cfg.simulator.n_users} users in {time.perf_counter() - started:.1f}s"
+        f"simulated {shop.history.num_rows} events of {cfg.simulator.n_users} users in {time.perf_counter() - started:.1f}s"
+        + (
+            f"; the last {simulator.logged_days} days shown {logging_policy_name(cfg.simulator)} lists "
+            f"({shop.impressions.num_rows} impressions)"
+            if simulator.logged_days
+            else ""
+        )
     )
-    return write_window(cfg, simulator, events, progress=progress)
+    return write_window(cfg, simulator, shop.history, impressions=shop.impressions, progress=progress)
 
 
 def write_window(
-    cfg: Config, simulator: ShopSimulator, events: pa.Table, *, progress: Callable[[str], object] = print
+    cfg: Config,
+    simulator: ShopSimulator,
+    events: pa.Table,
+    *,
+    impressions: pa.Table | None = None,
+    progress: Callable[[str], object] = print,
 ) -> dict:
     """Write the simulator's catalogue and its window's ``events`` (with event_date) to the warehouse,
-    one partition per day (empty days too), replacing the previous shop; the counts of ``write_shop``."""
+    one partition per day (empty days too), replacing the previous shop; the counts of ``write_shop``.
+
+    ``impressions``, if given, replace the impressions table too: one shown_date partition per day
+    they cover, and no other (a previous shop's impressions would be credited with this shop's events).
+    """
     items = simulator.items_table()
     storage.write_partition(items, cfg.layout.table(schema.ITEMS))
 
@@ -1065,9 +1160,12 @@ def write_window(
         storage.write_partition(part, cfg.layout.partition(schema.EVENTS, str(day)))
         if (i + 1) % every == 0 or i + 1 == len(days):
             progress(f"wrote events up to {day} ({i + 1}/{len(days)} days, {int(bounds[i + 1])} events)")
-    _remove_stale_partitions(cfg, {str(day) for day in days}, progress)
+    _remove_stale_partitions(cfg, schema.EVENTS, {str(day) for day in days}, progress)
+    shown_days = _write_impressions(cfg, impressions, progress) if impressions is not None else []
     return {
         "events": events.num_rows,
+        "impressions": 0 if impressions is None else impressions.num_rows,
+        "impression_days": len(shown_days),
         "items": items.num_rows,
         "users": pc.count_distinct(events.column(schema.USER_ID)).as_py(),
         "days": len(days),
@@ -1076,11 +1174,27 @@ def write_window(
     }
 
 
-def _remove_stale_partitions(cfg: Config, keep: set[str], progress: Callable[[str], object]) -> None:
-    """Event partitions of a previous shop outside the new window would mix two shops: remove them."""
-    root = Path(cfg.layout.table(schema.EVENTS))
+def _write_impressions(cfg: Config, impressions: pa.Table, progress: Callable[[str], object]) -> list[str]:
+    """One partition per shown_date (the UTC day of shown_time) of ``impressions``; returns those days."""
+    day = pc.cast(pc.cast(impressions.column(schema.SHOWN_TIME), pa.timestamp("us")), pa.date32())
+    days = sorted({str(d) for d in pc.unique(day).to_pylist()})
+    for shown_date in days:
+        part = impressions.filter(pc.equal(day, pa.scalar(dt.date.fromisoformat(shown_date), pa.date32())))
+        storage.write_partition(part, cfg.layout.partition(schema.IMPRESSIONS, shown_date))
+    _remove_stale_partitions(cfg, schema.IMPRESSIONS, set(days), progress)
+    if days:
+        progress(f"wrote {impressions.num_rows} impressions of the logging policy, {days[0]}..{days[-1]}")
+    return days
+
+
+def _remove_stale_partitions(cfg: Config, table: str, keep: set[str], progress: Callable[[str], object]) -> None:
+    """Partitions of a previous shop outside the new one's days would mix two shops: remove them."""
+    root = Path(cfg.layout.table(table))
+    if not root.is_dir():
+        return
+    partition = re.compile(rf"^{cfg.layout.partition_column(table)}=(\d{{4}}-\d{{2}}-\d{{2}})$")
     for folder in sorted(root.iterdir()):
-        match = _PARTITION.match(folder.name)
+        match = partition.match(folder.name)
         if match and match.group(1) not in keep:
             shutil.rmtree(folder)
             progress(f"removed stale partition {folder} (outside the new shop's window)")

@@ -140,3 +140,53 @@ def test_torch_build_cpu_adds_the_cpu_index_to_the_installs_that_can_fetch_torch
 def test_an_unknown_torch_build_is_refused_by_name():
     done = _dry_run_install("TORCH_BUILD=cuda")
     assert done.returncode != 0 and "TORCH_BUILD=cuda is not a torch build" in done.stderr
+
+
+def _dry_run(target: str, venv: Path, *what_if: str) -> list[str]:
+    """The pip installs `make -n TARGET` would run with ``venv`` already installed (both stamps newer than
+    the locks), as if the files ``what_if`` had just changed."""
+    for stamp in (".installed", ".installed-dev"):
+        (venv / stamp).touch()
+    done = subprocess.run(
+        ["make", "-n", "-C", str(ROOT), target, f"VENV={os.path.relpath(venv, ROOT)}",
+         *(f"--what-if={name}" for name in what_if)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return [line for line in done.stdout.splitlines() if " pip " in line and " install " in line]
+
+
+def test_run_installs_the_runtime_lock_only_and_test_lint_bench_add_the_development_one(tmp_path):
+    venv = tmp_path / ".venv"
+    venv.mkdir()
+    for target in ("install", "run"):
+        installs = _dry_run(target, venv, "requirements.txt", "requirements-dev.txt")
+        assert any("-r requirements.txt" in line for line in installs), target
+        assert not any("requirements-dev.txt" in line for line in installs), target
+    for target in ("test", "lint", "bench"):
+        installs = _dry_run(target, venv, "requirements.txt")
+        assert any("-r requirements.txt" in line for line in installs), target
+        # A reinstalled runtime lock reinstalls the development pins beside it (stamp order).
+        assert any("--no-deps" in line and "-r requirements-dev.txt" in line for line in installs), target
+
+
+def test_a_changed_lock_reinstalls_only_what_it_pins(tmp_path):
+    venv = tmp_path / ".venv"
+    venv.mkdir()
+    assert _dry_run("test", venv) == []  # both stamps current: nothing to install
+    dev_only = _dry_run("test", venv, "requirements-dev.txt")
+    assert len(dev_only) == 1 and "-r requirements-dev.txt" in dev_only[0]
+    assert _dry_run("run", venv, "requirements-dev.txt") == []
+
+
+def test_the_runtime_lock_holds_no_development_package_and_no_pin_is_in_both():
+    def pins(name: str) -> dict[str, str]:
+        lines = (ROOT / name).read_text().splitlines()
+        return dict(line.split("==", 1) for line in lines if line[:1].isalnum())
+
+    runtime, dev = pins("requirements.txt"), pins("requirements-dev.txt")
+    assert {"pytest", "ruff", "duckdb", "moto"} <= dev.keys()
+    assert not {"pytest", "ruff", "duckdb", "moto", "cfn-lint", "aws-xray-sdk", "docker"} & runtime.keys()
+    needed_by_run = {"apache-airflow", "pyspark", "torch", "great-expectations", "optuna", "psycopg", "boto3"}
+    assert needed_by_run <= runtime.keys()
+    assert not runtime.keys() & dev.keys()

@@ -201,6 +201,8 @@ def test_write_shop_writes_items_and_one_partition_per_day(tiny_config):
     assert items.equals(ShopSimulator(sim_cfg).items_table())
     assert counts == {
         "events": expected.num_rows,
+        "impressions": ShopSimulator(sim_cfg).live().impressions.num_rows,
+        "impression_days": min(sim_cfg.logged_days, sim_cfg.n_days - 1),
         "items": sim_cfg.n_items,
         "users": len(set(expected.column(schema.USER_ID).to_pylist())),
         "days": sim_cfg.n_days,
@@ -218,6 +220,59 @@ def test_write_shop_replaces_a_previous_shop(tiny_config):
     names = sorted(p.name for p in root.iterdir())
     assert names[0] == f"event_date={counts['first_date']}" and names[-1] == "event_date=2026-11-29"
     assert len(names) == moved.simulator.n_days
+
+
+def test_logging_policy_propensities_are_each_slots_marginal_chance():
+    """Drawn for many users, each (position, item) is shown as often as its propensity says."""
+    counts = np.array([5.0, 9.0, 1.0, 9.0, 0.0, 3.0, 2.0, 7.0])  # popular first: 1, 3 (tie, lower position), 7
+    rng = np.random.default_rng(0)
+    lists, propensity = simulator.logging_policy_lists(rng, counts, 40_000, top_k=3, epsilon=0.3)
+    assert lists.shape == propensity.shape == (40_000, 3)
+    explored = lists != np.array([1, 3, 7])
+    assert np.allclose(propensity[~explored], 0.7) and np.allclose(propensity[explored], 0.3 / 5)
+    assert not np.isin(lists[explored], [1, 3, 7]).any()
+    assert all(len(set(row)) == 3 for row in lists[:2000])  # a list never shows an item twice
+    # A small catalogue keeps K others to explore with: lists of half of it at most.
+    small, small_p = simulator.logging_policy_lists(rng, counts[:5], 200, top_k=4, epsilon=0.5)
+    assert small.shape == (200, 2) and all(len(set(row)) == 2 for row in small)
+    assert set(np.round(small_p.ravel(), 12)) == {0.5, round(0.5 / 3, 12)}
+    for position in range(3):
+        shown = np.bincount(lists[:, position], minlength=8) / len(lists)
+        expected = np.zeros(8)
+        expected[[0, 2, 4, 5, 6]] = 0.3 / 5
+        expected[[1, 3, 7][position]] = 0.7
+        assert np.abs(shown - expected).max() < 0.01, (position, shown)
+
+
+def test_the_generated_history_logs_impressions_under_the_contract(tiny_config):
+    from dql_model.judging import ope_night
+
+    cfg = tiny_config.replace(simulator={"logged_days": 3, "logging_top_k": 4, "logging_epsilon": 0.25})
+    simulator.write_shop(cfg, progress=lambda _: None)
+    root = Path(cfg.layout.table(schema.IMPRESSIONS))
+    days = ["2026-11-25", "2026-11-26", "2026-11-27"]  # the window's last logged_days days
+    assert sorted(p.name for p in root.iterdir()) == [f"shown_date={d}" for d in days]
+    events = simulator.ShopSimulator(cfg.simulator).generate_events().to_pandas()
+    m = cfg.simulator.n_items - 4
+    for day in days:
+        part = storage.read_partition(root / f"shown_date={day}")
+        assert part.schema.equals(schema.arrow_schema(schema.IMPRESSIONS))
+        rows = part.to_pandas()
+        accepted, rejected, _ = ope_night.check_impressions(rows, partition=day)
+        assert rejected == [] and len(accepted) == len(rows) > 0
+        assert (rows.shown_time.dt.date.astype(str) == day).all()
+        assert set(np.round(rows.propensity, 12)) <= {0.75, round(0.25 / m, 12)}
+        assert (rows.propensity > 0).all() and (rows.propensity <= 1).all()
+        # Every request shows one full list, positions 1..K, each item once.
+        per_request = rows.groupby("request_id")
+        assert (per_request.position.apply(sorted).map(tuple) == (1, 2, 3, 4)).all()
+        assert (per_request.item_id.nunique() == 4).all()
+        assert set(rows.model_version) == {simulator.logging_policy_name(cfg.simulator)}
+        # A request is a visit: the shopper has events that day, in the session named by the request.
+        that_day = events[events.event_time.dt.date.astype(str) == day]
+        assert set(rows.request_id) <= set(that_day.session_id)
+    regenerated = simulator.write_shop(cfg.replace(simulator={"logged_days": 0}), progress=lambda _: None)
+    assert regenerated["impressions"] == 0 and not list(root.iterdir())  # a new shop drops the old log
 
 
 def test_warehouse_has_events_ignores_empty_folders(tiny_config):
