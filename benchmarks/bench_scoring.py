@@ -151,7 +151,7 @@ def scoring_step(writer: str, n_items: int, n_users: int, folder: Path) -> dict[
             del table
         else:
             with contextlib.closing(engines.ranked_batches(model, states, items, policy, **options)) as ranked:
-                written = engines.write_batches(ranked, folder, exclude=policy.exclude, n_users=n_users, say=lambda *a, **k: None)
+                written = engines.write_batches(ranked, folder, exclude=policy.exclude, n_users=n_users, say=lambda line: None)
             rows, users = written.rows, written.users
     files = sorted(folder.glob("part-*.parquet"))
     return {

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -229,7 +230,7 @@ def write_batches(
     *,
     exclude: str,
     n_users: int,
-    say=print,
+    say: Callable[[str], None] | None = None,
 ) -> Written:
     """Stream ``ranked_batches`` into the partition folder ``path`` (``storage.write_partition_stream``,
     ``ROWS_PER_PART`` rows per part file) and count what the summary reports on the way.
@@ -238,8 +239,9 @@ def write_batches(
     deterministic order; readers order them by user and rank. Until the last part is written the
     previous partition stays in place: a crash mid-scoring leaves it whole, and the fault point
     ``score:part_written`` (after each part file) lets a test kill the process there. ``n_users``
-    (the users being scored) and ``say`` give a progress line per part file.
+    (the users being scored) and ``say`` (default: print) give a progress line per part file.
     """
+    say = say or functools.partial(print, flush=True)
     tally = {"rows": 0, "users": 0, "sources": dict.fromkeys(schema.SOURCES, 0), "counts": MaskCounts.zero(exclude)}
     started = time.perf_counter()
 
@@ -259,7 +261,7 @@ def write_batches(
         rate = done / seconds if seconds > 0 else 0.0
         left = f", about {(n_users - done) / rate:.0f} s left" if rate and done < n_users else ""
         say(f"[dqlrec] scoring: {Path(file).name} written ({rows:,} rows); "
-            f"{done:,} of {n_users:,} users in {seconds:.0f} s ({rate:,.0f}/s){left}", flush=True)
+            f"{done:,} of {n_users:,} users in {seconds:.0f} s ({rate:,.0f}/s){left}")
 
     storage.write_partition_stream(
         tables(),
