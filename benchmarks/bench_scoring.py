@@ -9,35 +9,68 @@ Arrow rows) is timed end to end. Its useful arithmetic is the matrix product Q =
 shape as one scoring chunk ([users per chunk, 64] × [64, n_items + 1]) and a large square
 product give the machine's matrix-multiply rate, so the table says how close scoring comes to it.
 
+Then the memory of the scoring step as the scoring task runs it (``--memory-only``: this part alone):
+500k users over 20k items at K = 20 (10M rows), ranked and written to a partition, once as the task
+did before it streamed (``rank_users``' one table of every row, then ``storage.write_partition``) and
+once as it does now (``ranked_batches`` into ``write_batches``: part files written as the batches come).
+Each runs in a child process of its own; the kernel's high-water mark of resident memory is restarted
+after the inputs are built (``common.reset_peak_rss``), so "step peak" is the step's own peak, and
+"above inputs" what the step added to the model, states and catalogue it was given.
+
     python -m benchmarks.bench_scoring            # or: make bench
     python -m benchmarks.bench_scoring --quick    # fewer users, one repeat (a smoke run)
+    python -m benchmarks.bench_scoring --memory-only [--memory-users 1400000 --memory-items 20000]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
+import json
 import os
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 
-from benchmarks.common import Timer, machine, peak_rss_mib, print_table, quick_mode, write_json
-from dql_model.config import ModelConfig
+from benchmarks.common import (
+    Timer,
+    machine,
+    peak_rss_mib,
+    print_table,
+    quick_mode,
+    reset_peak_rss,
+    rss_mib,
+    write_json,
+)
+from dql_model.config import ModelConfig, PublishConfig, ScoreConfig
+from dql_model.contract import schema
 from dql_model.learning.networks import QNetwork
+from dql_model.scoring import engines
 from dql_model.scoring.engines import score_users
 from dql_model.scoring.policy import Policy
 from dql_model.scoring.ranking import SCORES_PER_CHUNK
-from dql_model.warehouse import data
+from dql_model.warehouse import data, storage
 
 EMBED, TOP_K, MAX_LEN, BATCH_SIZE = 64, 20, 20, 2048
 CASES = ((10_000, 32_768), (100_000, 8_192))
 """(items, users) per row of the table: enough users for a few seconds of work per run."""
+MEMORY_CASE, MEMORY_QUICK, MEMORY_EMBED = (20_000, 500_000), (500, 4_000), 16
+"""(items, users) of the memory comparison, full and quick, and its model's embedding (a small model:
+the figures are about the rows, so the arithmetic is kept short)."""
+WRITERS = ("one table", "streamed")
+"""How the scoring step writes its rows: before the streaming change, and now."""
 
 
 def best_seconds(run: Callable[[], object], repeats: int) -> tuple[float, float]:
@@ -65,11 +98,11 @@ def matmul_gflops(m: int, k: int, n: int, repeats: int) -> float:
     return 2 * m * k * n * calls / best / 1e9
 
 
-def synthetic_inputs(n_items: int, n_users: int, seed: int = 0):
+def synthetic_inputs(n_items: int, n_users: int, seed: int = 0, embed: int = EMBED):
     """A random QNetwork, tonight's items, user states (1% empty, a few purchases each), popularity."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    model = QNetwork(n_items, 50, ModelConfig(embed_dim=EMBED, hidden_dim=EMBED)).eval()
+    model = QNetwork(n_items, 50, ModelConfig(embed_dim=embed, hidden_dim=embed)).eval()
     model.set_item_features(rng.integers(1, 51, n_items + 1), rng.integers(1, 17, n_items + 1))
     available = rng.random(n_items + 1) > 0.05
     available[0] = False
@@ -95,14 +128,113 @@ def synthetic_inputs(n_items: int, n_users: int, seed: int = 0):
     return model, items, states, rng.poisson(5.0, n_items + 1).astype(np.float64)
 
 
+def scoring_step(writer: str, n_items: int, n_users: int, folder: Path) -> dict[str, object]:
+    """One scoring step in this process on synthetic inputs, the task's defaults (K, batch size), writing
+    the partition ``folder`` as ``writer`` says; its seconds, the step's peak memory and the files."""
+    model, items, states, popularity = synthetic_inputs(n_items, n_users, embed=MEMORY_EMBED)
+    policy = Policy(top_k=ScoreConfig().top_k)
+    options = {
+        "batch_size": ScoreConfig().batch_size,
+        "popularity": popularity,
+        "model_version": "bench",
+        "generated_at": datetime(2026, 11, 27, tzinfo=UTC),
+    }
+    gc.collect()
+    inputs = rss_mib()
+    exact = reset_peak_rss()
+    with Timer() as t:
+        if writer == "one table":  # score_with_torch before it streamed: every row, then the files
+            table, _ = engines.rank_users(model, states, items, policy, **options)
+            storage.write_partition(table, folder, rows_per_file=PublishConfig().rows_per_file)
+            rows, _ = table.num_rows, pc.value_counts(table.column(schema.SOURCE))
+            users = pc.count_distinct(table.column(schema.USER_ID)).as_py()
+            del table
+        else:
+            with contextlib.closing(engines.ranked_batches(model, states, items, policy, **options)) as ranked:
+                written = engines.write_batches(ranked, folder, exclude=policy.exclude, n_users=n_users, say=lambda line: None)
+            rows, users = written.rows, written.users
+    files = sorted(folder.glob("part-*.parquet"))
+    return {
+        "writer": writer,
+        "items": n_items,
+        "users": n_users,
+        "rows": rows,
+        "users_with_rows": users,
+        "seconds": t.seconds,
+        "inputs_rss_mib": inputs,
+        "step_peak_rss_mib": peak_rss_mib(),
+        "peak_is_the_steps": exact,
+        "part_files": len(files),
+        "largest_part_mib": max(f.stat().st_size for f in files) / 2**20,
+        "largest_part_rows": max(pq.ParquetFile(f).metadata.num_rows for f in files),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def memory_comparison(n_items: int, n_users: int) -> list[dict[str, object]]:
+    """``scoring_step`` of each writer in a child process of its own (a fresh high-water mark each)."""
+    records = []
+    root = Path(__file__).resolve().parents[1]
+    for writer in WRITERS:
+        with tempfile.TemporaryDirectory(prefix="dqlrec-bench-scoring-") as tmp:
+            out = Path(tmp) / "figures.json"
+            command = [
+                sys.executable, "-m", "benchmarks.bench_scoring", "--memory-child", writer,
+                "--memory-items", str(n_items), "--memory-users", str(n_users), "--memory-out", str(out),
+            ]  # fmt: skip
+            subprocess.run(command, cwd=root, check=True)
+            records.append(json.loads(out.read_text()))
+    header = ["writer", "users", "items", "rows", "seconds", "inputs MiB", "step peak MiB", "above inputs MiB",
+              "part files", "largest part MiB"]  # fmt: skip
+    rows = [
+        [r["writer"], r["users"], r["items"], r["rows"], r["seconds"], r["inputs_rss_mib"], r["step_peak_rss_mib"],
+         r["step_peak_rss_mib"] - r["inputs_rss_mib"], r["part_files"], r["largest_part_mib"]]
+        for r in records
+    ]  # fmt: skip
+    exact = all(r["peak_is_the_steps"] for r in records)
+    print_table(
+        f"Memory of the scoring step, top-{ScoreConfig().top_k}, batches of {ScoreConfig().batch_size} users, "
+        f"embedding {MEMORY_EMBED}, "
+        f"torch on {records[0]['torch_threads']} thread(s), each writer in its own process",
+        header,
+        rows,
+    )
+    print(
+        "step peak: the kernel's high-water mark of resident memory "
+        + ("restarted after the inputs were built" if exact else "since the process started (no reset allowed here)")
+        + "; above inputs: what the step added to the model, states and catalogue it was given."
+    )
+    return records
+
+
 def main(argv: Sequence[str] = ()) -> None:
     """`python -m benchmarks` calls this without arguments: the full run."""
     args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     args.add_argument("--quick", action="store_true", help="fewer users and one repeat")
+    args.add_argument("--memory-only", action="store_true", help="only the memory of the scoring step")
+    args.add_argument("--memory-users", type=int, default=None, help=f"users of the memory comparison ({MEMORY_CASE[1]:,})")
+    args.add_argument("--memory-items", type=int, default=None, help=f"items of the memory comparison ({MEMORY_CASE[0]:,})")
+    args.add_argument("--memory-child", choices=WRITERS, help=argparse.SUPPRESS)
+    args.add_argument("--memory-out", help=argparse.SUPPRESS)
     options = args.parse_args(list(argv))
-    repeats, user_share = (1, 8) if options.quick or quick_mode() else (3, 1)
-
+    quick = options.quick or quick_mode()
+    n_items = options.memory_items or (MEMORY_QUICK if quick else MEMORY_CASE)[0]
+    n_users = options.memory_users or (MEMORY_QUICK if quick else MEMORY_CASE)[1]
+    if options.memory_child:  # one writer's run, in the child memory_comparison started
+        with tempfile.TemporaryDirectory(prefix="dqlrec-bench-scoring-") as tmp:
+            figures = scoring_step(options.memory_child, n_items, n_users, Path(tmp) / "run_date=2026-11-27")
+        Path(options.memory_out).write_text(json.dumps(figures))
+        return
     started = time.perf_counter()
+    if options.memory_only:
+        write_json("bench_scoring_memory", {"memory": memory_comparison(n_items, n_users)})
+        return
+    throughput(quick, started, memory_comparison(n_items, n_users))
+
+
+def throughput(quick: bool, started: float, memory: list[dict[str, object]]) -> None:
+    """The throughput table, then the JSON record with ``memory``'s figures beside it."""
+    repeats, user_share = (1, 8) if quick else (3, 1)
     square = 2048
     peak = matmul_gflops(square, square, square, repeats)
     load = os.getloadavg()[0]
@@ -179,6 +311,7 @@ def main(argv: Sequence[str] = ()) -> None:
             "load_average_at_start": load,
             "seconds": round(time.perf_counter() - started, 1),
             "peak_rss_mib": round(peak_rss_mib()),
+            "memory": memory,
             "machine_at_end": machine(),
         },
     )

@@ -60,6 +60,24 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def rss_mib() -> float:
+    """Resident memory of this process now (Linux: /proc/self/statm); 0.0 where that file is missing."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        return 0.0
+
+
+def reset_peak_rss() -> bool:
+    """Restart ``peak_rss_mib`` from the memory resident now (Linux: ``5`` to /proc/self/clear_refs), so
+    that it measures one step; False where the kernel does not allow it (the peak then counts from the start)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
 class Timer:
     def __enter__(self) -> Timer:
         self.start = time.perf_counter()

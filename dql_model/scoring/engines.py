@@ -1,8 +1,11 @@
 """The two scoring engines side by side, behind one result: ``ScoringSummary``.
 
-- torch: ``score_users`` ranks every user in this process, batches in parallel on the CPU cores
-  (or on a GPU); ``score_with_torch`` feeds it tonight's partitions and writes the staged
-  recommendations and the summary.
+- torch: ``ranked_batches`` ranks every user in this process, batches in parallel on the CPU cores
+  (or on a GPU), and hands each batch on as soon as it is ranked; ``score_with_torch`` feeds it
+  tonight's partitions and streams the batches into the staged partition's part files
+  (``write_batches``), so the rows of the night are never in memory together; the summary's counts
+  are added up batch by batch. ``score_users`` / ``rank_users`` gather every batch into one table in
+  the users' input order, for callers that rank a sample in memory (the gate's candidates).
 - spark: ``score_with_spark`` runs the Spark job ``jobs/score_recommendations.py`` as a child
   process (``dql_model`` never imports ``jobs/``). The job broadcasts a ``ScoringPayload``
   (``dql_model.scoring.payload``) and ranks on the executors; it writes the same partition and
@@ -17,9 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
-from collections.abc import Iterator
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
+from dql_model import faults
 from dql_model.config import Config
 from dql_model.contract import schema, steps
 from dql_model.learning import registry
@@ -42,6 +49,13 @@ from dql_model.scoring.masks import MaskCounts
 from dql_model.scoring.policy import Policy
 from dql_model.scoring.ranking import Catalogue, Ranker, canonical_batches, take_states, user_keys
 from dql_model.warehouse import data, storage
+
+ROWS_PER_PART = 4_000_000
+"""Rows per Parquet part file of the staged recommendations (the torch engine's): about 25 MB of zstd
+Parquet (``bench_scoring`` measured 6.2 MB per million rows, one row group per batch). The rows go to
+the file as the batches come, so this sizes the files for readers; memory holds one batch's rows."""
+AHEAD_PER_WORKER = 2
+"""Batches each scoring thread may rank ahead of the writer (``ranked_batches``)."""
 
 
 @dataclass(frozen=True)
@@ -117,11 +131,29 @@ def one_thread_per_batch(device: torch.device | str = "cpu") -> Iterator[int]:
 def score_users(
     model: QNetwork, states: data.UserStates, items: data.ItemFeatures, policy: Policy, **options: Any
 ) -> pa.Table:
-    """Recommendations for every user in ``states``: ``rank_users``' table (same arguments)."""
+    """Recommendations for every user in ``states``: ``rank_users``' table (``ranked_batches``' arguments)."""
     return rank_users(model, states, items, policy, **options)[0]
 
 
 def rank_users(
+    model: QNetwork, states: data.UserStates, items: data.ItemFeatures, policy: Policy, **options: Any
+) -> tuple[pa.Table, MaskCounts]:
+    """Recommendations for every user in ``states``, schema ``arrow_schema(RECOMMENDATIONS)``, and what
+    the masks took from those users (``Ranker.count_masks``); ``ranked_batches``' arguments.
+
+    Rows come per user in input order, ranks 1..K. All of them are in memory at once: for a night's
+    users, ``score_with_torch`` streams ``ranked_batches`` to disk instead.
+    """
+    ranked = list(ranked_batches(model, states, items, policy, **options))
+    if not ranked:
+        return schema.arrow_schema(schema.RECOMMENDATIONS).empty_table(), MaskCounts.zero(policy.exclude)
+    tables, owners, counts = zip(*ranked, strict=True)
+    # Back to the input order of users; rows of one user stay in rank order (stable sort).
+    order = np.argsort(np.concatenate(owners), kind="stable")
+    return pa.concat_tables(tables).take(pa.array(order)), sum(counts, MaskCounts.zero(policy.exclude))
+
+
+def ranked_batches(
     model: QNetwork,
     states: data.UserStates,
     items: data.ItemFeatures,
@@ -133,19 +165,21 @@ def rank_users(
     generated_at: datetime,
     device: torch.device | str = "cpu",
     source: str = schema.SOURCE_DQN,
-) -> tuple[pa.Table, MaskCounts]:
-    """Recommendations for every user in ``states``, schema ``arrow_schema(RECOMMENDATIONS)``, and what
-    the masks took from those users (``Ranker.count_masks``).
+) -> Iterator[tuple[pa.Table, np.ndarray, MaskCounts]]:
+    """Each canonical batch of ``states`` ranked, in batch order, as soon as it is done: (its rows, by
+    user then rank; each row's user as a position in ``states``; what the masks took from its users).
 
     ``items`` is tonight's item index (availability, ids and categories; it may have more items
     than the model); ``popularity`` holds a score per item_idx for the fallback (e.g. action
-    counts). Rows come per user in input order, ranks 1..K; a user gets fewer than K rows only
-    when fewer items are left after masking. The model is moved to ``device`` and set to eval mode.
+    counts). A user gets fewer than K rows only when fewer items are left after masking. The model
+    is moved to ``device`` and set to eval mode. Batches run side by side, one per core
+    (``one_thread_per_batch``), at most ``AHEAD_PER_WORKER`` per core ahead of the consumer: what is
+    held is a few batches' rows, whatever the number of users.
     """
     keys = user_keys(states.user_id)
     batches = canonical_batches(states.user_id, keys, batch_size)
     if not batches:
-        return schema.arrow_schema(schema.RECOMMENDATIONS).empty_table(), MaskCounts.zero(policy.exclude)
+        return
     with one_thread_per_batch(device) as workers:
         ranker = Ranker(
             model,
@@ -162,12 +196,81 @@ def rank_users(
             table, user = ranker.rank_batch(batch_states, keys[batch])
             return table, batch[user], ranker.count_masks(batch_states)
 
+        workers = min(workers, len(batches))
         # torch releases the GIL in its kernels: one Python thread per core scores batches side by side.
-        with ThreadPoolExecutor(max_workers=min(workers, len(batches))) as pool:
-            tables, owners, counts = zip(*pool.map(score_one, batches), strict=True)
-    # Back to the input order of users; rows of one user stay in rank order (stable sort).
-    order = np.argsort(np.concatenate(owners), kind="stable")
-    return pa.concat_tables(tables).take(pa.array(order)), sum(counts, MaskCounts.zero(policy.exclude))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            ahead: deque = deque()
+            try:
+                for batch in batches:
+                    ahead.append(pool.submit(score_one, batch))
+                    if len(ahead) > AHEAD_PER_WORKER * workers:
+                        yield ahead.popleft().result()
+                while ahead:
+                    yield ahead.popleft().result()
+            finally:  # the consumer stopped early (a failed write): drop the batches not started
+                for pending in ahead:
+                    pending.cancel()
+
+
+@dataclass(frozen=True)
+class Written:
+    """What ``write_batches`` wrote, counted batch by batch as the rows went to disk."""
+
+    rows: int
+    users: int
+    """Users with at least one row."""
+    sources: dict[str, int]
+    """Rows per source, every source of ``schema.SOURCES`` listed."""
+    counts: MaskCounts
+
+
+def write_batches(
+    batches: Iterable[tuple[pa.Table, np.ndarray, MaskCounts]],
+    path: str | os.PathLike[str],
+    *,
+    exclude: str,
+    n_users: int,
+    say: Callable[[str], None] | None = None,
+) -> Written:
+    """Stream ``ranked_batches`` into the partition folder ``path`` (``storage.write_partition_stream``,
+    ``ROWS_PER_PART`` rows per part file) and count what the summary reports on the way.
+
+    Rows are in batch order (batches by crc32(user_id) bucket, users by user_id within), a
+    deterministic order; readers order them by user and rank. Until the last part is written the
+    previous partition stays in place: a crash mid-scoring leaves it whole, and the fault point
+    ``score:part_written`` (after each part file) lets a test kill the process there. ``n_users``
+    (the users being scored) and ``say`` (default: print) give a progress line per part file.
+    """
+    say = say or functools.partial(print, flush=True)
+    tally = {"rows": 0, "users": 0, "sources": dict.fromkeys(schema.SOURCES, 0), "counts": MaskCounts.zero(exclude)}
+    started = time.perf_counter()
+
+    def tables() -> Iterator[pa.Table]:
+        for table, _, counts in batches:
+            tally["rows"] += table.num_rows
+            tally["users"] += pc.count_distinct(table.column(schema.USER_ID)).as_py()
+            for counted in pc.value_counts(table.column(schema.SOURCE)).to_pylist():
+                tally["sources"][counted["values"]] += counted["counts"]
+            tally["counts"] = tally["counts"] + counts
+            yield table
+
+    def part_written(file: os.PathLike[str], rows: int) -> None:
+        faults.point("score:part_written")
+        seconds = time.perf_counter() - started
+        done = tally["users"]
+        rate = done / seconds if seconds > 0 else 0.0
+        left = f", about {(n_users - done) / rate:.0f} s left" if rate and done < n_users else ""
+        say(f"[dqlrec] scoring: {Path(file).name} written ({rows:,} rows); "
+            f"{done:,} of {n_users:,} users in {seconds:.0f} s ({rate:,.0f}/s){left}")
+
+    storage.write_partition_stream(
+        tables(),
+        path,
+        schema=schema.arrow_schema(schema.RECOMMENDATIONS),
+        rows_per_file=ROWS_PER_PART,
+        on_part=part_written,
+    )
+    return Written(**tally)
 
 
 def score_with_torch(cfg: Config, run_date: str, version: str) -> ScoringSummary:
@@ -186,7 +289,7 @@ def score_with_torch(cfg: Config, run_date: str, version: str) -> ScoringSummary
         print(f"[dqlrec] scoring the {len(states)} users active since {since:%Y-%m-%d} (score.active_window)", flush=True)
     transitions = layout.partition(schema.TRANSITIONS, run_date)
     popularity = data.action_counts(transitions, n_items=items.n_items, split=(schema.TRAIN, schema.VALIDATION))
-    table, counts = rank_users(
+    ranked = ranked_batches(
         model,
         states,
         items,
@@ -199,19 +302,19 @@ def score_with_torch(cfg: Config, run_date: str, version: str) -> ScoringSummary
         source=registry.model_source(meta),
     )
     path = layout.staged(schema.RECOMMENDATIONS, run_date)
-    storage.write_partition(table, path, rows_per_file=cfg.publish.rows_per_file)
-    per_source = dict(zip(*(c.to_pylist() for c in pc.value_counts(table.column(schema.SOURCE)).flatten()), strict=True))
+    with contextlib.closing(ranked):  # a failed write stops the batches still being ranked
+        written = write_batches(ranked, path, exclude=policy.exclude, n_users=len(states))
     summary = ScoringSummary(
         run_date=run_date,
         path=path,
-        rows=table.num_rows,
-        users=pc.count_distinct(table.column(schema.USER_ID)).as_py(),
+        rows=written.rows,
+        users=written.users,
         model_version=version,
         top_k=policy.top_k,
         engine=f"torch ({device})",
-        sources={name: int(per_source.get(name, 0)) for name in schema.SOURCES},
-        masked=counts.masked,
-        short_lists=counts.short_lists,
+        sources=written.sources,
+        masked=written.counts.masked,
+        short_lists=written.counts.short_lists,
     )
     summary.write(layout.scoring_summary(run_date))
     return summary

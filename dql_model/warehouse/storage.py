@@ -34,6 +34,7 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +167,54 @@ def _write_parts(table: pa.Table, folder: Path, rows_per_file: int) -> None:
     n_files = max(1, -(-table.num_rows // rows_per_file))
     for i in range(n_files):
         pq.write_table(table.slice(i * rows_per_file, rows_per_file), folder / PART_TEMPLATE.format(i), compression="zstd")
+
+
+def write_partition_stream(
+    tables: Iterable[pa.Table],
+    final: str | os.PathLike[str],
+    *,
+    schema: pa.Schema,
+    rows_per_file: int = 1_000_000,
+    on_part: Callable[[Path, int], None] | None = None,
+) -> list[Path]:
+    """``write_partition`` for a table that arrives in pieces: each piece is written when it comes.
+
+    Part files hold ``rows_per_file`` rows each (the last fewer; one empty file when no rows come), as
+    ``write_partition`` cuts one table, so the same rows in the same order give files of the same rows
+    (row groups follow the pieces). Only the piece at hand is in memory. ``on_part(path, rows)`` is called when a part file is closed. A
+    failure or a kill before the last piece leaves the previous partition in place (``write_folder``).
+    """
+    if rows_per_file < 1:
+        raise ValueError(f"rows_per_file must be at least 1, got {rows_per_file}")
+    return write_folder(final, lambda staged: _stream_parts(tables, staged, schema, rows_per_file, on_part))
+
+
+def _stream_parts(tables, folder: Path, schema: pa.Schema, rows_per_file: int, on_part) -> None:
+    writer, path, in_part, parts = None, None, 0, 0
+
+    def close() -> None:
+        writer.close()
+        if on_part is not None:
+            on_part(path, in_part)
+
+    for table in tables:
+        if not table.schema.equals(schema):
+            raise ValueError(f"a piece of partition {folder.name} has schema {table.schema}, not the partition's {schema}")
+        offset = 0
+        while offset < table.num_rows:
+            if writer is None:
+                path = folder / PART_TEMPLATE.format(parts)
+                writer, in_part, parts = pq.ParquetWriter(path, schema, compression="zstd"), 0, parts + 1
+            piece = table.slice(offset, rows_per_file - in_part)
+            writer.write_table(piece)
+            offset, in_part = offset + piece.num_rows, in_part + piece.num_rows
+            if in_part == rows_per_file:
+                close()
+                writer = None
+    if writer is not None:
+        close()
+    elif parts == 0:  # no rows at all: one empty file carries the schema, as write_partition writes
+        pq.write_table(schema.empty_table(), folder / PART_TEMPLATE.format(0), compression="zstd")
 
 
 def _remove(path: Path) -> None:

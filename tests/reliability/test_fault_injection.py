@@ -59,6 +59,7 @@ NIGHT_POINTS = [
     "registry:version_staged",  # the new version's files written, not yet renamed into the registry
     "train_model:end",
     "evaluate_and_gate:end",  # champion pointer moved, evaluation.json written
+    "score:part_written",  # the first part of tonight's recommendations streamed to the swap area
     "swap:staged",  # the first swap of the night: the staged (unpublished) recommendations
     "score_users:end",
 ]

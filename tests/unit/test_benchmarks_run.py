@@ -32,7 +32,7 @@ RECORDS = {
     "bench_ops": ("ops", {"drift", "retention"}),
     "bench_quality": ("quality-quick", {"systems", "reproduction_of_recbole"}),
     "bench_scale": ("scale", {"quick", "scales", "steps", "growth"}),
-    "bench_scoring": ("bench_scoring", {"square_matmul", "cases", "repeats"}),
+    "bench_scoring": ("bench_scoring", {"square_matmul", "cases", "repeats", "memory"}),
     "bench_threads": ("threads", {"usable_cpus", "window_s", "results", "check"}),
     "bench_tradeoff": ("tradeoff", {"run_date", "seeds", "alphas", "rules", "rows", "cells"}),
     "bench_training": ("training", {"batch_size", "max_len", "model", "results", "peak_rss_mib"}),

@@ -88,3 +88,43 @@ def test_files_mixing_column_types_name_the_column_the_types_and_the_files(tmp_p
     assert "column user_id: string in part-00000.parquet; int64 in part-00001.parquet" in message
     assert "item_id" not in message.split("column user_id")[0]  # only the mixed column is named
     assert "schema at index" not in message.lower()
+
+
+# --- a partition written piece by piece -----------------------------------------------------------
+
+
+def parts(final: Path) -> list[list[int]]:
+    return [pq.read_table(f).column("v").to_pylist() for f in sorted(final.glob("part-*.parquet"))]
+
+
+def test_a_streamed_partition_cuts_its_files_as_write_partition_cuts_one_table(tmp_path):
+    pieces = [table([1, 2, 3]), table([]), table([4]), table([5, 6, 7, 8, 9])]
+    closed = []
+    streamed, whole = tmp_path / "streamed" / "d=1", tmp_path / "whole" / "d=1"
+    storage.write_partition_stream(
+        iter(pieces), streamed, schema=pieces[0].schema, rows_per_file=4, on_part=lambda f, n: closed.append((f.name, n))
+    )
+    storage.write_partition(pa.concat_tables(pieces), whole, rows_per_file=4)
+    assert parts(streamed) == parts(whole) == [[1, 2, 3, 4], [5, 6, 7, 8], [9]]
+    assert closed == [("part-00000.parquet", 4), ("part-00001.parquet", 4), ("part-00002.parquet", 1)]
+    assert (streamed / "_SUCCESS").exists()
+
+    storage.write_partition_stream(iter([]), streamed, schema=pieces[0].schema, rows_per_file=4)  # no rows tonight
+    assert parts(streamed) == [[]] and storage.read_partition(streamed).schema == pieces[0].schema
+
+
+def test_a_stream_that_fails_midway_leaves_the_previous_partition_whole(tmp_path):
+    final = tmp_path / "t" / "run_date=2026-11-27"
+    storage.write_partition(table([7, 8]), final)
+
+    def pieces():
+        yield table([1, 2, 3])
+        raise RuntimeError("the scorer died")
+
+    with pytest.raises(RuntimeError, match="the scorer died"):
+        storage.write_partition_stream(pieces(), final, schema=table([]).schema, rows_per_file=2)
+    assert read(final) == [7, 8]
+    assert not Path(swap_area(str(final.parent))).exists() or list(Path(swap_area(str(final.parent))).iterdir()) == []
+    with pytest.raises(ValueError, match="not the partition's"):
+        storage.write_partition_stream(iter([pa.table({"w": [1]})]), final, schema=table([]).schema)
+    assert read(final) == [7, 8]
