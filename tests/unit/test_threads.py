@@ -65,7 +65,7 @@ def test_the_torch_tasks_set_threads_from_the_config(monkeypatch, tiny_config):
 
     calls = []
     monkeypatch.setattr(threads, "set_torch_threads", lambda configured: calls.append(configured) or 1)
-    monkeypatch.setattr("dql_model.learning.train.train_challenger", lambda cfg, run_date, progress: {"version": "v1", "device": "cpu", "seconds": 0.0})
+    monkeypatch.setattr("dql_model.learning.train.train_challenger", lambda cfg, run_date, progress: {"version": "v1", "device": "cpu", "seconds": 0.0, "epochs": 1, "best_epoch": 1, "stopped_by": "epoch cap"})
     monkeypatch.setattr("dql_model.learning.supervised_baseline.train_and_save", lambda cfg, run_date, progress: None)
 
     class Scored:
