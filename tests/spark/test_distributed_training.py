@@ -180,3 +180,30 @@ def test_two_workers_on_a_cluster_train_as_well_as_one_process(tiny_config, shop
     with socket.socket() as probe:
         probe.settimeout(2)
         assert probe.connect_ex((host, int(port))) != 0
+
+
+def test_rank_0_decides_budget_and_early_stop_for_every_rank(spark, tiny_config, shop):
+    """On a local[...] master the ranks run on this host (TorchDistributor's local_mode). The budget and
+    the early stop are decided on rank 0's clock and validation: a rank deciding alone would hang the
+    other in its next all-reduce, and the run would not end."""
+    transitions, item_index = shop
+    cfg = config(tiny_config, epochs=40, distributed_workers=WORKERS)
+    runs = {}
+    for name, overrides in {"budget": {"max_minutes": 1e-6}, "patience": {"patience": 1, "lr": 0.05}}.items():
+        lines: list[str] = []
+        runs[name] = train.train_model(
+            cfg.replace(train=overrides),
+            transitions_dir=str(transitions),
+            item_index_dir=str(item_index),
+            progress=lines.append,
+        )
+        assert f"{WORKERS} processes on this host" in lines[0]
+
+    budget, patience = runs["budget"], runs["patience"]
+    # The budget is spent at the first step: cut at step 1 of the 10 (40 windows / 4) one process takes.
+    assert budget.stopped_by == train.STOP_BUDGET and len(budget.history) == 1
+    assert budget.history[0]["time/epoch_share"] == pytest.approx(1 / 10)
+    assert patience.stopped_by == train.STOP_CONVERGED
+    assert len(patience.history) == patience.best_epoch + 1 < 40
+    for run in runs.values():
+        assert not any(psutil.pid_exists(shard["pid"]) for shard in run.distributed["shards"])
