@@ -203,7 +203,7 @@ def _rank_main(train_one: Callable[..., Any], cfg: Config, kwargs: dict[str, Any
             {f.name: getattr(result, f.name) for f in fields(result) if f.name not in ("model", "distributed")}
         )
         summary["n_transitions"] = sum(shard["transitions"] for shard in shards)
-        return replace(
+        done = replace(
             result,
             model=result.model.cpu(),
             **summary,
@@ -215,6 +215,10 @@ def _rank_main(train_one: Callable[..., Any], cfg: Config, kwargs: dict[str, Any
                 "shards": shards,
             },
         )
+        # No rank tears its connections down while another still reads from them: gloo aborts the
+        # reader's process. (TorchDistributor's wrapper ignores the exit status: the output file counts.)
+        dist.barrier()
+        return done
     finally:
         dist.destroy_process_group()
 
