@@ -26,7 +26,7 @@ from dql_model.contract import schema
 from dql_model.learning import distributed, sequences, train
 from dql_model.ops.services import spark_home
 from tests.conftest import PROJECT_ROOT
-from tests.factories import make_shop
+from tests.factories import LOCAL_CLUSTER, make_shop
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 
@@ -38,27 +38,12 @@ MARKER = "DQLREC_DISTRIBUTED_TEST_RUN"
 CLUSTER_DRIVER = textwrap.dedent(
     """
     import json, sys, time
-    from pyspark.sql import SparkSession
     from dql_model.config import from_dict
-    from dql_model.contract.steps import FAST_JVM_OPTIONS
     from dql_model.learning import train
+    from tests.factories import local_cluster_session
 
     config_file, transitions, item_index, out = sys.argv[1:]
-    spark = (
-        SparkSession.builder.master("local-cluster[2,1,1024]")
-        .appName("dqlrec-distributed-training-test")
-        .config("spark.executor.memory", "512m")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.driver.extraJavaOptions", FAST_JVM_OPTIONS)
-        .config("spark.executor.extraJavaOptions", FAST_JVM_OPTIONS)
-        .getOrCreate()
-    )
-    status = spark.sparkContext._jsc.sc().getExecutorMemoryStatus
-    deadline = time.monotonic() + 120
-    while status().size() < 3 and time.monotonic() < deadline:  # the driver and two executors
-        time.sleep(0.5)
-    print(f"master {spark.sparkContext.master}, executors {status().size() - 1}", flush=True)
+    spark = local_cluster_session("dqlrec-distributed-training-test")
     with open(config_file) as f:
         cfg = from_dict(json.load(f))
     started = time.perf_counter()
@@ -145,8 +130,8 @@ def test_two_workers_on_a_cluster_train_as_well_as_one_process(tiny_config, shop
         timeout=300,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
-    assert "master local-cluster[2,1,1024], executors 2" in done.stdout
-    assert "2 processes on the executors of local-cluster[2,1,1024]" in done.stdout
+    assert f"master {LOCAL_CLUSTER}, executors 2" in done.stdout
+    assert f"{WORKERS} processes on the executors of {LOCAL_CLUSTER}" in done.stdout
     two = json.loads(out.read_text())
     print(
         f"\none process: {one_seconds:.1f}s, eval/ndcg@10={one.best_value:.4f}; "
