@@ -174,11 +174,14 @@ class Ranks:
 
 
 def _rank_main(train_one: Callable[..., Any], cfg: Config, kwargs: dict[str, Any]):
-    """One rank, in a process torchrun started (RANK, WORLD_SIZE, MASTER_ADDR/PORT set): ``train_one``
-    (train.train_model) with this rank's hooks; returns its TrainResult with ``distributed`` filled in."""
-    from dql_model.ops.threads import set_torch_threads
+    """One rank, in a process torchrun started (RANK, WORLD_SIZE, LOCAL_WORLD_SIZE, MASTER_ADDR/PORT set):
+    ``train_one`` (train.train_model) with this rank's hooks; returns its TrainResult with ``distributed``
+    filled in."""
+    from dql_model.ops.threads import set_torch_threads, torch_threads
 
-    set_torch_threads(cfg.train.threads)
+    # The ranks on one host share its CPUs (train.threads, 0: all usable ones) instead of each taking all.
+    on_this_host = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    set_torch_threads(max(1, torch_threads(cfg.train.threads) // on_this_host))
     device = resolve_device(cfg.train.device)
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
@@ -224,12 +227,13 @@ def _rank_main(train_one: Callable[..., Any], cfg: Config, kwargs: dict[str, Any
 
 
 def _spark(cfg: Config):
-    """The active SparkSession, else one on ``spark.master`` (the training task runs outside spark-submit)."""
+    """(The active SparkSession, False), else (a new one on ``spark.master``, True): the training task
+    runs outside spark-submit."""
     from pyspark.sql import SparkSession
 
     active = SparkSession.getActiveSession()
     if active is not None:
-        return active
+        return active, False
     builder = (
         SparkSession.builder.appName(APP_NAME)
         .master(cfg.spark.master)
@@ -238,7 +242,7 @@ def _spark(cfg: Config):
     )
     if cfg.spark.driver_java_options:
         builder = builder.config("spark.driver.extraJavaOptions", cfg.spark.driver_java_options)
-    return builder.getOrCreate()
+    return builder.getOrCreate(), True
 
 
 def train_model(
@@ -260,7 +264,7 @@ def train_model(
     workers = cfg.train.distributed_workers
     if workers < 1:
         raise ConfigError(f"train.distributed_workers={workers}: 0 trains in this process, N >= 1 in N processes")
-    spark = _spark(cfg)
+    spark, started_here = _spark(cfg)
     master = spark.sparkContext.master
     local = master == "local" or master.startswith("local[")
     cuda = resolve_device(cfg.train.device).type == "cuda"
@@ -278,8 +282,12 @@ def train_model(
         "head_weight": head_weight,
     }
     started = time.perf_counter()
-    distributor = TorchDistributor(num_processes=workers, local_mode=local, use_gpu=cuda)
-    result = distributor.run(_rank_main, train_one, cfg, kwargs)
+    try:
+        distributor = TorchDistributor(num_processes=workers, local_mode=local, use_gpu=cuda)
+        result = distributor.run(_rank_main, train_one, cfg, kwargs)
+    finally:
+        if started_here:  # its JVM would outlive the training otherwise
+            spark.stop()
     if result is None or not result.distributed:
         raise RuntimeError(f"distributed training: rank 0 returned {type(result).__name__}, not a training result")
     result.seconds = time.perf_counter() - started
