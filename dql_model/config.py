@@ -434,6 +434,11 @@ class TrainConfig(_Section):
     threads: int = 0
     """torch CPU threads of training, evaluation, scoring and simulation: 0 = the CPUs this process may use
     (affinity, cgroup quota); a positive value caps that (e.g. 1 per job when jobs share a worker's cores)."""
+    distributed_workers: int = 0
+    """0: train in this process. N >= 1: train in N processes under DistributedDataParallel, launched by
+    Spark's TorchDistributor (dql_model.learning.distributed): on this host when spark.master is local[...],
+    else one per executor task of the cluster; gloo on CPU, NCCL on CUDA. Each step's batch is split
+    between them, so the run trains the same steps as one process."""
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -264,3 +264,36 @@ def write_views_csv(path: Path, rows: list[tuple[int, int, int]]) -> Path:
     lines = ["ts,visitor,sku"] + [f"{t * 1000},v{user},sku-{item}" for t, user, item in rows]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+LOCAL_CLUSTER = "local-cluster[2,1,1024]"
+"""Two executors of one core and 1 GiB: separate JVMs and Python workers, as on a real cluster."""
+
+
+def local_cluster_session(app_name: str, **conf: str):
+    """A SparkSession on LOCAL_CLUSTER once both executors have registered (for a driver run in a child
+    process: the tests' own session is local[1]); prints ``master ..., executors N``."""
+    import time
+
+    from pyspark.sql import SparkSession
+
+    from dql_model.contract.steps import FAST_JVM_OPTIONS
+
+    builder = (
+        SparkSession.builder.master(LOCAL_CLUSTER)
+        .appName(app_name)
+        .config("spark.executor.memory", "512m")
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.driver.extraJavaOptions", FAST_JVM_OPTIONS)
+        .config("spark.executor.extraJavaOptions", FAST_JVM_OPTIONS)
+    )
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    status = spark.sparkContext._jsc.sc().getExecutorMemoryStatus
+    deadline = time.monotonic() + 120
+    while status().size() < 3 and time.monotonic() < deadline:  # the driver and two executors
+        time.sleep(0.5)
+    print(f"master {spark.sparkContext.master}, executors {status().size() - 1}", flush=True)
+    return spark

@@ -50,6 +50,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -545,6 +546,9 @@ class DQNAgent:
         self._lazy_step = 0
         self._row_synced = torch.zeros(online.n_items + 1, dtype=torch.long, device=self.device)
         self.steps = 0
+        self.step_loss: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]] = compute_loss
+        """compute_loss's signature; distributed training routes it through DistributedDataParallel,
+        which all-reduces the gradients of the backward pass."""
 
     @property
     def lazy_target(self) -> bool:
@@ -573,7 +577,7 @@ class DQNAgent:
             rows = torch.unique(torch.cat([batch_item_rows(batch), candidates.items]))
             self._catch_up_target(rows)
         with self._autocast():
-            loss, metrics = compute_loss(batch, self.online, self.target, self.cfg, candidates)
+            loss, metrics = self.step_loss(batch, self.online, self.target, self.cfg, candidates)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         metrics["grad/norm"] = self._clip_gradients()

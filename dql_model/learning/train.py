@@ -103,6 +103,10 @@ class TrainResult:
     """Validation metrics (eval/*) of the best epoch."""
     stopped_by: str = STOP_EPOCH_CAP
     """Why training ended: one of STOP_REASONS."""
+    distributed: dict[str, Any] = field(default_factory=dict)
+    """Empty from one process; with train.distributed_workers, what dql_model.learning.distributed adds:
+    workers, rendezvous, train_seconds (rank 0's, without the processes' start), log (rank 0's lines)
+    and shards (per rank: what it trained on and its process ids)."""
 
 
 
@@ -560,6 +564,7 @@ def train_model(
     head_weight: float | None = None,
     progress: Callable[[str], None] = print,
     clock: Callable[[], float] = time.perf_counter,
+    ranks: Any = None,
 ) -> TrainResult:
     """Train a Q-network on one transitions partition; see the module docstring.
 
@@ -570,9 +575,26 @@ def train_model(
     validation it is ``head_weight`` (the refit passes the gated model's), else an even blend.
     Training stops at the end of the step where ``train.max_minutes`` (from the call, by ``clock``)
     runs out; the cut epoch is evaluated like a finished one and the best epoch so far is kept.
+    With ``train.distributed_workers`` the run is dql_model.learning.distributed's: this loop in each of
+    its processes, ``ranks`` (its ``Ranks``) supplying the shards, the gradient all-reduce and rank 0's
+    evaluation.
     """
     if cfg.train.epochs < 1:
         raise ValueError(f"train.epochs={cfg.train.epochs}: need at least one epoch")
+    if cfg.train.distributed_workers and ranks is None:
+        from dql_model.learning import distributed
+
+        return distributed.train_model(
+            train_model,
+            cfg,
+            transitions_dir=transitions_dir,
+            item_index_dir=item_index_dir,
+            warm_start=warm_start,
+            exclude=exclude,
+            refit=refit,
+            head_weight=head_weight,
+            progress=progress,
+        )
     started = clock()
     budget = _Clock(clock, started, 60.0 * cfg.train.max_minutes if cfg.train.max_minutes > 0 else float("inf"))
     seed_everything(cfg.train.seed)
@@ -593,6 +615,9 @@ def train_model(
     patience = cfg.train.patience
     run = _resume(checkpoints, agent, device, progress)
     stopped_by = STOP_EPOCH_CAP
+    evaluate = _evaluate
+    if ranks is not None:  # one process of several: its shard of each batch, a DDP step, rank 0's evaluation
+        evaluate = ranks.join(setup, _evaluate)
 
     def stopped() -> bool:
         return bool(len(val)) and run.epoch - run.best_epoch >= patience
@@ -623,7 +648,7 @@ def train_model(
             row["time/epoch_share"] = done.steps / max(steps_per_epoch, done.steps)
             label += f" (cut at step {done.steps}/{steps_per_epoch})"
         if len(val):
-            row.update(_evaluate(model, val, masks, device, metric))
+            row.update(evaluate(model, val, masks, device, metric))
         row["time/epoch_s"] = clock() - epoch_start
         row["throughput/transitions_per_s"] = n_rows / max(train_seconds, 1e-9)
         run.history.append(row)

@@ -171,28 +171,12 @@ def test_incremental_nights_equal_a_full_rebuild(spark, local_nights):
 
 CLUSTER_DRIVER = textwrap.dedent(
     """
-    import sys, time
-    from pyspark.sql import SparkSession
-    from dql_model.contract.steps import FAST_JVM_OPTIONS
+    import sys
     from jobs.build_training_data import main
+    from tests.factories import local_cluster_session
 
     config_file, *nights = sys.argv[1:]
-    spark = (
-        SparkSession.builder.master("local-cluster[2,1,1024]")
-        .appName("dqlrec-local-cluster-test")
-        .config("spark.executor.memory", "512m")
-        .config("spark.sql.shuffle.partitions", "4")
-        .config("spark.ui.enabled", "false")
-        .config("spark.ui.showConsoleProgress", "false")
-        .config("spark.driver.extraJavaOptions", FAST_JVM_OPTIONS)
-        .config("spark.executor.extraJavaOptions", FAST_JVM_OPTIONS)
-        .getOrCreate()
-    )
-    status = spark.sparkContext._jsc.sc().getExecutorMemoryStatus
-    deadline = time.monotonic() + 120
-    while status().size() < 3 and time.monotonic() < deadline:  # the driver and two executors
-        time.sleep(0.5)
-    print(f"master {spark.sparkContext.master}, executors {status().size() - 1}", flush=True)
+    spark = local_cluster_session("dqlrec-local-cluster-test", **{"spark.sql.shuffle.partitions": "4"})
     for night in nights:
         main(["--run-date", night, "--config", config_file])
     spark.stop()
