@@ -441,6 +441,8 @@ def render_markdown(summary: dict[str, Any]) -> str:
         ]
         if evaluation.get("tuned"):  # the settings tonight's challenger trained with (dqlrec tune)
             lines += [f"Learning settings: {evaluation['tuned']}.", ""]
+        if evaluation.get("shape"):  # the auto settings the data decided (dql_model.learning.shape)
+            lines += [f"Challenger's {evaluation['shape']}.", ""]
         lines += [f"- **{name}**: {note}" for name, note in MODEL_NOTES.items() if name in evaluation["metrics"]]
         lines += _baseline_notes(evaluation.get("baselines") or {})
         lines += ["", "### By event type", "", detail_tables(evaluation["metrics"], unscorable)]

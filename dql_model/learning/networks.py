@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dql_model.config import SEQUENCE_ENCODERS, ModelConfig
+from dql_model.config import AUTO, SEQUENCE_ENCODERS, ModelConfig
 from dql_model.contract import schema
 
 ATTENTION_LAYERS = 2
@@ -244,6 +244,16 @@ ENCODERS: dict[str, Callable[[int, int, ModelConfig], nn.Module]] = {
 ``config.SEQUENCE_ENCODERS`` also have ``forward_all`` (a test holds the two together)."""
 
 
+STATE_MEMORY_ON = 20
+"""model.state_memory where ``auto`` turns it on (dql_model.learning.shape), and what ``auto`` builds when a
+network is made without a night's data to decide from (the training step always decides first)."""
+
+
+def memory_size(cfg: ModelConfig) -> int:
+    """model.state_memory as a number: ``auto`` not yet decided from data reads as STATE_MEMORY_ON."""
+    return STATE_MEMORY_ON if cfg.state_memory == AUTO else int(cfg.state_memory)
+
+
 class QNetwork(nn.Module):
     """Q(s, a) = <f(s), g(a)> + b(a) over items 1..n_items (column 0 is padding)."""
 
@@ -274,8 +284,9 @@ class QNetwork(nn.Module):
         self.empty_state = nn.Parameter(torch.zeros(dim))
         self.memory_weight: nn.Parameter | None = None
         self.memory_embedding: nn.Embedding | None = None
-        if cfg.state_memory > 0:
-            self.memory_weight = nn.Parameter(torch.zeros(cfg.state_memory, schema.N_EVENT_CODES))
+        memory = memory_size(cfg)
+        if memory > 0:
+            self.memory_weight = nn.Parameter(torch.zeros(memory, schema.N_EVENT_CODES))
             self.memory_embedding = nn.Embedding(n_items + 1, dim, padding_idx=0)
         self.item_tower = nn.Sequential(
             nn.Linear(3 * dim, hidden), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(hidden, dim)

@@ -43,6 +43,8 @@ class SupervisedSearch:
     """Config overrides of the best trial (a SUPERVISED_GRID entry)."""
     trials: list[dict[str, Any]] = field(default_factory=list)
     """Overrides, best value of eval.early_stop_metric, best epoch and seconds of every trial."""
+    config: Config | None = None
+    """The best trial's config, its ``auto`` settings decided on the data (train.TrainResult.config)."""
 
 
 def supervised_config(cfg: Config, overrides: dict[str, Any], epochs: int) -> Config:
@@ -91,7 +93,9 @@ def search_supervised(
         )
         if best is None or value > best_value:
             best_value = value
-            best = SupervisedSearch(model=result.model, history=result.history, overrides=overrides)
+            best = SupervisedSearch(
+                model=result.model, history=result.history, overrides=overrides, config=result.config
+            )
     if best is not None:
         best.trials = summaries
     return best
@@ -120,7 +124,7 @@ def train_and_save(cfg: Config, run_date: str, *, progress: Callable[[str], None
     }
     version = registry.save_model(
         search.model,
-        supervised_config(cfg, search.overrides, cfg.eval.baseline_epochs or cfg.train.epochs),
+        search.config or supervised_config(cfg, search.overrides, cfg.eval.baseline_epochs or cfg.train.epochs),
         registry_root=cfg.layout.baseline_models(run_date),
         metrics=metrics,
         data_window={"run_date": run_date, "train_window": cfg.etl.train_window},

@@ -39,7 +39,7 @@ from dql_model import faults
 from dql_model.config import Config
 from dql_model.contract import schema
 from dql_model.evaluation.evaluate import evaluate_scorer, usable_metric
-from dql_model.learning import sequences
+from dql_model.learning import sequences, shape
 from dql_model.learning.agent import DQNAgent, describe_loss
 from dql_model.learning.device import resolve_device, seed_everything
 from dql_model.learning.networks import QNetwork
@@ -107,6 +107,10 @@ class TrainResult:
     """Empty from one process; with train.distributed_workers, what dql_model.learning.distributed adds:
     workers, rendezvous, train_seconds (rank 0's, without the processes' start), log (rank 0's lines)
     and shards (per rank: what it trained on and its process ids)."""
+    config: Config | None = None
+    """The config the model was trained with, its ``auto`` settings decided: what to save the model with."""
+    shape: str = ""
+    """What the data decided for the ``auto`` settings, and why (dql_model.learning.shape); "" if none."""
 
 
 
@@ -441,6 +445,10 @@ class _Setup:
     steps_per_epoch: int
     checkpoints: Checkpoints | None
     device: torch.device
+    config: Config
+    """The run's config with its ``auto`` settings decided (shape.choose): what the model is saved with."""
+    shape: str = ""
+    """The line saying what the data decided and why ("" when nothing was auto)."""
 
     def batches(self, cfg: Config, transitions_dir: str, epoch: int) -> Iterable[Any]:
         """One epoch's training batches, shuffled by (seed, epoch): sequence windows or transition rows."""
@@ -479,6 +487,15 @@ def _prepare(
     items = data.load_item_features(item_index_dir, price_buckets=cfg.model.price_buckets)
     fit_splits = (schema.TRAIN, schema.VALIDATION) if refit else schema.TRAIN
     counts = data.action_counts(transitions_dir, n_items=items.n_items, split=fit_splits)
+    val = data.load_transitions(transitions_dir, max_len=cfg.etl.max_len, split=schema.VALIDATION)
+    if refit:  # validation is trained on: nothing is left to stop on
+        val, masks = val.take(slice(0, 0)), data.Exclusions.none(0)
+    else:
+        masks = data.load_exclusions(transitions_dir, exclude=exclude)
+    given, choice = cfg, shape.choose(cfg, val, masks)
+    cfg = choice.apply(cfg)
+    if choice.line():
+        progress(choice.line())
     model = build_model(items, cfg, counts)
     if warm_start is not None:
         try:
@@ -488,11 +505,6 @@ def _prepare(
             # A changed model config must not fail every night: train from scratch instead.
             model = build_model(items, cfg, counts)
             progress(f"warning: {error}; training from scratch")
-    val = data.load_transitions(transitions_dir, max_len=cfg.etl.max_len, split=schema.VALIDATION)
-    if refit:  # validation is trained on: nothing is left to stop on
-        val, masks = val.take(slice(0, 0)), data.Exclusions.none(0)
-    else:
-        masks = data.load_exclusions(transitions_dir, exclude=exclude)
     if len(val):
         _check_indices(val, items.n_items, f"{transitions_dir} (validation)")
     else:
@@ -519,7 +531,7 @@ def _prepare(
     checkpoints = None
     if cfg.train.checkpoints:
         key = Checkpoints.run_key(
-            cfg,
+            given,  # as called: the same call on the same data decides the same auto settings
             transitions_dir=transitions_dir,
             item_index_dir=item_index_dir,
             warm_start=warm_start,
@@ -550,6 +562,8 @@ def _prepare(
         steps_per_epoch=steps_per_epoch,
         checkpoints=checkpoints,
         device=device,
+        config=cfg,
+        shape=choice.line(),
     )
 
 
@@ -711,6 +725,8 @@ def _finish(
         seconds=seconds,
         best_metrics=best_metrics,
         stopped_by=stopped_by,
+        config=setup.config,
+        shape=setup.shape,
     )
 
 
@@ -744,6 +760,7 @@ def train_challenger(
         "transitions": result.n_transitions,
         "warm_start_from": incumbent,
     }
+    cfg = result.config or cfg  # its auto settings decided on tonight's data: the model is rebuilt with them
     version = registry.save_model(
         result.model,
         cfg,
@@ -760,6 +777,7 @@ def train_challenger(
         "epochs": len(result.history),
         "best_epoch": result.best_epoch,
         "stopped_by": result.stopped_by,
+        "shape": result.shape,
     }
     if cfg.train.refit:
         trained["refit"] = _refit(cfg, run_date, version, result, warm_start, window, progress)
