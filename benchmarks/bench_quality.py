@@ -341,6 +341,8 @@ def peer_outputs(
     """The RecBole models' test scores on our users and item_idx, each with its reproduction check,
     and the models left out. Trained side by side (one thread each) unless their runs are cached;
     ``cached_only``: the cached runs only, never a training."""
+    if not runs:
+        return {}, []
     data_dir, out_dir = BENCH_DIR / "recbole-data", BENCH_DIR / "peers"
     movielens.write_atomic_inter(split, data_dir / movielens.DATASET)
     if cached_only:
@@ -499,6 +501,10 @@ def main(argv: Sequence[str] = ()) -> None:
     )
     parser.add_argument("--peer-time-budget-s", type=float, default=PEER_TIME_BUDGET_S)
     parser.add_argument(
+        "--without-peers", action="store_true", help="leave RecBole out (its runs need hours of idle CPU the "
+        "first time); the table says they were left out"
+    )  # fmt: skip
+    parser.add_argument(
         "--cores", type=int, default=0, help="cores of each night: spark.master local[N], train.threads N "
         "(0: the product's defaults, every core)"
     )  # fmt: skip
@@ -539,13 +545,18 @@ def main(argv: Sequence[str] = ()) -> None:
     reproduction: dict[str, Any] = {}
     # The peers train in their own processes (one thread each) while the nights run here.
     with ThreadPoolExecutor(max_workers=1) as pool:
-        peers = pool.submit(peer_outputs, split, peer_runs, retrain=options.retrain_peers, cached_only=quick)
+        peers = pool.submit(
+            peer_outputs, split, [] if options.without_peers else peer_runs, retrain=options.retrain_peers,
+            cached_only=quick,
+        )  # fmt: skip
         for name, system in systems.items():
             print(f"{name}: running", flush=True)
             outputs[name] = system(split, workdir)
         peer_results, peers_left_out = peers.result()
     for name, (output, check) in peer_results.items():
         outputs[name], reproduction[name] = output, check
+    if options.without_peers:
+        print(f"peers left out (--without-peers): {', '.join(recbole_env.MODELS)}")
     if peers_left_out:
         print(f"peers left out (no cached full run; --quick never trains them): {', '.join(peers_left_out)}")
 
