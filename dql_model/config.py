@@ -80,6 +80,7 @@ TargetUpdate = Literal["polyak", "hard"]
 LossItems = Literal["auto", "full", "sampled"]
 PurchaseCredit = Literal["cart", "purchase"]
 ScoringEngine = Literal["torch", "spark"]
+RetrievalMode = Literal["exact", "ann"]
 SimRefresh = Literal["session", "step"]
 Device = Literal["auto", "cuda", "cpu"]
 EmptyPartition = Literal["fail", "warn"]
@@ -588,11 +589,37 @@ class ScoreConfig(_Section):
     propensity_draws: int = 64
     """Replicate slates of the policy per user behind each marginal propensity below a random rank
     (``dql_model.scoring.policy``): more draws, less noise in the off-policy weights, more time."""
+    retrieval: RetrievalMode = "exact"
+    """How the torch engine finds each user's top-K: ``exact`` (every item's Q-value, the default) or
+    ``ann``: a FAISS IVF inner-product index proposes ``ann_candidates`` items per user, re-ranked
+    exactly with the same masks (``dql_model.scoring.retrieval``); for catalogues of ~100k items and up.
+    Exploring policies and the spark engine rank exactly (a softmax needs every item's Q-value)."""
+    ann_lists: int = 0
+    """IVF lists (k-means cells) of the ann index; 0: about 4 * sqrt(items)."""
+    ann_probe: int = 16
+    """Lists searched per user: more, higher recall and slower; equal to the lists, every item is seen."""
+    ann_candidates: int = 0
+    """Items the ann stage proposes per user before the exact re-rank; 0: 10 * top_k."""
+    ann_recall_sample: int = 1000
+    """Users (a sample seeded by the run date) on which ann's recall@K against brute force is measured
+    and reported; 0: not measured."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.propensity_draws < 1:
             raise ConfigError(f"score.propensity_draws={self.propensity_draws} must be at least 1")
+        for name in ("ann_lists", "ann_candidates", "ann_recall_sample"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"score.{name}={getattr(self, name)} must be 0 (auto) or positive")
+        if self.ann_probe < 1:
+            raise ConfigError(f"score.ann_probe={self.ann_probe} must be at least 1")
+        if self.ann_candidates and self.ann_candidates < self.top_k:
+            raise ConfigError(
+                f"score.ann_candidates={self.ann_candidates} is below score.top_k={self.top_k}: "
+                "the exact re-rank needs at least top_k candidates (0 picks 10 * top_k)"
+            )
+        if self.retrieval == "ann" and self.engine == "spark":
+            raise ConfigError("score.retrieval=ann runs in the torch engine only: set score.engine=torch or retrieval=exact")
         parse_active_window(self.active_window)
 
 

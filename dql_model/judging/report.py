@@ -25,7 +25,7 @@ from dql_model.contract.schema import (
     metric_prefix,
 )
 from dql_model.judging.report_files import EVALUATION, MARKDOWN, SUMMARY, TRAINING_FAILURE, TREND_FILE
-from dql_model.scoring import masks
+from dql_model.scoring import masks, retrieval
 
 if TYPE_CHECKING:
     from dql_model.config import Config
@@ -95,6 +95,7 @@ def write_run_report(cfg: Config, run_date: str, published: dict[str, Any], *, w
         **run_status(folder),
         "published": published,
         "masks": {key: scored.get(key, {}) for key in ("masked", "short_lists")},
+        "retrieval": scored.get("retrieval", {}),
         "evaluation": storage.read_json(Path(folder) / EVALUATION),
         "etl": etl,
         "config_hash": cfg.hash(),
@@ -399,6 +400,11 @@ def masks_line(summary: dict[str, Any]) -> str:
     return masks.describe(counts.get("masked") or {}, counts.get("short_lists") or {}, top_k)
 
 
+def retrieval_line(summary: dict[str, Any]) -> str:
+    """score.retrieval=ann's index and recall@K against brute force (``retrieval.describe``); "" when exact."""
+    return retrieval.describe(summary.get("retrieval") or {})
+
+
 def render_markdown(summary: dict[str, Any]) -> str:
     published = summary.get("published", {})
     evaluation = summary.get("evaluation", {})
@@ -413,6 +419,7 @@ def render_markdown(summary: dict[str, Any]) -> str:
         f"- {published.get('users')} users x top {published.get('top_k')} = {published.get('rows')} rows, "
         f"model `{published.get('model_version')}`",
         *([f"- {masks_line(summary)}"] if masks_line(summary) else []),
+        *([f"- retrieval: {retrieval_line(summary)}"] if retrieval_line(summary) else []),
         "",
         "## Training data",
     ]
@@ -514,6 +521,7 @@ def render_summary(summary: dict[str, Any]) -> str:
         f"dqlrec run {summary['run_date']}: {done}",
         f"  users scored   {published['users']} (top {published['top_k']}, {published['rows']} rows)",
         *([f"  masks          {masks_line(summary)}"] if masks_line(summary) else []),
+        *([f"  retrieval      {retrieval_line(summary)}"] if retrieval_line(summary) else []),
         f"  model version  {published['model_version']}"
         + (f"  ({'promoted' if evaluation.get('promoted') else 'champion kept'}: {evaluation.get('reason')})" if evaluation else ""),
     ]

@@ -44,7 +44,7 @@ from dql_model.learning import registry
 from dql_model.learning.device import resolve_device
 from dql_model.learning.networks import QNetwork
 from dql_model.ops import spark_jobs
-from dql_model.scoring import masks
+from dql_model.scoring import masks, retrieval
 from dql_model.scoring.masks import MaskCounts
 from dql_model.scoring.policy import Policy
 from dql_model.scoring.ranking import Catalogue, Ranker, canonical_batches, take_states, user_keys
@@ -77,10 +77,17 @@ class ScoringSummary:
     """(user, item) pairs masked per reason (``MaskCounts.masked``; empty in summaries written before)."""
     short_lists: dict[str, int] = field(default_factory=dict)
     """Users with fewer than top_k candidates, who got short lists, by who ranked them (``MaskCounts.short_lists``)."""
+    retrieval: dict[str, Any] = field(default_factory=dict)
+    """With ``score.retrieval: ann``: the index (``method``) and its recall@K (``k``) against brute force on a
+    sample of ``users`` (``retrieval_summary``); empty for exact scoring."""
 
     def masks_line(self) -> str:
         """The mask counts in one line (``masks.describe``)."""
         return masks.describe(self.masked, self.short_lists, self.top_k)
+
+    def retrieval_line(self) -> str:
+        """The retrieval and its recall in one line (``retrieval.describe``); "" for exact scoring."""
+        return retrieval.describe(self.retrieval)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -160,28 +167,38 @@ def ranked_batches(
     policy: Policy,
     *,
     batch_size: int,
-    popularity: np.ndarray,
-    model_version: str,
-    generated_at: datetime,
-    device: torch.device | str = "cpu",
-    source: str = schema.SOURCE_DQN,
+    **ranker_options: Any,
 ) -> Iterator[tuple[pa.Table, np.ndarray, MaskCounts]]:
     """Each canonical batch of ``states`` ranked, in batch order, as soon as it is done: (its rows, by
     user then rank; each row's user as a position in ``states``; what the masks took from its users).
 
     ``items`` is tonight's item index (availability, ids and categories; it may have more items
-    than the model); ``popularity`` holds a score per item_idx for the fallback (e.g. action
-    counts). A user gets fewer than K rows only when fewer items are left after masking. The model
-    is moved to ``device`` and set to eval mode. Batches run side by side, one per core
-    (``one_thread_per_batch``), at most ``AHEAD_PER_WORKER`` per core ahead of the consumer: what is
-    held is a few batches' rows, whatever the number of users.
+    than the model); ``ranker_options`` are ``make_ranker``'s (``popularity``, ``model_version``,
+    ``generated_at``, ``device``, ``source``, ``ann``). A user gets fewer than K rows only when fewer
+    items are left after masking. ``ranker_batches`` says how the batches run.
     """
-    keys = user_keys(states.user_id)
-    batches = canonical_batches(states.user_id, keys, batch_size)
-    if not batches:
+    if not canonical_batches(states.user_id, user_keys(states.user_id), batch_size):
         return
-    with one_thread_per_batch(device) as workers:
-        ranker = Ranker(
+    yield from ranker_batches(make_ranker(model, items, policy, **ranker_options), states, batch_size=batch_size)
+
+
+def make_ranker(
+    model: QNetwork,
+    items: data.ItemFeatures,
+    policy: Policy,
+    *,
+    popularity: np.ndarray,
+    model_version: str,
+    generated_at: datetime,
+    device: torch.device | str = "cpu",
+    source: str = schema.SOURCE_DQN,
+    ann: retrieval.AnnSettings | None = None,
+) -> Ranker:
+    """The ``Ranker`` of tonight's catalogue: ``popularity`` holds a score per item_idx for the fallback
+    (e.g. action counts); ``ann`` (``score.retrieval: ann``) builds its candidate index. The model is
+    moved to ``device`` and set to eval mode."""
+    with one_thread_per_batch(device):
+        return Ranker(
             model,
             Catalogue.from_features(items, popularity),
             policy,
@@ -189,7 +206,21 @@ def ranked_batches(
             generated_at=generated_at,
             device=device,
             source=source,
+            ann=ann,
         )
+
+
+def ranker_batches(
+    ranker: Ranker, states: data.UserStates, *, batch_size: int
+) -> Iterator[tuple[pa.Table, np.ndarray, MaskCounts]]:
+    """``ranked_batches`` with a ranker already built. Batches run side by side, one per core
+    (``one_thread_per_batch``), at most ``AHEAD_PER_WORKER`` per core ahead of the consumer: what is
+    held is a few batches' rows, whatever the number of users."""
+    keys = user_keys(states.user_id)
+    batches = canonical_batches(states.user_id, keys, batch_size)
+    if not batches:
+        return
+    with one_thread_per_batch(ranker.device) as workers:
 
         def score_one(batch: np.ndarray) -> tuple[pa.Table, np.ndarray, MaskCounts]:
             batch_states = take_states(states, batch)
@@ -210,6 +241,23 @@ def ranked_batches(
             finally:  # the consumer stopped early (a failed write): drop the batches not started
                 for pending in ahead:
                     pending.cancel()
+
+
+def retrieval_summary(ranker: Ranker, states: data.UserStates, ann: retrieval.AnnSettings | None, *, seed: int) -> dict[str, Any]:
+    """The scoring summary's ``retrieval``: {} for exact scoring; with ann, the index and its recall@K
+    against brute force on ``ann.recall_sample`` users drawn with ``seed`` (the same users on a rerun)."""
+    if ann is None:
+        return {}
+    if ranker.ann_index is None:
+        return {"method": "exact (score.retrieval=ann is not used by an exploring policy: its softmax needs every item)"}
+    out: dict[str, Any] = {"method": f"ann ({ranker.ann_index.describe()}, {ranker.ann_candidates} candidates)"}
+    if ann.recall_sample == 0 or len(states) == 0:
+        return out
+    size = min(ann.recall_sample, len(states))
+    sample = np.sort(np.random.default_rng(seed).choice(len(states), size=size, replace=False))
+    with one_thread_per_batch(ranker.device):
+        recall, users = ranker.ann_recall(take_states(states, sample), user_keys(states.user_id)[sample])
+    return {**out, "k": ranker.policy.top_k, "recall": recall, "users": users}
 
 
 @dataclass(frozen=True)
@@ -289,21 +337,25 @@ def score_with_torch(cfg: Config, run_date: str, version: str) -> ScoringSummary
         print(f"[dqlrec] scoring the {len(states)} users active since {since:%Y-%m-%d} (score.active_window)", flush=True)
     transitions = layout.partition(schema.TRANSITIONS, run_date)
     popularity = data.action_counts(transitions, n_items=items.n_items, split=(schema.TRAIN, schema.VALIDATION))
-    ranked = ranked_batches(
+    ann = retrieval.AnnSettings.from_config(cfg.score)
+    ranker = make_ranker(
         model,
-        states,
         items,
         policy,
-        batch_size=cfg.score.batch_size,
         popularity=popularity,
         model_version=version,
         generated_at=datetime.now(UTC),
         device=str(device),
         source=registry.model_source(meta),
+        ann=ann,
     )
+    ranked = ranker_batches(ranker, states, batch_size=cfg.score.batch_size)
     path = layout.staged(schema.RECOMMENDATIONS, run_date)
     with contextlib.closing(ranked):  # a failed write stops the batches still being ranked
         written = write_batches(ranked, path, exclude=policy.exclude, n_users=len(states))
+    retrieved = retrieval_summary(ranker, states, ann, seed=policy.seed)
+    if retrieved:
+        print(f"[dqlrec] scoring: retrieval {retrieval.describe(retrieved)}", flush=True)
     summary = ScoringSummary(
         run_date=run_date,
         path=path,
@@ -315,6 +367,7 @@ def score_with_torch(cfg: Config, run_date: str, version: str) -> ScoringSummary
         sources=written.sources,
         masked=written.counts.masked,
         short_lists=written.counts.short_lists,
+        retrieval=retrieved,
     )
     summary.write(layout.scoring_summary(run_date))
     return summary

@@ -19,6 +19,11 @@ same arithmetic, identical rows.
 - Counts: ``Ranker.count_masks`` tallies what these masks take from a batch of users, per reason, and
   the users left with fewer than K candidates (``dql_model.scoring.masks`` names the reasons).
 - Ties are broken by item_idx ascending, so the output is a deterministic function of its inputs.
+- Retrieval (``score.retrieval``): exact scores every item the model knows. ``ann`` asks a FAISS IVF
+  index (``dql_model.scoring.retrieval``) for each user's candidates and re-ranks only those exactly,
+  with the same masks and tie order; a user left with fewer than K eligible candidates (most of them
+  excluded) is ranked by the exact path instead, so every list is as full as the exact path's.
+  Exploring policies always rank exactly: their softmax needs every item's Q-value.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from dql_model.learning.networks import QNetwork
 from dql_model.scoring.masks import EXCLUDE_REASONS, NEW_SINCE_TRAINING, UNAVAILABLE, MaskCounts
 from dql_model.scoring.policy import CatalogueRest, Policy, SlotCandidates, fill_slots
 from dql_model.scoring.popularity import popular_lists, popularity_order
+from dql_model.scoring.retrieval import AnnIndex, AnnSettings, recall_at_k
 from dql_model.warehouse import data
 
 SCORES_PER_CHUNK = 1 << 25
@@ -256,6 +262,7 @@ class Ranker:
         generated_at: datetime,
         device: torch.device | str = "cpu",
         source: str = schema.SOURCE_DQN,
+        ann: AnnSettings | None = None,
     ):
         if source not in schema.MODEL_SOURCES.values():
             raise ValueError(f"source {source!r} is not a model's source {sorted(schema.MODEL_SOURCES.values())}")
@@ -277,6 +284,15 @@ class Ranker:
         self.rows_per_chunk = max(1, per_chunk // n_known)
         self.item_kind = item_kinds(catalogue, model.n_items)
         self.items_per_kind = np.bincount(self.item_kind, minlength=4).astype(np.int64)
+        self.ann_index: AnnIndex | None = None
+        if ann is not None and not policy.explores:
+            indexed = np.flatnonzero(self.item_kind == MODEL_CANDIDATE)
+            self.ann_index = AnnIndex(
+                self.vectors[indexed].cpu().numpy(), bias[indexed].cpu().numpy(), indexed, ann
+            )
+            self.ann_candidates = min(ann.n_candidates(policy.top_k), len(indexed))
+            # the re-rank gathers [users, candidates, D] vectors: as many floats as the exact path's Q-values
+            self.ann_rows = max(1, SCORES_PER_CHUNK // (self.ann_candidates * self.vectors.shape[1]))
 
     def count_masks(self, states: data.UserStates) -> MaskCounts:
         """What the masks take from these users and who is left with fewer than top_k candidates, as
@@ -322,10 +338,13 @@ class Ranker:
         scored = np.flatnonzero(has_state)
         masks = self.policy.exclude != "none"
         masked_rows, masked_cols = _excluded_rows(states, self.n_known) if masks else (np.zeros(0, int),) * 2
-        for start in range(0, len(scored), self.rows_per_chunk):
-            users = scored[start : start + self.rows_per_chunk]
+        chunk, score_chunk = (
+            (self.rows_per_chunk, self._score_chunk) if self.ann_index is None else (self.ann_rows, self._ann_chunk)
+        )
+        for start in range(0, len(scored), chunk):
+            users = scored[start : start + chunk]
             rows, cols = _excluded_in_batch(masked_rows, masked_cols, users)
-            pieces.append(self._score_chunk(users, state_items[users], state_events[users], rows, cols, keys[users]))
+            pieces.append(score_chunk(users, state_items[users], state_events[users], rows, cols, keys[users]))
         columns = [np.concatenate(column) for column in zip(*pieces, strict=True)]
         user, rank = columns[0], columns[1]
         order = np.lexsort((rank, user))  # by user (batch position), then rank
@@ -360,6 +379,82 @@ class Ranker:
             np.full(n, self.source),
             np.ones(n),
         )
+
+    def _ann_chunk(self, users, items, events, masked_rows, masked_cols, keys) -> tuple[np.ndarray, ...]:
+        """``_score_chunk``'s rows from the ann candidates, re-ranked exactly; the exact path for a user
+        left with fewer eligible candidates than the K (or fewer) items the exact path would list."""
+        device, k = self.device, self.policy.top_k
+        with torch.inference_mode():
+            f = self.model.encode_state(torch.as_tensor(items, device=device), torch.as_tensor(events, device=device))
+            f = f.float()
+        found = self.ann_index.search(f.cpu().numpy(), self.ann_candidates)
+        # candidates in item_idx order (missing ones last), so top_k_deterministic's ties go by item_idx
+        missing = found < 0
+        found = np.sort(np.where(missing, self.n_known, found), axis=1)
+        missing = found == self.n_known
+        found[missing] = 0
+        masked = missing
+        if len(masked_rows):
+            width = np.int64(self.n_known)
+            pairs = np.arange(len(users), dtype=np.int64)[:, None] * width + found
+            masked = masked | np.isin(pairs, masked_rows.astype(np.int64) * width + masked_cols)
+        candidates = torch.as_tensor(found, device=device)
+        with torch.inference_mode():
+            q = torch.bmm(self.vectors[candidates], f[:, :, None])[:, :, 0] + self.bias[candidates]
+            q.masked_fill_(torch.as_tensor(masked, device=device), float("-inf"))
+            try:
+                index, values = top_k_deterministic(q, k)
+            except NaNScoresError:
+                raise ValueError(
+                    f"model {self.model_version} produced NaN Q-values; refusing to score with it"
+                ) from None
+            index, values = index.cpu().numpy(), values.cpu().numpy()
+        # Fall back to the exact path (not a wider search) for users the candidates cannot fill: rare
+        # (most of their candidates excluded), and it gives exactly the exact path's list.
+        kind = self.item_kind
+        inside = masked_cols < len(kind)
+        candidate = kind[masked_cols[inside]] == MODEL_CANDIDATE
+        lost = np.bincount(masked_rows[inside][candidate], minlength=len(users))
+        eligible = self.items_per_kind[MODEL_CANDIDATE] - lost
+        short = np.isfinite(values).sum(axis=1) < np.minimum(k, eligible)
+        keep = np.isfinite(values) & ~short[:, None]
+        rank = np.broadcast_to(np.arange(1, index.shape[1] + 1), index.shape)[keep]
+        user = np.broadcast_to(users[:, None], index.shape)[keep]
+        item = np.take_along_axis(found, index, axis=1)[keep].astype(np.int64)
+        n = len(user)
+        ann_rows = (user, rank, item, values[keep].astype(np.float64), np.full(n, self.source), np.ones(n))
+        if not short.any():
+            return ann_rows
+        redo = np.flatnonzero(short)
+        member = np.isin(masked_rows, redo)
+        exact_rows = self._score_chunk(
+            users[redo], items[redo], events[redo], np.searchsorted(redo, masked_rows[member]), masked_cols[member], keys[redo]
+        )
+        return tuple(np.concatenate(pair) for pair in zip(ann_rows, exact_rows, strict=True))
+
+    def ann_recall(self, states: data.UserStates, keys: np.ndarray) -> tuple[float, int]:
+        """Recall@K of the ann path against brute force over these users' model-ranked lists: the share
+        of the exact top-K (user, item) pairs the ann top-K holds too; and how many users were compared."""
+        if self.ann_index is None:
+            raise ValueError("ann_recall needs score.retrieval=ann on a greedy policy")
+        state_items, state_events = _known_states(states, self.model.n_items)
+        users = np.flatnonzero((state_items != 0).any(axis=1))
+        if len(users) == 0:
+            return 1.0, 0
+        masks = self.policy.exclude != "none"
+        masked_rows, masked_cols = _excluded_rows(states, self.n_known) if masks else (np.zeros(0, int),) * 2
+        found = {"exact": [], "ann": []}
+        for name, chunk, score_chunk in (
+            ("exact", self.rows_per_chunk, self._score_chunk),
+            ("ann", self.ann_rows, self._ann_chunk),
+        ):
+            for start in range(0, len(users), chunk):
+                part = users[start : start + chunk]
+                rows, cols = _excluded_in_batch(masked_rows, masked_cols, part)
+                user, _, item, *_ = score_chunk(part, state_items[part], state_events[part], rows, cols, keys[part])
+                found[name].append((user, item))
+        exact, ann = ((np.concatenate(c) for c in zip(*found[name], strict=True)) for name in ("exact", "ann"))
+        return recall_at_k(*exact, *ann), len(users)
 
     def _explore(self, q, greedy, greedy_q, users, keys) -> tuple[np.ndarray, ...]:
         """Fill the K slots one by one: greedy, or the next Gumbel-top-k draw, with their marginal propensities."""
