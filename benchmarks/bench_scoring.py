@@ -17,9 +17,18 @@ Each runs in a child process of its own; the kernel's high-water mark of residen
 after the inputs are built (``common.reset_peak_rss``), so "step peak" is the step's own peak, and
 "above inputs" what the step added to the model, states and catalogue it was given.
 
+Then ``score.retrieval: ann`` against the exact path where a big catalogue makes it matter: 200k items,
+15k users, embedding 64, K = 20, the default ann settings (about 4·sqrt(items) IVF lists, 16 probed,
+10·K candidates re-ranked exactly). Both are timed end to end from the model (the ann time split into
+building the index and ranking), with the ratio, and ann's recall@K against brute force on a seeded
+sample of 1,000 users (``engines.retrieval_summary``, what the scoring summary reports); once with an
+untrained QNetwork (item vectors without clusters: IVF's worst case) and once with known clustered
+vectors (``ClusteredVectors``, a stand-in for a trained model).
+
     python -m benchmarks.bench_scoring            # or: make bench
     python -m benchmarks.bench_scoring --quick    # fewer users, one repeat (a smoke run)
     python -m benchmarks.bench_scoring --memory-only [--memory-users 1400000 --memory-items 20000]
+    python -m benchmarks.bench_scoring --ann-only [--ann-items 200000 --ann-users 20000]
 """
 
 from __future__ import annotations
@@ -61,6 +70,7 @@ from dql_model.scoring import engines
 from dql_model.scoring.engines import score_users
 from dql_model.scoring.policy import Policy
 from dql_model.scoring.ranking import SCORES_PER_CHUNK
+from dql_model.scoring.retrieval import AnnSettings
 from dql_model.warehouse import data, storage
 
 EMBED, TOP_K, MAX_LEN, BATCH_SIZE = 64, 20, 20, 2048
@@ -69,6 +79,8 @@ CASES = ((10_000, 32_768), (100_000, 8_192))
 MEMORY_CASE, MEMORY_QUICK, MEMORY_EMBED = (20_000, 500_000), (500, 4_000), 16
 """(items, users) of the memory comparison, full and quick, and its model's embedding (a small model:
 the figures are about the rows, so the arithmetic is kept short)."""
+ANN_CASE, ANN_QUICK, ANN_CLUSTERS = (200_000, 15_000), (20_000, 2_000), 500
+"""(items, users) of the ann-against-exact comparison, full and quick; clusters of ``ClusteredVectors``."""
 WRITERS = ("one table", "streamed")
 """How the scoring step writes its rows: before the streaming change, and now."""
 
@@ -207,6 +219,75 @@ def memory_comparison(n_items: int, n_users: int) -> list[dict[str, object]]:
     return records
 
 
+class ClusteredVectors(QNetwork):
+    """Known item vectors in ``ANN_CLUSTERS`` clusters (item norms spread lognormally, small biases) and
+    f(s) = the mean vector of the state's items: a stand-in for a trained model, whose item vectors
+    cluster by what is bought together. Synthetic; only the ranking interface is real."""
+
+    def __init__(self, n_items: int, seed: int = 0):
+        super().__init__(n_items, 1, ModelConfig(embed_dim=4, hidden_dim=4))
+        rng = np.random.default_rng(seed)
+        centres = rng.standard_normal((ANN_CLUSTERS, EMBED))
+        vectors = centres[rng.integers(0, ANN_CLUSTERS, n_items + 1)] + 0.5 * rng.standard_normal((n_items + 1, EMBED))
+        vectors *= rng.lognormal(0.0, 0.3, (n_items + 1, 1))
+        vectors[0] = 0.0
+        self.register_buffer("fixed_vectors", torch.tensor(vectors, dtype=torch.float32))
+        self.register_buffer("fixed_biases", torch.tensor(0.1 * rng.standard_normal(n_items + 1), dtype=torch.float32))
+
+    def item_vectors(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        return self.fixed_vectors if items is None else self.fixed_vectors[items]
+
+    def item_biases(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        return self.fixed_biases if items is None else self.fixed_biases[items]
+
+    def encode_state(self, state_items: torch.Tensor, state_events: torch.Tensor) -> torch.Tensor:
+        length = (state_items > 0).sum(dim=1, keepdim=True).clamp(min=1)
+        return self.fixed_vectors[state_items].sum(dim=1) / length
+
+
+def ann_comparison(n_items: int, n_users: int) -> list[dict[str, object]]:
+    """Exact and ann scoring of the same users end to end (ann: index build, then ranking), their ratio,
+    and ann's recall@K against brute force on a seeded sample of users (``engines.retrieval_summary``),
+    with the default ann settings; for an untrained QNetwork and for ``ClusteredVectors``."""
+    untrained, items, states, popularity = synthetic_inputs(n_items, n_users)
+    policy = Policy(top_k=TOP_K)
+    settings = AnnSettings.from_config(ScoreConfig(retrieval="ann"))
+    options = {"popularity": popularity, "model_version": "bench", "generated_at": datetime(2026, 11, 27, tzinfo=UTC)}
+
+    def rank(ranker) -> int:
+        return sum(table.num_rows for table, _, _ in engines.ranker_batches(ranker, states, batch_size=BATCH_SIZE))
+
+    records, rows = [], []
+    for name, model in (("untrained QNetwork", untrained), ("clustered vectors", ClusteredVectors(n_items))):
+        with Timer() as exact:
+            exact_rows = rank(engines.make_ranker(model, items, policy, **options))
+        with Timer() as build:
+            ranker = engines.make_ranker(model, items, policy, ann=settings, **options)
+        with Timer() as search:
+            ann_rows = rank(ranker)
+        recall = engines.retrieval_summary(ranker, states, settings, seed=0)
+        ann_seconds = build.seconds + search.seconds
+        records.append({
+            "model": name, "items": n_items, "users": n_users, "top_k": TOP_K, "embed_dim": EMBED,
+            "method": recall["method"], "exact_s": exact.seconds, "ann_s": ann_seconds,
+            "ann_index_build_s": build.seconds, "ann_ranking_s": search.seconds, "speedup": exact.seconds / ann_seconds,
+            "speedup_ranking_only": exact.seconds / search.seconds, "recall_at_k": recall["recall"],
+            "recall_users": recall["users"], "rows": [exact_rows, ann_rows], "torch_threads": torch.get_num_threads(),
+        })  # fmt: skip
+        rows.append([name, exact.seconds, ann_seconds, build.seconds, search.seconds, exact.seconds / ann_seconds,
+                     exact.seconds / search.seconds, recall["recall"], recall["users"]])  # fmt: skip
+    print_table(
+        f"score.retrieval exact vs ann, top-{TOP_K}, embedding {EMBED}, {n_users:,} users x {n_items:,} items, "
+        f"torch on {torch.get_num_threads()} thread(s); ann: {records[0]['method']}",
+        ["model", "exact s", "ann s", "ann index s", "ann ranking s", "exact/ann", "exact/ann ranking",
+         f"recall@{TOP_K}", "recall users"],
+        rows,
+    )  # fmt: skip
+    print("recall@K: the share of the exact top-K that ann's top-K holds, on a seeded sample of users. An untrained "
+          "model's item vectors have no clusters, the worst case for IVF; clustered vectors are its good case.")  # fmt: skip
+    return records
+
+
 def main(argv: Sequence[str] = ()) -> None:
     """`python -m benchmarks` calls this without arguments: the full run."""
     args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -214,6 +295,9 @@ def main(argv: Sequence[str] = ()) -> None:
     args.add_argument("--memory-only", action="store_true", help="only the memory of the scoring step")
     args.add_argument("--memory-users", type=int, default=None, help=f"users of the memory comparison ({MEMORY_CASE[1]:,})")
     args.add_argument("--memory-items", type=int, default=None, help=f"items of the memory comparison ({MEMORY_CASE[0]:,})")
+    args.add_argument("--ann-only", action="store_true", help="only score.retrieval ann against exact")
+    args.add_argument("--ann-users", type=int, default=None, help=f"users of the ann comparison ({ANN_CASE[1]:,})")
+    args.add_argument("--ann-items", type=int, default=None, help=f"items of the ann comparison ({ANN_CASE[0]:,})")
     args.add_argument("--memory-child", choices=WRITERS, help=argparse.SUPPRESS)
     args.add_argument("--memory-out", help=argparse.SUPPRESS)
     options = args.parse_args(list(argv))
@@ -226,13 +310,19 @@ def main(argv: Sequence[str] = ()) -> None:
         Path(options.memory_out).write_text(json.dumps(figures))
         return
     started = time.perf_counter()
+    ann_items = options.ann_items or (ANN_QUICK if quick else ANN_CASE)[0]
+    ann_users = options.ann_users or (ANN_QUICK if quick else ANN_CASE)[1]
+    if options.ann_only:
+        write_json("bench_scoring_ann", {"ann": ann_comparison(ann_items, ann_users), "machine_at_end": machine()})
+        return
     if options.memory_only:
         write_json("bench_scoring_memory", {"memory": memory_comparison(n_items, n_users)})
         return
-    throughput(quick, started, memory_comparison(n_items, n_users))
+    memory = memory_comparison(n_items, n_users)
+    throughput(quick, started, memory, ann_comparison(ann_items, ann_users))
 
 
-def throughput(quick: bool, started: float, memory: list[dict[str, object]]) -> None:
+def throughput(quick: bool, started: float, memory: list[dict[str, object]], ann: dict[str, object]) -> None:
     """The throughput table, then the JSON record with ``memory``'s figures beside it."""
     repeats, user_share = (1, 8) if quick else (3, 1)
     square = 2048
@@ -312,6 +402,7 @@ def throughput(quick: bool, started: float, memory: list[dict[str, object]]) -> 
             "seconds": round(time.perf_counter() - started, 1),
             "peak_rss_mib": round(peak_rss_mib()),
             "memory": memory,
+            "ann": ann,
             "machine_at_end": machine(),
         },
     )

@@ -5,7 +5,11 @@ The ranking score is an inner product plus a bias, Q(s, a) = <f(s), g(a)> + b(a)
 extra dimension (items [g(a), b(a)], users [f(s), 1]) it is one inner product, which an IVF index with
 ``METRIC_INNER_PRODUCT`` searches: k-means cells over the item vectors, and per user the items of the
 ``probe`` cells whose centroids score highest. With probe = lists every item is seen, and the
-candidates are the exact top ``candidates``.
+candidates are the exact top ``candidates``. (Turning the inner product into a Euclidean distance with
+an extra coordinate sqrt(M² - |x|²) and an L2 index did no better here: on 20k items in 64 dimensions,
+552 lists, recall of the 200 candidates 0.26 against 0.29 on isotropic Gaussian vectors, 0.996
+against 1.0 on clustered ones, at 16 probes.) IVF gains from clusters in the item vectors, which a
+trained model's have; isotropic random vectors are its worst case.
 
 Only items the model may recommend tonight (available and known to it) go into the index, so the
 unavailable and new-since-training masks hold by construction; the user's excluded items are
@@ -80,11 +84,15 @@ class AnnIndex:
         self.index.nprobe = self.probe
         self.size = len(item_idx)
 
+    def set_probe(self, probe: int) -> None:
+        """Search ``probe`` lists per user from now on (at most every list); the index stays as built."""
+        self.probe = max(1, min(probe, self.lists))
+        self.index.nprobe = self.probe
+
     def search(self, states: np.ndarray, n: int) -> np.ndarray:
         """[B, n] candidate item_idx per row of f(s) [B, D], -1 where fewer than n were found."""
-        queries = np.ascontiguousarray(
-            np.column_stack([states, np.ones(len(states), dtype=np.float32)]), dtype=np.float32
-        )
+        ones = np.ones(len(states), dtype=np.float32)
+        queries = np.ascontiguousarray(np.column_stack([states, ones]), dtype=np.float32)
         _, found = self.index.search(queries, min(n, self.size))
         return found
 
