@@ -10,12 +10,15 @@ import pytest
 import torch
 
 from dql_model.config import ConfigError, ModelConfig, ScoreConfig
+from dql_model.contract import schema
 from dql_model.judging import report
+from dql_model.learning import registry
 from dql_model.learning.networks import QNetwork
 from dql_model.scoring import engines
 from dql_model.scoring.policy import Policy
 from dql_model.scoring.retrieval import AnnSettings
-from dql_model.warehouse import data
+from dql_model.warehouse import data, storage
+from tests.factories import write_night
 
 torch.set_num_threads(1)
 AT = datetime(2026, 11, 27, 5, 0, tzinfo=UTC)
@@ -179,3 +182,33 @@ def test_report_prints_the_recall_with_the_sample_size():
     assert "- retrieval: ann (FAISS IVF, 1788 lists" in text
     assert "recall@20 against brute force 0.9712 on 1,000 sampled users" in text
     assert "retrieval" not in report.render_markdown({"run_date": "2026-11-27"})
+
+
+def test_the_torch_engine_scores_with_ann_and_reports_its_recall(tiny_config, capsys):
+    run_date, n_items = "2026-11-27", 30
+    exact_cfg = tiny_config.replace(
+        score={"top_k": 5, "batch_size": 16}, model={"embed_dim": 8, "hidden_dim": 8, "price_buckets": 4}
+    )
+    write_night(exact_cfg.layout, run_date, n_items=n_items, n_users=150)
+    torch.manual_seed(5)
+    net = QNetwork(n_items, 4, ModelConfig(embed_dim=8, hidden_dim=8, price_buckets=4))
+    net.set_item_features(np.arange(n_items + 1) % 4, np.arange(n_items + 1) % 4)
+    version = registry.save_model(
+        net.eval(), exact_cfg, registry_root=exact_cfg.registry.root, metrics={}, data_window={"run_date": run_date}
+    )
+    order = [(schema.USER_ID, "ascending"), (schema.RANK, "ascending")]
+    compared = [schema.USER_ID, schema.RANK, schema.ITEM_ID, schema.SOURCE]
+
+    def night(cfg) -> tuple[pa.Table, engines.ScoringSummary]:
+        summary = engines.score_with_torch(cfg, run_date, version)
+        return storage.read_partition(cfg.layout.staged(schema.RECOMMENDATIONS, run_date)).sort_by(order), summary
+
+    exact, exact_summary = night(exact_cfg)
+    assert exact_summary.retrieval == {} and "retrieval" not in capsys.readouterr().out
+    ann_cfg = exact_cfg.replace(score={"retrieval": "ann", "ann_lists": 4, "ann_probe": 4, "ann_candidates": 10})
+    ann, summary = night(ann_cfg)
+    assert ann.select(compared).equals(exact.select(compared))
+    assert summary.retrieval["recall"] == 1.0 and summary.retrieval["k"] == 5
+    assert 0 < summary.retrieval["users"] <= 150
+    assert engines.ScoringSummary.read(ann_cfg.layout.scoring_summary(run_date)).retrieval == summary.retrieval
+    assert f"recall@5 against brute force 1.0000 on {summary.retrieval['users']} sampled users" in capsys.readouterr().out
