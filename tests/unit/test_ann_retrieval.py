@@ -182,6 +182,9 @@ def test_report_prints_the_recall_with_the_sample_size():
     assert "- retrieval: ann (FAISS IVF, 1788 lists" in text
     assert "recall@20 against brute force 0.9712 on 1,000 sampled users" in text
     assert "retrieval" not in report.render_markdown({"run_date": "2026-11-27"})
+    published = {"users": 3, "top_k": 20, "rows": 60, "model_version": "v1", "warehouse_path": "w", "export_uri": "e"}
+    closing = report.render_summary({"run_date": "2026-11-27", "published": published, "retrieval": scored})
+    assert "  retrieval      ann (FAISS IVF, 1788 lists" in closing and "on 1,000 sampled users" in closing
 
 
 def test_the_torch_engine_scores_with_ann_and_reports_its_recall(tiny_config, capsys):
