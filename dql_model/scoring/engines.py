@@ -79,7 +79,8 @@ class ScoringSummary:
     """Users with fewer than top_k candidates, who got short lists, by who ranked them (``MaskCounts.short_lists``)."""
     retrieval: dict[str, Any] = field(default_factory=dict)
     """With ``score.retrieval: ann``: the index (``method``) and its recall@K (``k``) against brute force on a
-    sample of ``users`` (``retrieval_summary``); empty for exact scoring."""
+    sample of ``users``, of whom ``exact_fallback_users`` were short of candidates and ranked exactly
+    (``retrieval_summary``); empty for exact scoring."""
 
     def masks_line(self) -> str:
         """The mask counts in one line (``masks.describe``)."""
@@ -256,8 +257,8 @@ def retrieval_summary(ranker: Ranker, states: data.UserStates, ann: retrieval.An
     size = min(ann.recall_sample, len(states))
     sample = np.sort(np.random.default_rng(seed).choice(len(states), size=size, replace=False))
     with one_thread_per_batch(ranker.device):
-        recall, users = ranker.ann_recall(take_states(states, sample), user_keys(states.user_id)[sample])
-    return {**out, "k": ranker.policy.top_k, "recall": recall, "users": users}
+        recall, users, handed = ranker.ann_recall(take_states(states, sample), user_keys(states.user_id)[sample])
+    return {**out, "k": ranker.policy.top_k, "recall": recall, "users": users, "exact_fallback_users": handed}
 
 
 @dataclass(frozen=True)

@@ -381,23 +381,27 @@ class Ranker:
         )
 
     def _ann_chunk(self, users, items, events, masked_rows, masked_cols, keys) -> tuple[np.ndarray, ...]:
-        """``_score_chunk``'s rows from the ann candidates, re-ranked exactly; the exact path for a user
-        left with fewer eligible candidates than the K (or fewer) items the exact path would list."""
+        """``_score_chunk``'s rows from the ann candidates re-ranked exactly (``_ann_top_k``)."""
+        top = self._ann_top_k(items, events, masked_rows, masked_cols)
+        return self._ann_rows(users, items, events, masked_rows, masked_cols, keys, *top)
+
+    def _ann_top_k(self, items, events, masked_rows, masked_cols) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per user the top-K of the ann candidates by their exact Q-values, masked as ``_score_chunk``
+        masks: item_idx [B, K], Q [B, K] (-inf past the eligible candidates), and whether the user is
+        short: fewer eligible candidates than the K (or fewer) items the exact path would list."""
         device, k = self.device, self.policy.top_k
         with torch.inference_mode():
             f = self.model.encode_state(torch.as_tensor(items, device=device), torch.as_tensor(events, device=device))
             f = f.float()
         found = self.ann_index.search(f.cpu().numpy(), self.ann_candidates)
         # candidates in item_idx order (missing ones last), so top_k_deterministic's ties go by item_idx
-        missing = found < 0
-        found = np.sort(np.where(missing, self.n_known, found), axis=1)
-        missing = found == self.n_known
-        found[missing] = 0
-        masked = missing
+        found = np.sort(np.where(found < 0, self.n_known, found), axis=1)
+        masked = found == self.n_known
+        found[masked] = 0
         if len(masked_rows):
             width = np.int64(self.n_known)
-            pairs = np.arange(len(users), dtype=np.int64)[:, None] * width + found
-            masked = masked | np.isin(pairs, masked_rows.astype(np.int64) * width + masked_cols)
+            pairs = np.arange(len(items), dtype=np.int64)[:, None] * width + found
+            masked |= np.isin(pairs, masked_rows.astype(np.int64) * width + masked_cols)
         candidates = torch.as_tensor(found, device=device)
         with torch.inference_mode():
             q = torch.bmm(self.vectors[candidates], f[:, :, None])[:, :, 0] + self.bias[candidates]
@@ -409,20 +413,20 @@ class Ranker:
                     f"model {self.model_version} produced NaN Q-values; refusing to score with it"
                 ) from None
             index, values = index.cpu().numpy(), values.cpu().numpy()
-        # Fall back to the exact path (not a wider search) for users the candidates cannot fill: rare
-        # (most of their candidates excluded), and it gives exactly the exact path's list.
-        kind = self.item_kind
-        inside = masked_cols < len(kind)
-        candidate = kind[masked_cols[inside]] == MODEL_CANDIDATE
-        lost = np.bincount(masked_rows[inside][candidate], minlength=len(users))
-        eligible = self.items_per_kind[MODEL_CANDIDATE] - lost
+        inside = masked_cols < len(self.item_kind)
+        candidate = self.item_kind[masked_cols[inside]] == MODEL_CANDIDATE
+        eligible = self.items_per_kind[MODEL_CANDIDATE] - np.bincount(masked_rows[inside][candidate], minlength=len(items))
         short = np.isfinite(values).sum(axis=1) < np.minimum(k, eligible)
+        return np.take_along_axis(found, index, axis=1), values, short
+
+    def _ann_rows(self, users, items, events, masked_rows, masked_cols, keys, top, values, short) -> tuple[np.ndarray, ...]:
+        """``_ann_top_k``'s lists as rows; a short user is ranked by the exact path instead (not by a wider
+        search): rare (most of their candidates excluded), and it gives exactly the exact path's list."""
         keep = np.isfinite(values) & ~short[:, None]
-        rank = np.broadcast_to(np.arange(1, index.shape[1] + 1), index.shape)[keep]
-        user = np.broadcast_to(users[:, None], index.shape)[keep]
-        item = np.take_along_axis(found, index, axis=1)[keep].astype(np.int64)
+        rank = np.broadcast_to(np.arange(1, top.shape[1] + 1), top.shape)[keep]
+        user = np.broadcast_to(users[:, None], top.shape)[keep]
         n = len(user)
-        ann_rows = (user, rank, item, values[keep].astype(np.float64), np.full(n, self.source), np.ones(n))
+        ann_rows = (user, rank, top[keep].astype(np.int64), values[keep].astype(np.float64), np.full(n, self.source), np.ones(n))
         if not short.any():
             return ann_rows
         redo = np.flatnonzero(short)
@@ -432,29 +436,30 @@ class Ranker:
         )
         return tuple(np.concatenate(pair) for pair in zip(ann_rows, exact_rows, strict=True))
 
-    def ann_recall(self, states: data.UserStates, keys: np.ndarray) -> tuple[float, int]:
+    def ann_recall(self, states: data.UserStates, keys: np.ndarray) -> tuple[float, int, int]:
         """Recall@K of the ann path against brute force over these users' model-ranked lists: the share
-        of the exact top-K (user, item) pairs the ann top-K holds too; and how many users were compared."""
+        of the exact top-K (user, item) pairs the ann top-K holds too; how many users were compared; and
+        how many of them the ann path handed to the exact path (short of eligible candidates)."""
         if self.ann_index is None:
             raise ValueError("ann_recall needs score.retrieval=ann on a greedy policy")
         state_items, state_events = _known_states(states, self.model.n_items)
         users = np.flatnonzero((state_items != 0).any(axis=1))
         if len(users) == 0:
-            return 1.0, 0
+            return 1.0, 0, 0
         masks = self.policy.exclude != "none"
         masked_rows, masked_cols = _excluded_rows(states, self.n_known) if masks else (np.zeros(0, int),) * 2
-        found = {"exact": [], "ann": []}
-        for name, chunk, score_chunk in (
-            ("exact", self.rows_per_chunk, self._score_chunk),
-            ("ann", self.ann_rows, self._ann_chunk),
-        ):
-            for start in range(0, len(users), chunk):
-                part = users[start : start + chunk]
-                rows, cols = _excluded_in_batch(masked_rows, masked_cols, part)
-                user, _, item, *_ = score_chunk(part, state_items[part], state_events[part], rows, cols, keys[part])
-                found[name].append((user, item))
-        exact, ann = ((np.concatenate(c) for c in zip(*found[name], strict=True)) for name in ("exact", "ann"))
-        return recall_at_k(*exact, *ann), len(users)
+        exact, ann, handed = [], [], 0
+        for start in range(0, len(users), self.ann_rows):
+            part = users[start : start + self.ann_rows]
+            chunk = (state_items[part], state_events[part], *_excluded_in_batch(masked_rows, masked_cols, part))
+            exact.append(self._score_chunk(part, *chunk, keys[part])[:3:2])
+            top = self._ann_top_k(*chunk)
+            ann.append(self._ann_rows(part, *chunk, keys[part], *top)[:3:2])
+            handed += int(top[2].sum())
+        (exact_users, exact_items), (ann_users, ann_items) = (
+            (np.concatenate(c) for c in zip(*rows, strict=True)) for rows in (exact, ann)
+        )
+        return recall_at_k(exact_users, exact_items, ann_users, ann_items), len(users), handed
 
     def _explore(self, q, greedy, greedy_q, users, keys) -> tuple[np.ndarray, ...]:
         """Fill the K slots one by one: greedy, or the next Gumbel-top-k draw, with their marginal propensities."""

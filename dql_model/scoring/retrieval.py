@@ -14,7 +14,8 @@ trained model's have; isotropic random vectors are its worst case.
 Only items the model may recommend tonight (available and known to it) go into the index, so the
 unavailable and new-since-training masks hold by construction; the user's excluded items are
 masked in the re-rank (``Ranker``). The index is built once per night from the model's weights with
-a fixed k-means seed: a rerun builds the same index and proposes the same candidates.
+a fixed k-means seed: a rerun builds the same index and proposes the same candidates (checked on
+30k items: identical candidates with FAISS on 1 and on 2 threads).
 
 ``faiss`` is imported only when ``ann`` is on: the exact path does not need it.
 """
@@ -119,4 +120,6 @@ def describe(retrieval: dict) -> str:
     return (
         f"{retrieval['method']}; recall@{retrieval['k']} against brute force "
         f"{retrieval['recall']:.4f} on {retrieval['users']:,} sampled users"
+        + (f" ({retrieval['exact_fallback_users']:,} short of candidates, ranked exactly)"
+           if retrieval.get("exact_fallback_users") else "")
     )

@@ -115,6 +115,10 @@ def test_a_user_whose_candidates_are_all_excluded_still_gets_the_exact_full_list
     assert per_user(ann) == per_user(exact)
     assert len(per_user(ann)["u0000"]) == 10
     assert not set(per_user(ann)["u0000"]) & set(best)
+    settings = AnnSettings(lists=24, probe=24, candidates=40, recall_sample=1)
+    summary = engines.retrieval_summary(ranker(model, settings), users, settings, seed=0)
+    assert (summary["recall"], summary["users"], summary["exact_fallback_users"]) == (1.0, 1, 1)
+    assert "(1 short of candidates, ranked exactly)" in report.retrieval_line({"retrieval": summary})
 
 
 def test_few_probes_lose_recall_and_the_summary_reports_it(model):
