@@ -44,7 +44,8 @@ class SupervisedSearch:
     trials: list[dict[str, Any]] = field(default_factory=list)
     """Overrides, best value of eval.early_stop_metric, best epoch and seconds of every trial."""
     config: Config | None = None
-    """The best trial's config, its ``auto`` settings decided on the data (train.TrainResult.config)."""
+    """The best trial's config (its overrides, the supervised mode, the epoch budget and the ``auto`` settings
+    decided on the data: train.TrainResult.config); what the baseline is saved with."""
 
 
 def supervised_config(cfg: Config, overrides: dict[str, Any], epochs: int) -> Config:
@@ -124,7 +125,7 @@ def train_and_save(cfg: Config, run_date: str, *, progress: Callable[[str], None
     }
     version = registry.save_model(
         search.model,
-        search.config or supervised_config(cfg, search.overrides, cfg.eval.baseline_epochs or cfg.train.epochs),
+        search.config,
         registry_root=cfg.layout.baseline_models(run_date),
         metrics=metrics,
         data_window={"run_date": run_date, "train_window": cfg.etl.train_window},

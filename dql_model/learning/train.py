@@ -99,6 +99,8 @@ class TrainResult:
     """Training transitions per epoch."""
     seconds: float
     """Wall time of the whole run."""
+    config: Config
+    """The config the model was trained with, its ``auto`` settings decided: what to save the model with."""
     best_metrics: dict[str, float] = field(default_factory=dict)
     """Validation metrics (eval/*) of the best epoch."""
     stopped_by: str = STOP_EPOCH_CAP
@@ -107,8 +109,6 @@ class TrainResult:
     """Empty from one process; with train.distributed_workers, what dql_model.learning.distributed adds:
     workers, rendezvous, train_seconds (rank 0's, without the processes' start), log (rank 0's lines)
     and shards (per rank: what it trained on and its process ids)."""
-    config: Config | None = None
-    """The config the model was trained with, its ``auto`` settings decided: what to save the model with."""
     shape: str = ""
     """What the data decided for the ``auto`` settings, and why (dql_model.learning.shape); "" if none."""
 
@@ -760,7 +760,7 @@ def train_challenger(
         "transitions": result.n_transitions,
         "warm_start_from": incumbent,
     }
-    cfg = result.config or cfg  # its auto settings decided on tonight's data: the model is rebuilt with them
+    cfg = result.config  # its auto settings decided on tonight's data: the model is rebuilt with them
     version = registry.save_model(
         result.model,
         cfg,

@@ -248,9 +248,9 @@ def evaluate_and_gate(
         supervised_baseline=training.get("baseline"),
         progress=say,
     )
-    tuned = {key: training[key] for key in ("tuned", "shape") if training.get(key)}  # what tonight trained with
+    settings = {key: training[key] for key in ("tuned", "shape") if training.get(key)}  # what tonight trained with
     trained_s = {history.TRAINING_SECONDS: training.get("seconds")}  # the run history's trend shows it
-    report.write_evaluation({**night.to_json(), **status, **tuned, **trained_s}, folder, progress=say)
+    report.write_evaluation({**night.to_json(), **status, **settings, **trained_s}, folder, progress=say)
     return {**night.decision(), **status}
 
 
