@@ -16,37 +16,14 @@ from pyspark.sql import DataFrame, SparkSession
 
 from dql_model.config import SparkConfig
 from dql_model.contract.layout import hidden_sibling, swap_area
+from dql_model.ops import spark_session
 from dql_model.warehouse import storage
-
-UNDER_SPARK_SUBMIT_ENV = "PYSPARK_GATEWAY_PORT"
-"""Set by spark-submit for a Python driver: the JVM already runs with its master and memory."""
 
 
 def get_spark(cfg: SparkConfig, app_name: str) -> SparkSession:
-    """The active session if there is one (tests, notebooks), else a new one configured from ``cfg``.
-
-    Under spark-submit the master, driver memory and driver options given to spark-submit win;
-    ``cfg.master``, ``cfg.driver_memory`` and ``cfg.driver_java_options`` apply only when the job
-    runs as a plain Python process. The session time zone is always UTC: the data contract's
-    timestamps are UTC.
-    """
-    active = SparkSession.getActiveSession()
-    if active is not None:
-        active.conf.set("spark.sql.session.timeZone", "UTC")
-        return active
-    builder = (
-        SparkSession.builder.appName(app_name)
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
-    )
-    if UNDER_SPARK_SUBMIT_ENV not in os.environ:
-        # The driver JVM starts with the session here, so its memory and flags can still be set.
-        builder = builder.master(cfg.master).config("spark.driver.memory", cfg.driver_memory)
-        if cfg.driver_java_options:
-            builder = builder.config("spark.driver.extraJavaOptions", cfg.driver_java_options)
-    session = builder.getOrCreate()
-    session.sparkContext.setLogLevel("WARN")  # keep the job's progress lines readable
-    return session
+    """The active session if there is one (tests, notebooks), else a new one configured from ``cfg``
+    (``dql_model.ops.spark_session``: UTC, and spark-submit's master and memory win under it)."""
+    return spark_session.session(cfg, app_name)[0]
 
 
 def _fs(spark: SparkSession, path: str):

@@ -42,6 +42,7 @@ from dql_model.learning import sequences
 from dql_model.learning.agent import compute_loss
 from dql_model.learning.device import resolve_device
 from dql_model.learning.networks import QNetwork
+from dql_model.ops import spark_session
 from dql_model.warehouse import data
 
 APP_NAME = "dqlrec-train"
@@ -226,25 +227,6 @@ def _rank_main(train_one: Callable[..., Any], cfg: Config, kwargs: dict[str, Any
         dist.destroy_process_group()
 
 
-def _spark(cfg: Config):
-    """(The active SparkSession, False), else (a new one on ``spark.master``, True): the training task
-    runs outside spark-submit."""
-    from pyspark.sql import SparkSession
-
-    active = SparkSession.getActiveSession()
-    if active is not None:
-        return active, False
-    builder = (
-        SparkSession.builder.appName(APP_NAME)
-        .master(cfg.spark.master)
-        .config("spark.driver.memory", cfg.spark.driver_memory)
-        .config("spark.ui.showConsoleProgress", "false")
-    )
-    if cfg.spark.driver_java_options:
-        builder = builder.config("spark.driver.extraJavaOptions", cfg.spark.driver_java_options)
-    return builder.getOrCreate(), True
-
-
 def train_model(
     train_one: Callable[..., Any],
     cfg: Config,
@@ -264,7 +246,7 @@ def train_model(
     workers = cfg.train.distributed_workers
     if workers < 1:
         raise ConfigError(f"train.distributed_workers={workers}: 0 trains in this process, N >= 1 in N processes")
-    spark, started_here = _spark(cfg)
+    spark, started_here = spark_session.session(cfg.spark, APP_NAME, console_progress=False)
     master = spark.sparkContext.master
     local = master == "local" or master.startswith("local[")
     cuda = resolve_device(cfg.train.device).type == "cuda"
