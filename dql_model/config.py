@@ -516,9 +516,11 @@ class EvalConfig(_Section):
     from the impressions (``ope/ips``, ``ope/snips``, ``ope/dr``), which falls back to eval/ndcg@10 on
     a night without enough impressions."""
     max_events: int = 20_000
-    """The nightly evaluation judges a seeded sample of this many validation events when the split is
-    larger (every model on the same events; 0: all): at 20,000 events NDCG@10's 95 % interval is about
-    ± 0.005, and a pass over a large catalogue costs seconds instead of minutes per model."""
+    """The nightly evaluation (the training's early stopping and the gate) judges a seeded sample of this
+    many validation events when the split is larger (every model on the same events; 0: all): at 20,000
+    events NDCG@10's 95 % interval is about ± 0.005. Above 53k items the sample shrinks so that events x
+    items stays within 2^30 scores a pass (evaluate.EVAL_CELLS; at least 2,000 events); the log and the
+    report say so."""
     gate_tolerance: float = 0.02
     """A challenger is promoted unless it is worse than the champion by more than this (relative)."""
     baseline_trials: int = 1

@@ -250,12 +250,16 @@ class _Night:
         protocol = data.night_protocol(cfg, run_date)
         exclude = data.exclude_rule(cfg.score, protocol)
         masks = data.load_exclusions(transitions_dir, exclude=exclude)
-        sample = evaluate.sample_rows(len(val), cfg.eval.max_events, cfg.train.seed)
+        items = data.load_item_features(item_index_dir, price_buckets=cfg.model.price_buckets)
+        sample, why = evaluate.judged_sample(len(val), items.n_items, cfg.eval.max_events, cfg.train.seed)
         if sample is not None:
-            progress(
-                f"validation: judging a seeded sample of {len(sample)} of its {len(val)} events (eval.max_events)"
-            )
-            protocol = {**protocol, "validation_events_total": len(val), "validation_sample": len(sample)}
+            progress(f"validation: judging a seeded sample of {len(sample)} of its {len(val)} events ({why})")
+            protocol = {
+                **protocol,
+                "validation_events_total": len(val),
+                "validation_sample": len(sample),
+                "validation_sample_why": why,
+            }
             val, masks = val.take(sample), masks.take(sample)
         present = {t: int((val.event_code == code).sum()) for t, code in schema.EVENT_CODE.items()}
         progress(
@@ -265,7 +269,7 @@ class _Night:
         return cls(
             transitions_dir=transitions_dir,
             item_index_dir=item_index_dir,
-            items=data.load_item_features(item_index_dir, price_buckets=cfg.model.price_buckets),
+            items=items,
             val=val,
             protocol=protocol,
             exclude=exclude,

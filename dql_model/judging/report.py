@@ -228,7 +228,7 @@ def protocol_line(evaluation: dict[str, Any]) -> str:
         half = ((evaluation.get("metrics") or {}).get("challenger") or {}).get(f"{metric}/ci95")
         line += (
             f" Judged on a seeded sample of {protocol['validation_sample']} of the split's "
-            f"{protocol['validation_events_total']} events (eval.max_events)"
+            f"{protocol['validation_events_total']} events ({protocol.get('validation_sample_why', 'eval.max_events')})"
             + (f"; the challenger's {metric} is known to ± {half:.4f} (95 %)" if half is not None else "")
             + "."
         )

@@ -38,7 +38,7 @@ import torch
 from dql_model import faults
 from dql_model.config import Config
 from dql_model.contract import schema
-from dql_model.evaluation.evaluate import evaluate_scorer, usable_metric
+from dql_model.evaluation.evaluate import evaluate_scorer, judged_sample, usable_metric
 from dql_model.learning import sequences, shape
 from dql_model.learning.agent import DQNAgent, describe_loss
 from dql_model.learning.device import resolve_device, seed_everything
@@ -496,6 +496,10 @@ def _prepare(
     cfg = choice.apply(cfg)
     if choice.line():
         progress(choice.line())
+    sample, why = judged_sample(len(val), items.n_items, cfg.eval.max_events, cfg.train.seed)  # the gate's events
+    if sample is not None:
+        progress(f"validation: early stopping on a seeded sample of {len(sample)} of its {len(val)} events ({why})")
+        val, masks = val.take(sample), masks.take(sample)
     model = build_model(items, cfg, counts)
     if warm_start is not None:
         try:

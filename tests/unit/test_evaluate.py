@@ -79,6 +79,51 @@ def test_q_network_scorer_and_shared_names():
     )
 
 
+def test_the_scorer_keeps_the_item_side_only_while_the_weights_and_head_blend_stay_as_they_were():
+    """Its item vectors and biases are computed once per evaluation, never kept past a change of weights."""
+    torch.manual_seed(0)
+    model = QNetwork(12, 2, ModelConfig(embed_dim=8, hidden_dim=8, price_buckets=4, heads="two")).eval()
+    scorer = QNetworkScorer(model)
+    val = validation([[1, 2], [3], []], [4, 5, 6], [VIEW, VIEW, BUY])
+
+    def fresh() -> np.ndarray:
+        with torch.inference_mode():
+            return model.q_values(torch.as_tensor(val.state_items), torch.as_tensor(val.state_events)).numpy()
+
+    first = scorer.scores(val.state_items, val.state_events)
+    np.testing.assert_allclose(first, fresh(), rtol=1e-6)
+    kept = scorer.item_side()[0]
+    scorer.scores(val.state_items, val.state_events)
+    assert scorer.item_side()[0] is kept  # the same weights: computed once
+
+    with torch.no_grad():  # an optimiser step's in-place update
+        model.item_embedding.weight.add_(0.5)
+        model.item_bias.weight.add_(1.0)
+    after_step = scorer.scores(val.state_items, val.state_events)
+    np.testing.assert_allclose(after_step, fresh(), rtol=1e-6)
+    assert not np.allclose(after_step[:, 1:], first[:, 1:])
+
+    model.head_weight.fill_(0.25)  # the two-head blend the training's evaluation tries
+    np.testing.assert_allclose(scorer.scores(val.state_items, val.state_events), fresh(), rtol=1e-6)
+
+    model.load_state_dict(QNetwork(12, 2, model.cfg).state_dict())  # a best epoch restored
+    np.testing.assert_allclose(scorer.scores(val.state_items, val.state_events), fresh(), rtol=1e-6)
+
+
+def test_the_evaluation_sample_shrinks_on_a_large_catalogue_but_never_below_its_floor():
+    from dql_model.evaluation.evaluate import EVAL_CELLS, MIN_EVAL_EVENTS, events_to_judge, judged_sample
+
+    assert events_to_judge(20_000, 1_682) == 20_000  # MovieLens, the demo: every event the setting allows
+    assert events_to_judge(20_000, 235_000) == EVAL_CELLS // 235_000 == 4_569
+    assert events_to_judge(20_000, 10**7) == MIN_EVAL_EVENTS
+    assert events_to_judge(500, 10**7) == 500 and events_to_judge(0, 10**7) == 0  # explicit settings win
+    sample, why = judged_sample(50_000, 235_000, 20_000, seed=3)
+    assert len(sample) == 4_569 and (np.diff(sample) > 0).all() and "235000 items" in why
+    again, _ = judged_sample(50_000, 235_000, 20_000, seed=3)
+    np.testing.assert_array_equal(sample, again)  # the training and the gate judge the same events
+    assert judged_sample(3_000, 235_000, 20_000, seed=3) == (None, "eval.max_events, fewer on a catalogue of 235000 items")
+
+
 def test_empty_validation_gives_only_the_count():
     assert evaluate_scorer(PopularityScorer(np.ones(4)), validation([], [], [])) == {"eval/n": 0.0}
 

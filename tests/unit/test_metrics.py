@@ -66,6 +66,27 @@ def test_top_k_agrees_with_a_full_stable_sort():
     np.testing.assert_array_equal(metrics.rank_of_targets(scores, targets), expected)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_top_k_and_ranks_on_a_large_catalogue_agree_with_a_full_stable_sort(dtype):
+    """Rows wider than TORCH_TOPK_COLUMNS take the k-th score from torch: the same lists, ties included."""
+    rng = np.random.default_rng(1)
+    columns = metrics.TORCH_TOPK_COLUMNS + 904
+    scores = rng.integers(0, 40, size=(12, columns)).astype(dtype)  # about 125 items share each score
+    scores[3, :] = 7.0  # a row of one score: every item tied with the k-th
+    scores[4, 50:] = -INF  # fewer finite items than the list
+    index, values = metrics.top_k(scores, 20)
+    expected = np.argsort(-scores, axis=1, kind="stable")[:, :20]
+    np.testing.assert_array_equal(index, expected)
+    np.testing.assert_array_equal(values, np.take_along_axis(scores, expected, axis=1))
+    targets = rng.integers(1, columns, size=12)
+    full = np.argsort(-scores[:, 1:], axis=1, kind="stable") + 1
+    expected_ranks = np.array([np.flatnonzero(row == t)[0] + 1 for row, t in zip(full, targets, strict=True)])
+    finite = np.isfinite(scores[np.arange(12), targets])
+    ranks = metrics.rank_of_targets(scores, targets)
+    np.testing.assert_array_equal(ranks[finite], expected_ranks[finite])
+    assert (ranks[~finite] == metrics.NEVER_LISTED).all()
+
+
 def test_every_ranking_metric_kind_has_one_formula():
     from dql_model.contract import schema
 
