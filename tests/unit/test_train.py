@@ -328,6 +328,35 @@ def test_the_sampled_softmax_learns_the_shop_as_the_full_one_does(tiny_config, s
     assert sampled.best_value > 0.9 * full.best_value
 
 
+def test_a_sampled_run_returns_the_model_its_validation_ranked_with(tiny_config, shop, monkeypatch):
+    # Sparse row updates (SparseAdam) and the lazy target keep moving item rows after the best epoch;
+    # the model handed back must score validation as that epoch's evaluation did, bit for bit.
+    real_evaluate = train._evaluate
+    epoch_scores = []
+
+    def evaluate_then_demote(model, val, masks, device, metric):
+        row = real_evaluate(model, val, masks, device, metric)
+        epoch_scores.append(QNetworkScorer(model)(val.state_items, val.state_events))
+        if len(epoch_scores) > 2:
+            row[metric] = -1.0  # epochs 3 to 5 never win: the weights returned are restored ones
+        return row
+
+    monkeypatch.setattr(train, "_evaluate", evaluate_then_demote)
+    cfg = config(tiny_config, epochs=5, patience=5, full_loss_max_items=20, cql_negatives=8)
+    result = run(cfg, shop)
+
+    assert any(line.startswith("loss: sampled softmax: 8 negatives") for line in result.lines)
+    assert len(result.history) == 5 and result.best_epoch in (1, 2)
+    best_scores = epoch_scores[result.best_epoch - 1]
+    assert not np.array_equal(epoch_scores[-1], best_scores)  # training moved on after the best epoch
+    transitions, _ = shop
+    val = data.load_transitions(transitions, max_len=MAX_LEN, split=schema.VALIDATION)
+    assert np.array_equal(QNetworkScorer(result.model)(val.state_items, val.state_events), best_scores)
+    masks = data.load_exclusions(transitions, exclude="none")
+    again = evaluate_scorer(QNetworkScorer(result.model), val, exclude=masks)
+    assert again["eval/ndcg@10"] == result.best_value == result.history[result.best_epoch - 1]["eval/ndcg@10"]
+
+
 def test_a_sampled_run_resumes_from_its_checkpoint_and_ends_identically(tiny_config, shop, monkeypatch):
     # the split optimizer (Adam + SparseAdam) and the lazy target are saved and restored exactly
     cfg = config(tiny_config, epochs=2, patience=5, full_loss_max_items=20, cql_negatives=8)
