@@ -34,6 +34,7 @@ import re
 import types
 import typing
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -205,6 +206,17 @@ def train_window_start(window: str, run_date: dt.date, first_day: dt.date) -> dt
     if parsed > run_date:
         raise ConfigError(f"etl.train_window={window!r} starts after the run date {run_date}")
     return max(first_day, parsed)
+
+
+def seed_states_night(
+    state_nights: Iterable[dt.date], window_start: dt.date, usable: Callable[[dt.date], bool] = lambda night: True
+) -> dt.date | None:
+    """The user_states night that seeds the transitions of a night whose training window starts on
+    ``window_start``: the newest before it that is ``usable`` (asked newest first, until one is), whose states
+    are each user's history up to the window; None when there is none. ``jobs/build_training_data.py`` plans
+    with it; retention keeps that night's states."""
+    before = sorted((night for night in state_nights if night < window_start), reverse=True)
+    return next((night for night in before if usable(night)), None)
 
 
 def _is_union(typ: Any) -> bool:
@@ -726,11 +738,14 @@ class RetentionConfig(_Section):
 
     raw_nights: int = 0
     """Newest raw events and impressions partitions kept; 0 = all (a full rebuild reads every one). It may not
-    be shorter than what a night reads (etl.train_window in days, eval.ope_days, quality.drift_nights + 1);
+    be shorter than what a night reads (etl.train_window + etl.lookback_days days, eval.ope_days,
+    quality.drift_nights + 1);
     with etl.train_window 'all' the kept days become the training window."""
     curated_nights: int = 7
     """Newest nights of the curated tables and ETL summaries: the next night builds on the last one, and a
-    rerun of a kept night finds the night before it."""
+    rerun of a kept night finds the night before it. Older user_states that the next night or such a rerun
+    reads stay too: those seeding its transitions (the night before its training window) and those its
+    off-policy estimates rank impressions from (eval.ope_days)."""
     output_nights: int = 30
     """Newest nights of output/recommendations, the marketing tables and staging leftovers."""
     export_nights: int = 30
@@ -865,14 +880,17 @@ class Config:
         self._check_raw_retention()
 
     def _check_raw_retention(self) -> None:
-        """retention.raw_nights may not prune raw days that a night still reads (its training window, its
-        off-policy days, its drift check): a pruned day would silently change what the night learns from."""
+        """retention.raw_nights may not prune raw days that a night still reads (its training window and the
+        lookback before it, its off-policy days, its drift check): a pruned day would silently change what the
+        night learns from. Each count includes the run date's own partition, which may land before a prune
+        that runs ahead of its night."""
         keep = self.retention.raw_nights
         if not keep:
             return
         window = parse_train_window(self.etl.train_window)
         reads = {
-            "etl.train_window": window if isinstance(window, int) else 0,
+            # the window's transitions, and lookback_days before it where a duplicate's kept copy can be
+            "etl.train_window + etl.lookback_days": window + self.etl.lookback_days if isinstance(window, int) else 0,
             "eval.ope_days": self.eval.ope_days,
             "quality.drift_nights": self.quality.drift_nights + 1,
         }

@@ -11,8 +11,9 @@ Incremental by default (``etl.incremental``), so a night's cost follows its own 
   (normally just the run date's): their rows are counted, cleaned and quarantined tonight,
   and their accepted events update yesterday's states (``jobs.user_states.update_user_states``).
 - Transitions need each event's previous L interactions: the states as of the day before the
-  training window seed them, so only the window's partitions are read, plus ``lookback_days``
-  before them, where the kept copy of a re-delivered duplicate can be.
+  training window seed them (``config.seed_states_night``; retention keeps them), so only the
+  window's partitions are read, plus ``lookback_days`` before them, where the kept copy of a
+  re-delivered duplicate can be.
 
 It falls back to a full rebuild from every partition up to the run date (same tables, more
 work) on the first night, with ``--full-rebuild`` or ``etl.incremental: false``, and when the
@@ -44,7 +45,7 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from dql_model.config import Config, load_config, train_window_start
+from dql_model.config import Config, load_config, seed_states_night, train_window_start
 from dql_model.contract import schema
 from dql_model.contract.layout import ETL_JOB
 from dql_model.errors import InputError, MissingInput
@@ -172,7 +173,7 @@ def plan_run(spark: SparkSession, cfg: Config, run_date: dt.date, window_start: 
     previous = next((d for d in earlier if usable(d)), None)
     if previous is None:
         return Plan(FULL, f"no user_states partition before the run date has a run summary with {settings}")
-    seed = next((d for d in earlier if d < window_start and usable(d)), None)
+    seed = seed_states_night(earlier, window_start, usable)
     return Plan(INCREMENTAL, f"updating the user_states of {previous}", previous, seed)
 
 

@@ -9,7 +9,8 @@ The rule, per table (counted per table, so a month without runs never empties on
 - dated folders (``<column>=YYYY-MM-DD`` partitions, report folders, local export dates, the nights'
   baselines, the Data Docs site's pages and validation results per suite): the newest
   ``retention.<layer>_nights`` are kept, older ones go; 0 keeps all (the site's index drops the pages
-  of removed results when the next validation rebuilds it);
+  of removed results when the next validation rebuilds it); ``user_states`` and the ETL summaries also
+  keep the older nights that the next night or a rerun of a kept night reads (``states_read_later``);
 - registry versions: ``version_plan`` keeps the newest ``retention.registry_versions`` and every
   version its caller protects (the champion, pinned versions, versions of recent promotions: the
   registry lives above this package, ``dql_model.pipeline.prune`` gathers them);
@@ -29,15 +30,16 @@ says so in its notes.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dql_model.config import Config
+from dql_model.config import Config, ConfigError, seed_states_night, train_window_start
 from dql_model.contract import layout, schema
 from dql_model.warehouse import locks, storage
 
@@ -130,18 +132,18 @@ def locked_dates(cfg: Config) -> set[str]:
 
 
 def _oldest_beyond(
-    parent: str | os.PathLike[str], keep: int, *, layer: str, setting: str, locked: set[str], notes: list[str],
-    in_swap_area: bool = False,
+    parent: str | os.PathLike[str], keep: int, *, layer: str, setting: str, spared: Mapping[str, str],
+    notes: list[str], in_swap_area: bool = False,
 ) -> list[Removal]:
-    """The dated folders of ``parent`` older than its ``keep`` newest; locked dates stay (noted)."""
+    """The dated folders of ``parent`` older than its ``keep`` newest; the ``spared`` dates stay (noted with why)."""
     if keep <= 0:
         return []
     by_date = storage.dated_folders(parent)
     old = sorted(by_date)[:-keep]
     out = []
     for day in old:
-        if day in locked:
-            notes.append(f"kept {by_date[day]}: the run-date lock of {day} is held")
+        if day in spared:
+            notes.append(f"kept {by_date[day]}: {spared[day]}")
             continue
         out.append(
             Removal(
@@ -163,10 +165,53 @@ def _interrupted(parents: Iterable[str | os.PathLike[str]], layer: str) -> list[
     return out
 
 
+def states_read_later(cfg: Config) -> dict[str, str]:
+    """user_states nights older than the newest ``curated_nights`` that the next night, or a rerun of a kept
+    night, still reads -> why (their ETL summaries too: the Spark job checks how the states were built):
+
+    - the night whose states seed its transitions (``config.seed_states_night``: the newest before its
+      training window, with the window's first day counted from the raw days this plan keeps);
+    - the nights whose lists its off-policy estimates rank from their states (the ``eval.ope_days`` shown
+      days up to it that have impressions were served from the lists of the night before each).
+
+    Without them the Spark job would find no seed and read every raw partition (a cost that grows with the
+    history, and transitions whose first states lack the history before the kept raw days), and the
+    estimates would skip days.
+    """
+    keep, lay = cfg.retention, cfg.layout
+    states = sorted(dt.date.fromisoformat(day) for day in storage.dated_folders(lay.table(schema.USER_STATES)))
+    if keep.curated_nights <= 0 or len(states) <= keep.curated_nights:
+        return {}
+    kept = states[-keep.curated_nights :]
+    raw = sorted(storage.dated_folders(lay.table(schema.EVENTS)))
+    first_raw = raw[-keep.raw_nights :][0] if keep.raw_nights and raw else (raw[0] if raw else None)
+    shown = set(storage.dated_folders(lay.table(schema.IMPRESSIONS)))
+    out: dict[str, str] = {}
+    for night in [*kept, states[-1] + dt.timedelta(days=1)]:
+        whose = f"a rerun of {night}" if night in kept else f"the next night ({night})"
+        if first_raw is not None:
+            try:
+                start = train_window_start(cfg.etl.train_window, night, dt.date.fromisoformat(first_raw))
+            except ConfigError:  # a first day after the night: that night has no window to seed
+                start = None
+            seed = None if start is None else seed_states_night(states, start)
+            if seed is not None and seed not in kept:
+                out.setdefault(str(seed), f"its user_states seed the transitions of {whose} (etl.train_window)")
+        for back in range(1, cfg.eval.ope_days + 1):
+            served = night - dt.timedelta(days=back)
+            if str(served + dt.timedelta(days=1)) in shown and served in states and served not in kept:
+                out.setdefault(
+                    str(served), f"{whose} ranks the impressions of {served + dt.timedelta(days=1)} from its user_states "
+                    "(eval.ope_days)",
+                )  # fmt: skip
+    return out
+
+
 def warehouse_plan(cfg: Config) -> Plan:
     """What the dated layers of the warehouse, the reports and a local export lose under ``cfg.retention``."""
     keep, lay = cfg.retention, cfg.layout
-    locked = locked_dates(cfg)
+    locked = {day: f"the run-date lock of {day} is held" for day in locked_dates(cfg)}
+    read_later = {**states_read_later(cfg), **locked}
     plan = Plan()
     tables = [
         *[(t, keep.raw_nights, "raw_nights") for t in RAW_TABLES],
@@ -176,13 +221,14 @@ def warehouse_plan(cfg: Config) -> Plan:
     for table, nights, setting in tables:
         root = lay.table(table)
         plan.removals += _oldest_beyond(
-            root, nights, layer=f"{layout.LAYER[table]}/{table}", setting=setting, locked=locked, notes=plan.notes,
-            in_swap_area=True,
+            root, nights, layer=f"{layout.LAYER[table]}/{table}", setting=setting,
+            spared=read_later if table == schema.USER_STATES else locked, notes=plan.notes, in_swap_area=True,
         )  # fmt: skip
         plan.removals += _interrupted([layout.swap_area(root)], f"{layout.LAYER[table]}/{table}")
     warehouse = Path(lay.root)
+    runs = warehouse / layout.CURATED / layout.RUNS
     folders = [
-        (warehouse / layout.CURATED / layout.RUNS, keep.curated_nights, "curated_nights", "curated/_runs"),
+        (runs, keep.curated_nights, "curated_nights", "curated/_runs"),
         (warehouse / layout.STAGING / schema.RECOMMENDATIONS, keep.output_nights, "output_nights", "staging"),
         (warehouse / layout.STAGING / layout.RUNS, keep.output_nights, "output_nights", "staging/_runs"),
         (Path(lay.reports()), keep.report_nights, "report_nights", "reports"),
@@ -206,7 +252,8 @@ def warehouse_plan(cfg: Config) -> Plan:
     else:
         folders.append((Path(export), keep.export_nights, "export_nights", "export"))
     for parent, nights, setting, layer in folders:
-        plan.removals += _oldest_beyond(parent, nights, layer=layer, setting=setting, locked=locked, notes=plan.notes)
+        spared = read_later if parent == runs else locked
+        plan.removals += _oldest_beyond(parent, nights, layer=layer, setting=setting, spared=spared, notes=plan.notes)
         plan.removals += _interrupted([parent], layer)
     return plan
 

@@ -181,7 +181,10 @@ def test_stale_checkpoints_and_an_interrupted_prune_are_swept(tmp_path):
 
 
 def test_thirty_nights_keep_storage_flat_and_prune_removes_exactly_what_the_dry_run_lists(tmp_path, monkeypatch):
-    """Thirty nights with a nightly prune: after the longest window, each night adds what it prunes."""
+    """Thirty nights with a nightly prune: after the longest window, each night adds what it prunes.
+
+    Nights of a fixed size, so the bytes stay exactly flat and the registry's window is counted exactly;
+    tests/spark/test_thirty_nights.py runs thirty real nights, whose sizes follow their data."""
     windows = {"raw_nights": 10, "curated_nights": 3, "output_nights": 5, "export_nights": 5, "report_nights": 7,
                "baseline_nights": 2, "registry_versions": 3, "promotion_days": 6}  # fmt: skip
     cfg = config(tmp_path, **windows)
@@ -249,7 +252,41 @@ def test_the_prune_command_removes_what_its_dry_run_lists(tmp_path, capsys):
 def test_raw_retention_shorter_than_what_a_night_reads_is_refused():
     from dql_model.config import ConfigError
 
-    with pytest.raises(ConfigError, match=r"retention.raw_nights=10 keeps fewer raw days than a night reads "
-                                          r"\(etl.train_window needs 30\): set it to at least 30"):  # fmt: skip
-        Config().replace(etl={"train_window": "30d"}, retention={"raw_nights": 10})
-    assert Config().replace(etl={"train_window": "30d"}, retention={"raw_nights": 30}).retention.raw_nights == 30
+    # 30 days of transitions and the 3 days of lookback before them, where a duplicate's kept copy can be
+    with pytest.raises(ConfigError, match=r"retention.raw_nights=32 keeps fewer raw days than a night reads "
+                                          r"\(etl.train_window \+ etl.lookback_days needs 33\): set it to at least 33"):  # fmt: skip
+        Config().replace(etl={"train_window": "30d"}, retention={"raw_nights": 32})
+    assert Config().replace(etl={"train_window": "30d"}, retention={"raw_nights": 33}).retention.raw_nights == 33
+    with pytest.raises(ConfigError, match=r"etl.train_window \+ etl.lookback_days needs 31"):
+        Config().replace(etl={"train_window": "30d", "lookback_days": 1}, retention={"raw_nights": 30})
+
+
+def test_the_user_states_a_later_night_reads_outlive_curated_nights(tmp_path):
+    """The next night's transitions start from the states of the night before its training window, and its
+    off-policy estimates rank each shown day's impressions from the states of the night before that day:
+    those user_states (and the ETL summaries that say how they were built) stay, as they do for a rerun of
+    each kept night; nothing else of those nights does."""
+    cfg = config(tmp_path, curated_nights=2).replace(etl={"train_window": "4d"})
+    for n in range(10):
+        write_night(cfg, night(n))
+    for shown in (1, 3):  # impressions shown on night 3's day were served from night 2's lists
+        write_parquet(Path(cfg.layout.partition(schema.IMPRESSIONS, night(shown))), TABLE)
+
+    plan = prune.plan(cfg)
+    by_layer = removed_layers(plan)
+    # Kept: 8 and 9 (the newest 2); 4, 5 and 6 seed the transitions of reruns of 8 and 9 and of the next
+    # night 10 (windows from 5, 6 and 7); 2 ranks the impressions of day 3, inside the 7 shown days
+    # (eval.ope_days) of a rerun of 8 or 9. Day 1's impressions are older than any of those windows.
+    gone = [f"run_date={night(n)}" for n in (0, 1, 3, 7)]
+    assert by_layer["curated/user_states"] == gone
+    assert by_layer["curated/_runs"] == gone
+    assert by_layer["curated/transitions"] == [f"run_date={night(n)}" for n in range(8)]
+    notes = "\n".join(plan.notes)
+    assert f"user_states seed the transitions of the next night ({night(10)}) (etl.train_window)" in notes
+    assert f"seed the transitions of a rerun of {night(8)}" in notes
+    assert f"a rerun of {night(8)} ranks the impressions of {night(3)} from its user_states (eval.ope_days)" in notes
+
+    # A warehouse keeping every raw day starts a 'all' window on its first day: no night seeds from older states.
+    assert removed_layers(prune.plan(cfg.replace(etl={"train_window": "all"}, eval={"ope_days": 0})))[
+        "curated/user_states"
+    ] == [f"run_date={night(n)}" for n in range(8)]
