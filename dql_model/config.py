@@ -591,9 +591,9 @@ class ScoreConfig(_Section):
     """torch (batched matrix products in the scoring task) or spark (a Spark job, model broadcast to executors)."""
     active_window: str = "auto"
     """Which users get a list tonight, by their last event: ``Nd`` those with an event in the last N days
-    (the run date counted), ``all`` everyone with a state, or ``auto``: ``30d`` when the night validates
-    on a time split (a shop's daily log holds months of one-visit visitors a nightly list cannot reach),
-    ``all`` under leave-last-out (a ratings panel such as MovieLens, where every user is kept)."""
+    (the run date counted), ``all`` everyone with a state, or ``auto``: ``30d`` on a shop's log (it holds
+    months of one-visit visitors a nightly list cannot reach), ``all`` on a ratings panel (ratings and
+    no purchases, such as MovieLens, where every user is kept)."""
     explore_slots: int = 0
     """The last this-many of the K ranks are drawn from a softmax over Q-values (source explore)."""
     explore_epsilon: float = 0.0

@@ -709,7 +709,19 @@ def iter_user_states(
 
 
 AUTO_ACTIVE_DAYS = 30
-"""``score.active_window: auto`` on a time split: users seen in the last 30 days get a list."""
+"""``score.active_window: auto`` on a shop's log: users seen in the last 30 days get a list."""
+
+
+def ratings_panel(protocol: dict | None) -> bool:
+    """Whether the night's events are a ratings panel (ratings and no purchases, as the ETL job's auto
+    mask decides: MovieLens) rather than a shop's log. A long shop log validates leave-last-out too
+    (its last days hold too few events for a time split), so the split alone cannot tell; a protocol
+    without event-type counts (older runs) falls back to it."""
+    protocol = protocol or {}
+    types = protocol.get("event_types")
+    if types:
+        return types.get(schema.RATING, 0) > 0 and types.get(schema.PURCHASE, 0) == 0
+    return protocol.get("validation") == "leave_last_out"
 
 
 def active_since(score_cfg, protocol: dict | None, run_date: str) -> datetime | None:
@@ -718,7 +730,7 @@ def active_since(score_cfg, protocol: dict | None, run_date: str) -> datetime | 
     date counted as the first; None: every user."""
     days = parse_active_window(score_cfg.active_window)
     if days == "auto":
-        days = None if (protocol or {}).get("validation") == "leave_last_out" else AUTO_ACTIVE_DAYS
+        days = None if ratings_panel(protocol) else AUTO_ACTIVE_DAYS
     if days is None:
         return None
     day = date.fromisoformat(str(run_date)[:10]) - timedelta(days=days - 1)

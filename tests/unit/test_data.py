@@ -350,7 +350,12 @@ def test_scoring_reads_only_the_users_active_in_the_window(tmp_path):
     since = data.active_since(ScoreConfig(active_window="30d"), {}, "2026-11-27")
     assert since == at(2026, 10, 29) == data.active_since(ScoreConfig(), {"validation": "time"}, "2026-11-27")
     assert data.active_since(ScoreConfig(active_window="all"), {"validation": "time"}, "2026-11-27") is None
-    assert data.active_since(ScoreConfig(), {"validation": "leave_last_out"}, "2026-11-27") is None
+    assert data.active_since(ScoreConfig(), {"validation": "leave_last_out"}, "2026-11-27") is None  # older runs
+    panel = {"view": 0, "add_to_cart": 0, "purchase": 0, "rating": 99_057}  # MovieLens: everyone
+    shop = {"view": 2_664_091, "add_to_cart": 69_248, "purchase": 22_487, "rating": 0}  # RetailRocket's months
+    assert data.active_since(ScoreConfig(), {"validation": "leave_last_out", "event_types": panel}, "2026-11-27") is None
+    # A long shop log validates leave-last-out (its last days are too thin for a time split): still 30 days.
+    assert data.active_since(ScoreConfig(), {"validation": "leave_last_out", "event_types": shop}, "2026-11-27") == since
     with pytest.raises(ConfigError, match="score.active_window='30 days'"):
         ScoreConfig(active_window="30 days")
     kept = data.load_user_states(folder, max_len=4, since=since)
