@@ -49,7 +49,7 @@ from dql_model.config import Config, load_config, seed_states_night, train_windo
 from dql_model.contract import schema
 from dql_model.contract.layout import ETL_JOB
 from dql_model.errors import InputError, MissingInput
-from dql_model.warehouse import locks
+from dql_model.warehouse import data, locks
 from dql_model.warehouse.run_dates import missing_run_date_message
 from jobs.clean_events import PARTITION_DATE_COL, RULE_ORDER, label_events, split_labelled
 from jobs.common import day_end_utc, day_start_utc, exit_status, failures_named, run_date_arg
@@ -479,7 +479,7 @@ def choose_protocol(
         )
     exclude, exclude_why = cfg.score.exclude, "score.exclude"
     if exclude == "auto":
-        consumption = event_types[schema.RATING] > 0 and event_types[schema.PURCHASE] == 0
+        consumption = data.consumption_log(event_types)
         exclude = "interacted" if consumption else "purchased"
         exclude_why = "auto: " + ("ratings and no purchases" if consumption else "a shop's events")
     return {

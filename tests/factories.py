@@ -297,3 +297,19 @@ def local_cluster_session(app_name: str, **conf: str):
         time.sleep(0.5)
     print(f"master {spark.sparkContext.master}, executors {status().size() - 1}", flush=True)
     return spark
+
+
+def item_features(n_items: int, unavailable=()):
+    """A catalogue of ``n_items`` items "i1".."iN" in one category and price bucket, ``unavailable`` out of stock."""
+    from dql_model.warehouse import data
+
+    available = np.ones(n_items + 1, dtype=bool)
+    available[0] = False
+    available[list(unavailable)] = False
+    return data.ItemFeatures(
+        item_ids=np.array([None] + [f"i{i}" for i in range(1, n_items + 1)], dtype=object),
+        category=np.zeros(n_items + 1, dtype=np.int64),
+        price_bucket=np.zeros(n_items + 1, dtype=np.int64),
+        available=available,
+        category_ids=[],
+    )

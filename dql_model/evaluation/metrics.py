@@ -80,9 +80,12 @@ def rank_of_targets(scores_or_topk: np.ndarray, targets: np.ndarray) -> np.ndarr
     target_score = np.take_along_axis(items, target_index[:, None], axis=1)
     better = (items > target_score).sum(axis=1)
     tied = items == target_score
+    # Ties rank by item_idx: count those before the target, only on the rows that have any.
     tied_before = np.zeros(len(targets), dtype=np.int64)
-    for row in np.flatnonzero(tied.sum(axis=1) > 1):  # ties rank by item_idx: count those before the target
-        tied_before[row] = tied[row, : target_index[row]].sum()
+    rows = np.flatnonzero(tied.sum(axis=1) > 1)
+    if rows.size:
+        before = np.arange(items.shape[1])[None, :] < target_index[rows, None]
+        tied_before[rows] = (tied[rows] & before).sum(axis=1)
     rank = 1 + better + tied_before
     # A masked target (-inf) is never in a list, even when the catalogue is shorter than k: a miss.
     return np.where(np.isneginf(target_score[:, 0]), NEVER_LISTED, rank).astype(np.int64)

@@ -720,8 +720,14 @@ def ratings_panel(protocol: dict | None) -> bool:
     protocol = protocol or {}
     types = protocol.get("event_types")
     if types:
-        return types.get(schema.RATING, 0) > 0 and types.get(schema.PURCHASE, 0) == 0
+        return consumption_log(types)
     return protocol.get("validation") == "leave_last_out"
+
+
+def consumption_log(event_types: dict[str, int]) -> bool:
+    """Ratings and no purchases (event type -> count): a ratings panel, whose every interacted item is
+    masked (the ETL job's ``score.exclude: auto``) and whose every user is scored (``active_since``)."""
+    return event_types.get(schema.RATING, 0) > 0 and event_types.get(schema.PURCHASE, 0) == 0
 
 
 def active_since(score_cfg, protocol: dict | None, run_date: str) -> datetime | None:

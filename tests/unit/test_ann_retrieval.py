@@ -18,7 +18,7 @@ from dql_model.scoring import engines
 from dql_model.scoring.policy import Policy
 from dql_model.scoring.retrieval import AnnSettings
 from dql_model.warehouse import data, storage
-from tests.factories import write_night
+from tests.factories import item_features, write_night
 
 torch.set_num_threads(1)
 AT = datetime(2026, 11, 27, 5, 0, tzinfo=UTC)
@@ -30,19 +30,6 @@ UNAVAILABLE = np.arange(7, N_ITEMS + 1, 7)
 def model() -> QNetwork:
     torch.manual_seed(3)
     return QNetwork(N_ITEMS, 2, ModelConfig(embed_dim=16, hidden_dim=16, price_buckets=4)).eval()
-
-
-def catalogue() -> data.ItemFeatures:
-    available = np.ones(N_ITEMS + 1, dtype=bool)
-    available[0] = False
-    available[UNAVAILABLE] = False
-    return data.ItemFeatures(
-        item_ids=np.array([None] + [f"i{i}" for i in range(1, N_ITEMS + 1)], dtype=object),
-        category=np.zeros(N_ITEMS + 1, dtype=np.int64),
-        price_bucket=np.zeros(N_ITEMS + 1, dtype=np.int64),
-        available=available,
-        category_ids=[],
-    )
 
 
 def states(n_users: int, excluded: dict[int, list[int]] | None = None, seed: int = 0) -> data.UserStates:
@@ -67,7 +54,7 @@ def states(n_users: int, excluded: dict[int, list[int]] | None = None, seed: int
 def ranker(model, ann: AnnSettings | None, top_k: int = 10, **policy):
     return engines.make_ranker(
         model,
-        catalogue(),
+        item_features(N_ITEMS, unavailable=UNAVAILABLE),
         Policy(top_k=top_k, exclude="purchased", **policy),
         popularity=np.zeros(N_ITEMS + 1),
         model_version="v1",

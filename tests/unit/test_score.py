@@ -24,6 +24,7 @@ from dql_model.scoring.engines import ScoringSummary, score_users
 from dql_model.scoring.policy import Policy
 from dql_model.scoring.ranking import top_k_deterministic
 from dql_model.warehouse import data
+from tests.factories import item_features
 
 torch.set_num_threads(1)
 AT = datetime(2026, 11, 27, 5, 0, tzinfo=UTC)
@@ -39,19 +40,6 @@ def bias_only_model(biases: list[float]) -> QNetwork:
         last.bias.zero_()
         model.item_bias.weight[:, 0] = torch.tensor([0.0, *biases])
     return model
-
-
-def item_features(n_items: int, unavailable=()) -> data.ItemFeatures:
-    available = np.ones(n_items + 1, dtype=bool)
-    available[0] = False
-    available[list(unavailable)] = False
-    return data.ItemFeatures(
-        item_ids=np.array([None] + [f"i{i}" for i in range(1, n_items + 1)], dtype=object),
-        category=np.zeros(n_items + 1, dtype=np.int64),
-        price_bucket=np.zeros(n_items + 1, dtype=np.int64),
-        available=available,
-        category_ids=[],
-    )
 
 
 def user_states(rows: list[tuple[str, list[int], list[int]]], max_len: int = 4) -> data.UserStates:
