@@ -21,7 +21,7 @@ Then ``score.retrieval: ann`` against the exact path where a big catalogue makes
 15k users, embedding 64, K = 20, the default ann settings (about 4·sqrt(items) IVF lists, 16 probed,
 10·K candidates re-ranked exactly). Both are timed end to end from the model (the ann time split into
 building the index and ranking), with the ratio, and ann's recall@K against brute force on a seeded
-sample of 1,000 users (``engines.retrieval_summary``, what the scoring summary reports); once with an
+sample of 1,000 users (``engines.choose_retrieval``, what the scoring summary reports); once with an
 untrained QNetwork (item vectors without clusters: IVF's worst case) and once with known clustered
 vectors (``ClusteredVectors``, a stand-in for a trained model).
 
@@ -247,7 +247,7 @@ class ClusteredVectors(QNetwork):
 
 def ann_comparison(n_items: int, n_users: int) -> list[dict[str, object]]:
     """Exact and ann scoring of the same users end to end (ann: index build, then ranking), their ratio,
-    and ann's recall@K against brute force on a seeded sample of users (``engines.retrieval_summary``),
+    and ann's recall@K against brute force on a seeded sample of users (``engines.choose_retrieval``),
     with the default ann settings; for an untrained QNetwork and for ``ClusteredVectors``."""
     untrained, items, states, popularity = synthetic_inputs(n_items, n_users)
     policy = Policy(top_k=TOP_K)
@@ -265,7 +265,7 @@ def ann_comparison(n_items: int, n_users: int) -> list[dict[str, object]]:
             ranker = engines.make_ranker(model, items, policy, ann=settings, **options)
         with Timer() as search:
             ann_rows = rank(ranker)
-        recall = engines.retrieval_summary(ranker, states, settings, seed=0)
+        recall = engines.choose_retrieval(ranker, states, settings, seed=0)
         ann_seconds = build.seconds + search.seconds
         records.append({
             "model": name, "items": n_items, "users": n_users, "top_k": TOP_K, "embed_dim": EMBED,

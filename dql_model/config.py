@@ -81,7 +81,7 @@ TargetUpdate = Literal["polyak", "hard"]
 LossItems = Literal["auto", "full", "sampled"]
 PurchaseCredit = Literal["cart", "purchase"]
 ScoringEngine = Literal["torch", "spark"]
-RetrievalMode = Literal["exact", "ann"]
+RetrievalMode = Literal["auto", "exact", "ann"]
 SimRefresh = Literal["session", "step"]
 Device = Literal["auto", "cuda", "cpu"]
 EmptyPartition = Literal["fail", "warn"]
@@ -603,11 +603,18 @@ class ScoreConfig(_Section):
     propensity_draws: int = 64
     """Replicate slates of the policy per user behind each marginal propensity below a random rank
     (``dql_model.scoring.policy``): more draws, less noise in the off-policy weights, more time."""
-    retrieval: RetrievalMode = "exact"
-    """How the torch engine finds each user's top-K: ``exact`` (every item's Q-value, the default) or
-    ``ann``: a FAISS IVF inner-product index proposes ``ann_candidates`` items per user, re-ranked
-    exactly with the same masks (``dql_model.scoring.retrieval``); for catalogues of ~100k items and up.
-    Exploring policies and the spark engine rank exactly (a softmax needs every item's Q-value)."""
+    retrieval: RetrievalMode = "auto"
+    """How the torch engine finds each user's top-K: ``exact`` (every item's Q-value), ``ann`` (a FAISS
+    IVF inner-product index proposes ``ann_candidates`` items per user, re-ranked exactly with the same
+    masks: ``dql_model.scoring.retrieval``), or ``auto``: exact below ``ann_min_items`` items the model may
+    recommend tonight; from there ann, once its recall@K against brute force on the recall sample reaches
+    ``ann_min_recall`` (probing more lists until it does, up to an eighth of them), else exact. The
+    scoring log and the report say which ran and why. Exploring policies and the spark engine rank
+    exactly (a softmax needs every item's Q-value)."""
+    ann_min_items: int = 100_000
+    """``retrieval: auto``: ann from this many items (exact scoring of every user against fewer is cheap)."""
+    ann_min_recall: float = 0.95
+    """``retrieval: auto``: the recall@K on the sample below which the night scores exactly instead."""
     ann_lists: int = 0
     """IVF lists (k-means cells) of the ann index; 0: about 4 * sqrt(items)."""
     ann_probe: int = 16
@@ -631,6 +638,15 @@ class ScoreConfig(_Section):
             raise ConfigError(
                 f"score.ann_candidates={self.ann_candidates} is below score.top_k={self.top_k}: "
                 "the exact re-rank needs at least top_k candidates (0 picks 10 * top_k)"
+            )
+        if self.ann_min_items < 0:
+            raise ConfigError(f"score.ann_min_items={self.ann_min_items} must be >= 0")
+        if not 0.0 <= self.ann_min_recall <= 1.0:
+            raise ConfigError(f"score.ann_min_recall={self.ann_min_recall} must be within [0, 1]")
+        if self.retrieval == "auto" and self.ann_recall_sample == 0:
+            raise ConfigError(
+                "score.retrieval=auto trusts ann only on its measured recall: score.ann_recall_sample=0 measures none "
+                "(set a sample, or retrieval ann or exact)"
             )
         if self.retrieval == "ann" and self.engine == "spark":
             raise ConfigError("score.retrieval=ann runs in the torch engine only: set score.engine=torch or retrieval=exact")

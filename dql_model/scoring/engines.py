@@ -78,9 +78,9 @@ class ScoringSummary:
     short_lists: dict[str, int] = field(default_factory=dict)
     """Users with fewer than top_k candidates, who got short lists, by who ranked them (``MaskCounts.short_lists``)."""
     retrieval: dict[str, Any] = field(default_factory=dict)
-    """With ``score.retrieval: ann``: the index (``method``) and its recall@K (``k``) against brute force on a
-    sample of ``users``, of whom ``exact_fallback_users`` were short of candidates and ranked exactly
-    (``retrieval_summary``); empty for exact scoring."""
+    """With ``score.retrieval`` ann or auto: what ranked (``method``: the index, or exact and why) and the
+    index's recall@K (``k``) against brute force on a sample of ``users``, of whom ``exact_fallback_users``
+    were short of candidates and ranked exactly (``choose_retrieval``); empty for exact by configuration."""
 
     def masks_line(self) -> str:
         """The mask counts in one line (``masks.describe``)."""
@@ -244,21 +244,41 @@ def ranker_batches(
                     pending.cancel()
 
 
-def retrieval_summary(ranker: Ranker, states: data.UserStates, ann: retrieval.AnnSettings | None, *, seed: int) -> dict[str, Any]:
-    """The scoring summary's ``retrieval``: {} for exact scoring; with ann, the index and its recall@K
-    against brute force on ``ann.recall_sample`` users drawn with ``seed`` (the same users on a rerun)."""
+def choose_retrieval(ranker: Ranker, states: data.UserStates, ann: retrieval.AnnSettings | None, *, seed: int) -> dict[str, Any]:
+    """Settle the night's retrieval before any user is ranked; returns the scoring summary's ``retrieval``.
+
+    {} for exact scoring by configuration. With an index, its recall@K against brute force on
+    ``ann.recall_sample`` users drawn with ``seed`` (the same users on a rerun). Under ``auto``: below
+    ``ann.min_items`` indexable items the ranker has no index and scores exactly; with one, a recall
+    below ``ann.min_recall`` doubles the probed lists and measures again, up to ``ann.max_probe``, and a
+    recall still short drops the index (``Ranker.drop_ann``): the night scores exactly and says why.
+    """
     if ann is None:
         return {}
-    if ranker.ann_index is None:
-        return {"method": "exact (score.retrieval=ann is not used by an exploring policy: its softmax needs every item)"}
-    out: dict[str, Any] = {"method": f"ann ({ranker.ann_index.describe()}, {ranker.ann_candidates} candidates)"}
+    if ranker.policy.explores:
+        return {"method": f"exact (score.retrieval={'auto' if ann.auto else 'ann'} is not used by an exploring policy: "
+                          "its softmax needs every item)"}
+    if ranker.ann_index is None:  # auto, below its size
+        return {"method": f"exact (score.retrieval=auto: {ranker.indexable:,} items, ann from {ann.min_items:,})"}
+    index = ranker.ann_index
     if ann.recall_sample == 0 or len(states) == 0:
-        return out
+        return {"method": f"ann ({index.describe()}, {ranker.ann_candidates} candidates)"}
     size = min(ann.recall_sample, len(states))
     sample = np.sort(np.random.default_rng(seed).choice(len(states), size=size, replace=False))
-    with one_thread_per_batch(ranker.device):
-        recall, users, handed = ranker.ann_recall(take_states(states, sample), user_keys(states.user_id)[sample])
-    return {**out, "k": ranker.policy.top_k, "recall": recall, "users": users, "exact_fallback_users": handed}
+    sampled, keys = take_states(states, sample), user_keys(states.user_id)[sample]
+    while True:
+        with one_thread_per_batch(ranker.device):
+            recall, users, handed = ranker.ann_recall(sampled, keys)
+        if not ann.auto or recall >= ann.min_recall or index.probe >= min(ann.max_probe(index.lists), index.lists):
+            break
+        index.set_probe(min(2 * index.probe, ann.max_probe(index.lists)))
+    measured = {"k": ranker.policy.top_k, "recall": recall, "users": users, "exact_fallback_users": handed}
+    method = f"ann ({index.describe()}, {ranker.ann_candidates} candidates)"
+    if ann.auto and recall < ann.min_recall:
+        ranker.drop_ann()
+        method = (f"exact (score.retrieval=auto: ann's recall@{ranker.policy.top_k} {recall:.4f} at {index.probe} of "
+                  f"{index.lists} lists probed is below score.ann_min_recall {ann.min_recall:g})")
+    return {"method": method, **measured}
 
 
 @dataclass(frozen=True)
@@ -350,13 +370,13 @@ def score_with_torch(cfg: Config, run_date: str, version: str) -> ScoringSummary
         source=registry.model_source(meta),
         ann=ann,
     )
+    retrieved = choose_retrieval(ranker, states, ann, seed=policy.seed)
+    if retrieved:
+        print(f"[dqlrec] scoring: retrieval {retrieval.describe(retrieved)}", flush=True)
     ranked = ranker_batches(ranker, states, batch_size=cfg.score.batch_size)
     path = layout.staged(schema.RECOMMENDATIONS, run_date)
     with contextlib.closing(ranked):  # a failed write stops the batches still being ranked
         written = write_batches(ranked, path, exclude=policy.exclude, n_users=len(states))
-    retrieved = retrieval_summary(ranker, states, ann, seed=policy.seed)
-    if retrieved:
-        print(f"[dqlrec] scoring: retrieval {retrieval.describe(retrieved)}", flush=True)
     summary = ScoringSummary(
         run_date=run_date,
         path=path,

@@ -23,7 +23,8 @@ same arithmetic, identical rows.
   index (``dql_model.scoring.retrieval``) for each user's candidates and re-ranks only those exactly,
   with the same masks and tie order; a user left with fewer than K eligible candidates (most of them
   excluded) is ranked by the exact path instead, so every list is as full as the exact path's.
-  Exploring policies always rank exactly: their softmax needs every item's Q-value.
+  Exploring policies always rank exactly: their softmax needs every item's Q-value. ``auto`` builds
+  the index only from ``min_items`` indexable items (``indexable``); ``drop_ann`` returns to exact.
 """
 
 from __future__ import annotations
@@ -285,7 +286,9 @@ class Ranker:
         self.item_kind = item_kinds(catalogue, model.n_items)
         self.items_per_kind = np.bincount(self.item_kind, minlength=4).astype(np.int64)
         self.ann_index: AnnIndex | None = None
-        if ann is not None and not policy.explores:
+        self.indexable = int(self.items_per_kind[MODEL_CANDIDATE])
+        """Items the ann stage would index: available tonight and known to the model."""
+        if ann is not None and not policy.explores and self.indexable >= ann.min_items:
             indexed = np.flatnonzero(self.item_kind == MODEL_CANDIDATE)
             self.ann_index = AnnIndex(
                 self.vectors[indexed].cpu().numpy(), bias[indexed].cpu().numpy(), indexed, ann
@@ -435,6 +438,10 @@ class Ranker:
             users[redo], items[redo], events[redo], np.searchsorted(redo, masked_rows[member]), masked_cols[member], keys[redo]
         )
         return tuple(np.concatenate(pair) for pair in zip(ann_rows, exact_rows, strict=True))
+
+    def drop_ann(self) -> None:
+        """Rank exactly from now on (``retrieval: auto`` when the index's recall falls short)."""
+        self.ann_index = None
 
     def ann_recall(self, states: data.UserStates, keys: np.ndarray) -> tuple[float, int, int]:
         """Recall@K of the ann path against brute force over these users' model-ranked lists: the share

@@ -35,6 +35,9 @@ LISTS_PER_SQRT_ITEM = 4
 """``score.ann_lists`` 0: about this many IVF lists per square root of the indexed items."""
 KMEANS_SEED = 20_240_601
 """The k-means seed of the IVF lists: the same model builds the same index."""
+AUTO_MAX_PROBED_SHARE = 8
+"""``retrieval: auto`` probes at most 1/this of the lists before it falls back to exact: beyond that
+the candidate stage saves too little over brute force to be worth its approximation."""
 
 
 @dataclass(frozen=True)
@@ -45,13 +48,27 @@ class AnnSettings:
     probe: int = 16
     candidates: int = 0
     recall_sample: int = 1000
+    auto: bool = False
+    """``score.retrieval: auto``: the index only from ``min_items`` indexed items, trusted only from
+    ``min_recall`` on the sample (``engines.choose_retrieval``); exact otherwise."""
+    min_items: int = 0
+    min_recall: float = 0.0
 
     @classmethod
     def from_config(cls, cfg: ScoreConfig) -> AnnSettings | None:
-        """The settings when ``score.retrieval`` is ann, else None (exact)."""
-        if cfg.retrieval != "ann":
+        """The settings when ``score.retrieval`` is ann, or auto on the torch engine; else None (exact)."""
+        if cfg.retrieval == "exact" or (cfg.retrieval == "auto" and cfg.engine != "torch"):
             return None
-        return cls(cfg.ann_lists, cfg.ann_probe, cfg.ann_candidates, cfg.ann_recall_sample)
+        if cfg.retrieval == "ann":
+            return cls(cfg.ann_lists, cfg.ann_probe, cfg.ann_candidates, cfg.ann_recall_sample)
+        return cls(
+            cfg.ann_lists, cfg.ann_probe, cfg.ann_candidates, cfg.ann_recall_sample,
+            auto=True, min_items=cfg.ann_min_items, min_recall=cfg.ann_min_recall,
+        )
+
+    def max_probe(self, lists: int) -> int:
+        """The most lists ``auto`` probes in search of ``min_recall``: an eighth of them, at least the setting."""
+        return max(self.probe, lists // AUTO_MAX_PROBED_SHARE)
 
     def n_lists(self, n_items: int) -> int:
         """IVF lists for ``n_items`` indexed items: the setting, or ~4 * sqrt(items); never more than items."""

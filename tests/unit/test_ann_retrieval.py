@@ -103,7 +103,7 @@ def test_a_user_whose_candidates_are_all_excluded_still_gets_the_exact_full_list
     assert len(per_user(ann)["u0000"]) == 10
     assert not set(per_user(ann)["u0000"]) & set(best)
     settings = AnnSettings(lists=24, probe=24, candidates=40, recall_sample=1)
-    summary = engines.retrieval_summary(ranker(model, settings), users, settings, seed=0)
+    summary = engines.choose_retrieval(ranker(model, settings), users, settings, seed=0)
     assert (summary["recall"], summary["users"], summary["exact_fallback_users"]) == (1.0, 1, 1)
     assert "(1 short of candidates, ranked exactly)" in report.retrieval_line({"retrieval": summary})
 
@@ -115,14 +115,14 @@ def test_few_probes_lose_recall_and_the_summary_reports_it(model):
     shared = sum(len(set(exact[u]) & set(ann[u])) for u in exact)
     expected = shared / sum(len(items) for items in exact.values())
     assert expected < 1.0
-    summary = engines.retrieval_summary(ranker(model, settings), users, settings, seed=5)
+    summary = engines.choose_retrieval(ranker(model, settings), users, settings, seed=5)
     assert summary["k"] == 10 and summary["users"] == 200
     assert summary["recall"] == pytest.approx(expected)
     assert "64 lists, 1 probed" in summary["method"]
     # a sample smaller than the night: that many users, the same ones on a rerun
     sampled = AnnSettings(lists=64, probe=1, candidates=10, recall_sample=50)
-    first = engines.retrieval_summary(ranker(model, sampled), users, sampled, seed=5)
-    again = engines.retrieval_summary(ranker(model, sampled), users, sampled, seed=5)
+    first = engines.choose_retrieval(ranker(model, sampled), users, sampled, seed=5)
+    again = engines.choose_retrieval(ranker(model, sampled), users, sampled, seed=5)
     assert first["users"] == 50 and first == again
 
 
@@ -132,16 +132,54 @@ def test_ann_rows_are_the_same_on_a_rerun(model):
     assert lists(model, users, settings).equals(lists(model, users, settings))
 
 
-def test_exact_is_the_default_and_exploring_policies_rank_exactly(model):
-    assert ScoreConfig().retrieval == "exact"
-    assert AnnSettings.from_config(ScoreConfig()) is None
+def test_auto_is_the_default_and_exploring_policies_rank_exactly(model):
+    assert ScoreConfig().retrieval == "auto"
+    assert AnnSettings.from_config(ScoreConfig()) == AnnSettings(auto=True, min_items=100_000, min_recall=0.95)
+    assert AnnSettings.from_config(ScoreConfig(retrieval="exact")) is None
+    assert AnnSettings.from_config(ScoreConfig(engine="spark")) is None  # auto on spark: exact, no error
     assert AnnSettings.from_config(ScoreConfig(retrieval="ann", ann_probe=4)) == AnnSettings(0, 4, 0, 1000)
     assert ranker(model, None).ann_index is None
-    assert engines.retrieval_summary(ranker(model, None), states(3), None, seed=0) == {}
+    assert engines.choose_retrieval(ranker(model, None), states(3), None, seed=0) == {}
     settings = AnnSettings(lists=8, probe=1, candidates=10)
     exploring = ranker(model, settings, explore_slots=2)
     assert exploring.ann_index is None
-    assert engines.retrieval_summary(exploring, states(3), settings, seed=0)["method"].startswith("exact")
+    assert engines.choose_retrieval(exploring, states(3), settings, seed=0)["method"].startswith("exact")
+
+
+def test_auto_below_its_size_ranks_exactly_and_says_so(model):
+    users = states(60, seed=4)
+    settings = AnnSettings.from_config(ScoreConfig(ann_min_items=N_ITEMS))  # 2,572 items are indexable
+    small = ranker(model, settings)
+    assert small.ann_index is None and small.indexable == N_ITEMS - len(UNAVAILABLE)
+    assert engines.choose_retrieval(small, users, settings, seed=0) == {
+        "method": f"exact (score.retrieval=auto: {small.indexable:,} items, ann from {N_ITEMS:,})"
+    }
+    assert lists(model, users, settings).equals(lists(model, users, None))
+
+
+def test_auto_probes_more_lists_until_the_recall_holds_else_ranks_exactly(model):
+    users = states(200, seed=1)
+
+    def measured(probe: int, **auto) -> tuple[engines.Ranker, dict]:
+        settings = AnnSettings(lists=16, probe=probe, candidates=10, recall_sample=200, **auto)
+        built = ranker(model, settings)
+        return built, engines.choose_retrieval(built, users, settings, seed=0)
+
+    one, two = measured(1)[1]["recall"], measured(2)[1]["recall"]
+    assert one < two < 0.99  # the premise: an untrained model's unclustered vectors, 16 lists
+    assert AnnSettings(lists=16, probe=1).max_probe(16) == 2  # auto probes at most an eighth of the lists
+    # a threshold between the two: auto doubles the probe once and keeps the index
+    kept, chosen = measured(1, auto=True, min_recall=(one + two) / 2)
+    assert kept.ann_index is not None and kept.ann_index.probe == 2
+    assert chosen["recall"] == two and chosen["method"].startswith("ann (FAISS IVF, 16 lists, 2 probed")
+    # a threshold no eighth of the lists reaches: the night ranks exactly, and the lists are the exact ones
+    dropped, chosen = measured(1, auto=True, min_recall=0.99)
+    assert dropped.ann_index is None and chosen["recall"] == two
+    assert chosen["method"] == (
+        f"exact (score.retrieval=auto: ann's recall@10 {two:.4f} at 2 of 16 lists probed is below score.ann_min_recall 0.99)"
+    )
+    ranked = pa.concat_tables(t for t, _, _ in engines.ranker_batches(dropped, users, batch_size=64))
+    assert per_user(ranked) == per_user(lists(model, users, None))
 
 
 def test_auto_lists_and_candidates():
@@ -159,6 +197,9 @@ def test_auto_lists_and_candidates():
         ({"ann_probe": 0}, "score.ann_probe=0"),
         ({"ann_lists": -1}, "score.ann_lists=-1"),
         ({"retrieval": "hnsw"}, "hnsw"),
+        ({"ann_recall_sample": 0}, "score.retrieval=auto trusts ann only on its measured recall"),
+        ({"ann_min_recall": 1.5}, r"score.ann_min_recall=1.5 must be within \[0, 1\]"),
+        ({"ann_min_items": -1}, "score.ann_min_items=-1"),
     ],
 )
 def test_bad_retrieval_settings_are_named(options, message):
@@ -197,8 +238,12 @@ def test_the_torch_engine_scores_with_ann_and_reports_its_recall(tiny_config, ca
         summary = engines.score_with_torch(cfg, run_date, version)
         return storage.read_partition(cfg.layout.staged(schema.RECOMMENDATIONS, run_date)).sort_by(order), summary
 
-    exact, exact_summary = night(exact_cfg)
+    exact, exact_summary = night(exact_cfg.replace(score={"retrieval": "exact"}))
     assert exact_summary.retrieval == {} and "retrieval" not in capsys.readouterr().out
+    auto, auto_summary = night(exact_cfg)  # the default, auto: 30 items are far below its size
+    assert auto.select(compared).equals(exact.select(compared))
+    assert auto_summary.retrieval == {"method": "exact (score.retrieval=auto: 30 items, ann from 100,000)"}
+    assert "retrieval exact (score.retrieval=auto: 30 items, ann from 100,000)" in capsys.readouterr().out
     ann_cfg = exact_cfg.replace(score={"retrieval": "ann", "ann_lists": 4, "ann_probe": 4, "ann_candidates": 10})
     ann, summary = night(ann_cfg)
     assert ann.select(compared).equals(exact.select(compared))
