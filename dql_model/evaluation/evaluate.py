@@ -103,15 +103,21 @@ def _masked_scores(
     """(rows, scores) per batch of validation rows, the ``exclude`` items of each row at -inf."""
     if exclude is not None and len(exclude) != len(val):
         raise ValueError(f"exclusions cover {len(exclude)} rows, the validation split has {len(val)}")
+
+    def rows_for(width: int) -> int:  # rows per batch bounded by the catalogue: [rows, width] of SCORE_CELLS at most
+        return max(1, min(batch_size, SCORE_CELLS // max(width, 1)))
+
+    # From the first batch on: a scorer that does not say its n_items scores one row to show its width.
+    n_items = getattr(scorer, "n_items", None)
+    size = rows_for(n_items + 1) if n_items is not None else 1
     start, buffer = 0, None
     while start < len(val):
-        rows = slice(start, start + batch_size)
+        rows = slice(start, start + size)
         scores = scorer.scores(val.state_items[rows], val.state_events[rows])
         buffer = mask_scores(scores, pairs=exclude.pairs(rows) if exclude is not None else None, out=buffer)
         yield rows, buffer
         start = rows.stop
-        # Rows per batch bounded by the catalogue: a [rows, n_items] matrix of SCORE_CELLS at most.
-        batch_size = max(1, min(batch_size, SCORE_CELLS // max(np.shape(scores)[1], 1)))
+        size = rows_for(np.shape(scores)[1])
 
 
 def evaluate_scorer(

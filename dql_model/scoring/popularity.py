@@ -81,6 +81,10 @@ class PopularityScorer:
 
         return cls(data.action_counts(transitions_dir, n_items=n_items, split=schema.TRAIN))
 
+    @property
+    def n_items(self) -> int:
+        return len(self.counts) - 1
+
     def scores(self, state_items: np.ndarray, state_events: np.ndarray) -> np.ndarray:
         return np.broadcast_to(self.counts, (len(state_items), len(self.counts)))
 

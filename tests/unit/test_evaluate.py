@@ -262,3 +262,30 @@ def test_an_event_type_whose_every_target_is_masked_cannot_be_scored():
     assert masked_targets(val, some)[schema.RATING] == {"events": 2, "masked": 1}
     assert schema.RATING not in unscorable_event_types(val, some, rule="purchased")
     assert schema.RATING not in unscorable_event_types(val, None, rule="none")
+
+
+class _Recording:
+    """Popularity scores over a wide catalogue that record the rows of every call."""
+
+    def __init__(self, n_items: int, *, says_width: bool):
+        self.counts = np.arange(n_items + 1, dtype=np.float32)[::-1].copy()
+        self.calls: list[int] = []
+        if says_width:
+            self.n_items = n_items
+
+    def scores(self, state_items, state_events):
+        self.calls.append(len(state_items))
+        return np.broadcast_to(self.counts, (len(state_items), len(self.counts)))
+
+
+@pytest.mark.parametrize("says_width", [True, False])
+def test_every_batch_is_bounded_by_the_catalogue_the_first_one_too(monkeypatch, says_width):
+    from dql_model.evaluation import evaluate
+
+    monkeypatch.setattr(evaluate, "SCORE_CELLS", 4 * 1001)  # four rows of a 1,000-item catalogue
+    scorer = _Recording(1000, says_width=says_width)
+    val = validation([[1]] * 11, [5] * 11, [VIEW] * 11)
+    got = evaluate_scorer(scorer, val, ks=(10,), batch_size=1024)
+    # a scorer that says its n_items gets four rows from the start; one that does not, one row first
+    assert scorer.calls == ([4, 4, 3] if says_width else [1, 4, 4, 2])
+    assert got["eval/n"] == 11 and got["eval/hr@10"] == 1.0  # item 5 is among the ten most counted
