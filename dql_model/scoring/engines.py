@@ -266,14 +266,15 @@ def choose_retrieval(ranker: Ranker, states: data.UserStates, ann: retrieval.Ann
     size = min(ann.recall_sample, len(states))
     sample = np.sort(np.random.default_rng(seed).choice(len(states), size=size, replace=False))
     sampled, keys = take_states(states, sample), user_keys(states.user_id)[sample]
+    ceiling = min(ann.max_probe(index.lists), index.lists)
     while True:
         with one_thread_per_batch(ranker.device):
             recall, users, handed = ranker.ann_recall(sampled, keys)
-        if not ann.auto or recall >= ann.min_recall or index.probe >= min(ann.max_probe(index.lists), index.lists):
+        if not ann.auto or recall >= ann.min_recall or index.probe >= ceiling:
             break
-        index.set_probe(min(2 * index.probe, ann.max_probe(index.lists)))
+        index.set_probe(min(2 * index.probe, ceiling))
     measured = {"k": ranker.policy.top_k, "recall": recall, "users": users, "exact_fallback_users": handed}
-    method = f"ann ({index.describe()}, {ranker.ann_candidates} candidates)"
+    method = f"ann ({index.describe()}, {ranker.ann_candidates} candidates)"  # at the probe it settled on
     if ann.auto and recall < ann.min_recall:
         ranker.drop_ann()
         method = (f"exact (score.retrieval=auto: ann's recall@{ranker.policy.top_k} {recall:.4f} at {index.probe} of "

@@ -286,8 +286,6 @@ class Ranker:
         self.item_kind = item_kinds(catalogue, model.n_items)
         self.items_per_kind = np.bincount(self.item_kind, minlength=4).astype(np.int64)
         self.ann_index: AnnIndex | None = None
-        self.indexable = int(self.items_per_kind[MODEL_CANDIDATE])
-        """Items the ann stage would index: available tonight and known to the model."""
         if ann is not None and not policy.explores and self.indexable >= ann.min_items:
             indexed = np.flatnonzero(self.item_kind == MODEL_CANDIDATE)
             self.ann_index = AnnIndex(
@@ -438,6 +436,11 @@ class Ranker:
             users[redo], items[redo], events[redo], np.searchsorted(redo, masked_rows[member]), masked_cols[member], keys[redo]
         )
         return tuple(np.concatenate(pair) for pair in zip(ann_rows, exact_rows, strict=True))
+
+    @property
+    def indexable(self) -> int:
+        """Items the ann stage indexes: available tonight and known to the model."""
+        return int(self.items_per_kind[MODEL_CANDIDATE])
 
     def drop_ann(self) -> None:
         """Rank exactly from now on (``retrieval: auto`` when the index's recall falls short)."""

@@ -59,11 +59,10 @@ class AnnSettings:
         """The settings when ``score.retrieval`` is ann, or auto on the torch engine; else None (exact)."""
         if cfg.retrieval == "exact" or (cfg.retrieval == "auto" and cfg.engine != "torch"):
             return None
-        if cfg.retrieval == "ann":
-            return cls(cfg.ann_lists, cfg.ann_probe, cfg.ann_candidates, cfg.ann_recall_sample)
+        auto = cfg.retrieval == "auto"  # explicit ann: always the index, whatever its size and recall
         return cls(
             cfg.ann_lists, cfg.ann_probe, cfg.ann_candidates, cfg.ann_recall_sample,
-            auto=True, min_items=cfg.ann_min_items, min_recall=cfg.ann_min_recall,
+            auto=auto, min_items=cfg.ann_min_items if auto else 0, min_recall=cfg.ann_min_recall if auto else 0.0,
         )
 
     def max_probe(self, lists: int) -> int:
