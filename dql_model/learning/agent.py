@@ -500,6 +500,12 @@ class _SplitOptimizer:
             part.load_state_dict(state[name])
 
 
+AVERAGE_SETTLED = 0.05
+"""Largest share of the starting weights in the Polyak average that training judges instead of the
+online weights: before that (299 steps at tau 0.01) the average still lags towards an untrained or
+yesterday's network, and short runs would publish it (a 60-step run keeps 55% of its start)."""
+
+
 class DQNAgent:
     """Online and target Q-networks, the optimizer and the target-update schedule.
 
@@ -530,7 +536,8 @@ class DQNAgent:
             self.sampler = NegativeSampler(online.n_items, cfg.cql_negatives, item_counts, self.device)
         self.online.sparse_item_gradients(self.sampler is not None)
         self.target: QNetwork | None = None
-        if cfg.mode in ("dqn", "sqn"):
+        """The TD target's network in dqn and sqn; the Polyak average that ``averaged`` names, in any mode."""
+        if cfg.mode in ("dqn", "sqn") or self.averages:
             self.target = copy.deepcopy(online).eval().requires_grad_(False)
         if self.sampler is None:
             self.optimizer = torch.optim.Adam(self.online.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -549,6 +556,27 @@ class DQNAgent:
         self.step_loss: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]] = compute_loss
         """compute_loss's signature; distributed training routes it through DistributedDataParallel,
         which all-reduces the gradients of the backward pass."""
+
+    @property
+    def averages(self) -> bool:
+        """Whether ``averaged`` is a Polyak average (train.averaged_weights with polyak target updates)."""
+        return self.cfg.averaged_weights and self.cfg.target_update == "polyak"
+
+    @property
+    def average_from_step(self) -> int:
+        """The step from which ``averaged`` is the average: where the starting weights' share of it,
+        (1 - tau)^steps, falls to AVERAGE_SETTLED or below."""
+        tau = self.cfg.tau
+        return 0 if tau >= 1.0 else math.ceil(math.log(AVERAGE_SETTLED) / math.log1p(-tau))
+
+    @property
+    def averaged(self) -> QNetwork:
+        """The weights training judges and keeps: the Polyak average of the online weights at rate tau
+        (the target network, brought up to date by ``settle_target``) once it has left the starting
+        weights behind (``average_from_step``), else the online ones."""
+        if self.averages and self.steps >= self.average_from_step:
+            return self.target
+        return self.online
 
     @property
     def lazy_target(self) -> bool:

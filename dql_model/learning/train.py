@@ -3,7 +3,8 @@
     result = train_model(cfg, transitions_dir=..., item_index_dir=..., warm_start=champion)
 
 Per epoch it prints one line of namespaced metrics (loss/*, q/*, eval/*) and keeps the weights
-of the best epoch by the validation metric ``eval.early_stop_metric`` (``eval/ndcg@10`` by default). On CUDA the forward passes run under bf16
+of the best epoch by the validation metric ``eval.early_stop_metric`` (``eval/ndcg@10`` by default):
+with ``train.averaged_weights`` the Polyak average of the online weights is what is judged and kept. On CUDA the forward passes run under bf16
 autocast; on CPU a run is bit-for-bit reproducible for a seed. The log names the softmax the loss
 runs over (``train.loss_items``: full, or sampled on large catalogues; dql_model.learning.agent) and,
 every PROGRESS_EVERY_S seconds inside an epoch, the steps done, the rate and the epoch's ETA.
@@ -549,7 +550,15 @@ def _prepare(
     )
     in_batch = agent.sampler is not None and agent.sampler.in_batch
     limit = f"{cfg.train.max_minutes:g} min" if cfg.train.max_minutes > 0 else "none"
+    if agent.averages:
+        judged = (
+            f"the Polyak average of the weights (tau {cfg.train.tau:g}) from step {agent.average_from_step}, "
+            "the online ones before"
+        )
+    else:
+        judged = "the online weights" + (" (train.target_update=hard: no average)" if cfg.train.averaged_weights else "")
     progress(f"loss: {describe_loss(cfg.train, items.n_items, in_batch=in_batch)}; time budget: {limit}")
+    progress(f"judging and keeping {judged}")
     if windows is not None:
         steps_per_epoch = -(-windows.n_windows // cfg.train.seq_batch_size)
     else:
@@ -628,7 +637,7 @@ def train_model(
         device=device,
         progress=progress,
     )
-    items, model, agent, val, masks = setup.items, setup.model, setup.agent, setup.val, setup.masks
+    items, agent, val, masks = setup.items, setup.agent, setup.val, setup.masks
     metric, fit_splits, steps_per_epoch, checkpoints = setup.metric, setup.fit_splits, setup.steps_per_epoch, setup.checkpoints
     patience = cfg.train.patience
     run = _resume(checkpoints, agent, device, progress)
@@ -666,7 +675,7 @@ def train_model(
             row["time/epoch_share"] = done.steps / max(steps_per_epoch, done.steps)
             label += f" (cut at step {done.steps}/{steps_per_epoch})"
         if len(val):
-            row.update(evaluate(model, val, masks, device, metric))
+            row.update(evaluate(agent.averaged, val, masks, device, metric))
         row["time/epoch_s"] = clock() - epoch_start
         row["throughput/transitions_per_s"] = n_rows / max(train_seconds, 1e-9)
         run.history.append(row)
@@ -675,7 +684,7 @@ def train_model(
         improved = not len(val) or value > run.best_value
         if improved:
             run.best_value, run.best_epoch = value, epoch
-            run.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            run.best_state = {k: v.detach().to("cpu", copy=True) for k, v in agent.averaged.state_dict().items()}
         progress(
             f"{label} {_format(row, sorted(train_metrics))} "
             f"{_format(row, PROGRESS_METRICS)} {row['throughput/transitions_per_s']:.0f} transitions/s"

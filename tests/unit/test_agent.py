@@ -190,6 +190,28 @@ def test_hard_update_copies_every_target_every_steps():
     assert agent.target.training is False and not any(p.requires_grad for p in agent.target.parameters())
 
 
+@pytest.mark.parametrize("mode", ["dqn", "supervised"])
+def test_the_judged_weights_are_the_polyak_average_once_it_has_left_the_start(mode):
+    batch = numpy_batch([[1], [2]], [3, 4], rewards=[1.0, 1.0])
+    agent = DQNAgent(tiny_network(), TrainConfig(mode=mode, tau=0.5, lr=1e-2))
+    assert agent.average_from_step == 5  # 0.5^5 = 3% of the start left, 0.5^4 = 6%
+    for _ in range(4):
+        agent.update(batch)
+    assert agent.averaged is agent.online
+    agent.update(batch)
+    assert agent.averaged is agent.target  # supervised mode keeps the average too, for this
+    online, averaged = agent.online.state_head.weight, agent.target.state_head.weight
+    assert not torch.allclose(online, averaged)
+
+    # Without it, or with hard target copies (no average), the online weights are judged.
+    for cfg in (TrainConfig(mode=mode, averaged_weights=False), TrainConfig(mode=mode, target_update="hard")):
+        agent = DQNAgent(tiny_network(), cfg)
+        for _ in range(agent.average_from_step + 1):
+            agent.update(batch)
+        assert agent.averaged is agent.online
+    assert DQNAgent(tiny_network(), TrainConfig(mode="supervised", averaged_weights=False)).target is None
+
+
 def test_choices_are_refused_by_the_config_and_ranges_by_the_agent():
     # the config is the only gate for fixed-choice values: a bad one never reaches the agent
     with pytest.raises(ConfigError, match="train.mode='sarsa'"):

@@ -112,6 +112,40 @@ def test_early_stopping_keeps_the_best_weights(tiny_config, shop, monkeypatch):
     assert not torch.equal(result.model.item_bias.weight, snapshots[3]["item_bias.weight"])
 
 
+def test_the_polyak_average_is_what_is_judged_and_kept(tiny_config, shop, monkeypatch):
+    real_prepare, real_evaluate = train._prepare, train._evaluate
+    agents, judged, online, averages = [], [], [], []
+
+    def prepare(*args, **kwargs):
+        setup = real_prepare(*args, **kwargs)
+        agents.append(setup.agent)
+        return setup
+
+    def evaluate(model, val, masks, device, metric):
+        agent = agents[-1]
+        judged.append((agent.steps, model is agent.target, model is agent.online))
+        online.append(agent.online.state_head.weight.detach().clone())
+        averages.append({k: v.clone() for k, v in agent.target.state_dict().items()} if agent.target else {})
+        return real_evaluate(model, val, masks, device, metric)
+
+    monkeypatch.setattr(train, "_prepare", prepare)
+    monkeypatch.setattr(train, "_evaluate", evaluate)
+    result = run(config(tiny_config, mode="supervised", epochs=2, patience=5, tau=0.5), shop)
+    assert "judging and keeping the Polyak average of the weights (tau 0.5) from step 5, the online ones before" in (
+        result.lines
+    )
+    assert all(steps >= 5 and is_target for steps, is_target, _ in judged)  # 10 steps an epoch here
+    kept, best = result.model.state_dict(), result.best_epoch - 1
+    for name, tensor in averages[best].items():
+        assert torch.equal(kept[name], tensor), name
+    assert not torch.equal(kept["state_head.weight"], online[best])
+
+    agents.clear(), judged.clear()
+    result = run(config(tiny_config, mode="supervised", epochs=1, averaged_weights=False), shop)
+    assert "judging and keeping the online weights" in result.lines and agents[-1].target is None
+    assert judged == [(agents[-1].steps, False, True)]
+
+
 def test_warm_start_copies_rows_of_items_that_existed(tiny_config, shop, tmp_path):
     transitions, _ = shop
     grown = write_parquet(tmp_path / "item_index", item_index_table(35))  # 5 new items tonight
