@@ -470,6 +470,10 @@ class TrainConfig(_Section):
     """Seed of initialisation and batching; CPU runs are bit-for-bit reproducible."""
     checkpoints: bool = True
     """Checkpoint every epoch under <registry.root>/.checkpoints; a rerun after a crash resumes there."""
+    checkpoint_minutes: float = 10.0
+    """With checkpoints, also checkpoint inside an epoch after this many minutes of it since the last
+    checkpoint, so a killed night loses at most that much training (at RetailRocket's size the time
+    budget ends inside the first epoch); 0 = after every epoch only."""
     refit: bool = False
     """After early stopping, train the same start again on train + validation for the best epoch
     count, and score with that refit (the published model has seen the newest days). The gate still

@@ -13,10 +13,12 @@ every PROGRESS_EVERY_S seconds inside an epoch, the steps done, the rate and the
 budget runs out, evaluates that cut epoch like a finished one, and keeps the best epoch so far.
 
 With ``train.checkpoints`` every finished epoch is saved (networks, optimizer, history, best
-weights, random state) under ``<registry.root>/.checkpoints/<run key>/``, the key being a hash
+weights, random state, the time budget spent), and inside an epoch every ``train.checkpoint_minutes``
+the steps trained so far, under ``<registry.root>/.checkpoints/<run key>/``, the key being a hash
 of the config, the input partitions and the warm-start weights. The same call after a crash
-resumes after the last saved epoch and ends with the same weights as an uninterrupted run (on
-CPU, bit for bit); a finished run removes its checkpoints.
+resumes where the last checkpoint was written (skipping the steps of that epoch it trained) with
+the rest of the time budget, and without a budget ends with the same weights as an uninterrupted
+run (on CPU with the full softmax, bit for bit); a finished run removes its checkpoints.
 """
 
 from __future__ import annotations
@@ -257,6 +259,16 @@ class _EpochPass:
     """The time budget ran out before the pass ended."""
 
 
+@dataclass
+class _EpochSoFar:
+    """The part of an epoch trained before a mid-epoch checkpoint: where a resumed run goes on from."""
+
+    steps: int = 0
+    n_rows: int = 0
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
+    """Each batch metric summed over the rows so far (weighted by the batch's rows)."""
+
+
 def _train_epoch(
     agent: DQNAgent,
     batches,
@@ -266,14 +278,25 @@ def _train_epoch(
     total_steps: int,
     label: str,
     progress: Callable[[str], None],
+    *,
+    so_far: _EpochSoFar | None = None,
+    checkpoint: Callable[[_EpochSoFar], None] | None = None,
+    checkpoint_every_s: float = float("inf"),
 ) -> _EpochPass:
     """Train on ``batches`` until they end or the time budget runs out (at the end of that step);
-    every PROGRESS_EVERY_S seconds a line with the steps done, the rate and the epoch's ETA."""
-    sums: dict[str, torch.Tensor] = {}
-    n_rows = steps = 0
-    epoch_start = last_line = clock.now()
+    every PROGRESS_EVERY_S seconds a line with the steps done, the rate and the epoch's ETA.
+
+    ``so_far`` (from a mid-epoch checkpoint) skips the batches it trained and goes on from its sums;
+    ``checkpoint`` is handed the epoch so far every ``checkpoint_every_s`` seconds of training."""
+    so_far = so_far or _EpochSoFar()
+    sums: dict[str, torch.Tensor] = dict(so_far.sums)
+    n_rows, steps, skip = so_far.n_rows, so_far.steps, so_far.steps
+    epoch_start = last_line = last_checkpoint = clock.now()
     cut = False
     for batch in batches:
+        if skip:  # the same seeded order as before the checkpoint: these were trained
+            skip -= 1
+            continue
         _check_indices(batch, n_items, where)
         step = agent.update(batch)
         for name, value in step.items():
@@ -283,15 +306,20 @@ def _train_epoch(
         now = clock.now()
         if now - last_line >= PROGRESS_EVERY_S:
             elapsed = max(now - epoch_start, 1e-9)
-            eta = max(total_steps - steps, 0) * elapsed / steps
+            done_here = steps - so_far.steps
+            eta = max(total_steps - steps, 0) * elapsed / done_here
             progress(
                 f"training {label} step {steps}/{total_steps} ({100 * steps / max(total_steps, 1):.0f}%) "
-                f"{n_rows / elapsed:.0f} transitions/s, epoch ETA {_duration(eta)}"
+                f"{(n_rows - so_far.n_rows) / elapsed:.0f} transitions/s, epoch ETA {_duration(eta)}"
             )
             last_line = now
         if clock.spent(now):
             cut = True
             break
+        if checkpoint is not None and steps < total_steps and now - last_checkpoint >= checkpoint_every_s:
+            checkpoint(_EpochSoFar(steps, n_rows, dict(sums)))
+            faults.point("train:mid_epoch_checkpoint")
+            last_checkpoint = clock.now()
     # One device sync per epoch, not per step.
     metrics = {name: float(total) / max(n_rows, 1) for name, total in sums.items()}
     return _EpochPass(metrics, n_rows, steps, cut)
@@ -335,9 +363,12 @@ class Checkpoints:
         files = sorted(self.folder.glob("epoch-*.pt"))
         return files[-1] if files else None
 
-    def save(self, epoch: int, state: dict[str, Any]) -> Path:
+    def save(self, epoch: int, state: dict[str, Any], *, step: int | None = None) -> Path:
+        """Write ``state`` as the run's only checkpoint: after ``epoch``, or inside it at ``step``
+        (``epoch-0003-step-00000120.pt`` sorts before ``epoch-0003.pt`` and after ``epoch-0002.pt``)."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / f"epoch-{epoch:04d}.pt"
+        name = f"epoch-{epoch:04d}" + (f"-step-{step:08d}" if step is not None else "")
+        path = self.folder / f"{name}.pt"
         temporary = path.with_suffix(".tmp")
         torch.save(state, temporary)
         os.replace(temporary, path)
@@ -371,13 +402,17 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 @dataclass
 class _Progress:
-    """What a run has done so far: checkpointed after every epoch."""
+    """What a run has done so far: checkpointed after every epoch, and inside long ones."""
 
     history: list[dict[str, float]] = field(default_factory=list)
     best_value: float = float("-inf")
     best_epoch: int = 0
     best_state: dict[str, torch.Tensor] | None = None
     n_transitions: int = 0
+    partial: _EpochSoFar | None = None
+    """The unfinished epoch after ``history``'s, as far as a mid-epoch checkpoint got; None between epochs."""
+    spent_s: float = 0.0
+    """Seconds of the time budget spent when the checkpoint was written: a resumed run has the rest."""
 
     @property
     def epoch(self) -> int:
@@ -395,6 +430,8 @@ class _Progress:
             "best_state": self.best_state or {},
             "n_transitions": self.n_transitions,
             "rng": _rng_state(),
+            "partial": vars(self.partial) if self.partial is not None else {},
+            "spent_s": self.spent_s,
         }
 
     @classmethod
@@ -411,6 +448,8 @@ class _Progress:
             best_epoch=int(saved["best_epoch"]),
             best_state={k: v.cpu() for k, v in saved["best_state"].items()} or None,
             n_transitions=int(saved["n_transitions"]),
+            partial=_EpochSoFar(**saved["partial"]) if saved.get("partial") else None,
+            spent_s=float(saved.get("spent_s", 0.0)),
         )
 
 
@@ -426,7 +465,11 @@ def _resume(checkpoints: Checkpoints | None, agent: DQNAgent, device, progress) 
         progress(f"warning: cannot resume from {checkpoints.folder} ({error}); training from the start")
         checkpoints.clear()
         return _Progress()
-    progress(f"resuming from checkpoint {checkpoints.latest()} (epoch {state.epoch} done)")
+    where = f"epoch {state.epoch} done"
+    if state.partial is not None:
+        where += f", epoch {state.epoch + 1} to step {state.partial.steps}"
+    budget = f"; {_duration(state.spent_s)} of the time budget spent" if state.spent_s else ""
+    progress(f"resuming from checkpoint {checkpoints.latest()} ({where}{budget})")
     return state
 
 
@@ -641,6 +684,9 @@ def train_model(
     metric, fit_splits, steps_per_epoch, checkpoints = setup.metric, setup.fit_splits, setup.steps_per_epoch, setup.checkpoints
     patience = cfg.train.patience
     run = _resume(checkpoints, agent, device, progress)
+    budget.started -= run.spent_s  # the budget holds across a crash: a resumed run has what was left
+    minutes = cfg.train.checkpoint_minutes
+    checkpoint_every_s = 60.0 * minutes if minutes > 0 else float("inf")
     stopped_by = STOP_EPOCH_CAP
     evaluate = _evaluate
     if ranks is not None:  # one process of several: its shard of each batch, a DDP step, rank 0's evaluation
@@ -662,7 +708,26 @@ def train_model(
         row = {"epoch": float(epoch)}
         label = f"epoch {epoch}/{cfg.train.epochs}"
         where = f"{transitions_dir} (train)"
-        done = _train_epoch(agent, batches, items.n_items, where, budget, steps_per_epoch, label, progress)
+
+        def checkpoint_inside(so_far: _EpochSoFar, epoch: int = epoch) -> None:
+            agent.settle_target()  # lagging target rows are not in the checkpoint's state
+            run.partial, run.spent_s = so_far, clock() - budget.started
+            checkpoints.save(epoch, run.to_checkpoint(agent), step=so_far.steps)
+
+        done = _train_epoch(
+            agent,
+            batches,
+            items.n_items,
+            where,
+            budget,
+            steps_per_epoch,
+            label,
+            progress,
+            so_far=run.partial,
+            checkpoint=checkpoint_inside if checkpoints is not None else None,
+            checkpoint_every_s=checkpoint_every_s,
+        )
+        resumed_rows, run.partial = (run.partial.n_rows if run.partial else 0), None
         train_metrics, n_rows = done.metrics, done.n_rows
         if n_rows == 0:
             raise ValueError(f"{transitions_dir}: no {fit_splits} transitions to train on")
@@ -677,7 +742,7 @@ def train_model(
         if len(val):
             row.update(evaluate(agent.averaged, val, masks, device, metric))
         row["time/epoch_s"] = clock() - epoch_start
-        row["throughput/transitions_per_s"] = n_rows / max(train_seconds, 1e-9)
+        row["throughput/transitions_per_s"] = (n_rows - resumed_rows) / max(train_seconds, 1e-9)
         run.history.append(row)
 
         value = row.get(metric, float("nan"))
@@ -699,6 +764,7 @@ def train_model(
             stopped_by = STOP_BUDGET
             break
         if checkpoints is not None:
+            run.spent_s = clock() - budget.started
             checkpoints.save(epoch, run.to_checkpoint(agent))
         faults.point("train:epoch_done")
         if stopped():

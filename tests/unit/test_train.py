@@ -232,11 +232,11 @@ def test_a_crashed_run_resumes_from_its_checkpoint_and_ends_identically(tiny_con
     real_epoch = train._train_epoch
     calls = []
 
-    def crash_in_epoch_3(*args):
+    def crash_in_epoch_3(*args, **kwargs):
         calls.append(1)
         if len(calls) == 3:
             raise RuntimeError("worker lost")
-        return real_epoch(*args)
+        return real_epoch(*args, **kwargs)
 
     monkeypatch.setattr(train, "_train_epoch", crash_in_epoch_3)
     with pytest.raises(RuntimeError, match="worker lost"):
@@ -264,6 +264,38 @@ def test_a_crashed_run_resumes_from_its_checkpoint_and_ends_identically(tiny_con
         cfg, transitions_dir=str(shop[0]), item_index_dir=str(shop[1]), warm_start=None
     )
     assert other != same
+
+
+def test_a_run_killed_inside_an_epoch_resumes_at_its_last_step_checkpoint(tiny_config, shop, monkeypatch):
+    # A checkpoint after every step but an epoch's last (the epoch's own follows), as any time between
+    # steps exceeds so tiny an interval; the crash comes after the one at epoch 2, step 3.
+    cfg = config(tiny_config, epochs=2, patience=5, checkpoint_minutes=1e-9).replace(model={"dropout": 0.2})
+    uninterrupted = run(cfg, shop)
+    steps_per_epoch = 10  # 40 users' windows, 4 to a batch
+    checkpoints = Path(tiny_config.registry.root) / train.CHECKPOINTS
+    assert not list(checkpoints.glob("*/*.pt"))
+
+    real_point, seen = train.faults.point, []
+
+    def crash_at_the_13th_step_checkpoint(name):
+        seen.append(name)
+        if seen.count("train:mid_epoch_checkpoint") == steps_per_epoch - 1 + 3:
+            raise RuntimeError("node preempted")
+        real_point(name)
+
+    monkeypatch.setattr(train.faults, "point", crash_at_the_13th_step_checkpoint)
+    with pytest.raises(RuntimeError, match="node preempted"):
+        run(cfg, shop)
+    assert [p.name for p in checkpoints.glob("*/*.pt")] == ["epoch-0002-step-00000003.pt"]
+
+    monkeypatch.setattr(train.faults, "point", real_point)
+    resumed = run(cfg, shop)
+    line = next(line for line in resumed.lines if "resuming from checkpoint" in line)
+    assert "(epoch 1 done, epoch 2 to step 3; " in line and "of the time budget spent)" in line
+    assert [row["loss/total"] for row in resumed.history] == [row["loss/total"] for row in uninterrupted.history]
+    for name, tensor in uninterrupted.model.state_dict().items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+    assert not list(checkpoints.glob("*/*.pt"))
 
 
 def test_a_torn_checkpoint_means_training_from_the_start(tiny_config, shop):
@@ -339,6 +371,35 @@ def test_a_time_budget_stops_at_the_end_of_a_step_and_keeps_the_best_epoch(tiny_
     )
 
 
+def test_a_resumed_run_has_only_the_rest_of_its_time_budget(tiny_config, shop, monkeypatch):
+    # One fake minute a step, 10 steps an epoch, a checkpoint every 4 minutes inside an epoch: the
+    # 4th is at minute 18 (epoch 2, step 8), where the run dies.
+    minutes = [0.0]
+    real_update, real_point = train.DQNAgent.update, train.faults.point
+
+    def one_minute_step(self, batch):
+        minutes[0] += 1.0
+        return real_update(self, batch)
+
+    def die_at_the_4th(name):
+        if name == "train:mid_epoch_checkpoint" and minutes[0] == 18:
+            raise RuntimeError("killed")
+        real_point(name)
+
+    monkeypatch.setattr(train.DQNAgent, "update", one_minute_step)
+    monkeypatch.setattr(train.faults, "point", die_at_the_4th)
+    cfg = config(tiny_config, epochs=6, patience=10, max_minutes=25, checkpoint_minutes=4)
+    with pytest.raises(RuntimeError, match="killed"):
+        run(cfg, shop, clock=lambda: 60.0 * minutes[0])
+
+    minutes[0] = 0.0  # a new process: its clock starts again
+    resumed = run(cfg, shop, clock=lambda: 60.0 * minutes[0])
+    assert any("(epoch 1 done, epoch 2 to step 8; 18m00s of the time budget spent)" in line for line in resumed.lines)
+    assert minutes[0] == 7  # 2 steps to end epoch 2, 5 of epoch 3: the 25 minutes of an uninterrupted run
+    assert any(line.startswith("epoch 3/6 (cut at step 5/10) ") for line in resumed.lines)
+    assert len(resumed.history) == 3 and resumed.stopped_by == train.STOP_BUDGET
+
+
 def test_a_tiny_budget_still_ends_with_a_model(tiny_config, shop):
     result = run(config(tiny_config, max_minutes=1e-9), shop)
     assert len(result.history) == 1 and result.best_epoch == 1 and result.stopped_by == train.STOP_BUDGET
@@ -398,11 +459,11 @@ def test_a_sampled_run_resumes_from_its_checkpoint_and_ends_identically(tiny_con
     real_epoch = train._train_epoch
     calls = []
 
-    def crash_in_epoch_2(*args):
+    def crash_in_epoch_2(*args, **kwargs):
         calls.append(1)
         if len(calls) == 2:
             raise RuntimeError("worker lost")
-        return real_epoch(*args)
+        return real_epoch(*args, **kwargs)
 
     monkeypatch.setattr(train, "_train_epoch", crash_in_epoch_2)
     with pytest.raises(RuntimeError, match="worker lost"):
