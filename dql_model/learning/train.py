@@ -465,9 +465,10 @@ def _resume(checkpoints: Checkpoints | None, agent: DQNAgent, device, progress) 
         progress(f"warning: cannot resume from {checkpoints.folder} ({error}); training from the start")
         checkpoints.clear()
         return _Progress()
-    where = f"epoch {state.epoch} done"
+    done = [f"epoch {state.epoch} done"] if state.epoch else []
     if state.partial is not None:
-        where += f", epoch {state.epoch + 1} to step {state.partial.steps}"
+        done.append(f"epoch {state.epoch + 1} to step {state.partial.steps}")
+    where = ", ".join(done)
     budget = f"; {_duration(state.spent_s)} of the time budget spent" if state.spent_s else ""
     progress(f"resuming from checkpoint {checkpoints.latest()} ({where}{budget})")
     return state
