@@ -287,8 +287,8 @@ def validate_recommendations(
             cfg.layout.scoring_summary(run_date), f"scoring did not finish for {run_date}; rerun score_users"
         )
     table = storage.read_partition(cfg.layout.staged(schema.RECOMMENDATIONS, run_date))
-    report = quality.validate_recommendations(
-        table.to_pandas(), top_k=scored["top_k"], run_date=run_date, docs_dir=cfg.layout.data_docs()
+    report = quality.validate_recommendations_by_share(
+        table, top_k=scored["top_k"], run_date=run_date, docs_dir=cfg.layout.data_docs()
     )
     report.raise_for_failures()
     say(f"recommendations {run_date}: {table.num_rows} rows pass the contract")

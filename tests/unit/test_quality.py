@@ -281,6 +281,41 @@ def test_broken_recommendations_fail(break_it, column, rule, count):
         report.raise_for_failures()
 
 
+def by_share(df: pd.DataFrame, share_rows: int = 4):
+    """The task's path: the table in shares of about ``share_rows`` rows (12 rows: 3 shares of users)."""
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    return quality.validate_recommendations_by_share(table, top_k=TOP_K, run_date=RUN_DATE, share_rows=share_rows)
+
+
+@pytest.mark.parametrize(
+    "break_it", [duplicate_rank, rank_over_k, bad_source, zero_propensity, null_score, duplicate_item, lambda df: df]
+)
+def test_a_check_in_shares_finds_what_the_whole_frame_check_finds(break_it):
+    whole = validate_recommendations(break_it(recommendations()), top_k=TOP_K, run_date=RUN_DATE)
+    shared = by_share(break_it(recommendations()))
+    assert shared.row_count == whole.row_count == 12
+    assert [(f.column, f.rule, f.unexpected_count, f.row_count) for f in shared.failures] == [
+        (f.column, f.rule, f.unexpected_count, f.row_count) for f in whole.failures
+    ]
+
+
+def test_shares_keep_each_users_rows_together_and_sum_a_rule_over_them():
+    df = recommendations()
+    # u0's first row again at the end: split by rows it would sit in another share than the original
+    copied = pd.concat([df, df.iloc[[0]]], ignore_index=True)
+    failures = by_share(copied).failures
+    assert {(f.column, f.unexpected_count) for f in failures} == {("user_id, rank", 2), ("user_id, item_id", 2)}
+
+    df.loc[[3, 6], schema.SCORE] = None  # u1 and u2: different shares (users go to shares in turn)
+    (failure,) = by_share(df).failures
+    assert (failure.column, failure.rule, failure.unexpected_count, failure.row_count) == (schema.SCORE, NOT_NULL, 2, 12)
+    renamed = by_share(recommendations().rename(columns={schema.SOURCE: "origin"}), share_rows=3)
+    assert sorted((f.column, f.rule) for f in renamed.failures) == [  # each once, not once per share
+        ("origin", "expect_table_columns_to_match_set"),
+        (schema.SOURCE, "expect_column_to_exist"),
+    ]
+
+
 def test_empty_or_off_contract_recommendations_fail():
     empty = validate_recommendations(recommendations().iloc[:0], top_k=TOP_K, run_date=RUN_DATE)
     assert [(f.column, f.rule) for f in empty.failures] == [(None, "expect_table_row_count_to_be_between")]
