@@ -688,6 +688,12 @@ def train_model(
     budget.started -= run.spent_s  # the budget holds across a crash: a resumed run has what was left
     minutes = cfg.train.checkpoint_minutes
     checkpoint_every_s = 60.0 * minutes if minutes > 0 else float("inf")
+
+    def save_checkpoint(epoch: int, so_far: _EpochSoFar | None = None) -> None:
+        """After ``epoch``, or inside it as far as ``so_far``; the budget spent goes with it."""
+        agent.settle_target()  # lagging target rows are not in the checkpoint's state
+        run.partial, run.spent_s = so_far, clock() - budget.started
+        checkpoints.save(epoch, run.to_checkpoint(agent), step=so_far.steps if so_far is not None else None)
     stopped_by = STOP_EPOCH_CAP
     evaluate = _evaluate
     if ranks is not None:  # one process of several: its shard of each batch, a DDP step, rank 0's evaluation
@@ -709,12 +715,6 @@ def train_model(
         row = {"epoch": float(epoch)}
         label = f"epoch {epoch}/{cfg.train.epochs}"
         where = f"{transitions_dir} (train)"
-
-        def checkpoint_inside(so_far: _EpochSoFar, epoch: int = epoch) -> None:
-            agent.settle_target()  # lagging target rows are not in the checkpoint's state
-            run.partial, run.spent_s = so_far, clock() - budget.started
-            checkpoints.save(epoch, run.to_checkpoint(agent), step=so_far.steps)
-
         done = _train_epoch(
             agent,
             batches,
@@ -725,7 +725,7 @@ def train_model(
             label,
             progress,
             so_far=run.partial,
-            checkpoint=checkpoint_inside if checkpoints is not None else None,
+            checkpoint=(lambda so_far, epoch=epoch: save_checkpoint(epoch, so_far)) if checkpoints is not None else None,
             checkpoint_every_s=checkpoint_every_s,
         )
         resumed_rows, run.partial = (run.partial.n_rows if run.partial else 0), None
@@ -765,8 +765,7 @@ def train_model(
             stopped_by = STOP_BUDGET
             break
         if checkpoints is not None:
-            run.spent_s = clock() - budget.started
-            checkpoints.save(epoch, run.to_checkpoint(agent))
+            save_checkpoint(epoch)
         faults.point("train:epoch_done")
         if stopped():
             progress(f"early stop: no better {metric} for {patience} epochs")
