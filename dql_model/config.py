@@ -437,7 +437,9 @@ class TrainConfig(_Section):
     """Time budget of the nightly training step: the challenger and the supervised baseline it is judged
     against get half each (the baseline's half split over its trials), so the comparison stays fair and
     the step stays within it. A model's training stops at the end of the step where its share runs out
-    and keeps its best epoch so far (a cut epoch is evaluated too); 0 = no limit."""
+    and keeps its best epoch so far (a cut epoch is evaluated too); 0 = no limit. From the first
+    checkpoint on, the share left is a step count at the rate so far, so a rerun after a crash stops
+    where the uninterrupted run would have (the wall clock still stops it at 1.5 times the share)."""
     n_step: int = 3
     """Rewards summed (discounted) before bootstrapping: n-step returns; 1 is one-step TD."""
     purchase_credit: PurchaseCredit = "cart"

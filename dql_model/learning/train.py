@@ -10,15 +10,17 @@ runs over (``train.loss_items``: full, or sampled on large catalogues; dql_model
 every PROGRESS_EVERY_S seconds inside an epoch, the steps done, the rate and the epoch's ETA.
 
 ``train.max_minutes`` bounds the night's training: the run stops at the end of the step where the
-budget runs out, evaluates that cut epoch like a finished one, and keeps the best epoch so far.
+budget runs out, evaluates that cut epoch like a finished one, and keeps the best epoch so far. At the
+run's first checkpoint the budget left becomes a number of steps at the rate so far (see _Clock), so
+that a resumed run stops at the same step as an uninterrupted one.
 
 With ``train.checkpoints`` every finished epoch is saved (networks, optimizer, history, best
 weights, random state, the time budget spent), and inside an epoch every ``train.checkpoint_minutes``
 the steps trained so far, under ``<registry.root>/.checkpoints/<run key>/``, the key being a hash
 of the config, the input partitions and the warm-start weights. The same call after a crash
-resumes where the last checkpoint was written (skipping the steps of that epoch it trained) with
-the rest of the time budget, and without a budget ends with the same weights as an uninterrupted
-run (on CPU with the full softmax, bit for bit); a finished run removes its checkpoints.
+resumes where the last checkpoint was written (skipping the steps of that epoch it trained), stops
+at the step the budget planned, and ends with the same weights as an uninterrupted run (on CPU with
+the full softmax, bit for bit); a finished run removes its checkpoints.
 """
 
 from __future__ import annotations
@@ -62,9 +64,12 @@ ITEM_ROW_TABLES = (
 """Parameters with one row per item_idx / category index: they grow with the catalogue."""
 ITEM_FEATURE_BUFFERS = ("item_category", "item_price_bucket", "cold_item")
 PREFETCH_BATCHES = 4
+"""Batches decoded ahead in a background thread when training on a GPU."""
 PROGRESS_EVERY_S = 10.0
 """Seconds of training between two progress lines inside an epoch."""
-"""Batches decoded ahead in a background thread when training on a GPU."""
+BUDGET_OVERRUN = 1.5
+"""Once the time budget is a planned step count, the wall clock still ends training at this multiple of
+train.max_minutes: a machine that slows down after the plan (a second job on its cores) still ends the night."""
 HEAD_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 """Blends w * Q + (1 - w) * next-item logits tried on validation after each epoch of train.mode=sqn."""
 HEAD_WEIGHT_METRIC = f"{schema.metric_prefix()}head_weight"
@@ -237,15 +242,38 @@ def _duration(seconds: float) -> str:
 
 @dataclass
 class _Clock:
-    """The run's time source: the training budget (train.max_minutes) and the in-epoch progress lines."""
+    """The run's time source: the training budget (train.max_minutes) and the in-epoch progress lines.
+
+    At the run's first checkpoint (an epoch's end, or ``train.checkpoint_minutes`` into the first) the
+    budget left becomes a step count at the rate measured so far, and is checkpointed with the run: from
+    then on training ends at that step, so a run resumed after a crash ends where the uninterrupted run
+    would have, with its weights, however fast the rerun's machine is. Before the plan, and past
+    BUDGET_OVERRUN times the budget, the wall clock decides."""
 
     now: Callable[[], float]
     started: float
     budget_s: float
     """Seconds of training allowed from ``started``; inf without a limit."""
+    stop_step: int | None = None
+    """The optimizer step (DQNAgent.steps) the budget ends at, once planned."""
 
-    def spent(self, at: float) -> bool:
+    def spent(self, at: float, step: int) -> bool:
+        if self.stop_step is not None:
+            return step >= self.stop_step or at - self.started >= BUDGET_OVERRUN * self.budget_s
         return at - self.started >= self.budget_s
+
+    def plan(self, at: float, step: int, *, since: tuple[float, int]) -> str | None:
+        """Fix ``stop_step`` from the rate since ``since`` (time, step) in this process, once; the log line."""
+        began_at, began_step = since
+        if self.stop_step is not None or self.budget_s == float("inf") or step <= began_step:
+            return None
+        per_step = max(at - began_at, 1e-9) / (step - began_step)
+        left = self.budget_s - (at - self.started)
+        self.stop_step = step + max(int(left // per_step), 0)
+        return (
+            f"time budget: {_duration(max(left, 0.0))} left is {self.stop_step - step} more steps at "
+            f"{per_step:.3g} s a step so far: training ends at step {self.stop_step}, also after a resume"
+        )
 
 
 @dataclass
@@ -280,6 +308,7 @@ def _train_epoch(
     progress: Callable[[str], None],
     *,
     so_far: _EpochSoFar | None = None,
+    optimizer_step: Callable[[], int],
     checkpoint: Callable[[_EpochSoFar], None] | None = None,
     checkpoint_every_s: float = float("inf"),
 ) -> _EpochPass:
@@ -287,7 +316,8 @@ def _train_epoch(
     every PROGRESS_EVERY_S seconds a line with the steps done, the rate and the epoch's ETA.
 
     ``so_far`` (from a mid-epoch checkpoint) skips the batches it trained and goes on from its sums;
-    ``checkpoint`` is handed the epoch so far every ``checkpoint_every_s`` seconds of training."""
+    ``checkpoint`` is handed the epoch so far every ``checkpoint_every_s`` seconds of training;
+    ``optimizer_step`` is the optimizer's step count, which the budget's plan counts in."""
     so_far = so_far or _EpochSoFar()
     sums: dict[str, torch.Tensor] = dict(so_far.sums)
     n_rows, steps, skip = so_far.n_rows, so_far.steps, so_far.steps
@@ -313,12 +343,11 @@ def _train_epoch(
                 f"{(n_rows - so_far.n_rows) / elapsed:.0f} transitions/s, epoch ETA {_duration(eta)}"
             )
             last_line = now
-        if clock.spent(now):
+        if clock.spent(now, optimizer_step()):
             cut = True
             break
         if checkpoint is not None and steps < total_steps and now - last_checkpoint >= checkpoint_every_s:
             checkpoint(_EpochSoFar(steps, n_rows, dict(sums)))
-            faults.point("train:mid_epoch_checkpoint")
             last_checkpoint = clock.now()
     # One device sync per epoch, not per step.
     metrics = {name: float(total) / max(n_rows, 1) for name, total in sums.items()}
@@ -413,6 +442,8 @@ class _Progress:
     """The unfinished epoch after ``history``'s, as far as a mid-epoch checkpoint got; None between epochs."""
     spent_s: float = 0.0
     """Seconds of the time budget spent when the checkpoint was written: a resumed run has the rest."""
+    stop_step: int | None = None
+    """The step the time budget ends at, once planned (_Clock.plan)."""
 
     @property
     def epoch(self) -> int:
@@ -432,6 +463,7 @@ class _Progress:
             "rng": _rng_state(),
             "partial": vars(self.partial) if self.partial is not None else {},
             "spent_s": self.spent_s,
+            "stop_step": -1 if self.stop_step is None else self.stop_step,
         }
 
     @classmethod
@@ -450,6 +482,7 @@ class _Progress:
             n_transitions=int(saved["n_transitions"]),
             partial=_EpochSoFar(**saved["partial"]) if saved.get("partial") else None,
             spent_s=float(saved.get("spent_s", 0.0)),
+            stop_step=None if int(saved.get("stop_step", -1)) < 0 else int(saved["stop_step"]),
         )
 
 
@@ -470,6 +503,8 @@ def _resume(checkpoints: Checkpoints | None, agent: DQNAgent, device, progress) 
         done.append(f"epoch {state.epoch + 1} to step {state.partial.steps}")
     where = ", ".join(done)
     budget = f"; {_duration(state.spent_s)} of the time budget spent" if state.spent_s else ""
+    if state.stop_step is not None:
+        budget += f", ends at step {state.stop_step}"
     progress(f"resuming from checkpoint {checkpoints.latest()} ({where}{budget})")
     return state
 
@@ -686,14 +721,24 @@ def train_model(
     patience = cfg.train.patience
     run = _resume(checkpoints, agent, device, progress)
     budget.started -= run.spent_s  # the budget holds across a crash: a resumed run has what was left
+    budget.stop_step = run.stop_step  # and ends at the step the crashed run had planned
     minutes = cfg.train.checkpoint_minutes
     checkpoint_every_s = 60.0 * minutes if minutes > 0 else float("inf")
+    began = (clock(), agent.steps)
 
-    def save_checkpoint(epoch: int, so_far: _EpochSoFar | None = None) -> None:
-        """After ``epoch``, or inside it as far as ``so_far``; the budget spent goes with it."""
+    def checkpoint(epoch: int, so_far: _EpochSoFar | None = None) -> None:
+        """After ``epoch``, or inside it as far as ``so_far``: plan the budget's last step the first
+        time, then (with train.checkpoints) save; the budget spent and planned goes with it."""
+        planned = budget.plan(clock(), agent.steps, since=began)
+        if planned:
+            progress(planned)
+        if checkpoints is None:
+            return
         agent.settle_target()  # lagging target rows are not in the checkpoint's state
-        run.partial, run.spent_s = so_far, clock() - budget.started
+        run.partial, run.spent_s, run.stop_step = so_far, clock() - budget.started, budget.stop_step
         checkpoints.save(epoch, run.to_checkpoint(agent), step=so_far.steps if so_far is not None else None)
+        if so_far is not None:
+            faults.point("train:mid_epoch_checkpoint")
     stopped_by = STOP_EPOCH_CAP
     evaluate = _evaluate
     if ranks is not None:  # one process of several: its shard of each batch, a DDP step, rank 0's evaluation
@@ -706,7 +751,7 @@ def train_model(
         if stopped():
             stopped_by = STOP_CONVERGED
             break
-        if run.history and budget.spent(clock()):  # the first epoch trains at least one step
+        if run.history and budget.spent(clock(), agent.steps):  # the first epoch trains at least one step
             progress(f"time budget: train.max_minutes={cfg.train.max_minutes:g} spent before epoch {epoch}")
             stopped_by = STOP_BUDGET
             break
@@ -725,7 +770,8 @@ def train_model(
             label,
             progress,
             so_far=run.partial,
-            checkpoint=(lambda so_far, epoch=epoch: save_checkpoint(epoch, so_far)) if checkpoints is not None else None,
+            optimizer_step=lambda: agent.steps,
+            checkpoint=lambda so_far, epoch=epoch: checkpoint(epoch, so_far),
             checkpoint_every_s=checkpoint_every_s,
         )
         resumed_rows, run.partial = (run.partial.n_rows if run.partial else 0), None
@@ -764,8 +810,7 @@ def train_model(
             )
             stopped_by = STOP_BUDGET
             break
-        if checkpoints is not None:
-            save_checkpoint(epoch)
+        checkpoint(epoch)
         faults.point("train:epoch_done")
         if stopped():
             progress(f"early stop: no better {metric} for {patience} epochs")

@@ -291,7 +291,7 @@ def test_a_run_killed_inside_an_epoch_resumes_at_its_last_step_checkpoint(tiny_c
     monkeypatch.setattr(train.faults, "point", real_point)
     resumed = run(cfg, shop)
     line = next(line for line in resumed.lines if "resuming from checkpoint" in line)
-    assert "(epoch 1 done, epoch 2 to step 3; " in line and "of the time budget spent)" in line
+    assert "(epoch 1 done, epoch 2 to step 3; " in line and "of the time budget spent, ends at step " in line
     assert [row["loss/total"] for row in resumed.history] == [row["loss/total"] for row in uninterrupted.history]
     for name, tensor in uninterrupted.model.state_dict().items():
         assert torch.equal(tensor, resumed.model.state_dict()[name]), name
@@ -353,6 +353,8 @@ def test_a_time_budget_stops_at_the_end_of_a_step_and_keeps_the_best_epoch(tiny_
     assert any(line.startswith("epoch 3/6 (cut at step 5/10) ") for line in result.lines)
     stop = [line for line in result.lines if line.startswith("time budget: ")]
     assert stop == [
+        # planned at the first epoch's end (its checkpoint), at the rate so far
+        "time budget: 15m00s left is 15 more steps at 60 s a step so far: training ends at step 25, also after a resume",
         f"time budget: train.max_minutes=25 spent at step 5/10 of epoch 3; keeping epoch {result.best_epoch} "
         f"(eval/ndcg@10={result.best_value:.4f})"
     ]
@@ -371,14 +373,17 @@ def test_a_time_budget_stops_at_the_end_of_a_step_and_keeps_the_best_epoch(tiny_
     )
 
 
-def test_a_resumed_run_has_only_the_rest_of_its_time_budget(tiny_config, shop, monkeypatch):
+def test_a_resumed_run_ends_at_the_step_the_budget_planned_however_slow_its_machine(
+    tiny_config, shop, monkeypatch
+):
     # One fake minute a step, 10 steps an epoch, a checkpoint every 4 minutes inside an epoch: the
-    # 4th is at minute 18 (epoch 2, step 8), where the run dies.
-    minutes = [0.0]
+    # first (epoch 1, step 4) turns the 21 minutes left into 21 more steps; the run dies at the 4th
+    # (minute 18: epoch 2, step 8) and is rerun on a machine twice as slow.
+    minutes, minutes_a_step = [0.0], [1.0]
     real_update, real_point = train.DQNAgent.update, train.faults.point
 
-    def one_minute_step(self, batch):
-        minutes[0] += 1.0
+    def timed_step(self, batch):
+        minutes[0] += minutes_a_step[0]
         return real_update(self, batch)
 
     def die_at_the_4th(name):
@@ -386,18 +391,48 @@ def test_a_resumed_run_has_only_the_rest_of_its_time_budget(tiny_config, shop, m
             raise RuntimeError("killed")
         real_point(name)
 
-    monkeypatch.setattr(train.DQNAgent, "update", one_minute_step)
+    monkeypatch.setattr(train.DQNAgent, "update", timed_step)
+    cfg = config(tiny_config, epochs=6, patience=10, max_minutes=25, checkpoint_minutes=4).replace(
+        model={"dropout": 0.2}
+    )
+    uninterrupted = run(cfg, shop, clock=lambda: 60.0 * minutes[0])
+    assert minutes[0] == 25
+    assert any(line.endswith("training ends at step 25, also after a resume") for line in uninterrupted.lines)
+
+    minutes[0] = 0.0
     monkeypatch.setattr(train.faults, "point", die_at_the_4th)
-    cfg = config(tiny_config, epochs=6, patience=10, max_minutes=25, checkpoint_minutes=4)
     with pytest.raises(RuntimeError, match="killed"):
         run(cfg, shop, clock=lambda: 60.0 * minutes[0])
 
-    minutes[0] = 0.0  # a new process: its clock starts again
+    minutes[0], minutes_a_step[0] = 0.0, 2.0  # a new process, its clock starting again, on a slower machine
     resumed = run(cfg, shop, clock=lambda: 60.0 * minutes[0])
-    assert any("(epoch 1 done, epoch 2 to step 8; 18m00s of the time budget spent)" in line for line in resumed.lines)
-    assert minutes[0] == 7  # 2 steps to end epoch 2, 5 of epoch 3: the 25 minutes of an uninterrupted run
+    assert any(
+        "(epoch 1 done, epoch 2 to step 8; 18m00s of the time budget spent, ends at step 25)" in line
+        for line in resumed.lines
+    )
+    assert minutes[0] == 14  # 2 steps to end epoch 2 and 5 of epoch 3, at 2 minutes each
     assert any(line.startswith("epoch 3/6 (cut at step 5/10) ") for line in resumed.lines)
     assert len(resumed.history) == 3 and resumed.stopped_by == train.STOP_BUDGET
+    assert [row["loss/total"] for row in resumed.history] == [row["loss/total"] for row in uninterrupted.history]
+    for name, tensor in uninterrupted.model.state_dict().items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+
+
+def test_past_its_overrun_the_wall_clock_ends_a_planned_budget(tiny_config, shop, monkeypatch):
+    # Planned at the first epoch's end (10 steps of a minute: step 25); then each step takes 5 minutes,
+    # and the wall clock ends training at 1.5 x 25 = 37.5 minutes, 6 steps into epoch 2.
+    minutes = [0.0]
+    real_update = train.DQNAgent.update
+
+    def slowing_step(self, batch):
+        minutes[0] += 1.0 if minutes[0] < 10 else 5.0
+        return real_update(self, batch)
+
+    monkeypatch.setattr(train.DQNAgent, "update", slowing_step)
+    result = run(config(tiny_config, epochs=6, patience=10, max_minutes=25), shop, clock=lambda: 60.0 * minutes[0])
+    assert train.BUDGET_OVERRUN == 1.5 and minutes[0] == 40
+    assert any(line.startswith("epoch 2/6 (cut at step 6/10) ") for line in result.lines)
+    assert result.stopped_by == train.STOP_BUDGET
 
 
 def test_a_tiny_budget_still_ends_with_a_model(tiny_config, shop):
