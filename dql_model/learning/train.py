@@ -757,6 +757,7 @@ def train_model(
             break
         epoch_start = clock()
         batches = setup.batches(cfg, transitions_dir, epoch)
+        resumed = run.partial  # trained before a crash; a checkpoint of this pass replaces run.partial
         row = {"epoch": float(epoch)}
         label = f"epoch {epoch}/{cfg.train.epochs}"
         where = f"{transitions_dir} (train)"
@@ -769,12 +770,12 @@ def train_model(
             steps_per_epoch,
             label,
             progress,
-            so_far=run.partial,
+            so_far=resumed,
             optimizer_step=lambda: agent.steps,
             checkpoint=lambda so_far, epoch=epoch: checkpoint(epoch, so_far),
             checkpoint_every_s=checkpoint_every_s,
         )
-        resumed_rows, run.partial = (run.partial.n_rows if run.partial else 0), None
+        resumed_rows, run.partial = (resumed.n_rows if resumed else 0), None
         train_metrics, n_rows = done.metrics, done.n_rows
         if n_rows == 0:
             raise ValueError(f"{transitions_dir}: no {fit_splits} transitions to train on")

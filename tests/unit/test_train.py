@@ -397,6 +397,8 @@ def test_a_resumed_run_ends_at_the_step_the_budget_planned_however_slow_its_mach
     )
     uninterrupted = run(cfg, shop, clock=lambda: 60.0 * minutes[0])
     assert minutes[0] == 25
+    # every transition of epoch 1 counts in its rate, the ones before its step checkpoints too
+    assert uninterrupted.history[0]["throughput/transitions_per_s"] == uninterrupted.n_transitions / 600
     assert any(line.endswith("training ends at step 25, also after a resume") for line in uninterrupted.lines)
 
     minutes[0] = 0.0
