@@ -499,7 +499,14 @@ def main(argv: Sequence[str] = ()) -> None:
     parser.add_argument(
         "--retrain-peers", action="store_true", help="retrain RecBole even if its outputs are current"
     )
-    parser.add_argument("--peer-time-budget-s", type=float, default=PEER_TIME_BUDGET_S)
+    parser.add_argument(
+        "--peer-time-budget-s", type=float, default=PEER_TIME_BUDGET_S,
+        help="training seconds after which a peer starts no new epoch (0: none, early stopping alone)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--peers", default=",".join(recbole_env.MODELS),
+        help=f"the RecBole models to compare with, comma-separated, of {', '.join(recbole_env.MODELS)}",
+    )  # fmt: skip
     parser.add_argument(
         "--without-peers", action="store_true", help="leave RecBole out (its runs need hours of idle CPU the "
         "first time); the table says they were left out"
@@ -509,6 +516,10 @@ def main(argv: Sequence[str] = ()) -> None:
         "(0: the product's defaults, every core)"
     )  # fmt: skip
     options = parser.parse_args(list(argv))
+    models = [model.strip() for model in options.peers.split(",") if model.strip()]
+    unknown = sorted(set(models) - set(recbole_env.MODELS))
+    if unknown:
+        parser.error(f"--peers: unknown model(s) {', '.join(unknown)}; choose from {', '.join(recbole_env.MODELS)}")
     started = time.perf_counter()
     quick = options.quick or quick_mode()
     if quick and options.retrain_peers:
@@ -534,7 +545,7 @@ def main(argv: Sequence[str] = ()) -> None:
     )
 
     peer_runs = [
-        recbole_env.PeerRun(model, time_budget_s=options.peer_time_budget_s) for model in recbole_env.MODELS
+        recbole_env.PeerRun(model, time_budget_s=options.peer_time_budget_s) for model in models
     ]
     systems: dict[str, System] = {
         name: dqlrec_night(folder, settings, ratings_dir=ratings_dir, quick=quick, cores=options.cores)
@@ -556,7 +567,9 @@ def main(argv: Sequence[str] = ()) -> None:
     for name, (output, check) in peer_results.items():
         outputs[name], reproduction[name] = output, check
     if options.without_peers:
-        print(f"peers left out (--without-peers): {', '.join(recbole_env.MODELS)}")
+        print(f"peers left out (--without-peers): {', '.join(models)}")
+    if set(models) != set(recbole_env.MODELS) and not options.without_peers:
+        print(f"peers left out (--peers): {', '.join(m for m in recbole_env.MODELS if m not in models)}")
     if peers_left_out:
         print(f"peers left out (no cached full run; --quick never trains them): {', '.join(peers_left_out)}")
 
@@ -656,6 +669,8 @@ def main(argv: Sequence[str] = ()) -> None:
             "validation_item_agreement": agreement,
             "systems": figures,
             "reproduction_of_recbole": reproduction,
+            "peers_asked": [] if options.without_peers else models,
+            "peer_time_budget_s": options.peer_time_budget_s,
             "peers_left_out": peers_left_out,
             "load_average": load,
             "machine_at_start": machine(),
