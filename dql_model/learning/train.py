@@ -256,16 +256,23 @@ class _Clock:
     """Seconds of training allowed from ``started``; inf without a limit."""
     stop_step: int | None = None
     """The optimizer step (DQNAgent.steps) the budget ends at, once planned."""
+    rate_from: tuple[float, int] | None = None
+    """(time, step) at the end of this process's first step: the rate leaves out the loading before it."""
 
     def spent(self, at: float, step: int) -> bool:
+        """Called after every step: whether the budget ends here."""
+        if self.rate_from is None:
+            self.rate_from = (at, step)
         if self.stop_step is not None:
             return step >= self.stop_step or at - self.started >= BUDGET_OVERRUN * self.budget_s
         return at - self.started >= self.budget_s
 
-    def plan(self, at: float, step: int, *, since: tuple[float, int]) -> str | None:
-        """Fix ``stop_step`` from the rate since ``since`` (time, step) in this process, once; the log line."""
-        began_at, began_step = since
-        if self.stop_step is not None or self.budget_s == float("inf") or step <= began_step:
+    def plan(self, at: float, step: int) -> str | None:
+        """Fix ``stop_step`` from the rate since this process's first step, once; the log line."""
+        if self.stop_step is not None or self.budget_s == float("inf") or self.rate_from is None:
+            return None
+        began_at, began_step = self.rate_from
+        if step <= began_step:
             return None
         per_step = max(at - began_at, 1e-9) / (step - began_step)
         left = self.budget_s - (at - self.started)
@@ -724,12 +731,11 @@ def train_model(
     budget.stop_step = run.stop_step  # and ends at the step the crashed run had planned
     minutes = cfg.train.checkpoint_minutes
     checkpoint_every_s = 60.0 * minutes if minutes > 0 else float("inf")
-    began = (clock(), agent.steps)
 
     def checkpoint(epoch: int, so_far: _EpochSoFar | None = None) -> None:
         """After ``epoch``, or inside it as far as ``so_far``: plan the budget's last step the first
         time, then (with train.checkpoints) save; the budget spent and planned goes with it."""
-        planned = budget.plan(clock(), agent.steps, since=began)
+        planned = budget.plan(clock(), agent.steps)
         if planned:
             progress(planned)
         if checkpoints is None:

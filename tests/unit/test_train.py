@@ -420,6 +420,22 @@ def test_a_resumed_run_ends_at_the_step_the_budget_planned_however_slow_its_mach
         assert torch.equal(tensor, resumed.model.state_dict()[name]), name
 
 
+def test_the_planned_rate_leaves_out_the_loading_before_the_first_step(tiny_config, shop, monkeypatch):
+    # The first step ends at minute 6 (5 of them loading), every other takes one: at epoch 1's end
+    # (minute 15) the 12 minutes left of 27 are 12 steps at 1 a minute, not 8 at 15 minutes / 10 steps.
+    minutes = [0.0]
+    real_update = train.DQNAgent.update
+
+    def step_after_loading(self, batch):
+        minutes[0] += 6.0 if minutes[0] == 0 else 1.0
+        return real_update(self, batch)
+
+    monkeypatch.setattr(train.DQNAgent, "update", step_after_loading)
+    result = run(config(tiny_config, epochs=6, patience=10, max_minutes=27), shop, clock=lambda: 60.0 * minutes[0])
+    assert any(line.endswith("training ends at step 22, also after a resume") for line in result.lines)
+    assert any(line.startswith("epoch 3/6 (cut at step 2/10) ") for line in result.lines) and minutes[0] == 27
+
+
 def test_past_its_overrun_the_wall_clock_ends_a_planned_budget(tiny_config, shop, monkeypatch):
     # Planned at the first epoch's end (10 steps of a minute: step 25); then each step takes 5 minutes,
     # and the wall clock ends training at 1.5 x 25 = 37.5 minutes, 6 steps into epoch 2.
