@@ -684,6 +684,17 @@ class DQNAgent:
             target.index_copy_(0, rows, online_rows + keep.to(target.dtype) * (lagging - online_rows))
         self._row_synced[rows] = self._lazy_step
 
+    def target_lag(self) -> dict[str, Any]:
+        """What a checkpoint keeps besides the weights for the lazy target to go on exactly as it would
+        have: the step count and each row's last update (settling instead would change the numbers)."""
+        return {"lazy_step": self._lazy_step, "row_synced": self._row_synced.detach().cpu().clone()}
+
+    def restore_target_lag(self, saved: dict[str, Any]) -> None:
+        """The inverse of ``target_lag``; a checkpoint without it had its rows settled."""
+        if saved:
+            self._lazy_step = int(saved["lazy_step"])
+            self._row_synced = saved["row_synced"].to(self.device)
+
     def settle_target(self) -> None:
         """Bring every lagging target row up to date (lazy Polyak target; nothing to do otherwise)."""
         if self.lazy_target:

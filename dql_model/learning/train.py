@@ -19,8 +19,8 @@ weights, random state, the time budget spent), and inside an epoch every ``train
 the steps trained so far, under ``<registry.root>/.checkpoints/<run key>/``, the key being a hash
 of the config, the input partitions and the warm-start weights. The same call after a crash
 resumes where the last checkpoint was written (skipping the steps of that epoch it trained), stops
-at the step the budget planned, and ends with the same weights as an uninterrupted run (on CPU with
-the full softmax, bit for bit); a finished run removes its checkpoints.
+at the step the budget planned, and ends with the same weights as an uninterrupted run (on CPU, bit
+for bit: saving changes nothing the run goes on with); a finished run removes its checkpoints.
 """
 
 from __future__ import annotations
@@ -462,6 +462,7 @@ class _Progress:
             "target": agent.target.state_dict() if agent.target is not None else {},
             "optimizer": agent.optimizer.state_dict(),
             "steps": agent.steps,
+            "target_lag": agent.target_lag(),
             "history": self.history,
             "best_value": self.best_value,
             "best_epoch": self.best_epoch,
@@ -480,6 +481,7 @@ class _Progress:
             agent.target.load_state_dict(saved["target"])
         agent.optimizer.load_state_dict(saved["optimizer"])
         agent.steps = int(saved["steps"])
+        agent.restore_target_lag(saved.get("target_lag", {}))
         _set_rng_state(saved["rng"])
         return cls(
             history=list(saved["history"]),
@@ -740,7 +742,6 @@ def train_model(
             progress(planned)
         if checkpoints is None:
             return
-        agent.settle_target()  # lagging target rows are not in the checkpoint's state
         run.partial, run.spent_s, run.stop_step = so_far, clock() - budget.started, budget.stop_step
         checkpoints.save(epoch, run.to_checkpoint(agent), step=so_far.steps if so_far is not None else None)
         if so_far is not None:

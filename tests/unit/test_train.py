@@ -298,6 +298,37 @@ def test_a_run_killed_inside_an_epoch_resumes_at_its_last_step_checkpoint(tiny_c
     assert not list(checkpoints.glob("*/*.pt"))
 
 
+def test_checkpoints_leave_the_sampled_softmaxs_lazy_target_as_it_would_have_been(
+    tiny_config, tmp_path_factory, monkeypatch
+):
+    # Sampled softmax: target item rows catch up lazily, and with 400 items most lag at any step. A run
+    # that checkpoints after every step and is killed at epoch 1, step 6 must end with the weights of a
+    # run that never checkpointed: saving may not settle the lagging rows (which changes their numbers),
+    # it keeps each row's last update instead.
+    shop = make_shop(tmp_path_factory.mktemp("wide_shop"), n_items=400, n_users=40, steps=12, max_len=MAX_LEN)
+    cfg = config(tiny_config, epochs=2, patience=5, full_loss_max_items=20, cql_negatives=8)
+    never_saved = run(cfg.replace(train={"checkpoints": False}), shop)
+    assert any("sampled softmax" in line for line in never_saved.lines)
+
+    cfg = cfg.replace(train={"checkpoint_minutes": 1e-9})
+    real_point, seen = train.faults.point, []
+
+    def crash_at_the_6th_step_checkpoint(name):
+        seen.append(name)
+        if seen.count("train:mid_epoch_checkpoint") == 6:
+            raise RuntimeError("node preempted")
+        real_point(name)
+
+    monkeypatch.setattr(train.faults, "point", crash_at_the_6th_step_checkpoint)
+    with pytest.raises(RuntimeError, match="node preempted"):
+        run(cfg, shop)
+    monkeypatch.setattr(train.faults, "point", real_point)
+    resumed = run(cfg, shop)
+    assert any("(epoch 1 to step 6; " in line for line in resumed.lines)
+    for name, tensor in never_saved.model.state_dict().items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+
+
 def test_a_torn_checkpoint_means_training_from_the_start(tiny_config, shop):
     cfg = config(tiny_config, epochs=1)
     key = Checkpoints.run_key(cfg, transitions_dir=str(shop[0]), item_index_dir=str(shop[1]), warm_start=None)
