@@ -75,8 +75,10 @@ K = 10
 NDCG, HR, MRR = (schema.metric_name(kind, K) for kind in ("ndcg", "hr", "mrr"))
 SEEN, COVERAGE = schema.metric_name("seen", K), schema.metric_name("coverage", K)
 PEER_TIME_BUDGET_S = 1800.0
-"""Training seconds after which a peer starts no new epoch (2 shared cores: GRU4Rec ~170-450 s an
-epoch, more when others load the machine); the table says which peers it stopped."""
+"""Training seconds after which a peer starts no new epoch; the table says which peers it stopped. One
+thread beside one other job: GRU4Rec 54-70 s an epoch, 63 epochs to early stopping (3,930 s); SASRec
+187 s an epoch, far more when more jobs load the machine. ``--peer-time-budget-s 0`` lets them run to
+early stopping."""
 RATING_CODE = schema.EVENT_CODE[schema.RATING]
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "dqlrec (defaults)": ("defaults", {}),
