@@ -315,7 +315,6 @@ def _train_epoch(
     progress: Callable[[str], None],
     *,
     so_far: _EpochSoFar | None = None,
-    optimizer_step: Callable[[], int],
     checkpoint: Callable[[_EpochSoFar], None] | None = None,
     checkpoint_every_s: float = float("inf"),
 ) -> _EpochPass:
@@ -323,8 +322,8 @@ def _train_epoch(
     every PROGRESS_EVERY_S seconds a line with the steps done, the rate and the epoch's ETA.
 
     ``so_far`` (from a mid-epoch checkpoint) skips the batches it trained and goes on from its sums;
-    ``checkpoint`` is handed the epoch so far every ``checkpoint_every_s`` seconds of training;
-    ``optimizer_step`` is the optimizer's step count, which the budget's plan counts in."""
+    ``checkpoint`` is handed the epoch so far every ``checkpoint_every_s`` seconds of training; the
+    budget counts in the agent's optimizer steps."""
     so_far = so_far or _EpochSoFar()
     sums: dict[str, torch.Tensor] = dict(so_far.sums)
     n_rows, steps, skip = so_far.n_rows, so_far.steps, so_far.steps
@@ -350,7 +349,7 @@ def _train_epoch(
                 f"{(n_rows - so_far.n_rows) / elapsed:.0f} transitions/s, epoch ETA {_duration(eta)}"
             )
             last_line = now
-        if clock.spent(now, optimizer_step()):
+        if clock.spent(now, agent.steps):
             cut = True
             break
         if checkpoint is not None and steps < total_steps and now - last_checkpoint >= checkpoint_every_s:
@@ -778,7 +777,6 @@ def train_model(
             label,
             progress,
             so_far=resumed,
-            optimizer_step=lambda: agent.steps,
             checkpoint=lambda so_far, epoch=epoch: checkpoint(epoch, so_far),
             checkpoint_every_s=checkpoint_every_s,
         )
