@@ -450,6 +450,9 @@ def render_markdown(summary: dict[str, Any]) -> str:
             lines += [f"Learning settings: {evaluation['tuned']}.", ""]
         if evaluation.get("shape"):  # the auto settings the data decided (dql_model.learning.shape)
             lines += [f"Challenger's {evaluation['shape']}.", ""]
+        if evaluation.get("refit_reason"):  # train.refit: trained again on train + validation, scores in its place
+            refit = f"`{evaluation['refit']}`, " if evaluation.get("refit") else ""
+            lines += [f"Challenger's refit on train + validation: {refit}{evaluation['refit_reason']}.", ""]
         lines += [f"- **{name}**: {note}" for name, note in MODEL_NOTES.items() if name in evaluation["metrics"]]
         lines += _baseline_notes(evaluation.get("baselines") or {})
         lines += ["", "### By event type", "", detail_tables(evaluation["metrics"], unscorable)]

@@ -70,6 +70,8 @@ PROGRESS_EVERY_S = 10.0
 BUDGET_OVERRUN = 1.5
 """Once the time budget is a planned step count, the wall clock still ends training at this multiple of
 train.max_minutes: a machine that slows down after the plan (a second job on its cores) still ends the night."""
+REFIT_MARGIN = 1.25
+"""train.refit auto: the time budget's share left must hold the refit's estimate this many times over."""
 HEAD_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 """Blends w * Q + (1 - w) * next-item logits tried on validation after each epoch of train.mode=sqn."""
 HEAD_WEIGHT_METRIC = f"{schema.metric_prefix()}head_weight"
@@ -909,9 +911,54 @@ def train_challenger(
         "stopped_by": result.stopped_by,
         "shape": result.shape,
     }
-    if cfg.train.refit:
-        trained["refit"] = _refit(cfg, run_date, version, result, warm_start, window, progress)
+    plan = plan_refit(cfg, result)
+    progress(f"refit: {plan.reason}")
+    trained["refit_reason"] = plan.reason
+    if plan.run:
+        refit = _refit(cfg, run_date, version, result, warm_start, window, progress)
+        if refit:
+            trained["refit"] = refit
     return trained
+
+
+@dataclass(frozen=True)
+class RefitPlan:
+    """Whether the night refits its challenger on train + validation (train.refit), and why."""
+
+    run: bool
+    reason: str
+
+
+def plan_refit(cfg: Config, result: TrainResult) -> RefitPlan:
+    """train.refit decided for a finished training ``result`` whose time budget was ``cfg.train.max_minutes``.
+
+    ``auto`` refits only a model that could learn something new in time: one with validation events
+    (which the refit adds to its data), whose training was not ended by the time budget, and whose
+    estimate (the time its first best_epoch epochs took) fits REFIT_MARGIN times in the budget left.
+    The refit runs under the training's own share, not the time left: its config is hashed into the
+    version's name and its checkpoints' key, so no clock reading may enter it. A refit that fits the
+    time left ends long before that share does.
+    """
+    epochs = max(result.best_epoch, 1)
+    per_epoch = [row.get("time/epoch_s", 0.0) for row in result.history]
+    estimate = sum(per_epoch[:epochs])
+    budget = 60.0 * cfg.train.max_minutes
+    left = max(budget - max(result.seconds, sum(per_epoch)), 0.0) if budget > 0 else float("inf")
+    work = f"{epochs} epoch(s) on train + validation, about {estimate:.0f} s"
+    if cfg.train.refit is True:
+        return RefitPlan(True, f"train.refit true: {work}")
+    if cfg.train.refit is False:
+        return RefitPlan(False, "skipped (train.refit false)")
+    if not np.isfinite(result.best_value):
+        return RefitPlan(False, "skipped (no validation events: training saw every transition)")
+    if result.stopped_by == STOP_BUDGET:
+        return RefitPlan(False, f"skipped (the time budget, {cfg.train.max_minutes:g} min, ended training)")
+    if estimate * REFIT_MARGIN > left:
+        return RefitPlan(
+            False, f"skipped ({work}, would not fit {REFIT_MARGIN:g} times in the {left:.0f} s of the time budget left)"
+        )
+    room = f"{left:.0f} s of the time budget left" if budget > 0 else "no time budget"
+    return RefitPlan(True, f"{work} ({result.stopped_by}; {room})")
 
 
 def _refit(
@@ -922,9 +969,10 @@ def _refit(
     warm_start: QNetwork | None,
     window: dict[str, Any],
     progress: Callable[[str], None],
-) -> str:
+) -> str | None:
     """Train the same start on train + validation for the best epoch count; register it as the refit of
-    ``version`` (``registry.refit_of``), which scores in its place once the gate promotes it."""
+    ``version`` (``registry.refit_of``), which scores in its place once the gate promotes it. None when
+    the refit's time budget cut it short: fewer epochs than the gated model's are not what was judged."""
     from dql_model.learning import registry
 
     epochs = max(result.best_epoch, 1)
@@ -938,6 +986,9 @@ def _refit(
         head_weight=float(result.model.head_weight) if result.model.next_head is not None else None,
         progress=progress,
     )
+    if refitted.stopped_by == STOP_BUDGET:
+        progress(f"refit: cut by its time budget after {len(refitted.history)} of {epochs} epoch(s); {version} scores")
+        return None
     return registry.save_model(
         refitted.model,
         cfg,

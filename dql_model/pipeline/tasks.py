@@ -248,7 +248,8 @@ def evaluate_and_gate(
         supervised_baseline=training.get("baseline"),
         progress=say,
     )
-    settings = {key: training[key] for key in ("tuned", "shape") if training.get(key)}  # what tonight trained with
+    trained_with = ("tuned", "shape", "refit", "refit_reason")  # the settings tonight trained with, its refit
+    settings = {key: training[key] for key in trained_with if training.get(key)}
     trained_s = {history.TRAINING_SECONDS: training.get("seconds")}  # the run history's trend shows it
     report.write_evaluation({**night.to_json(), **status, **settings, **trained_s}, folder, progress=say)
     return {**night.decision(), **status}

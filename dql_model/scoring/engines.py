@@ -105,10 +105,10 @@ class ScoringSummary:
 def score(cfg: Config, run_date: str, version: str) -> ScoringSummary:
     """Score the run date's users with model ``version`` on ``score.engine``; staged, unseen by readers.
 
-    With ``train.refit`` the version's refit (trained on train + validation too) scores in its place
-    when it has one; the rows and the summary name the refit version.
+    Unless ``train.refit`` is false, the version's refit (trained on train + validation too) scores in
+    its place when it has one; the rows and the summary name the refit version.
     """
-    if cfg.train.refit:
+    if cfg.train.refit is not False:
         version = registry.refit_of(cfg.registry.root, version) or version
     return ENGINES[cfg.score.engine](cfg, run_date, version)
 

@@ -30,8 +30,14 @@ def training_fails(monkeypatch):
     monkeypatch.setattr(dql_model.learning.train, "train_challenger", fail)
 
 
-def test_training_raises_the_champion_scores_and_the_run_is_degraded_everywhere(night, training_fails):
+def served(night) -> tuple[str, str]:
+    """(the champion, the version that scores for it: its refit on train + validation, train.refit auto)."""
     champion = registry.champion_version(night.registry.root)
+    return champion, registry.refit_of(night.registry.root, champion) or champion
+
+
+def test_training_raises_the_champion_scores_and_the_run_is_degraded_everywhere(night, training_fails):
+    champion, scoring = served(night)
     with pytest.raises(RuntimeError, match="out of memory"):
         tasks.train_model(DAY2, cfg=night)
     # As the DAG runs it: the gate's trigger rule is all_done, and a failed task leaves no XCom.
@@ -42,11 +48,11 @@ def test_training_raises_the_champion_scores_and_the_run_is_degraded_everywhere(
         f"train_model failed: RuntimeError: {INJECTED}; the champion scored instead"
     )
     scored = tasks.score_users(DAY2, gate, cfg=night)
-    assert (scored["model_version"], scored["degraded"]) == (champion, True)
+    assert (scored["model_version"], scored["degraded"]) == (scoring, True)
     validated = tasks.validate_recommendations(DAY2, scored, cfg=night)
     done = tasks.publish_recommendations(DAY2, validated, cfg=night)
     extra = tasks.asset_extra(done)
-    assert extra["degraded"] is True and INJECTED in extra["degraded_reason"] and extra["model_version"] == champion
+    assert extra["degraded"] is True and INJECTED in extra["degraded_reason"] and extra["model_version"] == scoring
     tasks.write_report(DAY2, done, cfg=night)
 
     folder = Path(night.layout.report(DAY2))
@@ -56,23 +62,28 @@ def test_training_raises_the_champion_scores_and_the_run_is_degraded_everywhere(
     assert INJECTED in evaluation["reason"]  # the gate's own reason names the failure too
     assert f"**Degraded run**: train_model failed: RuntimeError: {INJECTED}" in (folder / report.MARKDOWN).read_text()
     assert f"done, DEGRADED: train_model failed: RuntimeError: {INJECTED}" in report.render_summary(summary)
-    assert set(published(night, DAY2).column(schema.MODEL_VERSION).to_pylist()) == {champion}
+    assert set(published(night, DAY2).column(schema.MODEL_VERSION).to_pylist()) == {scoring}
 
 
 def test_the_cli_lets_the_champion_score_after_a_failed_training(night, training_fails, tmp_path, capsys):
-    champion = registry.champion_version(night.registry.root)
+    _, scoring = served(night)
     code = cli.main(["--config", str(config_file(night, tmp_path)), "task", "write_report", "--run-date", DAY2])
     assert code == 0
     assert "train_model failed" in capsys.readouterr().err
     summary = json.loads((Path(night.layout.report(DAY2)) / report.SUMMARY).read_text())
     assert summary["degraded"] is True and INJECTED in summary["degraded_reason"]
-    assert summary["published"]["model_version"] == champion
+    assert summary["published"]["model_version"] == scoring
 
 
 def test_a_healthy_night_and_a_deliberate_skip_are_not_degraded(night):
     run_steps(night, DAY2)
     summary = json.loads((Path(night.layout.report(DAY2)) / report.SUMMARY).read_text())
     assert summary["degraded"] is False and summary["degraded_reason"] == ""
+    # train.refit auto: the tiny night ends at its epoch cap with time to spare, so its refit publishes
+    challenger, refit = served(night)
+    assert refit != challenger and summary["published"]["model_version"] == refit
+    said = (Path(night.layout.report(DAY2)) / report.MARKDOWN).read_text()
+    assert f"Challenger's refit on train + validation: `{refit}`, " in said and "s of the time budget left)." in said
     assert tasks.asset_extra(summary["published"])["degraded"] is False
     skipped = tasks.evaluate_and_gate(DAY2, tasks.train_model(DAY2, options=tasks.RunOptions(skip_training=True), cfg=night),
                                       options=tasks.RunOptions(skip_training=True), cfg=night)  # fmt: skip

@@ -352,9 +352,11 @@ def test_refit_trains_on_validation_too_and_scores_in_place_of_the_gated_version
     for table, folder in zip((schema.TRANSITIONS, schema.ITEM_INDEX), shop, strict=True):
         shutil.copytree(folder, cfg.layout.partition(table, run_date))
 
-    trained = train.train_challenger(cfg, run_date, progress=lambda _: None)
+    lines: list[str] = []
+    trained = train.train_challenger(cfg, run_date, progress=lines.append)
 
     version, refit = trained["version"], trained["refit"]
+    assert any(line.startswith("refit: train.refit true: 2 epoch(s) on train + validation") for line in lines)
     assert trained["transitions"] == 40 * 10  # the gated model never saw the validation split
     assert registry.version_data_window(cfg.registry.root, refit)["transitions"] == 40 * 12
     assert registry.refit_of(cfg.registry.root, version) == refit != version
@@ -362,6 +364,57 @@ def test_refit_trains_on_validation_too_and_scores_in_place_of_the_gated_version
     monkeypatch.setitem(engines.ENGINES, "torch", lambda _cfg, _date, scored: scored)
     assert engines.score(cfg, run_date, version) == refit
     assert engines.score(cfg.replace(train={"refit": False}), run_date, version) == version
+    assert engines.score(cfg.replace(train={"refit": "auto"}), run_date, version) == refit
+
+
+def test_a_refit_its_time_budget_cuts_short_is_dropped_and_the_gated_model_scores(tiny_config, shop):
+    import shutil
+
+    from dql_model.learning import registry
+
+    run_date = "2026-11-27"
+    cfg = config(tiny_config, epochs=2, checkpoints=False, refit=True, max_minutes=1e-6)
+    for table, folder in zip((schema.TRANSITIONS, schema.ITEM_INDEX), shop, strict=True):
+        shutil.copytree(folder, cfg.layout.partition(table, run_date))
+    lines: list[str] = []
+
+    trained = train.train_challenger(cfg, run_date, progress=lines.append)
+
+    assert "refit" not in trained and registry.refit_of(cfg.registry.root, trained["version"]) is None
+    assert any(line.startswith("refit: cut by its time budget after 1 of 1 epoch(s)") for line in lines)
+
+
+def finished(*, stopped_by=train.STOP_CONVERGED, best_epoch=3, epoch_s=(10.0,) * 5, best_value=0.1, seconds=None):
+    """A finished training's result as plan_refit reads it: its history's epoch times, best epoch, stop."""
+    history = [{"time/epoch_s": s} for s in epoch_s]
+    return train.TrainResult(
+        model=None, history=history, best_value=best_value, best_epoch=best_epoch, device="cpu",
+        n_transitions=100, seconds=sum(epoch_s) if seconds is None else seconds, config=None, stopped_by=stopped_by,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("refit", "max_minutes", "result", "runs", "why"),
+    [
+        # converged after 50 s of a 2-minute share: 3 epochs (30 s) x 1.25 fit in the 70 s left
+        ("auto", 2.0, finished(), True, "3 epoch(s) on train + validation, about 30 s (converged; 70 s of"),
+        ("auto", 0.0, finished(), True, "(converged; no time budget)"),
+        ("auto", 0.0, finished(stopped_by=train.STOP_EPOCH_CAP), True, "(epoch cap; no time budget)"),
+        # loading made the run longer than its epochs: the run's own seconds count
+        ("auto", 2.0, finished(seconds=85.0), False, "would not fit 1.25 times in the 35 s"),
+        ("auto", 1.0, finished(), False, "would not fit 1.25 times in the 10 s"),
+        ("auto", 0.0, finished(stopped_by=train.STOP_BUDGET), False, "the time budget, 0 min, ended training"),
+        ("auto", 0.0, finished(best_value=float("nan")), False, "no validation events"),
+        (True, 1.0, finished(stopped_by=train.STOP_BUDGET), True, "train.refit true"),
+        (False, 0.0, finished(), False, "train.refit false"),
+    ],
+)
+def test_refit_auto_runs_when_the_model_has_validation_to_learn_and_the_budget_holds_it(
+    tiny_config, refit, max_minutes, result, runs, why
+):
+    plan = train.plan_refit(tiny_config.replace(train={"refit": refit, "max_minutes": max_minutes}), result)
+
+    assert plan.run is runs and why in plan.reason
 
 
 def test_a_time_budget_stops_at_the_end_of_a_step_and_keeps_the_best_epoch(tiny_config, shop, monkeypatch):
