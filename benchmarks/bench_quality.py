@@ -260,7 +260,8 @@ def dqlrec_night(
                 "gate": {key: gate.get(key) for key in ("scoring_version", "promoted", "reason", "degraded")},
                 "protocol": evaluation.get("protocol"),
                 "validation_events": evaluation.get("validation_events"),
-                "scored": {key: results["score_users"].get(key) for key in ("users", "top_k", "sources")},
+                "scored": {key: results["score_users"].get(key) for key in ("users", "top_k", "sources", "model_version")},
+                "refit": results["train_model"].get("refit_reason", ""),
                 **served,
             },
         )
@@ -485,8 +486,13 @@ def print_night(name: str, details: dict[str, Any]) -> None:
             )
         )
     gate, protocol = details["gate"], details["protocol"] or {}
+    scored = details["scored"].get("model_version") or gate["scoring_version"]
+    if details.get("refit"):
+        print(f"  refit on train + validation: {details['refit']}")
     print(
-        f"  published {gate['scoring_version']} ({'promoted' if gate['promoted'] else 'not promoted'}: {gate['reason']}); "
+        f"  published {scored}"
+        + (f", the refit of {gate['scoring_version']}" if scored != gate["scoring_version"] else "")
+        + f" ({'promoted' if gate['promoted'] else 'not promoted'}: {gate['reason']}); "
         f"validation {protocol.get('validation')} on {details['validation_events']} events, exclude "
         f"{protocol.get('exclude')}; {details['users_served']} users served, {details['empty_slots']} empty top-{K} slots"
     )
