@@ -14,7 +14,9 @@ the pins: a changed pin file rebuilds it.
     python -m benchmarks.peers.recbole_env GRU4Rec    # and train a model on the ML-100K split
 
 A run's outputs are reused while the inputs are unchanged: the split file, the runner and its
-arguments hash to a key stored beside them (``--retrain`` forces a new run).
+arguments hash to a key stored beside them (``--retrain`` forces a new run). A run stopped before it
+finished (a killed process, the end of a sitting) goes on from its last finished epoch the next
+time it is asked for with the same key: the runner keeps its state in ``<model>.<key>.resume.pt``.
 """
 
 from __future__ import annotations
@@ -130,6 +132,7 @@ def run_peer(run: PeerRun, *, data_dir: Path, out_dir: Path, retrain: bool = Fal
 
     key = _run_key(run, data_dir)
     record_path, key_path = out_dir / f"{run.model}.json", out_dir / f"{run.model}.key"
+    resume_file = out_dir / f"{run.model}.{key[:16]}.resume.pt"
     with _exclusive(out_dir / f"{run.model}.lock"):  # a second caller waits, then reuses the run
         if not retrain and _is_current(run, key, out_dir):
             progress(f"{run.model}: reusing {record_path} (same split, runner, pins and arguments)")
@@ -137,16 +140,22 @@ def run_peer(run: PeerRun, *, data_dir: Path, out_dir: Path, retrain: bool = Fal
             python = ensure_venv(progress=progress)
             out_dir.mkdir(parents=True, exist_ok=True)
             key_path.unlink(missing_ok=True)
+            for stale in out_dir.glob(f"{run.model}.*.resume.pt"):  # another key's (or a forced retrain's)
+                if stale != resume_file or retrain:
+                    stale.unlink()
+            if resume_file.exists():
+                progress(f"{run.model}: going on from the unfinished run's last epoch ({resume_file.name})")
             command = [
                 str(python), str(RUNNER), "--model", run.model, "--dataset", DATASET, "--data-dir", str(data_dir), "--out", str(out_dir),
                 "--epochs", str(run.epochs), "--stopping-step", str(run.stopping_step),
                 "--time-budget-s", str(run.time_budget_s), "--threads", str(run.threads), "--seed", str(run.seed),
+                "--resume-file", str(resume_file),
             ]  # fmt: skip
             threads = str(run.threads)
             env = {**os.environ, "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "PYTHONPATH": ""}
             log = out_dir / f"{run.model}.log"
             progress(f"{run.model}: training in {VENV.name} ({run.threads} thread(s)); log in {log}")
-            with log.open("w") as handle:
+            with log.open("a" if resume_file.exists() else "w") as handle:
                 subprocess.run(
                     command, check=True, stdout=handle, stderr=subprocess.STDOUT, env=env, cwd=out_dir
                 )

@@ -17,6 +17,14 @@ computes:
 - importing its model zoo turns on ``torch.autograd.set_detect_anomaly(True)`` process-wide
   (sine.py), which only slows training: it is turned off again after get_model.
 
+A run to early stopping takes hours of a CPU core, longer than one sitting may last. With
+``--resume-file`` the state after each epoch (weights, optimiser, the early-stopping counters, the
+best epoch's weights, the epoch times and every random generator the training draws from: torch's,
+the training loader's, NumPy's and Python's) is written to that file, atomically; a rerun with the
+same file goes on after the last finished epoch, as the uninterrupted run would have, and the record
+lists the epochs it resumed at. The file holds tensors, numbers and strings only and is read with
+``torch.load(weights_only=True)``; it is removed once the record is written.
+
 Written to ``--out``: ``<model>.json`` (RecBole's reported validation and test metrics, the
 epochs, training seconds, the user and item tokens, each user's test target and top-10 with and
 without the user's history masked) and ``<model>.scores.npy`` (float32 [users, items + 1] test
@@ -27,6 +35,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import random
 import time
 from pathlib import Path
 
@@ -54,6 +64,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--seed", type=int, default=2020)
+    parser.add_argument(
+        "--resume-file", type=Path, default=None, help="the state after each epoch; a rerun goes on from it"
+    )
     return parser.parse_args(argv)
 
 
@@ -121,7 +134,77 @@ def make_trainer(config, model, time_budget_s: float):
 
     trainer = InMemoryBestTrainer(config, model)
     trainer.epoch_seconds = []
+    trainer.best_epoch = 0
     return trainer
+
+
+class Resume:
+    """The training's state after each finished epoch, in one file a rerun goes on from (docstring)."""
+
+    FORMAT = 1
+
+    def __init__(self, path: Path, trainer, train_data, stopping_step: int):
+        self.path, self.trainer, self.train_data, self.stopping_step = path, trainer, train_data, stopping_step
+        self.seconds_before = 0.0
+        self.resumed_at: list[int] = []
+        self.stopped = False
+
+    def load(self) -> bool:
+        """Restore the state of the file, if there is one; True when it did."""
+        if not self.path.exists():
+            return False
+        state = torch.load(self.path, weights_only=True)
+        if state.get("format") != self.FORMAT:
+            raise ValueError(f"{self.path}: resume format {state.get('format')}, expected {self.FORMAT}")
+        trainer = self.trainer
+        trainer.model.load_state_dict(state["model"])
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        trainer.start_epoch, trainer.cur_step = state["next_epoch"], state["cur_step"]
+        trainer.best_valid_score, trainer.best_valid_result = state["best_valid_score"], state["best_valid_result"]
+        trainer.best_state, trainer.best_epoch = state["best_state"] or None, state["best_epoch"]
+        trainer.epoch_seconds = list(state["epoch_seconds"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        self.train_data.generator.set_state(rng["loader"])
+        np.random.set_state(("MT19937", rng["numpy_keys"].numpy().astype(np.uint32), *rng["numpy_rest"]))
+        random.setstate((rng["python_version"], tuple(rng["python_state"]), rng["python_gauss"]))
+        self.seconds_before, self.stopped = state["train_seconds"], state["stopped"]
+        self.resumed_at = [*state["resumed_at"], state["next_epoch"]]
+        print(f"resuming after epoch {state['next_epoch']} from {self.path}", flush=True)
+        return True
+
+    def save(self, epoch_idx: int, seconds: float) -> None:
+        """After epoch ``epoch_idx`` (0-based) and its validation: RecBole's fit calls back here."""
+        trainer = self.trainer
+        _, keys, *rest = np.random.get_state()
+        version, python_state, gauss = random.getstate()
+        state = {
+            "format": self.FORMAT,
+            "next_epoch": epoch_idx + 1,
+            "stopped": trainer.cur_step > self.stopping_step,  # early_stopping's own stop rule
+            "cur_step": trainer.cur_step,
+            "best_valid_score": float(trainer.best_valid_score),
+            "best_valid_result": {k: float(v) for k, v in (trainer.best_valid_result or {}).items()} or None,
+            "best_state": trainer.best_state or {},
+            "best_epoch": trainer.best_epoch,
+            "model": trainer.model.state_dict(),
+            "optimizer": trainer.optimizer.state_dict(),
+            "epoch_seconds": list(trainer.epoch_seconds),
+            "train_seconds": self.seconds_before + seconds,
+            "resumed_at": self.resumed_at,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "loader": self.train_data.generator.get_state(),
+                "numpy_keys": torch.from_numpy(keys.astype(np.int64)),
+                "numpy_rest": [int(rest[0]), int(rest[1]), float(rest[2])],
+                "python_version": version,
+                "python_state": list(python_state),
+                "python_gauss": gauss,
+            },
+        }
+        partial = self.path.with_name(self.path.name + ".partial")
+        torch.save(state, partial)
+        os.replace(partial, self.path)
 
 
 @torch.no_grad()
@@ -180,14 +263,23 @@ def main(argv: list[str] | None = None) -> None:
     # get_model imports RecBole's model zoo, whose sine.py turns anomaly detection on (docstring)
     torch.autograd.set_detect_anomaly(False)
     trainer = make_trainer(config, model, args.time_budget_s)
+    resume = Resume(args.resume_file, trainer, train_data, args.stopping_step) if args.resume_file else None
+    if resume:
+        resume.load()
 
     started = time.perf_counter()
+
+    def epoch_done(epoch_idx, _valid_score):
+        if resume:
+            resume.save(epoch_idx, time.perf_counter() - started)
+
     try:
-        trainer.fit(train_data, valid_data, saved=True, show_progress=False)
+        if not (resume and resume.stopped):
+            trainer.fit(train_data, valid_data, saved=True, show_progress=False, callback_fn=epoch_done)
         stopped_by = "early stopping" if len(trainer.epoch_seconds) < args.epochs else "epoch cap"
     except TimeBudgetReached:
         stopped_by = "time budget"
-    train_seconds = time.perf_counter() - started
+    train_seconds = time.perf_counter() - started + (resume.seconds_before if resume else 0.0)
     if trainer.best_state is None:
         raise RuntimeError(f"{args.model}: RecBole never reported a best validation epoch")
     model.load_state_dict(trainer.best_state)
@@ -210,6 +302,7 @@ def main(argv: list[str] | None = None) -> None:
         "stopped_by": stopped_by,
         "train_seconds": train_seconds,
         "epoch_train_seconds": trainer.epoch_seconds,
+        "resumed_at_epochs": resume.resumed_at if resume else [],
         "threads": torch.get_num_threads(),
         "anomaly_detection": torch.is_anomaly_enabled(),
         "max_item_list_length": config["MAX_ITEM_LIST_LENGTH"],
@@ -219,6 +312,8 @@ def main(argv: list[str] | None = None) -> None:
         **rankings,
     }
     (args.out / f"{args.model}.json").write_text(json.dumps(record))
+    if resume:
+        args.resume_file.unlink(missing_ok=True)
     print(
         f"{args.model}: test {record['recbole_test']} after {record['epochs_run']} epochs, {train_seconds:.0f}s"
     )
