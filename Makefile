@@ -123,9 +123,10 @@ airflow-status:
 airflow-ui: install
 	@$(BIN)/airflow standalone
 
-## clean-data: remove the warehouse, models, exports and Airflow metadata under var/
+## clean-data: remove the warehouse, models, exports and Airflow metadata under var/; benchmark
+## caches in var/bench (RecBole's venv and its runs, hours of CPU) stay: remove var/bench to drop them
 clean-data:
-	rm -rf var/
+	@if [ -d var ]; then find var -mindepth 1 -maxdepth 1 ! -name bench -exec rm -rf {} +; fi
 
 ## clean: also remove the virtual environment
 clean: clean-data
