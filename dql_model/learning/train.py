@@ -915,7 +915,7 @@ def train_challenger(
     progress(f"refit: {plan.reason}")
     trained["refit_reason"] = plan.reason
     if plan.run:
-        refit = _refit(cfg, run_date, version, result, warm_start, window, progress)
+        refit = _refit(cfg, run_date, version, result, plan.epochs, warm_start, window, progress)
         if refit:
             trained["refit"] = refit
     return trained
@@ -927,6 +927,8 @@ class RefitPlan:
 
     run: bool
     reason: str
+    epochs: int
+    """The refit's epochs: the training's best epoch count."""
 
 
 def plan_refit(cfg: Config, result: TrainResult) -> RefitPlan:
@@ -946,19 +948,18 @@ def plan_refit(cfg: Config, result: TrainResult) -> RefitPlan:
     left = max(budget - max(result.seconds, sum(per_epoch)), 0.0) if budget > 0 else float("inf")
     work = f"{epochs} epoch(s) on train + validation, about {estimate:.0f} s"
     if cfg.train.refit is True:
-        return RefitPlan(True, f"train.refit true: {work}")
+        return RefitPlan(True, f"train.refit true: {work}", epochs)
     if cfg.train.refit is False:
-        return RefitPlan(False, "skipped (train.refit false)")
+        return RefitPlan(False, "skipped (train.refit false)", epochs)
     if not np.isfinite(result.best_value):
-        return RefitPlan(False, "skipped (no validation events: training saw every transition)")
+        return RefitPlan(False, "skipped (no validation events: training saw every transition)", epochs)
     if result.stopped_by == STOP_BUDGET:
-        return RefitPlan(False, f"skipped (the time budget, {cfg.train.max_minutes:g} min, ended training)")
+        return RefitPlan(False, f"skipped (the time budget, {cfg.train.max_minutes:g} min, ended training)", epochs)
     if estimate * REFIT_MARGIN > left:
-        return RefitPlan(
-            False, f"skipped ({work}, would not fit {REFIT_MARGIN:g} times in the {left:.0f} s of the time budget left)"
-        )
+        why = f"skipped ({work}, would not fit {REFIT_MARGIN:g} times in the {left:.0f} s of the time budget left)"
+        return RefitPlan(False, why, epochs)
     room = f"{left:.0f} s of the time budget left" if budget > 0 else "no time budget"
-    return RefitPlan(True, f"{work} ({result.stopped_by}; {room})")
+    return RefitPlan(True, f"{work} ({result.stopped_by}; {room})", epochs)
 
 
 def _refit(
@@ -966,16 +967,16 @@ def _refit(
     run_date: str,
     version: str,
     result: TrainResult,
+    epochs: int,
     warm_start: QNetwork | None,
     window: dict[str, Any],
     progress: Callable[[str], None],
 ) -> str | None:
-    """Train the same start on train + validation for the best epoch count; register it as the refit of
+    """Train the same start on train + validation for ``epochs``; register it as the refit of
     ``version`` (``registry.refit_of``), which scores in its place once the gate promotes it. None when
     the refit's time budget cut it short: fewer epochs than the gated model's are not what was judged."""
     from dql_model.learning import registry
 
-    epochs = max(result.best_epoch, 1)
     progress(f"refit: training {version}'s start on train + validation for {epochs} epoch(s)")
     refitted = train_model(
         cfg.replace(train={"epochs": epochs}),

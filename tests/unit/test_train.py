@@ -339,18 +339,23 @@ def test_a_torn_checkpoint_means_training_from_the_start(tiny_config, shop):
     assert any("cannot resume" in line for line in result.lines) and len(result.history) == 1
 
 
+def night_inputs(cfg: Config, shop, run_date: str) -> None:
+    """The tiny shop's transitions and item index as ``run_date``'s partitions of cfg's warehouse."""
+    import shutil
+
+    for table, folder in zip((schema.TRANSITIONS, schema.ITEM_INDEX), shop, strict=True):
+        shutil.copytree(folder, cfg.layout.partition(table, run_date))
+
+
 def test_refit_trains_on_validation_too_and_scores_in_place_of_the_gated_version(
     tiny_config, shop, monkeypatch
 ):
-    import shutil
-
     from dql_model.learning import registry
     from dql_model.scoring import engines
 
     run_date = "2026-11-27"
     cfg = config(tiny_config, epochs=2, checkpoints=False, refit=True)
-    for table, folder in zip((schema.TRANSITIONS, schema.ITEM_INDEX), shop, strict=True):
-        shutil.copytree(folder, cfg.layout.partition(table, run_date))
+    night_inputs(cfg, shop, run_date)
 
     lines: list[str] = []
     trained = train.train_challenger(cfg, run_date, progress=lines.append)
@@ -368,14 +373,11 @@ def test_refit_trains_on_validation_too_and_scores_in_place_of_the_gated_version
 
 
 def test_a_refit_its_time_budget_cuts_short_is_dropped_and_the_gated_model_scores(tiny_config, shop):
-    import shutil
-
     from dql_model.learning import registry
 
     run_date = "2026-11-27"
     cfg = config(tiny_config, epochs=2, checkpoints=False, refit=True, max_minutes=1e-6)
-    for table, folder in zip((schema.TRANSITIONS, schema.ITEM_INDEX), shop, strict=True):
-        shutil.copytree(folder, cfg.layout.partition(table, run_date))
+    night_inputs(cfg, shop, run_date)
     lines: list[str] = []
 
     trained = train.train_challenger(cfg, run_date, progress=lines.append)
