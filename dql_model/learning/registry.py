@@ -328,10 +328,19 @@ REFIT_OF = "refit_of"
 """data_window key of a refit version (train.refit): the version it is the refit of."""
 
 
+def refits(registry_root: str | os.PathLike[str]) -> dict[str, str]:
+    """Version -> its newest refit (trained on its train + validation), for the versions that have one."""
+    found: dict[str, str] = {}
+    for version in list_versions(registry_root):  # oldest first: a later refit of the same version wins
+        base = version_data_window(registry_root, version).get(REFIT_OF)
+        if base:
+            found[base] = version
+    return found
+
+
 def refit_of(registry_root: str | os.PathLike[str], version: str) -> str | None:
     """The refit of ``version`` (trained on its train + validation), or None when it has none."""
-    found = [v for v in list_versions(registry_root) if version_data_window(registry_root, v).get(REFIT_OF) == version]
-    return max(found) if found else None
+    return refits(registry_root).get(version)
 
 
 def champion_version(registry_root: str | os.PathLike[str]) -> str | None:

@@ -53,6 +53,9 @@ def protected_versions(cfg: Config, *, now: datetime) -> dict[str, str]:
             day = str(registry.version_data_window(root, version).get("run_date", ""))
             if day in locked:
                 out.setdefault(version, f"trained for {day}, whose run-date lock is held")
+    for version, refit in registry.refits(root).items():  # a kept version scores through its refit
+        if version in out:
+            out.setdefault(refit, f"the refit of {version}, kept as {out[version]}")
     return out
 
 
