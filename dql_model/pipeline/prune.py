@@ -11,7 +11,8 @@ versions that must stay are gathered here:
 - the incumbent of a rerun of every kept curated night (``registry.incumbent_for``): a rerun starts
   from it and is gated against it;
 - every version trained for a run date whose run-date lock is held (a night between training and
-  its gate, whose version is not champion yet).
+  its gate, whose version is not champion yet);
+- the refit of every version kept for one of these reasons (``train.refit``: it scores in its place).
 """
 
 from __future__ import annotations
