@@ -791,7 +791,7 @@ class RetentionConfig(_Section):
     """Newest nights of trained baselines under models/baselines."""
     registry_versions: int = 10
     """Newest registry versions kept besides the champion, the pinned ones and those the promotion log
-    names within promotion_days."""
+    names within promotion_days. A refit is not counted: it is kept and removed with its base."""
     promotion_days: int = 30
     """A version the promotion log names (as champion or the one before) within this many days is kept: a
     rollback may need it. 0 = every version the log names."""

@@ -328,14 +328,20 @@ REFIT_OF = "refit_of"
 """data_window key of a refit version (train.refit): the version it is the refit of."""
 
 
-def refits(registry_root: str | os.PathLike[str]) -> dict[str, str]:
-    """Version -> its newest refit (trained on its train + validation), for the versions that have one."""
+def refit_bases(registry_root: str | os.PathLike[str]) -> dict[str, str]:
+    """Refit version -> the version it is the refit of, for every refit in the registry, oldest first."""
     found: dict[str, str] = {}
-    for version in list_versions(registry_root):  # oldest first: a later refit of the same version wins
+    for version in list_versions(registry_root):
         base = version_data_window(registry_root, version).get(REFIT_OF)
         if base:
-            found[base] = version
+            found[version] = str(base)
     return found
+
+
+def refits(registry_root: str | os.PathLike[str]) -> dict[str, str]:
+    """Version -> its newest refit (trained on its train + validation), for the versions that have one."""
+    # oldest first: a later refit of the same version wins
+    return {base: refit for refit, base in refit_bases(registry_root).items()}
 
 
 def refit_of(registry_root: str | os.PathLike[str], version: str) -> str | None:

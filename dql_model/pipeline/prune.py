@@ -11,8 +11,10 @@ versions that must stay are gathered here:
 - the incumbent of a rerun of every kept curated night (``registry.incumbent_for``): a rerun starts
   from it and is gated against it;
 - every version trained for a run date whose run-date lock is held (a night between training and
-  its gate, whose version is not champion yet);
-- the refit of every version kept for one of these reasons (``train.refit``: it scores in its place).
+  its gate, whose version is not champion yet).
+
+A refit (``train.refit``) scores in its base's place, so it is not a version of its own here: it is
+kept and removed with its base (``retention.version_plan``'s ``follows``).
 """
 
 from __future__ import annotations
@@ -54,9 +56,6 @@ def protected_versions(cfg: Config, *, now: datetime) -> dict[str, str]:
             day = str(registry.version_data_window(root, version).get("run_date", ""))
             if day in locked:
                 out.setdefault(version, f"trained for {day}, whose run-date lock is held")
-    for version, refit in registry.refits(root).items():  # a kept version scores through its refit
-        if version in out:
-            out.setdefault(refit, f"the refit of {version}, kept as {out[version]}")
     return out
 
 
@@ -85,7 +84,7 @@ def plan(cfg: Config, *, now: datetime | None = None) -> retention.Plan:
         retention.warehouse_plan(cfg),
         retention.version_plan(
             root, registry.list_versions(root), keep=cfg.retention.registry_versions,
-            protected=protected_versions(cfg, now=now),
+            protected=protected_versions(cfg, now=now), follows=registry.refit_bases(root),
         ),  # fmt: skip
         retention.stale_plan(
             root / CHECKPOINTS, days=cfg.retention.checkpoint_days, layer="checkpoints", setting="checkpoint_days",
@@ -104,8 +103,13 @@ def prune(
     root = Path(cfg.registry.root)
 
     def still_removable(removal: retention.Removal) -> str | None:
-        if removal.layer == "registry" and Path(removal.path).name == registry.champion_version(root):
+        if removal.layer != "registry":
+            return None
+        version, champion = Path(removal.path).name, registry.champion_version(root)
+        if version == champion:
             return "became the champion after the plan was made"
+        if champion and registry.refit_bases(root).get(version) == champion:
+            return "its base became the champion after the plan was made"
         return None
 
     done = retention.apply(cfg, planned, still_removable=still_removable, progress=progress)

@@ -13,7 +13,8 @@ The rule, per table (counted per table, so a month without runs never empties on
   keep the older nights that the next night or a rerun of a kept night reads (``states_read_later``);
 - registry versions: ``version_plan`` keeps the newest ``retention.registry_versions`` and every
   version its caller protects (the champion, pinned versions, versions of recent promotions: the
-  registry lives above this package, ``dql_model.pipeline.prune`` gathers them);
+  registry lives above this package, ``dql_model.pipeline.prune`` gathers them); a refit is not
+  counted on its own: it stays and goes with the version it is the refit of;
 - folders whose newest file is older than a number of days (training checkpoints): ``stale_plan``.
 
 Never removed: a folder of a run date whose run-date lock is held (``dql_model.warehouse.locks``).
@@ -259,27 +260,43 @@ def warehouse_plan(cfg: Config) -> Plan:
 
 
 def version_plan(
-    registry_root: str | os.PathLike[str], versions: list[str], *, keep: int, protected: dict[str, str]
+    registry_root: str | os.PathLike[str],
+    versions: list[str],
+    *,
+    keep: int,
+    protected: Mapping[str, str],
+    follows: Mapping[str, str] | None = None,
 ) -> Plan:
     """Registry versions to remove: all but the newest ``keep`` (0: none go) and the ``protected`` ones.
 
     ``versions`` are the registry's versions oldest first (names start with their run date);
     ``protected`` maps a version to why it must stay (champion, pinned, a recent promotion).
+    ``follows`` maps a version that stands in for another (a refit, which scores in its base's place)
+    to that base: it is not counted among the ``keep``, and it stays and goes with its base. One whose
+    base is no longer stored counts as a version of its own.
     """
     plan = Plan()
     root = Path(registry_root)
     plan.removals += _interrupted([root], "registry")
     if keep <= 0:
         return plan
-    for version in versions[:-keep]:
-        if version in protected:
-            plan.notes.append(f"kept registry version {version}: {protected[version]}")
+    stored = set(versions)
+    base_of = {version: base for version, base in (follows or {}).items() if version in stored and base in stored}
+    counted = [version for version in versions if version not in base_of]
+    newest = set(counted[-keep:])
+    for version in versions:
+        base = base_of.get(version, version)
+        if base in newest:
+            continue
+        why = protected.get(version) or (protected.get(base) and f"the refit of {base}, kept as {protected[base]}")
+        if why:
+            plan.notes.append(f"kept registry version {version}: {why}")
             continue
         folder = root / version
-        plan.removals.append(
-            Removal(str(folder), folder_bytes(folder), "registry",
-                    f"older than the newest {keep} versions (retention.registry_versions)")
-        )  # fmt: skip
+        reason = f"older than the newest {keep} versions (retention.registry_versions)"
+        if base != version:
+            reason = f"the refit of {base}, which goes: {reason}"
+        plan.removals.append(Removal(str(folder), folder_bytes(folder), "registry", reason))
     return plan
 
 

@@ -100,6 +100,8 @@ class Night:
     undated: int
     """Bytes outside the dated folders and the model versions (the promotion log aside)."""
     versions: list[str]
+    refits: dict[str, str]
+    """Refit version -> the version it is the refit of (``registry.refit_bases``)."""
     champion: str
     champion_files: dict[str, str]
     """sha256 of each file of the champion's folder after the prune."""
@@ -245,7 +247,8 @@ def month(spark, tmp_path_factory) -> Month:
                 Night(
                     run_date=run_date, listed=listed, done=done,
                     bytes=retention.folder_bytes(root) - log.stat().st_size, dated=dated, undated=undated,
-                    versions=registry.list_versions(cfg.registry.root), champion=champion,
+                    versions=registry.list_versions(cfg.registry.root),
+                    refits=registry.refit_bases(cfg.registry.root), champion=champion,
                     champion_files=files_digest(Path(cfg.registry.root) / champion),
                     etl=storage.read_json(cfg.layout.etl_summary(run_date)),
                     evaluation=storage.read_json(Path(cfg.layout.report(run_date)) / "evaluation.json"),
@@ -302,10 +305,17 @@ def test_storage_is_flat_once_every_window_is_full(month):
     assert set(kept) == set(nights[full].dated)  # no layer appears later on
 
     # Registry: the newest 3, the champion, what the promotion log names within 3 days (each night's line
-    # names its version and the one before), and the incumbents of reruns of the kept curated nights.
+    # names its version and the one before), and the incumbents of reruns of the kept curated nights; each
+    # with its refit, if it has one, which stays and goes with it and is not counted.
+    assert any(n.refits for n in nights)  # the month's nights refit: this checks the pairing
+    bases = [[v for v in n.versions if v not in n.refits] for n in nights]
     bound = WINDOWS["registry_versions"] + 1 + (WINDOWS["promotion_days"] + 2) + WINDOWS["curated_nights"]
-    assert all(len(n.versions) <= bound for n in nights), [len(n.versions) for n in nights]
-    assert max(len(n.versions) for n in nights[full + 10 :]) <= max(len(n.versions) for n in nights[full : full + 10])
+    assert all(len(b) <= bound for b in bases), [len(b) for b in bases]
+    assert max(map(len, bases[full + 10 :])) <= max(map(len, bases[full : full + 10]))
+    for before, after in itertools.pairwise(nights):
+        assert set(after.refits.values()) <= set(after.versions), after.run_date  # no refit outlives its base
+        kept = set(before.versions) & set(after.versions)
+        assert {r for r, b in before.refits.items() if b in kept} <= kept, after.run_date  # nor goes before it
 
     # Outside the dated folders and model versions (the Data Docs site's assets, index and expectation
     # pages, the items table, the champion pointer): the same bytes but for a few digits of the night's

@@ -36,13 +36,14 @@ def config(tmp_path: Path, **retention_fields) -> Config:
     )
 
 
-def fake_version(cfg: Config, run_date: str, *, warm_start_from: str | None = None) -> str:
+def fake_version(cfg: Config, run_date: str, *, warm_start_from: str | None = None, refit_of: str | None = None) -> str:
     """A registry-shaped version folder: what retention reads of one (weights file, data window)."""
-    version = f"{run_date.replace('-', '')}-{abs(hash(run_date)) % 16**8:08x}"
+    version = f"{run_date.replace('-', '')}-{abs(hash((run_date, refit_of))) % 16**8:08x}"
     folder = Path(cfg.registry.root) / version
     folder.mkdir(parents=True)
     (folder / registry.WEIGHTS).write_bytes(b"w" * 4096)
-    (folder / registry.DATA_WINDOW).write_text(json.dumps({"run_date": run_date, "warm_start_from": warm_start_from}))
+    window = {"run_date": run_date, "warm_start_from": warm_start_from, **({registry.REFIT_OF: refit_of} if refit_of else {})}
+    (folder / registry.DATA_WINDOW).write_text(json.dumps(window))
     return version
 
 
@@ -160,6 +161,36 @@ def test_a_version_trained_for_a_locked_run_date_stays_until_its_gate_ran(tmp_pa
     versions = [fake_version(cfg, night(n)) for n in range(3)]
     locked_by_another_run(cfg, night(0))  # a rerun of night 0 trained versions[0]; its gate has not run
     assert sorted(Path(p).name for p in prune.plan(cfg).paths()) == [versions[1]]
+
+
+def test_a_refit_stays_and_goes_with_its_base_and_is_not_counted_among_the_newest(tmp_path, monkeypatch):
+    cfg = config(tmp_path, registry_versions=2, promotion_days=0)
+    bases = [fake_version(cfg, night(n)) for n in range(5)]
+    refit = {b: fake_version(cfg, night(n), refit_of=b) for n, b in enumerate(bases) if n != 3}  # night 3: no refit
+    root = cfg.registry.root
+    registry.set_champion(root, bases[0], why="gate")  # the champion scores through its refit
+
+    plan = prune.plan(cfg)
+    # The newest 2 are bases 3 and 4 (refits are not counted); 4's refit stays with it, 0's with the champion.
+    doomed = sorted(Path(p).name for p in plan.paths())
+    assert doomed == sorted([bases[1], refit[bases[1]], bases[2], refit[bases[2]]])
+    reasons = {Path(r.path).name: r.reason for r in plan.removals}
+    assert reasons[refit[bases[1]]].startswith(f"the refit of {bases[1]}, which goes: older than the newest 2")
+    assert f"kept registry version {refit[bases[0]]}: the refit of {bases[0]}, kept as the champion" in plan.notes
+
+    # The gate crowns bases[1] between the plan and its removal: it stays, and so does its refit.
+    registry.set_champion(root, bases[1], why="gate")
+    monkeypatch.setattr(prune, "plan", lambda cfg, now=None: plan)
+    done = prune.prune(cfg, dry_run=False, progress=lambda _: None)
+    assert sorted(Path(r["path"]).name for r in done["removed"]) == sorted([bases[2], refit[bases[2]]])
+    assert {Path(r["path"]).name for r in done["skipped"]} == {bases[1], refit[bases[1]]}
+    assert registry.refit_of(root, bases[1]) == refit[bases[1]]
+    assert registry.refit_of(root, bases[0]) == refit[bases[0]]
+
+    # A refit whose base is gone counts as a version of its own.
+    orphan = {refit[bases[4]]: "20260101-00000000"}
+    kept = retention.version_plan(root, [bases[3], refit[bases[4]]], keep=1, protected={}, follows=orphan)
+    assert [Path(p).name for p in kept.paths()] == [bases[3]]
 
 
 def test_stale_checkpoints_and_an_interrupted_prune_are_swept(tmp_path):
