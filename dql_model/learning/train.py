@@ -915,7 +915,7 @@ def train_challenger(
     progress(f"refit: {plan.reason}")
     trained["refit_reason"] = plan.reason
     if plan.run:
-        refit = _refit(cfg, run_date, version, result, plan.epochs, warm_start, window, progress)
+        refit, trained["refit_seconds"] = _refit(cfg, run_date, version, result, plan.epochs, warm_start, window, progress)
         if refit:
             trained["refit"] = refit
     return trained
@@ -971,10 +971,11 @@ def _refit(
     warm_start: QNetwork | None,
     window: dict[str, Any],
     progress: Callable[[str], None],
-) -> str | None:
+) -> tuple[str | None, float]:
     """Train the same start on train + validation for ``epochs``; register it as the refit of
-    ``version`` (``registry.refit_of``), which scores in its place once the gate promotes it. None when
-    the refit's time budget cut it short: fewer epochs than the gated model's are not what was judged."""
+    ``version`` (``registry.refit_of``), which scores in its place once the gate promotes it. Returns the
+    refit's version, None when its time budget cut it short (fewer epochs than the gated model's are not
+    what was judged), and its training seconds either way."""
     from dql_model.learning import registry
 
     progress(f"refit: training {version}'s start on train + validation for {epochs} epoch(s)")
@@ -987,9 +988,10 @@ def _refit(
         head_weight=float(result.model.head_weight) if result.model.next_head is not None else None,
         progress=progress,
     )
+    seconds = round(refitted.seconds, 1)
     if refitted.stopped_by == STOP_BUDGET:
         progress(f"refit: cut by its time budget after {len(refitted.history)} of {epochs} epoch(s); {version} scores")
-        return None
+        return None, seconds
     return registry.save_model(
         refitted.model,
         cfg,
@@ -997,4 +999,4 @@ def _refit(
         metrics={"history": refitted.history, "refit_of": version},
         data_window={**window, "transitions": refitted.n_transitions, registry.REFIT_OF: version},
         version_prefix=run_date.replace("-", ""),
-    )
+    ), seconds

@@ -250,7 +250,9 @@ def evaluate_and_gate(
     )
     trained_with = ("tuned", "shape", "refit", "refit_reason")  # the settings tonight trained with, its refit
     settings = {key: training[key] for key in trained_with if training.get(key)}
-    trained_s = {history.TRAINING_SECONDS: training.get("seconds")}  # the run history's trend shows it
+    # the run history's trend shows the night's training time: the challenger's and its refit's
+    seconds = training.get("seconds")
+    trained_s = {history.TRAINING_SECONDS: None if seconds is None else round(seconds + training.get("refit_seconds", 0.0), 1)}
     report.write_evaluation({**night.to_json(), **status, **settings, **trained_s}, folder, progress=say)
     return {**night.decision(), **status}
 

@@ -366,6 +366,7 @@ def test_refit_trains_on_validation_too_and_scores_in_place_of_the_gated_version
     assert registry.version_data_window(cfg.registry.root, refit)["transitions"] == 40 * 12
     assert registry.refit_of(cfg.registry.root, version) == refit != version
     assert registry.refit_of(cfg.registry.root, refit) is None
+    assert trained["refit_seconds"] > 0  # the night's training time counts it (the run history's trend)
     monkeypatch.setitem(engines.ENGINES, "torch", lambda _cfg, _date, scored: scored)
     assert engines.score(cfg, run_date, version) == refit
     assert engines.score(cfg.replace(train={"refit": False}), run_date, version) == version
@@ -383,6 +384,7 @@ def test_a_refit_its_time_budget_cuts_short_is_dropped_and_the_gated_model_score
     trained = train.train_challenger(cfg, run_date, progress=lines.append)
 
     assert "refit" not in trained and registry.refit_of(cfg.registry.root, trained["version"]) is None
+    assert trained["refit_seconds"] >= 0  # spent all the same: the night's training time counts it
     assert any(line.startswith("refit: cut by its time budget after 1 of 1 epoch(s)") for line in lines)
 
 
