@@ -76,7 +76,7 @@ NDCG, HR, MRR = (schema.metric_name(kind, K) for kind in ("ndcg", "hr", "mrr"))
 SEEN, COVERAGE = schema.metric_name("seen", K), schema.metric_name("coverage", K)
 PEER_TIME_BUDGET_S = 1800.0
 """Training seconds after which a peer starts no new epoch; the table says which peers it stopped. One
-thread beside one other job: GRU4Rec 35-70 s an epoch, 63 epochs to early stopping (2,698-4,280 s);
+thread beside one other job: GRU4Rec 41-70 s an epoch, 63 epochs to early stopping (2,698-4,280 s);
 SASRec 127-170 s an epoch, 55 epochs to early stopping (7,425 s), far more when more jobs load the
 machine. ``--peer-time-budget-s 0`` lets them run to early stopping."""
 RATING_CODE = schema.EVENT_CODE[schema.RATING]
