@@ -101,6 +101,7 @@ def prune(
     if dry_run:
         return {"dry_run": True, **planned.to_json()}
     root = Path(cfg.registry.root)
+    base_of = registry.refit_bases(root)  # fixed once saved; only the champion pointer moves meanwhile
 
     def still_removable(removal: retention.Removal) -> str | None:
         if removal.layer != "registry":
@@ -108,7 +109,7 @@ def prune(
         version, champion = Path(removal.path).name, registry.champion_version(root)
         if version == champion:
             return "became the champion after the plan was made"
-        if champion and registry.refit_bases(root).get(version) == champion:
+        if champion and base_of.get(version) == champion:
             return "its base became the champion after the plan was made"
         return None
 
